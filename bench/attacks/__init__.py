@@ -1,0 +1,6 @@
+"""The harness's attacks, one module per attack, each bound to one threat model."""
+
+from bench.attacks.base import Attack, AttackResult
+from bench.attacks.feature_inversion import DECODERS, FeatureInversion
+
+__all__ = ["Attack", "AttackResult", "DECODERS", "FeatureInversion"]

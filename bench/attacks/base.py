@@ -1,0 +1,54 @@
+"""The attack interface: every attack belongs to one threat model and scores one trained method."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
+
+import torch
+from torch import Tensor
+
+from bench.threat_models import ThreatModel
+
+if TYPE_CHECKING:
+    from bench.datamodules.base import PrivacyDataModule
+    from bench.modules.base import PrivacyModule
+
+
+@dataclass
+class AttackResult:
+    metrics: dict[str, float]
+    #: (originals, reconstructions) for a grid in the logs, when the attack reconstructs images
+    examples: Optional[tuple[Tensor, Tensor]] = None
+    #: what the attack decided at run time (e.g. the decoder it fell back to)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Attack:
+    """Base class of the harness's attacks.
+
+    Subclasses set the class attributes and implement :meth:`run`. Their ``__init__`` arguments
+    are their configuration: stored under the same names, reported in every record, and
+    configurable from YAML or the command line (``--evaluation.attacks``).
+    """
+
+    abstract: ClassVar[bool] = True  # set in a class body: the registry skips abstract bases
+    name: ClassVar[str]
+    threat_model: ClassVar[ThreatModel]
+    #: metric -> "higher" or "lower": which way the metric means *more* privacy for the defender
+    metric_directions: ClassVar[dict[str, str]]
+    #: the metric the leaderboard plots against accuracy
+    primary_metric: ClassVar[str]
+
+    def applies_to(self, module: "PrivacyModule") -> bool:
+        return self.threat_model in module.threat_models
+
+    def config(self) -> dict[str, Any]:
+        """The attack's init arguments and their values."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names if hasattr(self, name)}
+
+    def run(self, module: "PrivacyModule", datamodule: "PrivacyDataModule", generator: torch.Generator) -> AttackResult:
+        """Attack the trained ``module`` using ``datamodule``'s pools; draw all randomness from ``generator``."""
+        raise TypeError(f"{type(self).__name__} must implement run()")

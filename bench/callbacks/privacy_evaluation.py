@@ -1,0 +1,177 @@
+"""Run the evaluation harness when training ends, and leave a record, logs and a leaderboard."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
+
+from bench.attacks.base import Attack
+from bench.datamodules.base import PrivacyDataModule
+from bench.errors import BenchError
+from bench.harness import Evaluation, build_record, evaluate
+from bench.modules.base import PrivacyModule
+from bench.records import write_record
+
+
+class PrivacyEvaluation(Callback):
+    """At the end of ``fit``: evaluate the method, write its result record, refresh the leaderboard.
+
+    Under DDP only global rank 0 evaluates, on the whole test and attacker pools, so the
+    numbers do not depend on the number of devices and nothing is written twice.
+
+    Args:
+        attacks: attacks to run (default: every registered attack); each runs only if its threat
+            model is one the method declares.
+        seed: the harness's seed (attack initialisation and sampling).
+        records_dir: where result records are written.
+        leaderboard_dir: where ``bench leaderboard`` output is regenerated (None: don't).
+        paper: the paper's reported numbers for this setting, e.g. ``{accuracy: 0.99, source: "Table 1"}``.
+        enabled: turn the evaluation off (e.g. for hyper-parameter searches).
+    """
+
+    def __init__(self, attacks: Optional[list[Attack]] = None, seed: int = 0, records_dir: str = "leaderboard/records",
+                 leaderboard_dir: Optional[str] = "leaderboard", paper: Optional[dict[str, Any]] = None,
+                 enabled: bool = True) -> None:
+        self.attacks = attacks
+        self.seed = seed
+        self.records_dir = records_dir
+        self.leaderboard_dir = leaderboard_dir
+        self.paper = paper
+        self.enabled = enabled
+        #: the full run configuration; ``bench fit`` sets it from the parsed command line
+        self.run_config: Optional[dict[str, Any]] = None
+        self.last_record_path: Optional[Path] = None
+        self._fit_started: Optional[float] = None
+        self._log_dir: Optional[str] = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_started = time.perf_counter()
+        # log_dir is agreed on by a collective call: ask now, while every rank is here
+        checkpoint_dir = getattr(trainer.checkpoint_callback, "dirpath", None)
+        self._log_dir = checkpoint_dir or trainer.log_dir
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled or trainer.global_rank != 0 or trainer.sanity_checking:
+            return
+        if not isinstance(pl_module, PrivacyModule) or not isinstance(trainer.datamodule, PrivacyDataModule):
+            raise BenchError("the privacy evaluation needs a bench PrivacyModule trained on a bench PrivacyDataModule")
+        fit_seconds = None if self._fit_started is None else time.perf_counter() - self._fit_started
+        self.evaluate_and_record(pl_module, trainer.datamodule, trainer=trainer, fit_seconds=fit_seconds)
+
+    def evaluate_and_record(self, module: PrivacyModule, datamodule: PrivacyDataModule, *,
+                            trainer: Optional[L.Trainer] = None, fit_seconds: Optional[float] = None,
+                            config: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        """Evaluate, write the record, log to the trainer's loggers and refresh the leaderboard."""
+        evaluation = evaluate(module, datamodule, self.attacks, seed=self.seed)
+        loggers = list(trainer.loggers) if trainer is not None else []
+        wandb_logger = next((logger for logger in loggers if isinstance(logger, WandbLogger)), None)
+        record = build_record(
+            evaluation, module, datamodule,
+            config=config or self.run_config or _fallback_config(module, datamodule, trainer, self),
+            seed=_training_seed(), evaluation_seed=self.seed, paper=self.paper,
+            wandb=_wandb_reference(wandb_logger), fit_seconds=fit_seconds,
+        )
+        record["artifacts"] = _save_example_grids(evaluation, Path(self.records_dir) / "artifacts", record["record_id"])
+        path = write_record(record, self.records_dir)
+        self.last_record_path = path
+        _log(loggers, evaluation, record, step=trainer.global_step if trainer is not None else 0)
+        leaderboard = None
+        if self.leaderboard_dir is not None:
+            from bench.leaderboard import generate_leaderboard
+
+            leaderboard = generate_leaderboard([self.records_dir], self.leaderboard_dir).markdown
+        _print_summary(record, path, leaderboard, self._log_dir if trainer is not None else None)
+        return record
+
+
+def _training_seed() -> Optional[int]:
+    seed = os.environ.get("PL_GLOBAL_SEED")  # set by seed_everything
+    return int(seed) if seed is not None else None
+
+
+def _fallback_config(module: PrivacyModule, datamodule: PrivacyDataModule, trainer: Optional[L.Trainer],
+                     callback: PrivacyEvaluation) -> dict[str, Any]:
+    """The configuration of a run that did not come through ``bench fit`` (e.g. a Python script)."""
+    trainer_config = {}
+    if trainer is not None:
+        trainer_config = {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
+                          "world_size": trainer.world_size, "strategy": type(trainer.strategy).__name__,
+                          "precision": str(trainer.precision)}
+    return {"model": {"class_path": module.describe()["class"], "init_args": dict(module.hparams)},
+            "data": {"class_path": datamodule.describe()["class"], "init_args": dict(datamodule.hparams)},
+            "trainer": trainer_config,
+            "evaluation": {"seed": callback.seed, "attacks": [type(a).__name__ for a in callback.attacks or []] or "all"}}
+
+
+def _wandb_reference(logger: Optional[WandbLogger]) -> Optional[dict[str, Any]]:
+    if logger is None:
+        return None
+    if hasattr(logger, "reference"):
+        return logger.reference()
+    run = logger.experiment
+    return {"project": logger.name, "run_id": getattr(run, "id", None), "url": getattr(run, "url", None)}
+
+
+def _save_example_grids(evaluation: Evaluation, directory: Path, record_id: str) -> dict[str, str]:
+    """Originals (top row) over reconstructions (bottom row), one PNG per attack that reconstructs."""
+    artifacts = {}
+    for attack, (originals, reconstructions) in evaluation.examples.items():
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{record_id[:8]}-{attack}.png"
+        save_image(_example_grid(originals, reconstructions), path)
+        artifacts[f"{attack}_examples"] = str(path)
+    return artifacts
+
+
+def _example_grid(originals: Tensor, reconstructions: Tensor) -> Tensor:
+    reconstructions = reconstructions.clamp(0, 1).to(originals.dtype)
+    if reconstructions.shape[1] != originals.shape[1]:  # e.g. a grey reconstruction of a colour image
+        reconstructions = reconstructions.expand(-1, originals.shape[1], -1, -1)
+    return make_grid(torch.cat([originals, reconstructions]), nrow=len(originals), padding=1, pad_value=1.0)
+
+
+def _flat_metrics(record: dict[str, Any]) -> dict[str, float]:
+    metrics = {f"eval/{key}": value for key, value in record["utility"].items()}
+    for entry in record["privacy"]:
+        metrics.update({f"eval/{entry['attack']}/{key}": value for key, value in entry["metrics"].items()})
+    metrics.update({f"eval/cost/{key}": value for key, value in record["cost"].items() if isinstance(value, (int, float))})
+    return metrics
+
+
+def _log(loggers, evaluation: Evaluation, record: dict[str, Any], step: int) -> None:
+    metrics = _flat_metrics(record)
+    for logger in loggers:
+        logger.log_metrics(metrics, step=step)
+        if isinstance(logger, WandbLogger) and getattr(logger, "mode", "online") != "disabled":
+            for attack, (originals, reconstructions) in evaluation.examples.items():
+                logger.log_image(key=f"eval/{attack}/examples", images=[_example_grid(originals, reconstructions)],
+                                 caption=["originals (top) and reconstructions (bottom)"])
+            columns = ["record_id", "method", "label", "dataset", "network", "seed"] + list(metrics)
+            row = [record["record_id"], record["method"]["name"], record["method"]["label"], record["dataset"]["name"],
+                   record["method"]["network"], record["seed"]] + list(metrics.values())
+            logger.log_table(key="eval/result_record", columns=columns, data=[row])
+
+
+def _print_summary(record: dict[str, Any], path: Path, leaderboard: Optional[Path], log_dir: Optional[str]) -> None:
+    parts = [f"accuracy {record['utility']['accuracy']:.4f}"]
+    for entry in record["privacy"]:
+        parts.append(entry["attack"] + " " + " ".join(f"{k} {v:.4g}" for k, v in entry["metrics"].items() if v is not None))
+    lines = [f"bench: {record['method']['label']} on {record['dataset']['name']}: " + " | ".join(parts)]
+    if log_dir:
+        lines.append(f"  logs and checkpoints: {log_dir}")
+    if record.get("wandb") and record["wandb"].get("dir"):
+        how = "" if record["wandb"]["mode"] == "online" else " (offline; upload with `wandb sync`)"
+        lines.append(f"  W&B run: {record['wandb'].get('url') or Path(record['wandb']['dir']).parent}{how}")
+    lines.append(f"  result record: {path}")
+    if leaderboard is not None:
+        lines.append(f"  leaderboard: {leaderboard}")
+    print("\n".join(lines), flush=True)  # only rank 0 gets here

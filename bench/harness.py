@@ -1,0 +1,144 @@
+"""The uniform evaluation harness: utility, cost and every attack of a method's threat models.
+
+The harness talks to a method only through :class:`~bench.modules.base.PrivacyModule`'s
+contract (``forward``, ``threat_models`` and what each threat model requires) and to the data
+only through the DataModule's pools. It runs on one process with a fixed seed, so the same
+checkpoint always gets the same numbers, whether it was trained on one device or many.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import lightning
+import torch
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy
+
+import bench
+from bench import registry
+from bench.attacks.base import Attack
+from bench.datamodules.base import PrivacyDataModule
+from bench.metrics.cost import client_flops_per_sample, count_parameters, released_bytes_per_sample
+from bench.modules.base import PrivacyModule
+from bench.records import SCHEMA_VERSION, new_record_id, utc_now
+from bench.threat_models import ThreatModel
+
+
+@dataclass
+class Evaluation:
+    utility: dict[str, float]
+    privacy: list[dict[str, Any]]
+    cost: dict[str, Any]
+    examples: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # attack -> (originals, reconstructions)
+    started: str = ""
+    finished: str = ""
+
+
+def default_attacks() -> list[Attack]:
+    """One instance of every registered attack, with its default configuration."""
+    return [cls() for cls in registry.attacks().values()]
+
+
+@torch.no_grad()
+def test_accuracy(module: PrivacyModule, datamodule: PrivacyDataModule) -> float:
+    # the harness runs on one process: no synchronisation with the other DDP ranks
+    accuracy = MulticlassAccuracy(module.spec.num_classes, average="micro", sync_on_compute=False).to(module.device)
+    for images, labels in datamodule.pool_dataloader("test"):
+        accuracy.update(module(images.to(module.device)), labels.to(module.device))
+    return accuracy.compute().item()
+
+
+@torch.no_grad()
+def measure_cost(module: PrivacyModule, datamodule: PrivacyDataModule) -> dict[str, Any]:
+    cost: dict[str, Any] = count_parameters(module)
+    sample = datamodule.pool("test")[0][0].unsqueeze(0).to(module.device)
+    cost["raw_bytes_per_sample"] = int(sample[0].numel())  # 8-bit pixels
+    if ThreatModel.FEATURE_RELEASE in module.threat_models:
+        released = module.release(sample)
+        cost["released_bytes_per_sample"] = released_bytes_per_sample(released)
+        cost["client_parameters"] = count_parameters(module.client_network())["parameters"]
+        try:
+            cost["client_flops_per_sample"] = client_flops_per_sample(module.release, sample)
+        except RuntimeError:  # an op the FLOP counter cannot trace; cost stays honest by omission
+            cost["client_flops_per_sample"] = None
+    return cost
+
+
+def evaluate(module: PrivacyModule, datamodule: PrivacyDataModule, attacks: Optional[Sequence[Attack]] = None,
+             seed: int = 0) -> Evaluation:
+    """Measure utility and cost, and run every attack whose threat model ``module`` declares."""
+    attacks = default_attacks() if attacks is None else list(attacks)
+    was_training = module.training
+    module.eval()
+    datamodule.setup("test")
+    started, clock = utc_now(), time.perf_counter()
+    try:
+        utility = {"accuracy": test_accuracy(module, datamodule)}
+        cost = measure_cost(module, datamodule)
+        privacy, examples = [], {}
+        for attack in attacks:
+            if not attack.applies_to(module):
+                continue
+            generator = torch.Generator().manual_seed(seed)
+            with torch.inference_mode(False), torch.enable_grad():
+                result = attack.run(module, datamodule, generator)
+            privacy.append({"attack": attack.name, "threat_model": attack.threat_model.value,
+                            "class": f"{type(attack).__module__}.{type(attack).__qualname__}",
+                            "config": attack.config(), "metrics": result.metrics,
+                            "directions": dict(attack.metric_directions), "primary_metric": attack.primary_metric,
+                            "details": result.details})
+            if result.examples is not None:
+                examples[attack.name] = result.examples
+    finally:
+        module.train(was_training)
+    cost["evaluation_seconds"] = round(time.perf_counter() - clock, 3)
+    return Evaluation(utility, privacy, cost, examples, started, utc_now())
+
+
+def git_revision() -> Optional[str]:
+    """The source tree's commit (with ``+dirty`` when it has changes), or None outside a checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        if revision.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return revision.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def build_record(evaluation: Evaluation, module: PrivacyModule, datamodule: PrivacyDataModule, *,
+                 config: dict[str, Any], seed: Optional[int], evaluation_seed: int,
+                 paper: Optional[dict[str, Any]] = None, wandb: Optional[dict[str, Any]] = None,
+                 fit_seconds: Optional[float] = None) -> dict[str, Any]:
+    """The result record of one evaluation (schema in :mod:`bench.records`)."""
+    cost = dict(evaluation.cost)
+    cost["fit_seconds"] = None if fit_seconds is None else round(fit_seconds, 3)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "record_id": new_record_id(),
+        "created": utc_now(),
+        "started": evaluation.started,
+        "finished": evaluation.finished,
+        "method": module.describe(),
+        "dataset": datamodule.describe(),
+        "seed": seed,
+        "evaluation_seed": evaluation_seed,
+        "config": config,
+        "utility": evaluation.utility,
+        "privacy": evaluation.privacy,
+        "cost": cost,
+        "paper": paper,
+        "software": {"bench": bench.__version__, "git_revision": git_revision(), "torch": torch.__version__,
+                     "lightning": lightning.__version__, "python": platform.python_version()},
+        "wandb": wandb,
+        "artifacts": {},
+    }

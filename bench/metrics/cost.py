@@ -1,0 +1,32 @@
+"""What a method costs: parameters, bytes on the wire, client-side compute."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_parameters(module: nn.Module) -> dict[str, int]:
+    """Total and nonzero parameters (pruned weights count as zero)."""
+    total = nonzero = 0
+    for parameter in module.parameters():
+        total += parameter.numel()
+        nonzero += int(torch.count_nonzero(parameter.detach()))
+    return {"parameters": total, "nonzero_parameters": nonzero}
+
+
+def released_bytes_per_sample(released: Tensor) -> int:
+    """Bytes one sample's released tensor takes on the wire, at its own dtype."""
+    return int(released[0].numel() * released.element_size())
+
+
+@torch.no_grad()
+def client_flops_per_sample(client: Callable[[Tensor], Tensor], sample: Tensor) -> int:
+    """Floating-point operations of the client's computation on one sample (torch's FLOP counter)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        client(sample[:1])
+    return int(counter.get_total_flops())

@@ -1,0 +1,138 @@
+"""The contract every method of the suite signs: a LightningModule that declares its threat models.
+
+A method subclasses :class:`PrivacyModule`, lists the threat models that apply to it in
+``threat_models``, and implements what each of them requires (see
+:class:`bench.threat_models.ThreatModel`): for feature release, ``release(x)`` (what leaves the
+client), ``predict_from_release(released)`` (the server side) and ``client_network()`` (the
+client part, for cost and for mirror decoders). That is everything the evaluation harness uses,
+so the harness never needs to know which method it evaluates. The declaration is checked when
+the class is defined: a method that declares a threat model without its methods does not import.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy
+
+import bench
+from bench.datamodules.base import DataSpec
+from bench.errors import BenchError
+from bench.threat_models import ThreatModel
+
+
+class PrivacyModule(L.LightningModule):
+    """Base class of every method.
+
+    Args:
+        data_spec: the dataset's shape, classes and normalisation. ``bench fit`` links it from
+            the DataModule (``data.spec``); in Python pass ``datamodule.spec``.
+        lr: learning rate of the default Adam optimizer.
+        weight_decay: weight decay of the default optimizer.
+    """
+
+    #: abstract bases set this in their own body so that the registry skips them
+    abstract: ClassVar[bool] = True
+    #: threat models under which the harness attacks this method
+    threat_models: ClassVar[tuple[ThreatModel, ...]] = ()
+    #: short name in tables and plots (default: the class name)
+    display_name: ClassVar[Optional[str]] = None
+    #: hyper-parameters that distinguish leaderboard rows of this method, e.g. ("lam",)
+    label_hparams: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for threat_model in cls.threat_models:
+            missing = [name for name in threat_model.required_methods if getattr(cls, name, None) is None]
+            if missing:
+                raise TypeError(f"{cls.__name__} declares threat model '{threat_model.value}' but does not implement {missing}")
+
+    def __init__(self, data_spec: Optional[DataSpec] = None, lr: float = 1e-3, weight_decay: float = 0.0) -> None:
+        super().__init__()
+        if data_spec is None:
+            raise BenchError(f"{type(self).__name__} needs a data_spec: run it through `bench fit --data ...`, or pass datamodule.spec")
+        if lr <= 0:
+            raise BenchError(f"lr must be positive, got {lr}")
+        if weight_decay < 0:
+            raise BenchError(f"weight_decay must be non-negative, got {weight_decay}")
+        self.spec = DataSpec.coerce(data_spec)
+        self.save_hyperparameters()
+        self.hparams["data_spec"] = self.spec.as_dict()  # plain types: checkpoints load with weights_only
+        self.val_accuracy = MulticlassAccuracy(self.spec.num_classes, average="micro")
+        self.test_accuracy = MulticlassAccuracy(self.spec.num_classes, average="micro")
+
+    # ------------------------------------------------------------------ prediction
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits for images in [0, 1]: the whole pipeline, client and server."""
+        return self.predict_from_release(self.release(x))
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch
+        loss = F.cross_entropy(self(images), labels)
+        self.log("train/loss", self.check_finite(loss, "cross-entropy"), prog_bar=True, sync_dist=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_accuracy, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_accuracy, "test")
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], accuracy: MulticlassAccuracy, stage: str) -> None:
+        images, labels = batch
+        logits = self(images)
+        accuracy(logits, labels)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, labels), sync_dist=True)
+        # a torchmetrics object is reduced across DDP ranks when the epoch ends
+        self.log(f"{stage}/accuracy", accuracy, prog_bar=True)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    def check_finite(self, loss: Tensor, name: str = "loss") -> Tensor:
+        """Stop with one clear message instead of training on NaNs."""
+        if not torch.isfinite(loss).all():
+            raise BenchError(
+                f"{type(self).__name__}: the {name} became {loss.item()} at step {self.global_step}; "
+                f"lower the learning rate (now {self.hparams.get('lr')}) or check the input data"
+            )
+        return loss
+
+    # ------------------------------------------------------------------ description
+    @property
+    def label(self) -> str:
+        """The method's row label in the leaderboard."""
+        name = self.display_name or type(self).__name__
+        if not self.label_hparams:
+            return name
+        values = ", ".join(f"{key}={self.hparams[key]}" for key in self.label_hparams)
+        return f"{name} ({values})"
+
+    @property
+    def network_name(self) -> str:
+        return str(self.hparams.get("network", type(self).__name__))
+
+    def describe(self) -> dict[str, Any]:
+        """The method part of a result record."""
+        return {
+            "name": type(self).__name__,
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "label": self.label,
+            "network": self.network_name,
+            "threat_models": [threat.value for threat in self.threat_models],
+            "hparams": {key: value for key, value in self.hparams.items()},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # what `bench evaluate` needs to rebuild the method without the original command line
+        checkpoint["bench"] = {"method_class": f"{type(self).__module__}.{type(self).__qualname__}",
+                               "bench_version": bench.__version__}
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None:
+            checkpoint["bench"]["datamodule_class"] = f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"
+            checkpoint["bench"]["datamodule_hparams"] = dict(datamodule.hparams)

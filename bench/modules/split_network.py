@@ -1,0 +1,42 @@
+"""DNN: the plain split network, the baseline every feature-release defense is compared with.
+
+The client runs the convolutional encoder and releases its features E(x); the server classifies
+them with an MLP C. No privacy mechanism at all: "DNN" in the RAN paper (section 3.1), "the
+original network" in the complex-valued paper (section 4.3).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor, nn
+
+from bench.datamodules.base import DataSpec
+from bench.modules.base import PrivacyModule
+from bench.networks.split import build_split_network
+from bench.threat_models import ThreatModel
+
+
+class SplitNetwork(PrivacyModule):
+    """Encoder on the client, classifier on the server, trained jointly with cross-entropy.
+
+    Args:
+        network: the network family: ``lenet`` (MNIST-sized inputs) or ``vgg`` (CIFAR-sized).
+    """
+
+    threat_models = (ThreatModel.FEATURE_RELEASE, ThreatModel.BLACK_BOX_OUTPUTS)
+    display_name = "DNN"
+
+    def __init__(self, network: str = "lenet", lr: float = 1e-3, weight_decay: float = 0.0,
+                 data_spec: Optional[DataSpec] = None) -> None:
+        super().__init__(data_spec=data_spec, lr=lr, weight_decay=weight_decay)
+        self.encoder, self.classifier = build_split_network(network, self.spec)
+
+    def release(self, x: Tensor) -> Tensor:
+        return self.encoder(x)
+
+    def predict_from_release(self, released: Tensor) -> Tensor:
+        return self.classifier(released)
+
+    def client_network(self) -> nn.Module:
+        return self.encoder

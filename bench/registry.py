@@ -1,0 +1,73 @@
+"""What the suite has: methods, DataModules, attacks and shipped configs, found by name.
+
+Methods, DataModules and attacks are the concrete subclasses of their base classes that have
+been imported (a class sets ``abstract = True`` in its own body to stay out of the lists), so a
+new method is registered by defining it in ``bench/modules/`` and importing it there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+from bench.errors import BenchError
+
+T = TypeVar("T", bound=type)
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def _concrete_subclasses(base: T) -> dict[str, T]:
+    found: dict[str, T] = {}
+    stack = list(base.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if not cls.__dict__.get("abstract", False) and not cls.__name__.startswith("_"):
+            found[cls.__name__] = cls
+    return dict(sorted(found.items()))
+
+
+def methods() -> dict[str, type]:
+    import bench.modules  # noqa: F401  (registers the shipped methods)
+    from bench.modules.base import PrivacyModule
+
+    return _concrete_subclasses(PrivacyModule)
+
+
+def datamodules() -> dict[str, type]:
+    import bench.datamodules  # noqa: F401
+    from bench.datamodules.base import PrivacyDataModule
+
+    return _concrete_subclasses(PrivacyDataModule)
+
+
+def attacks() -> dict[str, type]:
+    import bench.attacks  # noqa: F401
+    from bench.attacks.base import Attack
+
+    return _concrete_subclasses(Attack)
+
+
+def configs() -> dict[str, Path]:
+    """Shipped configs by name: the path under ``bench/configs`` without ``.yaml`` (e.g. ``dnn/mnist``)."""
+    return {path.relative_to(CONFIG_DIR).with_suffix("").as_posix(): path for path in sorted(CONFIG_DIR.rglob("*.yaml"))}
+
+
+def resolve_config(name_or_path: str) -> str:
+    """A config given by path stays as it is; a shipped config's name becomes its path."""
+    if Path(name_or_path).exists():
+        return name_or_path
+    shipped = configs()
+    key = name_or_path[:-5] if name_or_path.endswith(".yaml") else name_or_path
+    if key in shipped:
+        return str(shipped[key])
+    raise BenchError(f"no config file '{name_or_path}' and no shipped config of that name; `bench list` shows the shipped configs")
+
+
+def lookup(kind: str, name: str) -> type:
+    """The registered class ``name`` of ``kind`` (method, datamodule or attack), or a clear error."""
+    table = {"method": methods, "datamodule": datamodules, "attack": attacks}[kind]()
+    short = name.rsplit(".", 1)[-1]
+    if short in table:
+        return table[short]
+    raise BenchError(f"unknown {kind} '{name}'; available: {', '.join(table)} (see `bench list`)")
