@@ -138,10 +138,11 @@ def evaluate_command(argv: list[str]) -> None:
     args = parser.parse_args(_resolve_names(argv))
     init = parser.instantiate_classes(args)
     module, datamodule, checkpoint = load_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device)
-    config = {"checkpoint": str(Path(args.checkpoint).resolve()),
-              "model": {"class_path": checkpoint["method_class"], "init_args": dict(module.hparams)},
-              "data": {"class_path": checkpoint["datamodule_class"], "init_args": dict(datamodule.hparams)},
-              "trainer": {"max_epochs": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")},
+    config = checkpoint.get("run_config") or {
+        "model": {"class_path": checkpoint["method_class"], "init_args": dict(module.hparams)},
+        "data": {"class_path": checkpoint["datamodule_class"], "init_args": dict(datamodule.hparams)},
+        "trainer": {"max_epochs": checkpoint.get("epoch")}}
+    config = {**config, "checkpoint": str(Path(args.checkpoint).resolve()), "global_step": checkpoint.get("global_step"),
               "evaluation": _plain(args.evaluation)}
     init.evaluation.evaluate_and_record(module, datamodule, config=config)
 
@@ -172,7 +173,7 @@ def load_checkpoint(path: str, data_dir: Optional[str] = None, device: str = "au
             raise BenchError(f"{path} was written by class {dotted}, which cannot be imported here ({error})") from error
 
     method_cls, datamodule_cls = import_class(info["method_class"]), import_class(info["datamodule_class"])
-    hparams = dict(info.get("datamodule_hparams", {}))
+    hparams = {key: value for key, value in info.get("datamodule_hparams", {}).items() if not key.startswith("_")}
     if data_dir is not None:
         hparams["data_dir"] = data_dir
     datamodule = datamodule_cls(**hparams)

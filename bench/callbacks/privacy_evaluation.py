@@ -59,6 +59,11 @@ class PrivacyEvaluation(Callback):
         checkpoint_dir = getattr(trainer.checkpoint_callback, "dirpath", None)
         self._log_dir = checkpoint_dir or trainer.log_dir
 
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # `bench evaluate` reports a checkpoint under the configuration that trained it
+        if self.run_config is not None:
+            checkpoint.setdefault("bench", {})["run_config"] = self.run_config
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled or trainer.global_rank != 0 or trainer.sanity_checking:
             return
@@ -77,7 +82,7 @@ class PrivacyEvaluation(Callback):
         record = build_record(
             evaluation, module, datamodule,
             config=config or self.run_config or _fallback_config(module, datamodule, trainer, self),
-            seed=_training_seed(), evaluation_seed=self.seed, paper=self.paper,
+            seed=_training_seed(config or self.run_config), evaluation_seed=self.seed, paper=self.paper,
             wandb=_wandb_reference(wandb_logger), fit_seconds=fit_seconds,
         )
         record["artifacts"] = _save_example_grids(evaluation, Path(self.records_dir) / "artifacts", record["record_id"])
@@ -93,8 +98,10 @@ class PrivacyEvaluation(Callback):
         return record
 
 
-def _training_seed() -> Optional[int]:
-    seed = os.environ.get("PL_GLOBAL_SEED")  # set by seed_everything
+def _training_seed(config: Optional[dict[str, Any]]) -> Optional[int]:
+    seed = (config or {}).get("seed_everything", os.environ.get("PL_GLOBAL_SEED"))  # the env: set by seed_everything
+    if seed is None or isinstance(seed, bool):  # `seed_everything: true` picks a seed that Lightning records in the env
+        seed = os.environ.get("PL_GLOBAL_SEED")
     return int(seed) if seed is not None else None
 
 

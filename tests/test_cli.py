@@ -1,0 +1,149 @@
+"""The `bench` command as a user runs it: fit, evaluate, leaderboard, list, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from bench.records import load_records
+
+TINY = ["--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
+        "--evaluation.attacks", '[{"class_path": "FeatureInversion", "init_args": {"epochs": 2, "progress": false}}]']
+
+
+def _bench(args, cwd, **env):
+    environment = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **env}
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _run_in_process(args, capsys) -> tuple[int, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.mark.slow
+def test_fit_then_evaluate_then_leaderboard(tmp_path):
+    fit = _bench(["fit", *TINY], tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert "result record: leaderboard/records/" in fit.stdout and "leaderboard: leaderboard/README.md" in fit.stdout
+    assert "W&B run:" in fit.stdout and list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
+
+    first = load_records([tmp_path / "leaderboard" / "records"])
+    assert first.problems == [] and len(first.records) == 1
+    record = first.records[0]
+    assert record["method"]["name"] == "SplitNetwork" and record["dataset"]["name"] == "digits"
+    assert record["config"]["trainer"]["max_epochs"] == 2 and record["seed"] == 0
+    assert record["wandb"]["mode"] == "offline"
+    assert Path(tmp_path, record["artifacts"]["feature_inversion_examples"]).is_file()
+
+    checkpoint = next((tmp_path / "runs").rglob("*.ckpt"))
+    evaluated = _bench(["evaluate", str(checkpoint), "--evaluation.attacks",
+                        '[{"class_path": "FeatureInversion", "init_args": {"epochs": 2, "progress": false}}]'], tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    second = load_records([tmp_path / "leaderboard" / "records"])
+    assert len(second.records) == 2
+    newest = max(second.records, key=lambda r: r["created"] + r["record_id"])
+    by_id = {r["record_id"]: r for r in second.records}
+    older = next(r for r in second.records if r["record_id"] != newest["record_id"])
+    # the checkpoint is the model the fit evaluated, under the same configuration and evaluation seed
+    assert by_id[newest["record_id"]]["utility"]["accuracy"] == pytest.approx(older["utility"]["accuracy"])
+    assert newest["config"]["checkpoint"] == str(checkpoint.resolve())
+
+    board = _bench(["leaderboard"], tmp_path)
+    assert board.returncode == 0, board.stderr
+    rows = list(csv.DictReader((tmp_path / "leaderboard" / "leaderboard.csv").open()))
+    assert len(rows) == 1 and rows[0]["method"] == "DNN" and rows[0]["dataset"] == "digits" and rows[0]["seeds"] == "2"
+    markdown = (tmp_path / "leaderboard" / "README.md").read_text()
+    assert "| DNN | lenet | 2 | 2 |" in markdown and "plots/feature_release__digits__feature_inversion.png" in markdown
+
+
+@pytest.mark.slow
+def test_fit_with_ddp_from_the_command_line(tmp_path):
+    run = _bench(["fit", *TINY, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
+                  "--trainer.logger", "false"], tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    loaded = load_records([tmp_path / "leaderboard" / "records"])
+    assert len(loaded.records) == 1, "exactly one record, written by rank 0"
+    assert loaded.records[0]["config"]["trainer"]["strategy"] == "ddp"
+
+
+def test_list_shows_methods_datamodules_attacks_and_configs(capsys):
+    code, output = _run_in_process(["list"], capsys)
+    assert code == 0
+    for expected in ("SplitNetwork", "Digits", "MNIST", "LocalFolder", "FeatureInversion", "quickstart", "feature_release"):
+        assert expected in output
+
+
+def test_shipped_configs_are_found_by_name(capsys):
+    code, output = _run_in_process(["fit", "--config", "quickstart", "--print_config"], capsys)
+    assert code == 0
+    assert "bench.modules.SplitNetwork" in output and "bench.datamodules.Digits" in output
+
+
+def test_model_and_data_by_short_name(capsys):
+    code, output = _run_in_process(["fit", "--model", "SplitNetwork", "--data", "Digits", "--print_config"], capsys)
+    assert code == 0 and "class_path: bench.modules.split_network.SplitNetwork" in output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fit", "--model", "Nope"], "unknown method 'Nope'"),
+    (["fit", "--data", "Nope"], "unknown datamodule 'Nope'"),
+    (["fit", "--config", "no_such_config"], "no shipped config"),
+    (["fit", "--model.network", "vgg", "--trainer.logger", "false"], "too small"),
+    (["fit", "--model.network", "resnet9000", "--trainer.logger", "false"], "unknown network"),
+    (["fit", "--model.lr", "-1", "--trainer.logger", "false"], "lr must be positive"),
+    (["fit", "--data", "MNIST", "--data.data_dir", "{tmp}", "--data.download", "false", "--trainer.logger", "false"],
+     "download is off"),
+    (["evaluate", "{tmp}/missing.ckpt"], "not found"),
+    (["evaluate", "{tmp}/corrupt.ckpt"], "cannot read checkpoint"),
+    (["leaderboard", "--records", "{tmp}/nowhere"], "no records"),
+    (["frobnicate"], "unknown command"),
+])
+def test_bad_input_gets_one_clear_line_and_no_record(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corrupt.ckpt").write_bytes(b"PK\x03\x04 definitely not a checkpoint")
+    code, output = _run_in_process([arg.replace("{tmp}", str(tmp_path)) for arg in args], capsys)
+    assert code == 1
+    errors = [line for line in output.splitlines() if line.startswith("bench: error:")]
+    assert len(errors) == 1 and message in errors[0], output[-2000:]
+    assert "bench.errors.BenchError" not in output  # caught and printed as one line, not as a traceback
+    assert not (tmp_path / "leaderboard" / "records").exists()
+
+
+def test_misspelled_config_key_is_rejected(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, output = _run_in_process(["fit", "--model.learning_rate", "0.1"], capsys)
+    assert code != 0 and "learning_rate" in output
+    assert not (tmp_path / "leaderboard" / "records").exists()
+
+
+def test_nan_loss_stops_with_a_clear_error_and_no_record(tmp_path, monkeypatch):
+    import lightning as L
+
+    from bench.callbacks import PrivacyEvaluation
+    from bench.datamodules import Digits
+    from bench.errors import BenchError
+    from bench.modules import SplitNetwork
+
+    datamodule = Digits(pool_limit=32, batch_size=16)
+    module = SplitNetwork(data_spec=datamodule.spec)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module.classifier[-1], "forward", lambda x: x.sum(1, keepdim=True).expand(-1, 10) * float("nan"))
+        trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            callbacks=[PrivacyEvaluation(records_dir=str(tmp_path / "records"), leaderboard_dir=None)])
+        with pytest.raises(BenchError, match="became nan at step 0; lower the learning rate"):
+            trainer.fit(module, datamodule)
+    assert not (tmp_path / "records").exists()
