@@ -27,7 +27,7 @@ from bench.records import load_records
 UTILITY_ONLY = "utility only"
 MISSING = "–"
 _BASE_CSV = ["threat_model", "dataset", "method", "network", "epochs", "max_steps", "seeds", "accuracy_mean", "accuracy_std"]
-_COST_CSV = ["released_bytes_per_sample", "parameters"]
+_COST_CSV = ["released_bytes_per_sample", "parameters", "attack_setting"]
 
 
 @dataclass
@@ -68,6 +68,7 @@ class _Row:
     label: str
     network: str
     budget: Optional[tuple[str, int]]  # ("epochs", n) or ("steps", n)
+    attack_setting: str  # canonical JSON of the attacks' configurations: only equal attacks are averaged
     records: list[dict]
 
     def values(self, column: _Column) -> list[float]:
@@ -118,6 +119,24 @@ def _budget(record: dict) -> Optional[tuple[str, int]]:
     return None
 
 
+#: attack arguments that change how an attack reports, not what it measures
+_PRESENTATION_ONLY = {"progress"}
+
+
+def _attack_setting(record: dict, threat_model: Optional[str]) -> str:
+    entries = _entries(record, threat_model) if threat_model else {}
+    return json.dumps({attack: {k: v for k, v in (entry.get("config") or {}).items() if k not in _PRESENTATION_ONLY}
+                       for attack, entry in entries.items()}, sort_keys=True)
+
+
+def _setting_differences(rows: list["_Row"]) -> list[str]:
+    """Per row, the attack arguments whose values differ between rows (empty when all rows agree)."""
+    flat = [{f"{attack}.{key}": value for attack, config in json.loads(row.attack_setting).items()
+             for key, value in config.items()} for row in rows]
+    varying = sorted({key for one in flat for key in one if len({json.dumps(other.get(key)) for other in flat}) > 1})
+    return [", ".join(f"{key}={json.dumps(one.get(key))}" for key in varying) for one in flat] if varying else []
+
+
 def _text(value: Any) -> str:
     return MISSING if value is None else value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
@@ -143,11 +162,13 @@ def _build_group(threat_model: Optional[str], dataset: str, records: list[dict])
     ]
     keyed: dict[tuple, list[dict]] = {}
     for record in records:
-        keyed.setdefault((record["method"]["label"], _text(record["method"].get("network")), _budget(record)), []).append(record)
+        key = (record["method"]["label"], _text(record["method"].get("network")), _budget(record),
+               _attack_setting(record, threat_model))
+        keyed.setdefault(key, []).append(record)
     # seed and id order, so that "the first record" (paper values, plot colour) never depends on file names
     by_seed = lambda r: (r.get("seed") is None, r.get("seed") if isinstance(r.get("seed"), int) else 0, r["record_id"])  # noqa: E731
     rows = [_Row(*key, sorted(found, key=by_seed)) for key, found in keyed.items()]
-    rows.sort(key=lambda row: (row.label, row.network, row.budget is None, row.budget or ("", 0)))
+    rows.sort(key=lambda row: (row.label, row.network, row.budget is None, row.budget or ("", 0), row.attack_setting))
     return _Group(threat_model, dataset, rows, columns, attacks)
 
 
@@ -203,13 +224,17 @@ def _escape_pipes(text: str) -> str:
 
 
 def _table(group: _Group) -> list[str]:
-    headers = ["Method", "Network", "Epochs", "Seeds"] + [c.header for c in group.columns]
+    # rows attacked differently are never averaged together; a column then says how they differ
+    differences = _setting_differences(group.rows)
+    headers = ["Method", "Network"] + (["Attack setting"] if differences else []) + ["Epochs", "Seeds"]
+    headers += [c.header for c in group.columns]
+    left = 3 if differences else 2
     lines = ["| " + " | ".join(map(_escape_pipes, headers)) + " |",
-             "|" + "|".join([":---"] * 2 + ["---:"] * (len(headers) - 2)) + "|"]
+             "|" + "|".join([":---"] * left + ["---:"] * (len(headers) - left)) + "|"]
     best = {column.header: _best_rows(group, column) for column in group.columns}
     for i, row in enumerate(group.rows):
         budget = MISSING if row.budget is None else str(row.budget[1]) + (" steps" if row.budget[0] == "steps" else "")
-        cells = [row.label, row.network, budget, str(len(row.records))]
+        cells = [row.label, row.network] + ([differences[i]] if differences else []) + [budget, str(len(row.records))]
         cells += [_cell(row, column, i in best[column.header]) for column in group.columns]
         lines.append("| " + " | ".join(map(_escape_pipes, cells)) + " |")
     return lines
@@ -310,6 +335,7 @@ def _csv(groups: list[_Group]) -> bytes:
                 "network": row.network if row.network != MISSING else "", "seeds": len(row.records),
                 "epochs": row.budget[1] if row.budget and row.budget[0] == "epochs" else "",
                 "max_steps": row.budget[1] if row.budget and row.budget[0] == "steps" else "",
+                "attack_setting": row.attack_setting,
             }
             for column in group.columns:
                 values = row.values(column)

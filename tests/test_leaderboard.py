@@ -95,7 +95,8 @@ def test_csv_rows_and_columns(board):
     assert result.rows == len(lines) == 5  # digits: DNN, Noisy, RAN; mnist: DNN; utility only: Linear
     metrics = [f"feature_inversion.{m}_{s}" for m in ("mae", "mse", "psnr", "ssim") for s in ("mean", "std")]
     assert reader.fieldnames == ["threat_model", "dataset", "method", "network", "epochs", "max_steps", "seeds",
-                                 "accuracy_mean", "accuracy_std", *metrics, "released_bytes_per_sample", "parameters"]
+                                 "accuracy_mean", "accuracy_std", *metrics, "released_bytes_per_sample", "parameters",
+                                 "attack_setting"]
     linear = next(line for line in lines if line["method"] == "Linear")
     assert (linear["threat_model"], linear["epochs"], linear["max_steps"], linear["feature_inversion.mse_mean"]) == ("", "", "500", "")
 
@@ -159,3 +160,15 @@ def test_pareto_front_matches_naive_on_random_points():
         points = [tuple(map(float, p)) for p in rng.integers(0, 5, size=(int(rng.integers(1, 12)), 2))]  # many ties
         for x_higher, y_higher in itertools.product([True, False], repeat=2):
             assert pareto_front(points, x_higher, y_higher) == _naive_front(points, x_higher, y_higher)
+
+
+def test_records_attacked_differently_are_not_averaged(tmp_path):
+    first, second = _fixture("digits-dnn-seed0.json"), _fixture("digits-dnn-seed1.json")
+    second["privacy"][0]["config"] = {**second["privacy"][0]["config"], "epochs": 2, "progress": False}
+    for record in (first, second):
+        (tmp_path / f"{record['record_id']}.json").write_text(json.dumps(record))
+    result = generate_leaderboard([tmp_path], tmp_path / "out")
+    rows = _table(result.markdown.read_text(), "feature_release / digits")
+    assert len(rows) == 2 and all(row["Seeds"] == "1" for row in rows)
+    # the column names only what differs, and presentation-only arguments (progress) are not a difference
+    assert sorted(row["Attack setting"] for row in rows) == ["feature_inversion.epochs=2", "feature_inversion.epochs=30"]

@@ -1,0 +1,151 @@
+"""Reconstruction quality and cost metrics, checked against naive computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bench.metrics import (
+    client_flops_per_sample,
+    count_parameters,
+    released_bytes_per_sample,
+    reconstruction_metrics,
+    ssim_kernel_size,
+)
+
+
+def _pair(shape, noise, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    original = torch.rand(*shape, generator=generator)
+    reconstructed = (original + noise * torch.randn(*shape, generator=generator)).clamp(0, 1)
+    return reconstructed, original
+
+
+# ----------------------------------------------------------------------------- reconstruction
+@pytest.mark.parametrize("shape", [(4, 1, 8, 8), (3, 1, 28, 28), (2, 3, 32, 32), (2, 1, 5, 5), (2, 1, 3, 3)])
+def test_identical_images_are_a_perfect_reconstruction(shape):
+    images = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
+    metrics = reconstruction_metrics(images, images.clone())
+    assert set(metrics) == {"mse", "mae", "psnr", "ssim"}
+    assert all(isinstance(value, float) for value in metrics.values())
+    assert metrics["mse"] == 0.0 and metrics["mae"] == 0.0
+    assert metrics["ssim"] == pytest.approx(1.0, abs=1e-4)
+    assert metrics["psnr"] > 100  # zero error: +inf (a record stores it as null)
+    assert not math.isnan(metrics["psnr"])
+
+
+@pytest.mark.parametrize("shape", [(5, 1, 8, 8), (4, 1, 28, 28), (3, 3, 32, 32), (2, 2, 6, 9)])
+def test_mse_mae_psnr_match_a_naive_per_image_computation(shape):
+    reconstructed, original = _pair(shape, noise=0.2, seed=sum(shape))
+    # images with very different errors, so the mean of per-image PSNRs differs from the PSNR of the mean error
+    reconstructed[0] = original[0] + 0.01 * (reconstructed[0] - original[0])
+    metrics = reconstruction_metrics(reconstructed, original)
+    r, o = reconstructed.double().numpy(), original.double().numpy()
+    per_image_mse = [float(np.mean((r[i] - o[i]) ** 2)) for i in range(shape[0])]
+    naive_psnr = float(np.mean([10 * math.log10(1.0 / mse) for mse in per_image_mse]))
+    assert metrics["mse"] == pytest.approx(float(np.mean((r - o) ** 2)), abs=1e-5)
+    assert metrics["mse"] == pytest.approx(float(np.mean(per_image_mse)), abs=1e-5)
+    assert metrics["mae"] == pytest.approx(float(np.mean(np.abs(r - o))), abs=1e-5)
+    assert metrics["psnr"] == pytest.approx(naive_psnr, abs=1e-4)
+    global_psnr = 10 * math.log10(1.0 / float(np.mean(per_image_mse)))
+    assert abs(naive_psnr - global_psnr) > 1.0, "the test batch does not separate per-image from global PSNR"
+
+
+def test_ssim_orders_reconstructions_by_quality_and_stays_in_range():
+    for shape in [(4, 1, 8, 8), (2, 3, 32, 32)]:
+        scores = [reconstruction_metrics(*_pair(shape, noise))["ssim"] for noise in (0.02, 0.1, 0.3)]
+        assert scores[0] > scores[1] > scores[2]
+        assert all(-1.0 <= s <= 1.0 for s in scores)
+        assert scores[0] > 0.9
+
+
+def test_metrics_are_symmetric_for_images_in_range():
+    a, b = _pair((3, 1, 8, 8), noise=0.3)
+    forward, backward = reconstruction_metrics(a, b), reconstruction_metrics(b, a)
+    for key in forward:
+        assert forward[key] == pytest.approx(backward[key], abs=1e-5)
+
+
+@pytest.mark.parametrize("other", [(4, 1, 8, 7), (3, 1, 8, 8), (4, 3, 8, 8), (4, 64)])
+def test_shape_mismatch_raises(other):
+    with pytest.raises(ValueError, match="shape"):
+        reconstruction_metrics(torch.rand(*other), torch.rand(4, 1, 8, 8))
+
+
+@pytest.mark.parametrize(
+    "size, expected",
+    [((8, 8), 7), ((28, 28), 11), ((32, 32), 11), ((5, 5), 5), ((3, 3), 3), ((4, 4), 3), ((11, 11), 11), ((12, 12), 11),
+     ((10, 10), 9), ((8, 28), 7), ((28, 6), 5), ((64, 64), 11)],
+)
+def test_ssim_kernel_size(size, expected):
+    kernel = ssim_kernel_size(*size)
+    assert kernel == expected
+    assert kernel % 2 == 1 and 3 <= kernel <= 11
+
+
+def test_ssim_kernel_size_never_exceeds_the_image():
+    for height in range(3, 40):
+        for width in range(3, 40):
+            kernel = ssim_kernel_size(height, width)
+            assert kernel % 2 == 1 and kernel <= min(height, width) and kernel <= 11
+
+
+# ----------------------------------------------------------------------------- cost
+def test_count_parameters_counts_zeroed_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 3))
+    total = 10 * 5 + 5 + 5 * 3 + 3
+    counts = count_parameters(model)
+    assert counts == {"parameters": total, "nonzero_parameters": total}
+    with torch.no_grad():
+        model[0].weight[:2] = 0.0  # 2 rows of 10
+        model[2].bias[1] = 0.0
+    counts = count_parameters(model)
+    assert counts["parameters"] == total
+    assert counts["nonzero_parameters"] == total - 21
+
+
+def test_count_parameters_of_a_parameterless_module():
+    assert count_parameters(nn.ReLU()) == {"parameters": 0, "nonzero_parameters": 0}
+
+
+@pytest.mark.xfail(strict=True, reason="count_parameters reads module.parameters(); torch.nn.utils.prune keeps the unmasked "
+                                       "weight in `weight_orig`, so pruned weights are counted as nonzero despite the "
+                                       "docstring ('pruned weights count as zero')")
+def test_count_parameters_counts_torch_pruned_weights_as_zero():
+    torch.manual_seed(0)
+    layer = nn.Linear(10, 5)
+    torch.nn.utils.prune.l1_unstructured(layer, "weight", amount=20)
+    counts = count_parameters(layer)
+    assert counts["parameters"] == 55
+    assert counts["nonzero_parameters"] == 55 - 20
+
+
+@pytest.mark.parametrize(
+    "dtype, bytes_per_element", [(torch.float32, 4), (torch.complex64, 8), (torch.float16, 2), (torch.float64, 8), (torch.uint8, 1)]
+)
+@pytest.mark.parametrize("shape", [(7, 16, 4, 4), (3, 37), (1, 2, 3)])
+def test_released_bytes_per_sample(dtype, bytes_per_element, shape):
+    released = torch.zeros(*shape, dtype=dtype)
+    per_sample = math.prod(shape[1:])
+    assert released_bytes_per_sample(released) == bytes_per_element * per_sample
+
+
+def test_client_flops_of_a_linear_layer():
+    layer = nn.Linear(10, 5)
+    assert client_flops_per_sample(layer, torch.rand(8, 10)) == 2 * 10 * 5
+    assert client_flops_per_sample(nn.Linear(10, 5, bias=False), torch.rand(1, 10)) == 100
+
+
+def test_client_flops_are_per_sample_and_leave_no_graph():
+    network = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+    flops = client_flops_per_sample(network, torch.rand(16, 1, 8, 8))
+    conv = 2 * (1 * 3 * 3) * 4 * 8 * 8
+    linear = 2 * 256 * 10
+    assert flops == conv + linear
+    assert client_flops_per_sample(network, torch.rand(1, 1, 8, 8)) == flops
+    assert all(p.grad is None for p in network.parameters())
