@@ -90,6 +90,8 @@ def validate_record(record: Any) -> None:
             if key not in entry:
                 raise RecordError(f"privacy[{index}] is missing '{key}'")
         _check_numbers(entry["metrics"], f"privacy[{index}].metrics")
+        if not isinstance(entry["directions"], dict):
+            raise RecordError(f"privacy[{index}].directions must be an object, got {type(entry['directions']).__name__}")
         bad = {m: d for m, d in entry["directions"].items() if d not in ("higher", "lower")}
         if bad:
             raise RecordError(f"privacy[{index}].directions must be 'higher' or 'lower', got {bad}")

@@ -10,11 +10,20 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 def count_parameters(module: nn.Module) -> dict[str, int]:
-    """Total and nonzero parameters (pruned weights count as zero)."""
+    """Total and nonzero parameters; weights pruned with ``torch.nn.utils.prune`` count as zero.
+
+    Pruning keeps the dense ``<name>_orig`` parameter and a ``<name>_mask`` buffer, so the
+    effective weight is their product.
+    """
     total = nonzero = 0
-    for parameter in module.parameters():
-        total += parameter.numel()
-        nonzero += int(torch.count_nonzero(parameter.detach()))
+    for owner in module.modules():
+        for name, parameter in owner.named_parameters(recurse=False):
+            effective = parameter.detach()
+            mask = getattr(owner, name[: -len("_orig")] + "_mask", None) if name.endswith("_orig") else None
+            if isinstance(mask, Tensor):
+                effective = effective * mask
+            total += parameter.numel()
+            nonzero += int(torch.count_nonzero(effective))
     return {"parameters": total, "nonzero_parameters": nonzero}
 
 

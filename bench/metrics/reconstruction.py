@@ -7,6 +7,10 @@ from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 
+#: a perfect reconstruction has infinite PSNR; capping it keeps one perfect image from making a mean infinite
+PSNR_CAP_DB = 100.0
+
+
 def ssim_kernel_size(height: int, width: int, preferred: int = 11) -> int:
     """SSIM's usual 11x11 Gaussian window, shrunk (odd) for images smaller than it, e.g. 8x8 digits."""
     largest_odd = min(height, width) - (1 - min(height, width) % 2)
@@ -17,8 +21,8 @@ def ssim_kernel_size(height: int, width: int, preferred: int = 11) -> int:
 def reconstruction_metrics(reconstructed: Tensor, original: Tensor) -> dict[str, float]:
     """MSE, mean absolute error, PSNR and SSIM between image batches in [0, 1], averaged over images.
 
-    PSNR is computed per image and then averaged, as the papers report it; SSIM uses a Gaussian
-    window whose size adapts to small images (:func:`ssim_kernel_size`).
+    PSNR is computed per image (capped at :data:`PSNR_CAP_DB`) and then averaged, as the papers
+    report it; SSIM uses a Gaussian window whose size adapts to small images (:func:`ssim_kernel_size`).
     """
     if reconstructed.shape != original.shape:
         raise ValueError(f"shapes differ: reconstructed {tuple(reconstructed.shape)} vs original {tuple(original.shape)}")
@@ -26,10 +30,11 @@ def reconstruction_metrics(reconstructed: Tensor, original: Tensor) -> dict[str,
     per_image = (1, 2, 3)
     psnr = peak_signal_noise_ratio(reconstructed, original, data_range=1.0, reduction="none", dim=per_image)
     kernel = ssim_kernel_size(*original.shape[-2:])
-    ssim = structural_similarity_index_measure(reconstructed, original, data_range=1.0, kernel_size=kernel)
+    # torchmetrics sizes a Gaussian window from sigma alone (11 for the usual 1.5): scale sigma with the window
+    ssim = structural_similarity_index_measure(reconstructed, original, data_range=1.0, sigma=1.5 * kernel / 11)
     return {
         "mse": (reconstructed - original).square().mean().item(),
         "mae": (reconstructed - original).abs().mean().item(),
-        "psnr": psnr.mean().item(),
+        "psnr": psnr.clamp(max=PSNR_CAP_DB).mean().item(),
         "ssim": ssim.item(),
     }
