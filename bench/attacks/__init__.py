@@ -2,5 +2,6 @@
 
 from bench.attacks.base import Attack, AttackResult
 from bench.attacks.feature_inversion import DECODERS, FeatureInversion
+from bench.attacks.own_decoder import OwnDecoder
 
-__all__ = ["Attack", "AttackResult", "DECODERS", "FeatureInversion"]
+__all__ = ["Attack", "AttackResult", "DECODERS", "FeatureInversion", "OwnDecoder"]

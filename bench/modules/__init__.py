@@ -1,6 +1,9 @@
 """Methods of the suite: one LightningModule per method, each on :class:`PrivacyModule`."""
 
 from bench.modules.base import PrivacyModule
+from bench.modules.noisy_input import NoisyInput
+from bench.modules.ran import RAN
+from bench.modules.resized_dnn import ResizedDNN
 from bench.modules.split_network import SplitNetwork
 
-__all__ = ["PrivacyModule", "SplitNetwork"]
+__all__ = ["PrivacyModule", "NoisyInput", "RAN", "ResizedDNN", "SplitNetwork"]

@@ -17,6 +17,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from lightning.pytorch.strategies import DDPStrategy
 from torchmetrics.classification import MulticlassAccuracy
 
 import bench
@@ -64,6 +65,13 @@ class PrivacyModule(L.LightningModule):
         self.hparams["data_spec"] = self.spec.as_dict()  # plain types: checkpoints load with weights_only
         self.val_accuracy = MulticlassAccuracy(self.spec.num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(self.spec.num_classes, average="micro")
+
+    def setup(self, stage: str) -> None:
+        strategy = self.trainer.strategy
+        if not self.automatic_optimization and isinstance(strategy, DDPStrategy):
+            # manual optimization trains sub-networks in separate stages, so each backward leaves some
+            # parameters without gradients; DDP must look for them instead of failing (set before wrapping)
+            strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
 
     # ------------------------------------------------------------------ prediction
     def forward(self, x: Tensor) -> Tensor:

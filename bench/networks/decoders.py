@@ -35,10 +35,19 @@ def _record_shapes(encoder: nn.Sequential, image_shape: Sequence[int]) -> list[t
     return shapes
 
 
+def _flatten_sequential(module: nn.Sequential) -> nn.Sequential:
+    """Nested Sequentials as one flat Sequential of the same layers (e.g. encoder + projection)."""
+    layers: list[nn.Module] = []
+    for layer in module:
+        layers += list(_flatten_sequential(layer)) if isinstance(layer, nn.Sequential) else [layer]
+    return nn.Sequential(*layers)
+
+
 def mirror_decoder(encoder: nn.Module, image_shape: Sequence[int]) -> nn.Sequential:
     """The encoder reversed layer by layer; ends in a sigmoid (images in [0, 1])."""
     if not isinstance(encoder, nn.Sequential):
         raise BenchError(f"the mirror decoder needs an nn.Sequential encoder, got {type(encoder).__name__}; use decoder='upsampling'")
+    encoder = _flatten_sequential(encoder)
     shapes = _record_shapes(encoder, image_shape)
     inverse: list[nn.Module] = []
     for index in reversed(range(len(encoder))):

@@ -1,0 +1,64 @@
+"""Noisy: the client releases its raw input with Laplace noise added (RAN paper, section 3.1).
+
+A local-differential-privacy style baseline: the noisy image leaves the client, and the server runs
+a standard classifier (the whole network, encoder and MLP) trained and tested on noisy data.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from bench.datamodules.base import DataSpec
+from bench.errors import BenchError
+from bench.modules.base import PrivacyModule
+from bench.networks.split import build_split_network
+from bench.threat_models import ThreatModel
+
+
+class LaplaceNoise(nn.Module):
+    """Adds Laplace(0, scale) noise to every element, in training and at test time alike."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.scale == 0:
+            return x
+        # inverse CDF of the Laplace distribution on U(-1/2, 1/2): torch.distributions would be slower
+        uniform = torch.rand_like(x) - 0.5
+        return x - self.scale * uniform.sign() * torch.log1p(-2 * uniform.abs())
+
+
+class NoisyInput(PrivacyModule):
+    """Laplace noise on the raw input (scale: noise_factor, images in [0, 1]); a classifier on the noisy data.
+
+    Args:
+        network: the server's classifier family (``lenet`` or ``vgg``), applied to the noisy image.
+        noise_factor: scale b of the Laplace noise; the paper sweeps 0.1 ... 0.9.
+    """
+
+    threat_models = (ThreatModel.FEATURE_RELEASE, ThreatModel.BLACK_BOX_OUTPUTS)
+    display_name = "Noisy"
+    label_hparams = ("noise_factor",)
+
+    def __init__(self, network: str = "lenet", noise_factor: float = 0.5, lr: float = 1e-3,
+                 weight_decay: float = 0.0, data_spec: Optional[DataSpec] = None) -> None:
+        if noise_factor < 0:
+            raise BenchError(f"noise_factor must be non-negative, got {noise_factor}")
+        super().__init__(data_spec=data_spec, lr=lr, weight_decay=weight_decay)
+        self.noise = LaplaceNoise(noise_factor)
+        encoder, classifier = build_split_network(network, self.spec)
+        self.server = nn.Sequential(encoder, classifier)
+
+    def release(self, x: Tensor) -> Tensor:
+        return self.noise(x)
+
+    def predict_from_release(self, released: Tensor) -> Tensor:
+        return self.server(released)
+
+    def client_network(self) -> nn.Module:
+        return self.noise

@@ -1,0 +1,124 @@
+"""RAN: Reconstructive Adversarial Network (Liu, Shrivastava, Du, Zhong).
+
+Three networks: the Encoder E on the client (convolution, batch-norm and max-pooling layers), the
+Classifier C on the server (an MLP on E's features), and the Decoder D, E mirrored layer by layer,
+standing in for the attacker during training. Algorithm 1, for every mini-batch:
+
+    k times:   update E, C with lr l1 to minimise O_d              (Eq. 2, discriminative stage)
+               update D    with lr l2 to minimise O_g              (Eq. 3, generative stage)
+    once:      update E, C with lr l3 to minimise O_a = lambda O_d - (1 - lambda) O_g   (Eq. 4)
+
+Adam for all three stages. What leaves the client is E(x); the server predicts C(E(x)).
+
+Both objectives are sums over the mini-batch in the paper; here both are averaged over it, which
+keeps their ratio (and so the meaning of lambda) and makes learning rates batch-size independent.
+O_g uses the per-sample squared Euclidean distance |I - D(E(I))|^2 (summed over pixels), as Eq. 3.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.datamodules.base import DataSpec
+from bench.errors import BenchError
+from bench.modules.base import PrivacyModule
+from bench.networks.decoders import mirror_decoder
+from bench.networks.split import build_split_network
+from bench.threat_models import ThreatModel
+
+
+def reconstruction_error(reconstructed: Tensor, images: Tensor) -> Tensor:
+    """Eq. 3's |I - I'|^2 per sample (squared Euclidean distance), averaged over the batch."""
+    return (reconstructed - images).square().flatten(1).sum(1).mean()
+
+
+class RAN(PrivacyModule):
+    """Encoder/Classifier/Decoder trained by RAN's three-stage adversarial algorithm (Algorithm 1).
+
+    Args:
+        network: ``lenet`` (MNIST-sized inputs) or ``vgg`` (CIFAR-sized); the decoder mirrors its encoder.
+        lam: lambda of Eq. 4 in [0, 1]: 1 is plain classification, lower values trade accuracy for privacy.
+        k: discriminative/generative stage pairs before each adversarial step (the paper's k = 3).
+        l1 / l2 / l3: Adam learning rates of the discriminative, generative and adversarial stages.
+    """
+
+    threat_models = (ThreatModel.FEATURE_RELEASE, ThreatModel.BLACK_BOX_OUTPUTS)
+    label_hparams = ("lam",)
+
+    def __init__(self, network: str = "lenet", lam: float = 0.5, k: int = 3, l1: float = 1e-3, l2: float = 1e-3,
+                 l3: float = 1e-3, data_spec: Optional[DataSpec] = None) -> None:
+        if not 0.0 <= lam <= 1.0:
+            raise BenchError(f"lam (lambda of Eq. 4) must lie in [0, 1], got {lam}")
+        if k < 1:
+            raise BenchError(f"k (stage pairs per adversarial step) must be at least 1, got {k}")
+        if min(l1, l2, l3) <= 0:
+            raise BenchError(f"learning rates l1, l2, l3 must be positive, got {l1}, {l2}, {l3}")
+        super().__init__(data_spec=data_spec, lr=l1)
+        self.automatic_optimization = False
+        self.encoder, self.classifier = build_split_network(network, self.spec)
+        self.decoder = mirror_decoder(self.encoder, self.spec.image_shape)
+
+    # ------------------------------------------------------------------ the contract
+    def release(self, x: Tensor) -> Tensor:
+        return self.encoder(x)
+
+    def predict_from_release(self, released: Tensor) -> Tensor:
+        return self.classifier(released)
+
+    def client_network(self) -> nn.Module:
+        return self.encoder
+
+    def own_reconstruction(self, released: Tensor) -> Tensor:
+        """RAN's own Decoder D applied to released features (the paper's "RAN's Decoder" error)."""
+        return self.decoder(released)
+
+    # ------------------------------------------------------------------ Algorithm 1
+    def configure_optimizers(self):
+        encoder_classifier = [*self.encoder.parameters(), *self.classifier.parameters()]
+        return [
+            torch.optim.Adam(encoder_classifier, lr=self.hparams.l1),  # discriminative stage, Eq. 2
+            torch.optim.Adam(self.decoder.parameters(), lr=self.hparams.l2),  # generative stage, Eq. 3
+            torch.optim.Adam(encoder_classifier, lr=self.hparams.l3),  # adversarial stage, Eq. 4
+        ]
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        discriminative, generative, adversarial = self.optimizers()
+        for _ in range(self.hparams.k):
+            # Eq. 2, O_d: E and C learn to classify
+            o_d = F.cross_entropy(self.classifier(self.encoder(images)), labels)
+            self._step(discriminative, o_d, "O_d")
+            # Eq. 3, O_g: D learns to invert E, whose features it only reads
+            with torch.no_grad():
+                features = self.encoder(images)
+            o_g = reconstruction_error(self.decoder(features), images)
+            self._step(generative, o_g, "O_g")
+        self.decoder.requires_grad_(False)  # D is the fixed adversary of this stage
+        o_a = self.adversarial_objective(images, labels)
+        self._step(adversarial, o_a, "O_a")
+        self.decoder.requires_grad_(True)
+        self.log_dict({"train/O_d": o_d.detach(), "train/O_g": o_g.detach(), "train/O_a": o_a.detach()}, prog_bar=True)
+
+    def adversarial_objective(self, images: Tensor, labels: Tensor) -> Tensor:
+        """Eq. 4, O_a = lambda O_d - (1 - lambda) O_g: E and C trade classification against D's error."""
+        features = self.encoder(images)
+        lam = self.hparams.lam
+        o_a = lam * F.cross_entropy(self.classifier(features), labels)
+        if lam < 1:  # at lambda = 1 the stage is plain classification: D is not even evaluated
+            o_a = o_a - (1 - lam) * reconstruction_error(self.decoder(features), images)
+        return o_a
+
+    def _step(self, optimizer, loss: Tensor, name: str) -> None:
+        self.check_finite(loss, name)
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        images, _ = batch
+        self.log("val/own_decoder_mse", F.mse_loss(self.decoder(self.encoder(images)), images), sync_dist=True)
