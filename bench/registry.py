@@ -14,6 +14,7 @@ from bench.errors import BenchError
 
 T = TypeVar("T", bound=type)
 CONFIG_DIR = Path(__file__).parent / "configs"
+SWEEP_DIR = Path(__file__).parent / "sweeps"
 
 
 def _concrete_subclasses(base: T) -> dict[str, T]:
@@ -53,15 +54,20 @@ def configs() -> dict[str, Path]:
     return {path.relative_to(CONFIG_DIR).with_suffix("").as_posix(): path for path in sorted(CONFIG_DIR.rglob("*.yaml"))}
 
 
-def resolve_config(name_or_path: str) -> str:
-    """A config given by path stays as it is; a shipped config's name becomes its path."""
+def sweeps() -> dict[str, Path]:
+    """Shipped sweeps by name (``bench sweep NAME``)."""
+    return {path.relative_to(SWEEP_DIR).with_suffix("").as_posix(): path for path in sorted(SWEEP_DIR.rglob("*.yaml"))}
+
+
+def resolve_config(name_or_path: str, kind: str = "config") -> str:
+    """A file given by path stays as it is; a shipped config's (or sweep's) name becomes its path."""
     if Path(name_or_path).exists():
         return name_or_path
-    shipped = configs()
+    shipped = configs() if kind == "config" else sweeps()
     key = name_or_path[:-5] if name_or_path.endswith(".yaml") else name_or_path
     if key in shipped:
         return str(shipped[key])
-    raise BenchError(f"no config file '{name_or_path}' and no shipped config of that name; `bench list` shows the shipped configs")
+    raise BenchError(f"no {kind} file '{name_or_path}' and no shipped {kind} of that name; `bench list` shows the shipped ones")
 
 
 def lookup(kind: str, name: str) -> type:

@@ -172,7 +172,7 @@ def _print_summary(record: dict[str, Any], path: Path, leaderboard: Optional[Pat
     parts = [f"accuracy {record['utility']['accuracy']:.4f}"]
     for entry in record["privacy"]:
         parts.append(entry["attack"] + " " + " ".join(f"{k} {v:.4g}" for k, v in entry["metrics"].items() if v is not None))
-    lines = [f"bench: {record['method']['label']} on {record['dataset']['name']}: " + " | ".join(parts)]
+    lines = [f"\nbench: {record['method']['label']} on {record['dataset']['name']}: " + " | ".join(parts)]
     if log_dir:
         lines.append(f"  logs and checkpoints: {log_dir}")
     if record.get("wandb") and record["wandb"].get("dir"):
