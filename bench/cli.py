@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from bench.errors import BenchError
+from bench.errors import BenchError, class_path
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 QUICKSTART = Path(__file__).parent / "configs" / "quickstart.yaml"
@@ -141,13 +141,31 @@ def evaluate_command(argv: list[str]) -> None:
     args = parser.parse_args(_resolve_names(argv))
     init = parser.instantiate_classes(args)
     module, datamodule, checkpoint = load_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device)
-    config = checkpoint.get("run_config") or {
+    run_config = checkpoint.get("run_config") or {
         "model": {"class_path": checkpoint["method_class"], "init_args": dict(module.hparams)},
-        "data": {"class_path": checkpoint["datamodule_class"], "init_args": dict(datamodule.hparams)},
-        "trainer": {"max_epochs": checkpoint.get("epoch")}}
-    config = {**config, "checkpoint": str(Path(args.checkpoint).resolve()), "global_step": checkpoint.get("global_step"),
-              "evaluation": _plain(args.evaluation)}
-    init.evaluation.evaluate_and_record(module, datamodule, config=config)
+        "data": {"class_path": checkpoint["datamodule_class"], "init_args": dict(datamodule.hparams)}}
+    evaluation = init.evaluation
+    trained_with = (run_config.get("evaluation") or {}).get("attacks")
+    if evaluation.attacks is None and trained_with:
+        # unless told otherwise, attack the checkpoint exactly as its run was attacked, so the records compare
+        evaluation.attacks = [_instantiate(spec) for spec in trained_with]
+    epoch = checkpoint.get("epoch")
+    config = {**run_config, "checkpoint": str(Path(args.checkpoint).resolve()),
+              "training": {"epochs": None if epoch is None else epoch + 1, "global_step": checkpoint.get("global_step")},
+              "evaluation": {**_plain(args.evaluation), "attacks": [_describe(a) for a in evaluation.attacks or []] or None}}
+    evaluation.evaluate_and_record(module, datamodule, config=config)
+
+
+def _instantiate(spec: dict[str, Any]):
+    """A class from its LightningCLI form {class_path, init_args}."""
+    import importlib
+
+    module_name, _, name = spec["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module_name), name)(**(spec.get("init_args") or {}))
+
+
+def _describe(attack) -> dict[str, Any]:
+    return {"class_path": class_path(attack), "init_args": attack.config()}
 
 
 def load_checkpoint(path: str, data_dir: Optional[str] = None, device: str = "auto"):

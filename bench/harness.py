@@ -24,6 +24,7 @@ import bench
 from bench import registry
 from bench.attacks.base import Attack
 from bench.datamodules.base import PrivacyDataModule
+from bench.errors import class_path
 from bench.metrics.cost import client_flops_per_sample, count_parameters, released_bytes_per_sample
 from bench.modules.base import PrivacyModule
 from bench.records import SCHEMA_VERSION, new_record_id, utc_now
@@ -78,6 +79,14 @@ def evaluate(module: PrivacyModule, datamodule: PrivacyDataModule, attacks: Opti
     module.eval()
     datamodule.setup("test")
     started, clock = utc_now(), time.perf_counter()
+    devices = [module.device] if module.device.type == "cuda" else []
+    # stochastic releases (noise, random phases) draw from a seeded generator: same checkpoint, same numbers
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return _evaluate(module, datamodule, attacks, seed, was_training, started, clock)
+
+
+def _evaluate(module, datamodule, attacks, seed, was_training, started, clock) -> Evaluation:
     try:
         utility = {"accuracy": test_accuracy(module, datamodule)}
         cost = measure_cost(module, datamodule)
@@ -89,7 +98,7 @@ def evaluate(module: PrivacyModule, datamodule: PrivacyDataModule, attacks: Opti
             with torch.inference_mode(False), torch.enable_grad():
                 result = attack.run(module, datamodule, generator)
             privacy.append({"attack": attack.name, "threat_model": attack.threat_model.value,
-                            "class": f"{type(attack).__module__}.{type(attack).__qualname__}",
+                            "class": class_path(attack),
                             "config": attack.config(), "metrics": result.metrics,
                             "directions": dict(attack.metric_directions), "primary_metric": attack.primary_metric,
                             "details": result.details})
@@ -108,8 +117,9 @@ def git_revision() -> Optional[str]:
         revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         if revision.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        # only the code counts: runs rewrite the tracked leaderboard files themselves
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "bench", "pyproject.toml"],
+                               cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()
         return revision.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -118,7 +128,7 @@ def git_revision() -> Optional[str]:
 def build_record(evaluation: Evaluation, module: PrivacyModule, datamodule: PrivacyDataModule, *,
                  config: dict[str, Any], seed: Optional[int], evaluation_seed: int,
                  paper: Optional[dict[str, Any]] = None, wandb: Optional[dict[str, Any]] = None,
-                 fit_seconds: Optional[float] = None) -> dict[str, Any]:
+                 fit_seconds: Optional[float] = None, training: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The result record of one evaluation (schema in :mod:`bench.records`)."""
     cost = dict(evaluation.cost)
     cost["fit_seconds"] = None if fit_seconds is None else round(fit_seconds, 3)
@@ -132,6 +142,7 @@ def build_record(evaluation: Evaluation, module: PrivacyModule, datamodule: Priv
         "dataset": datamodule.describe(),
         "seed": seed,
         "evaluation_seed": evaluation_seed,
+        "training": training,
         "config": config,
         "utility": evaluation.utility,
         "privacy": evaluation.privacy,

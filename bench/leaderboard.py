@@ -68,7 +68,7 @@ class _Row:
     label: str
     network: str
     budget: Optional[tuple[str, int]]  # ("epochs", n) or ("steps", n)
-    attack_setting: str  # canonical JSON of the attacks' configurations: only equal attacks are averaged
+    attack_setting: str  # canonical JSON of method, data and attack settings: only equal settings are averaged
     records: list[dict]
 
     def values(self, column: _Column) -> list[float]:
@@ -109,6 +109,10 @@ def _entries(record: dict, threat_model: str) -> dict[str, dict]:
 
 
 def _budget(record: dict) -> Optional[tuple[str, int]]:
+    """The epochs actually trained (records say so since they carry `training`), else the configured budget."""
+    training = record.get("training")
+    if isinstance(training, dict) and isinstance(training.get("epochs"), int):
+        return "epochs", training["epochs"]
     trainer = record["config"].get("trainer")
     trainer = trainer if isinstance(trainer, dict) else {}
     # Lightning spells "no limit" as None or -1
@@ -119,22 +123,44 @@ def _budget(record: dict) -> Optional[tuple[str, int]]:
     return None
 
 
-#: attack arguments that change how an attack reports, not what it measures
-_PRESENTATION_ONLY = {"progress"}
+#: hyper-parameters that say where data lives or how fast it loads, not what is measured
+_NOT_A_SETTING = {"data_spec", "network", "data_dir", "download", "num_workers", "eval_batch_size"}
 
 
-def _attack_setting(record: dict, threat_model: Optional[str]) -> str:
+def _arguments(section: Any) -> dict[str, Any]:
+    arguments = section.get("hparams", section.get("init_args", {})) if isinstance(section, dict) else {}
+    return {key: value for key, value in arguments.items() if not key.startswith("_") and key not in _NOT_A_SETTING}
+
+
+def _setting(record: dict, threat_model: Optional[str]) -> str:
+    """Everything that must agree for records to be seeds of one row: method and data arguments, attack configs."""
     entries = _entries(record, threat_model) if threat_model else {}
-    return json.dumps({attack: {k: v for k, v in (entry.get("config") or {}).items() if k not in _PRESENTATION_ONLY}
-                       for attack, entry in entries.items()}, sort_keys=True)
+    setting = {f"model.{key}": value for key, value in _arguments(record["method"]).items()}
+    setting.update({f"data.{key}": value for key, value in _arguments(record["config"].get("data", {})).items()
+                    if key != "seed"})
+    for attack, entry in entries.items():
+        setting.update({f"{attack}.{key}": value for key, value in (entry.get("config") or {}).items()})
+    return json.dumps(setting, sort_keys=True, default=str)
 
 
 def _setting_differences(rows: list["_Row"]) -> list[str]:
-    """Per row, the attack arguments whose values differ between rows (empty when all rows agree)."""
-    flat = [{f"{attack}.{key}": value for attack, config in json.loads(row.attack_setting).items()
-             for key, value in config.items()} for row in rows]
-    varying = sorted({key for one in flat for key in one if len({json.dumps(other.get(key)) for other in flat}) > 1})
-    return [", ".join(f"{key}={json.dumps(one.get(key))}" for key in varying) for one in flat] if varying else []
+    """Per row, the settings that tell it apart from rows of the same method, network and budget.
+
+    Empty when no two rows share those: then the label says everything.
+    """
+    siblings: dict[tuple, list[int]] = {}
+    for index, row in enumerate(rows):
+        siblings.setdefault((row.label, row.network, row.budget), []).append(index)
+    differences = [""] * len(rows)
+    for members in siblings.values():
+        if len(members) < 2:
+            continue
+        flat = {i: json.loads(rows[i].attack_setting) for i in members}
+        varying = sorted({key for one in flat.values() for key in one
+                          if len({json.dumps(other.get(key)) for other in flat.values()}) > 1})
+        for i in members:
+            differences[i] = ", ".join(f"{key}={json.dumps(flat[i].get(key))}" for key in varying)
+    return differences if any(differences) else []
 
 
 def _text(value: Any) -> str:
@@ -160,14 +186,16 @@ def _build_group(threat_model: Optional[str], dataset: str, records: list[dict])
         _Column("Released B/sample", "released_bytes_per_sample", lambda r: r["cost"].get("released_bytes_per_sample"), "lower", count=True),
         _Column("Params", "parameters", lambda r: r["cost"].get("parameters"), "lower", count=True),
     ]
-    keyed: dict[tuple, list[dict]] = {}
-    for record in records:
+    keyed: dict[tuple, dict[Any, dict]] = {}
+    for record in sorted(records, key=lambda r: (r["created"], r["record_id"])):
         key = (record["method"]["label"], _text(record["method"].get("network")), _budget(record),
-               _attack_setting(record, threat_model))
-        keyed.setdefault(key, []).append(record)
+               _setting(record, threat_model))
+        # one record per seed: a re-evaluation of the same run replaces the older record instead of posing as a seed
+        seed = (record.get("seed"), record["dataset"].get("seed"))
+        keyed.setdefault(key, {})[seed if record.get("seed") is not None else record["record_id"]] = record
     # seed and id order, so that "the first record" (paper values, plot colour) never depends on file names
     by_seed = lambda r: (r.get("seed") is None, r.get("seed") if isinstance(r.get("seed"), int) else 0, r["record_id"])  # noqa: E731
-    rows = [_Row(*key, sorted(found, key=by_seed)) for key, found in keyed.items()]
+    rows = [_Row(*key, sorted(found.values(), key=by_seed)) for key, found in keyed.items()]
     rows.sort(key=lambda row: (row.label, row.network, row.budget is None, row.budget or ("", 0), row.attack_setting))
     return _Group(threat_model, dataset, rows, columns, attacks)
 
@@ -226,7 +254,7 @@ def _escape_pipes(text: str) -> str:
 def _table(group: _Group) -> list[str]:
     # rows attacked differently are never averaged together; a column then says how they differ
     differences = _setting_differences(group.rows)
-    headers = ["Method", "Network"] + (["Attack setting"] if differences else []) + ["Epochs", "Seeds"]
+    headers = ["Method", "Network"] + (["Setting"] if differences else []) + ["Epochs", "Seeds"]
     headers += [c.header for c in group.columns]
     left = 3 if differences else 2
     lines = ["| " + " | ".join(map(_escape_pipes, headers)) + " |",

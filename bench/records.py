@@ -13,15 +13,17 @@ Schema (version 1), the keys every record has:
 ``dataset``         {name, class, seed, pool_sizes, spec}
 ``seed``            the training seed (``seed_everything``), or null
 ``evaluation_seed`` the harness's fixed seed
+``training``        what was trained: {epochs, global_step, world_size, limit_train_batches}, or null
 ``config``          the full configuration of the run (model, data, trainer, evaluation)
 ``utility``         {accuracy: top-1 on the test pool, ...}
-``privacy``         list of {attack, threat_model, config, metrics, directions, primary_metric};
-                    ``directions[m]`` is "higher" or "lower": which way metric m means *more* privacy
+``privacy``         list of {attack, class, threat_model, config, metrics, directions, primary_metric, details};
+                    ``directions[m]`` is "higher" or "lower": which way metric m means *more* privacy;
+                    ``details``: what the attack decided at run time (e.g. the decoder it fell back to)
 ``cost``            {parameters, nonzero_parameters, released_bytes_per_sample, raw_bytes_per_sample,
                     client_flops_per_sample, fit_seconds, evaluation_seconds}
 ``paper``           null or {metric name: the paper's reported value, "source": where it was reported}
 ``software``        {bench, git_revision, torch, lightning, python}
-``wandb``           null or {project, entity, run_id, url, mode}
+``wandb``           null or {project, entity, run_id, url, mode, dir}
 ``artifacts``       {name: path of a file written beside the record (reconstruction grids, ...)}
 """
 

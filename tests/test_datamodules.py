@@ -435,10 +435,18 @@ def test_real_mnist_test_set_loads():
     assert images.shape == (10_000, 1, 28, 28) and images.dtype == torch.uint8
     assert labels.shape == (10_000,) and set(labels.tolist()) == set(range(10))
     spec = datamodule.spec
-    assert spec.image_shape == (1, 28, 28) and spec.num_classes == 10 and spec.name == "mnist"
+    # a local split is never named like the official dataset, whose table it must not join
+    assert spec.image_shape == (1, 28, 28) and spec.num_classes == 10 and spec.name == "mnist_local"
     assert spec.mean[0] == pytest.approx(0.1307, abs=0.01)  # the familiar MNIST statistics
     sizes = datamodule.pool_sizes()
     assert all(size > 0 for size in sizes.values())
     assert sum(sizes.values()) <= 10_000
     test_images, _ = datamodule.pool("test").tensors()
     assert test_images.shape[1:] == (1, 28, 28) and 0.0 <= test_images.min() and test_images.max() <= 1.0
+
+
+def test_pool_limit_draws_a_random_subset_not_the_first_samples(tmp_path):
+    full = _served_indices(_indexed_folder(tmp_path, n=400, seed=1))
+    limited = _served_indices(_indexed_folder(tmp_path, n=400, seed=1, pool_limit=20))
+    for name in POOLS:
+        assert sorted(limited[name]) != sorted(full[name])[:20], f"the {name} pool kept its lowest indices"

@@ -164,11 +164,32 @@ def test_pareto_front_matches_naive_on_random_points():
 
 def test_records_attacked_differently_are_not_averaged(tmp_path):
     first, second = _fixture("digits-dnn-seed0.json"), _fixture("digits-dnn-seed1.json")
-    second["privacy"][0]["config"] = {**second["privacy"][0]["config"], "epochs": 2, "progress": False}
+    second["privacy"][0]["config"] = {**second["privacy"][0]["config"], "epochs": 2}
     for record in (first, second):
         (tmp_path / f"{record['record_id']}.json").write_text(json.dumps(record))
     result = generate_leaderboard([tmp_path], tmp_path / "out")
     rows = _table(result.markdown.read_text(), "feature_release / digits")
     assert len(rows) == 2 and all(row["Seeds"] == "1" for row in rows)
-    # the column names only what differs, and presentation-only arguments (progress) are not a difference
-    assert sorted(row["Attack setting"] for row in rows) == ["feature_inversion.epochs=2", "feature_inversion.epochs=30"]
+    # the column names only what differs
+    assert sorted(row["Setting"] for row in rows) == ["feature_inversion.epochs=2", "feature_inversion.epochs=30"]
+
+
+def test_a_re_evaluated_seed_is_counted_once_and_the_newest_wins(tmp_path):
+    first = _fixture("digits-dnn-seed0.json")
+    again = {**first, "record_id": "f" * 32, "created": "2099-01-01T00:00:00+00:00", "utility": {"accuracy": 0.5}}
+    for record in (first, again):
+        (tmp_path / f"{record['record_id']}.json").write_text(json.dumps(record))
+    rows = _table(generate_leaderboard([tmp_path], tmp_path / "out").markdown.read_text(), "feature_release / digits")
+    assert len(rows) == 1 and rows[0]["Seeds"] == "1" and rows[0]["Accuracy"] == "0.500"
+
+
+def test_different_hyper_parameters_are_different_rows(tmp_path):
+    first = _fixture("digits-dnn-seed0.json")
+    first["method"]["hparams"]["lr"] = 0.001
+    other = json.loads(json.dumps(first))
+    other["record_id"], other["seed"] = "e" * 32, 5
+    other["method"]["hparams"]["lr"] = 0.05
+    for record in (first, other):
+        (tmp_path / f"{record['record_id']}.json").write_text(json.dumps(record))
+    rows = _table(generate_leaderboard([tmp_path], tmp_path / "out").markdown.read_text(), "feature_release / digits")
+    assert len(rows) == 2 and {row["Setting"] for row in rows} == {"model.lr=0.001", "model.lr=0.05"}

@@ -40,13 +40,16 @@ class Attack:
     metric_directions: ClassVar[dict[str, str]]
     #: the metric the leaderboard plots against accuracy
     primary_metric: ClassVar[str]
+    #: arguments that change how the attack reports, not what it measures (left out of records)
+    presentation_args: ClassVar[tuple[str, ...]] = ("progress",)
 
     def applies_to(self, module: "PrivacyModule") -> bool:
         return self.threat_model in module.threat_models
 
     def config(self) -> dict[str, Any]:
-        """The attack's init arguments and their values."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        """The attack's init arguments and their values (those that change what it measures)."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters
+                 if p != "self" and p not in self.presentation_args]
         return {name: getattr(self, name) for name in names if hasattr(self, name)}
 
     def run(self, module: "PrivacyModule", datamodule: "PrivacyDataModule", generator: torch.Generator) -> AttackResult:

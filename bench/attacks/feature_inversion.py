@@ -37,6 +37,20 @@ def query_client(release: Callable[[Tensor], Tensor], images: Tensor, batch_size
     return torch.cat(outputs)
 
 
+def _check_decoder(decoder: nn.Module, released: Tensor, image_shape: Sequence[int]) -> None:
+    """A decoder built from the client's layers must take what the client really releases."""
+    try:
+        with torch.no_grad():
+            shape = tuple(decoder.eval()(released).shape[1:])
+    except RuntimeError as error:
+        raise BenchError(f"the decoder does not take released tensors of shape {tuple(released.shape[1:])} "
+                         f"({str(error).splitlines()[0]})") from error
+    finally:
+        decoder.train()
+    if shape != tuple(image_shape):
+        raise BenchError(f"the decoder outputs {shape}, the images are {tuple(image_shape)}")
+
+
 class FeatureInversion(Attack):
     """Train a decoder on the attacker pool's (released, image) pairs; score it on the test pool.
 
@@ -72,10 +86,13 @@ class FeatureInversion(Attack):
         self.max_test_samples = max_test_samples
         self.progress = progress
 
-    def build_decoder(self, module, released_shape: Sequence[int], image_shape: Sequence[int]) -> tuple[nn.Module, str]:
-        client = module.client_network()
+    def build_decoder(self, module, released: Tensor, image_shape: Sequence[int]) -> tuple[nn.Module, str]:
+        """The configured decoder, checked on a sample of released tensors (mirror falls back to upsampling)."""
+        client, released_shape = module.client_network(), tuple(released.shape[1:])
         try:
-            return DECODERS[self.decoder](client, released_shape, image_shape), self.decoder
+            decoder = DECODERS[self.decoder](client, released_shape, image_shape)
+            _check_decoder(decoder, released, image_shape)
+            return decoder, self.decoder
         except BenchError as error:
             if self.decoder != "mirror":
                 raise
@@ -93,7 +110,7 @@ class FeatureInversion(Attack):
 
         with torch.random.fork_rng(devices=[]):  # the decoder's initial weights follow the harness's seed
             torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
-            decoder, decoder_used = self.build_decoder(module, train_released.shape[1:], train_images.shape[1:])
+            decoder, decoder_used = self.build_decoder(module, train_released[:2].cpu(), train_images.shape[1:])
         decoder = decoder.to(device)
         self._fit(decoder, train_released, train_images.to(device), generator)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
@@ -19,7 +21,7 @@ from bench.datamodules.base import PrivacyDataModule
 from bench.errors import BenchError
 from bench.harness import Evaluation, build_record, evaluate
 from bench.modules.base import PrivacyModule
-from bench.records import write_record
+from bench.records import validate_record, write_record
 
 
 class PrivacyEvaluation(Callback):
@@ -52,9 +54,18 @@ class PrivacyEvaluation(Callback):
         self.last_record_path: Optional[Path] = None
         self._fit_started: Optional[float] = None
         self._log_dir: Optional[str] = None
+        self._device: Optional[torch.device] = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and self.enabled and not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
+            # the harness runs the whole model on rank 0: sharded parameters would not be there
+            raise BenchError(f"the privacy evaluation supports single-device and DDP training, not "
+                             f"{type(trainer.strategy).__name__}; use --trainer.strategy ddp or --evaluation.enabled false")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_started = time.perf_counter()
+        # Lightning moves the module to the CPU before on_fit_end: remember where the attacks should run
+        self._device = trainer.strategy.root_device
         # log_dir is agreed on by a collective call: ask now, while every rank is here
         checkpoint_dir = getattr(trainer.checkpoint_callback, "dirpath", None)
         self._log_dir = checkpoint_dir or trainer.log_dir
@@ -65,11 +76,16 @@ class PrivacyEvaluation(Callback):
             checkpoint.setdefault("bench", {})["run_config"] = self.run_config
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled or trainer.global_rank != 0 or trainer.sanity_checking:
+        if not self.enabled or trainer.global_rank != 0:
+            return
+        if trainer.fast_dev_run:
+            print("bench: fast_dev_run is a smoke test: no evaluation and no record", flush=True)
             return
         if not isinstance(pl_module, PrivacyModule) or not isinstance(trainer.datamodule, PrivacyDataModule):
             raise BenchError("the privacy evaluation needs a bench PrivacyModule trained on a bench PrivacyDataModule")
         fit_seconds = None if self._fit_started is None else time.perf_counter() - self._fit_started
+        if self._device is not None:
+            pl_module.to(self._device)
         self.evaluate_and_record(pl_module, trainer.datamodule, trainer=trainer, fit_seconds=fit_seconds)
 
     def evaluate_and_record(self, module: PrivacyModule, datamodule: PrivacyDataModule, *,
@@ -84,7 +100,9 @@ class PrivacyEvaluation(Callback):
             config=config or self.run_config or _fallback_config(module, datamodule, trainer, self),
             seed=_training_seed(config or self.run_config), evaluation_seed=self.seed, paper=self.paper,
             wandb=_wandb_reference(wandb_logger), fit_seconds=fit_seconds,
+            training=_training_progress(trainer) if trainer is not None else (config or {}).get("training"),
         )
+        validate_record(json.loads(json.dumps(record, default=str)))  # a bad record fails before any file is written
         record["artifacts"] = _save_example_grids(evaluation, Path(self.records_dir) / "artifacts", record["record_id"])
         path = write_record(record, self.records_dir)
         self.last_record_path = path
@@ -96,6 +114,12 @@ class PrivacyEvaluation(Callback):
             leaderboard = generate_leaderboard([self.records_dir], self.leaderboard_dir).markdown
         _print_summary(record, path, leaderboard, self._log_dir if trainer is not None else None)
         return record
+
+
+def _training_progress(trainer: L.Trainer) -> dict[str, Any]:
+    """What was actually trained, which a configured budget does not say (early stopping, max_time, limits)."""
+    return {"epochs": trainer.current_epoch, "global_step": trainer.global_step, "world_size": trainer.world_size,
+            "limit_train_batches": trainer.limit_train_batches}
 
 
 def _training_seed(config: Optional[dict[str, Any]]) -> Optional[int]:

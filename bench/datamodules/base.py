@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from bench.errors import BenchError
+from bench.errors import BenchError, class_path
 
 POOLS = ("train", "val", "test", "nonmember", "attacker")
 
@@ -171,8 +171,10 @@ class PrivacyDataModule(L.LightningDataModule):
         augment: bool = False,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise BenchError(f"batch_size must be at least 1, got {batch_size}")
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise BenchError(f"batch sizes must be at least 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
+        if num_workers < 0:
+            raise BenchError(f"num_workers must be 0 (load in the main process) or more, got {num_workers}")
         if pool_limit is not None and pool_limit < 1:
             raise BenchError(f"pool_limit must be a positive number of samples, got {pool_limit}")
         if fractions is not None:
@@ -231,9 +233,11 @@ class PrivacyDataModule(L.LightningDataModule):
         missing = [pool for pool in POOLS if pool not in parts or parts[pool][1].numel() == 0]
         if missing:
             raise BenchError(f"{self.name}: pool(s) {missing} would be empty; give them a positive share in `fractions`")
+        limiter = torch.Generator().manual_seed(self.seed + 1)
         for name, ((images, labels), index) in parts.items():
-            if self.pool_limit is not None:
-                index = index[: self.pool_limit]
+            if self.pool_limit is not None and len(index) > self.pool_limit:
+                # a random subset: the lowest indices of a class-sorted source would skew the pool
+                index = index[torch.randperm(len(index), generator=limiter)[: self.pool_limit]].sort().values
             transform = self.train_transform() if (name == "train" and self.augment) else None
             self._pools[name] = ImagePool(images[index], labels[index], transform)
 
@@ -304,5 +308,5 @@ class PrivacyDataModule(L.LightningDataModule):
 
     def describe(self) -> dict[str, Any]:
         """The dataset part of a result record."""
-        return {"name": self.name, "class": f"{type(self).__module__}.{type(self).__qualname__}", "seed": self.seed,
+        return {"name": self.name, "class": class_path(self), "seed": self.seed,
                 "pool_sizes": self.pool_sizes(), "spec": self.spec.as_dict()}

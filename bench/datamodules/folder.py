@@ -48,7 +48,8 @@ class LocalFolder(PrivacyDataModule):
         labels: file name of the labels: (N,) integers.
         test_images / test_labels: optional official test split.
         num_classes: number of classes (default: 1 + the largest label).
-        name: dataset name used in records and the leaderboard.
+        name: dataset name in records and the leaderboard (default: ``<folder name>_local``, so that
+            a local split never shares a table with the official dataset of the same name).
     """
 
     def __init__(
@@ -59,7 +60,7 @@ class LocalFolder(PrivacyDataModule):
         test_images: Optional[str] = None,
         test_labels: Optional[str] = None,
         num_classes: Optional[int] = None,
-        name: str = "mnist",
+        name: Optional[str] = None,
         download: bool = False,
         **kwargs,
     ) -> None:
@@ -69,7 +70,7 @@ class LocalFolder(PrivacyDataModule):
             raise BenchError("give both test_images and test_labels, or neither")
         if test_images is not None:
             self.files["test"] = (test_images, test_labels)
-        self.name = name
+        self.name = name or f"{Path(data_dir).resolve().name}_local"
         self._sources: Optional[dict[str, tuple[Tensor, Tensor]]] = None
         sources = self._read()  # the shape and class count are the files' own: read them now
         first_images = sources["train"][0]

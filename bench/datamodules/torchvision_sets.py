@@ -39,8 +39,9 @@ class TorchvisionDataModule(PrivacyDataModule):
             splits = {"train": self._dataset(True, False), "test": self._dataset(False, False)}
         except RuntimeError as error:
             raise BenchError(
-                f"{self.name}: no dataset files in data_dir='{self.data_dir}' and download is off. Pass "
-                f"--data.download true to fetch them, or point --data.data_dir at a folder that holds them"
+                f"{self.name}: no dataset files in data_dir='{self.data_dir}' and download is off. Turn download on "
+                f"(bench fit: --data.download true) or point data_dir at a folder that holds them "
+                f"(bench fit: --data.data_dir, bench evaluate: --data_dir)"
             ) from error
         return {split: self._to_tensors(dataset) for split, dataset in splits.items()}
 

@@ -22,7 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 import bench
 from bench.datamodules.base import DataSpec
-from bench.errors import BenchError
+from bench.errors import BenchError, class_path
 from bench.threat_models import ThreatModel
 
 
@@ -63,6 +63,8 @@ class PrivacyModule(L.LightningModule):
         self.spec = DataSpec.coerce(data_spec)
         self.save_hyperparameters()
         self.hparams["data_spec"] = self.spec.as_dict()  # plain types: checkpoints load with weights_only
+        self._nonfinite: Optional[Tensor] = None
+        self._nonfinite_names: set[str] = set()
         self.val_accuracy = MulticlassAccuracy(self.spec.num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(self.spec.num_classes, average="micro")
 
@@ -104,13 +106,35 @@ class PrivacyModule(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     def check_finite(self, loss: Tensor, name: str = "loss") -> Tensor:
-        """Stop with one clear message instead of training on NaNs."""
-        if not torch.isfinite(loss).all():
-            raise BenchError(
-                f"{type(self).__name__}: the {name} became {loss.item()} at step {self.global_step}; "
-                f"lower the learning rate (now {self.hparams.get('lr')}) or check the input data"
-            )
+        """Note whether ``loss`` is NaN or infinite; training stops with one clear message if so.
+
+        The flag stays on the device (no host sync per step); it is read every ``log_every_n_steps``
+        batches and at the end of every epoch, and under DDP agreed on by all ranks, so that every
+        rank stops together instead of the healthy ones waiting forever in the next all-reduce.
+        """
+        nonfinite = ~torch.isfinite(loss.detach()).all()
+        self._nonfinite = nonfinite if self._nonfinite is None else self._nonfinite | nonfinite
+        self._nonfinite_names.add(name)
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if (batch_idx + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+            self._stop_if_nonfinite()
+
+    def on_train_epoch_end(self) -> None:
+        self._stop_if_nonfinite()
+
+    def _stop_if_nonfinite(self) -> None:
+        if self._nonfinite is None:
+            return
+        nonfinite = bool(self._nonfinite.item())
+        if self.trainer.world_size > 1:
+            nonfinite = self.trainer.strategy.reduce_boolean_decision(nonfinite, all=False)
+        if nonfinite:
+            raise BenchError(
+                f"{type(self).__name__}: the {'/'.join(sorted(self._nonfinite_names))} loss became NaN or infinite by step "
+                f"{self.global_step}; lower the learning rate (now {self.hparams.get('lr')}) or check the input data"
+            )
 
     # ------------------------------------------------------------------ description
     @property
@@ -130,7 +154,7 @@ class PrivacyModule(L.LightningModule):
         """The method part of a result record."""
         return {
             "name": type(self).__name__,
-            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "class": class_path(self),
             "label": self.label,
             "network": self.network_name,
             "threat_models": [threat.value for threat in self.threat_models],
@@ -140,8 +164,8 @@ class PrivacyModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # what `bench evaluate` needs to rebuild the method without the original command line
         info = checkpoint.setdefault("bench", {})
-        info.update(method_class=f"{type(self).__module__}.{type(self).__qualname__}", bench_version=bench.__version__)
+        info.update(method_class=class_path(self), bench_version=bench.__version__)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None:
-            info["datamodule_class"] = f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"
+            info["datamodule_class"] = class_path(datamodule)
             info["datamodule_hparams"] = dict(datamodule.hparams)
