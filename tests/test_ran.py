@@ -157,3 +157,27 @@ def test_resized_dnn_two_phases_and_pca():
     assert torch.all(variances[:-1] >= variances[1:] - 1e-5), "components come in order of explained variance"
     torch.testing.assert_close(released.std(0), module.component_std, rtol=1e-3, atol=1e-5)
     assert not any(p.requires_grad for p in module.encoder.parameters()), "phase 2 keeps the encoder PCA was fitted on"
+
+
+def test_checkpoints_carry_all_three_optimizers_and_resume_them(tmp_path):
+    datamodule = Digits(batch_size=32, pool_limit=64)  # 2 batches per epoch
+    first = _trainer(default_root_dir=tmp_path, enable_checkpointing=True)
+    first.fit(RAN(data_spec=datamodule.spec, k=3), datamodule)
+    checkpoint = torch.load(first.checkpoint_callback.best_model_path, weights_only=True)
+
+    def adam_steps(optimizer_state):
+        return {int(state["step"]) for state in optimizer_state["state"].values()}
+
+    # Algorithm 1 per batch: k steps of O_d, k of O_g, one of O_a
+    assert [adam_steps(state) for state in checkpoint["optimizer_states"]] == [{6}, {6}, {2}]
+    resumed = _trainer(max_epochs=2, default_root_dir=tmp_path)
+    module = RAN(data_spec=datamodule.spec, k=3)
+    resumed.fit(module, datamodule, ckpt_path=first.checkpoint_callback.best_model_path)
+    assert [adam_steps(optimizer.state_dict()) for optimizer in resumed.optimizers] == [{12}, {12}, {4}]
+    assert resumed.global_step == 2 * 2 * 7
+
+
+def test_laplace_noise_stays_finite_when_the_uniform_draw_is_zero(monkeypatch):
+    # rand() == 0 happens about once per 2^24 draws, i.e. within an epoch of MNIST-sized noisy images
+    monkeypatch.setattr(torch.Tensor, "uniform_", lambda self, low=0.0, high=1.0: self.fill_(low))
+    assert torch.isfinite(LaplaceNoise(0.1)(torch.zeros(1000))).all()

@@ -28,9 +28,10 @@ class LaplaceNoise(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.scale == 0:
             return x
-        # inverse CDF of the Laplace distribution on U(-1/2, 1/2): torch.distributions would be slower
-        uniform = torch.rand_like(x) - 0.5
-        return x - self.scale * uniform.sign() * torch.log1p(-2 * uniform.abs())
+        # torch's sampler keeps its uniform draw off the interval's end: a hand-written inverse CDF
+        # returns -inf whenever rand() gives exactly 0, about once per 2^24 draws
+        laplace = torch.distributions.Laplace(torch.zeros((), device=x.device, dtype=x.dtype), self.scale)
+        return x + laplace.sample(x.shape)
 
 
 class NoisyInput(PrivacyModule):
