@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import itertools
 import math
-import zlib
 from pathlib import Path
 
 import numpy as np

@@ -21,11 +21,12 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from bench.datamodules.base import DataSpec
 from bench.errors import BenchError
 from bench.modules.base import PrivacyModule
+from bench.modules.split_network import EncoderRelease
 from bench.networks.decoders import mirror_decoder
 from bench.networks.split import build_split_network
 from bench.threat_models import ThreatModel
@@ -36,7 +37,7 @@ def reconstruction_error(reconstructed: Tensor, images: Tensor) -> Tensor:
     return (reconstructed - images).square().flatten(1).sum(1).mean()
 
 
-class RAN(PrivacyModule):
+class RAN(EncoderRelease, PrivacyModule):
     """Encoder/Classifier/Decoder trained by RAN's three-stage adversarial algorithm (Algorithm 1).
 
     Args:
@@ -62,16 +63,7 @@ class RAN(PrivacyModule):
         self.encoder, self.classifier = build_split_network(network, self.spec)
         self.decoder = mirror_decoder(self.encoder, self.spec.image_shape)
 
-    # ------------------------------------------------------------------ the contract
-    def release(self, x: Tensor) -> Tensor:
-        return self.encoder(x)
-
-    def predict_from_release(self, released: Tensor) -> Tensor:
-        return self.classifier(released)
-
-    def client_network(self) -> nn.Module:
-        return self.encoder
-
+    # ------------------------------------------------------------------ the contract (release: EncoderRelease)
     def own_reconstruction(self, released: Tensor) -> Tensor:
         """RAN's own Decoder D applied to released features (the paper's "RAN's Decoder" error)."""
         return self.decoder(released)

@@ -17,7 +17,27 @@ from bench.networks.split import build_split_network
 from bench.threat_models import ThreatModel
 
 
-class SplitNetwork(PrivacyModule):
+class EncoderRelease:
+    """Feature release by an ``encoder`` on the client and a ``classifier`` on the server.
+
+    A mixin for methods whose client part is ``self.encoder`` and whose server part is
+    ``self.classifier`` (the DNN, RAN): the feature-release contract in three lines.
+    """
+
+    encoder: nn.Module
+    classifier: nn.Module
+
+    def release(self, x: Tensor) -> Tensor:
+        return self.encoder(x)
+
+    def predict_from_release(self, released: Tensor) -> Tensor:
+        return self.classifier(released)
+
+    def client_network(self) -> nn.Module:
+        return self.encoder
+
+
+class SplitNetwork(EncoderRelease, PrivacyModule):
     """Encoder on the client, classifier on the server, trained jointly with cross-entropy.
 
     Args:
@@ -31,12 +51,3 @@ class SplitNetwork(PrivacyModule):
                  data_spec: Optional[DataSpec] = None) -> None:
         super().__init__(data_spec=data_spec, lr=lr, weight_decay=weight_decay)
         self.encoder, self.classifier = build_split_network(network, self.spec)
-
-    def release(self, x: Tensor) -> Tensor:
-        return self.encoder(x)
-
-    def predict_from_release(self, released: Tensor) -> Tensor:
-        return self.classifier(released)
-
-    def client_network(self) -> nn.Module:
-        return self.encoder
