@@ -13,7 +13,7 @@ Schema (version 1), the keys every record has:
 ``dataset``         {name, class, seed, pool_sizes, spec}
 ``seed``            the training seed (``seed_everything``), or null
 ``evaluation_seed`` the harness's fixed seed
-``training``        what was trained: {epochs, global_step, world_size, limit_train_batches}, or null
+``training``        what was trained: {epochs, global_step, world_size, limit_train_batches, checkpoint}, or null
 ``config``          the full configuration of the run (model, data, trainer, evaluation)
 ``utility``         {accuracy: top-1 on the test pool, ...}
 ``privacy``         list of {attack, class, threat_model, config, metrics, directions, primary_metric, details};

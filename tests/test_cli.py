@@ -62,6 +62,7 @@ def test_fit_then_evaluate_then_leaderboard(tmp_path):
     assert newest["config"]["checkpoint"] == str(checkpoint.resolve())
     assert newest["privacy"][0]["config"] == older["privacy"][0]["config"]
     assert newest["training"]["epochs"] == older["training"]["epochs"] == 2
+    assert (tmp_path / older["training"]["checkpoint"]).resolve() == checkpoint.resolve()  # the fit record names its checkpoint
     for key, value in older["privacy"][0]["metrics"].items():
         assert newest["privacy"][0]["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-6)
 

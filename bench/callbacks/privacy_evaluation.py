@@ -118,8 +118,9 @@ class PrivacyEvaluation(Callback):
 
 def _training_progress(trainer: L.Trainer) -> dict[str, Any]:
     """What was actually trained, which a configured budget does not say (early stopping, max_time, limits)."""
+    checkpoint = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
     return {"epochs": trainer.current_epoch, "global_step": trainer.global_step, "world_size": trainer.world_size,
-            "limit_train_batches": trainer.limit_train_batches}
+            "limit_train_batches": trainer.limit_train_batches, "checkpoint": checkpoint}
 
 
 def _training_seed(config: Optional[dict[str, Any]]) -> Optional[int]:
