@@ -57,3 +57,23 @@ def test_disabled_logger_logs_without_files(no_wandb_env, tmp_path):
     import wandb
 
     wandb.finish()
+
+
+def test_training_losses_reach_the_loggers_every_log_every_n_steps(tmp_path):
+    import csv
+
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from bench.datamodules import Digits
+    from bench.modules import RAN, SplitNetwork
+
+    for method, key in ((SplitNetwork, "train/loss"), (RAN, "train/O_a")):
+        datamodule = Digits(batch_size=32, pool_limit=320)  # 10 batches an epoch
+        logger = CSVLogger(tmp_path, name=method.__name__)
+        trainer = L.Trainer(max_epochs=2, log_every_n_steps=4, logger=logger, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1)
+        trainer.fit(method(data_spec=datamodule.spec), datamodule)
+        rows = [row for row in csv.DictReader(open(logger.log_dir + "/metrics.csv")) if row.get(key)]
+        # 20 batches, a row every 4 of them: values are only ever logged when they will be written
+        assert len(rows) == 5, f"{method.__name__}: {len(rows)} rows of {key}"

@@ -93,7 +93,8 @@ class RAN(EncoderRelease, PrivacyModule):
         o_a = self.adversarial_objective(images, labels)
         self._step(adversarial, o_a, "O_a")
         self.decoder.requires_grad_(True)
-        self.log_dict({"train/O_d": o_d.detach(), "train/O_g": o_g.detach(), "train/O_a": o_a.detach()}, prog_bar=True)
+        if self.logging_step:
+            self.log_dict({"train/O_d": o_d.detach(), "train/O_g": o_g.detach(), "train/O_a": o_a.detach()}, prog_bar=True)
 
     def adversarial_objective(self, images: Tensor, labels: Tensor) -> Tensor:
         """Eq. 4, O_a = lambda O_d - (1 - lambda) O_g: E and C trade classification against D's error."""

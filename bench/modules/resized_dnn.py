@@ -98,7 +98,8 @@ class ResizedDNN(PrivacyModule):
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         optimizer.step()
-        self.log("train/loss", loss.detach(), prog_bar=True)
+        if self.logging_step:
+            self.log("train/loss", loss.detach(), prog_bar=True)
 
     def _batches_seen(self) -> int:
         return self.trainer.fit_loop.total_batch_idx
