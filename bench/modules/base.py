@@ -11,6 +11,8 @@ the class is defined: a method that declares a threat model without its methods 
 
 from __future__ import annotations
 
+import atexit
+import functools
 from typing import Any, ClassVar, Optional
 
 import lightning as L
@@ -24,6 +26,21 @@ import bench
 from bench.datamodules.base import DataSpec
 from bench.errors import BenchError, class_path
 from bench.threat_models import ThreatModel
+
+
+@functools.cache
+def _destroy_process_group_at_exit() -> None:
+    """Destroy the process group before the interpreter exits, whatever the backend.
+
+    Lightning does this for NCCL only; a gloo group left to the interpreter's teardown can abort a
+    DDP worker at exit ("terminate called without an active exception") after a successful fit.
+    """
+
+    def destroy() -> None:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    atexit.register(destroy)
 
 
 class PrivacyModule(L.LightningModule):
@@ -74,6 +91,8 @@ class PrivacyModule(L.LightningModule):
             # manual optimization trains sub-networks in separate stages, so each backward leaves some
             # parameters without gradients; DDP must look for them instead of failing (set before wrapping)
             strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            _destroy_process_group_at_exit()
 
     # ------------------------------------------------------------------ prediction
     def forward(self, x: Tensor) -> Tensor:
