@@ -1,9 +1,10 @@
 """Methods of the suite: one LightningModule per method, each on :class:`PrivacyModule`."""
 
 from bench.modules.base import PrivacyModule
+from bench.modules.collaborative import Collaborative
 from bench.modules.noisy_input import NoisyInput
 from bench.modules.ran import RAN
 from bench.modules.resized_dnn import ResizedDNN
 from bench.modules.split_network import SplitNetwork
 
-__all__ = ["PrivacyModule", "NoisyInput", "RAN", "ResizedDNN", "SplitNetwork"]
+__all__ = ["PrivacyModule", "Collaborative", "NoisyInput", "RAN", "ResizedDNN", "SplitNetwork"]
