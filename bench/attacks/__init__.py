@@ -3,5 +3,6 @@
 from bench.attacks.base import Attack, AttackResult
 from bench.attacks.feature_inversion import DECODERS, FeatureInversion
 from bench.attacks.own_decoder import OwnDecoder
+from bench.attacks.phase_inversion import PhaseInversion
 
-__all__ = ["Attack", "AttackResult", "DECODERS", "FeatureInversion", "OwnDecoder"]
+__all__ = ["Attack", "AttackResult", "DECODERS", "FeatureInversion", "OwnDecoder", "PhaseInversion"]
