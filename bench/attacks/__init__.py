@@ -1,8 +1,9 @@
 """The harness's attacks, one module per attack, each bound to one threat model."""
 
 from bench.attacks.base import Attack, AttackResult
+from bench.attacks.compressed_reconstruction import MeasurementDecoder, PseudoInverse, ReleasedTrainingData
 from bench.attacks.feature_inversion import DECODERS, FeatureInversion
 from bench.attacks.own_decoder import OwnDecoder
 from bench.attacks.phase_inversion import PhaseInversion
 
-__all__ = ["Attack", "AttackResult", "DECODERS", "FeatureInversion", "OwnDecoder", "PhaseInversion"]
+__all__ = ["Attack", "AttackResult", "MeasurementDecoder", "PseudoInverse", "ReleasedTrainingData", "DECODERS", "FeatureInversion", "OwnDecoder", "PhaseInversion"]

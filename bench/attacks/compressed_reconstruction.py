@@ -1,0 +1,195 @@
+"""Reconstruction attacks on compressed measurements by a server that knows the measurement matrix A.
+
+Threat model: feature release, for methods that share A with the server (they expose it as
+``measurement_matrix()``, as compressive learning does). The server sees what the client sends (y, or
+DCMG-N's y_noise) and attacks it with A alone, without querying the client:
+
+* :class:`PseudoInverse`: the least-squares estimate x_hat = A^+ y (the minimum-norm solution of A x = y);
+* :class:`MeasurementDecoder`: a DeepInverse network (A^T lift, then convolutions) that the server trains
+  on its own images x and their measurements A x, which it computes itself, then applies to what the
+  client sent.
+
+A server that may query the client as a black box is :class:`~bench.attacks.FeatureInversion` (its
+decoders take a released vector as they take a feature map); a server's own trained generator is
+:class:`~bench.attacks.OwnDecoder`. :class:`ReleasedTrainingData` scores the training images a method
+hands the server (DCMG-O's originals, DCMG-N's x_noise) as the paper's Table 2 does.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from tqdm.auto import tqdm
+
+from bench.attacks.base import Attack, AttackResult
+from bench.attacks.feature_inversion import query_client
+from bench.errors import BenchError
+from bench.metrics.reconstruction import PSNR_CAP_DB, reconstruction_metrics, ssim_kernel_size
+from bench.networks.compressive import deepinverse_generator
+from bench.threat_models import ThreatModel
+
+_RECONSTRUCTION_DIRECTIONS = {"mse": "higher", "mae": "higher", "psnr": "lower", "ssim": "lower"}
+
+
+def _test_images_and_releases(attack, module, datamodule) -> tuple[Tensor, Tensor]:
+    images, _ = datamodule.pool("test").tensors()
+    images = images[: attack.max_test_samples].to(module.device)
+    return images, query_client(module.release, images, attack.batch_size, module.device)
+
+
+class _KnowsMatrix(Attack):
+    """An attack that needs the measurement matrix the method shares with the server."""
+
+    abstract = True
+    threat_model = ThreatModel.FEATURE_RELEASE
+    metric_directions = _RECONSTRUCTION_DIRECTIONS
+    primary_metric = "mse"
+
+    def applies_to(self, module) -> bool:
+        return super().applies_to(module) and callable(getattr(module, "measurement_matrix", None))
+
+
+class PseudoInverse(_KnowsMatrix):
+    """x_hat = A^+ y on the test pool: the server's least-squares estimate, no training.
+
+    Args:
+        batch_size: queries per batch.
+        max_test_samples: cap the test pool (None: all of it).
+    """
+
+    name = "pseudo_inverse"
+
+    def __init__(self, batch_size: int = 256, max_test_samples: Optional[int] = None) -> None:
+        if batch_size < 1:
+            raise BenchError(f"pseudo_inverse needs batch_size >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.max_test_samples = max_test_samples
+
+    @torch.no_grad()
+    def run(self, module, datamodule, generator: torch.Generator) -> AttackResult:
+        images, released = _test_images_and_releases(self, module, datamodule)
+        matrix = module.measurement_matrix().detach().double()
+        pseudo_inverse = torch.linalg.pinv(matrix).to(released.dtype)  # n x m, in double for a well-conditioned solve
+        reconstructed = (released.flatten(1) @ pseudo_inverse.T).view_as(images)
+        return AttackResult(reconstruction_metrics(reconstructed, images),
+                            examples=(images[:16].cpu(), reconstructed[:16].clamp(0, 1).cpu()),
+                            details={"test_samples": len(images), "measurements": matrix.shape[0]})
+
+
+class MeasurementDecoder(_KnowsMatrix):
+    """A DeepInverse network trained by the server on its own (A x, x) pairs, applied to what the client sent.
+
+    The attacker pool stands for the server's own images; it measures them with A itself, so it learns
+    to invert A but knows nothing of noise the client adds (DCMG-N's eta_c).
+
+    Args:
+        channels / kernel_size: the decoder's convolutions after the A^T lift (DeepInverse: 64, 32 and 11).
+        epochs / batch_size / lr: Adam on the mean squared error over the attacker pool.
+        max_attacker_samples / max_test_samples: cap the pools (None: all of them).
+        progress: show a progress bar while the decoder trains.
+    """
+
+    name = "measurement_decoder"
+
+    def __init__(self, channels: Sequence[int] = (32, 16), kernel_size: int = 5, epochs: int = 30, batch_size: int = 64,
+                 lr: float = 1e-3, max_attacker_samples: Optional[int] = None, max_test_samples: Optional[int] = None,
+                 progress: bool = True) -> None:
+        if epochs < 1 or batch_size < 1 or lr <= 0:
+            raise BenchError(f"measurement_decoder needs epochs >= 1, batch_size >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}")
+        self.channels = [int(width) for width in channels]
+        self.kernel_size = kernel_size
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.max_attacker_samples = max_attacker_samples
+        self.max_test_samples = max_test_samples
+        self.progress = progress
+
+    def run(self, module, datamodule, generator: torch.Generator) -> AttackResult:
+        device = module.device
+        matrix = module.measurement_matrix().detach().float()
+        own_images, _ = datamodule.pool("attacker").tensors()
+        own_images = own_images[: self.max_attacker_samples].to(device)
+        own_measurements = own_images.flatten(1) @ matrix.T  # Eq. 1 on the server's own images: no client query
+        with torch.random.fork_rng(devices=[]):  # the decoder's initial weights follow the harness's seed
+            torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
+            decoder = deepinverse_generator(matrix.cpu(), own_images.shape[1:], self.channels, self.kernel_size)
+        decoder = decoder.to(device)
+        self._fit(decoder, own_measurements, own_images, generator)
+
+        images, released = _test_images_and_releases(self, module, datamodule)
+        decoder.eval()
+        with torch.no_grad():
+            reconstructed = torch.cat([decoder(released[i : i + self.batch_size]) for i in range(0, len(released), self.batch_size)])
+        return AttackResult(reconstruction_metrics(reconstructed, images),
+                            examples=(images[:16].cpu(), reconstructed[:16].clamp(0, 1).cpu()),
+                            details={"attacker_samples": len(own_images), "test_samples": len(images)})
+
+    def _fit(self, decoder: nn.Module, measurements: Tensor, images: Tensor, generator: torch.Generator) -> None:
+        optimizer = torch.optim.Adam([p for p in decoder.parameters() if p.requires_grad], lr=self.lr)
+        decoder.train()
+        bar = tqdm(range(self.epochs), desc=f"{self.name}", disable=not self.progress, leave=False, dynamic_ncols=True)
+        for _ in bar:
+            order = torch.randperm(len(images), generator=generator).to(images.device)
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                loss = F.mse_loss(decoder(measurements[batch]), images[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            if self.progress:
+                bar.set_postfix(mse=f"{loss.item():.4f}", refresh=False)
+
+
+class ReleasedTrainingData(Attack):
+    """How much the training images a method hands the server look like the originals (the paper's Table 2).
+
+    For methods whose server receives training images (``released_training_images(images)``), every
+    image of the training pool is compared with what the server receives for it: the largest and the
+    mean per-image PSNR and SSIM. The largest is the paper's criterion: the most recognisable image.
+
+    Args:
+        batch_size: images per batch.
+        max_samples: cap the training pool (None: all of it).
+    """
+
+    name = "released_training_data"
+    threat_model = ThreatModel.FEATURE_RELEASE
+    metric_directions = {"psnr_max": "lower", "psnr_mean": "lower", "ssim_max": "lower", "ssim_mean": "lower"}
+    primary_metric = "psnr_max"
+
+    def __init__(self, batch_size: int = 256, max_samples: Optional[int] = None) -> None:
+        if batch_size < 1:
+            raise BenchError(f"released_training_data needs batch_size >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.max_samples = max_samples
+
+    def applies_to(self, module) -> bool:
+        return super().applies_to(module) and callable(getattr(module, "released_training_images", None))
+
+    @torch.no_grad()
+    def run(self, module, datamodule, generator: torch.Generator) -> AttackResult:
+        images, _ = datamodule.pool("train").tensors()
+        images = images[: self.max_samples].to(module.device)
+        released = torch.cat([module.released_training_images(images[i : i + self.batch_size])
+                              for i in range(0, len(images), self.batch_size)])
+        psnr, ssim = per_image_similarity(released, images)
+        most_similar = psnr.argsort(descending=True)[:16].cpu()
+        return AttackResult({"psnr_max": psnr.max().item(), "psnr_mean": psnr.mean().item(),
+                             "ssim_max": ssim.max().item(), "ssim_mean": ssim.mean().item()},
+                            examples=(images[most_similar].cpu(), released[most_similar].clamp(0, 1).cpu()),
+                            details={"train_samples": len(images)})
+
+
+@torch.no_grad()
+def per_image_similarity(images: Tensor, originals: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-image PSNR (capped as in :func:`~bench.metrics.reconstruction_metrics`) and SSIM, images in [0, 1]."""
+    images, originals = images.float().clamp(0, 1), originals.float()
+    psnr = peak_signal_noise_ratio(images, originals, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    kernel = ssim_kernel_size(*originals.shape[-2:])
+    ssim = structural_similarity_index_measure(images, originals, data_range=1.0, sigma=1.5 * kernel / 11, reduction="none")
+    return psnr.clamp(max=PSNR_CAP_DB), ssim
