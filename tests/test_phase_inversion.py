@@ -1,0 +1,116 @@
+"""The phase-estimation attack, the server's view without theta, and the U-Net decoder."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from bench.attacks import DECODERS, FeatureInversion, PhaseInversion
+from bench.attacks.phase_inversion import angle_error, estimate_phase
+from bench.datamodules import Digits
+from bench.errors import BenchError
+from bench.harness import evaluate
+from bench.modules import ComplexNet, ComplexNetBaseline, SplitNetwork
+from bench.networks.complex import rotate
+from bench.networks.unet import UNetDecoder
+
+
+def test_angle_error_is_wrapped_to_zero_pi():
+    true = torch.tensor([0.1, 0.0, 3.0, 6.0, 1.0])
+    estimated = torch.tensor([2 * math.pi - 0.1, math.pi, 3.0 + 4 * math.pi, 0.2, 1.0 + math.pi + 0.5])
+    torch.testing.assert_close(angle_error(estimated, true), torch.tensor([0.2, math.pi, 0.0, 2 * math.pi - 5.8, math.pi - 0.5]),
+                               atol=1e-5, rtol=0)
+    random = angle_error(torch.rand(100_000) * 2 * math.pi, torch.rand(100_000) * 2 * math.pi)
+    assert random.min() >= 0 and random.max() <= math.pi
+    assert random.mean().item() == pytest.approx(math.pi / 2, abs=0.01)  # a blind guess
+
+
+class _DistanceCritic(nn.Module):
+    """Scores a feature by its closeness to one known real feature: the best possible D' for that feature."""
+
+    def __init__(self, real: torch.Tensor) -> None:
+        super().__init__()
+        self.real = real
+
+    def forward(self, features):
+        return -(features - self.real).square().flatten(1).sum(1, keepdim=True)
+
+
+def test_estimate_phase_finds_the_angle_a_perfect_critic_prefers():
+    torch.manual_seed(0)
+    a, b = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
+    theta = torch.rand(40) * 2 * math.pi
+    released = rotate(torch.complex(a, b).repeat(40, 1, 1, 1), theta)
+    estimated = estimate_phase(_DistanceCritic(a), released, grid=90, chunk=500)  # chunks of 5 samples
+    assert angle_error(estimated, theta).max() <= math.pi / 90 + 1e-5  # within half a grid step
+
+
+class _NoFooling(ComplexNet):
+    """Releases exp(i theta) a: no fooling counterpart to confuse the phase."""
+
+    abstract = True
+
+    def fooling_counterpart(self, a):
+        return torch.zeros_like(a)
+
+
+def _fit(module, datamodule, epochs=5):
+    L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+              accelerator="cpu").fit(module, datamodule)
+    return module
+
+
+def test_the_phase_is_found_without_a_fooling_counterpart_and_hidden_with_one():
+    torch.manual_seed(0)
+    datamodule = Digits(batch_size=64)
+    attack = PhaseInversion(epochs=15, critic_epochs=15, progress=False)
+    exposed = evaluate(_fit(_NoFooling(data_spec=datamodule.spec, lr=3e-3, n_critic=1), datamodule), datamodule, [attack])
+    (entry,) = exposed.privacy
+    assert entry["attack"] == "phase_inversion"
+    metrics = entry["metrics"]
+    assert metrics["angle_error"] < 0.25, "with b = 0 the de-rotated feature is a only at the true angle"
+    # the estimated phase is as good as the true one for the decoder
+    assert metrics["mae"] == pytest.approx(entry["details"]["true_phase_mae"], abs=0.02)
+    # the server, without theta, does far worse than the client
+    assert metrics["server_accuracy"] < exposed.utility["accuracy"] - 0.2
+
+    torch.manual_seed(0)
+    hidden = evaluate(_fit(ComplexNet(data_spec=datamodule.spec, lr=3e-3, n_critic=1), datamodule), datamodule, [attack])
+    assert hidden.privacy[0]["metrics"]["angle_error"] > metrics["angle_error"] + 0.2
+    assert 0 <= hidden.privacy[0]["metrics"]["angle_error"] <= math.pi
+    assert set(hidden.privacy[0]["metrics"]) == set(PhaseInversion.metric_directions)
+
+
+def test_the_attack_applies_only_to_methods_that_expose_their_real_features():
+    datamodule = Digits(pool_limit=48)
+    attack = PhaseInversion()
+    assert attack.applies_to(ComplexNet(data_spec=datamodule.spec))
+    assert not attack.applies_to(SplitNetwork(data_spec=datamodule.spec))
+    assert not attack.applies_to(ComplexNetBaseline(data_spec=datamodule.spec, variant="noisy"))
+    with pytest.raises(BenchError, match="decoder"):
+        PhaseInversion(decoder="transformer")
+    with pytest.raises(BenchError, match="grid"):
+        PhaseInversion(grid=1)
+
+
+@pytest.mark.parametrize(("released_shape", "image_shape"), [((12, 8, 8), (1, 8, 8)), ((6, 14, 14), (1, 28, 28)),
+                                                             ((32, 16, 16), (3, 32, 32)), ((5, 7, 9), (3, 20, 24))])
+def test_unet_decoder_maps_any_released_shape_to_the_image(released_shape, image_shape):
+    decoder = UNetDecoder(released_shape, image_shape, width=8, convs_per_block=2)
+    out = decoder(torch.randn(2, *released_shape))
+    assert out.shape == (2, *image_shape) and out.min() >= 0 and out.max() <= 1
+    # the paper's revision: six convolutions per block, as many levels as the image allows (at most four)
+    paper = DECODERS["unet"](None, released_shape, image_shape)
+    assert all(sum(isinstance(layer, nn.Conv2d) for layer in block) == 6 for block in [paper.stem, *paper.down, *paper.up])
+    assert len(paper.down) == min(4, int(math.log2(min(image_shape[1:]) // 4)))
+
+
+def test_dec_x_with_the_unet_reads_complex_releases_as_two_real_channels():
+    datamodule = Digits(pool_limit=96)
+    module = ComplexNet(data_spec=datamodule.spec)
+    result = evaluate(module, datamodule, [FeatureInversion(decoder="unet", epochs=1, progress=False)])
+    assert result.privacy[0]["details"]["decoder_used"] == "unet"
