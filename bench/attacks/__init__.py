@@ -3,7 +3,10 @@
 from bench.attacks.base import Attack, AttackResult
 from bench.attacks.compressed_reconstruction import MeasurementDecoder, PseudoInverse, ReleasedTrainingData
 from bench.attacks.feature_inversion import DECODERS, FeatureInversion
+from bench.attacks.gradient_inversion import GradientInversion
+from bench.attacks.membership_inference import LiRA, LossThreshold, NasrAttack, ShokriShadow
 from bench.attacks.own_decoder import OwnDecoder
 from bench.attacks.phase_inversion import PhaseInversion
 
-__all__ = ["Attack", "AttackResult", "MeasurementDecoder", "PseudoInverse", "ReleasedTrainingData", "DECODERS", "FeatureInversion", "OwnDecoder", "PhaseInversion"]
+__all__ = ["Attack", "AttackResult", "MeasurementDecoder", "PseudoInverse", "ReleasedTrainingData", "DECODERS", "FeatureInversion", "GradientInversion", "OwnDecoder", "PhaseInversion",
+           "LiRA", "LossThreshold", "NasrAttack", "ShokriShadow"]

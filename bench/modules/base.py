@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import inspect
 from typing import Any, ClassVar, Optional
 
 import lightning as L
@@ -197,3 +198,25 @@ class PrivacyModule(L.LightningModule):
         if datamodule is not None:
             info["datamodule_class"] = class_path(datamodule)
             info["datamodule_hparams"] = dict(datamodule.hparams)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a model pruned with masks (e.g. by the ADMMPruning callback) saved `weight_orig`/`weight_mask`:
+        # re-create the masks so that its weights load into this fresh module
+        from bench.callbacks.admm_pruning import restore_pruning
+
+        restore_pruning(self, checkpoint.get("state_dict", {}))
+
+    # ------------------------------------------------------------------ for the attacks
+    def fresh_copy(self) -> "PrivacyModule":
+        """An untrained copy built from the same hyper-parameters: shadow models are trained "like the target"."""
+        accepted = inspect.signature(type(self).__init__).parameters
+        return type(self)(**{key: value for key, value in self.hparams.items() if key in accepted})
+
+    def training_report(self) -> dict[str, float]:
+        """Numbers about how the method was trained that belong in the record's cost (e.g. DP epsilon).
+
+        By default: the sparsity of every layer pruned with masks (``sparsity/<layer>``), none when nothing is.
+        """
+        from bench.callbacks.admm_pruning import pruned_layer_sparsity
+
+        return {f"sparsity/{name}": value for name, value in pruned_layer_sparsity(self).items()}

@@ -1,0 +1,426 @@
+"""Membership inference against any classifier of the suite, through its outputs alone.
+
+Members are the DataModule's ``train`` pool, non-members its ``nonmember`` pool; the attacker
+queries the trained method as a black box and trains everything of its own (shadow models,
+attack models, thresholds) on the ``attacker`` pool only. Shadow models are "trained like the
+target": ``module.fresh_copy()`` (same class and hyper-parameters, untrained) with the target's
+own optimizer settings, on random halves of the attacker pool, with cross-entropy. All shadows
+of one attack train together as one batched run: their parameters are stacked along a leading
+model dimension and ``torch.func.functional_call`` runs under ``vmap`` (see
+``benchmarks/lira_vectorized.py`` for the speed-up over one model at a time).
+
+Attacks (each reports attack accuracy, AUC, TPR at 1% and 0.1% FPR and its ROC curve):
+
+* :class:`LossThreshold` (Yeom et al. 2018): a low loss (or high confidence) means member; the
+  threshold is calibrated on a shadow model.
+* :class:`NasrAttack` (Nasr et al. 2018): their inference model h(f(x), y) trained on a shadow
+  model's outputs on its own members and non-members.
+* :class:`ShokriShadow` (Shokri et al. 2017): several shadow models, one attack model per class
+  (or one global) on their prediction vectors.
+* :class:`LiRA` (Carlini et al. 2022), the offline variant: a Gaussian fitted to shadow models'
+  logit-scaled confidences on each query (every shadow is "out" for it), a one-sided test.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, replace_all_batch_norm_modules_, stack_module_state
+
+from bench.attacks.base import Attack, AttackResult
+from bench.errors import BenchError
+from bench.metrics.membership import DIRECTIONS, membership_metrics, roc_curve
+from bench.networks.classifiers import InferenceModel
+from bench.threat_models import ThreatModel
+
+
+# ---------------------------------------------------------------------- queries
+@torch.no_grad()
+def query_logits(model, images: Tensor, batch_size: int, device: torch.device) -> Tensor:
+    """The black-box queries: ``model``'s logits on ``images``, batched, returned on the CPU."""
+    return torch.cat([model(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)])
+
+
+def logit_confidence(logits: Tensor, labels: Tensor) -> Tensor:
+    """LiRA's phi = log(p_y / (1 - p_y)), computed stably from logits: z_y - logsumexp(z_{j != y})."""
+    true = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    others = logits.scatter(-1, labels.unsqueeze(-1), float("-inf"))
+    return true - others.logsumexp(-1)
+
+
+def best_threshold(scores: Tensor, is_member: Tensor) -> float:
+    """The threshold maximising balanced accuracy on the attacker's own labelled scores (a shadow's in/out)."""
+    order = scores.argsort(descending=True)
+    sorted_scores, members = scores[order], is_member[order].double()
+    tpr = members.cumsum(0) / members.sum().clamp_min(1)
+    fpr = (1 - members).cumsum(0) / (1 - members).sum().clamp_min(1)
+    # only cut between distinct scores: equal scores get one decision
+    distinct = torch.ones_like(sorted_scores, dtype=torch.bool)
+    distinct[:-1] = sorted_scores[:-1] != sorted_scores[1:]
+    balanced = torch.where(distinct, (tpr + 1 - fpr) / 2, torch.tensor(-1.0, dtype=torch.float64))
+    return float(sorted_scores[int(balanced.argmax())])
+
+
+def target_queries(datamodule, max_queries: Optional[int], generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Members (train pool) and non-members (nonmember pool), at most ``max_queries`` of each: images, labels, is_member."""
+    parts = []
+    for pool, member in (("train", 1), ("nonmember", 0)):
+        images, labels = datamodule.pool(pool).tensors()
+        if max_queries is not None and len(images) > max_queries:
+            index = torch.randperm(len(images), generator=generator)[:max_queries]
+            images, labels = images[index], labels[index]
+        parts.append((images, labels, torch.full((len(images),), member)))
+    return tuple(torch.cat(t) for t in zip(*parts))  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------- shadow models
+def _first_optimizer(module) -> tuple[type, dict[str, Any]]:
+    """The class and settings of the target's (first) optimizer: shadows train with the same."""
+    configured = module.configure_optimizers()
+    if isinstance(configured, dict):
+        configured = configured["optimizer"]
+    if isinstance(configured, (list, tuple)):
+        configured = configured[0]
+        if isinstance(configured, (list, tuple)):  # ([optimizers], [schedulers])
+            configured = configured[0]
+    if isinstance(configured, dict):
+        configured = configured["optimizer"]
+    if not isinstance(configured, torch.optim.Optimizer):
+        return torch.optim.Adam, {"lr": 1e-3}
+    return type(configured), dict(configured.defaults)
+
+
+class ShadowModels:
+    """``count`` untrained copies of the target (``module.fresh_copy()``) trained together with one optimizer.
+
+    Parameters of the copies are stacked along a leading model dimension; a forward is one
+    ``vmap`` over ``functional_call``. Summing the copies' mean losses gives each copy the
+    gradient of its own loss, and the optimizers of the suite are element-wise, so one
+    optimizer over the stacked tensors is ``count`` independent optimizers. Batch-norm layers
+    normalise with the batch's statistics (``replace_all_batch_norm_modules_``: running
+    statistics cannot be updated in place under ``vmap``).
+
+    ``vectorize=False`` trains the same copies one after the other (the benchmark's reference).
+    """
+
+    def __init__(self, module, count: int, generator: torch.Generator, device: torch.device, vectorize: bool = True) -> None:
+        if count < 1:
+            raise BenchError(f"an attack needs at least one shadow model, got {count}")
+        fresh_copy = getattr(module, "fresh_copy", None)
+        if not callable(fresh_copy):
+            raise BenchError(f"{type(module).__name__} has no fresh_copy(): shadow models cannot be trained like it")
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
+            copies = [replace_all_batch_norm_modules_(fresh_copy()).to(device).train() for _ in range(count)]
+        self.optimizer_class, self.optimizer_settings = _first_optimizer(copies[0])
+        self.count, self.device, self.vectorize = count, device, vectorize
+        self.copies = copies
+        if vectorize:
+            params, buffers = stack_module_state(copies)
+            self.params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+            self.buffers = buffers
+            self.base = copy.deepcopy(copies[0]).to("meta")
+            self.copies = []
+
+    def _forward(self, x: Tensor, train: bool) -> Tensor:
+        """Logits of every copy on its own batch: x (count, B, ...) -> (count, B, classes)."""
+        self.base.train(train)
+
+        def one(params, buffers, images):
+            return functional_call(self.base, (params, buffers), (images,))
+
+        return torch.vmap(one, randomness="different" if train else "error")(self.params, self.buffers, x)
+
+    def fit(self, images: Tensor, labels: Tensor, members: Tensor, epochs: int, batch_size: int,
+            generator: torch.Generator) -> None:
+        """Train copy m on ``images[members[m]]`` for ``epochs`` epochs (every copy gets the same number of samples)."""
+        rows = [m.nonzero().squeeze(1) for m in members]
+        size = min(len(r) for r in rows)
+        rows = torch.stack([r[:size] for r in rows])  # (count, size)
+        images, labels = images.to(self.device), labels.to(self.device)
+        if self.vectorize:
+            optimizer = self.optimizer_class(list(self.params.values()), **self.optimizer_settings)
+        else:
+            optimizers = [self.optimizer_class(c.parameters(), **self.optimizer_settings) for c in self.copies]
+        for _ in range(epochs):
+            order = rows.gather(1, torch.rand(rows.shape, generator=generator).argsort(1))
+            for start in range(0, size, batch_size):
+                index = order[:, start : start + batch_size].to(self.device)
+                x, y = images[index], labels[index]  # (count, B, ...)
+                if self.vectorize:
+                    logits = self._forward(x, train=True)
+                    # sum over copies of each copy's mean loss: each copy gets its own gradient
+                    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1).sum()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                else:
+                    for m, (model, opt) in enumerate(zip(self.copies, optimizers)):
+                        loss = F.cross_entropy(model(x[m]), y[m])
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+
+    @torch.no_grad()
+    def logits(self, images: Tensor, batch_size: int = 512) -> Tensor:
+        """Every copy's logits on the same ``images``: (count, N, classes), on the CPU."""
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size].to(self.device)
+            if self.vectorize:
+                out.append(self._forward(x.unsqueeze(0).expand(self.count, *x.shape), train=False).float().cpu())
+            else:
+                out.append(torch.stack([c.eval()(x).float().cpu() for c in self.copies]))
+        return torch.cat(out, dim=1)
+
+
+def random_halves(count: int, size: int, generator: torch.Generator) -> Tensor:
+    """(count, size) membership masks, each row a uniformly random half of ``range(size)``."""
+    order = torch.rand(count, size, generator=generator).argsort(1)
+    members = torch.zeros(count, size, dtype=torch.bool)
+    members.scatter_(1, order[:, : size // 2], True)
+    return members
+
+
+# ---------------------------------------------------------------------- attacks
+class MembershipInference(Attack):
+    """Shared configuration and reporting of the membership-inference attacks.
+
+    Args:
+        shadow_epochs: epochs each shadow model trains (on half the attacker pool).
+        batch_size: shadow-model mini-batch size.
+        max_queries: at most this many members and as many non-members are queried (None: all).
+        query_batch_size: target queries per batch.
+    """
+
+    abstract = True
+    threat_model = ThreatModel.BLACK_BOX_OUTPUTS
+    metric_directions = DIRECTIONS
+    primary_metric = "attack_accuracy"
+    shadow_count = 1
+
+    def __init__(self, shadow_epochs: int = 30, batch_size: int = 32, max_queries: Optional[int] = None,
+                 query_batch_size: int = 512) -> None:
+        if shadow_epochs < 1 or batch_size < 1 or query_batch_size < 1:
+            raise BenchError(f"{type(self).__name__}: shadow_epochs, batch_size and query_batch_size must be positive")
+        if max_queries is not None and max_queries < 1:
+            raise BenchError(f"{type(self).__name__}: max_queries must be positive or None, got {max_queries}")
+        self.shadow_epochs = shadow_epochs
+        self.batch_size = batch_size
+        self.max_queries = max_queries
+        self.query_batch_size = query_batch_size
+
+    def shadows(self, module, datamodule, generator: torch.Generator, count: int) -> tuple[ShadowModels, Tensor, Tensor, Tensor]:
+        """``count`` shadows trained on random halves of the attacker pool: (shadows, images, labels, members)."""
+        images, labels = datamodule.pool("attacker").tensors()
+        if len(images) < 4:
+            raise BenchError(f"the attacker pool holds {len(images)} samples: too few to train shadow models")
+        members = random_halves(count, len(images), generator)
+        shadows = ShadowModels(module, count, generator, module.device)
+        shadows.fit(images, labels, members, self.shadow_epochs, self.batch_size, generator)
+        return shadows, images, labels, members
+
+    def run(self, module, datamodule, generator: torch.Generator) -> AttackResult:
+        images, labels, is_member = target_queries(datamodule, self.max_queries, generator)
+        target = query_logits(module, images, self.query_batch_size, module.device)
+        scores, threshold, details = self.score(module, datamodule, generator, images, target, labels)
+        metrics = membership_metrics(scores, is_member, threshold)
+        details.update(members=int(is_member.sum()), nonmembers=int((1 - is_member).sum()), threshold=threshold,
+                       roc=roc_curve(scores, is_member))
+        return AttackResult(metrics, details=details)
+
+    def score(self, module, datamodule, generator, images: Tensor, target: Tensor,
+              labels: Tensor) -> tuple[Tensor, float, dict[str, Any]]:
+        """Membership scores of the queries (``images``, whose logits from the target are ``target``) (higher: member), the decision threshold, and details."""
+        raise TypeError(f"{type(self).__name__} must implement score()")
+
+
+def _attack_score(logits: Tensor, labels: Tensor, kind: str) -> Tensor:
+    if kind == "loss":
+        return -F.cross_entropy(logits, labels, reduction="none")
+    return logits.softmax(-1).max(-1).values
+
+
+class LossThreshold(MembershipInference):
+    """Yeom et al.: a member has a low loss (``statistic="loss"``) or a high top confidence (``"confidence"``).
+
+    The threshold maximises the attack's balanced accuracy on one shadow model's own members
+    and non-members (halves of the attacker pool).
+    """
+
+    name = "loss_threshold"
+
+    def __init__(self, statistic: str = "loss", shadow_epochs: int = 30, batch_size: int = 32,
+                 max_queries: Optional[int] = None, query_batch_size: int = 512) -> None:
+        if statistic not in ("loss", "confidence"):
+            raise BenchError(f"LossThreshold statistic must be 'loss' or 'confidence', got '{statistic}'")
+        super().__init__(shadow_epochs, batch_size, max_queries, query_batch_size)
+        self.statistic = statistic
+
+    def score(self, module, datamodule, generator, images, target, labels):
+        shadows, images, shadow_labels, members = self.shadows(module, datamodule, generator, 1)
+        calibration = _attack_score(shadows.logits(images)[0], shadow_labels, self.statistic)
+        threshold = best_threshold(calibration, members[0])
+        return _attack_score(target, labels, self.statistic), threshold, {}
+
+
+def _train_classifier(model: nn.Module, inputs: tuple[Tensor, ...], targets: Tensor, epochs: int, batch_size: int,
+                      lr: float, generator: torch.Generator) -> nn.Module:
+    """Binary cross-entropy training of an attack model ``model(*inputs) -> logit``."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(targets), generator=generator)
+        for start in range(0, len(targets), batch_size):
+            index = order[start : start + batch_size]
+            loss = F.binary_cross_entropy_with_logits(model(*(t[index] for t in inputs)), targets[index].float())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+class NasrAttack(MembershipInference):
+    """Nasr et al.'s inference model h(softmax f(x), y) trained black-box on a shadow model's members and non-members.
+
+    Args:
+        attack_epochs: epochs of h (Adam, lr ``attack_lr``, the paper's 0.001).
+        attack_batch_size: h's mini-batch size.
+    """
+
+    name = "nasr"
+
+    def __init__(self, attack_epochs: int = 100, attack_lr: float = 1e-3, attack_batch_size: int = 64,
+                 shadow_epochs: int = 30, batch_size: int = 32, max_queries: Optional[int] = None,
+                 query_batch_size: int = 512) -> None:
+        super().__init__(shadow_epochs, batch_size, max_queries, query_batch_size)
+        if attack_epochs < 1 or attack_lr <= 0:
+            raise BenchError(f"NasrAttack: attack_epochs and attack_lr must be positive, got {attack_epochs}, {attack_lr}")
+        self.attack_epochs, self.attack_lr, self.attack_batch_size = attack_epochs, attack_lr, attack_batch_size
+
+    def score(self, module, datamodule, generator, images, target, labels):
+        shadows, images, shadow_labels, members = self.shadows(module, datamodule, generator, 1)
+        probabilities = shadows.logits(images)[0].softmax(-1)
+        with torch.random.fork_rng():
+            torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
+            h = InferenceModel(module.spec.num_classes)
+        _train_classifier(h, (probabilities, shadow_labels), members[0], self.attack_epochs, self.attack_batch_size,
+                          self.attack_lr, generator)
+        with torch.no_grad():
+            scores = torch.sigmoid(h(target.softmax(-1), labels))
+        return scores, 0.5, {}
+
+
+class _PerClassMLP(nn.Module):
+    """One small MLP per class (Shokri et al.'s per-class attack models), trained together as one batched model."""
+
+    def __init__(self, num_classes: int, groups: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(groups, num_classes, hidden) * num_classes**-0.5)
+        self.b1 = nn.Parameter(torch.zeros(groups, hidden))
+        self.w2 = nn.Parameter(torch.randn(groups, hidden) * hidden**-0.5)
+        self.b2 = nn.Parameter(torch.zeros(groups))
+        self.per_class = groups > 1
+
+    def forward(self, features: Tensor, labels: Tensor) -> Tensor:
+        group = labels if self.per_class else torch.zeros_like(labels)
+        hidden = torch.relu(torch.einsum("nc,nch->nh", features, self.w1[group]) + self.b1[group])
+        return (hidden * self.w2[group]).sum(1) + self.b2[group]
+
+
+def _sorted_log_probabilities(logits: Tensor) -> Tensor:
+    # Shokri's global attack sees the sorted vector (class-agnostic); per class, the vector as it is
+    return logits.log_softmax(-1).sort(-1, descending=True).values
+
+
+class ShokriShadow(MembershipInference):
+    """Shokri et al.: ``shadow_models`` shadows on random halves of the attacker pool, then attack models
+    on their prediction vectors labelled in/out: one per class (``per_class``) or one global.
+
+    Args:
+        shadow_models: how many shadow models (trained together).
+        per_class: one attack model per class (Shokri's) or one for all classes.
+        attack_epochs / attack_lr: the attack models' training (Adam).
+    """
+
+    name = "shokri"
+
+    def __init__(self, shadow_models: int = 4, per_class: bool = True, attack_epochs: int = 100, attack_lr: float = 1e-3,
+                 shadow_epochs: int = 30, batch_size: int = 32, max_queries: Optional[int] = None,
+                 query_batch_size: int = 512) -> None:
+        super().__init__(shadow_epochs, batch_size, max_queries, query_batch_size)
+        if shadow_models < 1 or attack_epochs < 1 or attack_lr <= 0:
+            raise BenchError(f"ShokriShadow: shadow_models, attack_epochs and attack_lr must be positive")
+        self.shadow_models, self.per_class = shadow_models, per_class
+        self.attack_epochs, self.attack_lr = attack_epochs, attack_lr
+
+    def _features(self, logits: Tensor) -> Tensor:
+        return logits.log_softmax(-1) if self.per_class else _sorted_log_probabilities(logits)
+
+    def score(self, module, datamodule, generator, images, target, labels):
+        shadows, images, shadow_labels, members = self.shadows(module, datamodule, generator, self.shadow_models)
+        logits = shadows.logits(images)  # (shadows, N, classes)
+        features = self._features(logits.flatten(0, 1))
+        with torch.random.fork_rng():
+            torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
+            attack = _PerClassMLP(module.spec.num_classes, module.spec.num_classes if self.per_class else 1)
+        _train_classifier(attack, (features, shadow_labels.repeat(self.shadow_models)), members.flatten(),
+                          self.attack_epochs, 64, self.attack_lr, generator)
+        with torch.no_grad():
+            scores = torch.sigmoid(attack(self._features(target), labels))
+        return scores, 0.5, {}
+
+
+class LiRA(MembershipInference):
+    """Carlini et al.'s likelihood-ratio attack, offline: every shadow is trained without the queries.
+
+    For each query, phi = log(p_y / (1 - p_y)) of each shadow gives a Gaussian N(mu_out, sigma_out^2);
+    the score is the one-sided z = (phi_target - mu_out) / sigma_out (a member's phi lies high).
+    The decision threshold is calibrated leave-one-shadow-out on the attacker pool.
+
+    Args:
+        shadow_models: how many shadow models (trained together, vectorized).
+        fixed_variance: one sigma_out for all queries (Carlini et al.'s choice with few shadows).
+    """
+
+    name = "lira"
+
+    def __init__(self, shadow_models: int = 8, fixed_variance: bool = True, shadow_epochs: int = 30, batch_size: int = 32,
+                 max_queries: Optional[int] = None, query_batch_size: int = 512) -> None:
+        super().__init__(shadow_epochs, batch_size, max_queries, query_batch_size)
+        if shadow_models < 2:
+            raise BenchError(f"LiRA fits a Gaussian to shadow models: it needs at least 2, got {shadow_models}")
+        self.shadow_models, self.fixed_variance = shadow_models, fixed_variance
+
+    def _z(self, phi: Tensor, phi_out: Tensor, out: Tensor) -> Tensor:
+        """z-scores of ``phi`` (N,) against the shadow confidences ``phi_out`` (S, N) where ``out`` (S, N) is True."""
+        count = out.sum(0)
+        mean = (phi_out * out).sum(0) / count.clamp_min(1)
+        variance = ((phi_out - mean).square() * out).sum(0) / (count - 1).clamp_min(1)
+        if self.fixed_variance:
+            std = variance[count >= 2].mean().sqrt() if (count >= 2).any() else torch.tensor(1.0)
+        else:
+            std = variance.sqrt()
+        return (phi - mean) / std.clamp_min(1e-6)
+
+    def score(self, module, datamodule, generator, images, target, labels):
+        shadows, pool_images, pool_labels, members = self.shadows(module, datamodule, generator, self.shadow_models)
+        count = self.shadow_models
+        # the queries are in no shadow's training half: all shadows are "out" for them (offline LiRA)
+        phi_shadows = logit_confidence(shadows.logits(images, self.query_batch_size), labels.expand(count, -1))
+        scores = self._z(logit_confidence(target, labels), phi_shadows, torch.ones_like(phi_shadows, dtype=torch.bool))
+        # the threshold: each shadow in turn plays the target, scored against the others that left the sample out
+        phi_pool = logit_confidence(shadows.logits(pool_images, self.query_batch_size), pool_labels.expand(count, -1))
+        calibration, truth = [], []
+        for m in range(count):
+            others = torch.arange(count) != m
+            out = ~members[others]
+            known = out.sum(0) >= 1
+            calibration.append(self._z(phi_pool[m], phi_pool[others], out)[known])
+            truth.append(members[m][known])
+        threshold = best_threshold(torch.cat(calibration), torch.cat(truth))
+        return scores, threshold, {"shadow_models": count}

@@ -1,0 +1,288 @@
+"""MCMIA: model compression against membership inference (Wang, Wang, Wang, Zhou, Liu, Bi, Ding, Rajasekaran).
+
+A whole-image classifier l (LeNet-5, VGG-16, ResNet-18, MobileNetV2, the 4-layer CNN) released
+as a black box; the adversary sees its output scores. Four variants, selected by ``defense``:
+
+``none``            the baseline: cross-entropy only.
+``pruning``         MCMIA-Pruning: ADMM pruning of l's convolutional and linear weights to a
+                    cardinality constraint (Eq. 17-19), then masked retraining (:class:`ADMMPruning`).
+``minmax``          Nasr et al.'s Min-Max game (adversarial regularization): k steps of the
+                    inference model h ascending the gain G (Eq. 1) on member and reference
+                    mini-batches, then one step of l on min L_cross + gamma * G (Eq. 10-11).
+``pruning_minmax``  MCMIA-Pruning & Min-Max (Algorithm 1): the Min-Max game with l updated under ADMM.
+
+:class:`DPSGD` is the differential-privacy comparison (Table I): DP-SGD (Abadi et al. 2016) with
+per-sample gradients from ``torch.func`` and the privacy spent accounted by Opacus.
+
+The defender's reference set D' (non-members it may use) is the DataModule's ``val`` pool: the
+``nonmember`` pool is the evaluation's and the ``attacker`` pool the adversary's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call, grad, vmap
+
+from bench.datamodules.base import DataSpec
+from bench.errors import BenchError
+from bench.metrics.cost import count_parameters
+from bench.modules.base import PrivacyModule
+from bench.networks.classifiers import InferenceModel, build_classifier, has_batch_norm
+from bench.threat_models import ThreatModel
+
+DEFENSES = ("none", "pruning", "minmax", "pruning_minmax")
+#: Renyi orders of the accountant: Opacus's defaults reach 63; few steps with large noise need higher ones
+RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [2**k for k in range(6, 13)]
+
+
+def _forever(loader) -> Iterator:
+    while True:
+        yield from loader
+
+
+class MCMIA(PrivacyModule):
+    """A classifier trained with MCMIA's defenses against membership inference (or none: the baseline).
+
+    Args:
+        network: ``lenet5``, ``cnn4``, ``vgg16``, ``resnet18`` or ``mobilenet_v2``.
+        defense: ``none``, ``pruning``, ``minmax`` or ``pruning_minmax`` (see the module docstring).
+        lr / weight_decay: Adam for the classifier.
+        sparsity: fraction of each convolutional/linear layer's weights pruned (LeNet-5 on MNIST:
+            60K -> 3.8K weights, Table V, is 0.937), or ``{layer: fraction}`` with layer names under ``network.``.
+        admm_updates / update_every / interval / rho / rho_multiplier / rho_max: the ADMM schedule
+            (:class:`~bench.callbacks.admm_pruning.ADMMPruning`); after ``admm_updates`` Z/U updates,
+            hard pruning and masked retraining to the end of the fit.
+        gamma: the adversarial regularization factor of Eq. 10 (Nasr et al.'s lambda).
+        k: steps of h per step of the classifier (Algorithm 1's inner loop).
+        attack_lr: Adam learning rate of h (the paper's 0.001).
+    """
+
+    threat_models = (ThreatModel.BLACK_BOX_OUTPUTS,)
+    label_hparams = ("defense",)
+
+    def __init__(self, network: str = "lenet5", defense: str = "pruning", lr: float = 1e-3, weight_decay: float = 0.0,
+                 sparsity: Union[float, dict[str, float]] = 0.9, admm_updates: int = 10, update_every: int = 1,
+                 interval: str = "epoch", rho: float = 1e-3, rho_multiplier: float = 1.3, rho_max: float = 1.0,
+                 gamma: float = 1.0, k: int = 1, attack_lr: float = 1e-3, data_spec: Optional[DataSpec] = None) -> None:
+        if defense not in DEFENSES:
+            raise BenchError(f"defense must be one of {DEFENSES}, got '{defense}'")
+        if gamma < 0:
+            raise BenchError(f"gamma (the weight of the adversary's gain, Eq. 10) must be non-negative, got {gamma}")
+        if k < 1 or attack_lr <= 0:
+            raise BenchError(f"k (steps of h per classifier step) must be >= 1 and attack_lr positive, got {k}, {attack_lr}")
+        super().__init__(data_spec=data_spec, lr=lr, weight_decay=weight_decay)
+        self.network = build_classifier(network, self.spec)
+        self.minmax = defense in ("minmax", "pruning_minmax")
+        self.pruning = defense in ("pruning", "pruning_minmax")
+        if self.pruning:
+            self._pruning = self._admm()  # checks the schedule now, not at fit time
+        if self.minmax:
+            self.automatic_optimization = False
+            self.inference = InferenceModel(self.spec.num_classes)
+        self._members: Optional[Iterator] = None
+        self._reference: Optional[Iterator] = None
+
+    def _admm(self):
+        # imported here: bench.callbacks imports the harness, which imports bench.modules
+        from bench.callbacks.admm_pruning import ADMMPruning
+
+        sparsity = self.hparams.sparsity
+        if isinstance(sparsity, dict):
+            sparsity = {name if name.startswith("network.") else f"network.{name}": value for name, value in sparsity.items()}
+        return ADMMPruning(sparsity=sparsity, submodule="network", rho=self.hparams.rho,
+                           rho_multiplier=self.hparams.rho_multiplier, rho_max=self.hparams.rho_max,
+                           update_every=self.hparams.update_every, interval=self.hparams.interval,
+                           admm_updates=self.hparams.admm_updates)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.network(x)
+
+    def configure_callbacks(self):
+        return [self._pruning] if self.pruning else []
+
+    def configure_optimizers(self):
+        classifier = torch.optim.Adam(self.network.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if not self.minmax:
+            return classifier
+        return [classifier, torch.optim.Adam(self.inference.parameters(), lr=self.hparams.attack_lr)]
+
+    def training_report(self) -> dict[str, float]:
+        report = super().training_report()
+        if self.minmax:  # h only trains the classifier: the deployed model, and its size, is the network alone
+            report.update(count_parameters(self.network))
+            report["compression_ratio"] = report["parameters"] / max(report["nonzero_parameters"], 1)
+        if self.pruning and self._trainer is not None:
+            report["admm_phase_retrain"] = float(self._pruning.phase == "retrain")
+        return report
+
+    # ------------------------------------------------------------------ Min-Max game (Algorithm 1)
+    def on_train_start(self) -> None:
+        if self.minmax:
+            datamodule = self.trainer.datamodule
+            if datamodule is None or not hasattr(datamodule, "pool_dataloader"):
+                raise BenchError("the Min-Max game draws member and reference mini-batches from a bench PrivacyDataModule; "
+                                 "train MCMIA with one (e.g. --data Digits)")
+            self._members = _forever(datamodule.pool_dataloader("train", shuffle=True))
+            self._reference = _forever(datamodule.pool_dataloader("val", shuffle=True, batch_size=datamodule.batch_size))
+
+    def gain(self, member_logits: Tensor, member_labels: Tensor, reference_logits: Tensor, reference_labels: Tensor) -> Tensor:
+        """Eq. 1, G_f(h) = 1/2 E_D[log h(x, y, f(x))] + 1/2 E_D'[log(1 - h(x, y, f(x)))]."""
+        h_member = self.inference(member_logits.softmax(-1), member_labels)
+        h_reference = self.inference(reference_logits.softmax(-1), reference_labels)
+        return 0.5 * (F.logsigmoid(h_member).mean() + F.logsigmoid(-h_reference).mean())
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int):
+        if not self.minmax:
+            return super().training_step(batch, batch_idx)
+        classifier_optimizer, inference_optimizer = self.optimizers()
+        for _ in range(self.hparams.k):  # lines 2-6: h ascends the gain on S (members) and S' (reference)
+            (members, member_labels), (reference, reference_labels) = next(self._members), next(self._reference)
+            members, member_labels = members.to(self.device), member_labels.to(self.device)
+            reference, reference_labels = reference.to(self.device), reference_labels.to(self.device)
+            with torch.no_grad():
+                member_logits, reference_logits = self.network(members), self.network(reference)
+            gain = self.gain(member_logits, member_labels, reference_logits, reference_labels)
+            self._step(inference_optimizer, -gain, "gain")
+        # lines 7-8: l on a different member batch S'': cross-entropy plus gamma times h's log-confidence
+        # that these are members (the member term of Eq. 11; the reference term does not depend on l's batch)
+        images, labels = batch
+        self.inference.requires_grad_(False)
+        logits = self.network(images)
+        cross_entropy = F.cross_entropy(logits, labels)
+        privacy = F.logsigmoid(self.inference(logits.softmax(-1), labels)).mean()
+        loss = cross_entropy + self.hparams.gamma * privacy  # Eq. 10
+        self._step(classifier_optimizer, loss, "classifier")
+        self.inference.requires_grad_(True)
+        if self.logging_step:
+            self.log_dict({"train/loss": cross_entropy.detach(), "train/gain": gain.detach(),
+                           "train/objective": loss.detach()}, prog_bar=True)
+        return None
+
+    def _step(self, optimizer, loss: Tensor, name: str) -> None:
+        self.check_finite(loss, name)
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+
+
+class DPSGD(PrivacyModule):
+    """DP-SGD (Abadi et al. 2016): per-sample gradients clipped to ``max_grad_norm``, Gaussian noise, SGD.
+
+    Per-sample gradients come from ``torch.func`` (``vmap(grad(...))``); the privacy spent is
+    accounted with Opacus's RDP accountant, assuming Poisson sampling at rate batch / members
+    (the DataLoader shuffles instead, the usual approximation). The epsilon reached at ``delta``
+    goes into the result record's cost (``dp_epsilon``).
+
+    Args:
+        network: a classifier without batch-norm (``lenet5`` or ``cnn4``): per-sample gradients
+            are undefined across a batch-norm layer.
+        lr / momentum: SGD.
+        max_grad_norm: the clipping norm C.
+        noise_multiplier: sigma (noise std = sigma * C); None: calibrated at fit start so that the
+            whole fit spends ``target_epsilon`` (the paper's MNIST setting: 6.28).
+        target_epsilon / delta: the privacy budget (epsilon, delta).
+    """
+
+    threat_models = (ThreatModel.BLACK_BOX_OUTPUTS,)
+    display_name = "DP-SGD"
+    label_hparams = ("target_epsilon",)
+
+    def __init__(self, network: str = "lenet5", lr: float = 0.05, momentum: float = 0.9, max_grad_norm: float = 1.0,
+                 noise_multiplier: Optional[float] = None, target_epsilon: Optional[float] = 6.28, delta: float = 1e-5,
+                 data_spec: Optional[DataSpec] = None) -> None:
+        if max_grad_norm <= 0 or not 0 < delta < 1:
+            raise BenchError(f"need max_grad_norm > 0 and 0 < delta < 1, got {max_grad_norm}, {delta}")
+        if noise_multiplier is None and (target_epsilon is None or target_epsilon <= 0):
+            raise BenchError("give DP-SGD a noise_multiplier or a positive target_epsilon to calibrate it from")
+        if noise_multiplier is not None and noise_multiplier < 0:
+            raise BenchError(f"noise_multiplier must be non-negative, got {noise_multiplier}")
+        if not 0 <= momentum < 1:
+            raise BenchError(f"momentum must lie in [0, 1), got {momentum}")
+        super().__init__(data_spec=data_spec, lr=lr)
+        self.network = build_classifier(network, self.spec)
+        if has_batch_norm(self.network):
+            raise BenchError(f"DP-SGD needs per-sample gradients, which batch-norm in '{network}' mixes across the "
+                             "batch; use --model.network lenet5 or cnn4")
+        self.automatic_optimization = False
+        # the accountant's inputs, saved with the weights so that a restored model reports its epsilon
+        self.register_buffer("dp_noise_multiplier", torch.tensor(-1.0 if noise_multiplier is None else noise_multiplier,
+                                                                 dtype=torch.float64))
+        self.register_buffer("dp_sample_rate", torch.tensor(0.0, dtype=torch.float64))
+        self.register_buffer("dp_steps", torch.tensor(0, dtype=torch.long))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.network(x)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.network.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum)
+
+    def on_fit_start(self) -> None:
+        if self.trainer.world_size > 1:
+            raise BenchError("DPSGD runs on one device: its noise is calibrated to one process's batches; use --trainer.devices 1")
+        datamodule = self.trainer.datamodule
+        members = len(datamodule.pool("train")) if hasattr(datamodule, "pool") else None
+        if members is None:
+            raise BenchError("DPSGD needs a bench PrivacyDataModule to know how many members its sampling rate covers")
+        self.dp_sample_rate.fill_(min(1.0, datamodule.batch_size / members))
+        if self.dp_noise_multiplier < 0:
+            from opacus.accountants.utils import get_noise_multiplier
+
+            steps = int(self.trainer.estimated_stepping_batches)
+            sigma = get_noise_multiplier(target_epsilon=self.hparams.target_epsilon, target_delta=self.hparams.delta,
+                                         sample_rate=float(self.dp_sample_rate), steps=max(steps, 1), accountant="rdp",
+                                         alphas=RDP_ORDERS)
+            self.dp_noise_multiplier.fill_(sigma)
+
+    def per_sample_gradients(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """Gradients of every sample's loss: {name: (batch, *parameter shape)}."""
+        params = {name: p.detach() for name, p in self.network.named_parameters()}
+        buffers = dict(self.network.named_buffers())
+
+        def loss(params, image, label):
+            logits = functional_call(self.network, (params, buffers), (image.unsqueeze(0),))
+            return F.cross_entropy(logits, label.unsqueeze(0))
+
+        return vmap(grad(loss), in_dims=(None, 0, 0))(params, images, labels)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        optimizer = self.optimizers()
+        gradients = self.per_sample_gradients(images, labels)
+        norms = torch.sqrt(sum(g.flatten(1).square().sum(1) for g in gradients.values()))
+        clip = (self.hparams.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)  # per-sample clipping to C
+        sigma = float(self.dp_noise_multiplier) * self.hparams.max_grad_norm
+        optimizer.zero_grad(set_to_none=True)
+        for name, parameter in self.network.named_parameters():
+            summed = torch.einsum("n,n...->...", clip, gradients[name])
+            parameter.grad = (summed + sigma * torch.randn_like(summed)) / len(images)  # noisy mean
+        optimizer.step()
+        self.dp_steps += 1
+        if self.logging_step:
+            with torch.no_grad():
+                loss = F.cross_entropy(self.network(images), labels)
+            self.log_dict({"train/loss": self.check_finite(loss), "train/clipped_fraction": (clip < 1).float().mean()},
+                          prog_bar=True)
+
+    def epsilon(self) -> float:
+        """The epsilon spent so far at ``delta`` (RDP accountant); 0 before training, inf without noise."""
+        steps, sigma = int(self.dp_steps), float(self.dp_noise_multiplier)
+        if steps == 0:
+            return 0.0
+        if sigma <= 0:
+            return math.inf
+        from opacus.accountants import RDPAccountant
+
+        accountant = RDPAccountant()
+        accountant.history = [(sigma, float(self.dp_sample_rate), steps)]
+        return float(accountant.get_epsilon(self.hparams.delta, alphas=RDP_ORDERS))
+
+    def training_report(self) -> dict[str, Any]:
+        epsilon = self.epsilon()
+        return {**super().training_report(), "dp_epsilon": epsilon if math.isfinite(epsilon) else None,
+                "dp_delta": self.hparams.delta, "dp_noise_multiplier": float(self.dp_noise_multiplier),
+                "dp_steps": int(self.dp_steps)}
