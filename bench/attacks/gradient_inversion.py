@@ -1,0 +1,282 @@
+"""Gradient inversion: reconstruct a participant's training images from the gradient it shared.
+
+Threat model: gradient sharing. The honest-but-curious server knows the model (it sent it) and
+sees each participant's gradient; it searches for images whose gradient matches (ATS Eq. 1):
+
+    x* = argmin_x' d(grad W(x', y), grad W(x, y)) + tv * TV(x')
+
+Variants, named "optimizer+distance" as in ATS (section 5.1, Table 2): Inverting Gradients
+(Geiping et al.; Adam + cosine + total variation 1e-4, signed gradients, learning rate divided by
+10 at 3/8, 5/8, 7/8 of the iterations, images kept in [0, 1]); DLG (Zhu et al.; L-BFGS + L2); and
+LBFGS+cosine, Adam+L1, Adam+L2, SGD+cosine. Labels are recovered from the last layer's gradient
+(iDLG, Zhao et al.) or given. Initialisation is uniform noise or all black (ATS Table 7's adaptive
+attack). Reconstructions are scored by PSNR and SSIM against the image the participant actually
+trained on (the transformed image: the paper's definition) and against the original image.
+
+Many independent attacks (targets x restarts) run as one optimisation: the dummy gradients of all
+of them come from one ``vmap`` with batch-norm in eval mode, and the objective is their sum, so with
+an element-wise optimizer (Adam, SGD) every attack follows exactly the path it would follow alone.
+L-BFGS's curvature history would couple them, so L-BFGS attacks run one after another.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+from tqdm.auto import tqdm
+
+from bench.attacks.base import Attack, AttackResult
+from bench.errors import BenchError
+from bench.metrics.reconstruction import PSNR_CAP_DB, reconstruction_metrics
+from bench.threat_models import ThreatModel
+
+OPTIMIZERS = ("adam", "sgd", "lbfgs")
+DISTANCES = ("cosine", "l2", "l1")
+DEFAULT_LR = {"adam": 0.1, "sgd": 0.1, "lbfgs": 1.0}  # Geiping et al.'s Adam and SGD; DLG's L-BFGS
+
+
+def gradient_distance(dummy: dict[str, Tensor], target: dict[str, Tensor], distance: str) -> Tensor:
+    """d(dummy, target) per attack for (A, *shape) gradients: 1 - cosine over all layers together, or L2 / L1."""
+    names = list(target)
+    if distance == "cosine":
+        dot = sum((dummy[n] * target[n]).flatten(1).sum(1) for n in names)
+        dummy_norm = sum(dummy[n].square().flatten(1).sum(1) for n in names).sqrt()
+        target_norm = sum(target[n].square().flatten(1).sum(1) for n in names).sqrt()
+        return 1 - dot / (dummy_norm * target_norm).clamp_min(1e-12)
+    if distance == "l2":
+        return sum((dummy[n] - target[n]).square().flatten(1).sum(1) for n in names)
+    return sum((dummy[n] - target[n]).abs().flatten(1).sum(1) for n in names)
+
+
+def total_variation(images: Tensor) -> Tensor:
+    """Anisotropic total variation per attack of (A, B, C, H, W) images (mean absolute neighbour difference)."""
+    dx = (images[..., :, 1:] - images[..., :, :-1]).abs().flatten(1).mean(1)
+    dy = (images[..., 1:, :] - images[..., :-1, :]).abs().flatten(1).mean(1)
+    return dx + dy
+
+
+def recover_labels(gradients: dict[str, Tensor], num_classes: int, batch_size: int) -> Tensor:
+    """iDLG: the true class's row of the last layer's weight gradient is the only negative one (inputs to the
+    last layer are non-negative after ReLU and pooling). For a batch, the ``batch_size`` most negative rows
+    (distinct labels assumed). Returns (A, batch_size) labels."""
+    last = [g for g in gradients.values() if g.ndim == 3 and g.shape[1] == num_classes]
+    if not last:
+        raise BenchError("cannot recover labels: no (classes, features) weight gradient in the shared gradient; "
+                         "give the labels instead (labels: given)")
+    row_sums = last[-1].sum(-1)  # (A, classes)
+    return row_sums.topk(batch_size, dim=1, largest=False).indices.sort(dim=1).values
+
+
+class GradientInversion(Attack):
+    """Reconstruct participants' images from their shared gradients (Inverting Gradients, DLG and variants).
+
+    Args:
+        optimizer: ``adam`` (IG), ``lbfgs`` (DLG) or ``sgd``.
+        distance: gradient distance, ``cosine`` (IG), ``l2`` (DLG) or ``l1``.
+        iterations: optimisation steps per attack (the paper: 4,800 for Adam/SGD, 300 for L-BFGS).
+        lr: step size (None: 0.1 for Adam and SGD, 1.0 for L-BFGS).
+        tv: weight of the total-variation prior (IG: 1e-4; 0 for DLG).
+        restarts: independent initialisations per target; the one with the lowest final distance is kept.
+        num_images: targets attacked (the first ones of the test pool: a fixed set).
+        batch_size: images per shared gradient (1: the paper's strongest setting; 8 is harder).
+        labels: ``idlg`` (recovered from the gradient) or ``given``.
+        init: ``random`` (uniform noise) or ``black`` (all zeros, ATS Table 7's adaptive attack).
+        signed: step on the sign of the image gradient (IG's choice for Adam and SGD).
+        model_state: ``trained`` (the evaluated checkpoint) or ``untrained`` (the same network re-initialised
+            with the evaluation seed: the stage at which gradients leak most).
+        progress: show a progress bar.
+    """
+
+    name = "gradient_inversion"
+    threat_model = ThreatModel.GRADIENT_SHARING
+    metric_directions = {"psnr": "lower", "ssim": "lower", "mse": "higher", "psnr_original": "lower",
+                         "ssim_original": "lower", "label_accuracy": "lower"}
+    primary_metric = "psnr"
+
+    def __init__(self, optimizer: str = "adam", distance: str = "cosine", iterations: int = 200,
+                 lr: Optional[float] = None, tv: float = 1e-4, restarts: int = 1, num_images: int = 4,
+                 batch_size: int = 1, labels: str = "idlg", init: str = "random", signed: bool = True,
+                 model_state: str = "trained", progress: bool = True) -> None:
+        if optimizer not in OPTIMIZERS:
+            raise BenchError(f"unknown optimizer '{optimizer}'; choose one of {list(OPTIMIZERS)}")
+        if distance not in DISTANCES:
+            raise BenchError(f"unknown distance '{distance}'; choose one of {list(DISTANCES)}")
+        if iterations < 1 or restarts < 1 or num_images < 1 or batch_size < 1:
+            raise BenchError(f"iterations, restarts, num_images and batch_size must be at least 1, got "
+                             f"{iterations}, {restarts}, {num_images}, {batch_size}")
+        if lr is not None and lr <= 0:
+            raise BenchError(f"lr must be positive, got {lr}")
+        if tv < 0:
+            raise BenchError(f"tv (total-variation weight) must be non-negative, got {tv}")
+        if labels not in ("idlg", "given"):
+            raise BenchError(f"labels must be 'idlg' (recovered from the gradient) or 'given', got '{labels}'")
+        if init not in ("random", "black"):
+            raise BenchError(f"init must be 'random' or 'black', got '{init}'")
+        if model_state not in ("trained", "untrained"):
+            raise BenchError(f"model_state must be 'trained' or 'untrained', got '{model_state}'")
+        self.optimizer = optimizer
+        self.distance = distance
+        self.iterations = iterations
+        self.lr = lr
+        self.tv = tv
+        self.restarts = restarts
+        self.num_images = num_images
+        self.batch_size = batch_size
+        self.labels = labels
+        self.init = init
+        self.signed = signed
+        self.model_state = model_state
+        self.progress = progress
+
+    @property
+    def step_size(self) -> float:
+        return DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
+
+    # ------------------------------------------------------------------ the harness entry point
+    def run(self, module, datamodule, generator: torch.Generator) -> AttackResult:
+        model = self.target_model(module, generator)
+        images, labels = datamodule.pool("test").tensors()
+        needed = self.num_images * self.batch_size
+        if len(images) < needed:
+            raise BenchError(f"the test pool has {len(images)} images, the attack needs num_images x batch_size = {needed}")
+        device = next(model.parameters()).device
+        shape = images.shape[1:]
+        originals = images[:needed].view(self.num_images, self.batch_size, *shape).to(device)
+        true_labels = labels[:needed].view(self.num_images, self.batch_size).to(device)
+        shared = model.shared_gradients(originals, true_labels, generator)
+        targets = {name: g.detach() for name, g in shared.gradients.items()}
+        if self.labels == "idlg":
+            attack_labels = recover_labels(targets, module.spec.num_classes, self.batch_size)
+        else:
+            attack_labels = true_labels
+        init = self.initial_images(self.num_images * self.restarts, shape, generator).to(device)
+        reconstructions, losses = self.invert(model, targets, attack_labels, init)
+        reconstructions = reconstructions.detach()
+        inputs = shared.inputs.detach()
+        reconstructions = self.match_order(reconstructions, inputs)
+        flat = reconstructions.flatten(0, 1).cpu()
+        metrics = reconstruction_metrics(flat, inputs.flatten(0, 1).cpu())
+        against_original = reconstruction_metrics(flat, originals.flatten(0, 1).cpu())
+        metrics["psnr_original"], metrics["ssim_original"] = against_original["psnr"], against_original["ssim"]
+        recovered = torch.sort(attack_labels, dim=1).values == torch.sort(true_labels, dim=1).values
+        metrics["label_accuracy"] = recovered.float().mean().item()
+        details = {"final_distance": losses.mean().item(), "images": needed, "model_state": self.model_state}
+        return AttackResult(metrics, examples=(inputs.flatten(0, 1)[:16].cpu(), flat[:16]), details=details)
+
+    def target_model(self, module, generator: torch.Generator):
+        """The model whose gradients are attacked: the module in eval mode, or a re-initialised copy of it."""
+        if self.model_state == "trained":
+            return module.eval()
+        model = copy.deepcopy(module).eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
+            for layer in model.modules():
+                if layer is not model and hasattr(layer, "reset_parameters"):
+                    layer.reset_parameters()
+        return model
+
+    def initial_images(self, count: int, shape, generator: torch.Generator) -> Tensor:
+        """(count, batch_size, C, H, W) starting images: uniform noise or black."""
+        if self.init == "black":
+            return torch.zeros(count, self.batch_size, *shape)
+        return torch.rand(count, self.batch_size, *shape, generator=generator)
+
+    # ------------------------------------------------------------------ the optimisation
+    def invert(self, model: nn.Module, targets: dict[str, Tensor], labels: Tensor, init: Tensor) -> tuple[Tensor, Tensor]:
+        """Reconstruct every target from ``init`` (restarts x targets, B, C, H, W); keep each target's best restart.
+
+        Returns reconstructions (targets, B, C, H, W) and their final gradient distances (targets,).
+        """
+        count = labels.shape[0]
+        restarts = init.shape[0] // count
+        targets = {n: t.repeat(restarts, *[1] * (t.ndim - 1)) for n, t in targets.items()}
+        labels = labels.repeat(restarts, 1)
+        objective = self.objective(model, targets, labels)
+        if self.optimizer == "lbfgs":  # independent L-BFGS runs: a shared history would couple the attacks
+            parts = [self._lbfgs(objective, init[i : i + 1], i) for i in range(init.shape[0])]
+            images = torch.cat([p[0] for p in parts])
+        else:
+            images = self._first_order(objective, init)
+        with torch.no_grad():
+            distances = objective(images, None)[1].view(restarts, count)
+        best = distances.argmin(0)
+        images = images.view(restarts, count, *images.shape[1:])[best, torch.arange(count)]
+        return images, distances[best, torch.arange(count)]
+
+    def objective(self, model: nn.Module, targets: dict[str, Tensor], labels: Tensor) -> Callable:
+        """(images, which) -> (per-attack objective, per-attack gradient distance); ``which`` picks attacks (None: all)."""
+        params = {name: p.detach() for name, p in model.named_parameters() if name in targets}
+        buffers = dict(model.named_buffers())
+
+        def loss(params, x, y):  # what each participant computed: the mean cross-entropy of its batch
+            return F.cross_entropy(functional_call(model, (params, buffers), (x,)), y)
+
+        dummy_gradients = vmap(grad(loss), in_dims=(None, 0, 0))
+
+        def evaluate(images: Tensor, which: Optional[slice]):
+            chosen = slice(None) if which is None else which
+            chosen_targets = {n: t[chosen] for n, t in targets.items()}
+            dummy = dummy_gradients(params, images, labels[chosen])
+            distance = gradient_distance(dummy, chosen_targets, self.distance)
+            total = distance + self.tv * total_variation(images) if self.tv else distance
+            return total, distance
+
+        return evaluate
+
+    def _first_order(self, objective: Callable, init: Tensor) -> Tensor:
+        images = init.clone().requires_grad_(True)
+        if self.optimizer == "adam":
+            optimizer: torch.optim.Optimizer = torch.optim.Adam([images], lr=self.step_size)
+        else:
+            optimizer = torch.optim.SGD([images], lr=self.step_size, momentum=0.9)
+        milestones = sorted({max(1, math.floor(f * self.iterations)) for f in (3 / 8, 5 / 8, 7 / 8)})
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+        for _ in tqdm(range(self.iterations), desc=f"{self.name} ({self.optimizer}+{self.distance})",
+                      disable=not self.progress, leave=False):
+            optimizer.zero_grad(set_to_none=True)
+            total, _ = objective(images, None)
+            total.sum().backward()  # attacks are independent: the sum's gradient is each attack's own
+            if self.signed:
+                images.grad.sign_()
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                images.clamp_(0, 1)
+        return images.detach()
+
+    def _lbfgs(self, objective: Callable, init: Tensor, index: int) -> tuple[Tensor]:
+        images = init.clone().requires_grad_(True)
+        optimizer = torch.optim.LBFGS([images], lr=self.step_size, max_iter=self.iterations, history_size=100,
+                                      line_search_fn="strong_wolfe")
+        which = slice(index, index + 1)
+
+        def closure():
+            optimizer.zero_grad(set_to_none=True)
+            total = objective(images, which)[0].sum()
+            total.backward()
+            return total
+
+        optimizer.step(closure)
+        return (images.detach().clamp(0, 1),)
+
+    # ------------------------------------------------------------------ scoring
+    @staticmethod
+    def match_order(reconstructions: Tensor, inputs: Tensor) -> Tensor:
+        """Within each shared batch, pair reconstructions with inputs by best total PSNR (a batch's order is
+        not recoverable from its gradient)."""
+        if reconstructions.shape[1] == 1:
+            return reconstructions
+        matched = reconstructions.clone()
+        for attack in range(reconstructions.shape[0]):
+            mse = (reconstructions[attack].unsqueeze(1).clamp(0, 1) - inputs[attack].unsqueeze(0)).square().flatten(2).mean(2)
+            psnr = (-10 * torch.log10(mse.clamp_min(10 ** (-PSNR_CAP_DB / 10)))).cpu().numpy()
+            rows, cols = linear_sum_assignment(-psnr)
+            matched[attack, torch.as_tensor(cols)] = reconstructions[attack, torch.as_tensor(rows)]
+        return matched
