@@ -5,7 +5,8 @@
 * the server's generator after DeepInverse (Mousavi & Baraniuk 2017): a fixed fully-connected layer
   whose weights are A^T lifts y back to signal space, then convolutions without pooling;
 * the classifier, a LeNet variant as in TF-slim (two 5x5 convolutions of 32 and 64 channels with 2x2
-  max-pooling, a 1024-unit layer with dropout, the logits), used by DCM and DCMG alike.
+  max-pooling, a 1024-unit layer with dropout, the logits), used by DCM and DCMG alike, behind a
+  per-pixel batch normalisation (:class:`PixelNorm`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from torch import Tensor, nn
 
 from bench.datamodules.base import DataSpec
 from bench.errors import BenchError
-from bench.networks.layers import Normalize
 
 
 def measurement_count(rate: float, signal_size: int) -> int:
@@ -89,9 +89,30 @@ def deepinverse_generator(matrix: Tensor, image_shape: Sequence[int], channels: 
     return nn.Sequential(Lift(matrix, image_shape), *deepinverse_convolutions(image_shape[0], channels, kernel_size))
 
 
+class PixelNorm(nn.Module):
+    """Batch normalisation of every pixel on its own (mean and variance over the batch), in the image's shape.
+
+    Each variant hands its classifier a different signal: A^T y (DCM), G(y) ~ x (DCMG-O), or G(y) ~ x_noise
+    (DCMG-N), whose image content is 1/(4 lambda_noise + 1) of x's contrast on top of the fixed pattern
+    of eta_c. Normalising by the clean images' statistics, or per channel, would leave DCMG-N's content
+    a ninth of the scale the others get; per pixel, every variant's classifier sees a standardised input.
+    """
+
+    def __init__(self, image_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.image_shape = tuple(int(v) for v in image_shape)
+        self.norm = nn.BatchNorm1d(math.prod(self.image_shape))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x.flatten(1)).view(-1, *self.image_shape)
+
+
 def lenet_classifier(spec: DataSpec, channels: Sequence[int] = (32, 64), hidden: int = 1024,
                      dropout: float = 0.5) -> nn.Sequential:
-    """TF-slim's LeNet: 5x5 convolutions (32, 64) each with 2x2 max-pooling, a hidden layer with dropout, the logits."""
+    """TF-slim's LeNet: 5x5 convolutions (32, 64) each with 2x2 max-pooling, a hidden layer with dropout, the logits.
+
+    It starts with a :class:`PixelNorm`, as every input it gets is a server-side estimate of the image.
+    """
     if len(channels) != 2 or min(channels) < 1 or hidden < 1:
         raise BenchError(f"the LeNet classifier takes two positive channel widths and a positive hidden width, "
                          f"got classifier_channels={list(channels)}, classifier_hidden={hidden}")
@@ -102,7 +123,7 @@ def lenet_classifier(spec: DataSpec, channels: Sequence[int] = (32, 64), hidden:
         raise BenchError(f"the LeNet classifier pools twice by 2x2 and needs images of at least 4x4, got {height}x{width}")
     first, second = (int(c) for c in channels)
     return nn.Sequential(
-        Normalize(spec.mean, spec.std),
+        PixelNorm(spec.image_shape),
         nn.Conv2d(in_channels, first, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         nn.Conv2d(first, second, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         nn.Flatten(),
