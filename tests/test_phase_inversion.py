@@ -114,3 +114,15 @@ def test_dec_x_with_the_unet_reads_complex_releases_as_two_real_channels():
     module = ComplexNet(data_spec=datamodule.spec)
     result = evaluate(module, datamodule, [FeatureInversion(decoder="unet", epochs=1, progress=False)])
     assert result.privacy[0]["details"]["decoder_used"] == "unet"
+
+
+def test_grid_scores_of_the_critic_equal_scoring_every_de_rotated_feature():
+    from bench.attacks.phase_inversion import PhaseCritic
+    from bench.networks.complex import real_part_at
+
+    torch.manual_seed(0)
+    critic = PhaseCritic((3, 7, 9))
+    released = torch.randn(5, 3, 7, 9, dtype=torch.complex64)
+    angles = torch.rand(4) * 2 * math.pi
+    expected = torch.stack([critic(real_part_at(released, angle.expand(5))).squeeze(1) for angle in angles])
+    torch.testing.assert_close(critic.grid_scores(released, angles), expected, atol=1e-5, rtol=1e-5)

@@ -35,6 +35,9 @@ from bench.threat_models import ThreatModel
 
 # the paper's decoder (section 4.1), for this attack and for feature_inversion's dec(x)
 DECODERS.setdefault("unet", lambda client, released_shape, image_shape: unet_decoder(released_shape, image_shape))
+# the original U-Net's two convolutions per block, narrower: the same decoder at a CPU's budget
+DECODERS.setdefault("unet_small", lambda client, released_shape, image_shape: unet_decoder(released_shape, image_shape, width=16,
+                                                                                          convs_per_block=2))
 
 
 def angle_error(estimated: Tensor, true: Tensor) -> Tensor:
@@ -43,12 +46,31 @@ def angle_error(estimated: Tensor, true: Tensor) -> Tensor:
     return torch.minimum(difference, 2 * math.pi - difference)
 
 
-def phase_critic(feature_shape: Sequence[int], width: int = 64) -> nn.Sequential:
-    """D': two strided convolutions and a linear score."""
-    channels, height, width_px = feature_shape
-    size = (math.ceil(math.ceil(height / 2) / 2), math.ceil(math.ceil(width_px / 2) / 2))
-    return nn.Sequential(nn.Conv2d(channels, width, 3, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(width, width, 3, 2, 1), nn.LeakyReLU(0.2),
-                         nn.Flatten(), nn.Linear(width * size[0] * size[1], 1))
+class PhaseCritic(nn.Module):
+    """D': two strided convolutions and a linear score.
+
+    The first convolution is linear, so on Re[x exp(-i theta)] = cos(theta) Re x + sin(theta) Im x it
+    is computed once per released feature and combined for every angle of the grid (:meth:`grid_scores`).
+    """
+
+    def __init__(self, feature_shape: Sequence[int], width: int = 32) -> None:
+        super().__init__()
+        channels, height, width_px = feature_shape
+        size = (math.ceil(math.ceil(height / 2) / 2), math.ceil(math.ceil(width_px / 2) / 2))
+        self.first = nn.Conv2d(channels, width, 3, 2, 1)
+        self.rest = nn.Sequential(nn.LeakyReLU(0.2), nn.Conv2d(width, width, 3, 2, 1), nn.LeakyReLU(0.2), nn.Flatten(),
+                                  nn.Linear(width * size[0] * size[1], 1))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.rest(self.first(features))
+
+    def grid_scores(self, released: Tensor, angles: Tensor) -> Tensor:
+        """Scores of Re[x exp(-i theta)] for every angle (rows) and released feature (columns)."""
+        real, imag = (F.conv2d(part, self.first.weight, None, self.first.stride, self.first.padding)
+                      for part in (released.real, released.imag))
+        shape = (-1, 1, 1, 1, 1)
+        first = torch.cos(angles).view(shape) * real + torch.sin(angles).view(shape) * imag + self.first.bias.view(1, 1, -1, 1, 1)
+        return self.rest(first.flatten(0, 1)).view(len(angles), len(released))
 
 
 @torch.no_grad()
@@ -59,8 +81,11 @@ def estimate_phase(critic: nn.Module, released: Tensor, grid: int, chunk: int = 
     estimates = []
     for start in range(0, len(released), per_chunk):
         x = released[start : start + per_chunk]
-        candidates = real_part_at(x.repeat(grid, *([1] * (x.ndim - 1))), angles.repeat_interleave(len(x)))  # (grid * n, ...)
-        scores = critic(candidates).view(grid, len(x))
+        if isinstance(critic, PhaseCritic):
+            scores = critic.grid_scores(x, angles)
+        else:
+            candidates = real_part_at(x.repeat(grid, *([1] * (x.ndim - 1))), angles.repeat_interleave(len(x)))  # (grid * n, ...)
+            scores = critic(candidates).view(grid, len(x))
         estimates.append(angles[scores.argmax(0)])
     return torch.cat(estimates)
 
@@ -69,10 +94,10 @@ class PhaseInversion(Attack):
     """Estimate the secret phase with a discriminator D', then invert the de-rotated feature.
 
     Args:
-        decoder: the inversion decoder (``mirror``, ``upsampling`` or ``unet``, the paper's).
+        decoder: the inversion decoder (``mirror``, ``upsampling``, ``unet`` (the paper's) or ``unet_small``).
         epochs / lr: decoder training passes over the attacker pool, and its Adam learning rate.
         critic_epochs / critic_lr: the same for D'.
-        grid: angles tried per sample for theta_hat (resolution 2 pi / grid).
+        grid: angles tried per sample for theta_hat (resolution 2 pi / grid; 36: ten degrees).
         batch_size: mini-batch size of both.
         max_attacker_samples / max_test_samples: cap the pools (None: all of them).
         progress: show progress bars.
@@ -85,7 +110,7 @@ class PhaseInversion(Attack):
     primary_metric = "mse"
 
     def __init__(self, decoder: str = "mirror", epochs: int = 30, lr: float = 1e-3, critic_epochs: int = 10,
-                 critic_lr: float = 1e-3, grid: int = 64, batch_size: int = 128, max_attacker_samples: Optional[int] = None,
+                 critic_lr: float = 1e-3, grid: int = 36, batch_size: int = 128, max_attacker_samples: Optional[int] = None,
                  max_test_samples: Optional[int] = None, progress: bool = True) -> None:
         if decoder not in DECODERS:
             raise BenchError(f"unknown decoder '{decoder}' for phase_inversion; choose one of {sorted(DECODERS)}")
@@ -124,7 +149,7 @@ class PhaseInversion(Attack):
 
         with torch.random.fork_rng(devices=[]):  # initial weights follow the harness's seed
             torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
-            critic = phase_critic(train_a.shape[1:]).to(device)
+            critic = PhaseCritic(train_a.shape[1:]).to(device)
             inverter = FeatureInversion(self.decoder, self.epochs, self.batch_size, self.lr, progress=self.progress)
             decoder, decoder_used = inverter.build_decoder(module, train_a[:2].cpu(), train_images.shape[1:])
         self._fit_critic(critic, train_a, train_x, train_theta, generator)
