@@ -310,9 +310,9 @@ class NasrAttack(MembershipInference):
             h = InferenceModel(module.spec.num_classes)
         _train_classifier(h, (probabilities, shadow_labels), members[0], self.attack_epochs, self.attack_batch_size,
                           self.attack_lr, generator)
-        with torch.no_grad():
-            scores = torch.sigmoid(h(target.softmax(-1), labels))
-        return scores, 0.5, {}
+        with torch.no_grad():  # h's logit, not its sigmoid: float32 sigmoids of confident members tie at 1.0
+            scores = h(target.softmax(-1), labels)
+        return scores, 0.0, {}
 
 
 class _PerClassMLP(nn.Module):
@@ -371,8 +371,8 @@ class ShokriShadow(MembershipInference):
         _train_classifier(attack, (features, shadow_labels.repeat(self.shadow_models)), members.flatten(),
                           self.attack_epochs, 64, self.attack_lr, generator)
         with torch.no_grad():
-            scores = torch.sigmoid(attack(self._features(target), labels))
-        return scores, 0.5, {}
+            scores = attack(self._features(target), labels)  # the logit: P(member) >= 0.5 where it is >= 0
+        return scores, 0.0, {}
 
 
 class LiRA(MembershipInference):

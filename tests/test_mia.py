@@ -1,0 +1,204 @@
+"""The membership-inference suite: metrics, vectorized shadow models, and every attack at chance and above it."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.attacks import LiRA, LossThreshold, NasrAttack, ShokriShadow
+from bench.attacks.membership_inference import ShadowModels, best_threshold, logit_confidence, random_halves
+from bench.datamodules import Digits
+from bench.datamodules.base import PrivacyDataModule
+from bench.harness import evaluate
+from bench.metrics.membership import membership_metrics, plot_roc, roc_curve
+from bench.modules import MCMIA, SplitNetwork
+
+
+class RandomLabels(PrivacyDataModule):
+    """Noise images with random labels: nothing to generalise, so a trained model can only memorise its members."""
+
+    abstract = False
+    name = "random_labels"
+    image_shape = (1, 8, 8)
+    num_classes = 4
+
+    def __init__(self, batch_size: int = 16, **kwargs) -> None:
+        super().__init__(batch_size=batch_size, download=False, **kwargs)
+
+    def load_sources(self):
+        generator = torch.Generator().manual_seed(1)
+        images = torch.randint(0, 256, (500, 1, 8, 8), generator=generator, dtype=torch.uint8)
+        return {"train": (images, torch.randint(0, self.num_classes, (500,), generator=generator))}
+
+
+# the defaults of the quickstart-sized attacks, smaller where a test needs no more
+ATTACKS = [LossThreshold(shadow_epochs=40), LossThreshold(statistic="confidence", shadow_epochs=40),
+           NasrAttack(shadow_epochs=40), ShokriShadow(shadow_epochs=40, per_class=False), ShokriShadow(shadow_epochs=40),
+           LiRA(shadow_models=6, shadow_epochs=40)]
+
+
+def _fit(module, datamodule, epochs):
+    trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(module, datamodule)
+    return module
+
+
+# ---------------------------------------------------------------------------- metrics
+def test_metrics_of_perfect_reversed_and_uninformative_scores():
+    members = torch.tensor([1] * 50 + [0] * 50)
+    perfect = membership_metrics(members.float() * 30 + 20, members, threshold=35.0)  # scores far outside [0, 1]
+    assert perfect == {"attack_accuracy": 1.0, "auc": 1.0, "tpr_at_1pct_fpr": 1.0, "tpr_at_0.1pct_fpr": 1.0}
+    reversed_ = membership_metrics(-members.float(), members, threshold=-0.5)
+    assert reversed_["auc"] == 0.0 and reversed_["attack_accuracy"] == 0.0
+    constant = membership_metrics(torch.zeros(100), members, threshold=0.0)
+    assert constant["auc"] == 0.5 and constant["attack_accuracy"] == 0.5 and constant["tpr_at_1pct_fpr"] == 0.0
+
+
+def test_attack_accuracy_is_balanced_whatever_the_class_ratio():
+    members = torch.tensor([1] * 90 + [0] * 10)
+    everything_member = membership_metrics(torch.ones(100), members, threshold=0.5)
+    assert everything_member["attack_accuracy"] == 0.5  # not 0.9: guessing "member" always is no attack
+
+
+def test_tpr_at_low_fpr_reads_the_roc_curve():
+    generator = torch.Generator().manual_seed(0)
+    members = torch.tensor([1] * 1000 + [0] * 1000)
+    scores = torch.randn(2000, generator=generator) + members * 2.0
+    metrics = membership_metrics(scores, members)
+    negatives = scores[members == 0].sort(descending=True).values
+    cut = negatives[10]  # the lowest threshold with at most 1% of the 1000 non-members above it
+    expected = float((scores[members == 1] > cut).float().mean())
+    assert metrics["tpr_at_1pct_fpr"] == pytest.approx(expected, abs=2e-3)
+    curve = roc_curve(scores, members)
+    assert all(a <= b for a, b in zip(curve["tpr"], curve["tpr"][1:])), "a ROC curve never goes down"
+
+
+def test_best_threshold_maximises_balanced_accuracy():
+    scores = torch.tensor([0.1, 0.2, 0.3, 0.6, 0.7, 0.4, 0.8, 0.9])
+    members = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1])
+    threshold = best_threshold(scores, members)
+    best = max(membership_metrics(scores, members, float(t))["attack_accuracy"] for t in scores)
+    assert membership_metrics(scores, members, threshold)["attack_accuracy"] == best
+
+
+def test_logit_confidence_is_the_log_odds_of_the_true_class():
+    logits, labels = torch.randn(5, 7), torch.randint(0, 7, (5,))
+    p = logits.softmax(-1).gather(1, labels[:, None]).squeeze(1)
+    torch.testing.assert_close(logit_confidence(logits, labels), torch.log(p / (1 - p)), rtol=1e-4, atol=1e-4)
+
+
+def test_random_halves_hold_exactly_half():
+    members = random_halves(5, 11, torch.Generator().manual_seed(0))
+    assert members.sum(1).tolist() == [5] * 5 and len({tuple(m.tolist()) for m in members}) > 1
+
+
+def test_roc_plot_is_written(tmp_path):
+    members = torch.tensor([1] * 20 + [0] * 20)
+    path = plot_roc({"lira": roc_curve(torch.randn(40) + members, members)}, tmp_path / "roc.png")
+    assert path.stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------- shadow models
+def test_vectorized_shadow_training_matches_training_one_model_at_a_time():
+    datamodule = Digits(pool_limit=64)
+    target = MCMIA(data_spec=datamodule.spec, defense="none")
+    images, labels = datamodule.pool("attacker").tensors()
+    members = random_halves(3, len(images), torch.Generator().manual_seed(0))
+    outputs = []
+    for vectorize in (True, False):
+        shadows = ShadowModels(target, 3, torch.Generator().manual_seed(1), torch.device("cpu"), vectorize=vectorize)
+        shadows.fit(images, labels, members, epochs=3, batch_size=16, generator=torch.Generator().manual_seed(2))
+        outputs.append(shadows.logits(images))
+    assert outputs[0].shape == (3, len(images), 10)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(outputs[0][0], outputs[0][1]), "each shadow has its own initialisation and data"
+
+
+def test_shadows_are_built_like_the_target():
+    datamodule = Digits(pool_limit=32)
+    target = SplitNetwork(data_spec=datamodule.spec, lr=0.007)
+    shadows = ShadowModels(target, 2, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert shadows.optimizer_class is torch.optim.Adam and shadows.optimizer_settings["lr"] == 0.007
+    # stacked copies of every parameter of the target (batch-norm running statistics are not used under vmap)
+    assert {name: tuple(p.shape[1:]) for name, p in shadows.params.items()} == {
+        name: tuple(p.shape) for name, p in target.named_parameters()}
+
+
+# ---------------------------------------------------------------------------- the attacks
+@pytest.fixture(scope="module")
+def memorised():
+    datamodule = RandomLabels(pool_limit=64)
+    torch.manual_seed(0)
+    module = _fit(MCMIA(data_spec=datamodule.spec, defense="none", lr=3e-3), datamodule, epochs=60)
+    return module, datamodule
+
+
+@pytest.mark.slow
+def test_every_attack_scores_near_chance_on_an_untrained_model(memorised):
+    _, datamodule = memorised
+    torch.manual_seed(1)
+    untrained = MCMIA(data_spec=datamodule.spec, defense="none")
+    evaluation = evaluate(untrained, datamodule, ATTACKS)
+    assert len(evaluation.privacy) == len(ATTACKS)
+    for entry in evaluation.privacy:
+        metrics = entry["metrics"]
+        # 64 members and 64 non-members: chance is 0.5 give or take sampling noise (std ~0.05)
+        assert abs(metrics["attack_accuracy"] - 0.5) < 0.15, (entry["attack"], metrics)
+        assert abs(metrics["auc"] - 0.5) < 0.15, (entry["attack"], metrics)
+
+
+@pytest.mark.slow
+def test_every_attack_is_well_above_chance_on_a_model_that_memorised_its_members(memorised):
+    module, datamodule = memorised
+    images, labels = datamodule.pool("train").tensors()
+    with torch.no_grad():
+        assert (module(images).argmax(1) == labels).float().mean() > 0.95, "the target must have memorised its members"
+    evaluation = evaluate(module, datamodule, ATTACKS)
+    for entry in evaluation.privacy:
+        metrics = entry["metrics"]
+        # Nasr's h reads softmax vectors, which a memorising model saturates to one-hot in float32: its members tie,
+        # which costs AUC (a ranking metric) more than accuracy
+        auc_floor = 0.6 if entry["attack"] == "nasr" else 0.75
+        assert metrics["auc"] > auc_floor and metrics["attack_accuracy"] > 0.65, (entry["attack"], metrics)
+        assert entry["directions"] == {key: "lower" for key in metrics}
+        assert entry["details"]["members"] == entry["details"]["nonmembers"] == 64
+    json.dumps(evaluation.privacy)  # records hold plain JSON: the ROC curve included
+
+
+def test_the_attacks_apply_to_every_classifier_that_shows_its_outputs():
+    datamodule = Digits(pool_limit=32)
+    attack = LossThreshold(shadow_epochs=2)
+    assert attack.applies_to(SplitNetwork(data_spec=datamodule.spec))
+    evaluation = evaluate(SplitNetwork(data_spec=datamodule.spec), datamodule, [attack])
+    assert [entry["attack"] for entry in evaluation.privacy] == ["loss_threshold"]
+    assert set(evaluation.privacy[0]["metrics"]) == {"attack_accuracy", "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"}
+
+
+@pytest.mark.parametrize("make", [lambda: LiRA(shadow_models=1), lambda: LossThreshold(statistic="entropy"),
+                                  lambda: NasrAttack(attack_lr=0), lambda: ShokriShadow(max_queries=0)])
+def test_bad_attack_settings_fail_with_a_clear_message(make):
+    from bench.errors import BenchError
+
+    with pytest.raises(BenchError):
+        make()
+
+
+def test_the_attacker_never_trains_on_members_or_nonmembers(monkeypatch):
+    """Shadow models see the attacker pool only: the train and nonmember pools are only ever queried."""
+    datamodule = Digits(pool_limit=32)
+    module = MCMIA(data_spec=datamodule.spec, defense="none")
+    seen = []
+    original = ShadowModels.fit
+
+    def spy(self, images, labels, members, *args, **kwargs):
+        seen.append(images)
+        return original(self, images, labels, members, *args, **kwargs)
+
+    monkeypatch.setattr(ShadowModels, "fit", spy)
+    LiRA(shadow_models=2, shadow_epochs=1).run(module, datamodule, torch.Generator().manual_seed(0))
+    assert len(seen) == 1 and torch.equal(seen[0], datamodule.pool("attacker").tensors()[0])
