@@ -116,8 +116,6 @@ class MCMIA(PrivacyModule):
         if self.minmax:  # h only trains the classifier: the deployed model, and its size, is the network alone
             report.update(count_parameters(self.network))
             report["compression_ratio"] = report["parameters"] / max(report["nonzero_parameters"], 1)
-        if self.pruning and self._trainer is not None:
-            report["admm_phase_retrain"] = float(self._pruning.phase == "retrain")
         return report
 
     # ------------------------------------------------------------------ Min-Max game (Algorithm 1)
