@@ -45,7 +45,7 @@ def test_estimate_phase_finds_the_angle_a_perfect_critic_prefers():
     a, b = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
     theta = torch.rand(40) * 2 * math.pi
     released = rotate(torch.complex(a, b).repeat(40, 1, 1, 1), theta)
-    estimated = estimate_phase(_DistanceCritic(a), released, grid=90, chunk=500)  # chunks of 5 samples
+    estimated = estimate_phase(_DistanceCritic(a), released, grid=90, chunk=16)
     assert angle_error(estimated, theta).max() <= math.pi / 90 + 1e-5  # within half a grid step
 
 
@@ -115,14 +115,3 @@ def test_dec_x_with_the_unet_reads_complex_releases_as_two_real_channels():
     result = evaluate(module, datamodule, [FeatureInversion(decoder="unet", epochs=1, progress=False)])
     assert result.privacy[0]["details"]["decoder_used"] == "unet"
 
-
-def test_grid_scores_of_the_critic_equal_scoring_every_de_rotated_feature():
-    from bench.attacks.phase_inversion import PhaseCritic
-    from bench.networks.complex import real_part_at
-
-    torch.manual_seed(0)
-    critic = PhaseCritic((3, 7, 9))
-    released = torch.randn(5, 3, 7, 9, dtype=torch.complex64)
-    angles = torch.rand(4) * 2 * math.pi
-    expected = torch.stack([critic(real_part_at(released, angle.expand(5))).squeeze(1) for angle in angles])
-    torch.testing.assert_close(critic.grid_scores(released, angles), expected, atol=1e-5, rtol=1e-5)

@@ -46,46 +46,26 @@ def angle_error(estimated: Tensor, true: Tensor) -> Tensor:
     return torch.minimum(difference, 2 * math.pi - difference)
 
 
-class PhaseCritic(nn.Module):
-    """D': two strided convolutions and a linear score.
-
-    The first convolution is linear, so on Re[x exp(-i theta)] = cos(theta) Re x + sin(theta) Im x it
-    is computed once per released feature and combined for every angle of the grid (:meth:`grid_scores`).
-    """
-
-    def __init__(self, feature_shape: Sequence[int], width: int = 32) -> None:
-        super().__init__()
-        channels, height, width_px = feature_shape
-        size = (math.ceil(math.ceil(height / 2) / 2), math.ceil(math.ceil(width_px / 2) / 2))
-        self.first = nn.Conv2d(channels, width, 3, 2, 1)
-        self.rest = nn.Sequential(nn.LeakyReLU(0.2), nn.Conv2d(width, width, 3, 2, 1), nn.LeakyReLU(0.2), nn.Flatten(),
-                                  nn.Linear(width * size[0] * size[1], 1))
-
-    def forward(self, features: Tensor) -> Tensor:
-        return self.rest(self.first(features))
-
-    def grid_scores(self, released: Tensor, angles: Tensor) -> Tensor:
-        """Scores of Re[x exp(-i theta)] for every angle (rows) and released feature (columns)."""
-        real, imag = (F.conv2d(part, self.first.weight, None, self.first.stride, self.first.padding)
-                      for part in (released.real, released.imag))
-        shape = (-1, 1, 1, 1, 1)
-        first = torch.cos(angles).view(shape) * real + torch.sin(angles).view(shape) * imag + self.first.bias.view(1, 1, -1, 1, 1)
-        return self.rest(first.flatten(0, 1)).view(len(angles), len(released))
+def phase_critic(feature_shape: Sequence[int], width: int = 32) -> nn.Sequential:
+    """D': two strided convolutions and a linear score."""
+    channels, height, width_px = feature_shape
+    size = (math.ceil(math.ceil(height / 2) / 2), math.ceil(math.ceil(width_px / 2) / 2))
+    return nn.Sequential(nn.Conv2d(channels, width, 3, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(width, width, 3, 2, 1), nn.LeakyReLU(0.2),
+                         nn.Flatten(), nn.Linear(width * size[0] * size[1], 1))
 
 
 @torch.no_grad()
-def estimate_phase(critic: nn.Module, released: Tensor, grid: int, chunk: int = 4096) -> Tensor:
-    """theta_hat = argmax over ``grid`` evenly spaced angles of critic(Re[x exp(-i theta)]), for every sample at once."""
+def estimate_phase(critic: nn.Module, released: Tensor, grid: int, chunk: int = 512) -> Tensor:
+    """theta_hat = argmax over ``grid`` evenly spaced angles of critic(Re[x exp(-i theta)]).
+
+    Each angle scores a whole chunk of samples in one batch; batching the angles as well (repeating
+    the features grid times) measured 2-4x slower on CPUs (benchmarks/complex_phase.py).
+    """
     angles = torch.arange(grid, device=released.device, dtype=torch.float32) * (2 * math.pi / grid)
-    per_chunk = max(1, chunk // grid)
     estimates = []
-    for start in range(0, len(released), per_chunk):
-        x = released[start : start + per_chunk]
-        if isinstance(critic, PhaseCritic):
-            scores = critic.grid_scores(x, angles)
-        else:
-            candidates = real_part_at(x.repeat(grid, *([1] * (x.ndim - 1))), angles.repeat_interleave(len(x)))  # (grid * n, ...)
-            scores = critic(candidates).view(grid, len(x))
+    for start in range(0, len(released), chunk):
+        x = released[start : start + chunk]
+        scores = torch.stack([critic(real_part_at(x, angle.expand(len(x)))).view(len(x)) for angle in angles])
         estimates.append(angles[scores.argmax(0)])
     return torch.cat(estimates)
 
@@ -149,7 +129,7 @@ class PhaseInversion(Attack):
 
         with torch.random.fork_rng(devices=[]):  # initial weights follow the harness's seed
             torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
-            critic = PhaseCritic(train_a.shape[1:]).to(device)
+            critic = phase_critic(train_a.shape[1:]).to(device)
             inverter = FeatureInversion(self.decoder, self.epochs, self.batch_size, self.lr, progress=self.progress)
             decoder, decoder_used = inverter.build_decoder(module, train_a[:2].cpu(), train_images.shape[1:])
         self._fit_critic(critic, train_a, train_x, train_theta, generator)
