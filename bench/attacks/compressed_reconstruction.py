@@ -150,7 +150,8 @@ class ReleasedTrainingData(Attack):
 
     For methods whose server receives training images (``released_training_images(images)``), every
     image of the training pool is compared with what the server receives for it: the largest and the
-    mean per-image PSNR and SSIM. The largest is the paper's criterion: the most recognisable image.
+    mean per-image PSNR, SSIM and FSIM (FSIMc on colour images; piq's implementation). The largest is
+    the paper's criterion: the most recognisable image.
 
     Args:
         batch_size: images per batch.
@@ -159,7 +160,7 @@ class ReleasedTrainingData(Attack):
 
     name = "released_training_data"
     threat_model = ThreatModel.FEATURE_RELEASE
-    metric_directions = {"psnr_max": "lower", "psnr_mean": "lower", "ssim_max": "lower", "ssim_mean": "lower"}
+    metric_directions = {f"{metric}_{statistic}": "lower" for metric in ("psnr", "ssim", "fsim") for statistic in ("max", "mean")}
     primary_metric = "psnr_max"
 
     def __init__(self, batch_size: int = 256, max_samples: Optional[int] = None) -> None:
@@ -177,19 +178,29 @@ class ReleasedTrainingData(Attack):
         images = images[: self.max_samples].to(module.device)
         released = torch.cat([module.released_training_images(images[i : i + self.batch_size])
                               for i in range(0, len(images), self.batch_size)])
-        psnr, ssim = per_image_similarity(released, images)
-        most_similar = psnr.argsort(descending=True)[:16].cpu()
-        return AttackResult({"psnr_max": psnr.max().item(), "psnr_mean": psnr.mean().item(),
-                             "ssim_max": ssim.max().item(), "ssim_mean": ssim.mean().item()},
-                            examples=(images[most_similar].cpu(), released[most_similar].clamp(0, 1).cpu()),
+        similarity = dict(zip(("psnr", "ssim", "fsim"), per_image_similarity(released, images, fsim=True)))
+        metrics = {f"{metric}_{statistic}": getattr(values, statistic)().item()
+                   for metric, values in similarity.items() for statistic in ("max", "mean")}
+        most_similar = similarity["psnr"].argsort(descending=True)[:16].cpu()
+        return AttackResult(metrics, examples=(images[most_similar].cpu(), released[most_similar].clamp(0, 1).cpu()),
                             details={"train_samples": len(images)})
 
 
 @torch.no_grad()
-def per_image_similarity(images: Tensor, originals: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-image PSNR (capped as in :func:`~bench.metrics.reconstruction_metrics`) and SSIM, images in [0, 1]."""
+def per_image_similarity(images: Tensor, originals: Tensor, fsim: bool = False, batch_size: int = 500) -> tuple[Tensor, ...]:
+    """Per-image PSNR (capped as in :func:`~bench.metrics.reconstruction_metrics`), SSIM and, with ``fsim``,
+    FSIM (FSIMc for colour images, Zhang et al. 2011, from piq), for images in [0, 1]."""
     images, originals = images.float().clamp(0, 1), originals.float()
     psnr = peak_signal_noise_ratio(images, originals, data_range=1.0, reduction="none", dim=(1, 2, 3))
     kernel = ssim_kernel_size(*originals.shape[-2:])
     ssim = structural_similarity_index_measure(images, originals, data_range=1.0, sigma=1.5 * kernel / 11, reduction="none")
-    return psnr.clamp(max=PSNR_CAP_DB), ssim
+    if not fsim:
+        return psnr.clamp(max=PSNR_CAP_DB), ssim
+    import piq  # only this metric needs it
+
+    chromatic = originals.shape[1] == 3
+    # FSIM's phase congruency works on 2-D spectra of whole batches: batches bound its memory
+    feature_similarity = torch.cat([piq.fsim(images[i : i + batch_size], originals[i : i + batch_size], data_range=1.0,
+                                             reduction="none", chromatic=chromatic)
+                                    for i in range(0, len(images), batch_size)])
+    return psnr.clamp(max=PSNR_CAP_DB), ssim, feature_similarity
