@@ -18,6 +18,7 @@ fixed A^T layer and classifies with a LeNet variant. The variants (Table 1):
 from __future__ import annotations
 
 import inspect
+import math
 from typing import ClassVar, Optional, Sequence
 
 import torch
@@ -44,8 +45,7 @@ class CompressiveLearning(PrivacyModule):
     Args:
         measurement_rate: m/n, the share of measurements per pixel (the paper: 0.05, 0.1, 0.25).
         matrix_seed: draws A; client and server share it.
-        generator: whether the server refines A^T y with DeepInverse's convolutions (all but DCM).
-        lam: lambda of Eq. 2 / Eq. 4, the weight of the generator's reconstruction error.
+        lam: lambda of Eq. 2 / Eq. 4, the weight of the generator's reconstruction error (DCM: none, 0).
         noise: Algorithm 1's noise on the training images (DCMG-N), or None.
         generator_channels / generator_kernel: widths and kernel size of the generator's convolutions.
         classifier_channels / classifier_hidden / dropout: the LeNet classifier's widths and dropout.
@@ -69,7 +69,7 @@ class CompressiveLearning(PrivacyModule):
         super().__init__(data_spec=data_spec, lr=lr, weight_decay=weight_decay)
         self.lam = float(lam)
         self._keep_own_hparams()
-        n = self.spec.image_shape[0] * self.spec.image_shape[1] * self.spec.image_shape[2]
+        n = math.prod(self.spec.image_shape)
         m = measurement_count(measurement_rate, n)
         matrix = gaussian_measurement_matrix(m, n, matrix_seed)
         self.noise = NullSpaceNoise(matrix, **noise) if noise is not None else None
