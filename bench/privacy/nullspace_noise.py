@@ -14,9 +14,10 @@ pure scaling (a min-max shift would add a multiple of the all-ones vector, which
 The measurements of x_noise do not depend on eta_r: A x_noise = (A x + A (lambda eta_c + 2 lambda 1)) / (4 lambda + 1),
 the right-hand side of Eq. 5, which is what the client sends at test time.
 
-Algorithm 1 noises the training set once, so each image keeps one eta_r: its columns are drawn from a
-generator seeded by the image's content (and the noise seed), which gives every distinct image its own
-draw and the same draw in every epoch, without the data pipeline having to pass sample indices.
+Algorithm 1 noises the training set once, so each image keeps one eta_r: line 12's shuffle of R's columns
+is keyed by the image's content (and the noise seed), which gives every distinct image its own draw and
+the same draw in every epoch, without the data pipeline having to pass sample indices. The shuffle is an
+integer hash of (image key, column) sorted per image: exact on every device, batched, with no host sync.
 """
 
 from __future__ import annotations
@@ -31,8 +32,21 @@ from torch import Tensor, nn
 
 from bench.errors import BenchError
 
-#: odd 61-bit multipliers that mix an image's key with the noise seed
-_MIX = 0x9E3779B97F4A7C15 & ((1 << 61) - 1)
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+#: SplitMix64's constants (as signed int64: torch's int64 products wrap around)
+_GOLDEN, _MIX1, _MIX2 = (_signed(v) for v in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def _hash(values: Tensor) -> Tensor:
+    """SplitMix64's finaliser on int64 tensors: a well-mixed integer for every integer, elementwise."""
+    values = (values ^ (values >> 30)) * _MIX1
+    values = (values ^ (values >> 27)) * _MIX2
+    return values ^ (values >> 31)
 
 
 class NullSpaceNoise(nn.Module):
@@ -95,14 +109,12 @@ class NullSpaceNoise(nn.Module):
 
     def random_noise(self, images: Tensor) -> Tensor:
         """eta_r for every image (B x n), lines 12-14; drawn once per distinct image."""
-        keys = self.image_keys(images).cpu().tolist()
-        k, c = self.columns_per_sample, self.groups
-        chosen = torch.zeros(len(keys), c)
-        generator = torch.Generator()
-        for row, key in enumerate(keys):
-            generator.manual_seed((key * _MIX + self.seed) % (1 << 61))
-            chosen[row, torch.randperm(c, generator=generator)[:k]] = 1.0  # lines 12-13: the first c*p of shuffled R
-        eta_r = chosen.to(self.candidates) @ self.candidates.T
+        keys = _hash(self.image_keys(images) + self.seed * _GOLDEN)
+        columns = torch.arange(1, self.groups + 1, device=keys.device) * _GOLDEN
+        order = _hash(keys[:, None] ^ columns).argsort(dim=1)  # line 12: a shuffle of R's columns per image
+        chosen = torch.zeros(len(keys), self.groups, device=keys.device, dtype=self.candidates.dtype)
+        chosen.scatter_(1, order[:, : self.columns_per_sample], 1.0)  # line 13: the first c*p of them
+        eta_r = chosen @ self.candidates.T
         return eta_r / eta_r.abs().amax(1, keepdim=True).clamp_min(torch.finfo(eta_r.dtype).tiny)  # line 14
 
     def forward(self, images: Tensor) -> Tensor:
