@@ -172,10 +172,10 @@ class ComplexNet(PrivacyModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
         task_optimizer, critic_optimizer = self.optimizers()
+        with torch.no_grad():  # g is not updated by the critic steps: its features are computed once
+            real = self.real_features(images)
         for _ in range(self.hparams.n_critic):
-            with torch.no_grad():  # D trains on g's current features; g is not updated here
-                a = self.real_features(images)
-                b = self.fooling_counterpart(a)
+            a, b = real, self.fooling_counterpart(real)  # a new pairing I' (and new angles) every step
             critic_loss = -self.adversarial_loss(a, b)  # D maximises Eq. 8
             if self.hparams.lipschitz == "gp":
                 critic_loss = critic_loss + self.hparams.gp_weight * self.gradient_penalty(a, self.fakes(a, b))
