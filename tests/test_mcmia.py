@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -125,6 +126,7 @@ def test_pruned_variants_reach_the_sparsity_and_report_it(defense, tmp_path):
     if defense == "pruning_minmax":
         assert not any(hasattr(m, "weight_mask") for m in module.inference.modules()), "h is never pruned"
     record = json.loads(evaluation.last_record_path.read_text())
+    assert Path(record["artifacts"]["roc"]).stat().st_size > 1000, "the attacks' ROC curves are plotted beside the record"
     cost = record["cost"]
     assert cost["parameters"] == sum(p.numel() for p in module.network.parameters())  # the deployed network
     assert cost["compression_ratio"] == pytest.approx(cost["parameters"] / cost["nonzero_parameters"])

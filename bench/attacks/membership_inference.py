@@ -332,9 +332,9 @@ class _PerClassMLP(nn.Module):
         return (hidden * self.w2[group]).sum(1) + self.b2[group]
 
 
-def _sorted_log_probabilities(logits: Tensor) -> Tensor:
-    # Shokri's global attack sees the sorted vector (class-agnostic); per class, the vector as it is
-    return logits.log_softmax(-1).sort(-1, descending=True).values
+def _sorted_probabilities(logits: Tensor) -> Tensor:
+    # one attack model for every class sees the sorted vector (class-agnostic); per class, the vector as it is
+    return logits.softmax(-1).sort(-1, descending=True).values
 
 
 class ShokriShadow(MembershipInference):
@@ -359,7 +359,8 @@ class ShokriShadow(MembershipInference):
         self.attack_epochs, self.attack_lr = attack_epochs, attack_lr
 
     def _features(self, logits: Tensor) -> Tensor:
-        return logits.log_softmax(-1) if self.per_class else _sorted_log_probabilities(logits)
+        # Shokri et al.'s prediction vectors (log-probabilities, whose wrong-class entries reach -30, swamp the MLP)
+        return logits.softmax(-1) if self.per_class else _sorted_probabilities(logits)
 
     def score(self, module, datamodule, generator, images, target, labels):
         shadows, images, shadow_labels, members = self.shadows(module, datamodule, generator, self.shadow_models)

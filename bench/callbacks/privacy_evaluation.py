@@ -104,6 +104,7 @@ class PrivacyEvaluation(Callback):
         )
         validate_record(json.loads(json.dumps(record, default=str)))  # a bad record fails before any file is written
         record["artifacts"] = _save_example_grids(evaluation, Path(self.records_dir) / "artifacts", record["record_id"])
+        record["artifacts"].update(_save_roc_plot(record, Path(self.records_dir) / "artifacts"))
         path = write_record(record, self.records_dir)
         self.last_record_path = path
         _log(loggers, evaluation, record, step=trainer.global_step if trainer is not None else 0)
@@ -151,6 +152,18 @@ def _wandb_reference(logger: Optional[WandbLogger]) -> Optional[dict[str, Any]]:
         return logger.reference()
     run = logger.experiment
     return {"project": logger.name, "run_id": getattr(run, "id", None), "url": getattr(run, "url", None)}
+
+
+def _save_roc_plot(record: dict[str, Any], directory: Path) -> dict[str, str]:
+    """One log-log ROC plot of every attack that reported its ROC curve (``details["roc"]``: {fpr, tpr})."""
+    curves = {entry["attack"]: entry["details"]["roc"] for entry in record["privacy"]
+              if isinstance((entry.get("details") or {}).get("roc"), dict)}
+    if not curves:
+        return {}
+    from bench.metrics.membership import plot_roc
+
+    path = plot_roc(curves, directory / f"{record['record_id'][:8]}-roc.png", title=record["method"]["label"])
+    return {"roc": str(path)}
 
 
 def _save_example_grids(evaluation: Evaluation, directory: Path, record_id: str) -> dict[str, str]:
