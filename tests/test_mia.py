@@ -16,6 +16,7 @@ from bench.datamodules.base import PrivacyDataModule
 from bench.harness import evaluate
 from bench.metrics.membership import membership_metrics, plot_roc, roc_curve
 from bench.modules import MCMIA, SplitNetwork
+from bench.threat_models import ThreatModel
 
 
 class RandomLabels(PrivacyDataModule):
@@ -202,3 +203,16 @@ def test_the_attacker_never_trains_on_members_or_nonmembers(monkeypatch):
     monkeypatch.setattr(ShadowModels, "fit", spy)
     LiRA(shadow_models=2, shadow_epochs=1).run(module, datamodule, torch.Generator().manual_seed(0))
     assert len(seen) == 1 and torch.equal(seen[0], datamodule.pool("attacker").tensors()[0])
+
+
+@pytest.mark.parametrize("name", sorted(n for n, cls in __import__("bench").registry.methods().items()
+                                        if ThreatModel.BLACK_BOX_OUTPUTS in cls.threat_models))
+def test_every_classifier_of_the_suite_can_be_attacked(name):
+    """Through the contract only: shadows from fresh_copy(), vectorized where the network allows it."""
+    from bench import registry
+
+    datamodule = Digits(pool_limit=24)
+    module = registry.methods()[name](data_spec=datamodule.spec).eval()
+    result = LiRA(shadow_models=2, shadow_epochs=1).run(module, datamodule, torch.Generator().manual_seed(0))
+    assert all(0.0 <= value <= 1.0 for value in result.metrics.values())
+    assert isinstance(result.details["vectorized_shadows"], bool)

@@ -79,8 +79,16 @@ def target_queries(datamodule, max_queries: Optional[int], generator: torch.Gene
 
 # ---------------------------------------------------------------------- shadow models
 def _first_optimizer(module) -> tuple[type, dict[str, Any]]:
-    """The class and settings of the target's (first) optimizer: shadows train with the same."""
-    configured = module.configure_optimizers()
+    """The class and settings of the target's (first) optimizer: shadows train with the same.
+
+    Adam at the module's ``lr`` when its optimizers can only be built inside a Trainer (e.g. a
+    schedule over ``estimated_stepping_batches``).
+    """
+    fallback = torch.optim.Adam, {"lr": float(module.hparams.get("lr", 1e-3))}
+    try:
+        configured = module.configure_optimizers()
+    except RuntimeError:
+        return fallback
     if isinstance(configured, dict):
         configured = configured["optimizer"]
     if isinstance(configured, (list, tuple)):
@@ -90,7 +98,7 @@ def _first_optimizer(module) -> tuple[type, dict[str, Any]]:
     if isinstance(configured, dict):
         configured = configured["optimizer"]
     if not isinstance(configured, torch.optim.Optimizer):
-        return torch.optim.Adam, {"lr": 1e-3}
+        return fallback
     return type(configured), dict(configured.defaults)
 
 
@@ -104,10 +112,13 @@ class ShadowModels:
     normalise with the batch's statistics (``replace_all_batch_norm_modules_``: running
     statistics cannot be updated in place under ``vmap``).
 
-    ``vectorize=False`` trains the same copies one after the other (the benchmark's reference).
+    ``vectorize=False`` trains the same copies one after the other (the benchmark's reference);
+    ``"auto"`` vectorizes when the network runs under ``vmap`` (no ``.item()``, no in-place random
+    ops on unbatched tensors) and falls back to one copy at a time otherwise.
     """
 
-    def __init__(self, module, count: int, generator: torch.Generator, device: torch.device, vectorize: bool = True) -> None:
+    def __init__(self, module, count: int, generator: torch.Generator, device: torch.device,
+                 vectorize: bool | str = "auto") -> None:
         if count < 1:
             raise BenchError(f"an attack needs at least one shadow model, got {count}")
         fresh_copy = getattr(module, "fresh_copy", None)
@@ -117,14 +128,25 @@ class ShadowModels:
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
             copies = [replace_all_batch_norm_modules_(fresh_copy()).to(device).train() for _ in range(count)]
         self.optimizer_class, self.optimizer_settings = _first_optimizer(copies[0])
-        self.count, self.device, self.vectorize = count, device, vectorize
-        self.copies = copies
+        self.count, self.device, self.copies = count, device, copies
+        self.vectorize = bool(vectorize)
         if vectorize:
             params, buffers = stack_module_state(copies)
             self.params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
             self.buffers = buffers
             self.base = copy.deepcopy(copies[0]).to("meta")
-            self.copies = []
+        if vectorize == "auto":
+            self.vectorize = self._runs_under_vmap(tuple(module.spec.image_shape))
+
+    def _runs_under_vmap(self, image_shape: tuple[int, ...]) -> bool:
+        probe = torch.zeros(self.count, 2, *image_shape, device=self.device)
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), torch.no_grad():
+                self._forward(probe, train=True)
+                self._forward(probe, train=False)
+        except RuntimeError:  # functorch cannot batch some op of this network: train the copies in turn
+            return False
+        return True
 
     def _forward(self, x: Tensor, train: bool) -> Tensor:
         """Logits of every copy on its own batch: x (count, B, ...) -> (count, B, classes)."""
@@ -133,7 +155,7 @@ class ShadowModels:
         def one(params, buffers, images):
             return functional_call(self.base, (params, buffers), (images,))
 
-        return torch.vmap(one, randomness="different" if train else "error")(self.params, self.buffers, x)
+        return torch.vmap(one, randomness="different")(self.params, self.buffers, x)
 
     def fit(self, images: Tensor, labels: Tensor, members: Tensor, epochs: int, batch_size: int,
             generator: torch.Generator) -> None:
@@ -213,6 +235,7 @@ class MembershipInference(Attack):
         self.batch_size = batch_size
         self.max_queries = max_queries
         self.query_batch_size = query_batch_size
+        self._vectorized: Optional[bool] = None
 
     def shadows(self, module, datamodule, generator: torch.Generator, count: int) -> tuple[ShadowModels, Tensor, Tensor, Tensor]:
         """``count`` shadows trained on random halves of the attacker pool: (shadows, images, labels, members)."""
@@ -222,12 +245,14 @@ class MembershipInference(Attack):
         members = random_halves(count, len(images), generator)
         shadows = ShadowModels(module, count, generator, module.device)
         shadows.fit(images, labels, members, self.shadow_epochs, self.batch_size, generator)
+        self._vectorized = shadows.vectorize
         return shadows, images, labels, members
 
     def run(self, module, datamodule, generator: torch.Generator) -> AttackResult:
         images, labels, is_member = target_queries(datamodule, self.max_queries, generator)
         target = query_logits(module, images, self.query_batch_size, module.device)
         scores, threshold, details = self.score(module, datamodule, generator, images, target, labels)
+        details["vectorized_shadows"] = self._vectorized
         metrics = membership_metrics(scores, is_member, threshold)
         details.update(members=int(is_member.sum()), nonmembers=int((1 - is_member).sum()), threshold=threshold,
                        roc=roc_curve(scores, is_member))
