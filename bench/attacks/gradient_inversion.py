@@ -94,7 +94,7 @@ class GradientInversion(Attack):
         progress: show a progress bar.
     """
 
-    name = "gradient_inversion"
+    name = "gradient_inversion"  # Inverting Gradients; other variants are named e.g. gradient_inversion_lbfgs_l2
     threat_model = ThreatModel.GRADIENT_SHARING
     metric_directions = {"psnr": "lower", "ssim": "lower", "mse": "higher", "psnr_original": "lower",
                          "ssim_original": "lower", "label_accuracy": "lower"}
@@ -134,6 +134,10 @@ class GradientInversion(Attack):
         self.signed = signed
         self.model_state = model_state
         self.progress = progress
+        # variants get their own name, so that one evaluation can report several (Table 2) side by side
+        variant = [] if (optimizer, distance) == ("adam", "cosine") else [optimizer, distance]
+        variant += [setting for setting in (init, model_state) if setting in ("black", "untrained")]
+        self.name = "_".join(["gradient_inversion", *variant])
 
     @property
     def step_size(self) -> float:
