@@ -90,7 +90,8 @@ class GradientInversion(Attack):
         init: ``random`` (uniform noise) or ``black`` (all zeros, ATS Table 7's adaptive attack).
         signed: step on the sign of the image gradient (IG's choice for Adam and SGD).
         model_state: ``trained`` (the evaluated checkpoint) or ``untrained`` (the same network re-initialised
-            with the evaluation seed: the stage at which gradients leak most).
+            with the evaluation seed: the stage at which gradients leak most). A semi-trained stage is an early
+            checkpoint of the run: ``bench evaluate runs/.../checkpoints/<early>.ckpt``.
         progress: show a progress bar.
     """
 

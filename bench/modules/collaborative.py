@@ -147,7 +147,7 @@ class Collaborative(PrivacyModule):
             gradients, losses = vmap(grad_and_value(loss), in_dims=(None, 0, 0, 0))(params, own, images, labels)
             with torch.no_grad():
                 for name, b in buffers.items():
-                    b.copy_(own[name].float().mean(0).to(b.dtype) if b.is_floating_point() else own[name][0])
+                    b.copy_(own[name].mean(0) if b.is_floating_point() else own[name][0])
         else:
             gradients, losses = vmap(grad_and_value(loss), in_dims=(None, None, 0, 0))(params, buffers, images, labels)
         gradients = self.defend(gradients, generator)

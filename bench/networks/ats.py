@@ -1,13 +1,13 @@
 """The networks of the ATS paper (Gao et al., CVPR 2021, section 5.1): ResNet-20 and the 8-layer ConvNet.
 
 Both take images in [0, 1] (normalising with the data spec as their first layer), adapt to any
-channel count and image size (global average pooling before the classifier) and use batch-norm,
-as the gradient-inversion literature's targets do. No in-place activations: participants'
-gradients are computed with ``torch.func`` transforms.
+channel count and image size and use batch-norm, as the gradient-inversion literature's targets do.
+No in-place activations: participants' gradients are computed with ``torch.func`` transforms.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from bench.datamodules.base import DataSpec
@@ -22,7 +22,8 @@ def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
 class ConvNet(nn.Module):
     """The 8-layer ConvNet of Geiping et al. used by ATS: eight conv-BN-ReLU layers of widths
     w, 2w, 2w, 4w, 4w, 4w, 4w, 4w, 2x2 max-pools after the 4th, 6th and 8th (while the map is at least
-    2 pixels wide), global average pooling and one linear layer."""
+    2 pixels wide) and one linear layer on the flattened map (not pooled: as in Geiping et al., the last
+    layer sees where features are, which is much of what its gradient leaks)."""
 
     def __init__(self, spec: DataSpec, width: int = 64) -> None:
         super().__init__()
@@ -37,11 +38,13 @@ class ConvNet(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 size //= 2
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels, spec.num_classes)
+        with torch.no_grad():
+            flat = self.features.eval()(torch.zeros(1, *spec.image_shape)).numel()
+        self.features.train()
+        self.fc = nn.Linear(flat, spec.num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.pool(self.features(x)).flatten(1))
+        return self.fc(self.features(x).flatten(1))
 
 
 class BasicBlock(nn.Module):
