@@ -210,7 +210,8 @@ class PrivacyModule(L.LightningModule):
     def fresh_copy(self) -> "PrivacyModule":
         """An untrained copy built from the same hyper-parameters: shadow models are trained "like the target"."""
         accepted = inspect.signature(type(self).__init__).parameters
-        return type(self)(**{key: value for key, value in self.hparams.items() if key in accepted})
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+        return type(self)(**{key: value for key, value in self.hparams.items() if takes_any or key in accepted})
 
     def training_report(self) -> dict[str, float]:
         """Numbers about how the method was trained that belong in the record's cost (e.g. DP epsilon).
