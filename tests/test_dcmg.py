@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.attacks import FeatureInversion, MeasurementDecoder, OwnDecoder, PseudoInverse, ReleasedTrainingData
+from bench.attacks import (AffineInversion, FeatureInversion, MeasurementDecoder, OwnDecoder, PseudoInverse,
+                           ReleasedTrainingData)
 from bench.attacks.compressed_reconstruction import per_image_similarity
 from bench.datamodules import DataSpec, Digits
 from bench.errors import BenchError
@@ -153,14 +154,14 @@ def test_pseudo_inverse_is_the_least_squares_estimate():
 def test_the_attacks_that_need_a_apply_only_to_methods_that_share_it():
     datamodule = Digits(pool_limit=48)
     attacks = [FeatureInversion(epochs=1, progress=False), OwnDecoder(), PseudoInverse(),
-               MeasurementDecoder(epochs=1, progress=False), ReleasedTrainingData()]
+               MeasurementDecoder(epochs=1, progress=False), AffineInversion(), ReleasedTrainingData()]
     applied = {}
     for cls in (DCM, DCMG, DCMGO, DCMGN, SplitNetwork):
         module = _build(cls, datamodule.spec) if cls is not SplitNetwork else SplitNetwork(data_spec=datamodule.spec)
         applied[cls.__name__] = [attack.name for attack in attacks if attack.applies_to(module)]
-    matrix_attacks = ["feature_inversion", "pseudo_inverse", "measurement_decoder"]
-    assert applied["DCM"] == matrix_attacks
-    assert applied["DCMG"] == ["feature_inversion", "own_decoder", "pseudo_inverse", "measurement_decoder"]
+    matrix_attacks = ["pseudo_inverse", "measurement_decoder", "affine_inversion"]
+    assert applied["DCM"] == ["feature_inversion"] + matrix_attacks
+    assert applied["DCMG"] == ["feature_inversion", "own_decoder"] + matrix_attacks
     assert applied["DCMGO"] == applied["DCMGN"] == applied["DCMG"] + ["released_training_data"]
     assert applied["SplitNetwork"] == ["feature_inversion"]
 
@@ -182,6 +183,18 @@ def test_every_attack_reconstructs_a_released_measurement_vector():
         assert originals.shape == reconstructions.shape
     # measurements are float32: 4 bytes each, against one byte per raw pixel
     assert evaluation.cost["released_bytes_per_sample"] == 4 * 16 and evaluation.cost["raw_bytes_per_sample"] == 64
+
+
+def test_affine_inversion_learns_the_offset_of_eq_5_from_queried_pairs():
+    datamodule = Digits(pool_limit=256)
+    attacks = [AffineInversion(), PseudoInverse()]
+    plain = evaluate(_build(DCMGO, datamodule.spec, measurement_rate=0.25), datamodule, attacks).privacy
+    noisy = evaluate(_build(DCMGN, datamodule.spec, measurement_rate=0.25), datamodule, attacks).privacy
+    # y_noise is an affine map of y: a server holding (x, y_noise) pairs inverts it as well as y itself
+    assert noisy[0]["metrics"]["psnr"] == pytest.approx(plain[0]["metrics"]["psnr"], abs=0.05)
+    # while the pseudo-inverse, which knows A but not the offset, does worse on y_noise than on y
+    assert noisy[1]["metrics"]["psnr"] < plain[1]["metrics"]["psnr"]
+    assert noisy[0]["metrics"]["psnr"] > noisy[1]["metrics"]["psnr"]
 
 
 def test_released_training_data_scores_what_the_server_receives_for_training():
@@ -225,6 +238,7 @@ def test_tiny_config_trains_and_records_every_attack(tmp_path, monkeypatch):
     assert record["method"]["label"] == "DCMG-N (measurement_rate=0.25)"
     assert record["utility"]["accuracy"] > 0.3  # ten classes: chance is 0.1
     attacks = {entry["attack"]: entry["metrics"] for entry in record["privacy"]}
-    assert set(attacks) == {"feature_inversion", "own_decoder", "pseudo_inverse", "measurement_decoder", "released_training_data"}
+    assert set(attacks) == {"feature_inversion", "own_decoder", "pseudo_inverse", "measurement_decoder", "affine_inversion",
+                            "released_training_data"}
     assert record["paper"] is None, "the 8x8 digits are no setting of the paper: no paper value beside ours"
     assert attacks["released_training_data"]["psnr_max"] < 15  # x_noise, not the originals

@@ -1,12 +1,13 @@
 """The harness's attacks, one module per attack, each bound to one threat model."""
 
 from bench.attacks.base import Attack, AttackResult
-from bench.attacks.compressed_reconstruction import MeasurementDecoder, PseudoInverse, ReleasedTrainingData
+from bench.attacks.compressed_reconstruction import (AffineInversion, MeasurementDecoder, PseudoInverse,
+                                                   ReleasedTrainingData)
 from bench.attacks.feature_inversion import DECODERS, FeatureInversion
 from bench.attacks.gradient_inversion import GradientInversion
 from bench.attacks.membership_inference import LiRA, LossThreshold, NasrAttack, ShokriShadow
 from bench.attacks.own_decoder import OwnDecoder
 from bench.attacks.phase_inversion import PhaseInversion
 
-__all__ = ["Attack", "AttackResult", "MeasurementDecoder", "PseudoInverse", "ReleasedTrainingData", "DECODERS", "FeatureInversion", "GradientInversion", "OwnDecoder", "PhaseInversion",
+__all__ = ["Attack", "AttackResult", "AffineInversion", "MeasurementDecoder", "PseudoInverse", "ReleasedTrainingData", "DECODERS", "FeatureInversion", "GradientInversion", "OwnDecoder", "PhaseInversion",
            "LiRA", "LossThreshold", "NasrAttack", "ShokriShadow"]

@@ -7,7 +7,11 @@ DCMG-N's y_noise) and attacks it with A alone, without querying the client:
 * :class:`PseudoInverse`: the least-squares estimate x_hat = A^+ y (the minimum-norm solution of A x = y);
 * :class:`MeasurementDecoder`: a DeepInverse network (A^T lift, then convolutions) that the server trains
   on its own images x and their measurements A x, which it computes itself, then applies to what the
-  client sent.
+  client sent;
+* :class:`AffineInversion`: a server that also holds pairs (x, what the client sends for x), by querying
+  the client or knowing a few of its images, fits the least-squares affine map back to x in closed form.
+  The client's measurement is affine in x (Eq. 1, and Eq. 5 for DCMG-N), so this learns any constant
+  offset the client adds: it is the best linear attacker the release admits.
 
 A server that may query the client as a black box is :class:`~bench.attacks.FeatureInversion` (its
 decoders take a released vector as they take a feature map); a server's own trained generator is
@@ -143,6 +147,48 @@ class MeasurementDecoder(_KnowsMatrix):
                 optimizer.step()
             if self.progress:
                 bar.set_postfix(mse=f"{loss.item():.4f}", refresh=False)
+
+
+class AffineInversion(_KnowsMatrix):
+    """x_hat = W y + b, fitted by ridge-regularised least squares on the attacker pool's (release(x), x) pairs.
+
+    Closed form, no training; the attacker queries the client as a black box, as in
+    :class:`~bench.attacks.FeatureInversion`, and needs no knowledge of the client's noise.
+
+    Args:
+        ridge: Tikhonov weight, relative to the mean squared released value (keeps the solve well-posed).
+        batch_size: queries per batch.
+        max_attacker_samples / max_test_samples: cap the pools (None: all of them).
+    """
+
+    name = "affine_inversion"
+
+    def __init__(self, ridge: float = 1e-6, batch_size: int = 256, max_attacker_samples: Optional[int] = None,
+                 max_test_samples: Optional[int] = None) -> None:
+        if ridge < 0 or batch_size < 1:
+            raise BenchError(f"affine_inversion needs ridge >= 0 and batch_size >= 1, got {ridge}, {batch_size}")
+        self.ridge = ridge
+        self.batch_size = batch_size
+        self.max_attacker_samples = max_attacker_samples
+        self.max_test_samples = max_test_samples
+
+    @torch.no_grad()
+    def run(self, module, datamodule, generator: torch.Generator) -> AttackResult:
+        device = module.device
+        own_images, _ = datamodule.pool("attacker").tensors()
+        own_images = own_images[: self.max_attacker_samples].to(device)
+        own_released = query_client(module.release, own_images, self.batch_size, device).flatten(1).double()
+        design = torch.cat([own_released, torch.ones_like(own_released[:, :1])], dim=1)  # [y, 1]: W and b at once
+        gram = design.T @ design
+        penalty = self.ridge * gram.diagonal()[:-1].mean() * torch.eye(len(gram), dtype=gram.dtype, device=device)
+        penalty[-1, -1] = 0.0  # the offset is not shrunk
+        weights = torch.linalg.solve(gram + penalty, design.T @ own_images.flatten(1).double())  # normal equations
+        images, released = _test_images_and_releases(self, module, datamodule)
+        released = released.flatten(1).double()
+        reconstructed = (released @ weights[:-1] + weights[-1]).float().view_as(images)
+        return AttackResult(reconstruction_metrics(reconstructed, images),
+                            examples=(images[:16].cpu(), reconstructed[:16].clamp(0, 1).cpu()),
+                            details={"attacker_samples": len(own_images), "test_samples": len(images)})
 
 
 class ReleasedTrainingData(Attack):
