@@ -81,9 +81,10 @@ def test_eta_r_differs_from_sample_to_sample_and_is_drawn_once_per_image():
     again = noise.random_noise(torch.cat([images[5:6], _images(3, shape, seed=9), images[:1]]))
     torch.testing.assert_close(again[0], eta_r[5])
     torch.testing.assert_close(again[-1], eta_r[0])
-    # another client secret, other draws
-    _, other = _noise(shape, 0.1, 2.0, seed=1)
-    assert not torch.allclose(other.random_noise(images[:1]), eta_r[:1])
+    # another client secret, other draws (any seed, however large)
+    for seed in (1, 2, 2**40):
+        _, other = _noise(shape, 0.1, 2.0, seed=seed)
+        assert not torch.allclose(other.random_noise(images[:1]), eta_r[:1])
 
 
 def test_eta_r_is_the_scaled_sum_of_c_times_p_columns_of_r():

@@ -33,8 +33,9 @@ from torch import Tensor, nn
 from bench.errors import BenchError
 
 
-
 def _signed(value: int) -> int:
+    """A Python integer as the int64 with the same low 64 bits."""
+    value %= 1 << 64
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
@@ -109,7 +110,7 @@ class NullSpaceNoise(nn.Module):
 
     def random_noise(self, images: Tensor) -> Tensor:
         """eta_r for every image (B x n), lines 12-14; drawn once per distinct image."""
-        keys = _hash(self.image_keys(images) + self.seed * _GOLDEN)
+        keys = _hash(self.image_keys(images) + _signed(self.seed * _GOLDEN))
         columns = torch.arange(1, self.groups + 1, device=keys.device) * _GOLDEN
         order = _hash(keys[:, None] ^ columns).argsort(dim=1)  # line 12: a shuffle of R's columns per image
         chosen = torch.zeros(len(keys), self.groups, device=keys.device, dtype=self.candidates.dtype)
