@@ -116,3 +116,19 @@ def test_dlg_with_lbfgs_and_l2_lowers_the_gradient_distance(digits):
 def test_bad_configuration_says_what_to_do(kwargs, match):
     with pytest.raises(BenchError, match=match):
         GradientInversion(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["ats/mnist_shared", "ats/cifar100_resnet20_attacks"])
+def test_configs_attack_with_their_own_settings_not_the_quickstarts(name, capsys):
+    # configs apply on top of the quickstart, whose FeatureInversion has lr and batch_size arguments too
+    import yaml
+
+    from bench.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", name, "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    attacks = [a["init_args"] for a in config["evaluation"]["attacks"] if a["class_path"].endswith("GradientInversion")]
+    assert attacks and all(a["batch_size"] == 1 for a in attacks)
+    assert all(a["lr"] == (1.0 if a["optimizer"] == "lbfgs" else 0.1) for a in attacks)
+    assert config["model"]["init_args"]["network"] in ("convnet", "resnet20")
