@@ -13,6 +13,10 @@ On the test pool it estimates theta_hat = argmax_theta D'(Re[x exp(-i theta)]) o
 angles and reconstructs dec(Re[x exp(-i theta_hat)]). It reports the reconstruction metrics, the
 angle error E|theta* - theta_hat| wrapped to [0, pi] (Table 3; a blind guess scores pi / 2), and the
 server's own view: the accuracy of predicting from x without theta (``predict_from_release``).
+
+The fooling counterpart is itself a real feature, b = Re[x exp(-i (theta* + pi / 2))]: a D' that tells
+real features from mixtures but not a from b errs by 0 or pi / 2, about pi / 4 on average, which
+is what the paper's Table 3 (0.78-0.84) and our runs show; dec then reconstructs I' instead of I.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ def estimate_phase(critic: nn.Module, released: Tensor, grid: int, chunk: int = 
     """theta_hat = argmax over ``grid`` evenly spaced angles of critic(Re[x exp(-i theta)]).
 
     Each angle scores a whole chunk of samples in one batch; batching the angles as well (repeating
-    the features grid times) measured 2-4x slower on CPUs (benchmarks/complex_phase.py).
+    the features grid times) measured 4.5x slower on a CPU (benchmarks/complex_phase.py).
     """
     angles = torch.arange(grid, device=released.device, dtype=torch.float32) * (2 * math.pi / grid)
     estimates = []
