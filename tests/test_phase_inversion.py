@@ -115,3 +115,20 @@ def test_dec_x_with_the_unet_reads_complex_releases_as_two_real_channels():
     result = evaluate(module, datamodule, [FeatureInversion(decoder="unet", epochs=1, progress=False)])
     assert result.privacy[0]["details"]["decoder_used"] == "unet"
 
+
+
+@pytest.mark.slow
+def test_tiny_config_runs_both_inversion_strategies(tmp_path, monkeypatch):
+    from bench.cli import main
+    from bench.records import load_records
+
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", "complex/tiny", "--data.pool_limit", "96", "--trainer.max_epochs", "1", "--trainer.logger", "false",
+          "--trainer.enable_progress_bar", "false", "--evaluation.leaderboard_dir", "null"])
+    record = load_records([tmp_path / "leaderboard" / "records"]).records[0]
+    assert record["method"]["name"] == "ComplexNet"
+    entries = {entry["attack"]: entry for entry in record["privacy"]}
+    assert set(entries) == {"feature_inversion", "phase_inversion"}
+    assert entries["feature_inversion"]["details"]["decoder_used"] == entries["phase_inversion"]["details"]["decoder_used"] == "unet_small"
+    assert 0 <= entries["phase_inversion"]["metrics"]["angle_error"] <= math.pi
+    assert set(record["artifacts"]) == {"feature_inversion_examples", "phase_inversion_examples"}
