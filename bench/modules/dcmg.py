@@ -13,6 +13,10 @@ fixed A^T layer and classifies with a LeNet variant. The variants (Table 1):
   y_noise (Eq. 5) in training and at test time alike.
 
 ||x - x_hat||^2 is the per-sample squared Euclidean distance (summed over pixels), averaged over the batch.
+
+DCMG-N's y_noise is an affine map of y (a scale and a constant offset): it hides x from a server that
+knows only A (the pseudo-inverse, a decoder trained on A x), but not from one that holds a few (x, y_noise)
+pairs, which learns the map back (``AffineInversion``): the harness runs both.
 """
 
 from __future__ import annotations
