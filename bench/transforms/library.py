@@ -12,7 +12,7 @@ of its Table 7 (black initialisation) also assumes.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -129,5 +129,3 @@ _TABLE_5 = [
 
 #: the 50 transformations, by index
 LIBRARY: tuple[Transformation, ...] = tuple(Transformation(i, op, level) for i, (op, level) in enumerate(_TABLE_5))
-
-TransformFn = Callable[[Tensor, Tensor], Tensor]
