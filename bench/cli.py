@@ -17,7 +17,9 @@ from typing import Any, Optional, Sequence
 from bench.errors import BenchError, class_path
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+DEFAULTS = Path(__file__).parent / "configs" / "defaults.yaml"
 QUICKSTART = Path(__file__).parent / "configs" / "quickstart.yaml"
+CHOOSERS = ("--config", "-c", "--model", "--data")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -33,7 +35,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         elif command == "sweep":
             sweep_command(argv[1:])
         elif command in LIGHTNING_SUBCOMMANDS or command in ("-h", "--help", "--version", None):
-            run_lightning_cli(_resolve_names(argv) if argv else ["--help"])
+            run_lightning_cli(_resolve_names(_with_quickstart(argv)) if argv else ["--help"])
         else:
             raise BenchError(f"unknown command '{command}'; commands: {', '.join(LIGHTNING_SUBCOMMANDS)}, evaluate, leaderboard, list, sweep")
     except Exception as error:
@@ -56,6 +58,24 @@ def _bench_error_in_chain(error: BaseException) -> Optional[BenchError]:
 
 
 # ---------------------------------------------------------------------- LightningCLI
+def _with_quickstart(argv: list[str]) -> list[str]:
+    """Plain ``bench fit`` runs the quickstart; a lone --model or --data gets the default other half.
+
+    Neither is a default underneath other choices: jsonargparse keeps a class's init arguments when
+    another class is chosen on top, so the quickstart's ``lr`` or attack settings would leak into them.
+    """
+    if argv[0] not in LIGHTNING_SUBCOMMANDS:
+        return argv
+    given = {arg.partition("=")[0] for arg in argv[1:]} & set(CHOOSERS)
+    if not given:
+        return [argv[0], f"--config={QUICKSTART}", *argv[1:]]
+    if given & {"--config", "-c"}:
+        return argv
+    missing = [] if "--model" in given else ["--model=SplitNetwork"]
+    missing += [] if "--data" in given else ["--data=Digits"]
+    return [argv[0], *missing, *argv[1:]]
+
+
 def _resolve_names(argv: list[str]) -> list[str]:
     """Shipped config names become paths; unknown --model/--data names fail with the list of known ones."""
     from bench import registry
@@ -64,7 +84,7 @@ def _resolve_names(argv: list[str]) -> list[str]:
     while index < len(argv):
         arg = argv[index]
         key, has_value, value = arg.partition("=")
-        if key in ("--config", "-c", "--model", "--data") and not has_value and index + 1 < len(argv):
+        if key in CHOOSERS and not has_value and index + 1 < len(argv):
             value, has_value, index = argv[index + 1], True, index + 1
         if key in ("--config", "-c") and has_value:
             arg = f"--config={registry.resolve_config(value)}"
@@ -99,7 +119,7 @@ def run_lightning_cli(argv: list[str]):
                 if isinstance(callback, PrivacyEvaluation):
                     callback.run_config = _plain(self.config.get(self.subcommand, self.config))
 
-    default_config = {subcommand: {"default_config_files": [str(QUICKSTART)]} for subcommand in LIGHTNING_SUBCOMMANDS}
+    default_config = {subcommand: {"default_config_files": [str(DEFAULTS)]} for subcommand in LIGHTNING_SUBCOMMANDS}
     # LightningCLI reads sys.argv (DDP re-launches the same command line on the other ranks)
     saved_argv, sys.argv = sys.argv, [sys.argv[0] if sys.argv else "bench", *argv]
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -90,6 +91,34 @@ def test_list_shows_methods_datamodules_attacks_and_configs(capsys):
     assert code == 0
     for expected in ("SplitNetwork", "Digits", "MNIST", "LocalFolder", "FeatureInversion", "quickstart", "feature_release"):
         assert expected in output
+
+
+@pytest.mark.parametrize("args", [["--model", "Collaborative"], ["--model", "MCMIA", "--data", "Digits"],
+                                  ["--config", "ran/tiny"]])
+def test_a_chosen_method_gets_its_own_defaults_not_the_quickstarts(args, capsys):
+    # jsonargparse keeps a class's init arguments when another class is chosen on top of it
+    import inspect
+
+    import yaml
+
+    from bench import registry
+
+    code, output = _run_in_process(["fit", *args, "--print_config"], capsys)
+    assert code == 0, output
+    config = yaml.safe_load(output)
+    method = registry.lookup("method", config["model"]["class_path"])
+    if "--config" not in args:
+        defaults = {name: p.default for name, p in inspect.signature(method).parameters.items() if name != "data_spec"}
+        assert config["model"]["init_args"] == json.loads(json.dumps(defaults))  # tuples print as lists
+        assert config["evaluation"]["attacks"] is None  # every registered attack, as configured by default
+    else:  # a config's attack list is its own, not merged item by item with the quickstart's
+        assert [a["init_args"]["epochs"] for a in config["evaluation"]["attacks"][:1]] == [20]
+
+
+def test_plain_fit_is_the_quickstart(capsys):
+    code, output = _run_in_process(["fit", "--print_config"], capsys)
+    assert code == 0
+    assert "bench.modules.SplitNetwork" in output and "lr: 0.003" in output and "epochs: 200" in output
 
 
 def test_shipped_configs_are_found_by_name(capsys):
