@@ -15,6 +15,7 @@ from bench.modules import ComplexNet, ComplexNetBaseline
 from bench.modules.complex_net import derangement, fake_angles
 from bench.networks.complex import (ComplexAvgPool2d, ComplexConv2d, ComplexDropout, ComplexLinear, ComplexMaxPool2d,
                                     ComplexNorm, Delta, ResidualBlock, build_network, real_part_at, rotate)
+from step_recorder import StepRecorder
 
 
 def _spec(shape) -> DataSpec:
@@ -228,22 +229,8 @@ def test_fooling_counterparts_come_from_other_samples_and_fakes_from_nonzero_ang
 
 
 # ---------------------------------------------------------------------------- the WGAN schedule
-class _RecordingComplexNet(ComplexNet):
-    """Records, for every optimizer step, its name and which modules' weights changed."""
-
-    abstract = True
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.steps: list[tuple[str, frozenset[str]]] = []
-
-    def _step(self, optimizer, loss, name):
-        parts = {"encoder": self.encoder, "processing": self.processing, "critic": self.critic}
-        before = {part: [p.detach().clone() for p in net.parameters()] for part, net in parts.items()}
-        super()._step(optimizer, loss, name)
-        changed = frozenset(part for part, net in parts.items()
-                            if any(not torch.equal(x, y) for x, y in zip(before[part], net.parameters())))
-        self.steps.append((name, changed))
+class _RecordingComplexNet(StepRecorder, ComplexNet):
+    recorded_parts = ("encoder", "processing", "critic")
 
 
 @pytest.mark.parametrize("lipschitz", ["clip", "gp"])

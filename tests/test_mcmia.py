@@ -19,6 +19,7 @@ from bench.errors import BenchError
 from bench.modules import DPSGD, MCMIA
 from bench.networks.classifiers import CLASSIFIERS, InferenceModel, build_classifier
 from bench.records import load_records
+from step_recorder import StepRecorder
 
 
 def _spec(shape=(1, 8, 8), classes=10) -> DataSpec:
@@ -54,20 +55,8 @@ def test_inference_model_has_nasrs_architecture_and_init():
 
 
 # ---------------------------------------------------------------------------- Min-Max game
-class _RecordingMCMIA(MCMIA):
-    abstract = True
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.steps: list[tuple[str, frozenset[str]]] = []
-
-    def _step(self, optimizer, loss, name):
-        parts = {"network": self.network, "inference": self.inference}
-        before = {part: [p.detach().clone() for p in net.parameters()] for part, net in parts.items()}
-        super()._step(optimizer, loss, name)
-        changed = frozenset(part for part, net in parts.items()
-                            if any(not torch.equal(a, b) for a, b in zip(before[part], net.parameters())))
-        self.steps.append((name, changed))
+class _RecordingMCMIA(StepRecorder, MCMIA):
+    recorded_parts = ("network", "inference")
 
 
 @pytest.mark.parametrize("k", [1, 2])

@@ -13,6 +13,7 @@ from bench.datamodules import DataSpec, Digits
 from bench.modules import RAN, NoisyInput, ResizedDNN
 from bench.modules.noisy_input import LaplaceNoise
 from bench.modules.ran import reconstruction_error
+from step_recorder import StepRecorder
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 
@@ -27,22 +28,8 @@ def _trainer(**kwargs) -> L.Trainer:
     return L.Trainer(**{**options, **kwargs})
 
 
-class _RecordingRAN(RAN):
-    """RAN that records, for every optimizer step, the stage and which sub-networks' weights changed."""
-
-    abstract = True
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.steps: list[tuple[str, frozenset[str]]] = []
-
-    def _step(self, optimizer, loss, name):
-        parts = {"encoder": self.encoder, "classifier": self.classifier, "decoder": self.decoder}
-        before = {part: [p.detach().clone() for p in net.parameters()] for part, net in parts.items()}
-        super()._step(optimizer, loss, name)
-        changed = frozenset(part for part, net in parts.items()
-                            if any(not torch.equal(a, b) for a, b in zip(before[part], net.parameters())))
-        self.steps.append((name, changed))
+class _RecordingRAN(StepRecorder, RAN):
+    recorded_parts = ("encoder", "classifier", "decoder")
 
 
 @pytest.mark.parametrize("k", [1, 3])
