@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from bench.attacks.membership_inference import ShadowModels, logit_confidence, random_halves
+from bench.attacks.membership_inference import logit_confidence
+from bench.attacks.shadow_models import ShadowModels, random_halves
 from bench.datamodules import Digits, LocalFolder
 from bench.modules import MCMIA
 

@@ -7,10 +7,10 @@ import json
 import lightning as L
 import pytest
 import torch
-import torch.nn.functional as F
 
 from bench.attacks import LiRA, LossThreshold, NasrAttack, ShokriShadow
-from bench.attacks.membership_inference import ShadowModels, best_threshold, logit_confidence, random_halves
+from bench.attacks.membership_inference import best_threshold, logit_confidence
+from bench.attacks.shadow_models import ShadowModels, random_halves
 from bench.datamodules import Digits
 from bench.datamodules.base import PrivacyDataModule
 from bench.harness import evaluate
