@@ -186,6 +186,12 @@ def _build_group(threat_model: Optional[str], dataset: str, records: list[dict])
         _Column("Released B/sample", "released_bytes_per_sample", lambda r: r["cost"].get("released_bytes_per_sample"), "lower", count=True),
         _Column("Params", "parameters", lambda r: r["cost"].get("parameters"), "lower", count=True),
     ]
+    # columns that only some methods fill: shown where a record of the group has them
+    if any((r["cost"].get("compression_ratio") or 1) > 1 for r in records):  # pruned models
+        columns.append(_Column("Compression (x)", "compression_ratio", lambda r: r["cost"].get("compression_ratio"), "higher",
+                               "compression_ratio"))
+    if any(r["cost"].get("dp_epsilon") is not None for r in records):  # DP training: its guarantee at dp_delta
+        columns.append(_Column("DP epsilon", "dp_epsilon", lambda r: r["cost"].get("dp_epsilon"), "lower", "dp_epsilon"))
     keyed: dict[tuple, dict[Any, dict]] = {}
     for record in sorted(records, key=lambda r: (r["created"], r["record_id"])):
         key = (record["method"]["label"], _text(record["method"].get("network")), _budget(record),

@@ -193,3 +193,19 @@ def test_different_hyper_parameters_are_different_rows(tmp_path):
         (tmp_path / f"{record['record_id']}.json").write_text(json.dumps(record))
     rows = _table(generate_leaderboard([tmp_path], tmp_path / "out").markdown.read_text(), "feature_release / digits")
     assert len(rows) == 2 and {row["Setting"] for row in rows} == {"model.lr=0.001", "model.lr=0.05"}
+
+
+def test_compression_and_dp_columns_appear_only_where_a_record_fills_them(tmp_path):
+    dense = _fixture("digits-dnn-seed0.json")
+    rows = _table(generate_leaderboard([RECORDS], tmp_path / "plain").markdown.read_text(), "feature_release / digits")
+    assert "Compression (x)" not in rows[0] and "DP epsilon" not in rows[0]
+    pruned = json.loads(json.dumps(dense))
+    pruned["record_id"], pruned["method"]["hparams"]["lr"] = "d" * 32, 0.05
+    pruned["cost"].update(nonzero_parameters=1234, compression_ratio=12345 / 1234, dp_epsilon=3.0)
+    for record in (dense, pruned):
+        (tmp_path / f"{record['record_id']}.json").write_text(json.dumps(record))
+    rows = _table(generate_leaderboard([tmp_path], tmp_path / "out").markdown.read_text(), "feature_release / digits")
+    by_lr = {row["Setting"]: row for row in rows}
+    pruned_row = {key: value.strip("*") for key, value in by_lr["model.lr=0.05"].items()}
+    assert pruned_row["Compression (x)"] == "10.0" and pruned_row["DP epsilon"] == "3.00"
+    assert by_lr["model.lr=0.003"]["DP epsilon"] == "–"
