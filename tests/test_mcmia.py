@@ -16,7 +16,7 @@ from bench.callbacks import PrivacyEvaluation
 from bench.cli import load_checkpoint
 from bench.datamodules import DataSpec, Digits
 from bench.errors import BenchError
-from bench.modules import DPSGD, MCMIA
+from bench.modules.mcmia import DPSGD, MCMIA
 from bench.networks.classifiers import CLASSIFIERS, InferenceModel, build_classifier
 from bench.records import load_records
 from step_recorder import StepRecorder

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.datamodules import DataSpec, Digits
-from bench.modules import RAN, NoisyInput, ResizedDNN
+from bench.modules import RAN, NoisyInput
+from bench.modules.resized_dnn import ResizedDNN
 from bench.modules.noisy_input import LaplaceNoise
 from bench.modules.ran import reconstruction_error
 from step_recorder import StepRecorder
