@@ -194,3 +194,25 @@ def test_pruning_and_min_max_under_ddp_keep_ranks_identical(tmp_path):
     reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert all(report["world_size"] == 2 for report in reports)
     assert max(report["max_weight_difference"] for report in reports) == 0.0
+
+
+@pytest.mark.slow
+def test_dp_sgd_under_ddp_is_one_step_on_the_global_batch(tmp_path):
+    from test_ddp import _ReportRanks
+
+    # noiseless, so the step is exact: two ranks of 4 members each step as one process on all 8
+    datamodule = Digits(batch_size=4, pool_limit=8)
+    module = DPSGD(data_spec=datamodule.spec, noise_multiplier=0.0, max_grad_norm=1e-3, lr=1.0, momentum=0.0)
+    before = {n: p.detach().clone() for n, p in module.network.named_parameters()}
+    images, labels = datamodule.pool("train").tensors()
+    gradients = module.per_sample_gradients(images, labels)
+    norms = torch.sqrt(sum(g.flatten(1).square().sum(1) for g in gradients.values()))
+    trainer = _trainer(devices=2, strategy="ddp_spawn", limit_train_batches=1, limit_val_batches=1,
+                       callbacks=[_ReportRanks(str(tmp_path))])
+    trainer.fit(module, datamodule)
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert max(report["max_weight_difference"] for report in reports) == 0.0
+    assert float(module.dp_sample_rate) == 1.0 and int(module.dp_steps) == 1  # 2 ranks x 4 of 8 members
+    for name, parameter in module.network.named_parameters():
+        clipped = (gradients[name] * (1e-3 / norms).clamp(max=1).view(-1, *[1] * (gradients[name].dim() - 1))).mean(0)
+        torch.testing.assert_close(before[name] - parameter.detach(), clipped, rtol=1e-3, atol=1e-7)

@@ -174,7 +174,9 @@ class DPSGD(PrivacyModule):
     Per-sample gradients come from ``torch.func`` (``vmap(grad(...))``); the privacy spent is
     accounted with Opacus's RDP accountant, assuming Poisson sampling at rate batch / members
     (the DataLoader shuffles instead, the usual approximation). The epsilon reached at ``delta``
-    goes into the result record's cost (``dp_epsilon``).
+    goes into the result record's cost (``dp_epsilon``). Under DDP the ranks' clipped sums are
+    all-reduced and rank 0 alone adds the noise, so every step is one DP-SGD step on the global
+    batch (sampling rate: world size x batch / members).
 
     Args:
         network: a classifier without batch-norm (``lenet5`` or ``cnn4``): per-sample gradients
@@ -220,13 +222,11 @@ class DPSGD(PrivacyModule):
         return torch.optim.SGD(self.network.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum)
 
     def on_fit_start(self) -> None:
-        if self.trainer.world_size > 1:
-            raise BenchError("DPSGD runs on one device: its noise is calibrated to one process's batches; use --trainer.devices 1")
         datamodule = self.trainer.datamodule
         members = len(datamodule.pool("train")) if hasattr(datamodule, "pool") else None
         if members is None:
             raise BenchError("DPSGD needs a bench PrivacyDataModule to know how many members its sampling rate covers")
-        self.dp_sample_rate.fill_(min(1.0, datamodule.batch_size / members))
+        self.dp_sample_rate.fill_(min(1.0, self.trainer.world_size * datamodule.batch_size / members))
         if self.dp_noise_multiplier < 0:
             from opacus.accountants.utils import get_noise_multiplier
 
@@ -254,10 +254,17 @@ class DPSGD(PrivacyModule):
         norms = torch.sqrt(sum(g.flatten(1).square().sum(1) for g in gradients.values()))
         clip = (self.hparams.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)  # per-sample clipping to C
         sigma = float(self.dp_noise_multiplier) * self.hparams.max_grad_norm
+        parameters = dict(self.network.named_parameters())
+        summed = torch.cat([torch.einsum("n,n...->...", clip, gradients[name]).flatten() for name in parameters])
+        if self.trainer.global_rank == 0:  # one draw of the noise for the global batch, whatever the world size
+            summed += sigma * torch.randn_like(summed)
+        batch = torch.tensor(float(len(images)), device=summed.device)
+        if self.trainer.world_size > 1:  # the gradients are set by hand: DDP's backward hooks never average them
+            summed = self.trainer.strategy.reduce(summed, reduce_op="sum")
+            batch = self.trainer.strategy.reduce(batch, reduce_op="sum")
         optimizer.zero_grad(set_to_none=True)
-        for name, parameter in self.network.named_parameters():
-            summed = torch.einsum("n,n...->...", clip, gradients[name])
-            parameter.grad = (summed + sigma * torch.randn_like(summed)) / len(images)  # noisy mean
+        for parameter, noisy_sum in zip(parameters.values(), summed.split([p.numel() for p in parameters.values()])):
+            parameter.grad = noisy_sum.view_as(parameter) / batch  # the noisy mean
         optimizer.step()
         self.dp_steps += 1
         if self.logging_step:
