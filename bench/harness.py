@@ -58,8 +58,8 @@ def test_accuracy(module: PrivacyModule, datamodule: PrivacyDataModule) -> float
 @torch.no_grad()
 def measure_cost(module: PrivacyModule, datamodule: PrivacyDataModule) -> dict[str, Any]:
     cost: dict[str, Any] = count_parameters(module)
+    cost.update(module.training_report())  # e.g. per-layer sparsity, DP epsilon, the deployed part's size
     cost["compression_ratio"] = cost["parameters"] / max(cost["nonzero_parameters"], 1)  # x-fold; 1 when dense
-    cost.update(module.training_report())  # e.g. per-layer sparsity of a pruned model, DP epsilon
     sample = datamodule.pool("test")[0][0].unsqueeze(0).to(module.device)
     cost["raw_bytes_per_sample"] = int(sample[0].numel())  # 8-bit pixels
     if ThreatModel.FEATURE_RELEASE in module.threat_models:

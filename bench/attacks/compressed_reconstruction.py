@@ -24,13 +24,11 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-from tqdm.auto import tqdm
 
 from bench.attacks.base import Attack, AttackResult
-from bench.attacks.feature_inversion import query_client
+from bench.attacks.feature_inversion import fit_decoder, query_client
 from bench.errors import BenchError
 from bench.metrics.reconstruction import PSNR_CAP_DB, reconstruction_metrics, ssim_kernel_size
 from bench.networks.compressive import deepinverse_generator
@@ -123,7 +121,8 @@ class MeasurementDecoder(_KnowsMatrix):
             torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
             decoder = deepinverse_generator(matrix.cpu(), own_images.shape[1:], self.channels, self.kernel_size)
         decoder = decoder.to(device)
-        self._fit(decoder, own_measurements, own_images, generator)
+        fit_decoder(decoder, own_measurements, own_images, generator, epochs=self.epochs, batch_size=self.batch_size,
+                    lr=self.lr, description=self.name, progress=self.progress)
 
         images, released = _test_images_and_releases(self, module, datamodule)
         decoder.eval()
@@ -132,21 +131,6 @@ class MeasurementDecoder(_KnowsMatrix):
         return AttackResult(reconstruction_metrics(reconstructed, images),
                             examples=(images[:16].cpu(), reconstructed[:16].clamp(0, 1).cpu()),
                             details={"attacker_samples": len(own_images), "test_samples": len(images)})
-
-    def _fit(self, decoder: nn.Module, measurements: Tensor, images: Tensor, generator: torch.Generator) -> None:
-        optimizer = torch.optim.Adam([p for p in decoder.parameters() if p.requires_grad], lr=self.lr)
-        decoder.train()
-        bar = tqdm(range(self.epochs), desc=f"{self.name}", disable=not self.progress, leave=False, dynamic_ncols=True)
-        for _ in bar:
-            order = torch.randperm(len(images), generator=generator).to(images.device)
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
-                loss = F.mse_loss(decoder(measurements[batch]), images[batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            if self.progress:
-                bar.set_postfix(mse=f"{loss.item():.4f}", refresh=False)
 
 
 class AffineInversion(_KnowsMatrix):

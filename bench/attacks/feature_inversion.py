@@ -125,20 +125,29 @@ class FeatureInversion(Attack):
                                      "test_samples": len(test_images)})
 
     def _fit(self, decoder: nn.Module, released: Tensor, images: Tensor, generator: torch.Generator) -> None:
-        optimizer = torch.optim.Adam(decoder.parameters(), lr=self.lr)
-        decoder.train()
-        bar = tqdm(range(self.epochs), desc=f"{self.name} decoder", disable=not self.progress, leave=False, dynamic_ncols=True)
-        for _ in bar:
-            order = torch.randperm(len(images), generator=generator).to(images.device)
-            total = torch.zeros((), device=images.device)
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
-                if len(batch) < 2 and len(order) > 1:
-                    continue  # batch-norm needs two samples; the remainder is seen next epoch
-                loss = F.mse_loss(decoder(released[batch]), images[batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.detach() * len(batch)
-            if self.progress:
-                bar.set_postfix(mse=f"{total.item() / len(order):.4f}", refresh=False)
+        fit_decoder(decoder, released, images, generator, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                    description=f"{self.name} decoder", progress=self.progress)
+
+
+def fit_decoder(decoder: nn.Module, inputs: Tensor, images: Tensor, generator: torch.Generator, *, epochs: int,
+                batch_size: int, lr: float, description: str, progress: bool) -> None:
+    """Train ``decoder`` to map ``inputs`` to ``images`` by MSE with Adam (its frozen layers stay as they are)."""
+    optimizer = torch.optim.Adam([p for p in decoder.parameters() if p.requires_grad], lr=lr)
+    # batch-norm cannot train on one sample: a remainder of one is skipped, and seen next epoch
+    skip_single = any(isinstance(layer, nn.modules.batchnorm._BatchNorm) for layer in decoder.modules())
+    decoder.train()
+    bar = tqdm(range(epochs), desc=description, disable=not progress, leave=False, dynamic_ncols=True)
+    for _ in bar:
+        order = torch.randperm(len(images), generator=generator).to(images.device)
+        total = torch.zeros((), device=images.device)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            if skip_single and len(batch) < 2 and len(order) > 1:
+                continue
+            loss = F.mse_loss(decoder(inputs[batch]), images[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * len(batch)
+        if progress:
+            bar.set_postfix(mse=f"{total.item() / len(order):.4f}", refresh=False)

@@ -115,7 +115,6 @@ class MCMIA(PrivacyModule):
         report = super().training_report()
         if self.minmax:  # h only trains the classifier: the deployed model, and its size, is the network alone
             report.update(count_parameters(self.network))
-            report["compression_ratio"] = report["parameters"] / max(report["nonzero_parameters"], 1)
         return report
 
     # ------------------------------------------------------------------ Min-Max game (Algorithm 1)
