@@ -149,17 +149,22 @@ def test_per_sample_gradients_match_one_sample_at_a_time():
             torch.testing.assert_close(batched[name][i], parameter.grad, rtol=1e-4, atol=1e-6)
 
 
+def _clipped_mean_gradients(module, images, labels, max_grad_norm):
+    """The noiseless DP-SGD update direction, computed the naive way: clip each sample's gradient, average."""
+    gradients = module.per_sample_gradients(images, labels)
+    norms = torch.sqrt(sum(g.flatten(1).square().sum(1) for g in gradients.values()))
+    scale = (max_grad_norm / norms).clamp(max=1)
+    return {name: (g * scale.view(-1, *[1] * (g.dim() - 1))).mean(0) for name, g in gradients.items()}
+
+
 def test_dp_sgd_without_noise_steps_with_the_mean_clipped_gradient():
     datamodule = Digits(batch_size=8, pool_limit=8)
     module = DPSGD(data_spec=datamodule.spec, noise_multiplier=0.0, max_grad_norm=1e-3, lr=1.0, momentum=0.0)
     before = {n: p.detach().clone() for n, p in module.network.named_parameters()}
-    images, labels = datamodule.pool("train").tensors()
-    gradients = module.per_sample_gradients(images, labels)
-    norms = torch.sqrt(sum(g.flatten(1).square().sum(1) for g in gradients.values()))
+    clipped = _clipped_mean_gradients(module, *datamodule.pool("train").tensors(), max_grad_norm=1e-3)
     _trainer(limit_train_batches=1).fit(module, datamodule)
     for name, parameter in module.network.named_parameters():
-        clipped = (gradients[name] * (1e-3 / norms).clamp(max=1).view(-1, *[1] * (gradients[name].dim() - 1))).mean(0)
-        torch.testing.assert_close(before[name] - parameter.detach(), clipped, rtol=1e-3, atol=1e-7)
+        torch.testing.assert_close(before[name] - parameter.detach(), clipped[name], rtol=1e-3, atol=1e-7)
 
 
 def test_dp_sgd_spends_the_target_epsilon_and_the_record_says_so(tmp_path):
@@ -204,9 +209,7 @@ def test_dp_sgd_under_ddp_is_one_step_on_the_global_batch(tmp_path):
     datamodule = Digits(batch_size=4, pool_limit=8)
     module = DPSGD(data_spec=datamodule.spec, noise_multiplier=0.0, max_grad_norm=1e-3, lr=1.0, momentum=0.0)
     before = {n: p.detach().clone() for n, p in module.network.named_parameters()}
-    images, labels = datamodule.pool("train").tensors()
-    gradients = module.per_sample_gradients(images, labels)
-    norms = torch.sqrt(sum(g.flatten(1).square().sum(1) for g in gradients.values()))
+    clipped = _clipped_mean_gradients(module, *datamodule.pool("train").tensors(), max_grad_norm=1e-3)
     trainer = _trainer(devices=2, strategy="ddp_spawn", limit_train_batches=1, limit_val_batches=1,
                        callbacks=[_ReportRanks(str(tmp_path))])
     trainer.fit(module, datamodule)
@@ -214,5 +217,4 @@ def test_dp_sgd_under_ddp_is_one_step_on_the_global_batch(tmp_path):
     assert max(report["max_weight_difference"] for report in reports) == 0.0
     assert float(module.dp_sample_rate) == 1.0 and int(module.dp_steps) == 1  # 2 ranks x 4 of 8 members
     for name, parameter in module.network.named_parameters():
-        clipped = (gradients[name] * (1e-3 / norms).clamp(max=1).view(-1, *[1] * (gradients[name].dim() - 1))).mean(0)
-        torch.testing.assert_close(before[name] - parameter.detach(), clipped, rtol=1e-3, atol=1e-7)
+        torch.testing.assert_close(before[name] - parameter.detach(), clipped[name], rtol=1e-3, atol=1e-7)
