@@ -6,7 +6,6 @@ import copy
 import json
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,12 +16,7 @@ from bench.errors import BenchError
 from bench.modules import Collaborative
 from bench.modules.collaborative import add_noise, prune_gradients
 from bench.transforms import parse_policy
-
-
-def _trainer(**kwargs) -> L.Trainer:
-    options = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, limit_val_batches=0)
-    return L.Trainer(**{**options, **kwargs})
+from helpers import quiet_trainer as _trainer
 
 
 @pytest.fixture(scope="module")

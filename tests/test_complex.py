@@ -5,27 +5,16 @@ from __future__ import annotations
 import json
 import math
 
-import lightning as L
 import pytest
 import torch
 
-from bench.datamodules import DataSpec, Digits
+from bench.datamodules import Digits
 from bench.errors import BenchError
 from bench.modules import ComplexNet, ComplexNetBaseline
 from bench.modules.complex_net import derangement, fake_angles
 from bench.networks.complex import (ComplexAvgPool2d, ComplexConv2d, ComplexDropout, ComplexLinear, ComplexMaxPool2d,
                                     ComplexNorm, Delta, ResidualBlock, build_network, real_part_at, rotate)
-from step_recorder import StepRecorder
-
-
-def _spec(shape) -> DataSpec:
-    return DataSpec("synthetic", shape, 10, (0.5,) * shape[0], (0.25,) * shape[0])
-
-
-def _trainer(**kwargs) -> L.Trainer:
-    options = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, limit_val_batches=0)
-    return L.Trainer(**{**options, **kwargs})
+from helpers import StepRecorder, quiet_trainer as _trainer, synthetic_spec as _spec
 
 
 def _complex(*shape, dtype=torch.complex64) -> torch.Tensor:

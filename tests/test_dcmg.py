@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,28 +12,20 @@ import torch.nn.functional as F
 from bench.attacks import (AffineInversion, FeatureInversion, MeasurementDecoder, OwnDecoder, PseudoInverse,
                            ReleasedTrainingData)
 from bench.attacks.compressed_reconstruction import per_image_similarity
-from bench.datamodules import DataSpec, Digits
+from bench.datamodules import Digits
 from bench.errors import BenchError
 from bench.harness import evaluate
 from bench.modules import DCM, DCMG, DCMGN, DCMGO, SplitNetwork
+from helpers import quiet_trainer as _trainer, synthetic_spec as _spec
+
 
 SMALL = {"generator_channels": [8, 4], "generator_kernel": 3, "classifier_channels": [4, 8], "classifier_hidden": 16}
-
-
-def _spec(shape) -> DataSpec:
-    return DataSpec("synthetic", shape, 10, (0.5,) * shape[0], (0.25,) * shape[0])
 
 
 def _build(cls, spec, seed=0, **kwargs):
     torch.manual_seed(seed)
     arguments = {key: value for key, value in SMALL.items() if cls is not DCM or not key.startswith("generator")}
     return cls(data_spec=spec, **{**arguments, **kwargs}).eval()
-
-
-def _trainer(**kwargs) -> L.Trainer:
-    options = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, limit_val_batches=0)
-    return L.Trainer(**{**options, **kwargs})
 
 
 # ---------------------------------------------------------------------------- the variants

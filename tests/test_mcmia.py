@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,22 +13,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from bench.attacks import LossThreshold
 from bench.callbacks import PrivacyEvaluation
 from bench.cli import load_checkpoint
-from bench.datamodules import DataSpec, Digits
+from bench.datamodules import Digits
 from bench.errors import BenchError
 from bench.modules.mcmia import DPSGD, MCMIA
 from bench.networks.classifiers import CLASSIFIERS, InferenceModel, build_classifier
 from bench.records import load_records
-from step_recorder import StepRecorder
-
-
-def _spec(shape=(1, 8, 8), classes=10) -> DataSpec:
-    return DataSpec("synthetic", shape, classes, (0.5,) * shape[0], (0.25,) * shape[0])
-
-
-def _trainer(**kwargs) -> L.Trainer:
-    options = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, limit_val_batches=0)
-    return L.Trainer(**{**options, **kwargs})
+from helpers import StepRecorder, quiet_trainer as _trainer, synthetic_spec as _spec
 
 
 # ---------------------------------------------------------------------------- networks

@@ -4,29 +4,18 @@ from __future__ import annotations
 
 import json
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.datamodules import DataSpec, Digits
+from bench.datamodules import Digits
 from bench.modules import RAN, NoisyInput
 from bench.modules.resized_dnn import ResizedDNN
 from bench.modules.noisy_input import LaplaceNoise
 from bench.modules.ran import reconstruction_error
-from step_recorder import StepRecorder
+from helpers import StepRecorder, quiet_trainer as _trainer, synthetic_spec as _spec
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
-
-
-def _spec(shape) -> DataSpec:
-    return DataSpec("synthetic", shape, 10, (0.5,) * shape[0], (0.25,) * shape[0])
-
-
-def _trainer(**kwargs) -> L.Trainer:
-    options = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, limit_val_batches=0)
-    return L.Trainer(**{**options, **kwargs})
 
 
 class _RecordingRAN(StepRecorder, RAN):

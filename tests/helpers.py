@@ -1,8 +1,23 @@
-"""A test mixin that records the update schedule of a method trained by manual optimization."""
+"""Helpers shared by the method tests: a synthetic data spec, a quiet trainer, an update-schedule recorder."""
 
 from __future__ import annotations
 
+import lightning as L
 import torch
+
+from bench.datamodules import DataSpec
+
+
+def synthetic_spec(shape=(1, 8, 8), classes=10) -> DataSpec:
+    """A data spec for images of ``shape`` (C, H, W) without a dataset behind it."""
+    return DataSpec("synthetic", shape, classes, (0.5,) * shape[0], (0.25,) * shape[0])
+
+
+def quiet_trainer(**kwargs) -> L.Trainer:
+    """A CPU trainer for tiny fits: one epoch, no logger, checkpoints, bars or validation unless asked."""
+    options = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, limit_val_batches=0)
+    return L.Trainer(**{**options, **kwargs})
 
 
 class StepRecorder:
