@@ -15,20 +15,20 @@ pruned to Pi_S(W_i) with ``torch.nn.utils.prune`` masks and training goes on wit
 (masked retraining): the pruned weights stay exactly zero.
 
 A checkpoint of a pruned module holds ``<name>_orig`` and ``<name>_mask``; call
-:func:`restore_pruning` on a fresh module before loading it (PrivacyModule does so itself).
+:func:`bench.networks.pruning.restore_pruning` on a fresh module before loading it (PrivacyModule does so itself).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Optional, Union
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
-from torch.nn.utils import prune
 
 from bench.errors import BenchError
+from bench.networks.pruning import apply_mask, current_weight, effective_weight, is_masked, sparsity
 
 PHASES = ("admm", "retrain")
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -54,60 +54,9 @@ def prunable_layers(module: nn.Module, submodule: Optional[str] = None) -> dict[
     return {prefix + name: layer for name, layer in root.named_modules() if isinstance(layer, PRUNABLE)}
 
 
-def is_masked(layer: nn.Module) -> bool:
-    return hasattr(layer, "weight_mask")
-
-
-def current_weight(layer: nn.Module) -> Tensor:
-    """The trainable dense weight: ``weight_orig`` once pruned (the mask multiplies it in forward)."""
-    return layer.weight_orig if is_masked(layer) else layer.weight
-
-
-def effective_weight(layer: nn.Module) -> Tensor:
-    """The weight the layer computes with (``layer.weight`` of a pruned layer is only refreshed by a forward)."""
-    return (layer.weight_orig * layer.weight_mask).detach() if is_masked(layer) else layer.weight.detach()
-
-
-def _sparsity(layer: nn.Module) -> float:
-    weight = effective_weight(layer)
-    return 1.0 - int(torch.count_nonzero(weight)) / weight.numel()
-
-
-def apply_mask(layer: nn.Module, mask: Tensor) -> None:
-    """Prune ``layer.weight`` with ``mask``, keeping the parameter at its place in ``_parameters``.
-
-    ``torch.nn.utils.prune`` re-registers the weight as ``weight_orig`` at the end of the layer's
-    parameters; optimizers restored from a checkpoint match parameters by position, so a
-    resumed run must see the same order as the run that saved it.
-    """
-    if is_masked(layer):
-        layer.weight_mask.copy_(mask)
-        return
-    order = list(layer._parameters)
-    prune.custom_from_mask(layer, "weight", mask)
-    for name in order:
-        key = "weight_orig" if name == "weight" else name
-        layer._parameters[key] = layer._parameters.pop(key)
-
-
-def restore_pruning(module: nn.Module, state_dict: Mapping[str, Any]) -> None:
-    """Re-create the pruning masks a checkpoint's ``state_dict`` holds, so that it loads into a fresh ``module``."""
-    for key, value in state_dict.items():
-        if not key.endswith(".weight_mask"):
-            continue
-        layer = module.get_submodule(key[: -len(".weight_mask")])
-        if not is_masked(layer):
-            apply_mask(layer, torch.ones_like(value))
-
-
 def layer_sparsity(module: nn.Module) -> dict[str, float]:
     """Fraction of zero weights of every convolutional or linear layer (pruned or not)."""
-    return {name: _sparsity(layer) for name, layer in prunable_layers(module).items()}
-
-
-def pruned_layer_sparsity(module: nn.Module) -> dict[str, float]:
-    """Fraction of zero weights of every layer pruned with a mask ({} when none is)."""
-    return {name: _sparsity(layer) for name, layer in module.named_modules() if is_masked(layer)}
+    return {name: sparsity(layer) for name, layer in prunable_layers(module).items()}
 
 
 class ADMMPruning(Callback):
@@ -266,7 +215,7 @@ class ADMMPruning(Callback):
         layers = self._layers or self.layers(module)
         total = sum(effective_weight(layer).numel() for layer in layers.values())
         nonzero = sum(int(torch.count_nonzero(effective_weight(layer))) for layer in layers.values())
-        report = {f"sparsity/{name}": _sparsity(layer) for name, layer in layers.items()}
+        report = {f"sparsity/{name}": sparsity(layer) for name, layer in layers.items()}
         report.update({"pruned_layer_weights": total, "pruned_layer_nonzero": nonzero,
                        "pruned_layer_compression": total / max(nonzero, 1)})
         return report

@@ -26,6 +26,7 @@ from torchmetrics.classification import MulticlassAccuracy
 import bench
 from bench.datamodules.base import DataSpec
 from bench.errors import BenchError, class_path
+from bench.networks.pruning import pruned_layer_sparsity, restore_pruning
 from bench.threat_models import ThreatModel
 
 
@@ -202,8 +203,6 @@ class PrivacyModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a model pruned with masks (e.g. by the ADMMPruning callback) saved `weight_orig`/`weight_mask`:
         # re-create the masks so that its weights load into this fresh module
-        from bench.callbacks.admm_pruning import restore_pruning
-
         restore_pruning(self, checkpoint.get("state_dict", {}))
 
     # ------------------------------------------------------------------ for the attacks
@@ -218,6 +217,4 @@ class PrivacyModule(L.LightningModule):
 
         By default: the sparsity of every layer pruned with masks (``sparsity/<layer>``), none when nothing is.
         """
-        from bench.callbacks.admm_pruning import pruned_layer_sparsity
-
         return {f"sparsity/{name}": value for name, value in pruned_layer_sparsity(self).items()}
