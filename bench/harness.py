@@ -100,7 +100,7 @@ def _evaluate(module, datamodule, attacks, seed, was_training, started, clock) -
             with torch.inference_mode(False), torch.enable_grad():
                 result = attack.run(module, datamodule, generator)
             privacy.append({"attack": attack.name, "threat_model": attack.threat_model.value,
-                            "class": class_path(attack),
+                            "role": attack.role.value, "class": class_path(attack),
                             "config": attack.config(), "metrics": result.metrics,
                             "directions": dict(attack.metric_directions), "primary_metric": attack.primary_metric,
                             "details": result.details})

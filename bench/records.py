@@ -9,14 +9,16 @@ Schema (version 1), the keys every record has:
 ``schema_version``  int, 1
 ``record_id``       unique id (hex)
 ``created``         ISO-8601 UTC time the record was written; ``started``/``finished`` bracket the evaluation
-``method``          {name, class, label, network, threat_models, hparams}
+``method``          {name, class, label, network, threat_models, capabilities, hparams}
 ``dataset``         {name, class, seed, pool_sizes, spec}
 ``seed``            the training seed (``seed_everything``), or null
 ``evaluation_seed`` the harness's fixed seed
 ``training``        what was trained: {epochs, global_step, world_size, limit_train_batches, checkpoint}, or null
 ``config``          the full configuration of the run (model, data, trainer, evaluation)
 ``utility``         {accuracy: top-1 on the test pool, ...}
-``privacy``         list of {attack, class, threat_model, config, metrics, directions, primary_metric, details};
+``privacy``         list of {attack, class, threat_model, role, config, metrics, directions, primary_metric, details};
+                    ``role``: "adversary" (the threat model's attacker) or "diagnostic" (uses the method's own
+                    parts; never the privacy verdict); records without it are read as adversaries;
                     ``directions[m]`` is "higher" or "lower": which way metric m means *more* privacy;
                     ``details``: what the attack decided at run time (e.g. the decoder it fell back to)
 ``cost``            {parameters, nonzero_parameters, released_bytes_per_sample, raw_bytes_per_sample,
@@ -92,6 +94,8 @@ def validate_record(record: Any) -> None:
             if key not in entry:
                 raise RecordError(f"privacy[{index}] is missing '{key}'")
         _check_numbers(entry["metrics"], f"privacy[{index}].metrics")
+        if entry.get("role", "adversary") not in ("adversary", "diagnostic"):
+            raise RecordError(f"privacy[{index}].role must be 'adversary' or 'diagnostic', got {entry.get('role')!r}")
         if not isinstance(entry["directions"], dict):
             raise RecordError(f"privacy[{index}].directions must be an object, got {type(entry['directions']).__name__}")
         bad = {m: d for m, d in entry["directions"].items() if d not in ("higher", "lower")}

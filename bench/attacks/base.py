@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional
 import torch
 from torch import Tensor
 
-from bench.threat_models import ThreatModel
+from bench.threat_models import Capability, Role, ThreatModel
 
 if TYPE_CHECKING:
     from bench.datamodules.base import PrivacyDataModule
@@ -40,11 +40,37 @@ class Attack:
     metric_directions: ClassVar[dict[str, str]]
     #: the metric the leaderboard plots against accuracy
     primary_metric: ClassVar[str]
+    #: adversary (uses only what its threat model grants) or diagnostic (uses the method's own parts)
+    role: ClassVar[Role]
+    #: capabilities a method must declare for this attack to apply (beyond the threat model)
+    requires: ClassVar[tuple[Capability, ...]] = ()
     #: arguments that change how the attack reports, not what it measures (left out of records)
     presentation_args: ClassVar[tuple[str, ...]] = ("progress",)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("abstract", False):
+            return
+        for attribute in ("name", "threat_model", "metric_directions", "primary_metric", "role"):
+            if not hasattr(cls, attribute):
+                raise TypeError(f"attack {cls.__name__} must declare `{attribute}`")
+        if not isinstance(cls.role, Role):
+            raise TypeError(f"attack {cls.__name__}.role must be Role.ADVERSARY or Role.DIAGNOSTIC, got {cls.role!r}")
+        if not isinstance(cls.threat_model, ThreatModel):
+            raise TypeError(f"attack {cls.__name__}.threat_model must be a ThreatModel, got {cls.threat_model!r}")
+        if cls.primary_metric not in cls.metric_directions:
+            raise TypeError(f"attack {cls.__name__}: primary_metric '{cls.primary_metric}' has no entry in metric_directions")
+        bad = {metric: way for metric, way in cls.metric_directions.items() if way not in ("higher", "lower")}
+        if bad:
+            raise TypeError(f"attack {cls.__name__}: metric_directions must be 'higher' or 'lower', got {bad}")
+        for capability in cls.requires:
+            if not isinstance(capability, Capability) or capability.threat_model is not cls.threat_model:
+                raise TypeError(f"attack {cls.__name__} requires {capability!r}, which is not a capability of "
+                                f"threat model '{cls.threat_model.value}'")
+
     def applies_to(self, module: "PrivacyModule") -> bool:
-        return self.threat_model in module.threat_models
+        declared = getattr(module, "capabilities", ())
+        return self.threat_model in module.threat_models and all(capability in declared for capability in self.requires)
 
     def config(self) -> dict[str, Any]:
         """The attack's init arguments and their values (those that change what it measures)."""

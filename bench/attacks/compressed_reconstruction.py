@@ -32,7 +32,7 @@ from bench.attacks.feature_inversion import fit_decoder, query_client
 from bench.errors import BenchError
 from bench.metrics.reconstruction import PSNR_CAP_DB, reconstruction_metrics, ssim_kernel_size
 from bench.networks.compressive import deepinverse_generator
-from bench.threat_models import ThreatModel
+from bench.threat_models import Capability, Role, ThreatModel
 
 _RECONSTRUCTION_DIRECTIONS = {"mse": "higher", "mae": "higher", "psnr": "lower", "ssim": "lower"}
 
@@ -50,9 +50,8 @@ class _KnowsMatrix(Attack):
     threat_model = ThreatModel.FEATURE_RELEASE
     metric_directions = _RECONSTRUCTION_DIRECTIONS
     primary_metric = "mse"
-
-    def applies_to(self, module) -> bool:
-        return super().applies_to(module) and callable(getattr(module, "measurement_matrix", None))
+    role = Role.ADVERSARY
+    requires = (Capability.MEASUREMENT_MATRIX,)
 
 
 class PseudoInverse(_KnowsMatrix):
@@ -192,15 +191,14 @@ class ReleasedTrainingData(Attack):
     threat_model = ThreatModel.FEATURE_RELEASE
     metric_directions = {f"{metric}_{statistic}": "lower" for metric in ("psnr", "ssim", "fsim") for statistic in ("max", "mean")}
     primary_metric = "psnr_max"
+    role = Role.ADVERSARY  # the server holds these images: scoring them needs nothing the server lacks
+    requires = (Capability.RELEASED_TRAINING_IMAGES,)
 
     def __init__(self, batch_size: int = 256, max_samples: Optional[int] = None) -> None:
         if batch_size < 1:
             raise BenchError(f"released_training_data needs batch_size >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.max_samples = max_samples
-
-    def applies_to(self, module) -> bool:
-        return super().applies_to(module) and callable(getattr(module, "released_training_images", None))
 
     @torch.no_grad()
     def run(self, module, datamodule, generator: torch.Generator) -> AttackResult:

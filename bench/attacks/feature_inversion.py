@@ -21,7 +21,7 @@ from bench.attacks.base import Attack, AttackResult
 from bench.errors import BenchError
 from bench.metrics.reconstruction import reconstruction_metrics
 from bench.networks.decoders import mirror_decoder, released_as_real, upsampling_decoder
-from bench.threat_models import ThreatModel
+from bench.threat_models import Role, ThreatModel
 
 #: decoder name -> builder(client_network, released_shape, image_shape); methods may register more
 DECODERS: dict[str, Callable[[nn.Module, Sequence[int], Sequence[int]], nn.Module]] = {
@@ -68,6 +68,7 @@ class FeatureInversion(Attack):
 
     name = "feature_inversion"
     threat_model = ThreatModel.FEATURE_RELEASE
+    role = Role.ADVERSARY
     metric_directions = {"mse": "higher", "mae": "higher", "psnr": "lower", "ssim": "lower"}
     primary_metric = "mse"
 

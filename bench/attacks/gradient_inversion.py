@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from bench.attacks.base import Attack, AttackResult
 from bench.errors import BenchError
 from bench.metrics.reconstruction import PSNR_CAP_DB, reconstruction_metrics
-from bench.threat_models import ThreatModel
+from bench.threat_models import Role, ThreatModel
 
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
 DISTANCES = ("cosine", "l2", "l1")
@@ -97,6 +97,7 @@ class GradientInversion(Attack):
 
     name = "gradient_inversion"  # Inverting Gradients; other variants are named e.g. gradient_inversion_lbfgs_l2
     threat_model = ThreatModel.GRADIENT_SHARING
+    role = Role.ADVERSARY
     metric_directions = {"psnr": "lower", "ssim": "lower", "mse": "higher", "psnr_original": "lower",
                          "ssim_original": "lower", "label_accuracy": "lower"}
     primary_metric = "psnr"

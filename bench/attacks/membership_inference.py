@@ -32,7 +32,7 @@ from bench.attacks.shadow_models import ShadowModels, random_halves
 from bench.errors import BenchError
 from bench.metrics.membership import DIRECTIONS, membership_metrics, roc_curve
 from bench.networks.classifiers import InferenceModel
-from bench.threat_models import ThreatModel
+from bench.threat_models import Role, ThreatModel
 
 
 # ---------------------------------------------------------------------- queries
@@ -87,6 +87,7 @@ class MembershipInference(Attack):
 
     abstract = True
     threat_model = ThreatModel.BLACK_BOX_OUTPUTS
+    role = Role.ADVERSARY
     metric_directions = DIRECTIONS
     primary_metric = "attack_accuracy"
     shadow_count = 1

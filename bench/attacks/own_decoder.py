@@ -13,7 +13,7 @@ import torch
 from bench.attacks.base import Attack, AttackResult
 from bench.attacks.feature_inversion import query_client
 from bench.metrics.reconstruction import reconstruction_metrics
-from bench.threat_models import ThreatModel
+from bench.threat_models import Capability, Role, ThreatModel
 
 
 class OwnDecoder(Attack):
@@ -28,13 +28,12 @@ class OwnDecoder(Attack):
     threat_model = ThreatModel.FEATURE_RELEASE
     metric_directions = {"mse": "higher", "mae": "higher", "psnr": "lower", "ssim": "lower"}
     primary_metric = "mse"
+    role = Role.DIAGNOSTIC  # the method's own decoder: the adversary of feature release does not have it
+    requires = (Capability.OWN_RECONSTRUCTION,)
 
     def __init__(self, batch_size: int = 256, max_test_samples: int | None = None) -> None:
         self.batch_size = batch_size
         self.max_test_samples = max_test_samples
-
-    def applies_to(self, module) -> bool:
-        return super().applies_to(module) and callable(getattr(module, "own_reconstruction", None))
 
     @torch.no_grad()
     def run(self, module, datamodule, generator: torch.Generator) -> AttackResult:

@@ -35,7 +35,7 @@ from bench.errors import BenchError
 from bench.metrics.reconstruction import reconstruction_metrics
 from bench.networks.complex import real_part_at
 from bench.networks.unet import unet_decoder
-from bench.threat_models import ThreatModel
+from bench.threat_models import Capability, Role, ThreatModel
 
 # the paper's decoder (section 4.1), for this attack and for feature_inversion's dec(x)
 DECODERS.setdefault("unet", lambda client, released_shape, image_shape: unet_decoder(released_shape, image_shape))
@@ -89,6 +89,8 @@ class PhaseInversion(Attack):
 
     name = "phase_inversion"
     threat_model = ThreatModel.FEATURE_RELEASE
+    role = Role.ADVERSARY
+    requires = (Capability.PHASE_QUERIES,)
     metric_directions = {"mse": "higher", "mae": "higher", "psnr": "lower", "ssim": "lower", "angle_error": "higher",
                          "server_accuracy": "lower"}
     primary_metric = "mse"
@@ -108,10 +110,6 @@ class PhaseInversion(Attack):
         self.batch_size = batch_size
         self.max_attacker_samples, self.max_test_samples = max_attacker_samples, max_test_samples
         self.progress = progress
-
-    def applies_to(self, module) -> bool:
-        return (super().applies_to(module) and callable(getattr(module, "real_features", None))
-                and callable(getattr(module, "release_with_phase", None)))
 
     @torch.no_grad()
     def _query(self, module, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -27,7 +27,7 @@ import bench
 from bench.datamodules.base import DataSpec
 from bench.errors import BenchError, class_path
 from bench.networks.pruning import pruned_layer_sparsity, restore_pruning
-from bench.threat_models import ThreatModel
+from bench.threat_models import Capability, ThreatModel, check_declarations
 
 
 @functools.cache
@@ -59,6 +59,8 @@ class PrivacyModule(L.LightningModule):
     abstract: ClassVar[bool] = True
     #: threat models under which the harness attacks this method
     threat_models: ClassVar[tuple[ThreatModel, ...]] = ()
+    #: optional parts offered to the attacks of those threat models (see :class:`bench.threat_models.Capability`)
+    capabilities: ClassVar[tuple[Capability, ...]] = ()
     #: short name in tables and plots (default: the class name)
     display_name: ClassVar[Optional[str]] = None
     #: hyper-parameters that distinguish leaderboard rows of this method, e.g. ("lam",)
@@ -66,10 +68,7 @@ class PrivacyModule(L.LightningModule):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for threat_model in cls.threat_models:
-            missing = [name for name in threat_model.required_methods if getattr(cls, name, None) is None]
-            if missing:
-                raise TypeError(f"{cls.__name__} declares threat model '{threat_model.value}' but does not implement {missing}")
+        check_declarations(cls)
 
     def __init__(self, data_spec: Optional[DataSpec] = None, lr: float = 1e-3, weight_decay: float = 0.0) -> None:
         super().__init__()
@@ -188,6 +187,7 @@ class PrivacyModule(L.LightningModule):
             "label": self.label,
             "network": self.network_name,
             "threat_models": [threat.value for threat in self.threat_models],
+            "capabilities": [capability.value for capability in self.capabilities],
             "hparams": {key: value for key, value in self.hparams.items()},
         }
 

@@ -30,7 +30,7 @@ from bench.errors import BenchError
 from bench.modules.base import PrivacyModule
 from bench.modules.split_network import EncoderRelease
 from bench.networks.complex import build_network, encoder_shape, real_part_at, rotate
-from bench.threat_models import ThreatModel
+from bench.threat_models import Capability, ThreatModel
 
 LIPSCHITZ = ("clip", "gp")
 
@@ -74,6 +74,7 @@ class ComplexNet(PrivacyModule):
     """
 
     threat_models = (ThreatModel.FEATURE_RELEASE, ThreatModel.BLACK_BOX_OUTPUTS)
+    capabilities = (Capability.PHASE_QUERIES,)
     display_name = "Complex-valued"
 
     def __init__(self, network: str = "lenet", generator_channels: Optional[int] = None, k: int = 4, n_critic: int = 5,

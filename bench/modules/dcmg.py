@@ -35,7 +35,7 @@ from bench.modules.base import PrivacyModule
 from bench.networks.compressive import (Lift, deepinverse_convolutions, gaussian_measurement_matrix, lenet_classifier,
                                         measurement_count, measurement_network)
 from bench.privacy.nullspace_noise import NullSpaceNoise
-from bench.threat_models import ThreatModel
+from bench.threat_models import Capability, ThreatModel
 
 
 def reconstruction_error(reconstructed: Tensor, target: Tensor) -> Tensor:
@@ -58,6 +58,7 @@ class CompressiveLearning(PrivacyModule):
 
     abstract = True
     threat_models = (ThreatModel.FEATURE_RELEASE, ThreatModel.BLACK_BOX_OUTPUTS)
+    capabilities = (Capability.MEASUREMENT_MATRIX,)
     label_hparams = ("measurement_rate",)
     #: whether the server trains a generator x_hat = G(y) (every variant but DCM)
     has_generator: ClassVar[bool] = True
@@ -147,6 +148,7 @@ class _WithGenerator(CompressiveLearning):
     """The DCMG variants: the generator's output is the server's own reconstruction of the client's image."""
 
     abstract = True
+    capabilities = (Capability.MEASUREMENT_MATRIX, Capability.OWN_RECONSTRUCTION)
 
     def own_reconstruction(self, released: Tensor) -> Tensor:
         """x_hat = G(y): the server's trained generator applied to what the client sent."""
@@ -197,6 +199,7 @@ class DCMGO(_WithGenerator):
     """
 
     display_name = "DCMG-O"
+    capabilities = (*_WithGenerator.capabilities, Capability.RELEASED_TRAINING_IMAGES)
 
     def __init__(self, measurement_rate: float = 0.1, matrix_seed: int = 0, lam: float = 1e5,
                  generator_channels: Sequence[int] = (64, 32), generator_kernel: int = 11,
@@ -225,6 +228,7 @@ class DCMGN(_WithGenerator):
     """
 
     display_name = "DCMG-N"
+    capabilities = (*_WithGenerator.capabilities, Capability.RELEASED_TRAINING_IMAGES)
 
     def __init__(self, measurement_rate: float = 0.1, matrix_seed: int = 0, lam: float = 1e5, lam_noise: float = 2.0,
                  p: float = 0.5, groups: Optional[int] = None, noise_seed: int = 1,

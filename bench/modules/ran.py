@@ -29,7 +29,7 @@ from bench.modules.base import PrivacyModule
 from bench.modules.split_network import EncoderRelease
 from bench.networks.decoders import mirror_decoder
 from bench.networks.split import build_split_network
-from bench.threat_models import ThreatModel
+from bench.threat_models import Capability, ThreatModel
 
 
 def reconstruction_error(reconstructed: Tensor, images: Tensor) -> Tensor:
@@ -48,6 +48,7 @@ class RAN(EncoderRelease, PrivacyModule):
     """
 
     threat_models = (ThreatModel.FEATURE_RELEASE, ThreatModel.BLACK_BOX_OUTPUTS)
+    capabilities = (Capability.OWN_RECONSTRUCTION,)
     label_hparams = ("lam",)
 
     def __init__(self, network: str = "lenet", lam: float = 0.5, k: int = 3, l1: float = 1e-3, l2: float = 1e-3,
