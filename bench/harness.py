@@ -18,7 +18,6 @@ from typing import Any, Optional, Sequence
 import lightning
 import torch
 from torch import Tensor
-from torchmetrics.classification import MulticlassAccuracy
 
 import bench
 from bench import registry
@@ -26,6 +25,7 @@ from bench.attacks.base import Attack
 from bench.datamodules.base import PrivacyDataModule
 from bench.errors import class_path
 from bench.metrics.cost import client_flops_per_sample, count_parameters, released_bytes_per_sample
+from bench.metrics.utility import utility_from_batches
 from bench.modules.base import PrivacyModule
 from bench.records import SCHEMA_VERSION, new_record_id, utc_now
 from bench.threat_models import ThreatModel
@@ -39,6 +39,8 @@ class Evaluation:
     examples: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # attack -> (originals, reconstructions)
     started: str = ""
     finished: str = ""
+    #: attacks of the method's threat models that do not apply to its task: {attack, threat_model, class, reason}
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
 
 def default_attacks() -> list[Attack]:
@@ -47,12 +49,18 @@ def default_attacks() -> list[Attack]:
 
 
 @torch.no_grad()
-def test_accuracy(module: PrivacyModule, datamodule: PrivacyDataModule) -> float:
+def test_utility(module: PrivacyModule, datamodule: PrivacyDataModule) -> dict[str, float]:
+    """``accuracy`` on the test pool: top-1, or for attribute vectors 1 - the mean attribute error rate, which is
+    recorded beside it with every attribute's accuracy (see :func:`bench.metrics.utility.utility_from_batches`)."""
     # the harness runs on one process: no synchronisation with the other DDP ranks
-    accuracy = MulticlassAccuracy(module.spec.num_classes, average="micro", sync_on_compute=False).to(module.device)
-    for images, labels in datamodule.pool_dataloader("test"):
-        accuracy.update(module(images.to(module.device)), labels.to(module.device))
-    return accuracy.compute().item()
+    batches = ((module(images.to(module.device)), labels.to(module.device))
+               for images, labels in datamodule.pool_dataloader("test"))
+    return utility_from_batches(batches, module.spec, datamodule.label_names, device=module.device)
+
+
+def test_accuracy(module: PrivacyModule, datamodule: PrivacyDataModule) -> float:
+    """The utility column's number: top-1 accuracy, or 1 - mean attribute error."""
+    return test_utility(module, datamodule)["accuracy"]
 
 
 @torch.no_grad()
@@ -90,11 +98,15 @@ def evaluate(module: PrivacyModule, datamodule: PrivacyDataModule, attacks: Opti
 
 def _evaluate(module, datamodule, attacks, seed, was_training, started, clock) -> Evaluation:
     try:
-        utility = {"accuracy": test_accuracy(module, datamodule)}
+        utility = test_utility(module, datamodule)
         cost = measure_cost(module, datamodule)
-        privacy, examples = [], {}
+        privacy, examples, skipped = [], {}, []
         for attack in attacks:
             if not attack.applies_to(module):
+                reason = attack.not_applicable_reason(module)
+                if reason is not None:  # of the method's threat models, but not of its task: say so in the record
+                    skipped.append({"attack": attack.name, "threat_model": attack.threat_model.value,
+                                    "class": class_path(attack), "reason": reason})
                 continue
             generator = torch.Generator().manual_seed(seed)
             with torch.inference_mode(False), torch.enable_grad():
@@ -109,7 +121,7 @@ def _evaluate(module, datamodule, attacks, seed, was_training, started, clock) -
     finally:
         module.train(was_training)
     cost["evaluation_seconds"] = round(time.perf_counter() - clock, 3)
-    return Evaluation(utility, privacy, cost, examples, started, utc_now())
+    return Evaluation(utility, privacy, cost, examples, started, utc_now(), skipped=skipped)
 
 
 def git_revision() -> Optional[str]:
@@ -148,6 +160,7 @@ def build_record(evaluation: Evaluation, module: PrivacyModule, datamodule: Priv
         "config": config,
         "utility": evaluation.utility,
         "privacy": evaluation.privacy,
+        "skipped_attacks": evaluation.skipped,
         "cost": cost,
         "paper": paper,
         "software": {"bench": bench.__version__, "git_revision": git_revision(), "torch": torch.__version__,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional
 import torch
 from torch import Tensor
 
+from bench.spec import TASKS
 from bench.threat_models import Capability, Role, ThreatModel
 
 if TYPE_CHECKING:
@@ -44,6 +45,9 @@ class Attack:
     role: ClassVar[Role]
     #: capabilities a method must declare for this attack to apply (beyond the threat model)
     requires: ClassVar[tuple[Capability, ...]] = ()
+    #: the data spec's tasks the attack handles (see :mod:`bench.spec`); an attack that needs one class per image
+    #: (a loss on the true label, label recovery) declares ("multiclass",), and the harness records it as skipped
+    tasks: ClassVar[tuple[str, ...]] = TASKS
     #: arguments that change how the attack reports, not what it measures (left out of records)
     presentation_args: ClassVar[tuple[str, ...]] = ("progress",)
 
@@ -63,14 +67,32 @@ class Attack:
         bad = {metric: way for metric, way in cls.metric_directions.items() if way not in ("higher", "lower")}
         if bad:
             raise TypeError(f"attack {cls.__name__}: metric_directions must be 'higher' or 'lower', got {bad}")
+        if not cls.tasks or any(task not in TASKS for task in cls.tasks):
+            raise TypeError(f"attack {cls.__name__}.tasks must be a non-empty subset of {list(TASKS)}, got {cls.tasks!r}")
         for capability in cls.requires:
             if not isinstance(capability, Capability) or capability.threat_model is not cls.threat_model:
                 raise TypeError(f"attack {cls.__name__} requires {capability!r}, which is not a capability of "
                                 f"threat model '{cls.threat_model.value}'")
 
     def applies_to(self, module: "PrivacyModule") -> bool:
+        """Whether the harness runs this attack on ``module`` (a method class: its declarations only)."""
+        return self._offered_by(module) and self._handles(module)
+
+    def _handles(self, module: "PrivacyModule") -> bool:
+        spec = getattr(module, "spec", None)  # a method class has no data spec yet
+        return spec is None or spec.task in self.tasks
+
+    def _offered_by(self, module: "PrivacyModule") -> bool:
         declared = getattr(module, "capabilities", ())
         return self.threat_model in module.threat_models and all(capability in declared for capability in self.requires)
+
+    def not_applicable_reason(self, module: "PrivacyModule") -> Optional[str]:
+        """Why an attack of ``module``'s threat models does not apply to it (None: it applies, or the method
+        never offered what it needs, which is no news for the record)."""
+        if self._offered_by(module) and not self._handles(module):
+            return (f"{self.name} handles {' or '.join(self.tasks)} targets; {module.spec.name} has "
+                    f"{module.spec.task} targets")
+        return None
 
     def config(self) -> dict[str, Any]:
         """The attack's init arguments and their values (those that change what it measures)."""

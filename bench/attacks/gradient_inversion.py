@@ -98,6 +98,7 @@ class GradientInversion(Attack):
     name = "gradient_inversion"  # Inverting Gradients; other variants are named e.g. gradient_inversion_lbfgs_l2
     threat_model = ThreatModel.GRADIENT_SHARING
     role = Role.ADVERSARY
+    tasks = ("multiclass",)  # iDLG's label recovery and the matched cross-entropy gradient need one class per image
     metric_directions = {"psnr": "lower", "ssim": "lower", "mse": "higher", "psnr_original": "lower",
                          "ssim_original": "lower", "label_accuracy": "lower"}
     primary_metric = "psnr"

@@ -90,6 +90,7 @@ class MembershipInference(Attack):
     role = Role.ADVERSARY
     metric_directions = DIRECTIONS
     primary_metric = "attack_accuracy"
+    tasks = ("multiclass",)  # loss, confidence and per-class attack models all read one true class per image
     shadow_count = 1
 
     def __init__(self, shadow_epochs: int = 30, batch_size: int = 32, max_queries: Optional[int] = None,

@@ -33,6 +33,7 @@ from bench.attacks.base import Attack, AttackResult
 from bench.attacks.feature_inversion import DECODERS, FeatureInversion
 from bench.errors import BenchError
 from bench.metrics.reconstruction import reconstruction_metrics
+from bench.metrics.utility import predictions_correct
 from bench.networks.complex import real_part_at
 from bench.networks.unet import unet_decoder
 from bench.threat_models import Capability, Role, ThreatModel
@@ -144,12 +145,13 @@ class PhaseInversion(Attack):
         with torch.no_grad():
             reconstructed = self._decode(decoder, real_part_at(test_x, estimated))
             with_true_phase = self._decode(decoder, real_part_at(test_x, test_theta))
-            server_predictions = torch.cat([module.predict_from_release(test_x[i : i + self.batch_size]).argmax(1)
-                                            for i in range(0, len(test_x), self.batch_size)])
+            server_logits = torch.cat([module.predict_from_release(test_x[i : i + self.batch_size])
+                                       for i in range(0, len(test_x), self.batch_size)])
         test_images = test_images.to(device)
         metrics = reconstruction_metrics(reconstructed, test_images)
         metrics["angle_error"] = angle_error(estimated, test_theta).mean().item()
-        metrics["server_accuracy"] = (server_predictions == test_labels).float().mean().item()
+        # top-1, or for attribute vectors the fraction of attributes right (the utility's accuracy)
+        metrics["server_accuracy"] = predictions_correct(server_logits, test_labels, module.spec).mean().item()
         details = {"decoder_used": decoder_used, "attacker_samples": len(train_images), "test_samples": len(test_images),
                    # the same decoder given the true phase: what the phase hides
                    "true_phase_mae": reconstruction_metrics(with_true_phase, test_images)["mae"]}

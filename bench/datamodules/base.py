@@ -11,8 +11,12 @@ attacker   the adversary's own data: decoders, shadow models and attack models a
 ========== =====================================================================================
 
 When the source dataset has an official test split, the test pool is that split (so accuracies
-compare with the papers) and the other four pools partition the official training split.
-Otherwise all five partition the single source.
+compare with the papers) and the other four pools partition the official training split; when it
+also has an official validation split (CelebA), the val pool is that split and the other three
+partition the training split. Otherwise all five partition the single source.
+
+Targets follow ``task`` (see :mod:`bench.spec`): one class index per image (``multiclass``), or a
+0/1 vector of ``num_classes`` binary attributes per image (``multilabel``).
 
 Images are served as float tensors in [0, 1] with shape (C, H, W); normalisation is *not*
 applied here. Networks normalise with ``spec.mean`` / ``spec.std`` as their first layer, so
@@ -22,8 +26,7 @@ that every attack reconstructs, and every metric compares, images in the same [0
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import lightning as L
 import torch
@@ -31,39 +34,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from bench.errors import BenchError, class_path
+from bench.spec import TASKS, DataSpec  # re-exported: DataSpec lived here before bench.spec
 
 POOLS = ("train", "val", "test", "nonmember", "attacker")
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """What a network needs to know about a dataset to adapt to it."""
-
-    name: str
-    image_shape: tuple[int, int, int]  # (channels, height, width)
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @classmethod
-    def coerce(cls, value: "DataSpec | Mapping[str, Any]") -> "DataSpec":
-        """Accept a DataSpec or its dict form (as stored in checkpoints' hyper-parameters)."""
-        if isinstance(value, DataSpec):
-            return value
-        fields = dict(value)
-        return cls(
-            name=str(fields["name"]),
-            image_shape=tuple(int(v) for v in fields["image_shape"]),  # type: ignore[arg-type]
-            num_classes=int(fields["num_classes"]),
-            mean=tuple(float(v) for v in fields["mean"]),
-            std=tuple(float(v) for v in fields["std"]),
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        spec = asdict(self)
-        spec["image_shape"] = list(self.image_shape)
-        spec["mean"], spec["std"] = list(self.mean), list(self.std)
-        return spec
 
 
 class ImagePool(Dataset):
@@ -76,8 +49,9 @@ class ImagePool(Dataset):
     def __init__(self, images: Tensor, labels: Tensor, transform=None) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"ImagePool expects uint8 images of shape (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
-        if labels.shape != (images.shape[0],):
-            raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+        if labels.ndim not in (1, 2) or labels.shape[0] != images.shape[0]:
+            raise ValueError(f"labels must have shape ({images.shape[0]},) (classes) or ({images.shape[0]}, attributes), "
+                             f"got {tuple(labels.shape)}")
         self.images = images
         self.labels = labels.long()
         self.transform = transform
@@ -101,6 +75,21 @@ class ImagePool(Dataset):
     def tensors(self) -> tuple[Tensor, Tensor]:
         """The whole pool as (float images in [0, 1], labels), without augmentation."""
         return self.images.float().div_(255), self.labels
+
+
+def decode_all(dataset: Dataset, num_workers: int = 0, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+    """Every (uint8 image, target) of a file-backed dataset, stacked; decoded by ``num_workers`` processes.
+
+    For datasets of image files (CelebA, CUB-200-2011) whose items are already resized to one shape.
+    """
+    images, targets = [], []
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    for batch_images, batch_targets in loader:
+        images.append(batch_images)
+        targets.append(torch.as_tensor(batch_targets))
+    if not images:
+        raise BenchError(f"{type(dataset).__name__} holds no images")
+    return torch.cat(images).contiguous(), torch.cat(targets)
 
 
 def collate_batch(batch):
@@ -132,8 +121,8 @@ def split_indices(total: int, fractions: Mapping[str, float], seed: int) -> dict
 class PrivacyDataModule(L.LightningDataModule):
     """Base class of every DataModule of the suite.
 
-    Subclasses set ``name``, ``image_shape`` and ``num_classes`` (and usually ``mean``/``std``)
-    and implement :meth:`load_sources`.
+    Subclasses set ``name``, ``image_shape`` and ``num_classes`` (and usually ``mean``/``std``;
+    ``task`` and ``label_names`` for attribute vectors) and implement :meth:`load_sources`.
 
     Args:
         data_dir: where the dataset files live (or are downloaded to).
@@ -151,10 +140,16 @@ class PrivacyDataModule(L.LightningDataModule):
     name: str = "dataset"
     image_shape: tuple[int, int, int] = (1, 28, 28)
     num_classes: int = 10
+    #: "multiclass" (one class per image) or "multilabel" (num_classes binary attributes per image)
+    task: str = "multiclass"
+    #: names of the classes or attributes (per-attribute utility in records); None: their indices
+    label_names: Optional[Sequence[str]] = None
     mean: Optional[tuple[float, ...]] = None  # None: measured on the training pool
     std: Optional[tuple[float, ...]] = None
     #: fractions used when the source has an official test split (test = that split)
     default_fractions_with_test = {"train": 0.5, "val": 0.1, "nonmember": 0.2, "attacker": 0.2}
+    #: fractions used when the source has official validation and test splits (val, test = those splits)
+    default_fractions_with_val_test = {"train": 0.6, "nonmember": 0.2, "attacker": 0.2}
     #: fractions used when there is a single source
     default_fractions_single = {"train": 0.4, "val": 0.1, "test": 0.2, "nonmember": 0.15, "attacker": 0.15}
 
@@ -196,7 +191,7 @@ class PrivacyDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------- to implement
     def load_sources(self) -> dict[str, tuple[Tensor, Tensor]]:
-        """Return ``{"train": (images, labels)}`` plus ``"test"`` when there is an official split.
+        """Return ``{"train": (images, labels)}`` plus ``"test"`` (and ``"val"``) when there are official splits.
 
         Images are uint8 tensors of shape (N, C, H, W). Raise :class:`BenchError` naming
         ``data_dir`` and ``download`` when files are missing.
@@ -220,10 +215,15 @@ class PrivacyDataModule(L.LightningDataModule):
             return
         sources = self.load_sources()
         self._check_shapes(sources)
+        if "val" in sources and "test" not in sources:
+            raise BenchError(f"{self.name}: an official validation split needs an official test split too")
         if "test" in sources:
-            fractions = dict(self.fractions or self.default_fractions_with_test)
-            fractions.pop("test", None)
-            parts = {"test": (sources["test"], torch.arange(sources["test"][0].shape[0]))}
+            official = [split for split in ("val", "test") if split in sources]
+            defaults = self.default_fractions_with_val_test if "val" in sources else self.default_fractions_with_test
+            fractions = dict(self.fractions or defaults)
+            for split in official:
+                fractions.pop(split, None)
+            parts = {split: (sources[split], torch.arange(sources[split][0].shape[0])) for split in official}
         else:
             fractions = dict(self.fractions or self.default_fractions_single)
             parts = {}
@@ -247,7 +247,13 @@ class PrivacyDataModule(L.LightningDataModule):
                 raise BenchError(
                     f"{self.name}: the {split} images have shape {tuple(images.shape[1:])}, expected {self.image_shape} (C, H, W)"
                 )
-            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            if self.task == "multilabel":
+                if labels.ndim != 2 or labels.shape[1] != self.num_classes:
+                    raise BenchError(f"{self.name}: the {split} targets have shape {tuple(labels.shape)}, expected "
+                                     f"(N, {self.num_classes}) binary attributes")
+                if labels.numel() and not ((labels == 0) | (labels == 1)).all():
+                    raise BenchError(f"{self.name}: attribute targets must be 0 or 1, got values in [{labels.min()}, {labels.max()}]")
+            elif labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
                 raise BenchError(f"{self.name}: labels must lie in [0, {self.num_classes}), got [{labels.min()}, {labels.max()}]")
 
     # ----------------------------------------------------------------- pools
@@ -296,13 +302,23 @@ class PrivacyDataModule(L.LightningDataModule):
         mean, std = self.mean, self.std
         if mean is None or std is None:
             mean, std = self._normalization_from_train_pool()
-        return DataSpec(self.name, tuple(self.image_shape), self.num_classes, tuple(mean), tuple(std))
+        return DataSpec(self.name, tuple(self.image_shape), self.num_classes, tuple(mean), tuple(std), self.task)
 
-    def _normalization_from_train_pool(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    def _normalization_from_train_pool(self, chunk: int = 1024) -> tuple[tuple[float, ...], tuple[float, ...]]:
         if self._measured_normalization is None:
-            images, _ = self.pool("train").tensors()
-            mean = images.mean(dim=(0, 2, 3))
-            std = images.std(dim=(0, 2, 3)).clamp_min(1e-3)
+            # in chunks, from float64 sums: a float copy of a large pool (CelebA's ~100k 224x224 images) would
+            # not fit in memory
+            images = self.pool("train").images
+            channels = images.shape[1]
+            total, squares = torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
+            for start in range(0, images.shape[0], chunk):
+                part = images[start : start + chunk].to(torch.float64).div_(255).transpose(0, 1).reshape(channels, -1)
+                total += part.sum(dim=1)
+                squares += part.square().sum(dim=1)
+            count = images.numel() // channels
+            mean = total / count
+            variance = (squares - count * mean.square()) / max(count - 1, 1)  # unbiased, as Tensor.std
+            std = variance.clamp_min(0).sqrt().clamp_min(1e-3)
             self._measured_normalization = (tuple(mean.tolist()), tuple(std.tolist()))
         return self._measured_normalization
 

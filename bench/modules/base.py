@@ -18,15 +18,15 @@ from typing import Any, ClassVar, Optional
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from lightning.pytorch.strategies import DDPStrategy
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import Metric
 
 import bench
-from bench.datamodules.base import DataSpec
 from bench.errors import BenchError, class_path
+from bench.metrics.utility import accuracy_metric, metric_inputs, task_loss
 from bench.networks.pruning import pruned_layer_sparsity, restore_pruning
+from bench.spec import TASKS, DataSpec
 from bench.threat_models import Capability, ThreatModel, check_declarations
 
 
@@ -65,10 +65,16 @@ class PrivacyModule(L.LightningModule):
     display_name: ClassVar[Optional[str]] = None
     #: hyper-parameters that distinguish leaderboard rows of this method, e.g. ("lam",)
     label_hparams: ClassVar[tuple[str, ...]] = ()
+    #: the data spec's tasks this method trains on (see :mod:`bench.spec`). A method whose losses go through
+    #: :meth:`task_loss` (as the default training step's do) may add "multilabel"
+    tasks: ClassVar[tuple[str, ...]] = ("multiclass",)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         check_declarations(cls)
+        unknown = [task for task in cls.tasks if task not in TASKS]
+        if unknown or not cls.tasks:
+            raise TypeError(f"{cls.__name__}.tasks must be a non-empty subset of {list(TASKS)}, got {cls.tasks!r}")
 
     def __init__(self, data_spec: Optional[DataSpec] = None, lr: float = 1e-3, weight_decay: float = 0.0) -> None:
         super().__init__()
@@ -79,12 +85,16 @@ class PrivacyModule(L.LightningModule):
         if weight_decay < 0:
             raise BenchError(f"weight_decay must be non-negative, got {weight_decay}")
         self.spec = DataSpec.coerce(data_spec)
+        if self.spec.task not in self.tasks:
+            raise BenchError(f"{type(self).__name__} trains on {' or '.join(self.tasks)} targets, but {self.spec.name} has "
+                             f"{self.spec.task} targets; choose a method that supports them (`bench list`)")
         self.save_hyperparameters()
         self.hparams["data_spec"] = self.spec.as_dict()  # plain types: checkpoints load with weights_only
         self._nonfinite: Optional[Tensor] = None
         self._nonfinite_names: set[str] = set()
-        self.val_accuracy = MulticlassAccuracy(self.spec.num_classes, average="micro")
-        self.test_accuracy = MulticlassAccuracy(self.spec.num_classes, average="micro")
+        # top-1 accuracy, or for attribute vectors the mean per-attribute accuracy (1 - mean attribute error)
+        self.val_accuracy = accuracy_metric(self.spec)
+        self.test_accuracy = accuracy_metric(self.spec)
 
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy
@@ -97,13 +107,13 @@ class PrivacyModule(L.LightningModule):
 
     # ------------------------------------------------------------------ prediction
     def forward(self, x: Tensor) -> Tensor:
-        """Class logits for images in [0, 1]: the whole pipeline, client and server."""
+        """Class (or attribute) logits for images in [0, 1]: the whole pipeline, client and server."""
         return self.predict_from_release(self.release(x))
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
-        loss = self.check_finite(F.cross_entropy(self(images), labels), "cross-entropy")
+        loss = self.check_finite(self.task_loss(self(images), labels), self.task_loss_name)
         if self.logging_step:  # per-step loss from this rank only: an all-reduce per step would cost more than it tells
             self.log("train/loss", loss, prog_bar=True)
         return loss
@@ -123,11 +133,19 @@ class PrivacyModule(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.test_accuracy, "test")
 
-    def _evaluate(self, batch: tuple[Tensor, Tensor], accuracy: MulticlassAccuracy, stage: str) -> None:
+    @property
+    def task_loss_name(self) -> str:
+        return "binary cross-entropy" if self.spec.multilabel else "cross-entropy"
+
+    def task_loss(self, logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+        """The data spec's loss: cross-entropy for classes, binary cross-entropy with logits for attributes."""
+        return task_loss(logits, targets, self.spec, reduction)
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], accuracy: Metric, stage: str) -> None:
         images, labels = batch
         logits = self(images)
-        accuracy(logits, labels)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, labels), sync_dist=True)
+        accuracy(metric_inputs(logits, self.spec), labels)
+        self.log(f"{stage}/loss", self.task_loss(logits, labels), sync_dist=True)
         # a torchmetrics object is reduced across DDP ranks when the epoch ends
         self.log(f"{stage}/accuracy", accuracy, prog_bar=True)
 

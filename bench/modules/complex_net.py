@@ -22,7 +22,6 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.datamodules.base import DataSpec
@@ -30,6 +29,7 @@ from bench.errors import BenchError
 from bench.modules.base import PrivacyModule
 from bench.modules.split_network import EncoderRelease
 from bench.networks.complex import build_network, encoder_shape, real_part_at, rotate
+from bench.spec import TASKS
 from bench.threat_models import Capability, ThreatModel
 
 LIPSCHITZ = ("clip", "gp")
@@ -76,6 +76,7 @@ class ComplexNet(PrivacyModule):
     threat_models = (ThreatModel.FEATURE_RELEASE, ThreatModel.BLACK_BOX_OUTPUTS)
     capabilities = (Capability.PHASE_QUERIES,)
     display_name = "Complex-valued"
+    tasks = TASKS  # classes (CIFAR, CUB-200) or CelebA's 40 attributes: the decryption module's last layer is as wide
 
     def __init__(self, network: str = "lenet", generator_channels: Optional[int] = None, k: int = 4, n_critic: int = 5,
                  lipschitz: str = "clip", clip_value: float = 0.01, gp_weight: float = 10.0, adv_weight: float = 1.0,
@@ -190,7 +191,7 @@ class ComplexNet(PrivacyModule):
         a = self.real_features(images)
         b = self.fooling_counterpart(a)
         released, theta = self.encrypt(a, b)
-        task = F.cross_entropy(self.decrypt(self.processing(released), theta), labels)
+        task = self.task_loss(self.decrypt(self.processing(released), theta), labels)
         adversarial = self.adversarial_loss(a, b)
         self._step(task_optimizer, task + self.hparams.adv_weight * adversarial, "task")  # Eq. 9
         self.critic.requires_grad_(True)
@@ -229,6 +230,7 @@ class ComplexNetBaseline(EncoderRelease, PrivacyModule):
     """
 
     threat_models = (ThreatModel.FEATURE_RELEASE, ThreatModel.BLACK_BOX_OUTPUTS)
+    tasks = TASKS
     VARIANTS = {"original": "Original network", "additional_layers": "Network with additional layers", "noisy": "Noisy features"}
 
     def __init__(self, network: str = "lenet", variant: str = "original", gamma: float = 0.5,

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from bench.datamodules.base import DataSpec
+from bench.spec import TASKS, DataSpec
 from bench.errors import BenchError
 from bench.modules.base import PrivacyModule
 from bench.networks.split import build_split_network
@@ -44,6 +44,7 @@ class NoisyInput(PrivacyModule):
 
     threat_models = (ThreatModel.FEATURE_RELEASE, ThreatModel.BLACK_BOX_OUTPUTS)
     display_name = "Noisy"
+    tasks = TASKS  # the default training step's loss follows the data spec (classes or attributes)
     label_hparams = ("noise_factor",)
 
     def __init__(self, network: str = "lenet", noise_factor: float = 0.5, lr: float = 1e-3,

@@ -11,7 +11,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from bench.datamodules.base import DataSpec
+from bench.spec import TASKS, DataSpec
 from bench.modules.base import PrivacyModule
 from bench.networks.split import build_split_network
 from bench.threat_models import ThreatModel
@@ -38,7 +38,7 @@ class EncoderRelease:
 
 
 class SplitNetwork(EncoderRelease, PrivacyModule):
-    """Encoder on the client, classifier on the server, trained jointly with cross-entropy.
+    """Encoder on the client, classifier on the server, trained jointly with cross-entropy (BCE for attributes).
 
     Args:
         network: the network family: ``lenet`` (MNIST-sized inputs) or ``vgg`` (CIFAR-sized).
@@ -46,6 +46,7 @@ class SplitNetwork(EncoderRelease, PrivacyModule):
 
     threat_models = (ThreatModel.FEATURE_RELEASE, ThreatModel.BLACK_BOX_OUTPUTS)
     display_name = "DNN"
+    tasks = TASKS  # the default training step's loss follows the data spec (classes or attributes)
 
     def __init__(self, network: str = "lenet", lr: float = 1e-3, weight_decay: float = 0.0,
                  data_spec: Optional[DataSpec] = None) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bench.datamodules.base import DataSpec
+from bench.spec import DataSpec
 from bench.errors import BenchError
 from bench.networks.layers import Normalize
 

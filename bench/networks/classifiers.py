@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from bench.datamodules.base import DataSpec
+from bench.spec import DataSpec
 from bench.errors import BenchError
 from bench.networks.layers import Normalize
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.datamodules.base import DataSpec
+from bench.spec import DataSpec
 from bench.errors import BenchError
 from bench.networks.layers import Normalize
 

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from bench.datamodules.base import DataSpec
+from bench.spec import DataSpec
 from bench.errors import BenchError
 
 

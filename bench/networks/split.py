@@ -2,7 +2,7 @@
 
 The families follow the papers: LeNet for MNIST-sized inputs (RAN, the complex-valued paper)
 and a VGG-style encoder for CIFAR-sized ones. Both adapt to the dataset's channels, image size
-and class count through a :class:`~bench.datamodules.DataSpec`.
+and class count through a :class:`~bench.spec.DataSpec`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from bench.datamodules.base import DataSpec
+from bench.spec import DataSpec
 from bench.errors import BenchError
 from bench.networks.layers import Normalize
 
