@@ -239,3 +239,23 @@ def test_the_complex_papers_baseline_trains_on_attributes(tmp_path, unchecked):
     quiet_trainer(max_epochs=1).fit(model, datamodule=data)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert set(evaluate(model, data, []).utility) >= {"accuracy", "mean_attribute_error", "attribute_accuracy/Attribute_0"}
+
+
+@pytest.mark.slow
+def test_the_tiny_celeba_config_runs_through_the_cli_and_the_leaderboard(tmp_path, monkeypatch, unchecked):
+    from bench.cli import main
+    from bench.records import load_records
+
+    write_fake_celeba(tmp_path / "data", SPLITS)
+    monkeypatch.chdir(tmp_path)
+    attacks = ('[{"class_path": "FeatureInversion", "init_args": {"decoder": "upsampling", "epochs": 1, "progress": false}},'
+               ' {"class_path": "LossThreshold", "init_args": {"shadow_epochs": 1}}]')
+    main(["fit", "--config", "complex/alexnet_celeba_tiny", "--data.download", "false", "--data.num_workers", "0",
+          "--data.batch_size", "6", "--trainer.max_epochs", "1", "--trainer.logger", "false",
+          "--trainer.enable_progress_bar", "false", "--evaluation.attacks", attacks])
+    record = load_records([tmp_path / "leaderboard" / "records"]).records[0]
+    assert record["dataset"]["name"] == "celeba" and record["dataset"]["spec"]["task"] == "multilabel"
+    assert record["utility"]["accuracy"] == pytest.approx(1 - record["utility"]["mean_attribute_error"])
+    assert [entry["attack"] for entry in record["privacy"]] == ["feature_inversion"]
+    assert [entry["attack"] for entry in record["skipped_attacks"]] == ["loss_threshold"]
+    assert "celeba" in (tmp_path / "leaderboard" / "README.md").read_text()
