@@ -15,12 +15,15 @@ Schema (version 1), the keys every record has:
 ``evaluation_seed`` the harness's fixed seed
 ``training``        what was trained: {epochs, global_step, world_size, limit_train_batches, checkpoint}, or null
 ``config``          the full configuration of the run (model, data, trainer, evaluation)
-``utility``         {accuracy: top-1 on the test pool, ...}
+``utility``         {accuracy: top-1 on the test pool, ...}; for attribute vectors (spec task "multilabel")
+                    accuracy = 1 - mean_attribute_error, with attribute_accuracy/<name> per attribute
 ``privacy``         list of {attack, class, threat_model, role, config, metrics, directions, primary_metric, details};
                     ``role``: "adversary" (the threat model's attacker) or "diagnostic" (uses the method's own
                     parts; never the privacy verdict); records without it are read as adversaries;
                     ``directions[m]`` is "higher" or "lower": which way metric m means *more* privacy;
                     ``details``: what the attack decided at run time (e.g. the decoder it fell back to)
+``skipped_attacks`` (optional) list of {attack, threat_model, class, reason}: attacks of the method's threat
+                    models that do not handle its task (e.g. membership inference on attributes)
 ``cost``            {parameters, nonzero_parameters, released_bytes_per_sample, raw_bytes_per_sample,
                     client_flops_per_sample, fit_seconds, evaluation_seconds}
 ``paper``           null or {metric name: the paper's reported value, "source": where it was reported}
