@@ -20,7 +20,7 @@ from bench.datamodules.cub import crop_to_box
 from bench.errors import BenchError
 from bench.harness import build_record, evaluate
 from bench.metrics.utility import task_loss, utility_from_batches
-from bench.modules import RAN, ComplexNet, ComplexNetBaseline
+from bench.modules import MCMIA, ComplexNet, ComplexNetBaseline
 from bench.records import validate_record
 from tests.helpers import quiet_trainer
 
@@ -200,8 +200,8 @@ def test_spec_task_defaults_to_multiclass_and_is_checked():
 
 
 def test_a_method_that_trains_on_classes_only_refuses_attributes():
-    with pytest.raises(BenchError, match="RAN trains on multiclass targets, but attributes has multilabel targets"):
-        RAN(data_spec=MULTILABEL)
+    with pytest.raises(BenchError, match="MCMIA trains on multiclass targets, but attributes has multilabel targets"):
+        MCMIA(data_spec=MULTILABEL)
 
 
 class _DigitAttributes(Digits):

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.datamodules.base import DataSpec
+from bench.spec import TASKS, DataSpec
 from bench.errors import BenchError
 from bench.modules.base import PrivacyModule
 from bench.modules.split_network import EncoderRelease
@@ -48,6 +48,7 @@ class RAN(EncoderRelease, PrivacyModule):
     """
 
     threat_models = (ThreatModel.FEATURE_RELEASE, ThreatModel.BLACK_BOX_OUTPUTS)
+    tasks = TASKS  # O_d's classification loss is the data spec's (cross-entropy, or BCE per attribute)
     capabilities = (Capability.OWN_RECONSTRUCTION,)
     label_hparams = ("lam",)
 
@@ -83,7 +84,7 @@ class RAN(EncoderRelease, PrivacyModule):
         discriminative, generative, adversarial = self.optimizers()
         for _ in range(self.hparams.k):
             # Eq. 2, O_d: E and C learn to classify
-            o_d = F.cross_entropy(self.classifier(self.encoder(images)), labels)
+            o_d = self.task_loss(self.classifier(self.encoder(images)), labels)
             self._step(discriminative, o_d, "O_d")
             # Eq. 3, O_g: D learns to invert E, whose features it only reads
             with torch.no_grad():
@@ -101,7 +102,7 @@ class RAN(EncoderRelease, PrivacyModule):
         """Eq. 4, O_a = lambda O_d - (1 - lambda) O_g: E and C trade classification against D's error."""
         features = self.encoder(images)
         lam = self.hparams.lam
-        o_a = lam * F.cross_entropy(self.classifier(features), labels)
+        o_a = lam * self.task_loss(self.classifier(features), labels)
         if lam < 1:  # at lambda = 1 the stage is plain classification: D is not even evaluated
             o_a = o_a - (1 - lam) * reconstruction_error(self.decoder(features), images)
         return o_a

@@ -14,10 +14,9 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.datamodules.base import DataSpec
+from bench.spec import TASKS, DataSpec
 from bench.errors import BenchError
 from bench.modules.base import PrivacyModule
 from bench.modules.noisy_input import LaplaceNoise
@@ -37,6 +36,7 @@ class ResizedDNN(PrivacyModule):
     """
 
     threat_models = (ThreatModel.FEATURE_RELEASE, ThreatModel.BLACK_BOX_OUTPUTS)
+    tasks = TASKS  # both phases' losses are the data spec's (cross-entropy, or BCE per attribute)
     display_name = "DNN(resized)"
     label_hparams = ("noise_factor",)
 
@@ -84,7 +84,7 @@ class ResizedDNN(PrivacyModule):
         images, labels = batch
         dnn_optimizer, reduced_optimizer = self.optimizers()
         if self._batches_seen() < self._pretrain_batches():
-            loss = F.cross_entropy(self.classifier(self.encoder(images)), labels)  # phase 1: the plain DNN
+            loss = self.task_loss(self.classifier(self.encoder(images)), labels)  # phase 1: the plain DNN
             optimizer = dnn_optimizer
         else:
             if not self.pca_fitted:
@@ -92,9 +92,9 @@ class ResizedDNN(PrivacyModule):
             self.encoder.eval()  # frozen for good: batch-norm statistics must not drift from what PCA saw
             with torch.no_grad():
                 released = self.release(images)
-            loss = F.cross_entropy(self.reduced_classifier(released), labels)  # phase 2: classify released features
+            loss = self.task_loss(self.reduced_classifier(released), labels)  # phase 2: classify released features
             optimizer = reduced_optimizer
-        self.check_finite(loss, "cross-entropy")
+        self.check_finite(loss, self.task_loss_name)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         optimizer.step()
