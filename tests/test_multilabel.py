@@ -278,7 +278,7 @@ def test_the_complex_papers_baseline_trains_on_attributes(tmp_path, unchecked):
 
 @pytest.mark.slow
 def test_the_tiny_celeba_config_runs_through_the_cli_and_the_leaderboard(tmp_path, monkeypatch, unchecked):
-    from bench.cli import main
+    from bench.cli import load_checkpoint, main
     from bench.records import load_records
 
     write_fake_celeba(tmp_path / "data", SPLITS)
@@ -294,3 +294,8 @@ def test_the_tiny_celeba_config_runs_through_the_cli_and_the_leaderboard(tmp_pat
     assert [entry["attack"] for entry in record["privacy"]] == ["feature_inversion"]
     assert [entry["attack"] for entry in record["skipped_attacks"]] == ["loss_threshold"]
     assert "celeba" in (tmp_path / "leaderboard" / "README.md").read_text()
+
+    # `bench evaluate` rebuilds the multi-label model and the CelebA pools from the checkpoint alone
+    restored, data, _ = load_checkpoint(record["training"]["checkpoint"], device="cpu")
+    assert restored.spec.task == "multilabel" and restored.spec.num_classes == 40
+    assert data.image_shape == (3, 64, 64) and data.pool_sizes() == record["dataset"]["pool_sizes"]
