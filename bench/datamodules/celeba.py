@@ -7,6 +7,12 @@ in-the-wild images, which torchvision does not serve, so the aligned crops stand
 box crops. They are resized to ``image_size`` (224: AlexNet's input; the paper does not give its own).
 Pools: test = the official test split, val = the official validation split, and train, nonmember and
 attacker partition the official training split (60/20/20 %).
+
+torchvision checks the MD5 sums of the five annotation files (not of the images) whenever it opens the
+dataset, download or not; files that differ from the originals are reported as missing or corrupted. A copy
+that is knowingly not the original (the tests' fake CelebA) is read through a subclass of
+``torchvision.datasets.CelebA`` whose ``file_list`` gives None for the sums (torchvision's ``check_integrity``
+then only checks that each file exists), set as ``dataset_class``.
 """
 
 from __future__ import annotations
