@@ -130,7 +130,7 @@ def write_fake_cub(root: Path, count: int = 10) -> list[dict]:
         image_id, label = i + 1, i % 4 + 1  # ids and classes are 1-based in the archive
         width, height = 30 + 3 * i, 24 + 2 * i
         box = (2 + i % 3, 3 + i % 2, 12 + i, 9 + i)  # x, y, width, height
-        colour = 40 + 20 * i
+        colour = 40 + (20 * i) % 200
         pixels = np.zeros((height, width, 3), dtype=np.uint8)
         pixels[box[1] : box[1] + box[3], box[0] : box[0] + box[2]] = colour
         path = f"{label:03d}.Species_{label}/Bird_{image_id}.png"
@@ -299,3 +299,21 @@ def test_the_tiny_celeba_config_runs_through_the_cli_and_the_leaderboard(tmp_pat
     restored, data, _ = load_checkpoint(record["training"]["checkpoint"], device="cpu")
     assert restored.spec.task == "multilabel" and restored.spec.num_classes == 40
     assert data.image_shape == (3, 64, 64) and data.pool_sizes() == record["dataset"]["pool_sizes"]
+
+
+@pytest.mark.slow
+def test_the_cub_config_reads_the_archive_through_the_cli(tmp_path, monkeypatch):
+    from bench.cli import main
+    from bench.records import load_records
+
+    rows = write_fake_cub(tmp_path / "data", count=12)
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", "complex/vgg16_cub200", "--data.image_size", "32", "--data.num_workers", "0",
+          "--data.batch_size", "4", "--data.fractions", '{"train": 0.5, "val": 0.125, "nonmember": 0.125, "attacker": 0.25}',
+          "--model.n_critic", "1", "--trainer.max_epochs", "1", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+          "--evaluation.attacks", '[{"class_path": "FeatureInversion", "init_args": {"decoder": "upsampling", "epochs": 1, "progress": false}}]',
+          "--evaluation.leaderboard_dir", "null"])
+    record = load_records([tmp_path / "leaderboard" / "records"]).records[0]
+    assert record["dataset"]["name"] == "cub200" and record["dataset"]["spec"]["task"] == "multiclass"
+    assert record["dataset"]["pool_sizes"]["test"] == sum(not r["train"] for r in rows)
+    assert set(record["utility"]) == {"accuracy"} and record["paper"]["accuracy"] == 0.215
