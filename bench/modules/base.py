@@ -65,6 +65,8 @@ class PrivacyModule(L.LightningModule):
     display_name: ClassVar[Optional[str]] = None
     #: hyper-parameters that distinguish leaderboard rows of this method, e.g. ("lam",)
     label_hparams: ClassVar[tuple[str, ...]] = ()
+    #: entries of ``training_report()`` the leaderboard shows beside utility and privacy (e.g. a DP epsilon)
+    headline_cost: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -188,6 +190,7 @@ class PrivacyModule(L.LightningModule):
             "network": self.network_name,
             "threat_models": [threat.value for threat in self.threat_models],
             "capabilities": [capability.value for capability in self.capabilities],
+            "headline_cost": list(self.headline_cost),
             "hparams": {key: value for key, value in self.hparams.items()},
         }
 
