@@ -231,7 +231,9 @@ def _same(ours: Any, wanted: Any) -> bool:
 
 
 class _NotRun(Exception):
-    pass
+    def __init__(self, message: str, ambiguous: bool = False) -> None:
+        super().__init__(message)
+        self.ambiguous = ambiguous  # records exist, but the claims file does not say which setting it means
 
 
 def _value(operand: Operand, settings: Sequence[Setting], read: ValueReader) -> tuple[float, str]:
@@ -250,7 +252,8 @@ def _value(operand: Operand, settings: Sequence[Setting], read: ValueReader) -> 
     if not means:
         raise _NotRun(f"no record of {selector} reports {operand.value}")
     if operand.reduce == "one" and len(means) > 1:
-        raise _NotRun(f"{len(means)} settings of {selector} report {operand.value}: narrow `where` or set `reduce`")
+        raise _NotRun(f"{len(means)} settings of {selector} report {operand.value}: narrow `where` or set `reduce`",
+                      ambiguous=True)
     value = {"one": means[0], "max": max(means), "min": min(means), "mean": sum(means) / len(means)}[operand.reduce]
     shown = _fmt(value)
     if operand.factor != 1.0:
@@ -274,7 +277,7 @@ def evaluate_claim(claim: Claim, settings: Sequence[Setting], read: ValueReader)
             right, right_text = _value(comparison.right, settings, read)
         except _NotRun as why:
             reasons.append(str(why))
-            shown.append("–")
+            shown.append(f"– ({why})" if why.ambiguous else "–")
             continue
         holds = OPERATORS[comparison.op](left, right)
         outcomes.append(holds)
