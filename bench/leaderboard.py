@@ -595,6 +595,10 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _clip_to(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def _clip(text: str) -> str:
     return text if len(text) <= MAX_CELL_CHARS else text[:MAX_CELL_CHARS - 1] + "…"
 
@@ -807,6 +811,9 @@ def _plot(experiment: _Experiment) -> Optional[bytes]:
     utility = _utility_key(experiment)
     if utility is None or not experiment.families:
         return None
+    # one legend entry per row: the label, and what tells rows of the same label apart
+    names_of = {id(row): row.label if not experiment.differences[i] else _clip_to(f"{row.label} ({experiment.differences[i]})", 48)
+                for i, row in enumerate(experiment.rows)}
     panels = []
     for family in experiment.families:
         points = []
@@ -819,10 +826,10 @@ def _plot(experiment: _Experiment) -> Optional[bytes]:
             panels.append((family, points))
     if not panels:
         return None
-    labels = list(dict.fromkeys(row.label for _, points in panels for row, *_ in points))
-    names = sorted({row.runs[0].method["name"] for _, points in panels for row, *_ in points})
+    labels = list(dict.fromkeys(names_of[id(row)] for _, points in panels for row, *_ in points))
+    method_of = {names_of[id(row)]: row.runs[0].method["name"] for _, points in panels for row, *_ in points}
+    names = sorted(set(method_of.values()))
     palette, markers = colormaps["tab10"], "osD^v<>ph*P"
-    method_of = {row.label: row.runs[0].method["name"] for _, points in panels for row, *_ in points}
     style = {}
     if len(labels) <= 10:  # few rows: a colour each, the marker says the method
         for k, label in enumerate(labels):
@@ -832,12 +839,13 @@ def _plot(experiment: _Experiment) -> Optional[bytes]:
             mine = [label for label in labels if method_of[label] == name]
             for k, label in enumerate(mine):
                 style[label] = (palette(names.index(name) % 10), markers[k % len(markers)])
-    figure = Figure(figsize=(5.2 * len(panels) + 2.8, 4.6))
+    legend_inches = 0.8 + 0.065 * max(len(label) for label in labels + ["Pareto front"])  # 8 pt text beside the axes
+    figure = Figure(figsize=(5.2 * len(panels) + legend_inches, 4.6))
     FigureCanvasAgg(figure)
     for p, (family, points) in enumerate(panels):
         axes = figure.add_subplot(1, len(panels), p + 1)
         for row, x, sx, y, sy in points:
-            color, marker = style[row.label]
+            color, marker = style[names_of[id(row)]]
             axes.errorbar(x, y, xerr=sx or None, yerr=sy or None, fmt=marker, color=color, markersize=7, capsize=3,
                           elinewidth=1, zorder=3)
         front = pareto_front([(x, y) for _, x, _, y, _ in points], True, family.direction == "higher")
@@ -866,7 +874,7 @@ def _plot(experiment: _Experiment) -> Optional[bytes]:
                           label="Pareto front"))
     figure.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     figure.suptitle(f"{experiment.name} ({experiment.threat_model})", fontsize=10)
-    figure.tight_layout(rect=(0, 0, 1 - 2.7 / figure.get_figwidth(), 1))
+    figure.tight_layout(rect=(0, 0, 1 - legend_inches / figure.get_figwidth(), 1))
     figure.savefig(buffer := io.BytesIO(), format="png", dpi=100, metadata={"Software": None})
     return buffer.getvalue()
 
