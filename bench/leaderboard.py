@@ -898,8 +898,16 @@ def _claim_settings(runs: list[_Run]) -> list[Setting]:
             seeds[_canonical((seed, run.record["dataset"].get("seed")) if seed is not None else run.record["record_id"])] = run
         settings.append(Setting(first.method["name"], first.method["label"], first.record["dataset"]["name"],
                                 first.experiment or "", _mapping(first.method.get("hparams")),
-                                tuple(run.record for run in seeds.values())))
+                                tuple(run.record for run in seeds.values()), _scale(first)))
     return settings
+
+
+def _scale(run: _Run) -> str:
+    """What a run trained on and for how long, e.g. 'mnist_t10k (4,000 train, 8 epochs)'."""
+    train = _finite(_mapping(run.record["dataset"].get("pool_sizes")).get("train"))
+    parts = ([f"{_number(train, True)} train"] if train is not None else []) + (
+        [f"{run.budget[1]} {run.budget[0]}"] if run.budget else [])
+    return run.record["dataset"]["name"] + (f" ({', '.join(parts)})" if parts else "")
 
 
 def _claim_value(record: dict, path: str) -> Optional[float]:
@@ -927,7 +935,9 @@ def _scorecard(claims_files: list, runs: list[_Run]) -> list[str]:
     for file, verdicts in evaluate_claims(claims_files, _claim_settings(runs), _claim_value):
         counts = Counter(v.status for v in verdicts)
         summary = ", ".join(f"{counts[s]} {s}" for s in ("yes", "partly", "no", "not run at this scale") if counts[s])
-        lines += [f"### {file.paper}", "", f"{len(verdicts)} claims: {summary}.", ""]
+        scales = sorted({scale for v in verdicts for scale in v.scales})
+        measured = f" Ours measured on {'; '.join(scales)}." if scales else ""
+        lines += [f"### {file.paper}", "", f"{len(verdicts)} claims: {summary}.{measured}", ""]
         body = [[v.claim.claim + (f" ({v.claim.note})" if v.claim.note else ""), v.claim.paper, v.ours or MISSING,
                  f"**{v.status}**" if v.status in ("yes", "no") else v.status] for v in verdicts]
         lines += _markdown_table(["Claim", "Paper", "Ours", "Reproduced?"], body, left=4, clip=False) + [""]

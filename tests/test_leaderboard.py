@@ -380,3 +380,19 @@ def test_pareto_front_matches_naive_on_random_points():
         points = [tuple(map(float, p)) for p in rng.integers(0, 5, size=(int(rng.integers(1, 12)), 2))]  # many ties
         for x_higher, y_higher in itertools.product([True, False], repeat=2):
             assert pareto_front(points, x_higher, y_higher) == _naive_front(points, x_higher, y_higher)
+
+
+def test_an_experiment_named_in_the_config_reaches_the_record_and_names_the_table(tmp_path):
+    from bench.callbacks import PrivacyEvaluation
+    from bench.datamodules import Digits
+    from bench.modules import SplitNetwork
+    from helpers import quiet_trainer
+
+    datamodule = Digits(pool_limit=32, batch_size=16)
+    evaluation = PrivacyEvaluation(attacks=[], records_dir=str(tmp_path / "records"),
+                                   leaderboard_dir=str(tmp_path / "board"), experiment="digits_smoke")
+    quiet_trainer(callbacks=[evaluation]).fit(SplitNetwork(data_spec=datamodule.spec), datamodule)
+    record = json.loads(evaluation.last_record_path.read_text())
+    assert record["experiment"] == "digits_smoke"
+    assert record["method"]["headline_cost"] == []  # what the method declares (nothing, for the plain split network)
+    assert "### digits_smoke\n" in (tmp_path / "board" / "README.md").read_text()

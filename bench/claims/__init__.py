@@ -101,6 +101,7 @@ class Verdict:
     status: str
     ours: str  # what we measured, one comparison after another
     reasons: list[str] = field(default_factory=list)  # why a comparison could not be evaluated
+    scales: list[str] = field(default_factory=list)  # the scales of the settings that were compared
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -206,6 +207,7 @@ class Setting:
     experiment: str
     hparams: dict[str, Any]
     records: tuple[dict, ...]
+    scale: str = ""  # what the records ran at (data, budget), said beside the verdicts
 
 
 #: reads a PATH from one record; None where the record does not report it
@@ -236,17 +238,19 @@ class _NotRun(Exception):
         self.ambiguous = ambiguous  # records exist, but the claims file does not say which setting it means
 
 
-def _value(operand: Operand, settings: Sequence[Setting], read: ValueReader) -> tuple[float, str]:
+def _value(operand: Operand, settings: Sequence[Setting], read: ValueReader,
+           scales: Optional[list[str]] = None) -> tuple[float, str]:
     """The operand's number and how we show it; raise _NotRun saying why there is none."""
     if operand.constant is not None:
         return operand.constant, _fmt(operand.constant)
-    means = []
+    means, used = [], []
     for setting in settings:
         if not _matches(operand, setting):
             continue
         values = [v for record in setting.records if (v := read(record, operand.value)) is not None]
         if values:
             means.append(sum(values) / len(values))
+            used.append(setting.scale)
     selector = " ".join(f"{k}={v}" for k, v in (("method", operand.method), ("label", operand.label),
                                                  ("experiment", operand.experiment)) if v)
     if not means:
@@ -254,6 +258,8 @@ def _value(operand: Operand, settings: Sequence[Setting], read: ValueReader) -> 
     if operand.reduce == "one" and len(means) > 1:
         raise _NotRun(f"{len(means)} settings of {selector} report {operand.value}: narrow `where` or set `reduce`",
                       ambiguous=True)
+    if scales is not None:
+        scales += [scale for scale in used if scale and scale not in scales]
     value = {"one": means[0], "max": max(means), "min": min(means), "mean": sum(means) / len(means)}[operand.reduce]
     shown = _fmt(value)
     if operand.factor != 1.0:
@@ -270,11 +276,11 @@ def _fmt(value: float) -> str:
 
 
 def evaluate_claim(claim: Claim, settings: Sequence[Setting], read: ValueReader) -> Verdict:
-    outcomes, shown, reasons = [], [], []
+    outcomes, shown, reasons, scales = [], [], [], []
     for comparison in claim.comparisons:
         try:
-            left, left_text = _value(comparison.left, settings, read)
-            right, right_text = _value(comparison.right, settings, read)
+            left, left_text = _value(comparison.left, settings, read, scales)
+            right, right_text = _value(comparison.right, settings, read, scales)
         except _NotRun as why:
             reasons.append(str(why))
             shown.append(f"– ({why})" if why.ambiguous else "–")
@@ -291,7 +297,7 @@ def evaluate_claim(claim: Claim, settings: Sequence[Setting], read: ValueReader)
         status = NO
     else:
         status = PARTLY
-    return Verdict(claim, status, "; ".join(shown), reasons)
+    return Verdict(claim, status, "; ".join(shown), reasons, scales)
 
 
 def evaluate_claims(files: Iterable[ClaimsFile], settings: Sequence[Setting],
