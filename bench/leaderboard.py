@@ -821,7 +821,11 @@ def _plot(experiment: _Experiment) -> Optional[bytes]:
             xs = row.values(lambda r: r.utility.get(utility))
             worst = _row_worst_case(row, experiment.threat_model, family)
             if xs and worst is not None:
-                points.append((row, float(np.mean(xs)), _std(xs) or 0.0, float(np.mean(worst.values)), _std(worst.values) or 0.0))
+                y = float(np.mean(worst.values))
+                # error bars: the std over seeds, or a single seed's own interval
+                spread = ([[y - worst.interval[0]], [worst.interval[1] - y]] if worst.interval is not None
+                          else _std(worst.values) or 0.0)
+                points.append((row, float(np.mean(xs)), _std(xs) or 0.0, y, spread))
         if points:
             panels.append((family, points))
     if not panels:
@@ -841,15 +845,17 @@ def _plot(experiment: _Experiment) -> Optional[bytes]:
                 style[label] = (palette(names.index(name) % 10), markers[k % len(markers)])
     legend_inches = 0.8 + 0.065 * max(len(label) for label in labels + ["Pareto front"])  # 8 pt text beside the axes
     figure = Figure(figsize=(5.2 * len(panels) + legend_inches, 4.6))
+    drew_front = False
     FigureCanvasAgg(figure)
     for p, (family, points) in enumerate(panels):
         axes = figure.add_subplot(1, len(panels), p + 1)
         for row, x, sx, y, sy in points:
             color, marker = style[names_of[id(row)]]
-            axes.errorbar(x, y, xerr=sx or None, yerr=sy or None, fmt=marker, color=color, markersize=7, capsize=3,
+            axes.errorbar(x, y, xerr=sx or None, yerr=sy if isinstance(sy, list) else sy or None, fmt=marker, color=color, markersize=7, capsize=3,
                           elinewidth=1, zorder=3)
         front = pareto_front([(x, y) for _, x, _, y, _ in points], True, family.direction == "higher")
         if len(points) > 1 and front:
+            drew_front = True
             xy = sorted((points[i][1], points[i][3]) for i in front)
             axes.plot(*zip(*xy), color="0.35", linestyle="--", linewidth=1.2, zorder=2)
             axes.scatter(*zip(*xy), s=190, facecolors="none", edgecolors="0.35", linewidths=1.2, zorder=2)
@@ -870,8 +876,9 @@ def _plot(experiment: _Experiment) -> Optional[bytes]:
         axes.margins(x=0.08, y=0.1)
     handles = [Line2D([], [], linestyle="none", marker=style[label][1], color=style[label][0], markersize=7, label=label)
                for label in labels]
-    handles.append(Line2D([], [], color="0.35", linestyle="--", marker="o", markerfacecolor="none", markersize=11,
-                          label="Pareto front"))
+    if drew_front:
+        handles.append(Line2D([], [], color="0.35", linestyle="--", marker="o", markerfacecolor="none", markersize=11,
+                              label="Pareto front"))
     figure.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     figure.suptitle(f"{experiment.name} ({experiment.threat_model})", fontsize=10)
     figure.tight_layout(rect=(0, 0, 1 - legend_inches / figure.get_figwidth(), 1))
