@@ -534,7 +534,7 @@ def _std(values: Sequence[float]) -> Optional[float]:
 class _WorstCase:
     values: list[float]
     attacks: Counter
-    converged: bool  # False when an attack that achieved the worst case hit its maximum budget
+    converged: bool  # False when an adversary of this column stopped at its maximum budget without converging
     interval: Optional[tuple[float, float]]  # the record's own interval, for a single seed
 
     @property
@@ -556,9 +556,9 @@ def _row_worst_case(row: _Row, threat_model: str, family: _Family) -> Optional[_
         value, attack, _ = found
         values.append(value)
         attacks[attack] += 1
-        entry = run.entries_of(threat_model)[attack]
-        converged &= entry.converged is not False
-        interval = entry.intervals.get(family.metric)
+        interval = run.entries_of(threat_model)[attack].intervals.get(family.metric)
+        # an adversary that stopped short might have won with more budget: the verdict is then optimistic
+        converged &= all(e.converged is not False for e in entries if e.adversary and e.primary == family.metric)
     if not values:
         return None
     return _WorstCase(values, attacks, converged, interval if len(values) == 1 else None)
@@ -644,18 +644,20 @@ def _headline(experiment: _Experiment, front: set[int]) -> list[str]:
     utility = _utility_key(experiment)
     costs = _cost_columns(experiment)
     has_setting = any(experiment.differences)
-    fixed = 1 + has_setting + (utility is not None) + len(experiment.families) + 1  # method, setting, utility, worst, seeds
+    families = experiment.families[:MAX_TABLE_COLUMNS - 4]  # beyond that (not seen yet): in the detail and the CSV
+    fixed = 1 + has_setting + (utility is not None) + len(families) + 1  # method, setting, utility, worst, seeds
     costs = costs[:max(0, MAX_TABLE_COLUMNS - fixed)]  # the rest is in the CSV
     headers = ["Method"] + (["Setting"] if has_setting else []) + ([utility.capitalize()] if utility else [])
-    headers += [f"Worst-case {f.metric} {f.arrow}" for f in experiment.families]
+    headers += [f"Worst-case {f.metric} {f.arrow}" for f in families]
     headers += [c.header for c in costs] + ["Seeds"]
     utility_means = {i: m for i, row in enumerate(experiment.rows)
                      if (m := _mean(row.values(lambda r: r.utility.get(utility)))) is not None} if utility else {}
-    worst = {f: [_row_worst_case(row, experiment.threat_model, f) for row in experiment.rows] for f in experiment.families}
+    worst = {f: [_row_worst_case(row, experiment.threat_model, f) for row in experiment.rows] for f in families}
     worst_means = {f: {i: float(np.mean(w.values)) for i, w in enumerate(cells) if w is not None} for f, cells in worst.items()}
     body = []
     for i, row in enumerate(experiment.rows):
-        cells = [row.label + (f" {PARETO}" if i in front else "")]
+        degenerate = " (degenerate)" if any(_degenerate(run.record) for run in row.runs) else ""
+        cells = [row.label + degenerate + (f" {PARETO}" if i in front else "")]
         if has_setting:
             cells.append(experiment.differences[i] or MISSING)
         if utility:
@@ -664,7 +666,7 @@ def _headline(experiment: _Experiment, front: set[int]) -> list[str]:
                 text = f"**{text}**"
             paper = row.paper(utility)
             cells.append(text if paper is None else f"{text} (paper {_number(paper)})")
-        for family in experiment.families:
+        for family in families:
             cells.append(_worst_case_cell(worst[family][i], _is_best(worst_means[family], i, family.direction == "higher")))
         for column in costs:
             text = _summary(row.values(lambda r, k=column.key: r.cost.get(k)), column.count, exact=True)

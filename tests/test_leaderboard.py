@@ -257,7 +257,7 @@ def test_degenerate_runs_are_left_out_by_default(board, tmp_path):
     assert "`records/mia-degenerate.json`: MCMIA (defense=minmax): flagged degenerate" in text
     assert [path.name for path, _ in result.left_out] == ["mia-degenerate.json"]
     shown = generate_leaderboard([RECORDS], tmp_path / "all", claims=[], include_degenerate=True)
-    assert "MCMIA (defense=minmax)" in _headline(shown.markdown.read_text(), "fixture_mia")
+    assert "MCMIA (defense=minmax) (degenerate)" in _headline(shown.markdown.read_text(), "fixture_mia")  # marked as such
     # the record-level flag counts as well as the utility one
     record = _fixture("mia-degenerate.json")
     record["utility"].pop("degenerate")
@@ -271,6 +271,15 @@ def test_an_attack_that_did_not_converge_is_flagged(board):
     noisy = _headline(text, "digits, 20 epochs")["Noisy (noise=0.5)"]
     assert noisy["Worst-case mse ↑"].endswith("feature_inversion ⚠")
     assert "⚠ stopped at its maximum budget without converging" in text
+
+
+def test_a_weaker_adversary_that_did_not_converge_flags_the_verdict_too(tmp_path):
+    ran = _fixture("digits-ran.json")
+    # feature_inversion lost to affine_inversion, but with more budget it might have won: the verdict may be optimistic
+    next(e for e in ran["privacy"] if e["attack"] == "feature_inversion")["details"] = {"converged": False}
+    result = generate_leaderboard([_write(tmp_path / "records", ran)], tmp_path / "out", claims=[])
+    assert _headline(result.markdown.read_text(), "digits, 20 epochs")["RAN (lam=0.5)"]["Worst-case mse ↑"] == \
+        "0.0350 affine_inversion ⚠"
 
 
 def test_csv_has_one_line_per_row_with_worst_case_and_setting(board):
