@@ -392,8 +392,12 @@ def _distinguishing(attacks: dict[str, str], siblings: list[dict[str, str]]) -> 
     varying = sorted(k for k in mine if any(k in o and o[k] != mine[k] for o in others))  # shared, set differently
     text = ", ".join(f"{k}={mine[k]}" for k in varying)
     if not text or len(text) > 60:
-        text = ("attacks " + ", ".join(sorted(attacks)))[:40] + f" [{hashlib.sha1(_canonical(attacks).encode()).hexdigest()[:6]}]"
+        text = ("attacks " + ", ".join(sorted(attacks)))[:40] + f" [{_fingerprint(_canonical(attacks))}]"
     return text
+
+
+def _fingerprint(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:6]
 
 
 def _rows(runs: list[_Run], threat_model: Optional[str]) -> list[_Row]:
@@ -476,11 +480,22 @@ def _experiments(runs: list[_Run]) -> list[_Experiment]:
     for index, (key, _, _) in enumerate(pending):
         by_base.setdefault((key[0], _experiment_name(key[1], *key[3:])), []).append(index)
     for (tm, base), members in sorted(by_base.items()):
+        names = {}
+        for index in members:
+            key, attacks, _ = pending[index]
+            name = base
+            if len({pending[j][0][2] for j in members}) > 1:  # same data and budget, other pool sizes
+                pools = _mapping(json.loads(key[2]))
+                name += f" · train {pools['train']}" if "train" in pools else f" · pools [{_fingerprint(key[2])}]"
+            same_pools = [pending[j][1] for j in members if pending[j][0][2] == key[2]]
+            if len(same_pools) > 1:  # and the attacks ran with other configurations: the settings that differ name it
+                name += " · " + _distinguishing(attacks, same_pools)
+            names[index] = name
         for index in members:
             key, attacks, group = pending[index]
-            name = base
-            if len(members) > 1:  # siblings on the same data and budget: the attack settings that differ name them
-                name += " · " + _distinguishing(attacks, [pending[j][1] for j in members])
+            name = names[index]
+            if list(names.values()).count(name) > 1:  # never two experiments under one name (or one plot file)
+                name += f" [{_fingerprint(_canonical([key, attacks]))}]"
             experiments.append(_experiment(tm, name, False, group))
     experiments.sort(key=lambda e: (e.threat_model == UTILITY_ONLY, e.threat_model, not e.named, e.name))
     return experiments

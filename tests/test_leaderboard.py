@@ -405,3 +405,12 @@ def test_an_experiment_named_in_the_config_reaches_the_record_and_names_the_tabl
     assert record["experiment"] == "digits_smoke"
     assert record["method"]["headline_cost"] == []  # what the method declares (nothing, for the plain split network)
     assert "### digits_smoke\n" in (tmp_path / "board" / "README.md").read_text()
+
+
+def test_derived_experiments_on_other_pools_get_their_own_names_and_plots(tmp_path):
+    first, second = _fixture("digits-dnn-seed0.json"), _fixture("digits-ran.json")
+    second["dataset"]["pool_sizes"]["train"] = 500
+    result = generate_leaderboard([_write(tmp_path / "records", first, second)], tmp_path / "out", claims=[])
+    headings = [line for line in result.markdown.read_text().splitlines() if line.startswith("### digits")]
+    assert headings == ["### digits, 20 epochs · train 1000", "### digits, 20 epochs · train 500"]
+    assert len({path.name for path in result.plots}) == 2
