@@ -48,6 +48,7 @@ import numpy as np
 
 from bench.claims import ClaimsError, Setting, evaluate_claims, load_claims, shipped_claims
 from bench.records import load_records
+from bench.threat_models import ThreatModel
 
 MISSING = "–"
 UTILITY_ONLY = "utility_only"
@@ -1095,6 +1096,8 @@ def generate_leaderboard(record_locations: Sequence[str | Path], out_dir: str | 
     for threat_model, group in itertools.groupby(experiments, key=lambda e: e.threat_model):
         group = list(group)
         lines += [f"## {_THREAT_MODEL_TITLES.get(threat_model, threat_model)}", ""]
+        if threat_model in {t.value for t in ThreatModel}:
+            lines += [f"Threat model: {ThreatModel(threat_model).description}.", ""]
         for experiment in group:
             lines += [f"### {experiment.name}", "", _experiment_intro(experiment), ""]
             front = _front(experiment)
