@@ -38,6 +38,7 @@ import itertools
 import json
 import math
 import os
+import re
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -334,7 +335,8 @@ class _Experiment:
 
     @property
     def slug(self) -> str:
-        return _safe(f"{self.threat_model}__{self.name}")
+        """The plot's file name: threat model, then the experiment's name in plain characters."""
+        return f"{_safe(self.threat_model)}__{re.sub('_+', '_', _safe(self.name)).strip('_')}"
 
 
 def _setting(run: _Run, threat_model: Optional[str]) -> dict[str, Any]:

@@ -298,8 +298,8 @@ def test_csv_has_one_line_per_row_with_worst_case_and_setting(board):
 def test_one_plot_per_experiment_embedded_and_readable(board):
     result, out = board
     names = sorted(path.name for path in result.plots)
-    assert names == ["black_box_outputs__fixture_mia.png", "feature_release__digits__20_epochs.png",
-                     "feature_release__mnist__20_epochs.png"]
+    assert names == ["black_box_outputs__fixture_mia.png", "feature_release__digits_20_epochs.png",
+                     "feature_release__mnist_20_epochs.png"]
     text = result.markdown.read_text()
     for path in result.plots:
         assert path.parent == out / "plots" and path.read_bytes()[:8] == PNG_MAGIC
