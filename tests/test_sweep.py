@@ -64,4 +64,4 @@ def test_tiny_sweep_fills_the_leaderboard_with_the_trade_off(tmp_path):
     assert ran["own_decoder.mse_mean"] and ran["feature_inversion.mse_mean"]
     # one plot per experiment (rows whose attacks ran with different configurations are separate experiments)
     experiments = {row["experiment"] for row in rows}
-    assert len(list((tmp_path / "leaderboard" / "plots").glob("feature_release__digits__*.png"))) == len(experiments)
+    assert len(list((tmp_path / "leaderboard" / "plots").glob("feature_release__digits_*.png"))) == len(experiments)
