@@ -378,7 +378,7 @@ def _experiment_name(dataset: str, budget: Optional[tuple[str, int]], world: int
                      precision: str) -> str:
     parts = [dataset]
     if budget is not None:
-        parts.append(f"{budget[1]} {budget[0]}")
+        parts.append(_budget_text(budget))
     if batch is not None:
         parts.append(f"batch {batch}")
     if world != 1:
@@ -386,6 +386,11 @@ def _experiment_name(dataset: str, budget: Optional[tuple[str, int]], world: int
     if precision != "32-true":
         parts.append(precision)
     return ", ".join(parts)
+
+
+def _budget_text(budget: tuple[str, int]) -> str:
+    kind, count = budget
+    return f"{count} {kind if count != 1 else kind.rstrip('s')}"
 
 
 def _distinguishing(attacks: dict[str, str], siblings: list[dict[str, str]]) -> str:
@@ -933,7 +938,7 @@ def _scale(run: _Run) -> str:
     """What a run trained on and for how long, e.g. 'mnist_t10k (4,000 train, 8 epochs)'."""
     train = _finite(_mapping(run.record["dataset"].get("pool_sizes")).get("train"))
     parts = ([f"{_number(train, True)} train"] if train is not None else []) + (
-        [f"{run.budget[1]} {run.budget[0]}"] if run.budget else [])
+        [_budget_text(run.budget)] if run.budget else [])
     return run.record["dataset"]["name"] + (f" ({', '.join(parts)})" if parts else "")
 
 
