@@ -236,13 +236,14 @@ def leaderboard_command(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="bench leaderboard", description="Regenerate leaderboard tables and plots from result records.")
     parser.add_argument("--records", nargs="+", default=["leaderboard/records"], help="record files or folders")
     parser.add_argument("--out", default="leaderboard", help="output folder (README.md, leaderboard.csv, plots/)")
+    parser.add_argument("--include_degenerate", action="store_true", help="also rank runs flagged degenerate (at chance accuracy)")
     args = parser.parse_args(argv)
     missing = [location for location in args.records if not Path(location).exists()]
     if missing:
         raise BenchError(f"no records at {', '.join(missing)}; `bench fit` writes records to leaderboard/records by default")
-    result = generate_leaderboard(args.records, args.out)
+    result = generate_leaderboard(args.records, args.out, include_degenerate=args.include_degenerate)
     for file, problem in result.problems:
-        print(f"bench: warning: skipped malformed record {file}: {problem}", file=sys.stderr)
+        print(f"bench: warning: skipped {file}: {problem}", file=sys.stderr)
     print(f"bench: leaderboard of {result.rows} rows written to {result.markdown} ({result.csv}, {len(result.plots)} plots)")
 
 

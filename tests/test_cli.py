@@ -73,7 +73,7 @@ def test_fit_then_evaluate_then_leaderboard(tmp_path):
     # a re-evaluation of the same run (same seed) replaces its record in the table rather than posing as a second seed
     assert len(rows) == 1 and rows[0]["method"] == "DNN" and rows[0]["dataset"] == "digits" and rows[0]["seeds"] == "1"
     markdown = (tmp_path / "leaderboard" / "README.md").read_text()
-    assert "| DNN | lenet | 2 | 1 |" in markdown and "plots/feature_release__digits__feature_inversion.png" in markdown
+    assert "### digits, 2 epochs" in markdown and "](plots/feature_release__digits_2_epochs" in markdown
 
 
 @pytest.mark.slow

@@ -1,4 +1,8 @@
-"""The leaderboard, on hand-written records (tests/fixtures/records).
+"""The leaderboard, on hand-written records (tests/fixtures/records) and claims (tests/fixtures/claims).
+
+The fixtures cover two threat models (feature_release, black_box_outputs) and four experiments: digits and
+mnist (derived from data and budget), and `fixture_mia` (named by its records); a utility-only record, a
+malformed record, a degenerate run, a diagnostic stronger than every adversary, a non-converged attack.
 
 Regenerate the golden README after an intended change of the output, then read the diff:
 
@@ -17,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.leaderboard import generate_leaderboard, pareto_front
+from bench.claims import NOT_RUN, ClaimsError, load_claims, parse_claims, shipped_claims
+from bench.leaderboard import MAX_LINE_CHARS, MAX_TABLE_COLUMNS, generate_leaderboard, pareto_front
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RECORDS = FIXTURES / "records"
+CLAIMS = FIXTURES / "claims" / "fixture.yaml"
 GOLDEN = FIXTURES / "leaderboard_golden.md"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -28,20 +34,40 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):
     out = tmp_path_factory.mktemp("leaderboard")
-    return generate_leaderboard([RECORDS], out), out
+    return generate_leaderboard([RECORDS], out, claims=[CLAIMS]), out
 
 
-def _table(markdown: str, heading: str) -> list[dict[str, str]]:
-    """The rows of the table under ``## heading``, as {column header: cell}."""
-    section = markdown.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    lines = [line for line in section.splitlines() if line.startswith("|")]
-    split = lambda line: [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]  # noqa: E731
-    headers = split(lines[0])
-    return [dict(zip(headers, split(line))) for line in lines[2:]]
+def _split(line: str) -> list[str]:
+    return [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+
+
+def _tables(markdown: str, heading: str) -> list[list[dict[str, str]]]:
+    """Every table under ``### heading`` (up to the next heading), each as rows of {column header: cell}."""
+    section = markdown.split(f"### {heading}\n", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    tables, current = [], []
+    for line in section.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            headers = _split(current[0])
+            tables.append([dict(zip(headers, _split(row))) for row in current[2:]])
+            current = []
+    return tables
+
+
+def _headline(markdown: str, heading: str) -> dict[str, dict[str, str]]:
+    return {row["Method"].removesuffix(" ★"): row for row in _tables(markdown, heading)[0]}
 
 
 def _fixture(name: str) -> dict:
     return json.loads((RECORDS / name).read_text())
+
+
+def _write(folder: Path, *records: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for record in records:
+        (folder / f"{record['record_id']}.json").write_text(json.dumps(record))
+    return folder
 
 
 def test_golden_readme(board):
@@ -52,91 +78,294 @@ def test_golden_readme(board):
     assert text == GOLDEN.read_text(), "README changed; if intended, regenerate with BENCH_UPDATE_GOLDEN=1"
 
 
-def test_best_value_per_column_is_bold_and_follows_direction(board):
+def test_page_order_scorecard_first_then_threat_models_and_experiments(board):
     result, _ = board
-    rows = {row["Method"]: row for row in _table(result.markdown.read_text(), "feature_release / digits")}
-    bold = {method: {column for column, cell in row.items() if cell.startswith("**")} for method, row in rows.items()}
-    # accuracy: higher wins; mse/mae "higher" = more private; psnr/ssim "lower" = more private; cost lower wins (ties all bold)
-    assert bold["DNN"] == {"Accuracy", "Params"}
-    assert bold["RAN (lam=0.5)"] == {"feature_inversion: mse", "feature_inversion: psnr", "Released B/sample"}
-    assert bold["Noisy (noise=0.5)"] == {"feature_inversion: mae", "feature_inversion: ssim", "Params"}
-    # a table with a single row marks nothing
-    assert not any("**" in cell for row in _table(result.markdown.read_text(), "feature_release / mnist") for cell in row.values())
+    text = result.markdown.read_text()
+    headings = [line for line in text.splitlines() if line.startswith("## ") or line.startswith("### ")]
+    assert headings[0] == "## Scorecard: the papers' claims, as our records measure them"
+    assert headings.index("## black_box_outputs") < headings.index("## feature_release") < headings.index(
+        "## Utility only (no privacy evaluation)")
+    # two experiments of feature release (digits and mnist differ in data), one named experiment of black-box outputs
+    assert "### fixture_mia" in headings and "### digits, 20 epochs" in headings and "### mnist, 20 epochs" in headings
 
 
-def test_two_seed_row_is_mean_and_sample_std(board):
+def test_worst_case_picks_the_strongest_adversary_and_ignores_diagnostics(board):
+    result, _ = board
+    rows = _headline(result.markdown.read_text(), "digits, 20 epochs")
+    # RAN: feature_inversion mse 0.045, affine_inversion 0.035 (stronger: lower mse is less private), and its own
+    # decoder (diagnostic) 0.002, which would win if diagnostics counted
+    # the most private worst case is bold: RAN 0.035 beats DNN's 0.013 and Noisy's 0.030
+    assert rows["RAN (lam=0.5)"]["Worst-case mse ↑"] == "**0.0350** affine_inversion"
+    assert rows["DNN"]["Worst-case mse ↑"] == "0.0130 ± 0.0014 feature_inversion"
+    # the diagnostic is shown apart, under the detail, never in the headline
+    section = result.markdown.read_text().split("### digits, 20 epochs\n", 1)[1].split("\n### ", 1)[0]
+    headline, detail = section.split("<details>", 1)
+    assert "own_decoder" not in headline
+    assert "**Diagnostics (the method's own parts; never the verdict)**" in detail and "*own_decoder*" in detail
+
+
+def test_worst_case_is_per_seed_then_averaged_and_names_every_winner(board):
+    result, _ = board
+    rows = _headline(result.markdown.read_text(), "fixture_mia")
+    none = [_fixture("mia-none-seed0.json"), _fixture("mia-none-seed1.json")]
+    # per seed, the attacker's best: max attack accuracy (lower means more private); seed 0 lira, seed 1 loss_threshold
+    best = [max(e["metrics"]["attack_accuracy"] for e in r["privacy"]) for r in none]
+    cell = rows["MCMIA (defense=none)"]["Worst-case attack_accuracy ↓"]
+    assert cell == f"{np.mean(best):.3f} ± {np.std(best, ddof=1):.3f} lira 1/2, loss_threshold 1/2"
+    # a single-seed row shows the interval its record carries
+    assert rows["DP-SGD (target_epsilon=3.0)"]["Worst-case attack_accuracy ↓"] == "**0.520 [0.490, 0.550]** lira"
+
+
+def test_cost_columns_come_from_what_records_declare(board):
+    result, _ = board
+    rows = _headline(result.markdown.read_text(), "fixture_mia")
+    assert list(rows["MCMIA (defense=none)"]) == ["Method", "Accuracy", "Worst-case attack_accuracy ↓", "Params",
+                                                  "Compression (×)", "dp_epsilon", "Seeds"]
+    assert rows["DP-SGD (target_epsilon=3.0)"]["dp_epsilon"] == "2.98"  # method.headline_cost
+    assert rows["MCMIA (defense=none)"]["dp_epsilon"] == "–"
+    assert rows["MCMIA (defense=pruning)"]["Compression (×)"] == "15.0"
+    # the feature-release tables have no pruned or DP rows: no such columns
+    assert "Compression (×)" not in _headline(result.markdown.read_text(), "digits, 20 epochs")["DNN"]
+
+
+def test_two_seed_row_is_mean_and_sample_std_with_the_paper_value(board):
     result, _ = board
     seeds = [_fixture("digits-dnn-seed0.json"), _fixture("digits-dnn-seed1.json")]
-    dnn = next(row for row in _table(result.markdown.read_text(), "feature_release / digits") if row["Method"] == "DNN")
+    dnn = _headline(result.markdown.read_text(), "digits, 20 epochs")["DNN"]
     assert dnn["Seeds"] == "2"
     accuracy = [r["utility"]["accuracy"] for r in seeds]
     assert dnn["Accuracy"] == f"**{np.mean(accuracy):.3f} ± {np.std(accuracy, ddof=1):.3f}** (paper 0.990)"
+    detail = _tables(result.markdown.read_text(), "digits, 20 epochs")
+    fi = next(t for t in detail[1:] if any(r["Method"] == "DNN" for r in t) and "psnr ↓" in t[0])
     psnr = [r["privacy"][0]["metrics"]["psnr"] for r in seeds]
-    assert dnn["feature_inversion: psnr"] == f"{np.mean(psnr):.1f} ± {np.std(psnr, ddof=1):.1f}"
+    assert next(r for r in fi if r["Method"] == "DNN")["psnr ↓"] == f"{np.mean(psnr):.1f} ± {np.std(psnr, ddof=1):.1f}"
+    assert "0.0130 ± 0.0014 (paper 0.0110)" in result.markdown.read_text()
+    assert "Example et al. 2019, Table 2 (test fixture)" in result.markdown.read_text()
     with result.csv.open() as stream:
-        line = next(r for r in csv.DictReader(stream) if r["method"] == "DNN" and r["dataset"] == "digits")
-    assert float(line["accuracy_mean"]) == pytest.approx(np.mean(accuracy))
-    assert float(line["accuracy_std"]) == pytest.approx(np.std(accuracy, ddof=1))
+        line = next(r for r in csv.DictReader(stream) if r["method"] == "DNN" and r["experiment"].startswith("digits"))
+    assert float(line["utility.accuracy_mean"]) == pytest.approx(np.mean(accuracy))
+    assert float(line["utility.accuracy_std"]) == pytest.approx(np.std(accuracy, ddof=1))
     assert float(line["feature_inversion.psnr_std"]) == pytest.approx(np.std(psnr, ddof=1))
 
 
-def test_paper_value_and_source(board):
+def test_no_table_is_wider_than_the_limit(board):
+    result, _ = board
+    for line in result.markdown.read_text().splitlines():
+        if line.startswith("|"):
+            assert len(_split(line)) <= MAX_TABLE_COLUMNS, line
+            assert len(line) <= MAX_LINE_CHARS, line
+
+
+def test_an_attack_with_many_metrics_is_split_into_tables_within_the_limit(tmp_path):
+    record = _fixture("digits-dnn-seed0.json")
+    entry = record["privacy"][0]
+    entry["metrics"].update({f"extra_{i}": 0.1 * i for i in range(12)})
+    entry["directions"].update({f"extra_{i}": "lower" for i in range(12)})
+    result = generate_leaderboard([_write(tmp_path / "records", record)], tmp_path / "out", claims=[])
+    tables = _tables(result.markdown.read_text(), "digits, 20 epochs")
+    detail_headers = [h for t in tables[1:] for h in t[0] if h not in ("Method", "Seeds")]
+    assert sorted(detail_headers) == sorted(f"{m} {'↑' if d == 'higher' else '↓'}" for m, d in entry["directions"].items())
+    assert all(len(t[0]) <= MAX_TABLE_COLUMNS for t in tables)
+
+
+def test_scorecard_evaluates_claims_to_yes_no_partly_and_not_run(board):
+    result, _ = board
+    (scorecard,) = _tables(result.markdown.read_text(), 'Fixture et al., "Claims for the leaderboard tests"')
+    verdicts = [row["Reproduced?"] for row in scorecard]
+    assert verdicts == ["**yes**", "**no**", NOT_RUN, "partly"]
+    # ours: the compared values; pruning's worst case 0.55 (loss_threshold) vs the baseline's mean worst case 0.65
+    assert scorecard[0]["Ours"] == "0.550 < 0.650"
+    assert scorecard[1]["Ours"] == "0.800 vs 0.940 − 0.0100"
+    assert scorecard[2]["Ours"] == "–"
+    assert scorecard[3]["Claim"].endswith("(one half holds)")
+
+
+def test_claims_files_are_validated_before_anything_is_evaluated():
+    good = CLAIMS.read_text()
+    assert len(parse_claims(good).claims) == 4
+    bad = {
+        "op: \"<\"": ("op: \"==\"", "op must be one of"),
+        "value: utility.accuracy}\n      op: \">=\"": ("value: __import__('os').system}\n      op: \">=\"", "value must be"),
+        "paper: 0.966": ("paper: [1, 2]", "paper must be a string or a number"),
+        "    note: \"one half holds\"": ("    note: \"x\"\n    run: python -c 1", "unknown key(s) ['run']"),
+    }
+    for old, (new, message) in bad.items():
+        assert old in good
+        with pytest.raises(ClaimsError, match=re.escape(message)):
+            parse_claims(good.replace(old, new, 1), "broken.yaml")
+    with pytest.raises(ClaimsError, match="not valid YAML"):
+        parse_claims("claims: [", "broken.yaml")
+    with pytest.raises(ClaimsError, match="could not determine a constructor"):  # safe_load builds no objects
+        parse_claims("!!python/object/apply:os.system ['true']", "hostile.yaml")
+
+
+def test_a_broken_claims_file_is_reported_and_skipped(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("paper: x\nclaims: []\n")
+    result = generate_leaderboard([RECORDS], tmp_path / "out", claims=[broken, CLAIMS])
+    text = result.markdown.read_text()
+    assert "`broken.yaml`: broken.yaml: claims must be a non-empty list" in text
+    assert '### Fixture et al., "Claims for the leaderboard tests"' in text
+
+
+def test_shipped_claims_files_parse_and_cover_the_five_papers():
+    files = [load_claims(path) for path in shipped_claims()]
+    assert len(files) == 5 and all(len(f.claims) >= 3 for f in files)
+
+
+def test_runs_differing_in_world_size_batch_or_precision_are_separate_rows(tmp_path):
+    single = _fixture("mia-pruning.json")
+    ddp = json.loads(json.dumps(single))
+    ddp["record_id"], ddp["training"]["world_size"] = "c" * 32, 2
+    half = json.loads(json.dumps(single))
+    half["record_id"], half["config"]["trainer"]["precision"] = "d" * 32, "16-mixed"
+    result = generate_leaderboard([_write(tmp_path / "records", single, ddp, half)], tmp_path / "out", claims=[])
+    rows = _tables(result.markdown.read_text(), "fixture_mia")[0]
+    assert [row["Seeds"] for row in rows] == ["1", "1", "1"]  # none merged into another as a seed
+    assert sorted(row["Setting"] for row in rows) == [
+        'effective_batch=32, precision="16-mixed", world_size=1',
+        'effective_batch=32, precision="32-true", world_size=1',
+        'effective_batch=64, precision="32-true", world_size=2']
+    # without a name, the derived experiment keys on them too: separate tables
+    for record in (single, ddp):
+        record.pop("experiment")
+    result = generate_leaderboard([_write(tmp_path / "unnamed", single, ddp)], tmp_path / "out2", claims=[])
+    headings = [line for line in result.markdown.read_text().splitlines() if line.startswith("### mnist")]
+    assert headings == ["### mnist, 50 epochs, batch 32", "### mnist, 50 epochs, batch 64, 2 devices"]
+
+
+def test_records_attacked_differently_never_share_an_experiment(tmp_path):
+    first, second = _fixture("digits-dnn-seed0.json"), _fixture("digits-dnn-seed1.json")
+    second["privacy"][0]["config"] = {**second["privacy"][0]["config"], "epochs": 2}
+    result = generate_leaderboard([_write(tmp_path / "records", first, second)], tmp_path / "out", claims=[])
+    headings = [line for line in result.markdown.read_text().splitlines() if line.startswith("### digits")]
+    assert headings == ["### digits, 20 epochs · feature_inversion.epochs=2",
+                        "### digits, 20 epochs · feature_inversion.epochs=30"]
+
+
+def test_methods_facing_different_attacks_still_share_an_experiment(board):
+    result, _ = board
+    rows = _headline(result.markdown.read_text(), "digits, 20 epochs")
+    # RAN faced an extra adversary (affine_inversion); its shared attack ran with the same configuration as the others'
+    assert set(rows) == {"DNN", "Noisy (noise=0.5)", "RAN (lam=0.5)"}
+
+
+def test_degenerate_runs_are_left_out_by_default(board, tmp_path):
     result, _ = board
     text = result.markdown.read_text()
-    assert "0.0130 ± 0.0014 (paper 0.0110)" in text
-    assert "Example et al. 2019, Table 2 (test fixture)" in text
+    assert "MCMIA (defense=minmax)" not in text.split("## Left out", 1)[0]
+    assert "`records/mia-degenerate.json`: MCMIA (defense=minmax): flagged degenerate" in text
+    assert [path.name for path, _ in result.left_out] == ["mia-degenerate.json"]
+    shown = generate_leaderboard([RECORDS], tmp_path / "all", claims=[], include_degenerate=True)
+    assert "MCMIA (defense=minmax) (degenerate)" in _headline(shown.markdown.read_text(), "fixture_mia")  # marked as such
+    # the record-level flag counts as well as the utility one
+    record = _fixture("mia-degenerate.json")
+    record["utility"].pop("degenerate")
+    record["degenerate"] = True
+    assert len(generate_leaderboard([_write(tmp_path / "one", record)], tmp_path / "o", claims=[]).left_out) == 1
 
 
-def test_csv_rows_and_columns(board):
+def test_an_attack_that_did_not_converge_is_flagged(board):
+    result, _ = board
+    text = result.markdown.read_text()
+    noisy = _headline(text, "digits, 20 epochs")["Noisy (noise=0.5)"]
+    assert noisy["Worst-case mse ↑"].endswith("feature_inversion ⚠")
+    assert "⚠ stopped at its maximum budget without converging" in text
+
+
+def test_a_weaker_adversary_that_did_not_converge_flags_the_verdict_too(tmp_path):
+    ran = _fixture("digits-ran.json")
+    # feature_inversion lost to affine_inversion, but with more budget it might have won: the verdict may be optimistic
+    next(e for e in ran["privacy"] if e["attack"] == "feature_inversion")["details"] = {"converged": False}
+    result = generate_leaderboard([_write(tmp_path / "records", ran)], tmp_path / "out", claims=[])
+    assert _headline(result.markdown.read_text(), "digits, 20 epochs")["RAN (lam=0.5)"]["Worst-case mse ↑"] == \
+        "0.0350 affine_inversion ⚠"
+
+
+def test_csv_has_one_line_per_row_with_worst_case_and_setting(board):
     result, _ = board
     with result.csv.open() as stream:
-        reader = csv.DictReader(stream)
-        lines = list(reader)
-    assert result.rows == len(lines) == 5  # digits: DNN, Noisy, RAN; mnist: DNN; utility only: Linear
-    metrics = [f"feature_inversion.{m}_{s}" for m in ("mae", "mse", "psnr", "ssim") for s in ("mean", "std")]
-    assert reader.fieldnames == ["threat_model", "dataset", "method", "network", "epochs", "max_steps", "seeds",
-                                 "accuracy_mean", "accuracy_std", *metrics, "released_bytes_per_sample", "parameters",
-                                 "attack_setting"]
+        lines = list(csv.DictReader(stream))
+    assert result.rows == len(lines) == 8  # digits 3, mnist 1, fixture_mia 3 (the degenerate run left out), utility only 1
+    pruning = next(line for line in lines if line["method"] == "MCMIA (defense=pruning)")
+    assert pruning["worst_case.attack_accuracy_attack"] == "loss_threshold"
+    assert float(pruning["worst_case.attack_accuracy_mean"]) == pytest.approx(0.55)
+    assert json.loads(pruning["setting"])["model.defense"] == "pruning"
     linear = next(line for line in lines if line["method"] == "Linear")
-    assert (linear["threat_model"], linear["epochs"], linear["max_steps"], linear["feature_inversion.mse_mean"]) == ("", "", "500", "")
+    assert (linear["threat_model"], linear["epochs"], linear["max_steps"]) == ("utility_only", "", "500")
 
 
-def test_plots_are_pngs_and_embedded(board):
+def test_one_plot_per_experiment_embedded_and_readable(board):
     result, out = board
     names = sorted(path.name for path in result.plots)
-    assert names == ["feature_release__digits__feature_inversion.png", "feature_release__mnist__feature_inversion.png"]
+    assert names == ["black_box_outputs__fixture_mia.png", "feature_release__digits_20_epochs.png",
+                     "feature_release__mnist_20_epochs.png"]
     text = result.markdown.read_text()
     for path in result.plots:
-        assert path.parent == out / "plots"
-        assert path.read_bytes()[:8] == PNG_MAGIC
+        assert path.parent == out / "plots" and path.read_bytes()[:8] == PNG_MAGIC
         assert f"](plots/{path.name})" in text
+
+
+def test_pareto_front_is_marked_in_the_headline(board):
+    result, _ = board
+    methods = [row["Method"] for row in _tables(result.markdown.read_text(), "fixture_mia")[0]]
+    # (accuracy, worst-case attack accuracy; lower is more private): none (0.94, 0.65), pruning (0.94, 0.55),
+    # DP-SGD (0.80, 0.52): pruning dominates none; DP-SGD is the most private
+    assert methods == ["DP-SGD (target_epsilon=3.0) ★", "MCMIA (defense=none)", "MCMIA (defense=pruning) ★"]
 
 
 def test_malformed_record_is_reported_not_fatal(board):
     result, _ = board
     assert [(path.name, reason) for path, reason in result.problems] == [("malformed-missing-utility.json", "missing key 'utility'")]
     text = result.markdown.read_text()
-    assert "## Skipped records" in text and "malformed-missing-utility.json`: missing key 'utility'" in text
-    assert "Broken" not in text
+    assert "## Skipped" in text and "malformed-missing-utility.json`: missing key 'utility'" in text
+
+
+def test_a_record_the_schema_accepts_but_the_board_cannot_read_is_skipped(tmp_path):
+    record = _fixture("digits-dnn-seed0.json")
+    record["method"]["label"] = None
+    other = _fixture("digits-dnn-seed1.json")
+    result = generate_leaderboard([_write(tmp_path / "records", record, other)], tmp_path / "out", claims=[])
+    assert result.rows == 1 and len(result.problems) == 1
 
 
 def test_zero_records(tmp_path):
     empty = tmp_path / "records"
     empty.mkdir()
-    result = generate_leaderboard([empty], tmp_path / "new" / "board", title="empty board")
+    result = generate_leaderboard([empty], tmp_path / "new" / "board", title="empty board", claims=[])
     text = result.markdown.read_text()
     assert text.startswith("# empty board\n")
     assert "No records yet" in text and "`bench fit`" in text
     assert (result.rows, result.plots, result.problems) == (0, [], [])
-    assert result.csv.read_text().startswith("threat_model,dataset,method")
+    assert result.csv.read_text().startswith("threat_model,experiment,dataset,method")
     assert not [p for p in result.markdown.parent.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_output_is_deterministic(tmp_path):
-    first = generate_leaderboard([RECORDS], tmp_path / "a")
-    second = generate_leaderboard([RECORDS], tmp_path / "b")
+    first = generate_leaderboard([RECORDS], tmp_path / "a", claims=[CLAIMS])
+    second = generate_leaderboard([RECORDS], tmp_path / "b", claims=[CLAIMS])
     assert first.markdown.read_bytes() == second.markdown.read_bytes()
     assert first.csv.read_bytes() == second.csv.read_bytes()
+    assert [p.read_bytes() for p in first.plots] == [p.read_bytes() for p in second.plots]
+
+
+def test_a_re_evaluated_seed_is_counted_once_and_the_newest_wins(tmp_path):
+    first = _fixture("digits-dnn-seed0.json")
+    again = {**first, "record_id": "f" * 32, "created": "2099-01-01T00:00:00+00:00", "utility": {"accuracy": 0.5}}
+    result = generate_leaderboard([_write(tmp_path / "records", first, again)], tmp_path / "out", claims=[])
+    rows = _tables(result.markdown.read_text(), "digits, 20 epochs")[0]
+    assert len(rows) == 1 and rows[0]["Seeds"] == "1" and rows[0]["Accuracy"] == "0.500"
+
+
+def test_different_hyper_parameters_are_different_rows(tmp_path):
+    first = _fixture("digits-dnn-seed0.json")
+    first["method"]["hparams"]["lr"] = 0.001
+    other = json.loads(json.dumps(first))
+    other["record_id"], other["seed"] = "e" * 32, 5
+    other["method"]["hparams"]["lr"] = 0.05
+    result = generate_leaderboard([_write(tmp_path / "records", first, other)], tmp_path / "out", claims=[])
+    rows = _tables(result.markdown.read_text(), "digits, 20 epochs")[0]
+    assert len(rows) == 2 and {row["Setting"] for row in rows} == {"model.lr=0.001", "model.lr=0.05"}
 
 
 def _naive_front(points, x_higher, y_higher):
@@ -162,51 +391,26 @@ def test_pareto_front_matches_naive_on_random_points():
             assert pareto_front(points, x_higher, y_higher) == _naive_front(points, x_higher, y_higher)
 
 
-def test_records_attacked_differently_are_not_averaged(tmp_path):
-    first, second = _fixture("digits-dnn-seed0.json"), _fixture("digits-dnn-seed1.json")
-    second["privacy"][0]["config"] = {**second["privacy"][0]["config"], "epochs": 2}
-    for record in (first, second):
-        (tmp_path / f"{record['record_id']}.json").write_text(json.dumps(record))
-    result = generate_leaderboard([tmp_path], tmp_path / "out")
-    rows = _table(result.markdown.read_text(), "feature_release / digits")
-    assert len(rows) == 2 and all(row["Seeds"] == "1" for row in rows)
-    # the column names only what differs
-    assert sorted(row["Setting"] for row in rows) == ["feature_inversion.epochs=2", "feature_inversion.epochs=30"]
+def test_an_experiment_named_in_the_config_reaches_the_record_and_names_the_table(tmp_path):
+    from bench.callbacks import PrivacyEvaluation
+    from bench.datamodules import Digits
+    from bench.modules import SplitNetwork
+    from helpers import quiet_trainer
+
+    datamodule = Digits(pool_limit=32, batch_size=16)
+    evaluation = PrivacyEvaluation(attacks=[], records_dir=str(tmp_path / "records"),
+                                   leaderboard_dir=str(tmp_path / "board"), experiment="digits_smoke")
+    quiet_trainer(callbacks=[evaluation]).fit(SplitNetwork(data_spec=datamodule.spec), datamodule)
+    record = json.loads(evaluation.last_record_path.read_text())
+    assert record["experiment"] == "digits_smoke"
+    assert record["method"]["headline_cost"] == []  # what the method declares (nothing, for the plain split network)
+    assert "### digits_smoke\n" in (tmp_path / "board" / "README.md").read_text()
 
 
-def test_a_re_evaluated_seed_is_counted_once_and_the_newest_wins(tmp_path):
-    first = _fixture("digits-dnn-seed0.json")
-    again = {**first, "record_id": "f" * 32, "created": "2099-01-01T00:00:00+00:00", "utility": {"accuracy": 0.5}}
-    for record in (first, again):
-        (tmp_path / f"{record['record_id']}.json").write_text(json.dumps(record))
-    rows = _table(generate_leaderboard([tmp_path], tmp_path / "out").markdown.read_text(), "feature_release / digits")
-    assert len(rows) == 1 and rows[0]["Seeds"] == "1" and rows[0]["Accuracy"] == "0.500"
-
-
-def test_different_hyper_parameters_are_different_rows(tmp_path):
-    first = _fixture("digits-dnn-seed0.json")
-    first["method"]["hparams"]["lr"] = 0.001
-    other = json.loads(json.dumps(first))
-    other["record_id"], other["seed"] = "e" * 32, 5
-    other["method"]["hparams"]["lr"] = 0.05
-    for record in (first, other):
-        (tmp_path / f"{record['record_id']}.json").write_text(json.dumps(record))
-    rows = _table(generate_leaderboard([tmp_path], tmp_path / "out").markdown.read_text(), "feature_release / digits")
-    assert len(rows) == 2 and {row["Setting"] for row in rows} == {"model.lr=0.001", "model.lr=0.05"}
-
-
-def test_compression_and_dp_columns_appear_only_where_a_record_fills_them(tmp_path):
-    dense = _fixture("digits-dnn-seed0.json")
-    rows = _table(generate_leaderboard([RECORDS], tmp_path / "plain").markdown.read_text(), "feature_release / digits")
-    assert "Compression (x)" not in rows[0] and "DP epsilon" not in rows[0]
-    pruned = json.loads(json.dumps(dense))
-    pruned["record_id"], pruned["method"]["hparams"]["lr"] = "d" * 32, 0.05
-    pruned["cost"].update(nonzero_parameters=1234, compression_ratio=12345 / 1234, dp_epsilon=3.0)
-    for record in (dense, pruned):
-        (tmp_path / f"{record['record_id']}.json").write_text(json.dumps(record))
-    rows = _table(generate_leaderboard([tmp_path], tmp_path / "out").markdown.read_text(), "feature_release / digits")
-    by_lr = {row["Setting"]: row for row in rows}
-    pruned_row = {key: value.strip("*") for key, value in by_lr["model.lr=0.05"].items()}
-    assert pruned_row["Compression (x)"] == "10.0" and pruned_row["DP epsilon"] == "3.00"
-    (dense_row,) = [row for key, row in by_lr.items() if key != "model.lr=0.05"]
-    assert dense_row["DP epsilon"] == "–"
+def test_derived_experiments_on_other_pools_get_their_own_names_and_plots(tmp_path):
+    first, second = _fixture("digits-dnn-seed0.json"), _fixture("digits-ran.json")
+    second["dataset"]["pool_sizes"]["train"] = 500
+    result = generate_leaderboard([_write(tmp_path / "records", first, second)], tmp_path / "out", claims=[])
+    headings = [line for line in result.markdown.read_text().splitlines() if line.startswith("### digits")]
+    assert headings == ["### digits, 20 epochs · train 1000", "### digits, 20 epochs · train 500"]
+    assert len({path.name for path in result.plots}) == 2

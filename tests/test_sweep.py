@@ -62,4 +62,6 @@ def test_tiny_sweep_fills_the_leaderboard_with_the_trade_off(tmp_path):
     # RAN's own decoder is reported beside the separately trained one
     ran = next(row for row in rows if row["method"] == "RAN (lam=0.1)")
     assert ran["own_decoder.mse_mean"] and ran["feature_inversion.mse_mean"]
-    assert (tmp_path / "leaderboard" / "plots" / "feature_release__digits__feature_inversion.png").is_file()
+    # one plot per experiment (rows whose attacks ran with different configurations are separate experiments)
+    experiments = {row["experiment"] for row in rows}
+    assert len(list((tmp_path / "leaderboard" / "plots").glob("feature_release__digits_*.png"))) == len(experiments)

@@ -38,17 +38,20 @@ class PrivacyEvaluation(Callback):
         leaderboard_dir: where ``bench leaderboard`` output is regenerated (None: don't).
         paper: the paper's reported numbers for this setting, e.g. ``{accuracy: 0.99, source: "Table 1"}``.
         enabled: turn the evaluation off (e.g. for hyper-parameter searches).
+        experiment: the leaderboard experiment this run belongs to (rows of one experiment share a table
+            and a plot); None: the leaderboard derives one from dataset, pools, attacks and training budget.
     """
 
     def __init__(self, attacks: Optional[list[Attack]] = None, seed: int = 0, records_dir: str = "leaderboard/records",
                  leaderboard_dir: Optional[str] = "leaderboard", paper: Optional[dict[str, Any]] = None,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, experiment: Optional[str] = None) -> None:
         self.attacks = attacks
         self.seed = seed
         self.records_dir = records_dir
         self.leaderboard_dir = leaderboard_dir
         self.paper = paper
         self.enabled = enabled
+        self.experiment = experiment
         #: the full run configuration; ``bench fit`` sets it from the parsed command line
         self.run_config: Optional[dict[str, Any]] = None
         self.last_record_path: Optional[Path] = None
@@ -102,6 +105,8 @@ class PrivacyEvaluation(Callback):
             wandb=_wandb_reference(wandb_logger), fit_seconds=fit_seconds,
             training=_training_progress(trainer) if trainer is not None else (config or {}).get("training"),
         )
+        if self.experiment is not None:
+            record["experiment"] = str(self.experiment)
         validate_record(json.loads(json.dumps(record, default=str)))  # a bad record fails before any file is written
         record["artifacts"] = _save_example_grids(evaluation, Path(self.records_dir) / "artifacts", record["record_id"])
         record["artifacts"].update(_save_roc_plot(record, Path(self.records_dir) / "artifacts"))

@@ -68,6 +68,8 @@ class PrivacyModule(L.LightningModule):
     #: the data spec's tasks this method trains on (see :mod:`bench.spec`). A method whose losses go through
     #: :meth:`task_loss` (as the default training step's do) may add "multilabel"
     tasks: ClassVar[tuple[str, ...]] = ("multiclass",)
+    #: entries of ``training_report()`` the leaderboard shows beside utility and privacy (e.g. a DP epsilon)
+    headline_cost: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -206,6 +208,7 @@ class PrivacyModule(L.LightningModule):
             "network": self.network_name,
             "threat_models": [threat.value for threat in self.threat_models],
             "capabilities": [capability.value for capability in self.capabilities],
+            "headline_cost": list(self.headline_cost),
             "hparams": {key: value for key, value in self.hparams.items()},
         }
 

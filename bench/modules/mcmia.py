@@ -190,6 +190,7 @@ class DPSGD(PrivacyModule):
     threat_models = (ThreatModel.BLACK_BOX_OUTPUTS,)
     display_name = "DP-SGD"
     label_hparams = ("target_epsilon",)
+    headline_cost = ("dp_epsilon",)
 
     def __init__(self, network: str = "lenet5", lr: float = 0.05, momentum: float = 0.9, max_grad_norm: float = 1.0,
                  noise_multiplier: Optional[float] = None, target_epsilon: Optional[float] = 6.28, delta: float = 1e-5,

@@ -1,0 +1,305 @@
+"""The papers' claims as data: one small YAML file per paper, evaluated against result records.
+
+A claims file states each claim of a paper that the suite measures as a comparison of values read
+from records; :func:`evaluate_claims` says for each whether our records reproduce it (yes / no /
+partly / not run at this scale). The language is declarative and tiny: nothing in a claims file is
+executed, every key is checked against the grammar below before anything is evaluated, and a file
+that breaks it is reported in one line and skipped.
+
+Grammar (every key not listed is an error)::
+
+    paper: str                      # the citation shown as the section heading
+    claims:                         # a non-empty list of
+      - claim: str                  # one sentence, as the paper states it
+        paper: str | number         # the paper's number(s), with table or figure
+        check: COMPARISON | {all: [COMPARISON, ...]}
+        note: str                   # optional: what differs in our setting
+    COMPARISON = {left: OPERAND, op: "<" | "<=" | ">" | ">=", right: OPERAND}
+    OPERAND    = number | {method: str, label: str, dataset: str, experiment: str,
+                           where: {hparam: value}, value: PATH, factor: number, offset: number,
+                           reduce: one | max | min | mean}
+    PATH       = utility.KEY | cost.KEY | privacy.ATTACK.METRIC | worst_case.THREAT_MODEL.METRIC
+
+An operand selects records (``method``: the record's ``method.name``, ``label``: its row label,
+``where``: hyper-parameters that must be equal) and reads one value from each; the value of a
+setting is its mean over seeds, and the operand is ``factor * value + offset``. When several
+settings match, ``reduce`` says how to combine them (``one``, the default, refuses to choose).
+``worst_case.THREAT_MODEL.METRIC`` is the best any adversary of that threat model achieved on
+METRIC (diagnostics never count), following each attack's declared direction.
+
+A comparison is *not run* when an operand matches no record. ``all`` is yes when every comparison
+holds, no when none does, partly otherwise, and not run when none of them could be evaluated.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import yaml
+
+YES, NO, PARTLY, NOT_RUN = "yes", "no", "partly", "not run at this scale"
+OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
+}
+OPERATOR_SIGNS = {"<": "<", "<=": "≤", ">": ">", ">=": "≥"}
+REDUCERS = ("one", "max", "min", "mean")
+_PATH = re.compile(r"^(utility|cost)\.[^.\s]+$|^(privacy|worst_case)\.[^.\s]+\.[^.\s]+$")
+_FILE_KEYS, _CLAIM_KEYS = {"paper", "claims"}, {"claim", "paper", "check", "note"}
+_COMPARISON_KEYS = {"left", "op", "right"}
+_OPERAND_KEYS = {"method", "label", "dataset", "experiment", "where", "value", "factor", "offset", "reduce"}
+_MAX_FILE_BYTES = 256 * 1024
+
+
+class ClaimsError(ValueError):
+    """A claims file that does not follow the grammar."""
+
+
+@dataclass(frozen=True)
+class Operand:
+    value: Optional[str] = None  # a PATH; None for a constant
+    constant: Optional[float] = None
+    method: Optional[str] = None
+    label: Optional[str] = None
+    dataset: Optional[str] = None
+    experiment: Optional[str] = None
+    where: tuple[tuple[str, Any], ...] = ()
+    factor: float = 1.0
+    offset: float = 0.0
+    reduce: str = "one"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    left: Operand
+    op: str
+    right: Operand
+
+
+@dataclass(frozen=True)
+class Claim:
+    claim: str
+    paper: str
+    comparisons: tuple[Comparison, ...]
+    note: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ClaimsFile:
+    paper: str
+    claims: tuple[Claim, ...]
+    source: str  # the file name, for messages
+
+
+@dataclass
+class Verdict:
+    claim: Claim
+    status: str
+    ours: str  # what we measured, one comparison after another
+    reasons: list[str] = field(default_factory=list)  # why a comparison could not be evaluated
+    scales: list[str] = field(default_factory=list)  # the scales of the settings that were compared
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+def _require(condition: bool, where: str, message: str) -> None:
+    if not condition:
+        raise ClaimsError(f"{where}: {message}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _keys(section: Any, allowed: set[str], required: set[str], where: str) -> None:
+    _require(isinstance(section, dict), where, f"must be a mapping, got {type(section).__name__}")
+    unknown = sorted(set(map(str, section)) - allowed)
+    _require(not unknown, where, f"unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    missing = sorted(required - set(section))
+    _require(not missing, where, f"missing key(s) {missing}")
+
+
+def _operand(raw: Any, where: str) -> Operand:
+    if _number(raw):
+        return Operand(constant=float(raw))
+    _keys(raw, _OPERAND_KEYS, {"value"}, where)
+    path = raw["value"]
+    _require(isinstance(path, str) and bool(_PATH.match(path)), where,
+             f"value must be utility.KEY, cost.KEY, privacy.ATTACK.METRIC or worst_case.THREAT_MODEL.METRIC, got {path!r}")
+    for key in ("method", "label", "dataset", "experiment"):
+        _require(raw.get(key) is None or isinstance(raw[key], str), where, f"{key} must be a string")
+    _require(any(raw.get(key) for key in ("method", "label", "experiment")), where,
+             "select records with at least one of method, label or experiment")
+    where_ = raw.get("where") or {}
+    _require(isinstance(where_, dict), where, "where must be a mapping of hyper-parameter: value")
+    for key, value in where_.items():
+        _require(value is None or isinstance(value, (str, int, float, bool)), where,
+                 f"where.{key} must be a plain value, got {type(value).__name__}")
+    for key in ("factor", "offset"):
+        _require(raw.get(key) is None or _number(raw[key]), where, f"{key} must be a number")
+    reduce = raw.get("reduce", "one")
+    _require(reduce in REDUCERS, where, f"reduce must be one of {list(REDUCERS)}, got {reduce!r}")
+    return Operand(value=path, method=raw.get("method"), label=raw.get("label"), dataset=raw.get("dataset"),
+                   experiment=raw.get("experiment"), where=tuple(sorted((str(k), v) for k, v in where_.items())),
+                   factor=float(raw.get("factor", 1.0)), offset=float(raw.get("offset", 0.0)), reduce=reduce)
+
+
+def _comparison(raw: Any, where: str) -> Comparison:
+    _keys(raw, _COMPARISON_KEYS, _COMPARISON_KEYS, where)
+    _require(raw["op"] in OPERATORS, where, f"op must be one of {list(OPERATORS)}, got {raw['op']!r}")
+    return Comparison(_operand(raw["left"], f"{where}.left"), raw["op"], _operand(raw["right"], f"{where}.right"))
+
+
+def parse_claims(text: str, source: str = "<claims>") -> ClaimsFile:
+    """Parse and validate one claims file; raise :class:`ClaimsError` with the first problem."""
+    try:
+        data = yaml.safe_load(text)  # plain data only: no tags, no objects
+    except yaml.YAMLError as error:
+        raise ClaimsError(f"{source}: not valid YAML ({str(error).splitlines()[0]})") from None
+    _keys(data, _FILE_KEYS, _FILE_KEYS, source)
+    _require(isinstance(data["paper"], str) and data["paper"].strip() != "", source, "paper must be a non-empty string")
+    _require(isinstance(data["claims"], list) and len(data["claims"]) > 0, source, "claims must be a non-empty list")
+    claims = []
+    for index, raw in enumerate(data["claims"]):
+        where = f"{source}: claims[{index}]"
+        _keys(raw, _CLAIM_KEYS, {"claim", "paper", "check"}, where)
+        _require(isinstance(raw["claim"], str), where, "claim must be a sentence")
+        _require(isinstance(raw["paper"], str) or _number(raw["paper"]), where, "paper must be a string or a number")
+        _require(raw.get("note") is None or isinstance(raw["note"], str), where, "note must be a string")
+        check = raw["check"]
+        if isinstance(check, dict) and set(check) == {"all"}:
+            _require(isinstance(check["all"], list) and len(check["all"]) > 0, where, "check.all must be a non-empty list")
+            comparisons = tuple(_comparison(c, f"{where}.check.all[{i}]") for i, c in enumerate(check["all"]))
+        else:
+            comparisons = (_comparison(check, f"{where}.check"),)
+        claims.append(Claim(raw["claim"].strip(), str(raw["paper"]), comparisons, raw.get("note")))
+    return ClaimsFile(data["paper"].strip(), tuple(claims), source)
+
+
+def load_claims(path: str | Path) -> ClaimsFile:
+    path = Path(path)
+    try:
+        if path.stat().st_size > _MAX_FILE_BYTES:
+            raise ClaimsError(f"{path.name}: larger than {_MAX_FILE_BYTES // 1024} KiB; a claims file is a few claims")
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ClaimsError(f"{path.name}: cannot be read ({error})") from None
+    return parse_claims(text, path.name)
+
+
+def shipped_claims() -> list[Path]:
+    """The claims files that ship with bench (one per paper), in name order."""
+    folder = resources.files(__name__)
+    return sorted((Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")), key=lambda p: p.name)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+@dataclass(frozen=True)
+class Setting:
+    """One leaderboard setting (seeds of one row), as the claims see it."""
+
+    method: str
+    label: str
+    dataset: str
+    experiment: str
+    hparams: dict[str, Any]
+    records: tuple[dict, ...]
+    scale: str = ""  # what the records ran at (data, budget), said beside the verdicts
+
+
+#: reads a PATH from one record; None where the record does not report it
+ValueReader = Callable[[dict, str], Optional[float]]
+
+
+def _matches(operand: Operand, setting: Setting) -> bool:
+    if operand.method is not None and operand.method != setting.method:
+        return False
+    if operand.label is not None and operand.label != setting.label:
+        return False
+    if operand.dataset is not None and operand.dataset != setting.dataset:
+        return False
+    if operand.experiment is not None and operand.experiment != setting.experiment:
+        return False
+    return all(key in setting.hparams and _same(setting.hparams[key], value) for key, value in operand.where)
+
+
+def _same(ours: Any, wanted: Any) -> bool:
+    if _number(ours) and _number(wanted):
+        return math.isclose(float(ours), float(wanted), rel_tol=1e-9, abs_tol=1e-12)
+    return ours == wanted
+
+
+class _NotRun(Exception):
+    def __init__(self, message: str, ambiguous: bool = False) -> None:
+        super().__init__(message)
+        self.ambiguous = ambiguous  # records exist, but the claims file does not say which setting it means
+
+
+def _value(operand: Operand, settings: Sequence[Setting], read: ValueReader,
+           scales: Optional[list[str]] = None) -> tuple[float, str]:
+    """The operand's number and how we show it; raise _NotRun saying why there is none."""
+    if operand.constant is not None:
+        return operand.constant, _fmt(operand.constant)
+    means, used = [], []
+    for setting in settings:
+        if not _matches(operand, setting):
+            continue
+        values = [v for record in setting.records if (v := read(record, operand.value)) is not None]
+        if values:
+            means.append(sum(values) / len(values))
+            used.append(setting.scale)
+    selector = " ".join(f"{k}={v}" for k, v in (("method", operand.method), ("label", operand.label),
+                                                 ("experiment", operand.experiment)) if v)
+    if not means:
+        raise _NotRun(f"no record of {selector} reports {operand.value}")
+    if operand.reduce == "one" and len(means) > 1:
+        raise _NotRun(f"{len(means)} settings of {selector} report {operand.value}: narrow `where` or set `reduce`",
+                      ambiguous=True)
+    if scales is not None:
+        scales += [scale for scale in used if scale and scale not in scales]
+    value = {"one": means[0], "max": max(means), "min": min(means), "mean": sum(means) / len(means)}[operand.reduce]
+    shown = _fmt(value)
+    if operand.factor != 1.0:
+        shown = f"{_fmt(operand.factor)}×{shown}"
+    if operand.offset:
+        shown += f" {'+' if operand.offset > 0 else '−'} {_fmt(abs(operand.offset))}"
+    return operand.factor * value + operand.offset, shown
+
+
+def _fmt(value: float) -> str:
+    if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
+        return f"{value:.2e}"
+    return f"{value:#.3g}".rstrip(".")
+
+
+def evaluate_claim(claim: Claim, settings: Sequence[Setting], read: ValueReader) -> Verdict:
+    outcomes, shown, reasons, scales = [], [], [], []
+    for comparison in claim.comparisons:
+        try:
+            left, left_text = _value(comparison.left, settings, read, scales)
+            right, right_text = _value(comparison.right, settings, read, scales)
+        except _NotRun as why:
+            reasons.append(str(why))
+            shown.append(f"– ({why})" if why.ambiguous else "–")
+            continue
+        holds = OPERATORS[comparison.op](left, right)
+        outcomes.append(holds)
+        shown.append(f"{left_text} {OPERATOR_SIGNS[comparison.op]} {right_text}" if holds
+                     else f"{left_text} vs {right_text}")
+    if not outcomes:
+        status = NOT_RUN
+    elif all(outcomes) and len(outcomes) == len(claim.comparisons):
+        status = YES
+    elif not any(outcomes):
+        status = NO
+    else:
+        status = PARTLY
+    return Verdict(claim, status, "; ".join(shown), reasons, scales)
+
+
+def evaluate_claims(files: Iterable[ClaimsFile], settings: Sequence[Setting],
+                    read: ValueReader) -> list[tuple[ClaimsFile, list[Verdict]]]:
+    return [(file, [evaluate_claim(claim, settings, read) for claim in file.claims]) for file in files]
