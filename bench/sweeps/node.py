@@ -76,8 +76,8 @@ def run_point(point: Point, slots: Sequence[Gpu], threads: int, resume: bool) ->
     command = point.command(resume=resume)
     started = time.time()
     write_status(point, status="running", started=started, slots=list(slots), command=command)
-    with point.log.open("w") as log:
-        log.write("$ " + " ".join(command) + "\n\n")
+    with point.log.open("a") as log:  # a resumed or rerun point's earlier attempts stay above
+        log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')}\n$ " + " ".join(command) + "\n\n")
         log.flush()
         try:
             returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
