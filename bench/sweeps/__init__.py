@@ -12,6 +12,7 @@ from bench.sweeps.grid import Point, expand_sweep, finished_records, point_key, 
 from bench.sweeps.launch import SweepResult, launch, sweep_command
 from bench.sweeps.node import Outcome
 from bench.sweeps.slots import Capacity, assign, next_start, node_capacity
+from bench.sweeps.slurm import SlurmOptions
 
-__all__ = ["Capacity", "Outcome", "Point", "SweepResult", "assign", "expand_sweep", "finished_records", "launch",
+__all__ = ["Capacity", "Outcome", "Point", "SlurmOptions", "SweepResult", "assign", "expand_sweep", "finished_records", "launch",
            "next_start", "node_capacity", "point_key", "resolve_config", "sweep_command"]

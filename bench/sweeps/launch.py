@@ -126,7 +126,7 @@ def launch(sweep: str, *, jobs: Optional[int] = None, gpus: Optional[Sequence[st
     started = time.perf_counter()
     capacity = None
     if launcher == "local":  # bad --jobs/--gpus fail before the points are resolved
-        capacity = node_capacity(jobs, list(detect_gpus() if gpus is None else gpus), per_gpu)
+        capacity = node_capacity(jobs, [str(gpu) for gpu in (detect_gpus() if gpus is None else gpus)], per_gpu)
     points = load_points(path, list(extra_args), folder)
     before = records_by_key(points)
     skipped = [] if rerun else [point for point in points if point.key in before]
