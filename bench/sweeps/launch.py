@@ -46,7 +46,9 @@ class SweepResult:
     def summary(self) -> str:
         parts = [f"{self.count(status)} {status}" for status in ("done", "failed", "skipped", "submitted") if self.count(status)
                  or status in ("done", "failed", "skipped")]
-        lines = [f"bench sweep {self.name}: {len(self.outcomes)} points: {', '.join(parts)}; wall time {self.wall_seconds:.0f} s"]
+        count = len(self.outcomes)
+        lines = [f"bench sweep {self.name}: {count} point{'s' if count != 1 else ''}: {', '.join(parts)}; "
+                 f"wall time {self.wall_seconds:.0f} s"]
         lines += [f"  failed: point {o.point.number} ({o.point.label}), exit {o.returncode}; log: {o.point.log}"
                   for o in self.failed]
         lines += [f"  leaderboard: {path}" for path in self.leaderboards]
