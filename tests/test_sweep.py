@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from bench import registry
 from bench.cli import main
 from bench.errors import BenchError
 from bench.records import load_records
-from bench.sweeps import Capacity, assign, expand_sweep, launch, next_start, node_capacity
+from bench.sweeps import assign, expand_sweep, launch, next_start, node_capacity
 from bench.sweeps.grid import Point
 from bench.sweeps.node import point_environment, run_on_node
 from bench.sweeps.slots import release, take
