@@ -140,8 +140,9 @@ def test_bad_node_options_are_explained(jobs, gpus, per_gpu, message):
 
 
 def test_each_point_gets_its_gpus_and_a_share_of_the_cores():
-    env = point_environment(["2", "3"], threads=4, base={"PATH": "/bin"})
+    env = point_environment(["2", "3"], threads=4, base={"PATH": "/bin", "SLURM_NTASKS": "8", "SLURM_JOB_ID": "7"})
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["OMP_NUM_THREADS"] == "4"
+    assert "SLURM_NTASKS" not in env and env["SLURM_JOB_ID"] == "7"  # a sweep inside an allocation: no SLURM DDP layout
     assert "CUDA_VISIBLE_DEVICES" not in point_environment([None], threads=1, base={})  # CPU machine: untouched
 
 

@@ -52,6 +52,9 @@ def point_environment(slots: Sequence[Gpu], threads: int, base: Optional[dict[st
     env = dict(os.environ if base is None else base)
     env["OMP_NUM_THREADS"] = str(threads)
     env["PYTHONUNBUFFERED"] = "1"  # the log shows progress as it happens
+    # inside a SLURM allocation (a batch job running the sweep) a point is not one of the job's srun tasks:
+    # without SLURM_NTASKS, Lightning does not take SLURM's rank variables for a DDP layout
+    env.pop("SLURM_NTASKS", None)
     gpus = [gpu for gpu in slots if gpu is not None]
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
