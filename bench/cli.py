@@ -110,6 +110,8 @@ def run_lightning_cli(argv: list[str]):
     class BenchCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_lightning_class_args(PrivacyEvaluation, "evaluation")
+            parser.add_argument("--sweep_point", type=Optional[str], default=None,
+                                help="set by `bench sweep`: the grid point's key, kept in the record so a rerun skips the point")
             # networks adapt to the dataset: the DataModule's spec is handed to the method
             parser.link_arguments("data", "model.init_args.data_spec", compute_fn=lambda data: data.spec,
                                   apply_on="instantiate")
@@ -248,58 +250,10 @@ def leaderboard_command(argv: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------- bench sweep
-def expand_sweep(path: str) -> list[list[str]]:
-    """The `bench fit` argument lists of a sweep file: every run's config, once per point of its grid."""
-    import itertools
-
-    import yaml
-
-    from bench import registry
-
-    try:
-        spec = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise BenchError(f"cannot read sweep {path}: {error}") from error
-    if not isinstance(spec, dict) or not isinstance(spec.get("runs"), list) or not spec["runs"]:
-        raise BenchError(f"sweep {path} must hold a non-empty list `runs` of {{config: NAME, grid: {{key: [values]}}}}")
-    commands = []
-    for index, run in enumerate(spec["runs"]):
-        if not isinstance(run, dict) or "config" not in run:
-            raise BenchError(f"sweep {path}: runs[{index}] needs a `config`")
-        grid = run.get("grid") or {}
-        if not isinstance(grid, dict) or not all(isinstance(values, list) and values for values in grid.values()):
-            raise BenchError(f"sweep {path}: runs[{index}].grid must map each key to a non-empty list of values")
-        config = registry.resolve_config(str(run["config"]))
-        for point in itertools.product(*grid.values()):
-            command = ["fit", "--config", config]
-            for key, value in zip(grid, point):
-                command += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
-            commands.append(command)
-    return commands
-
-
 def sweep_command(argv: list[str]) -> None:
-    import argparse
-    import subprocess
+    from bench.sweeps.launch import sweep_command as run_sweep  # the logic lives in bench/sweeps/
 
-    from bench import registry
-
-    parser = argparse.ArgumentParser(prog="bench sweep", description="Run every point of a sweep, one `bench fit` each.",
-                                     epilog="Arguments after the sweep name are added to every run, e.g. "
-                                            "`bench sweep ran_mnist --trainer.devices 4 --trainer.strategy ddp`.")
-    parser.add_argument("sweep", help="a shipped sweep's name (see `bench list`) or a YAML file")
-    parser.add_argument("--dry_run", action="store_true", help="print the commands without running them")
-    args, extra = parser.parse_known_args(argv)
-    commands = [command + extra for command in expand_sweep(registry.resolve_config(args.sweep, kind="sweep"))]
-    for number, command in enumerate(commands, 1):
-        print(f"bench sweep [{number}/{len(commands)}]: bench {' '.join(command)}", flush=True)
-        if args.dry_run:
-            continue
-        # a fresh process per run: nothing (global seeds, W&B runs, DDP groups) leaks from one run into the next
-        if subprocess.run([sys.executable, "-m", "bench.cli", *command]).returncode != 0:
-            raise BenchError(f"run {number}/{len(commands)} failed: bench {' '.join(command)}")
-    if not args.dry_run:
-        print(f"bench sweep: {len(commands)} runs done; their records are in the leaderboard (bench leaderboard)")
+    run_sweep(argv)
 
 
 # ---------------------------------------------------------------------- bench list
