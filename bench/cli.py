@@ -91,7 +91,7 @@ def _resolve_names(argv: list[str]) -> list[str]:
         elif key in ("--model", "--data") and has_value:
             if not value.lstrip().startswith(("{", "[")) and not Path(value).suffix in (".yaml", ".yml", ".json"):
                 kind = "method" if key == "--model" else "datamodule"
-                cls = registry.lookup(kind, value)
+                cls = registry.resolve_class(kind, value, allow_import=True)  # the user typed it: may be their own package
                 value = f"{cls.__module__}.{cls.__qualname__}"
             arg = f"{key}={value}"
         resolved.append(arg)
