@@ -81,6 +81,8 @@ class PrivacyModule(L.LightningModule):
         self.spec = DataSpec.coerce(data_spec)
         self.save_hyperparameters()
         self.hparams["data_spec"] = self.spec.as_dict()  # plain types: checkpoints load with weights_only
+        # under LightningCLI hparams hold the subclass's own arguments only: a method that does not take these still has them
+        self.hparams.update(lr=lr, weight_decay=weight_decay)
         self._nonfinite: Optional[Tensor] = None
         self._nonfinite_names: set[str] = set()
         self.val_accuracy = MulticlassAccuracy(self.spec.num_classes, average="micro")
