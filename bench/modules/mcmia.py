@@ -34,6 +34,7 @@ from bench.metrics.cost import count_parameters
 from bench.modules.base import PrivacyModule
 from bench.networks.classifiers import InferenceModel, build_classifier, has_batch_norm
 from bench.threat_models import ThreatModel
+from bench.training.admm_pruning import ADMMPruning
 
 DEFENSES = ("none", "pruning", "minmax", "pruning_minmax")
 #: Renyi orders of the accountant: Opacus's defaults reach 63; few steps with large noise need higher ones
@@ -55,7 +56,7 @@ class MCMIA(PrivacyModule):
         sparsity: fraction of each convolutional/linear layer's weights pruned (LeNet-5 on MNIST:
             60K -> 3.8K weights, Table V, is 0.937), or ``{layer: fraction}`` with layer names under ``network.``.
         admm_updates / update_every / interval / rho / rho_multiplier / rho_max: the ADMM schedule
-            (:class:`~bench.callbacks.admm_pruning.ADMMPruning`); after ``admm_updates`` Z/U updates,
+            (:class:`~bench.training.admm_pruning.ADMMPruning`); after ``admm_updates`` Z/U updates,
             hard pruning and masked retraining to the end of the fit.
         gamma: the adversarial regularization factor of Eq. 10 (Nasr et al.'s lambda).
         k: steps of h per step of the classifier (Algorithm 1's inner loop).
@@ -88,9 +89,6 @@ class MCMIA(PrivacyModule):
         self._reference: Optional[Iterator] = None
 
     def _admm(self):
-        # imported here: bench.callbacks imports the harness, which imports bench.modules
-        from bench.callbacks.admm_pruning import ADMMPruning
-
         sparsity = self.hparams.sparsity
         if isinstance(sparsity, dict):
             sparsity = {name if name.startswith("network.") else f"network.{name}": value for name, value in sparsity.items()}
