@@ -136,6 +136,21 @@ class PrivacyModule(L.LightningModule):
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
+    def manual_step(self, optimizer: Any, loss: Tensor, name: str, log: Optional[str] = None) -> None:
+        """One step of manual optimization (``automatic_optimization = False``) on ``loss`` with ``optimizer``.
+
+        Notes whether ``loss`` is finite (:meth:`check_finite`, under ``name``), zeroes the gradients,
+        back-propagates through Lightning (precision scaling, DDP) and steps; on logging steps logs the loss
+        under the key ``log`` when given. Every update of a method goes through here, so a test can record
+        the update schedule by overriding this one method.
+        """
+        self.check_finite(loss, name)
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+        if log is not None and self.logging_step:
+            self.log(log, loss.detach(), prog_bar=True)
+
     def check_finite(self, loss: Tensor, name: str = "loss") -> Tensor:
         """Note whether ``loss`` is NaN or infinite; training stops with one clear message if so.
 

@@ -142,7 +142,7 @@ class MCMIA(PrivacyModule):
             with torch.no_grad():
                 member_logits, reference_logits = self.network(members), self.network(reference)
             gain = self.gain(member_logits, member_labels, reference_logits, reference_labels)
-            self._step(inference_optimizer, -gain, "gain")
+            self.manual_step(inference_optimizer, -gain, "gain")
         # lines 7-8: l on a different member batch S'': cross-entropy plus gamma times h's log-confidence
         # that these are members (the member term of Eq. 11; the reference term does not depend on l's batch)
         images, labels = batch
@@ -151,18 +151,12 @@ class MCMIA(PrivacyModule):
         cross_entropy = F.cross_entropy(logits, labels)
         privacy = F.logsigmoid(self.inference(logits.softmax(-1), labels)).mean()
         loss = cross_entropy + self.hparams.gamma * privacy  # Eq. 10
-        self._step(classifier_optimizer, loss, "classifier")
+        self.manual_step(classifier_optimizer, loss, "classifier")
         self.inference.requires_grad_(True)
         if self.logging_step:
             self.log_dict({"train/loss": cross_entropy.detach(), "train/gain": gain.detach(),
                            "train/objective": loss.detach()}, prog_bar=True)
         return None
-
-    def _step(self, optimizer, loss: Tensor, name: str) -> None:
-        self.check_finite(loss, name)
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        optimizer.step()
 
 
 class DPSGD(PrivacyModule):

@@ -84,18 +84,16 @@ class RAN(EncoderRelease, PrivacyModule):
         for _ in range(self.hparams.k):
             # Eq. 2, O_d: E and C learn to classify
             o_d = F.cross_entropy(self.classifier(self.encoder(images)), labels)
-            self._step(discriminative, o_d, "O_d")
+            self.manual_step(discriminative, o_d, "O_d", log="train/O_d")
             # Eq. 3, O_g: D learns to invert E, whose features it only reads
             with torch.no_grad():
                 features = self.encoder(images)
             o_g = reconstruction_error(self.decoder(features), images)
-            self._step(generative, o_g, "O_g")
+            self.manual_step(generative, o_g, "O_g", log="train/O_g")
         self.decoder.requires_grad_(False)  # D is the fixed adversary of this stage
         o_a = self.adversarial_objective(images, labels)
-        self._step(adversarial, o_a, "O_a")
+        self.manual_step(adversarial, o_a, "O_a", log="train/O_a")
         self.decoder.requires_grad_(True)
-        if self.logging_step:
-            self.log_dict({"train/O_d": o_d.detach(), "train/O_g": o_g.detach(), "train/O_a": o_a.detach()}, prog_bar=True)
 
     def adversarial_objective(self, images: Tensor, labels: Tensor) -> Tensor:
         """Eq. 4, O_a = lambda O_d - (1 - lambda) O_g: E and C trade classification against D's error."""
@@ -105,12 +103,6 @@ class RAN(EncoderRelease, PrivacyModule):
         if lam < 1:  # at lambda = 1 the stage is plain classification: D is not even evaluated
             o_a = o_a - (1 - lam) * reconstruction_error(self.decoder(features), images)
         return o_a
-
-    def _step(self, optimizer, loss: Tensor, name: str) -> None:
-        self.check_finite(loss, name)
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        optimizer.step()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)
