@@ -73,15 +73,51 @@ def sweeps() -> dict[str, Path]:
     return _yaml_by_name(SWEEP_DIR)
 
 
-def resolve_config(name_or_path: str, kind: str = "config") -> str:
-    """A file given by path stays as it is; a shipped config's (or sweep's) name becomes its path."""
-    if Path(name_or_path).exists():
+def resolve_config(name_or_path: str, kind: str = "config", relative_to: Path | None = None) -> str:
+    """A file given by path stays as it is; a shipped config's, piece's (or sweep's) name becomes its path.
+
+    ``relative_to``: the folder of the config that names this one in ``compose:`` (paths are relative to it).
+    """
+    if relative_to is not None and (relative_to / name_or_path).is_file():
+        return str(relative_to / name_or_path)
+    if relative_to is None and Path(name_or_path).exists():
         return name_or_path
     shipped = {**pieces(), **configs()} if kind == "config" else sweeps()
     key = name_or_path[:-5] if name_or_path.endswith(".yaml") else name_or_path
     if key in shipped:
         return str(shipped[key])
     raise BenchError(f"no {kind} file '{name_or_path}' and no shipped {kind} of that name; `bench list` shows the shipped ones")
+
+
+def composed_configs(name_or_path: str) -> list[str]:
+    """The files a config is made of, in the order they apply: its ``compose:`` pieces first, then itself.
+
+    ``compose:`` (a list, at the top of a config) names shipped configs or pieces, or YAML files by path
+    (relative to the composing file), each applied in turn before the file's own settings, which win.
+    Pieces may compose pieces. Nothing else is read: a piece can only hold settings, never choose code.
+    """
+    import yaml
+
+    def expand(path: str, trail: tuple[str, ...]) -> list[str]:
+        try:
+            content = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as error:
+            raise BenchError(f"cannot read config {path}: {error}") from error
+        pieces = content.get("compose") if isinstance(content, dict) else None
+        if pieces is None:
+            return [path]
+        if not isinstance(pieces, list) or not all(isinstance(piece, str) for piece in pieces):
+            raise BenchError(f"{path}: `compose` must be a list of shipped config names or YAML paths, got {pieces!r}")
+        chain: list[str] = []
+        for piece in pieces:
+            resolved = resolve_config(piece, relative_to=Path(path).parent)
+            if Path(resolved).resolve() in {Path(seen).resolve() for seen in trail + (path,)}:
+                raise BenchError(f"{path}: `compose` includes {piece}, which includes {path} again")
+            chain += expand(resolved, trail + (path,))
+        return chain + [path]
+
+    chain = expand(resolve_config(name_or_path), ())
+    return [path for index, path in enumerate(chain) if path not in chain[:index]]
 
 
 def _bases() -> dict[str, tuple[type, dict[str, type]]]:
