@@ -153,6 +153,8 @@ def resolve_class(kind: str, name: str, allow_import: bool = False) -> type:
     except ImportError as error:
         raise BenchError(f"cannot import {kind} '{name}' ({error}); is its package installed or on PYTHONPATH?") from error
     found = getattr(module, attribute, None)
+    if found is None:
+        raise BenchError(f"module {module_name} has no {attribute}; is '{name}' spelled right?")
     if not (isinstance(found, type) and issubclass(found, base)):
         raise BenchError(f"'{name}' is not a {kind}: it must be a subclass of {base.__module__}.{base.__qualname__}")
     if found.__dict__.get("abstract", False):

@@ -70,7 +70,7 @@ def test_a_user_package_method_resolves_only_when_the_user_names_it(mypkg):
 
 @pytest.mark.parametrize("name, message", [
     ("mypkg.NotAMethod", "'mypkg.NotAMethod' is not a method: it must be a subclass of bench.modules.base.PrivacyModule"),
-    ("mypkg.Missing", "is not a method"),
+    ("mypkg.Missing", "module mypkg has no Missing"),
     ("nosuchpkg.MyMethod", "cannot import method 'nosuchpkg.MyMethod' .*PYTHONPATH"),
     ("bench.modules.base.PrivacyModule", "abstract base"),
 ])
