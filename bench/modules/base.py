@@ -26,6 +26,7 @@ from torchmetrics.classification import MulticlassAccuracy
 import bench
 from bench.datamodules.base import DataSpec
 from bench.errors import BenchError, class_path
+from bench.modules.lightning_internals import loggers_write_this_step, search_unused_parameters
 from bench.networks.pruning import pruned_layer_sparsity, restore_pruning
 from bench.threat_models import Capability, ThreatModel, check_declarations
 
@@ -93,7 +94,7 @@ class PrivacyModule(L.LightningModule):
         if not self.automatic_optimization and isinstance(strategy, DDPStrategy):
             # manual optimization trains sub-networks in separate stages, so each backward leaves some
             # parameters without gradients; DDP must look for them instead of failing (set before wrapping)
-            strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
+            search_unused_parameters(strategy)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             _destroy_process_group_at_exit()
 
@@ -116,8 +117,7 @@ class PrivacyModule(L.LightningModule):
 
         ``self.log`` costs about a millisecond a call; values logged on other steps are never written.
         """
-        connector = getattr(self._trainer, "_logger_connector", None) if self._trainer is not None else None
-        return bool(getattr(connector, "should_update_logs", True))
+        return loggers_write_this_step(self._trainer)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.val_accuracy, "val")
