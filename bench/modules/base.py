@@ -82,8 +82,8 @@ class PrivacyModule(L.LightningModule):
         self.spec = DataSpec.coerce(data_spec)
         self.save_hyperparameters()
         self.hparams["data_spec"] = self.spec.as_dict()  # plain types: checkpoints load with weights_only
-        # under LightningCLI hparams hold the subclass's own arguments only: a method that does not take these still has them
-        self.hparams.update(lr=lr, weight_decay=weight_decay)
+        # the default optimizer's settings: under LightningCLI hparams hold only the subclass's own arguments
+        self._default_optimizer = {"lr": lr, "weight_decay": weight_decay}
         self._nonfinite: Optional[Tensor] = None
         self._nonfinite_names: set[str] = set()
         self.val_accuracy = MulticlassAccuracy(self.spec.num_classes, average="micro")
@@ -134,7 +134,7 @@ class PrivacyModule(L.LightningModule):
         self.log(f"{stage}/accuracy", accuracy, prog_bar=True)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return torch.optim.Adam(self.parameters(), **self._default_optimizer)
 
     def manual_step(self, optimizer: Any, loss: Tensor, name: str, log: Optional[str] = None) -> None:
         """One step of manual optimization (``automatic_optimization = False``) on ``loss`` with ``optimizer``.

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.datamodules.base import DataSpec
+from bench.deprecation import renamed_argument
 from bench.errors import BenchError
 from bench.modules.base import PrivacyModule
 from bench.modules.split_network import EncoderRelease
@@ -43,7 +44,8 @@ class RAN(EncoderRelease, PrivacyModule):
     Args:
         network: ``lenet`` (MNIST-sized inputs) or ``vgg`` (CIFAR-sized); the decoder mirrors its encoder.
         lam: lambda of Eq. 4 in [0, 1]: 1 is plain classification, lower values trade accuracy for privacy.
-        k: discriminative/generative stage pairs before each adversarial step (the paper's k = 3).
+        stage_pairs: discriminative/generative stage pairs before each adversarial step (the paper's k = 3;
+            ``k`` is its deprecated name).
         l1 / l2 / l3: Adam learning rates of the discriminative, generative and adversarial stages.
     """
 
@@ -51,15 +53,18 @@ class RAN(EncoderRelease, PrivacyModule):
     capabilities = (Capability.OWN_RECONSTRUCTION,)
     label_hparams = ("lam",)
 
-    def __init__(self, network: str = "lenet", lam: float = 0.5, k: int = 3, l1: float = 1e-3, l2: float = 1e-3,
-                 l3: float = 1e-3, data_spec: Optional[DataSpec] = None) -> None:
+    def __init__(self, network: str = "lenet", lam: float = 0.5, stage_pairs: int = 3, l1: float = 1e-3, l2: float = 1e-3,
+                 l3: float = 1e-3, data_spec: Optional[DataSpec] = None, k: Optional[int] = None) -> None:
+        stage_pairs = renamed_argument("RAN", "k", "stage_pairs", k, stage_pairs, default=3)
         if not 0.0 <= lam <= 1.0:
             raise BenchError(f"lam (lambda of Eq. 4) must lie in [0, 1], got {lam}")
-        if k < 1:
-            raise BenchError(f"k (stage pairs per adversarial step) must be at least 1, got {k}")
+        if stage_pairs < 1:
+            raise BenchError(f"stage_pairs (the paper's k: stage pairs per adversarial step) must be at least 1, got {stage_pairs}")
         if min(l1, l2, l3) <= 0:
             raise BenchError(f"learning rates l1, l2, l3 must be positive, got {l1}, {l2}, {l3}")
         super().__init__(data_spec=data_spec, lr=l1)
+        self.hparams.update(stage_pairs=stage_pairs)
+        self.hparams.pop("k", None)
         self.automatic_optimization = False
         self.encoder, self.classifier = build_split_network(network, self.spec)
         self.decoder = mirror_decoder(self.encoder, self.spec.image_shape)
@@ -81,7 +86,7 @@ class RAN(EncoderRelease, PrivacyModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
         discriminative, generative, adversarial = self.optimizers()
-        for _ in range(self.hparams.k):
+        for _ in range(self.hparams.stage_pairs):
             # Eq. 2, O_d: E and C learn to classify
             o_d = F.cross_entropy(self.classifier(self.encoder(images)), labels)
             self.manual_step(discriminative, o_d, "O_d", log="train/O_d")
