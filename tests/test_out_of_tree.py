@@ -89,6 +89,7 @@ def test_a_user_package_method_passes_the_contract_test(mypkg, tmp_path):
     assert {entry["attack"] for entry in record["privacy"]} == applicable and "feature_inversion" in applicable
 
 
+@pytest.mark.slow
 def test_bench_fit_runs_a_method_from_a_user_package(mypkg):
     out = mypkg / "run"
     environment = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": os.pathsep.join([str(mypkg), str(REPOSITORY)])}
