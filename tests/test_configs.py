@@ -28,6 +28,10 @@ def test_shipped_config_parses(name, capsys):
     assert "class_path" in capsys.readouterr().out
 
 
+def _signature_defaults(function: Any) -> dict[str, Any]:
+    return {p.name: p.default for p in inspect.signature(function).parameters.values() if p.default is not inspect.Parameter.empty}
+
+
 def _class_defaults(class_path: str) -> dict[str, Any]:
     """Init-argument defaults of a shipped class, through the ``**kwargs`` its ``__init__`` forwards to its bases."""
     assert class_path.startswith("bench."), f"shipped configs use the suite's classes, not {class_path}"
@@ -35,15 +39,8 @@ def _class_defaults(class_path: str) -> dict[str, Any]:
     defaults: dict[str, Any] = {}
     for cls in getattr(importlib.import_module(module_name), name).__mro__:
         if "__init__" in vars(cls):
-            for parameter in inspect.signature(vars(cls)["__init__"]).parameters.values():
-                if parameter.default is not inspect.Parameter.empty:
-                    defaults.setdefault(parameter.name, parameter.default)
+            defaults = {**_signature_defaults(vars(cls)["__init__"]), **defaults}
     return defaults
-
-
-def _signature_defaults(cls: type) -> dict[str, Any]:
-    return {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
-            if p.default is not inspect.Parameter.empty}
 
 
 def _section_defaults() -> dict[str, dict[str, Any]]:
@@ -51,14 +48,14 @@ def _section_defaults() -> dict[str, dict[str, Any]]:
 
     from bench.callbacks import PrivacyEvaluation
 
-    return {"trainer": _signature_defaults(L.Trainer), "evaluation": _signature_defaults(PrivacyEvaluation),
+    return {"trainer": _signature_defaults(L.Trainer.__init__), "evaluation": _signature_defaults(PrivacyEvaluation.__init__),
             "": {"seed_everything": 0}}  # LightningCLI's seed_everything_default in bench.cli
 
 
 def _same(value: Any, default: Any) -> bool:
-    if isinstance(default, tuple):
-        default = list(default)
-    return type(value) is type(default) and value == default if not isinstance(value, (int, float)) else value == default
+    """YAML's value equals the Python default (a tuple default reads as a list; 1 and 1.0 are the same number)."""
+    return value == (list(default) if isinstance(default, tuple) else default) and \
+        isinstance(value, (int, float)) == isinstance(default, (int, float))
 
 
 def _is_class(value: Any) -> bool:
@@ -117,19 +114,31 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 SHIPPED = {**{f"pieces/{name}": path for name, path in registry.pieces().items()}, **registry.configs()}
 
 
-@pytest.mark.parametrize("name", sorted(SHIPPED))
-def test_no_shipped_config_restates_a_default_or_its_pieces(name):
-    chain = registry.composed_configs(str(SHIPPED[name]))
+def _restatements(path: Path) -> list[str]:
+    chain = registry.composed_configs(str(path))
     before: dict[str, Any] = {} if Path(chain[-1]) == DEFAULTS else yaml.safe_load(DEFAULTS.read_text())
     for piece in chain[:-1]:
         before = _merge(before, yaml.safe_load(Path(piece).read_text()))
     sections = _section_defaults()
     own = {key: value for key, value in (yaml.safe_load(Path(chain[-1]).read_text()) or {}).items() if key != "compose"}
-    restated = _restated({key: value for key, value in own.items() if key not in sections},
-                         before, sections[""], "")
+    restated = _restated({key: value for key, value in own.items() if key not in sections}, before, sections[""], "")
     for section in ("trainer", "evaluation"):
         restated += _restated(own.get(section) or {}, before.get(section) or {}, sections[section], f"{section}.")
+    return restated
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_no_shipped_config_restates_a_default_or_its_pieces(name):
+    restated = _restatements(SHIPPED[name])
     assert not restated, f"{name} restates: {', '.join(restated)}"
+
+
+def test_the_restatement_check_sees_defaults_and_pieces(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("compose: [ran/tiny]\nmodel:\n  init_args: {lam: 0.5, l1: 0.003, l2: 0.01}\n"
+                      "trainer:\n  max_epochs: 5\n  max_steps: -1\nevaluation:\n  seed: 1\n")
+    assert _restatements(config) == ["model.lam (the default)", "model.l1 (as its pieces)", "trainer.max_epochs (as its pieces)",
+                                     "trainer.max_steps (the default)"]
 
 
 def test_compose_applies_pieces_in_order_and_the_file_wins(tmp_path):
