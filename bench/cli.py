@@ -87,16 +87,25 @@ def _resolve_names(argv: list[str]) -> list[str]:
         if key in CHOOSERS and not has_value and index + 1 < len(argv):
             value, has_value, index = argv[index + 1], True, index + 1
         if key in ("--config", "-c") and has_value:
-            arg = f"--config={registry.resolve_config(value)}"
+            # a config's `compose:` pieces are applied before it, as if given first on the command line
+            resolved.extend(f"--config={path}" for path in registry.composed_configs(value))
+            index += 1
+            continue
         elif key in ("--model", "--data") and has_value:
             if not value.lstrip().startswith(("{", "[")) and not Path(value).suffix in (".yaml", ".yml", ".json"):
                 kind = "method" if key == "--model" else "datamodule"
-                cls = registry.lookup(kind, value)
+                cls = registry.resolve_class(kind, value, allow_import=True)  # the user typed it: may be their own package
                 value = f"{cls.__module__}.{cls.__qualname__}"
             arg = f"{key}={value}"
         resolved.append(arg)
         index += 1
     return resolved
+
+
+def _add_compose_argument(parser) -> None:
+    # `bench` applies a config's pieces before jsonargparse reads it (_resolve_names); the key itself stays a record
+    parser.add_argument("--compose", type=Optional[list[str]], default=None,
+                        help="the shipped pieces (or YAML files) a config is composed of, applied before it (see `bench list`)")
 
 
 def run_lightning_cli(argv: list[str]):
@@ -112,6 +121,7 @@ def run_lightning_cli(argv: list[str]):
             parser.add_lightning_class_args(PrivacyEvaluation, "evaluation")
             parser.add_argument("--sweep_point", type=Optional[str], default=None,
                                 help="set by `bench sweep`: the grid point's key, kept in the record so a rerun skips the point")
+            _add_compose_argument(parser)
             # networks adapt to the dataset: the DataModule's spec is handed to the method
             parser.link_arguments("data", "model.init_args.data_spec", compute_fn=lambda data: data.spec,
                                   apply_on="instantiate")
@@ -158,6 +168,7 @@ def evaluate_command(argv: list[str]) -> None:
     parser.add_argument("checkpoint", type=str, help="path of the .ckpt file")
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_class_arguments(PrivacyEvaluation, "evaluation")
+    _add_compose_argument(parser)
     parser.add_argument("--data_dir", type=Optional[str], default=None, help="where the dataset lives now (default: as trained)")
     parser.add_argument("--device", type=str, default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if available)")
     args = parser.parse_args(_resolve_names(argv))
@@ -279,6 +290,9 @@ def list_command(argv: list[str]) -> None:
         print(f"  {name:<22} [{cls.threat_model.value}] {first_line(cls)}")
     print("\nShipped configs (--config NAME):")
     for name, path in registry.configs().items():
+        print(f"  {name:<30} {path}")
+    print("\nConfig pieces (`compose:` in a config, or --config NAME):")
+    for name, path in registry.pieces().items():
         print(f"  {name:<30} {path}")
     print("\nShipped sweeps (bench sweep NAME):")
     for name, path in registry.sweeps().items():

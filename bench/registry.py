@@ -7,6 +7,8 @@ new method is registered by defining it in ``bench/modules/`` and importing it t
 
 from __future__ import annotations
 
+import importlib
+import sys
 from pathlib import Path
 from typing import TypeVar
 
@@ -14,6 +16,8 @@ from bench.errors import BenchError
 
 T = TypeVar("T", bound=type)
 CONFIG_DIR = Path(__file__).parent / "configs"
+#: the pieces shipped experiments are composed from (``compose:``): data, method, attack budget, trainer
+PIECE_DIR = CONFIG_DIR / "pieces"
 SWEEP_DIR = Path(__file__).parent / "sweeps"
 
 
@@ -49,31 +53,115 @@ def attacks() -> dict[str, type]:
     return _concrete_subclasses(Attack)
 
 
+def _yaml_by_name(folder: Path, skip: Path | None = None) -> dict[str, Path]:
+    return {path.relative_to(folder).with_suffix("").as_posix(): path for path in sorted(folder.rglob("*.yaml"))
+            if skip is None or skip not in path.parents}
+
+
 def configs() -> dict[str, Path]:
-    """Shipped configs by name: the path under ``bench/configs`` without ``.yaml`` (e.g. ``dnn/mnist``)."""
-    return {path.relative_to(CONFIG_DIR).with_suffix("").as_posix(): path for path in sorted(CONFIG_DIR.rglob("*.yaml"))}
+    """Shipped experiments by name: the path under ``bench/configs`` without ``.yaml`` (e.g. ``dnn/mnist``)."""
+    return _yaml_by_name(CONFIG_DIR, skip=PIECE_DIR)
+
+
+def pieces() -> dict[str, Path]:
+    """Shipped config pieces by name, the path under ``bench/configs/pieces`` (e.g. ``budget/tiny``)."""
+    return _yaml_by_name(PIECE_DIR)
 
 
 def sweeps() -> dict[str, Path]:
     """Shipped sweeps by name (``bench sweep NAME``)."""
-    return {path.relative_to(SWEEP_DIR).with_suffix("").as_posix(): path for path in sorted(SWEEP_DIR.rglob("*.yaml"))}
+    return _yaml_by_name(SWEEP_DIR)
 
 
-def resolve_config(name_or_path: str, kind: str = "config") -> str:
-    """A file given by path stays as it is; a shipped config's (or sweep's) name becomes its path."""
-    if Path(name_or_path).exists():
+def resolve_config(name_or_path: str, kind: str = "config", relative_to: Path | None = None) -> str:
+    """A file given by path stays as it is; a shipped config's, piece's (or sweep's) name becomes its path.
+
+    ``relative_to``: the folder of the config that names this one in ``compose:`` (paths are relative to it).
+    """
+    if relative_to is not None and (relative_to / name_or_path).is_file():
+        return str(relative_to / name_or_path)
+    if relative_to is None and Path(name_or_path).exists():
         return name_or_path
-    shipped = configs() if kind == "config" else sweeps()
+    shipped = {**pieces(), **configs()} if kind == "config" else sweeps()
     key = name_or_path[:-5] if name_or_path.endswith(".yaml") else name_or_path
     if key in shipped:
         return str(shipped[key])
     raise BenchError(f"no {kind} file '{name_or_path}' and no shipped {kind} of that name; `bench list` shows the shipped ones")
 
 
+def composed_configs(name_or_path: str) -> list[str]:
+    """The files a config is made of, in the order they apply: its ``compose:`` pieces first, then itself.
+
+    ``compose:`` (a list, at the top of a config) names shipped configs or pieces, or YAML files by path
+    (relative to the composing file), each applied in turn before the file's own settings, which win.
+    Pieces may compose pieces. Nothing else is read: a piece can only hold settings, never choose code.
+    """
+    import yaml
+
+    def expand(path: str, trail: tuple[str, ...]) -> list[str]:
+        try:
+            content = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as error:
+            raise BenchError(f"cannot read config {path}: {error}") from error
+        pieces = content.get("compose") if isinstance(content, dict) else None
+        if pieces is None:
+            return [path]
+        if not isinstance(pieces, list) or not all(isinstance(piece, str) for piece in pieces):
+            raise BenchError(f"{path}: `compose` must be a list of shipped config names or YAML paths, got {pieces!r}")
+        chain: list[str] = []
+        for piece in pieces:
+            resolved = resolve_config(piece, relative_to=Path(path).parent)
+            if Path(resolved).resolve() in {Path(seen).resolve() for seen in trail + (path,)}:
+                raise BenchError(f"{path}: `compose` includes {piece}, which includes {path} again")
+            chain += expand(resolved, trail + (path,))
+        return chain + [path]
+
+    chain = expand(resolve_config(name_or_path), ())
+    return [path for index, path in enumerate(chain) if path not in chain[:index]]
+
+
+def _bases() -> dict[str, tuple[type, dict[str, type]]]:
+    from bench.attacks.base import Attack
+    from bench.datamodules.base import PrivacyDataModule
+    from bench.modules.base import PrivacyModule
+
+    return {"method": (PrivacyModule, methods()), "datamodule": (PrivacyDataModule, datamodules()),
+            "attack": (Attack, attacks())}
+
+
+def resolve_class(kind: str, name: str, allow_import: bool = False) -> type:
+    """The class ``name`` of ``kind`` (method, datamodule or attack), or one clear error.
+
+    ``name`` is a registered class's name (``RAN``) or dotted path (``bench.modules.RAN``). With
+    ``allow_import`` (only for names the user typed: ``--model mypkg.methods.MyMethod``) a dotted path
+    outside the registry is imported and must name a concrete subclass of the kind's base class.
+    Names read from checkpoints or records must not choose code to import: they resolve without it.
+    """
+    base, table = _bases()[kind]
+    if name in table:
+        return table[name]
+    module_name, _, attribute = name.rpartition(".")
+    # a registered class under any module path that is already imported (bench.modules.RAN, bench.modules.ran.RAN)
+    found = getattr(sys.modules.get(module_name), attribute, None) if module_name else None
+    if isinstance(found, type) and found in table.values():
+        return found
+    if not (module_name and allow_import):
+        hint = f"; a {kind} of your own package is given by its dotted path on the command line" if kind == "method" else ""
+        raise BenchError(f"unknown {kind} '{name}'; available: {', '.join(table)} (see `bench list`){hint}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise BenchError(f"cannot import {kind} '{name}' ({error}); is its package installed or on PYTHONPATH?") from error
+    found = getattr(module, attribute, None)
+    if found is None:
+        raise BenchError(f"module {module_name} has no {attribute}; is '{name}' spelled right?")
+    if not (isinstance(found, type) and issubclass(found, base)):
+        raise BenchError(f"'{name}' is not a {kind}: it must be a subclass of {base.__module__}.{base.__qualname__}")
+    if found.__dict__.get("abstract", False):
+        raise BenchError(f"'{name}' is an abstract base (abstract = True in its body); give a concrete {kind}")
+    return found
+
+
 def lookup(kind: str, name: str) -> type:
-    """The registered class ``name`` of ``kind`` (method, datamodule or attack), or a clear error."""
-    table = {"method": methods, "datamodule": datamodules, "attack": attacks}[kind]()
-    short = name.rsplit(".", 1)[-1]
-    if short in table:
-        return table[short]
-    raise BenchError(f"unknown {kind} '{name}'; available: {', '.join(table)} (see `bench list`)")
+    """The registered class ``name`` of ``kind``, never importing anything (see :func:`resolve_class`)."""
+    return resolve_class(kind, name, allow_import=False)

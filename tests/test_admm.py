@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench.callbacks.admm_pruning import ADMMPruning, keep_count, project_cardinality
+from bench.training.admm_pruning import ADMMPruning, keep_count, project_cardinality
 from bench.networks.pruning import apply_mask, effective_weight, restore_pruning
 from bench.errors import BenchError
 

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 
-from bench import registry
-from bench.attacks import FeatureInversion
-from bench.callbacks import PrivacyEvaluation
-from bench.cli import load_checkpoint
-from bench.datamodules import Digits
-from bench.records import load_records
+from bench import registry, testing
+from bench.testing import check_method_contract, tiny_attacks, unexercised_declarations
 from bench.threat_models import ThreatModel
 
 METHODS = sorted(registry.methods())
@@ -22,53 +17,38 @@ def test_the_registry_finds_the_shipped_methods():
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_method_fits_evaluates_and_restores(name, tmp_path):
-    check_method_contract(registry.methods()[name], tmp_path)
+def test_method_fits_is_attacked_by_every_applicable_attack_and_restores(name, tmp_path):
+    record = check_method_contract(registry.methods()[name], tmp_path)
+    assert record["privacy"], f"{name} was attacked by nothing"
 
 
-def check_method_contract(method, tmp_path) -> None:
-    """Build from the data spec alone, fit a tiny run, evaluate it, restore the checkpoint."""
-    name = method.__name__
-    datamodule = Digits(batch_size=16, pool_limit=48)
-    module = method(data_spec=datamodule.spec)  # every method must be constructible from the data spec alone
-    assert module.threat_models, f"{name} declares no threat model: the harness could not attack it"
+def test_every_registered_attack_runs_on_some_shipped_method():
+    applied = {attack.name for attack in tiny_attacks() for method in registry.methods().values()
+               if attack.threat_model in method.threat_models and set(attack.requires) <= set(method.capabilities)}
+    assert applied == {attack.name for attack in tiny_attacks()}
 
-    images = datamodule.pool("test").tensors()[0][:4]
-    assert module(images).shape == (4, datamodule.num_classes)
-    if ThreatModel.FEATURE_RELEASE in module.threat_models:
-        released = module.release(images)
-        assert released.shape[0] == 4, "release(x) must keep the batch dimension first"
-        assert module.predict_from_release(released).shape == (4, datamodule.num_classes)
-        assert isinstance(module.client_network(), torch.nn.Module)
 
-    evaluation = PrivacyEvaluation(attacks=[FeatureInversion(epochs=1, progress=False)], records_dir=str(tmp_path / "records"),
-                                   leaderboard_dir=None)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False, accelerator="cpu",
-                        default_root_dir=tmp_path, callbacks=[evaluation], enable_progress_bar=False,
-                        enable_model_summary=False)
-    trainer.fit(module, datamodule)
+def test_a_declaration_no_attack_exercises_fails_the_contract(monkeypatch, tmp_path):
+    without_gradient_attacks = {name: cls for name, cls in registry.attacks().items()
+                                if cls.threat_model is not ThreatModel.GRADIENT_SHARING}
+    monkeypatch.setattr(registry, "attacks", lambda: without_gradient_attacks)
+    collaborative = registry.methods()["Collaborative"]
+    assert unexercised_declarations(collaborative) == ["threat model 'gradient_sharing'"]
+    with pytest.raises(AssertionError, match="gradient_sharing', which no registered attack exercises"):
+        check_method_contract(collaborative, tmp_path)
 
-    loaded = load_records([tmp_path / "records"])
-    assert loaded.problems == [] and len(loaded.records) == 1
-    record = loaded.records[0]
-    assert record["method"]["name"] == name
-    assert 0.0 <= record["utility"]["accuracy"] <= 1.0
-    expected_attacks = {"feature_inversion"} if ThreatModel.FEATURE_RELEASE in module.threat_models else set()
-    assert {entry["attack"] for entry in record["privacy"]} == expected_attacks
 
-    # `bench evaluate` rebuilds the very same model from the checkpoint
-    restored, restored_data, _ = load_checkpoint(trainer.checkpoint_callback.best_model_path, device="cpu")
-    assert type(restored) is method and type(restored_data) is Digits
-    original_state, restored_state = module.state_dict(), restored.state_dict()
-    assert original_state.keys() == restored_state.keys()
-    for key in original_state:
-        torch.testing.assert_close(restored_state[key], original_state[key], rtol=0, atol=0)
-    module.eval(), restored.eval()
-    with torch.no_grad():  # stochastic releases draw the same noise under the same seed
-        torch.manual_seed(0)
-        expected = module(images)
-        torch.manual_seed(0)
-        torch.testing.assert_close(restored(images), expected)
+def test_an_attack_without_a_tiny_budget_fails_the_contract(monkeypatch):
+    budget = dict(testing._tiny_budget())
+    del budget["LiRA"]
+    monkeypatch.setattr(testing, "_tiny_budget", lambda: budget)
+    with pytest.raises(AssertionError, match=r"\['LiRA'\] have no tiny budget"):
+        tiny_attacks()
+
+
+def test_the_contract_rejects_what_is_not_a_method(tmp_path):
+    with pytest.raises(AssertionError, match="not a subclass of PrivacyModule"):
+        check_method_contract(torch.nn.Linear, tmp_path)
 
 
 def test_declaring_a_threat_model_without_its_methods_fails_at_definition():

@@ -7,7 +7,7 @@ import sys
 import types
 from pathlib import Path
 
-from test_contract import check_method_contract
+from bench.testing import check_method_contract
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "adding_a_method.md"
 

@@ -51,7 +51,7 @@ class _RecordingMCMIA(StepRecorder, MCMIA):
 @pytest.mark.parametrize("k", [1, 2])
 def test_min_max_schedule_follows_algorithm_1(k):
     datamodule = Digits(batch_size=16, pool_limit=64)
-    module = _RecordingMCMIA(data_spec=datamodule.spec, defense="minmax", k=k)
+    module = _RecordingMCMIA(data_spec=datamodule.spec, defense="minmax", inference_steps=k)
     trainer = _trainer(limit_train_batches=3)
     trainer.fit(module, datamodule)
     one_batch = [("gain", frozenset({"inference"}))] * k + [("classifier", frozenset({"network"}))]
@@ -59,8 +59,8 @@ def test_min_max_schedule_follows_algorithm_1(k):
     assert trainer.global_step == 3 * (k + 1)
 
 
-def test_gain_is_eq_1_and_gamma_zero_is_plain_cross_entropy():
-    module = MCMIA(data_spec=_spec(), defense="minmax", gamma=0.0)
+def test_gain_is_eq_1_and_minmax_weight_zero_is_plain_cross_entropy():
+    module = MCMIA(data_spec=_spec(), defense="minmax", minmax_weight=0.0)
     member, reference = torch.randn(4, 10), torch.randn(5, 10)
     member_labels, reference_labels = torch.randint(0, 10, (4,)), torch.randint(0, 10, (5,))
     h_member = torch.sigmoid(module.inference(member.softmax(-1), member_labels))
@@ -68,11 +68,11 @@ def test_gain_is_eq_1_and_gamma_zero_is_plain_cross_entropy():
     expected = 0.5 * h_member.log().mean() + 0.5 * (1 - h_reference).log().mean()
     torch.testing.assert_close(module.gain(member, member_labels, reference, reference_labels), expected)
 
-    # gamma = 0: the classifier's step is exactly a cross-entropy step
+    # minmax_weight (gamma) = 0: the classifier's step is exactly a cross-entropy step
     datamodule = Digits(batch_size=16, pool_limit=32)
     torch.manual_seed(0)
     plain = MCMIA(data_spec=datamodule.spec, defense="none")
-    module = MCMIA(data_spec=datamodule.spec, defense="minmax", gamma=0.0)
+    module = MCMIA(data_spec=datamodule.spec, defense="minmax", minmax_weight=0.0)
     module.network.load_state_dict(plain.network.state_dict())
     for model in (plain, module):
         torch.manual_seed(1)  # the same mini-batches for both
@@ -81,7 +81,7 @@ def test_gain_is_eq_1_and_gamma_zero_is_plain_cross_entropy():
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("kwargs", [{"defense": "prune"}, {"gamma": -1.0}, {"k": 0}, {"network": "alexnet"},
+@pytest.mark.parametrize("kwargs", [{"defense": "prune"}, {"minmax_weight": -1.0}, {"inference_steps": 0}, {"network": "alexnet"},
                                     {"defense": "pruning", "sparsity": 1.0}])
 def test_bad_settings_fail_with_a_clear_message(kwargs):
     with pytest.raises(BenchError):
@@ -207,3 +207,10 @@ def test_dp_sgd_under_ddp_is_one_step_on_the_global_batch(tmp_path):
     assert float(module.dp_sample_rate) == 1.0 and int(module.dp_steps) == 1  # 2 ranks x 4 of 8 members
     for name, parameter in module.network.named_parameters():
         torch.testing.assert_close(before[name] - parameter.detach(), clipped[name], rtol=1e-3, atol=1e-7)
+
+
+def test_the_deprecated_gamma_and_k_still_work_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="`gamma` is deprecated.*use `minmax_weight`"):
+        module = MCMIA(data_spec=_spec(), defense="minmax", gamma=0.5, k=2)
+    assert (module.hparams.minmax_weight, module.hparams.inference_steps) == (0.5, 2)
+    assert "gamma" not in module.hparams and "k" not in module.hparams

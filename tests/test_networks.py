@@ -67,6 +67,10 @@ def test_mirror_decoder_gives_back_the_image_shape_in_unit_range(family, spec_na
     encoder, _ = build_split_network(family, spec)
     decoder = mirror_decoder(encoder, spec.image_shape)
     assert encoder.training, "building the mirror decoder must leave the encoder's mode alone"
+    encoder.eval()  # a deployed client (nested Sequentials are flattened into a new one) stays in eval mode too
+    mirror_decoder(nn.Sequential(encoder), spec.image_shape)
+    assert not any(layer.training for layer in encoder.modules())
+    encoder.train()
     assert isinstance(decoder[-1], nn.Sigmoid)
     images = _images(spec)
     with torch.no_grad():

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.datamodules import Digits
+from bench.errors import BenchError
 from bench.modules import RAN, NoisyInput
 from bench.modules.resized_dnn import ResizedDNN
 from bench.modules.noisy_input import LaplaceNoise
@@ -25,7 +26,7 @@ class _RecordingRAN(StepRecorder, RAN):
 @pytest.mark.parametrize("k", [1, 3])
 def test_update_schedule_follows_algorithm_1(k):
     datamodule = Digits(batch_size=32, pool_limit=64)
-    module = _RecordingRAN(data_spec=datamodule.spec, k=k, lam=0.5)
+    module = _RecordingRAN(data_spec=datamodule.spec, stage_pairs=k, lam=0.5)
     trainer = _trainer(limit_train_batches=2)
     trainer.fit(module, datamodule)
     ec, d = frozenset({"encoder", "classifier"}), frozenset({"decoder"})
@@ -95,7 +96,7 @@ def test_ran_under_ddp_keeps_every_sub_network_in_sync(tmp_path):
     from test_ddp import _ReportRanks
 
     datamodule = Digits(batch_size=32, pool_limit=128)
-    module = RAN(data_spec=datamodule.spec, k=2)
+    module = RAN(data_spec=datamodule.spec, stage_pairs=2)
     trainer = _trainer(devices=2, strategy="ddp_spawn", limit_val_batches=1, callbacks=[_ReportRanks(str(tmp_path))])
     trainer.fit(module, datamodule)
     reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
@@ -144,7 +145,7 @@ def test_resized_dnn_two_phases_and_pca():
 def test_checkpoints_carry_all_three_optimizers_and_resume_them(tmp_path):
     datamodule = Digits(batch_size=32, pool_limit=64)  # 2 batches per epoch
     first = _trainer(default_root_dir=tmp_path, enable_checkpointing=True)
-    first.fit(RAN(data_spec=datamodule.spec, k=3), datamodule)
+    first.fit(RAN(data_spec=datamodule.spec, stage_pairs=3), datamodule)
     checkpoint = torch.load(first.checkpoint_callback.best_model_path, weights_only=True)
 
     def adam_steps(optimizer_state):
@@ -153,7 +154,7 @@ def test_checkpoints_carry_all_three_optimizers_and_resume_them(tmp_path):
     # Algorithm 1 per batch: k steps of O_d, k of O_g, one of O_a
     assert [adam_steps(state) for state in checkpoint["optimizer_states"]] == [{6}, {6}, {2}]
     resumed = _trainer(max_epochs=2, default_root_dir=tmp_path)
-    module = RAN(data_spec=datamodule.spec, k=3)
+    module = RAN(data_spec=datamodule.spec, stage_pairs=3)
     resumed.fit(module, datamodule, ckpt_path=first.checkpoint_callback.best_model_path)
     assert [adam_steps(optimizer.state_dict()) for optimizer in resumed.optimizers] == [{12}, {12}, {4}]
     assert resumed.global_step == 2 * 2 * 7
@@ -163,3 +164,12 @@ def test_laplace_noise_stays_finite_when_the_uniform_draw_is_zero(monkeypatch):
     # rand() == 0 happens about once per 2^24 draws, i.e. within an epoch of MNIST-sized noisy images
     monkeypatch.setattr(torch.Tensor, "uniform_", lambda self, low=0.0, high=1.0: self.fill_(low))
     assert torch.isfinite(LaplaceNoise(0.1)(torch.zeros(1000))).all()
+
+
+def test_the_deprecated_k_still_sets_stage_pairs_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="`k` is deprecated.*use `stage_pairs`"):
+        module = RAN(data_spec=_spec(), k=2)
+    assert module.hparams.stage_pairs == 2 and "k" not in module.hparams
+    assert module.fresh_copy().hparams.stage_pairs == 2  # shadow models are built from the new name
+    with pytest.raises(BenchError, match="give `stage_pairs` only"):
+        RAN(data_spec=_spec(), k=2, stage_pairs=4)

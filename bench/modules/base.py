@@ -25,6 +25,7 @@ from torchmetrics import Metric
 import bench
 from bench.errors import BenchError, class_path
 from bench.metrics.utility import accuracy_metric, metric_inputs, task_loss
+from bench.modules.lightning_internals import loggers_write_this_step, search_unused_parameters
 from bench.networks.pruning import pruned_layer_sparsity, restore_pruning
 from bench.spec import TASKS, DataSpec
 from bench.threat_models import Capability, ThreatModel, check_declarations
@@ -92,6 +93,8 @@ class PrivacyModule(L.LightningModule):
                              f"{self.spec.task} targets; choose a method that supports them (`bench list`)")
         self.save_hyperparameters()
         self.hparams["data_spec"] = self.spec.as_dict()  # plain types: checkpoints load with weights_only
+        # the default optimizer's settings: under LightningCLI hparams hold only the subclass's own arguments
+        self._default_optimizer = {"lr": lr, "weight_decay": weight_decay}
         self._nonfinite: Optional[Tensor] = None
         self._nonfinite_names: set[str] = set()
         # top-1 accuracy, or for attribute vectors the mean per-attribute accuracy (1 - mean attribute error)
@@ -103,7 +106,7 @@ class PrivacyModule(L.LightningModule):
         if not self.automatic_optimization and isinstance(strategy, DDPStrategy):
             # manual optimization trains sub-networks in separate stages, so each backward leaves some
             # parameters without gradients; DDP must look for them instead of failing (set before wrapping)
-            strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
+            search_unused_parameters(strategy)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             _destroy_process_group_at_exit()
 
@@ -126,8 +129,7 @@ class PrivacyModule(L.LightningModule):
 
         ``self.log`` costs about a millisecond a call; values logged on other steps are never written.
         """
-        connector = getattr(self._trainer, "_logger_connector", None) if self._trainer is not None else None
-        return bool(getattr(connector, "should_update_logs", True))
+        return loggers_write_this_step(self._trainer)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.val_accuracy, "val")
@@ -152,7 +154,22 @@ class PrivacyModule(L.LightningModule):
         self.log(f"{stage}/accuracy", accuracy, prog_bar=True)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return torch.optim.Adam(self.parameters(), **self._default_optimizer)
+
+    def manual_step(self, optimizer: Any, loss: Tensor, name: str, log: Optional[str] = None) -> None:
+        """One step of manual optimization (``automatic_optimization = False``) on ``loss`` with ``optimizer``.
+
+        Notes whether ``loss`` is finite (:meth:`check_finite`, under ``name``), zeroes the gradients,
+        back-propagates through Lightning (precision scaling, DDP) and steps; on logging steps logs the loss
+        under the key ``log`` when given. Every update of a method goes through here, so a test can record
+        the update schedule by overriding this one method.
+        """
+        self.check_finite(loss, name)
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+        if log is not None and self.logging_step:
+            self.log(log, loss.detach(), prog_bar=True)
 
     def check_finite(self, loss: Tensor, name: str = "loss") -> Tensor:
         """Note whether ``loss`` is NaN or infinite; training stops with one clear message if so.

@@ -33,7 +33,6 @@ from bench.networks.ats import build_ats_network
 from bench.threat_models import SharedGradients, ThreatModel
 from bench.transforms.policy import load_policy
 
-DEFENSES = ("none", "gaussian", "laplacian", "pruning")
 
 
 def prune_gradients(gradients: dict[str, Tensor], ratio: float) -> dict[str, Tensor]:
@@ -81,6 +80,7 @@ class Collaborative(PrivacyModule):
     """
 
     threat_models = (ThreatModel.GRADIENT_SHARING, ThreatModel.BLACK_BOX_OUTPUTS)
+    DEFENSES = ("none", "gaussian", "laplacian", "pruning")  # ATS's baselines: gradient noise, gradient pruning
 
     def __init__(self, network: str = "convnet", width: Optional[int] = None, participants: int = 10,
                  policy: Optional[str] = None, defense: str = "none", noise_scale: float = 1e-3,
@@ -89,8 +89,8 @@ class Collaborative(PrivacyModule):
                  data_spec: Optional[DataSpec] = None) -> None:
         if participants < 1:
             raise BenchError(f"participants must be at least 1, got {participants}")
-        if defense not in DEFENSES:
-            raise BenchError(f"unknown defense '{defense}'; choose one of {list(DEFENSES)}")
+        if defense not in self.DEFENSES:
+            raise BenchError(f"unknown defense '{defense}'; choose one of {list(self.DEFENSES)}")
         if noise_scale < 0:
             raise BenchError(f"noise_scale must be non-negative, got {noise_scale}")
         if not 0.0 <= prune_ratio < 1.0:

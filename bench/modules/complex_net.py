@@ -181,7 +181,7 @@ class ComplexNet(PrivacyModule):
             critic_loss = -self.adversarial_loss(a, b)  # D maximises Eq. 8
             if self.hparams.lipschitz == "gp":
                 critic_loss = critic_loss + self.hparams.gp_weight * self.gradient_penalty(a, self.fakes(a, b))
-            self._step(critic_optimizer, critic_loss, "critic")
+            self.manual_step(critic_optimizer, critic_loss, "critic")
             if self.hparams.lipschitz == "clip":
                 with torch.no_grad():
                     for parameter in self.critic.parameters():
@@ -193,18 +193,12 @@ class ComplexNet(PrivacyModule):
         released, theta = self.encrypt(a, b)
         task = self.task_loss(self.decrypt(self.processing(released), theta), labels)
         adversarial = self.adversarial_loss(a, b)
-        self._step(task_optimizer, task + self.hparams.adv_weight * adversarial, "task")  # Eq. 9
+        self.manual_step(task_optimizer, task + self.hparams.adv_weight * adversarial, "task")  # Eq. 9
         self.critic.requires_grad_(True)
         self._remember(a.detach())
         if self.logging_step:
             self.log_dict({"train/loss": task.detach(), "train/adversarial": adversarial.detach(),
                            "train/critic": critic_loss.detach()}, prog_bar=True)
-
-    def _step(self, optimizer, loss: Tensor, name: str) -> None:
-        self.check_finite(loss, name)
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        optimizer.step()
 
     @torch.no_grad()
     def _remember(self, a: Tensor) -> None:

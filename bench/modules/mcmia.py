@@ -29,13 +29,14 @@ from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
 from bench.datamodules.base import DataSpec
+from bench.deprecation import renamed_argument
 from bench.errors import BenchError
 from bench.metrics.cost import count_parameters
 from bench.modules.base import PrivacyModule
 from bench.networks.classifiers import InferenceModel, build_classifier, has_batch_norm
 from bench.threat_models import ThreatModel
+from bench.training.admm_pruning import ADMMPruning
 
-DEFENSES = ("none", "pruning", "minmax", "pruning_minmax")
 #: Renyi orders of the accountant: Opacus's defaults reach 63; few steps with large noise need higher ones
 RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [2**k for k in range(6, 13)]
 
@@ -55,27 +56,37 @@ class MCMIA(PrivacyModule):
         sparsity: fraction of each convolutional/linear layer's weights pruned (LeNet-5 on MNIST:
             60K -> 3.8K weights, Table V, is 0.937), or ``{layer: fraction}`` with layer names under ``network.``.
         admm_updates / update_every / interval / rho / rho_multiplier / rho_max: the ADMM schedule
-            (:class:`~bench.callbacks.admm_pruning.ADMMPruning`); after ``admm_updates`` Z/U updates,
+            (:class:`~bench.training.admm_pruning.ADMMPruning`); after ``admm_updates`` Z/U updates,
             hard pruning and masked retraining to the end of the fit.
-        gamma: the adversarial regularization factor of Eq. 10 (Nasr et al.'s lambda).
-        k: steps of h per step of the classifier (Algorithm 1's inner loop).
+        minmax_weight: the adversarial regularization factor of Eq. 10 (the paper's gamma, Nasr et al.'s lambda;
+            ``gamma`` is its deprecated name).
+        inference_steps: steps of the inference model h per step of the classifier (Algorithm 1's inner loop k;
+            ``k`` is its deprecated name).
         attack_lr: Adam learning rate of h (the paper's 0.001).
     """
 
     threat_models = (ThreatModel.BLACK_BOX_OUTPUTS,)
     label_hparams = ("defense",)
+    DEFENSES = ("none", "pruning", "minmax", "pruning_minmax")
 
     def __init__(self, network: str = "lenet5", defense: str = "pruning", lr: float = 1e-3, weight_decay: float = 0.0,
                  sparsity: Union[float, dict[str, float]] = 0.9, admm_updates: int = 10, update_every: int = 1,
                  interval: str = "epoch", rho: float = 1e-3, rho_multiplier: float = 1.3, rho_max: float = 1.0,
-                 gamma: float = 1.0, k: int = 1, attack_lr: float = 1e-3, data_spec: Optional[DataSpec] = None) -> None:
-        if defense not in DEFENSES:
-            raise BenchError(f"defense must be one of {DEFENSES}, got '{defense}'")
-        if gamma < 0:
-            raise BenchError(f"gamma (the weight of the adversary's gain, Eq. 10) must be non-negative, got {gamma}")
-        if k < 1 or attack_lr <= 0:
-            raise BenchError(f"k (steps of h per classifier step) must be >= 1 and attack_lr positive, got {k}, {attack_lr}")
+                 minmax_weight: float = 1.0, inference_steps: int = 1, attack_lr: float = 1e-3,
+                 data_spec: Optional[DataSpec] = None, gamma: Optional[float] = None, k: Optional[int] = None) -> None:
+        minmax_weight = renamed_argument("MCMIA", "gamma", "minmax_weight", gamma, minmax_weight, default=1.0)
+        inference_steps = renamed_argument("MCMIA", "k", "inference_steps", k, inference_steps, default=1)
+        if defense not in self.DEFENSES:
+            raise BenchError(f"defense must be one of {self.DEFENSES}, got '{defense}'")
+        if minmax_weight < 0:
+            raise BenchError(f"minmax_weight (gamma of Eq. 10, the weight of the adversary's gain) must be non-negative, got {minmax_weight}")
+        if inference_steps < 1 or attack_lr <= 0:
+            raise BenchError(f"inference_steps (steps of h per classifier step) must be >= 1 and attack_lr positive, "
+                             f"got {inference_steps}, {attack_lr}")
         super().__init__(data_spec=data_spec, lr=lr, weight_decay=weight_decay)
+        self.hparams.update(minmax_weight=minmax_weight, inference_steps=inference_steps)
+        for deprecated in ("gamma", "k"):
+            self.hparams.pop(deprecated, None)
         self.network = build_classifier(network, self.spec)
         self.minmax = defense in ("minmax", "pruning_minmax")
         self.pruning = defense in ("pruning", "pruning_minmax")
@@ -88,9 +99,6 @@ class MCMIA(PrivacyModule):
         self._reference: Optional[Iterator] = None
 
     def _admm(self):
-        # imported here: bench.callbacks imports the harness, which imports bench.modules
-        from bench.callbacks.admm_pruning import ADMMPruning
-
         sparsity = self.hparams.sparsity
         if isinstance(sparsity, dict):
             sparsity = {name if name.startswith("network.") else f"network.{name}": value for name, value in sparsity.items()}
@@ -137,14 +145,14 @@ class MCMIA(PrivacyModule):
         if not self.minmax:
             return super().training_step(batch, batch_idx)
         classifier_optimizer, inference_optimizer = self.optimizers()
-        for _ in range(self.hparams.k):  # lines 2-6: h ascends the gain on S (members) and S' (reference)
+        for _ in range(self.hparams.inference_steps):  # lines 2-6: h ascends the gain on S (members) and S' (reference)
             (members, member_labels), (reference, reference_labels) = next(self._members), next(self._reference)
             members, member_labels = members.to(self.device), member_labels.to(self.device)
             reference, reference_labels = reference.to(self.device), reference_labels.to(self.device)
             with torch.no_grad():
                 member_logits, reference_logits = self.network(members), self.network(reference)
             gain = self.gain(member_logits, member_labels, reference_logits, reference_labels)
-            self._step(inference_optimizer, -gain, "gain")
+            self.manual_step(inference_optimizer, -gain, "gain")
         # lines 7-8: l on a different member batch S'': cross-entropy plus gamma times h's log-confidence
         # that these are members (the member term of Eq. 11; the reference term does not depend on l's batch)
         images, labels = batch
@@ -152,19 +160,13 @@ class MCMIA(PrivacyModule):
         logits = self.network(images)
         cross_entropy = F.cross_entropy(logits, labels)
         privacy = F.logsigmoid(self.inference(logits.softmax(-1), labels)).mean()
-        loss = cross_entropy + self.hparams.gamma * privacy  # Eq. 10
-        self._step(classifier_optimizer, loss, "classifier")
+        loss = cross_entropy + self.hparams.minmax_weight * privacy  # Eq. 10
+        self.manual_step(classifier_optimizer, loss, "classifier")
         self.inference.requires_grad_(True)
         if self.logging_step:
             self.log_dict({"train/loss": cross_entropy.detach(), "train/gain": gain.detach(),
                            "train/objective": loss.detach()}, prog_bar=True)
         return None
-
-    def _step(self, optimizer, loss: Tensor, name: str) -> None:
-        self.check_finite(loss, name)
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        optimizer.step()
 
 
 class DPSGD(PrivacyModule):

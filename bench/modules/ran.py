@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.spec import TASKS, DataSpec
+from bench.deprecation import renamed_argument
 from bench.errors import BenchError
 from bench.modules.base import PrivacyModule
 from bench.modules.split_network import EncoderRelease
@@ -43,7 +44,8 @@ class RAN(EncoderRelease, PrivacyModule):
     Args:
         network: ``lenet`` (MNIST-sized inputs) or ``vgg`` (CIFAR-sized); the decoder mirrors its encoder.
         lam: lambda of Eq. 4 in [0, 1]: 1 is plain classification, lower values trade accuracy for privacy.
-        k: discriminative/generative stage pairs before each adversarial step (the paper's k = 3).
+        stage_pairs: discriminative/generative stage pairs before each adversarial step (the paper's k = 3;
+            ``k`` is its deprecated name).
         l1 / l2 / l3: Adam learning rates of the discriminative, generative and adversarial stages.
     """
 
@@ -52,15 +54,18 @@ class RAN(EncoderRelease, PrivacyModule):
     capabilities = (Capability.OWN_RECONSTRUCTION,)
     label_hparams = ("lam",)
 
-    def __init__(self, network: str = "lenet", lam: float = 0.5, k: int = 3, l1: float = 1e-3, l2: float = 1e-3,
-                 l3: float = 1e-3, data_spec: Optional[DataSpec] = None) -> None:
+    def __init__(self, network: str = "lenet", lam: float = 0.5, stage_pairs: int = 3, l1: float = 1e-3, l2: float = 1e-3,
+                 l3: float = 1e-3, data_spec: Optional[DataSpec] = None, k: Optional[int] = None) -> None:
+        stage_pairs = renamed_argument("RAN", "k", "stage_pairs", k, stage_pairs, default=3)
         if not 0.0 <= lam <= 1.0:
             raise BenchError(f"lam (lambda of Eq. 4) must lie in [0, 1], got {lam}")
-        if k < 1:
-            raise BenchError(f"k (stage pairs per adversarial step) must be at least 1, got {k}")
+        if stage_pairs < 1:
+            raise BenchError(f"stage_pairs (the paper's k: stage pairs per adversarial step) must be at least 1, got {stage_pairs}")
         if min(l1, l2, l3) <= 0:
             raise BenchError(f"learning rates l1, l2, l3 must be positive, got {l1}, {l2}, {l3}")
         super().__init__(data_spec=data_spec, lr=l1)
+        self.hparams.update(stage_pairs=stage_pairs)
+        self.hparams.pop("k", None)
         self.automatic_optimization = False
         self.encoder, self.classifier = build_split_network(network, self.spec)
         self.decoder = mirror_decoder(self.encoder, self.spec.image_shape)
@@ -82,21 +87,19 @@ class RAN(EncoderRelease, PrivacyModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
         discriminative, generative, adversarial = self.optimizers()
-        for _ in range(self.hparams.k):
+        for _ in range(self.hparams.stage_pairs):
             # Eq. 2, O_d: E and C learn to classify
             o_d = self.task_loss(self.classifier(self.encoder(images)), labels)
-            self._step(discriminative, o_d, "O_d")
+            self.manual_step(discriminative, o_d, "O_d", log="train/O_d")
             # Eq. 3, O_g: D learns to invert E, whose features it only reads
             with torch.no_grad():
                 features = self.encoder(images)
             o_g = reconstruction_error(self.decoder(features), images)
-            self._step(generative, o_g, "O_g")
+            self.manual_step(generative, o_g, "O_g", log="train/O_g")
         self.decoder.requires_grad_(False)  # D is the fixed adversary of this stage
         o_a = self.adversarial_objective(images, labels)
-        self._step(adversarial, o_a, "O_a")
+        self.manual_step(adversarial, o_a, "O_a", log="train/O_a")
         self.decoder.requires_grad_(True)
-        if self.logging_step:
-            self.log_dict({"train/O_d": o_d.detach(), "train/O_g": o_g.detach(), "train/O_a": o_a.detach()}, prog_bar=True)
 
     def adversarial_objective(self, images: Tensor, labels: Tensor) -> Tensor:
         """Eq. 4, O_a = lambda O_d - (1 - lambda) O_g: E and C trade classification against D's error."""
@@ -106,12 +109,6 @@ class RAN(EncoderRelease, PrivacyModule):
         if lam < 1:  # at lambda = 1 the stage is plain classification: D is not even evaluated
             o_a = o_a - (1 - lam) * reconstruction_error(self.decoder(features), images)
         return o_a
-
-    def _step(self, optimizer, loss: Tensor, name: str) -> None:
-        self.check_finite(loss, name)
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        optimizer.step()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)

@@ -94,12 +94,7 @@ class ResizedDNN(PrivacyModule):
                 released = self.release(images)
             loss = self.task_loss(self.reduced_classifier(released), labels)  # phase 2: classify released features
             optimizer = reduced_optimizer
-        self.check_finite(loss, self.task_loss_name)
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        optimizer.step()
-        if self.logging_step:
-            self.log("train/loss", loss.detach(), prog_bar=True)
+        self.manual_step(optimizer, loss, self.task_loss_name, log="train/loss")
 
     def _batches_seen(self) -> int:
         return self.trainer.fit_loop.total_batch_idx

@@ -24,13 +24,15 @@ def _record_shapes(encoder: nn.Sequential, image_shape: Sequence[int]) -> list[t
     """Input shape (without batch) of every layer, and the output shape last."""
     shapes = []
     x = torch.zeros(2, *image_shape)
-    was_training = encoder.training
+    # each layer's own mode: `encoder` may be a fresh Sequential around a deployed client's layers in eval mode
+    modes = [(layer, layer.training) for layer in encoder.modules()]
     encoder.eval()
     with torch.no_grad():
         for layer in encoder:
             shapes.append(tuple(x.shape[1:]))
             x = layer(x)
-    encoder.train(was_training)
+    for layer, was_training in modes:
+        layer.training = was_training
     shapes.append(tuple(x.shape[1:]))
     return shapes
 

@@ -54,11 +54,6 @@ def prunable_layers(module: nn.Module, submodule: Optional[str] = None) -> dict[
     return {prefix + name: layer for name, layer in root.named_modules() if isinstance(layer, PRUNABLE)}
 
 
-def layer_sparsity(module: nn.Module) -> dict[str, float]:
-    """Fraction of zero weights of every convolutional or linear layer (pruned or not)."""
-    return {name: sparsity(layer) for name, layer in prunable_layers(module).items()}
-
-
 class ADMMPruning(Callback):
     """Prune a model's convolutional and linear weights by ADMM, then retrain it with masks.
 
@@ -133,7 +128,7 @@ class ADMMPruning(Callback):
             missing = [name for name, layer in self._layers.items() if not is_masked(layer)]
             if missing:
                 raise BenchError(f"ADMMPruning resumed in the retrain phase but layers {missing} have no mask; "
-                                 "restore the module with bench.callbacks.admm_pruning.restore_pruning first")
+                                 "restore the module with bench.networks.pruning.restore_pruning first")
             return
         if self.admm_updates == 0:
             self.hard_prune()
