@@ -20,6 +20,7 @@ LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 DEFAULTS = Path(__file__).parent / "configs" / "defaults.yaml"
 QUICKSTART = Path(__file__).parent / "configs" / "quickstart.yaml"
 CHOOSERS = ("--config", "-c", "--model", "--data")
+CKPT_PATH_KEYWORDS = ("last", "best", "hpc", "registry")  # --ckpt_path values Lightning resolves itself
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -91,7 +92,7 @@ def _resolve_names(argv: list[str]) -> list[str]:
         elif key in ("--model", "--data") and has_value:
             if not value.lstrip().startswith(("{", "[")) and not Path(value).suffix in (".yaml", ".yml", ".json"):
                 kind = "method" if key == "--model" else "datamodule"
-                cls = registry.lookup(kind, value)
+                cls = registry.resolve_class(kind, value, allow_import=True)  # the user named it: may import
                 value = f"{cls.__module__}.{cls.__qualname__}"
             arg = f"{key}={value}"
         resolved.append(arg)
@@ -114,6 +115,22 @@ def run_lightning_cli(argv: list[str]):
             parser.link_arguments("data", "model.init_args.data_spec", compute_fn=lambda data: data.spec,
                                   apply_on="instantiate")
 
+        def _parse_ckpt_path(self) -> None:
+            # LightningCLI applies the checkpoint's hyper-parameters, class path included, to the model's config:
+            # read the file safely first, and let it name only a registered method (nothing new is imported)
+            ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
+            if ckpt_path is not None and str(ckpt_path) not in CKPT_PATH_KEYWORDS:
+                _check_resume_checkpoint(str(ckpt_path))
+            super()._parse_ckpt_path()
+
+        def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+            kwargs = super()._prepare_subcommand_kwargs(subcommand)
+            if kwargs.get("ckpt_path") is not None:
+                if str(kwargs["ckpt_path"]) not in CKPT_PATH_KEYWORDS:
+                    _check_resume_checkpoint(str(kwargs["ckpt_path"]), self.model)
+                kwargs["weights_only"] = True  # never unpickle objects from a checkpoint, whatever torch's default
+            return kwargs
+
         def before_fit(self) -> None:
             for callback in self.trainer.callbacks:
                 if isinstance(callback, PrivacyEvaluation):
@@ -130,6 +147,24 @@ def run_lightning_cli(argv: list[str]):
         )
     finally:
         sys.argv = saved_argv
+
+
+def _check_resume_checkpoint(path: str, model=None) -> None:
+    """``--ckpt_path`` must be a readable Lightning checkpoint of a registered method (of ``model``'s class), before any work."""
+    from bench import registry
+
+    raw = read_checkpoint(path)
+    hparams = raw.get("hyper_parameters")
+    info = raw.get("bench") if isinstance(raw.get("bench"), dict) else {}
+    named = [value for value in ((hparams or {}).get("_class_path") if isinstance(hparams, dict) else None,
+                                 info.get("method_class")) if value is not None]
+    for written in named:
+        try:
+            cls = registry.resolve_class("method", written)
+        except BenchError as error:
+            raise BenchError(f"--ckpt_path {path} names method class {written}: {error}") from None
+        if model is not None and not isinstance(model, cls):
+            raise BenchError(f"--ckpt_path {path} was written by {written}, but this run's --model is {class_path(model)}")
 
 
 def _plain(namespace: Any) -> Any:
@@ -158,17 +193,26 @@ def evaluate_command(argv: list[str]) -> None:
     parser.add_class_arguments(PrivacyEvaluation, "evaluation")
     parser.add_argument("--data_dir", type=Optional[str], default=None, help="where the dataset lives now (default: as trained)")
     parser.add_argument("--device", type=str, default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if available)")
+    parser.add_argument("--model", type=Optional[str], default=None,
+                        help="class path of your own method, to import it (default: the checkpoint's, if registered)")
+    parser.add_argument("--data", type=Optional[str], default=None,
+                        help="class path of your own DataModule, to import it (default: the checkpoint's, if registered)")
     args = parser.parse_args(_resolve_names(argv))
     init = parser.instantiate_classes(args)
-    module, datamodule, checkpoint = load_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device)
-    run_config = checkpoint.get("run_config") or {
-        "model": {"class_path": checkpoint["method_class"], "init_args": dict(module.hparams)},
-        "data": {"class_path": checkpoint["datamodule_class"], "init_args": dict(datamodule.hparams)}}
+    module, datamodule, checkpoint = load_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device,
+                                                     method=args.model, datamodule=args.data)
+    run_config = checkpoint.get("run_config")
+    if not isinstance(run_config, dict):
+        run_config = {"model": {"class_path": checkpoint["method_class"], "init_args": dict(module.hparams)},
+                      "data": {"class_path": checkpoint["datamodule_class"], "init_args": dict(datamodule.hparams)}}
     evaluation = init.evaluation
-    trained_with = (run_config.get("evaluation") or {}).get("attacks")
+    trained_with = run_config.get("evaluation").get("attacks") if isinstance(run_config.get("evaluation"), dict) else None
+    if trained_with is not None and not isinstance(trained_with, list):
+        raise BenchError(f"{args.checkpoint}: run_config.evaluation.attacks must be a list, got {type(trained_with).__name__}")
     if evaluation.attacks is None and trained_with:
         # unless told otherwise, attack the checkpoint exactly as its run was attacked, so the records compare
-        evaluation.attacks = [_instantiate(spec) for spec in trained_with]
+        evaluation.attacks = [_instantiate_attack(spec, f"{args.checkpoint}: run_config.evaluation.attacks[{index}]")
+                              for index, spec in enumerate(trained_with)]
     epoch = checkpoint.get("epoch")
     config = {**run_config, "checkpoint": str(Path(args.checkpoint).resolve()),
               "training": {"epochs": None if epoch is None else epoch + 1, "global_step": checkpoint.get("global_step")},
@@ -176,55 +220,118 @@ def evaluate_command(argv: list[str]) -> None:
     evaluation.evaluate_and_record(module, datamodule, config=config)
 
 
-def _instantiate(spec: dict[str, Any]):
-    """A class from its LightningCLI form {class_path, init_args}."""
-    import importlib
+def _instantiate_attack(spec: Any, where: str):
+    """A registered attack from its LightningCLI form {class_path, init_args}, as read from a checkpoint."""
+    from bench import registry
 
-    module_name, _, name = spec["class_path"].rpartition(".")
-    return getattr(importlib.import_module(module_name), name)(**(spec.get("init_args") or {}))
+    if not isinstance(spec, dict):
+        raise BenchError(f"{where} must be {{class_path, init_args}}, got {type(spec).__name__}")
+    try:
+        cls = registry.resolve_class("attack", spec.get("class_path"))
+    except BenchError as error:
+        raise BenchError(f"{where}: {error}") from None
+    return cls(**_plain_kwargs(spec.get("init_args") or {}, f"{where}.init_args"))
 
 
 def _describe(attack) -> dict[str, Any]:
     return {"class_path": class_path(attack), "init_args": attack.config()}
 
 
-def load_checkpoint(path: str, data_dir: Optional[str] = None, device: str = "auto"):
-    """Rebuild the method and its DataModule from a checkpoint written by ``bench fit``."""
-    import importlib
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """A local checkpoint file as plain data: ``torch.load(weights_only=True)``, so no pickle runs code.
+
+    Raises :class:`BenchError` in one line for a missing, truncated, foreign or hostile file.
+    """
+    import pickle
 
     import torch
 
+    if "://" in str(path):
+        raise BenchError(f"checkpoint {path}: only local files are read (download it first)")
     file = Path(path)
     if not file.is_file():
         raise BenchError(f"checkpoint {path} not found; `bench fit` writes them under the run folder it prints (checkpoints/*.ckpt)")
     try:
         raw = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise BenchError(f"refusing checkpoint {path}: it holds objects other than tensors and plain data "
+                         f"({str(error).splitlines()[0][:160]}); bench loads only weights_only checkpoints") from error
     except Exception as error:  # torch raises many types for truncated or foreign files
         raise BenchError(f"cannot read checkpoint {path} ({type(error).__name__}: {str(error).splitlines()[0][:160]}); "
                          "is it a complete .ckpt written by `bench fit`?") from error
-    info = raw.get("bench") if isinstance(raw, dict) else None
-    if not info or "datamodule_class" not in info:
+    if not isinstance(raw, dict) or not isinstance(raw.get("state_dict"), dict):
+        raise BenchError(f"{path} is not a Lightning checkpoint (no state_dict); give a .ckpt written by `bench fit`")
+    return raw
+
+
+def load_checkpoint(path: str, data_dir: Optional[str] = None, device: str = "auto", method: Optional[str] = None,
+                    datamodule: Optional[str] = None):
+    """Rebuild the method and its DataModule from a checkpoint written by ``bench fit``.
+
+    The checkpoint's class names are only looked up among the registered classes (nothing is imported
+    because a file says so); ``method`` / ``datamodule`` are class paths the user names, which may be imported.
+    """
+    import torch
+
+    from bench import registry
+
+    raw = read_checkpoint(path)
+    info = raw.get("bench")
+    if not isinstance(info, dict) or not isinstance(info.get("datamodule_class"), str) or not isinstance(info.get("method_class"), str):
         raise BenchError(f"{path} is not a bench checkpoint (no method/datamodule information); train it with `bench fit`")
 
-    def import_class(dotted: str):
-        module_name, _, name = dotted.rpartition(".")
-        try:
-            return getattr(importlib.import_module(module_name), name)
-        except (ImportError, AttributeError) as error:
-            raise BenchError(f"{path} was written by class {dotted}, which cannot be imported here ({error})") from error
+    def chosen(kind: str, user_choice: Optional[str], written: str) -> type:
+        if user_choice is None:
+            try:
+                return registry.resolve_class(kind, written)
+            except BenchError as error:
+                raise BenchError(f"{path} names {kind} class {written}: {error}") from None
+        cls = registry.resolve_class(kind, user_choice, allow_import=True)
+        if class_path(cls) != written and cls.__name__ != written.rpartition(".")[2]:
+            raise BenchError(f"{path} was written by {kind} class {written}, not {user_choice}")
+        return cls
 
-    method_cls, datamodule_cls = import_class(info["method_class"]), import_class(info["datamodule_class"])
-    hparams = {key: value for key, value in info.get("datamodule_hparams", {}).items() if not key.startswith("_")}
+    method_cls = chosen("method", method, info["method_class"])
+    datamodule_cls = chosen("datamodule", datamodule, info["datamodule_class"])
+    hparams = _plain_kwargs(info.get("datamodule_hparams", {}), f"{path}: bench.datamodule_hparams")
     if data_dir is not None:
         hparams["data_dir"] = data_dir
-    datamodule = datamodule_cls(**hparams)
     try:
-        module = method_cls.load_from_checkpoint(file, map_location="cpu", weights_only=True)
+        built_datamodule = datamodule_cls(**hparams)
+    except BenchError:
+        raise
     except Exception as error:
-        raise BenchError(f"cannot restore {info['method_class']} from {path} ({type(error).__name__}: {error})") from error
+        raise BenchError(f"cannot build {datamodule_cls.__name__} from {path} ({type(error).__name__}: {error})") from error
+    module_hparams = _accepted(method_cls, _plain_kwargs(raw.get("hyper_parameters", {}), f"{path}: hyper_parameters"))
+    try:
+        # built here rather than with Lightning's load_from_checkpoint, which imports the `_instantiator` a file names
+        module = method_cls(**module_hparams)
+        module.on_load_checkpoint(raw)
+        module.load_state_dict(raw["state_dict"])
+    except BenchError:
+        raise
+    except Exception as error:
+        raise BenchError(f"cannot restore {method_cls.__name__} from {path} ({type(error).__name__}: {str(error).splitlines()[0][:300]})") from error
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return module.to(device), datamodule, {**info, "epoch": raw.get("epoch"), "global_step": raw.get("global_step")}
+    return module.to(device), built_datamodule, {**info, "epoch": raw.get("epoch"), "global_step": raw.get("global_step")}
+
+
+def _accepted(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments ``cls`` takes (hyper-parameters a base class saved but a subclass fixes are dropped, as Lightning does)."""
+    import inspect
+
+    parameters = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return kwargs
+    return {key: value for key, value in kwargs.items() if key in parameters}
+
+
+def _plain_kwargs(values: Any, where: str) -> dict[str, Any]:
+    """Keyword arguments read from a file: a mapping of names to values; private keys (``_instantiator``...) dropped."""
+    if not isinstance(values, dict) or not all(isinstance(key, str) for key in values):
+        raise BenchError(f"{where} must map argument names to values, got {type(values).__name__}")
+    return {key: value for key, value in values.items() if not key.startswith("_")}
 
 
 # ---------------------------------------------------------------------- bench leaderboard

@@ -77,3 +77,52 @@ def lookup(kind: str, name: str) -> type:
     if short in table:
         return table[short]
     raise BenchError(f"unknown {kind} '{name}'; available: {', '.join(table)} (see `bench list`)")
+
+
+_BASES = {"method": ("bench.modules.base", "PrivacyModule"), "datamodule": ("bench.datamodules.base", "PrivacyDataModule"),
+          "attack": ("bench.attacks.base", "Attack")}
+
+
+def resolve_class(kind: str, name: str, allow_import: bool = False) -> type:
+    """The class ``name`` (short name or dotted path) of ``kind`` (method, datamodule or attack).
+
+    Only a registered class (a concrete subclass of the kind's base class that is already imported: the
+    suite's own, or one the user's command line imported) is returned. ``allow_import`` is for names the
+    *user* typed (``--model mypkg.MyMethod``): then the module is imported and the class must subclass the
+    base. Names read from a checkpoint or a record never get ``allow_import``: a file must not choose
+    what code runs, so a path that is not already imported is an error, and nothing is imported or called.
+    """
+    import importlib
+    import sys
+
+    from bench.errors import class_path
+
+    table = {"method": methods, "datamodule": datamodules, "attack": attacks}[kind]()
+    if not isinstance(name, str) or not name:
+        raise BenchError(f"a {kind} class must be named by a non-empty string, got {name!r}")
+    if "." not in name:
+        if name in table:
+            return table[name]
+        raise BenchError(f"unknown {kind} '{name}'; available: {', '.join(table)} (see `bench list`)")
+    registered = list(table.values())
+    for cls in registered:
+        if class_path(cls) == name:
+            return cls
+    module_name, _, attribute = name.rpartition(".")
+    module = sys.modules.get(module_name)
+    if module is None and allow_import:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise BenchError(f"cannot import {kind} class {name}: {error}") from error
+    candidate = getattr(module, attribute, None) if module is not None else None
+    base_module, base_name = _BASES[kind]
+    base = getattr(importlib.import_module(base_module), base_name)
+    if isinstance(candidate, type) and issubclass(candidate, base):
+        if candidate in registered or (allow_import and not candidate.__dict__.get("abstract", False)):
+            return candidate
+    if not allow_import:
+        raise BenchError(f"'{name}' is not a registered {kind} of this bench (registered: {', '.join(table)}); "
+                         f"a checkpoint or record may only name those. If it is your own {base_name} subclass, "
+                         "name it yourself on the command line (e.g. --model/--data pkg.Class) so that it is imported")
+    raise BenchError(f"{name} is not a {base_name} subclass; a {kind} must subclass {base_module}.{base_name}")

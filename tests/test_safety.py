@@ -1,0 +1,180 @@
+"""Hostile and malformed checkpoints: nothing a file names is imported or called, and every refusal is one line."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.cli import main
+from bench.datamodules import Digits
+from bench.errors import BenchError
+from bench.modules import SplitNetwork
+
+# a module whose import alone leaves the marker: naming it in a file must not be enough to import it
+HOSTILE_MODULE = """
+from pathlib import Path
+Path({marker!r}).write_text("imported")
+
+def run(*args, **kwargs):
+    Path({marker!r}).write_text("called")
+
+class Evil:
+    def __init__(self, *args, **kwargs):
+        Path({marker!r}).write_text("called")
+"""
+
+
+class _Payload:
+    """Unpickling this runs a shell command: what a hostile pickle does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return subprocess.run, (["touch", str(self.marker)],)
+
+
+def _run(args, capsys) -> tuple[int, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def _error_line(output: str) -> str:
+    errors = [line for line in output.splitlines() if line.startswith("bench: error:")]
+    assert len(errors) == 1, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    return errors[0]
+
+
+def _checkpoint(tmp_path: Path, *, bench_info=None, hparams=None, run_config=None, global_step=10) -> Path:
+    """A checkpoint as `bench fit` writes it (the parts `bench evaluate` reads), with fields overridden."""
+    datamodule = Digits(pool_limit=24, batch_size=8)
+    module = SplitNetwork(data_spec=datamodule.spec)
+    info = {"method_class": "bench.modules.split_network.SplitNetwork", "datamodule_class": "bench.datamodules.digits.Digits",
+            "datamodule_hparams": dict(datamodule.hparams), "bench_version": "0"}
+    info.update(bench_info or {})
+    if run_config is not None:
+        info["run_config"] = run_config
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": {**dict(module.hparams), **(hparams or {})},
+                "bench": info, "epoch": 1, "global_step": global_step}, path)
+    return path
+
+
+@pytest.fixture
+def hostile(tmp_path, monkeypatch):
+    """(marker file, importable hostile module name): the marker exists iff hostile code ran."""
+    marker = tmp_path / "pwned"
+    (tmp_path / "hostile_module_for_test.py").write_text(HOSTILE_MODULE.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    yield marker
+    import sys
+
+    sys.modules.pop("hostile_module_for_test", None)
+
+
+SHELL = {"args": ["touch", "pwned"]}
+EVALUATE = ["--evaluation.attacks", "[]", "--evaluation.leaderboard_dir", "null", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("route", [
+    {"bench_info": {"datamodule_class": "subprocess.run", "datamodule_hparams": SHELL}},
+    {"bench_info": {"method_class": "subprocess.run"}},
+    {"bench_info": {"datamodule_class": "os.system", "datamodule_hparams": {"command": "touch pwned"}}},
+    {"bench_info": {"datamodule_class": "hostile_module_for_test.Evil"}},
+    {"bench_info": {"method_class": "hostile_module_for_test.Evil"}},
+    {"bench_info": {"datamodule_class": "bench.datamodules.base.PrivacyDataModule"}},  # imported, but not a registered class
+], ids=["datamodule=subprocess.run", "method=subprocess.run", "datamodule=os.system", "datamodule=new module",
+        "method=new module", "abstract base"])
+def test_evaluate_builds_only_registered_classes(route, hostile, capsys):
+    path = _checkpoint(hostile.parent, **route)
+    code, output = _run(["evaluate", str(path), *EVALUATE], capsys)
+    assert code == 1
+    assert "not a registered" in _error_line(output)
+    assert not hostile.exists(), "a class named by the checkpoint was imported or called"
+
+
+@pytest.mark.parametrize("attack", [
+    {"class_path": "subprocess.run", "init_args": SHELL},
+    {"class_path": "hostile_module_for_test.Evil"},
+    {"class_path": "hostile_module_for_test.run", "init_args": {}},
+], ids=["subprocess.run", "new module", "function of a new module"])
+def test_evaluate_attacks_only_with_registered_attacks_named_by_the_checkpoint(attack, hostile, capsys):
+    path = _checkpoint(hostile.parent, run_config={"evaluation": {"attacks": [attack]}})
+    code, output = _run(["evaluate", str(path), "--evaluation.leaderboard_dir", "null", "--device", "cpu"], capsys)
+    assert code == 1
+    assert "run_config.evaluation.attacks[0]" in _error_line(output) and "not a registered attack" in output
+    assert not hostile.exists()
+
+
+def test_evaluate_ignores_an_instantiator_named_by_the_checkpoint(hostile, capsys):
+    # Lightning's load_from_checkpoint imports and calls hyper_parameters["_instantiator"]
+    path = _checkpoint(hostile.parent, hparams={"_instantiator": "hostile_module_for_test.run"})
+    code, output = _run(["evaluate", str(path), *EVALUATE, "--evaluation.records_dir", "records"], capsys)
+    assert code == 0, output[-3000:]
+    assert not hostile.exists()
+    assert len(list((hostile.parent / "records").glob("*.json"))) == 1
+
+
+def test_a_user_named_method_class_is_imported_and_must_be_a_privacy_module(hostile, capsys):
+    path = _checkpoint(hostile.parent)
+    code, output = _run(["evaluate", str(path), *EVALUATE, "--model", "collections.OrderedDict"], capsys)
+    assert code == 1 and "not a PrivacyModule subclass" in _error_line(output)
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate"])
+def test_ckpt_path_never_unpickles_objects(subcommand, hostile, capsys, monkeypatch):
+    # even where the environment asks torch to unpickle anything by default
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    path = hostile.parent / "hostile.ckpt"
+    torch.save({"state_dict": {}, "payload": _Payload(hostile)}, path)
+    code, output = _run([subcommand, "--trainer.logger", "false", "--trainer.max_epochs", "1", "--ckpt_path", str(path)], capsys)
+    assert code == 1
+    assert "refusing checkpoint" in _error_line(output)
+    assert not hostile.exists()
+    code, output = _run(["evaluate", str(path)], capsys)
+    assert code == 1 and "refusing checkpoint" in _error_line(output)
+    assert not hostile.exists()
+
+
+def test_the_registry_never_imports_a_path_it_was_not_allowed_to(hostile):
+    from bench import registry
+
+    with pytest.raises(BenchError, match="not a registered method"):
+        registry.resolve_class("method", "hostile_module_for_test.Evil")
+    assert not hostile.exists()
+    assert registry.resolve_class("method", "bench.modules.SplitNetwork") is SplitNetwork  # an alias already imported
+    assert registry.resolve_class("method", "SplitNetwork") is SplitNetwork
+
+
+def test_records_never_choose_code(hostile):
+    from bench.leaderboard import generate_leaderboard
+    from tests.test_records import make_record
+    from bench.records import write_record
+
+    record = make_record()
+    record["method"]["class"] = "hostile_module_for_test.Evil"
+    record["config"] = {"model": {"class_path": "hostile_module_for_test.Evil", "init_args": {}},
+                        "evaluation": {"attacks": [{"class_path": "subprocess.run", "init_args": SHELL}]}}
+    write_record(record, hostile.parent / "records")
+    result = generate_leaderboard([hostile.parent / "records"], hostile.parent / "board")
+    assert result.rows == 1 and not hostile.exists()
+
+
+@pytest.mark.parametrize("hparams", [{"_class_path": "hostile_module_for_test.Evil"}, {"_class_path": "subprocess.run", **SHELL}])
+def test_ckpt_path_cannot_choose_the_model_class(hparams, hostile, capsys):
+    # LightningCLI turns the checkpoint's hyper_parameters._class_path into the model's class_path
+    path = _checkpoint(hostile.parent, hparams=hparams)
+    code, output = _run(["fit", "--trainer.logger", "false", "--trainer.max_epochs", "1", "--ckpt_path", str(path)], capsys)
+    assert code == 1 and "not a registered method" in _error_line(output)
+    assert not hostile.exists()
