@@ -340,14 +340,22 @@ def leaderboard_command(argv: list[str]) -> None:
 
     from bench.leaderboard import generate_leaderboard
 
-    parser = argparse.ArgumentParser(prog="bench leaderboard", description="Regenerate leaderboard tables and plots from result records.")
-    parser.add_argument("--records", nargs="+", default=["leaderboard/records"], help="record files or folders")
-    parser.add_argument("--out", default="leaderboard", help="output folder (README.md, leaderboard.csv, plots/)")
+    from bench.records import DEFAULT_LEADERBOARD_DIR, DEFAULT_RECORDS_DIR
+
+    parser = argparse.ArgumentParser(
+        prog="bench leaderboard", description="Regenerate leaderboard tables and plots from result records.",
+        epilog=f"Without arguments: your own results ({DEFAULT_RECORDS_DIR} -> {DEFAULT_LEADERBOARD_DIR}), where `bench fit` "
+               "writes them. The leaderboard shipped with the suite: `bench leaderboard --records leaderboard/records`.")
+    parser.add_argument("--records", nargs="+", default=[DEFAULT_RECORDS_DIR], help="record files or folders")
+    parser.add_argument("--out", default=None, help="output folder (README.md, leaderboard.csv, plots/); default: the "
+                                                    "folder holding the records folder (e.g. leaderboard for leaderboard/records)")
     args = parser.parse_args(argv)
     missing = [location for location in args.records if not Path(location).exists()]
     if missing:
-        raise BenchError(f"no records at {', '.join(missing)}; `bench fit` writes records to leaderboard/records by default")
-    result = generate_leaderboard(args.records, args.out)
+        raise BenchError(f"no records at {', '.join(missing)}; `bench fit` writes records to {DEFAULT_RECORDS_DIR} by default")
+    first = Path(args.records[0])
+    out = args.out or (first.parent if first.is_dir() and first.name == "records" else DEFAULT_LEADERBOARD_DIR)
+    result = generate_leaderboard(args.records, out)
     for file, problem in result.problems:
         print(f"bench: warning: skipped malformed record {file}: {problem}", file=sys.stderr)
     print(f"bench: leaderboard of {result.rows} rows written to {result.markdown} ({result.csv}, {len(result.plots)} plots)")

@@ -178,3 +178,106 @@ def test_ckpt_path_cannot_choose_the_model_class(hparams, hostile, capsys):
     code, output = _run(["fit", "--trainer.logger", "false", "--trainer.max_epochs", "1", "--ckpt_path", str(path)], capsys)
     assert code == 1 and "not a registered method" in _error_line(output)
     assert not hostile.exists()
+
+
+# ----------------------------------------------------------------------------- before the work, and only real results
+def _fit(tmp_path, *, datamodule=None, module=None, evaluation=None, **trainer_options):
+    """A tiny fit with the harness attached; returns (trainer, evaluation)."""
+    import lightning as L
+
+    from bench.callbacks import PrivacyEvaluation
+
+    datamodule = datamodule or Digits(pool_limit=24, batch_size=8)
+    module = module or SplitNetwork(data_spec=datamodule.spec)
+    evaluation = evaluation or PrivacyEvaluation(attacks=[], records_dir=str(tmp_path / "records"), leaderboard_dir=None)
+    options = dict(max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0)
+    trainer = L.Trainer(**{**options, **trainer_options}, callbacks=[evaluation])
+    trainer.fit(module, datamodule)
+    return trainer, evaluation
+
+
+@pytest.mark.parametrize("option", ["records_dir", "leaderboard_dir"])
+def test_an_unwritable_output_folder_fails_before_training(option, tmp_path):
+    from bench.callbacks import PrivacyEvaluation
+
+    (tmp_path / "a_file").write_text("not a folder")
+    folders = {"records_dir": str(tmp_path / "records"), "leaderboard_dir": str(tmp_path / "board"),
+               option: str(tmp_path / "a_file" / "out")}
+    module = SplitNetwork(data_spec=Digits(pool_limit=24).spec)
+    with pytest.raises(BenchError, match=f"--evaluation.{option} .* is not writable"):
+        _fit(tmp_path, module=module, evaluation=PrivacyEvaluation(attacks=[], **folders))
+    assert module.global_step == 0, "the check must come before training"
+
+
+@pytest.mark.parametrize("attacker_share, attacks, message", [
+    (0.001, [], "the harness cannot run on these pools: attacker pool 1 \\(needs 2\\)"),
+    (0.002, ["LossThreshold"], "attack loss_threshold cannot run on these pools: attacker pool 3 \\(needs 4\\)"),
+])
+def test_too_small_pools_fail_before_training(attacker_share, attacks, message, tmp_path):
+    from bench import registry
+    from bench.callbacks import PrivacyEvaluation
+
+    datamodule = Digits(batch_size=8, fractions={"train": 0.5, "val": 0.1, "test": 0.2, "nonmember": 0.1, "attacker": attacker_share})
+    module = SplitNetwork(data_spec=datamodule.spec)
+    evaluation = PrivacyEvaluation(attacks=[registry.attacks()[name]() for name in attacks],
+                                   records_dir=str(tmp_path / "records"), leaderboard_dir=None)
+    with pytest.raises(BenchError, match=message):
+        _fit(tmp_path, datamodule=datamodule, module=module, evaluation=evaluation)
+    assert module.global_step == 0
+
+
+def test_zero_epochs_is_refused_unless_asked(tmp_path):
+    from bench.callbacks import PrivacyEvaluation
+    from bench.records import load_records
+
+    with pytest.raises(BenchError, match="--trainer.max_epochs 0: the model would not train"):
+        _fit(tmp_path, max_epochs=0)
+    assert not list((tmp_path / "records").glob("*.json"))
+    evaluation = PrivacyEvaluation(attacks=[], records_dir=str(tmp_path / "records"), leaderboard_dir=None, allow_untrained=True)
+    _fit(tmp_path, max_epochs=0, evaluation=evaluation)
+    (record,) = load_records([tmp_path / "records"]).records
+    assert record["training"]["global_step"] == 0 and record["utility"]["degenerate"] is True
+
+
+def test_a_run_at_chance_level_is_marked_degenerate(tmp_path):
+    from bench.records import load_records
+
+    datamodule = Digits(pool_limit=24, batch_size=8)
+    _fit(tmp_path, datamodule=datamodule, module=SplitNetwork(data_spec=datamodule.spec, lr=1e-9))
+    (record,) = load_records([tmp_path / "records"]).records
+    labels = datamodule.pool("test").labels
+    assert record["utility"]["chance_accuracy"] == pytest.approx(labels.bincount().max().item() / len(labels))
+    assert record["utility"]["degenerate"] is True
+
+
+def test_the_chance_level_rule():
+    from bench.callbacks.privacy_evaluation import _chance_level
+
+    datamodule = Digits(pool_limit=100)  # ten balanced-ish classes: chance about 0.1-0.2, two standard errors above it
+    chance = _chance_level(0.5, datamodule, untrained=False)["chance_accuracy"]
+    margin = 2 * (chance * (1 - chance) / 100) ** 0.5
+    assert _chance_level(chance + margin + 0.01, datamodule, untrained=False)["degenerate"] is False
+    assert _chance_level(chance + margin - 0.01, datamodule, untrained=False)["degenerate"] is True
+    assert _chance_level(0.99, datamodule, untrained=True)["degenerate"] is True
+
+
+def test_a_bad_record_in_the_folder_never_costs_a_run_its_record_or_summary(tmp_path, capsys):
+    import json
+
+    from bench.callbacks import PrivacyEvaluation
+    from tests.test_records import make_record
+
+    records = tmp_path / "records"
+    records.mkdir()
+    bad = make_record()
+    bad["method"]["hparams"] = None
+    (records / "bad.json").write_text(json.dumps(bad))
+    (records / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    evaluation = PrivacyEvaluation(attacks=[], records_dir=str(records), leaderboard_dir=str(tmp_path / "board"))
+    _fit(tmp_path, evaluation=evaluation)
+    captured = capsys.readouterr()
+    assert evaluation.last_record_path.is_file()
+    assert "result record:" in captured.out and "leaderboard:" in captured.out
+    warnings = [line for line in captured.err.splitlines() if "skipped malformed record" in line]
+    assert len(warnings) == 2 and "method.hparams" in " ".join(warnings) and "nested too deeply" in " ".join(warnings)

@@ -44,6 +44,8 @@ class Attack:
     role: ClassVar[Role]
     #: capabilities a method must declare for this attack to apply (beyond the threat model)
     requires: ClassVar[tuple[Capability, ...]] = ()
+    #: the fewest samples per pool this attack can work with; the harness checks them before training starts
+    min_pool_sizes: ClassVar[dict[str, int]] = {}
     #: arguments that change how the attack reports, not what it measures (left out of records)
     presentation_args: ClassVar[tuple[str, ...]] = ("progress",)
 

@@ -91,6 +91,7 @@ class MembershipInference(Attack):
     metric_directions = DIRECTIONS
     primary_metric = "attack_accuracy"
     shadow_count = 1
+    min_pool_sizes = {"attacker": 4, "train": 1, "nonmember": 1}  # shadows train on halves of the attacker pool
 
     def __init__(self, shadow_epochs: int = 30, batch_size: int = 32, max_queries: Optional[int] = None,
                  query_batch_size: int = 512) -> None:
