@@ -9,6 +9,7 @@ what the suite has. Plain ``bench fit`` runs the quickstart.
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Optional, Sequence
 from bench.errors import BenchError, class_path
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+COMMANDS = (*LIGHTNING_SUBCOMMANDS, "evaluate", "leaderboard", "list", "sweep")
 DEFAULTS = Path(__file__).parent / "configs" / "defaults.yaml"
 QUICKSTART = Path(__file__).parent / "configs" / "quickstart.yaml"
 CHOOSERS = ("--config", "-c", "--model", "--data")
@@ -25,8 +27,14 @@ CKPT_PATH_KEYWORDS = ("last", "best", "hpc", "registry")  # --ckpt_path values L
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv
+    argv = [arg for arg in argv if arg != "--verbose"]
     try:
         command = argv[0] if argv else None
+        if command in ("-h", "--help", None):
+            print(HELP)
+            return
+        _check_config_files(argv)
         if command == "evaluate":
             evaluate_command(argv[1:])
         elif command == "leaderboard":
@@ -35,16 +43,131 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             list_command(argv[1:])
         elif command == "sweep":
             sweep_command(argv[1:])
-        elif command in LIGHTNING_SUBCOMMANDS or command in ("-h", "--help", "--version", None):
-            run_lightning_cli(_resolve_names(_with_quickstart(argv)) if argv else ["--help"])
+        elif command in LIGHTNING_SUBCOMMANDS or command == "--version":
+            run_lightning_cli(_resolve_names(_with_quickstart(argv)))
         else:
-            raise BenchError(f"unknown command '{command}'; commands: {', '.join(LIGHTNING_SUBCOMMANDS)}, evaluate, leaderboard, list, sweep")
+            close = difflib.get_close_matches(str(command), COMMANDS, n=1)
+            raise BenchError(f"unknown command '{command}'" + (f"; did you mean '{close[0]}'?" if close else "")
+                             + f" commands: {', '.join(COMMANDS)} (bench --help)")
     except Exception as error:
+        from jsonargparse import ArgumentError
+
         cause = _bench_error_in_chain(error)
+        if isinstance(error, ArgumentError) and cause is None:
+            message = str(error)
+            print(f"bench: error: {_summarize_argument_error(message)}" + ("" if verbose else " (--verbose: the full message)"),
+                  file=sys.stderr)
+            if verbose:
+                print(message, file=sys.stderr)
+            sys.exit(2)
         if cause is None:
             raise
         print(f"bench: error: {cause}", file=sys.stderr)
+        if verbose:
+            import traceback
+
+            traceback.print_exception(error)
         sys.exit(1)
+
+
+HELP = """usage: bench COMMAND [options]   (bench COMMAND --help for its options)
+
+Train, attack and compare privacy-preserving methods.
+
+commands:
+  fit          train a method (plain `bench fit`: the quickstart), then run the privacy harness and write a record
+  validate     validate a method on the val pool (--ckpt_path a checkpoint)
+  test         test a method on the test pool (--ckpt_path a checkpoint)
+  predict      predict on the test pool (--ckpt_path a checkpoint)
+  evaluate     run the privacy harness on a checkpoint written by `bench fit`
+  leaderboard  regenerate leaderboard tables, CSV and plots from result records
+  list         list the methods, DataModules, attacks, shipped configs and sweeps
+  sweep        run every point of a sweep, one `bench fit` each
+
+options:
+  -h, --help   this message
+  --verbose    on an error, the full parser message or traceback after the one-line summary
+
+Results go to runs/ (logs, checkpoints, W&B) and runs/leaderboard/ (records, your leaderboard); the shipped
+leaderboard (leaderboard/) changes only with --evaluation.records_dir leaderboard/records."""
+
+
+def _check_config_files(argv: list[str]) -> None:
+    """A --config file that is not valid YAML: one line naming the file, line and column (jsonargparse says "<unicode string>")."""
+    import yaml
+
+    from bench import registry
+
+    for index, arg in enumerate(argv):
+        key, has_value, value = arg.partition("=")
+        if key not in ("--config", "-c"):
+            continue
+        if not has_value:
+            if index + 1 >= len(argv):
+                continue
+            value = argv[index + 1]
+        path = Path(registry.resolve_config(value))
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise BenchError(f"{path}{where}: not valid YAML ({problem})") from None
+        except OSError as error:
+            raise BenchError(f"cannot read config {path}: {error.strerror or error}") from None
+
+
+def _summarize_argument_error(message: str) -> str:
+    """The one useful line of a jsonargparse error: what was wrong, where, and the closest valid names."""
+    import re
+
+    from bench import registry
+
+    key = re.search(r'Parser key "([^"]+)"', message)
+    option = re.search(r"Option '([^']+)' is not accepted", message)
+    given_class = re.search(r"Problem with given class_path '([^']+)'", message)
+    if option and given_class:
+        accepted = _init_arguments(given_class.group(1))
+        close = difflib.get_close_matches(option.group(1), accepted, n=3)
+        where = f"--{key.group(1)}.{option.group(1)}" if key else option.group(1)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        return (f"{where}: {given_class.group(1).rsplit('.', 1)[-1]} has no argument '{option.group(1)}'{hint} "
+                f"(its arguments: {', '.join(accepted)})")
+    bad_class = re.search(r"(?:Expected a dot import path string: |Import path |No module named |class_path[:=] ?)'?([\w.]+)'?", message)
+    if key and bad_class:
+        kind = {"model": "method", "data": "datamodule"}.get(key.group(1).split(".")[0], "attack")
+        table = {"method": registry.methods, "datamodule": registry.datamodules, "attack": registry.attacks}[kind]()
+        name = bad_class.group(1)
+        close = difflib.get_close_matches(name.rsplit(".", 1)[-1], list(table), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        return f"--{key.group(1)}: unknown {kind} class '{name}'{hint} (available: {', '.join(table)})"
+    unrecognized = re.search(r"[Uu]nrecognized arguments: (.*)", message)
+    if unrecognized:
+        return f"unrecognized arguments: {unrecognized.group(1).strip()} (bench COMMAND --help lists the options)"
+    expected = re.findall(r"Expected a <class '([\w.]+)'>", message)
+    given = re.search(r"Given value: (.*)", message)
+    if key and expected and given:
+        names = " or ".join("null" if name == "NoneType" else name.rsplit(".", 1)[-1] for name in expected)
+        return f"--{key.group(1)}: expected {names}, got {given.group(1).strip()!r}"
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[0] if lines else message
+
+
+def _init_arguments(dotted: str) -> list[str]:
+    """The init arguments of an already-imported class (nothing is imported here)."""
+    import inspect
+
+    module_name, _, name = dotted.rpartition(".")
+    cls = getattr(sys.modules.get(module_name), name, None)
+    if not isinstance(cls, type):
+        return []
+    names: list[str] = []
+    for klass in cls.__mro__:  # **kwargs reach the base classes' arguments
+        if "__init__" in klass.__dict__:
+            names += [p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "args", "kwargs")
+                      and p not in names and p != "data_spec"]
+    return names
 
 
 def _bench_error_in_chain(error: BaseException) -> Optional[BenchError]:
@@ -136,7 +259,10 @@ def run_lightning_cli(argv: list[str]):
                 if isinstance(callback, PrivacyEvaluation):
                     callback.run_config = _plain(self.config.get(self.subcommand, self.config))
 
-    default_config = {subcommand: {"default_config_files": [str(DEFAULTS)]} for subcommand in LIGHTNING_SUBCOMMANDS}
+    # exit_on_error off: a parser error is raised, and `main` prints its one useful line instead of 60 lines of usage
+    default_config = {"exit_on_error": False,
+                      **{subcommand: {"default_config_files": [str(DEFAULTS)], "exit_on_error": False}
+                         for subcommand in LIGHTNING_SUBCOMMANDS}}
     # LightningCLI reads sys.argv (DDP re-launches the same command line on the other ranks)
     saved_argv, sys.argv = sys.argv, [sys.argv[0] if sys.argv else "bench", *argv]
     try:
@@ -187,7 +313,8 @@ def evaluate_command(argv: list[str]) -> None:
     import bench.attacks  # noqa: F401
     from bench.callbacks.privacy_evaluation import PrivacyEvaluation
 
-    parser = ArgumentParser(prog="bench evaluate", description="Run the privacy harness on a checkpoint written by `bench fit`.")
+    parser = ArgumentParser(prog="bench evaluate", description="Run the privacy harness on a checkpoint written by `bench fit`.",
+                            exit_on_error=False)
     parser.add_argument("checkpoint", type=str, help="path of the .ckpt file")
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_class_arguments(PrivacyEvaluation, "evaluation")

@@ -281,3 +281,75 @@ def test_a_bad_record_in_the_folder_never_costs_a_run_its_record_or_summary(tmp_
     assert "result record:" in captured.out and "leaderboard:" in captured.out
     warnings = [line for line in captured.err.splitlines() if "skipped malformed record" in line]
     assert len(warnings) == 2 and "method.hparams" in " ".join(warnings) and "nested too deeply" in " ".join(warnings)
+
+
+# ----------------------------------------------------------------------------- every error is one line
+def _bad_inputs(tmp: Path) -> None:
+    import numpy as np
+
+    np.save(tmp / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    np.save(tmp / "labels.npy", np.arange(10) % 3)
+    np.save(tmp / "images.npy", np.zeros((10, 8, 8), dtype=np.uint8))
+    (tmp / "truncated.npy").write_bytes((tmp / "images.npy").read_bytes()[:100])
+    np.save(tmp / "float_labels.npy", np.linspace(0, 1, 10))
+    (tmp / "truncated.ckpt").write_bytes(b"PK\x03\x04 not a whole zip")
+    torch.save({"weights": torch.zeros(3)}, tmp / "plain.ckpt")  # a torch file, but not a Lightning checkpoint
+    torch.save({"state_dict": {}, "payload": _Payload(tmp / "pwned")}, tmp / "hostile.ckpt")
+    (tmp / "broken.yaml").write_text("model:\n  init_args:\n    lr: [0.1,\n")
+
+
+LOCAL = ["fit", "--data", "LocalFolder", "--data.data_dir", "{tmp}", "--trainer.logger", "false"]
+BAD_INPUT = {
+    ".npy of objects": ([*LOCAL, "--data.images", "objects.npy", "--data.labels", "labels.npy"], 1, "holds Python objects"),
+    "truncated .npy": ([*LOCAL, "--data.images", "truncated.npy", "--data.labels", "labels.npy"], 1, "truncated or not a .npy"),
+    "float labels": ([*LOCAL, "--data.images", "images.npy", "--data.labels", "float_labels.npy"], 1, "non-negative integers"),
+    "--ckpt_path missing": (["fit", "--trainer.logger", "false", "--ckpt_path", "{tmp}/missing.ckpt"], 1, "not found"),
+    "--ckpt_path truncated": (["fit", "--trainer.logger", "false", "--ckpt_path", "{tmp}/truncated.ckpt"], 1, "cannot read checkpoint"),
+    "--ckpt_path not Lightning": (["fit", "--trainer.logger", "false", "--ckpt_path", "{tmp}/plain.ckpt"], 1,
+                                  "not a Lightning checkpoint"),
+    "--ckpt_path hostile pickle": (["fit", "--trainer.logger", "false", "--ckpt_path", "{tmp}/hostile.ckpt"], 1, "refusing checkpoint"),
+    "--ckpt_path URL": (["fit", "--trainer.logger", "false", "--ckpt_path", "http://example.com/x.ckpt"], 1, "only local files"),
+    "evaluate hostile pickle": (["evaluate", "{tmp}/hostile.ckpt"], 1, "refusing checkpoint"),
+    "misspelled --model.lrr": (["fit", "--model.lrr", "0.1"], 2, "SplitNetwork has no argument 'lrr'; did you mean lr?"),
+    "misspelled RAN key": (["fit", "--model", "RAN", "--model.lamm", "0.1"], 2, "RAN has no argument 'lamm'; did you mean lam?"),
+    "unknown attack class": (["fit", "--evaluation.attacks", '[{"class_path": "FeatureInvertion"}]'], 2,
+                             "unknown attack class 'FeatureInvertion'; did you mean FeatureInversion"),
+    "wrong type": (["fit", "--trainer.max_epochs", "abc"], 2, "--trainer.max_epochs: expected int or null, got 'abc'"),
+    "unknown option": (["fit", "--trainer.maxepochs", "3"], 2, "unrecognized arguments: --trainer.maxepochs"),
+    "YAML syntax error": (["fit", "--config", "{tmp}/broken.yaml"], 1, "broken.yaml, line 4, column 1: not valid YAML"),
+    "zero epochs": (["fit", "--trainer.max_epochs", "0", "--trainer.logger", "false"], 1, "the model would not train"),
+    "attacker pool of 1": (["fit", "--data.fractions", '{"train": 0.5, "val": 0.1, "test": 0.2, "nonmember": 0.1, "attacker": 0.001}',
+                            "--trainer.logger", "false"], 1, "attacker pool 1 (needs 2)"),
+    "unwritable records_dir": (["fit", "--evaluation.records_dir", "{tmp}/images.npy/records", "--trainer.logger", "false"], 1,
+                               "--evaluation.records_dir {tmp}/images.npy/records is not writable"),
+    "misspelled command": (["fitt"], 1, "unknown command 'fitt'; did you mean 'fit'?"),
+}
+
+
+@pytest.mark.parametrize("args, code, message", list(BAD_INPUT.values()), ids=list(BAD_INPUT))
+def test_bad_input_is_one_line_before_any_work(args, code, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _bad_inputs(tmp_path)
+    exit_code, output = _run([arg.replace("{tmp}", str(tmp_path)) for arg in args], capsys)
+    assert exit_code == code, output[-3000:]
+    line = _error_line(output)
+    assert message.replace("{tmp}", str(tmp_path)) in line, line
+    assert len(output.strip().splitlines()) == 1, output[-3000:]  # nothing but that line
+    assert not (tmp_path / "pwned").exists() and not list(tmp_path.rglob("*.json"))
+    assert not list(tmp_path.rglob("*.ckpt*")) or all(p.parent == tmp_path for p in tmp_path.rglob("*.ckpt"))
+
+
+def test_verbose_adds_the_full_parser_message(capsys):
+    code, output = _run(["fit", "--model.lrr", "0.1", "--verbose"], capsys)
+    assert code == 2 and output.startswith("bench: error: --model.lrr") and "Does not validate" in output
+
+
+def test_help_lists_every_command(capsys):
+    from bench.cli import COMMANDS
+
+    for args in ([], ["--help"], ["-h"]):
+        code, output = _run(args, capsys)
+        assert code == 0
+        listed = [line.split()[0] for line in output.splitlines() if line.startswith("  ") and not line.strip().startswith("-")]
+        assert listed == list(COMMANDS)
+        assert set(COMMANDS) == {"fit", "validate", "test", "predict", "evaluate", "leaderboard", "list", "sweep"}
