@@ -223,11 +223,28 @@ def _resolve_names(argv: list[str]) -> list[str]:
     return resolved
 
 
+def _quiet_lightning() -> None:
+    """No adverts and no deprecation noise from the libraries under every run: the output is the run's."""
+    import logging
+    import warnings
+
+    def no_adverts(record: logging.LogRecord) -> bool:
+        return "💡 Tip" not in record.getMessage()
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(no_adverts)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
+
+
 def run_lightning_cli(argv: list[str]):
+    from lightning.pytorch.callbacks import ProgressBar
     from lightning.pytorch.cli import LightningCLI
 
     import bench.attacks  # noqa: F401  (attack classes become choosable by name)
+    from bench.callbacks.console import EpochLines, RunConfig
     from bench.callbacks.privacy_evaluation import PrivacyEvaluation
+
+    _quiet_lightning()
     from bench.datamodules.base import PrivacyDataModule
     from bench.modules.base import PrivacyModule
 
@@ -254,10 +271,34 @@ def run_lightning_cli(argv: list[str]):
                 kwargs["weights_only"] = True  # never unpickle objects from a checkpoint, whatever torch's default
             return kwargs
 
+        def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+            given = config.get("callbacks") or []
+            given = given if isinstance(given, list) else [given]
+            if (config.get("enable_progress_bar") is not False and not sys.stderr.isatty()
+                    and not any(isinstance(callback, ProgressBar) for callback in given)):
+                # a bar redraws with carriage returns: in a log file or CI, one line per epoch instead
+                config = {**config, "enable_progress_bar": False}
+                callbacks = [*callbacks, EpochLines()]
+            return super()._instantiate_trainer(config, callbacks)
+
         def before_fit(self) -> None:
+            checkpoint = self.trainer.checkpoint_callback
+            if checkpoint is not None and checkpoint.save_last is None:
+                checkpoint.save_last = True  # checkpoints/last.ckpt, to resume or evaluate without knowing the step
             for callback in self.trainer.callbacks:
                 if isinstance(callback, PrivacyEvaluation):
                     callback.run_config = _plain(self.config.get(self.subcommand, self.config))
+                    callback.defer_summary = True  # printed by after_fit, after W&B's own closing lines
+
+        def after_fit(self) -> None:
+            summaries = [callback.summary for callback in self.trainer.callbacks
+                         if isinstance(callback, PrivacyEvaluation) and callback.summary]
+            if summaries and self.trainer.is_global_zero:
+                import wandb
+
+                if wandb.run is not None:
+                    wandb.finish()  # its sync hint now, not after our summary at exit
+                print("\n".join(summaries), flush=True)
 
     # exit_on_error off: a parser error is raised, and `main` prints its one useful line instead of 60 lines of usage
     default_config = {"exit_on_error": False,
@@ -268,7 +309,8 @@ def run_lightning_cli(argv: list[str]):
     try:
         return BenchCLI(
             PrivacyModule, PrivacyDataModule, subclass_mode_model=True, subclass_mode_data=True,
-            seed_everything_default=0, save_config_kwargs={"overwrite": True}, parser_kwargs=default_config,
+            seed_everything_default=0, save_config_callback=RunConfig, save_config_kwargs={"overwrite": True},
+            parser_kwargs=default_config,
             auto_configure_optimizers=False,
         )
     finally:

@@ -36,12 +36,24 @@ def _run_in_process(args, capsys) -> tuple[int, str]:
 
 @pytest.mark.slow
 def test_fit_then_evaluate_then_leaderboard(tmp_path):
-    fit = _bench(["fit", *TINY], tmp_path)
+    fit = _bench(["fit", *TINY[:2], "--evaluation.attacks", TINY[-1]], tmp_path)  # the bar as configured: non-TTY
     assert fit.returncode == 0, fit.stderr[-3000:]
-    assert "result record: leaderboard/records/" in fit.stdout and "leaderboard: leaderboard/README.md" in fit.stdout
+    # the user's own results folder, not the shipped leaderboard: a clone stays clean
+    assert not (tmp_path / "leaderboard").exists()
+    assert "result record: runs/leaderboard/records/" in fit.stdout and "leaderboard: runs/leaderboard/README.md" in fit.stdout
     assert "W&B run:" in fit.stdout and list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
+    # a newcomer's log: one line per epoch and per attack, no adverts, no deprecation noise, the summary last
+    log = fit.stdout + fit.stderr
+    assert "\r" not in log and "Tip" not in log and "LeafSpec" not in log, log[-3000:]
+    assert [line for line in fit.stdout.splitlines() if line.startswith("bench: epoch ")][-1].startswith("bench: epoch 2/2:")
+    assert len([line for line in fit.stdout.splitlines() if line.startswith("bench: attack feature_inversion:")]) == 1
+    assert fit.stdout.rstrip().splitlines()[-1].startswith("  leaderboard: ") and "wandb sync" in fit.stderr + fit.stdout
+    assert len(log.splitlines()) < 60, log
+    (run,) = (tmp_path / "runs" / "bench").iterdir()  # the run's own folder: its config, its checkpoints, last.ckpt
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert not (tmp_path / "runs" / "config.yaml").exists()
 
-    first = load_records([tmp_path / "leaderboard" / "records"])
+    first = load_records([tmp_path / "runs" / "leaderboard" / "records"])
     assert first.problems == [] and len(first.records) == 1
     record = first.records[0]
     assert record["method"]["name"] == "SplitNetwork" and record["dataset"]["name"] == "digits"
@@ -49,11 +61,11 @@ def test_fit_then_evaluate_then_leaderboard(tmp_path):
     assert record["wandb"]["mode"] == "offline"
     assert Path(tmp_path, record["artifacts"]["feature_inversion_examples"]).is_file()
 
-    checkpoint = next((tmp_path / "runs").rglob("*.ckpt"))
+    checkpoint = next(path for path in (tmp_path / "runs").rglob("*.ckpt") if path.name != "last.ckpt")
     # without --evaluation.attacks the checkpoint is attacked exactly as its run was
     evaluated = _bench(["evaluate", str(checkpoint)], tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    second = load_records([tmp_path / "leaderboard" / "records"])
+    second = load_records([tmp_path / "runs" / "leaderboard" / "records"])
     assert len(second.records) == 2
     newest = max(second.records, key=lambda r: r["created"] + r["record_id"])
     by_id = {r["record_id"]: r for r in second.records}
@@ -67,12 +79,13 @@ def test_fit_then_evaluate_then_leaderboard(tmp_path):
     for key, value in older["privacy"][0]["metrics"].items():
         assert newest["privacy"][0]["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-6)
 
-    board = _bench(["leaderboard"], tmp_path)
+    board = _bench(["leaderboard"], tmp_path)  # by default: the user's records into the user's leaderboard
     assert board.returncode == 0, board.stderr
-    rows = list(csv.DictReader((tmp_path / "leaderboard" / "leaderboard.csv").open()))
+    assert not (tmp_path / "leaderboard").exists()
+    rows = list(csv.DictReader((tmp_path / "runs" / "leaderboard" / "leaderboard.csv").open()))
     # a re-evaluation of the same run (same seed) replaces its record in the table rather than posing as a second seed
     assert len(rows) == 1 and rows[0]["method"] == "DNN" and rows[0]["dataset"] == "digits" and rows[0]["seeds"] == "1"
-    markdown = (tmp_path / "leaderboard" / "README.md").read_text()
+    markdown = (tmp_path / "runs" / "leaderboard" / "README.md").read_text()
     assert "| DNN | lenet | 2 | 1 |" in markdown and "plots/feature_release__digits__feature_inversion.png" in markdown
 
 
@@ -81,7 +94,7 @@ def test_fit_with_ddp_from_the_command_line(tmp_path):
     run = _bench(["fit", *TINY, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
                   "--trainer.logger", "false"], tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    loaded = load_records([tmp_path / "leaderboard" / "records"])
+    loaded = load_records([tmp_path / "runs" / "leaderboard" / "records"])
     assert len(loaded.records) == 1, "exactly one record, written by rank 0"
     assert loaded.records[0]["config"]["trainer"]["strategy"] == "ddp"
 

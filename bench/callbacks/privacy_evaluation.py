@@ -63,6 +63,9 @@ class PrivacyEvaluation(Callback):
         #: the full run configuration; ``bench fit`` sets it from the parsed command line
         self.run_config: Optional[dict[str, Any]] = None
         self.last_record_path: Optional[Path] = None
+        #: the closing summary; `bench fit` prints it after the loggers' own closing lines (``defer_summary``)
+        self.summary: Optional[str] = None
+        self.defer_summary = False
         self._fit_started: Optional[float] = None
         self._log_dir: Optional[str] = None
         self._device: Optional[torch.device] = None
@@ -141,7 +144,12 @@ class PrivacyEvaluation(Callback):
                 raise BenchError("the checkpoint is of a model that took no optimizer step, and an untrained model is not "
                                  "a result; --evaluation.allow_untrained true evaluates it anyway")
             self.check_preconditions(module, datamodule)
-        evaluation = evaluate(module, datamodule, self.attacks, seed=self.seed)
+        attacks = default_attacks() if self.attacks is None else self.attacks
+        if not sys.stderr.isatty():  # a bar's redraws are one line each in a log: the harness prints a line per attack
+            for attack in attacks:
+                if getattr(attack, "progress", False):
+                    attack.progress = False
+        evaluation = evaluate(module, datamodule, attacks, seed=self.seed)
         evaluation.utility.update(_chance_level(evaluation.utility.get("accuracy"), datamodule, untrained))
         loggers = list(trainer.loggers) if trainer is not None else []
         wandb_logger = next((logger for logger in loggers if isinstance(logger, WandbLogger)), None)
@@ -158,7 +166,9 @@ class PrivacyEvaluation(Callback):
         self.last_record_path = path
         _log(loggers, evaluation, record, step=trainer.global_step if trainer is not None else 0)
         leaderboard = self._refresh_leaderboard() if self.leaderboard_dir is not None else None
-        _print_summary(record, path, leaderboard, self._log_dir if trainer is not None else None)
+        self.summary = _summary(record, path, leaderboard, self._log_dir if trainer is not None else None)
+        if not self.defer_summary:
+            print(self.summary, flush=True)  # only rank 0 gets here
         return record
 
 
@@ -293,7 +303,7 @@ def _log(loggers, evaluation: Evaluation, record: dict[str, Any], step: int) -> 
             logger.log_table(key="eval/result_record", columns=columns, data=[row])
 
 
-def _print_summary(record: dict[str, Any], path: Path, leaderboard: Optional[Path], log_dir: Optional[str]) -> None:
+def _summary(record: dict[str, Any], path: Path, leaderboard: Optional[Path], log_dir: Optional[str]) -> str:
     parts = [f"accuracy {record['utility']['accuracy']:.4f}"]
     for entry in record["privacy"]:
         parts.append(entry["attack"] + " " + " ".join(f"{k} {v:.4g}" for k, v in entry["metrics"].items() if v is not None))
@@ -310,4 +320,4 @@ def _print_summary(record: dict[str, Any], path: Path, leaderboard: Optional[Pat
     lines.append(f"  result record: {path}")
     if leaderboard is not None:
         lines.append(f"  leaderboard: {leaderboard}")
-    print("\n".join(lines), flush=True)  # only rank 0 gets here
+    return "\n".join(lines)
