@@ -259,15 +259,18 @@ def run_lightning_cli(argv: list[str]):
             # LightningCLI applies the checkpoint's hyper-parameters, class path included, to the model's config:
             # read the file safely first, and let it name only a registered method (nothing new is imported)
             ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
+            self._checkpoint_methods: list[type] = []
             if ckpt_path is not None and str(ckpt_path) not in CKPT_PATH_KEYWORDS:
-                _check_resume_checkpoint(str(ckpt_path))
+                self._checkpoint_methods = _check_resume_checkpoint(str(ckpt_path))
             super()._parse_ckpt_path()
 
         def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
             kwargs = super()._prepare_subcommand_kwargs(subcommand)
             if kwargs.get("ckpt_path") is not None:
-                if str(kwargs["ckpt_path"]) not in CKPT_PATH_KEYWORDS:
-                    _check_resume_checkpoint(str(kwargs["ckpt_path"]), self.model)
+                for method in getattr(self, "_checkpoint_methods", []):
+                    if not isinstance(self.model, method):
+                        raise BenchError(f"--ckpt_path {kwargs['ckpt_path']} was written by {class_path(method)}, "
+                                         f"but this run's --model is {class_path(self.model)}")
                 kwargs["weights_only"] = True  # never unpickle objects from a checkpoint, whatever torch's default
             return kwargs
 
@@ -317,8 +320,8 @@ def run_lightning_cli(argv: list[str]):
         sys.argv = saved_argv
 
 
-def _check_resume_checkpoint(path: str, model=None) -> None:
-    """``--ckpt_path`` must be a readable Lightning checkpoint of a registered method (of ``model``'s class), before any work."""
+def _check_resume_checkpoint(path: str) -> list[type]:
+    """``--ckpt_path`` must be a readable Lightning checkpoint naming only registered methods: those classes."""
     from bench import registry
 
     raw = read_checkpoint(path)
@@ -326,13 +329,13 @@ def _check_resume_checkpoint(path: str, model=None) -> None:
     info = raw.get("bench") if isinstance(raw.get("bench"), dict) else {}
     named = [value for value in ((hparams or {}).get("_class_path") if isinstance(hparams, dict) else None,
                                  info.get("method_class")) if value is not None]
+    methods = []
     for written in named:
         try:
-            cls = registry.resolve_class("method", written)
+            methods.append(registry.resolve_class("method", written))
         except BenchError as error:
             raise BenchError(f"--ckpt_path {path} names method class {written}: {error}") from None
-        if model is not None and not isinstance(model, cls):
-            raise BenchError(f"--ckpt_path {path} was written by {written}, but this run's --model is {class_path(model)}")
+    return methods
 
 
 def _plain(namespace: Any) -> Any:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
 from bench.records import load_records
+from helpers import run_bench
 
 TINY = ["--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
         "--evaluation.attacks", '[{"class_path": "FeatureInversion", "init_args": {"epochs": 2, "progress": false}}]']
@@ -22,16 +22,6 @@ def _bench(args, cwd, **env):
     environment = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **env}
     return subprocess.run([sys.executable, "-m", "bench.cli", *args], cwd=cwd, env=environment,
                           capture_output=True, text=True, timeout=300)
-
-
-def _run_in_process(args, capsys) -> tuple[int, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 @pytest.mark.slow
@@ -100,7 +90,7 @@ def test_fit_with_ddp_from_the_command_line(tmp_path):
 
 
 def test_list_shows_methods_datamodules_attacks_and_configs(capsys):
-    code, output = _run_in_process(["list"], capsys)
+    code, output = run_bench(["list"], capsys)
     assert code == 0
     for expected in ("SplitNetwork", "Digits", "MNIST", "LocalFolder", "FeatureInversion", "quickstart", "feature_release"):
         assert expected in output
@@ -116,7 +106,7 @@ def test_a_chosen_method_gets_its_own_defaults_not_the_quickstarts(args, capsys)
 
     from bench import registry
 
-    code, output = _run_in_process(["fit", *args, "--print_config"], capsys)
+    code, output = run_bench(["fit", *args, "--print_config"], capsys)
     assert code == 0, output
     config = yaml.safe_load(output)
     method = registry.lookup("method", config["model"]["class_path"])
@@ -129,19 +119,19 @@ def test_a_chosen_method_gets_its_own_defaults_not_the_quickstarts(args, capsys)
 
 
 def test_plain_fit_is_the_quickstart(capsys):
-    code, output = _run_in_process(["fit", "--print_config"], capsys)
+    code, output = run_bench(["fit", "--print_config"], capsys)
     assert code == 0
     assert "bench.modules.SplitNetwork" in output and "lr: 0.003" in output and "epochs: 200" in output
 
 
 def test_shipped_configs_are_found_by_name(capsys):
-    code, output = _run_in_process(["fit", "--config", "quickstart", "--print_config"], capsys)
+    code, output = run_bench(["fit", "--config", "quickstart", "--print_config"], capsys)
     assert code == 0
     assert "bench.modules.SplitNetwork" in output and "bench.datamodules.Digits" in output
 
 
 def test_model_and_data_by_short_name(capsys):
-    code, output = _run_in_process(["fit", "--model", "SplitNetwork", "--data", "Digits", "--print_config"], capsys)
+    code, output = run_bench(["fit", "--model", "SplitNetwork", "--data", "Digits", "--print_config"], capsys)
     assert code == 0 and "class_path: bench.modules.split_network.SplitNetwork" in output
 
 
@@ -162,7 +152,7 @@ def test_model_and_data_by_short_name(capsys):
 def test_bad_input_gets_one_clear_line_and_no_record(args, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "corrupt.ckpt").write_bytes(b"PK\x03\x04 definitely not a checkpoint")
-    code, output = _run_in_process([arg.replace("{tmp}", str(tmp_path)) for arg in args], capsys)
+    code, output = run_bench([arg.replace("{tmp}", str(tmp_path)) for arg in args], capsys)
     assert code == 1
     errors = [line for line in output.splitlines() if line.startswith("bench: error:")]
     assert len(errors) == 1 and message in errors[0], output[-2000:]
@@ -172,7 +162,7 @@ def test_bad_input_gets_one_clear_line_and_no_record(args, message, tmp_path, ca
 
 def test_misspelled_config_key_is_rejected(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, output = _run_in_process(["fit", "--model.learning_rate", "0.1"], capsys)
+    code, output = run_bench(["fit", "--model.learning_rate", "0.1"], capsys)
     assert code != 0 and "learning_rate" in output
     assert not list(tmp_path.rglob("*.json"))
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import pickle
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from bench.cli import main
 from bench.datamodules import Digits
 from bench.errors import BenchError
 from bench.modules import SplitNetwork
+from helpers import run_bench
 
 # a module whose import alone leaves the marker: naming it in a file must not be enough to import it
 HOSTILE_MODULE = """
@@ -36,16 +35,6 @@ class _Payload:
 
     def __reduce__(self):
         return subprocess.run, (["touch", str(self.marker)],)
-
-
-def _run(args, capsys) -> tuple[int, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 def _error_line(output: str) -> str:
@@ -98,7 +87,7 @@ EVALUATE = ["--evaluation.attacks", "[]", "--evaluation.leaderboard_dir", "null"
         "method=new module", "abstract base"])
 def test_evaluate_builds_only_registered_classes(route, hostile, capsys):
     path = _checkpoint(hostile.parent, **route)
-    code, output = _run(["evaluate", str(path), *EVALUATE], capsys)
+    code, output = run_bench(["evaluate", str(path), *EVALUATE], capsys)
     assert code == 1
     assert "not a registered" in _error_line(output)
     assert not hostile.exists(), "a class named by the checkpoint was imported or called"
@@ -111,7 +100,7 @@ def test_evaluate_builds_only_registered_classes(route, hostile, capsys):
 ], ids=["subprocess.run", "new module", "function of a new module"])
 def test_evaluate_attacks_only_with_registered_attacks_named_by_the_checkpoint(attack, hostile, capsys):
     path = _checkpoint(hostile.parent, run_config={"evaluation": {"attacks": [attack]}})
-    code, output = _run(["evaluate", str(path), "--evaluation.leaderboard_dir", "null", "--device", "cpu"], capsys)
+    code, output = run_bench(["evaluate", str(path), "--evaluation.leaderboard_dir", "null", "--device", "cpu"], capsys)
     assert code == 1
     assert "run_config.evaluation.attacks[0]" in _error_line(output) and "not a registered attack" in output
     assert not hostile.exists()
@@ -120,7 +109,7 @@ def test_evaluate_attacks_only_with_registered_attacks_named_by_the_checkpoint(a
 def test_evaluate_ignores_an_instantiator_named_by_the_checkpoint(hostile, capsys):
     # Lightning's load_from_checkpoint imports and calls hyper_parameters["_instantiator"]
     path = _checkpoint(hostile.parent, hparams={"_instantiator": "hostile_module_for_test.run"})
-    code, output = _run(["evaluate", str(path), *EVALUATE, "--evaluation.records_dir", "records"], capsys)
+    code, output = run_bench(["evaluate", str(path), *EVALUATE, "--evaluation.records_dir", "records"], capsys)
     assert code == 0, output[-3000:]
     assert not hostile.exists()
     assert len(list((hostile.parent / "records").glob("*.json"))) == 1
@@ -128,7 +117,7 @@ def test_evaluate_ignores_an_instantiator_named_by_the_checkpoint(hostile, capsy
 
 def test_a_user_named_method_class_is_imported_and_must_be_a_privacy_module(hostile, capsys):
     path = _checkpoint(hostile.parent)
-    code, output = _run(["evaluate", str(path), *EVALUATE, "--model", "collections.OrderedDict"], capsys)
+    code, output = run_bench(["evaluate", str(path), *EVALUATE, "--model", "collections.OrderedDict"], capsys)
     assert code == 1 and "not a PrivacyModule subclass" in _error_line(output)
 
 
@@ -138,11 +127,11 @@ def test_ckpt_path_never_unpickles_objects(subcommand, hostile, capsys, monkeypa
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     path = hostile.parent / "hostile.ckpt"
     torch.save({"state_dict": {}, "payload": _Payload(hostile)}, path)
-    code, output = _run([subcommand, "--trainer.logger", "false", "--trainer.max_epochs", "1", "--ckpt_path", str(path)], capsys)
+    code, output = run_bench([subcommand, "--trainer.logger", "false", "--trainer.max_epochs", "1", "--ckpt_path", str(path)], capsys)
     assert code == 1
     assert "refusing checkpoint" in _error_line(output)
     assert not hostile.exists()
-    code, output = _run(["evaluate", str(path)], capsys)
+    code, output = run_bench(["evaluate", str(path)], capsys)
     assert code == 1 and "refusing checkpoint" in _error_line(output)
     assert not hostile.exists()
 
@@ -159,7 +148,7 @@ def test_the_registry_never_imports_a_path_it_was_not_allowed_to(hostile):
 
 def test_records_never_choose_code(hostile):
     from bench.leaderboard import generate_leaderboard
-    from tests.test_records import make_record
+    from test_records import make_record
     from bench.records import write_record
 
     record = make_record()
@@ -175,7 +164,7 @@ def test_records_never_choose_code(hostile):
 def test_ckpt_path_cannot_choose_the_model_class(hparams, hostile, capsys):
     # LightningCLI turns the checkpoint's hyper_parameters._class_path into the model's class_path
     path = _checkpoint(hostile.parent, hparams=hparams)
-    code, output = _run(["fit", "--trainer.logger", "false", "--trainer.max_epochs", "1", "--ckpt_path", str(path)], capsys)
+    code, output = run_bench(["fit", "--trainer.logger", "false", "--trainer.max_epochs", "1", "--ckpt_path", str(path)], capsys)
     assert code == 1 and "not a registered method" in _error_line(output)
     assert not hostile.exists()
 
@@ -266,7 +255,7 @@ def test_a_bad_record_in_the_folder_never_costs_a_run_its_record_or_summary(tmp_
     import json
 
     from bench.callbacks import PrivacyEvaluation
-    from tests.test_records import make_record
+    from test_records import make_record
 
     records = tmp_path / "records"
     records.mkdir()
@@ -296,6 +285,7 @@ def _bad_inputs(tmp: Path) -> None:
     torch.save({"weights": torch.zeros(3)}, tmp / "plain.ckpt")  # a torch file, but not a Lightning checkpoint
     torch.save({"state_dict": {}, "payload": _Payload(tmp / "pwned")}, tmp / "hostile.ckpt")
     (tmp / "broken.yaml").write_text("model:\n  init_args:\n    lr: [0.1,\n")
+    _checkpoint(tmp)  # model.ckpt, of a SplitNetwork
 
 
 LOCAL = ["fit", "--data", "LocalFolder", "--data.data_dir", "{tmp}", "--trainer.logger", "false"]
@@ -309,6 +299,9 @@ BAD_INPUT = {
                                   "not a Lightning checkpoint"),
     "--ckpt_path hostile pickle": (["fit", "--trainer.logger", "false", "--ckpt_path", "{tmp}/hostile.ckpt"], 1, "refusing checkpoint"),
     "--ckpt_path URL": (["fit", "--trainer.logger", "false", "--ckpt_path", "http://example.com/x.ckpt"], 1, "only local files"),
+    "--ckpt_path of another method": (["fit", "--model", "RAN", "--trainer.logger", "false", "--ckpt_path", "{tmp}/model.ckpt"], 1,
+                                      "was written by bench.modules.split_network.SplitNetwork, but this run's --model is "
+                                      "bench.modules.ran.RAN"),
     "evaluate hostile pickle": (["evaluate", "{tmp}/hostile.ckpt"], 1, "refusing checkpoint"),
     "misspelled --model.lrr": (["fit", "--model.lrr", "0.1"], 2, "SplitNetwork has no argument 'lrr'; did you mean lr?"),
     "misspelled RAN key": (["fit", "--model", "RAN", "--model.lamm", "0.1"], 2, "RAN has no argument 'lamm'; did you mean lam?"),
@@ -330,7 +323,7 @@ BAD_INPUT = {
 def test_bad_input_is_one_line_before_any_work(args, code, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _bad_inputs(tmp_path)
-    exit_code, output = _run([arg.replace("{tmp}", str(tmp_path)) for arg in args], capsys)
+    exit_code, output = run_bench([arg.replace("{tmp}", str(tmp_path)) for arg in args], capsys)
     assert exit_code == code, output[-3000:]
     line = _error_line(output)
     assert message.replace("{tmp}", str(tmp_path)) in line, line
@@ -340,7 +333,7 @@ def test_bad_input_is_one_line_before_any_work(args, code, message, tmp_path, ca
 
 
 def test_verbose_adds_the_full_parser_message(capsys):
-    code, output = _run(["fit", "--model.lrr", "0.1", "--verbose"], capsys)
+    code, output = run_bench(["fit", "--model.lrr", "0.1", "--verbose"], capsys)
     assert code == 2 and output.startswith("bench: error: --model.lrr") and "Does not validate" in output
 
 
@@ -348,7 +341,7 @@ def test_help_lists_every_command(capsys):
     from bench.cli import COMMANDS
 
     for args in ([], ["--help"], ["-h"]):
-        code, output = _run(args, capsys)
+        code, output = run_bench(args, capsys)
         assert code == 0
         listed = [line.split()[0] for line in output.splitlines() if line.startswith("  ") and not line.strip().startswith("-")]
         assert listed == list(COMMANDS)
