@@ -248,6 +248,8 @@ def run_lightning_cli(argv: list[str]):
     from bench.datamodules.base import PrivacyDataModule
     from bench.modules.base import PrivacyModule
 
+    from bench import registry
+
     class BenchCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_lightning_class_args(PrivacyEvaluation, "evaluation")
@@ -262,6 +264,15 @@ def run_lightning_cli(argv: list[str]):
             self._checkpoint_methods: list[type] = []
             if ckpt_path is not None and str(ckpt_path) not in CKPT_PATH_KEYWORDS:
                 self._checkpoint_methods = _check_resume_checkpoint(str(ckpt_path))
+                configured = getattr(self.config[self.config.subcommand].get("model"), "class_path", None)
+                try:  # jsonargparse imported the configured class already
+                    configured_class = registry.resolve_class("method", configured) if isinstance(configured, str) else None
+                except BenchError:
+                    configured_class = None
+                for method in self._checkpoint_methods:  # before Lightning applies its hyper-parameters to --model
+                    if configured_class is not None and not issubclass(configured_class, method):
+                        raise BenchError(f"--ckpt_path {ckpt_path} was written by {class_path(method)}, but this run's "
+                                         f"--model is {configured}")
             super()._parse_ckpt_path()
 
         def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:

@@ -346,3 +346,16 @@ def test_help_lists_every_command(capsys):
         listed = [line.split()[0] for line in output.splitlines() if line.startswith("  ") and not line.strip().startswith("-")]
         assert listed == list(COMMANDS)
         assert set(COMMANDS) == {"fit", "validate", "test", "predict", "evaluate", "leaderboard", "list", "sweep"}
+
+
+def test_a_checkpoint_written_by_bench_fit_resumes_through_the_command_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    quick = ["fit", "--trainer.logger", "false", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+             "--data.pool_limit", "24", "--evaluation.enabled", "false"]
+    code, output = run_bench([*quick, "--trainer.max_epochs", "1"], capsys)
+    assert code == 0, output[-3000:]
+    last = tmp_path / "runs" / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    code, output = run_bench([*quick, "--trainer.max_epochs", "2", "--ckpt_path", str(last)], capsys)
+    assert code == 0, output[-3000:]
+    assert torch.load(last, weights_only=True)["epoch"] == 1
