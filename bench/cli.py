@@ -241,14 +241,13 @@ def run_lightning_cli(argv: list[str]):
     from lightning.pytorch.cli import LightningCLI
 
     import bench.attacks  # noqa: F401  (attack classes become choosable by name)
+    from bench import registry
     from bench.callbacks.console import EpochLines, RunConfig
     from bench.callbacks.privacy_evaluation import PrivacyEvaluation
-
-    _quiet_lightning()
     from bench.datamodules.base import PrivacyDataModule
     from bench.modules.base import PrivacyModule
 
-    from bench import registry
+    _quiet_lightning()
 
     class BenchCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:

@@ -56,10 +56,10 @@ def test_tiny_sweep_fills_the_leaderboard_with_the_trade_off(tmp_path):
                           "--data.pool_limit", "96", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
                           "--evaluation.attacks", attacks], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    rows = list(csv.DictReader((tmp_path / "leaderboard" / "leaderboard.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "runs" / "leaderboard" / "leaderboard.csv").open()))
     methods = {row["method"] for row in rows}
     assert methods == {"DNN", "RAN (lam=0.1)", "RAN (lam=0.9)", "Noisy (noise_factor=0.5)", "DNN(resized) (noise_factor=0.5)"}
     # RAN's own decoder is reported beside the separately trained one
     ran = next(row for row in rows if row["method"] == "RAN (lam=0.1)")
     assert ran["own_decoder.mse_mean"] and ran["feature_inversion.mse_mean"]
-    assert (tmp_path / "leaderboard" / "plots" / "feature_release__digits__feature_inversion.png").is_file()
+    assert (tmp_path / "runs" / "leaderboard" / "plots" / "feature_release__digits__feature_inversion.png").is_file()
