@@ -436,10 +436,14 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     try:
         raw = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise BenchError(f"refusing checkpoint {path}: it holds objects other than tensors and plain data "
-                         f"({str(error).splitlines()[0][:160]}); bench loads only weights_only checkpoints") from error
+        import re
+
+        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        what = f"it would call {unsafe.group(1)}" if unsafe else "it holds objects other than tensors and plain data"
+        raise BenchError(f"refusing checkpoint {path}: {what} when unpickled; bench loads only weights_only checkpoints") from error
     except Exception as error:  # torch raises many types for truncated or foreign files
-        raise BenchError(f"cannot read checkpoint {path} ({type(error).__name__}: {str(error).splitlines()[0][:160]}); "
+        first = str(error).splitlines()[0].split(". ")[0][:160] if str(error) else ""
+        raise BenchError(f"cannot read checkpoint {path} ({type(error).__name__}: {first}); "
                          "is it a complete .ckpt written by `bench fit`?") from error
     if not isinstance(raw, dict) or not isinstance(raw.get("state_dict"), dict):
         raise BenchError(f"{path} is not a Lightning checkpoint (no state_dict); give a .ckpt written by `bench fit`")
