@@ -111,8 +111,11 @@ def _evaluate(module, datamodule, attacks, seed, was_training, started, clock) -
                                     "class": class_path(attack), "reason": reason})
                 continue
             generator = torch.Generator().manual_seed(seed)
+            attack_clock = time.perf_counter()
             with torch.inference_mode(False), torch.enable_grad():
                 result = attack.run(module, datamodule, generator)
+            shown = ", ".join(f"{key} {value:.4g}" for key, value in result.metrics.items() if isinstance(value, (int, float)))
+            print(f"bench: attack {attack.name}: {shown} ({time.perf_counter() - attack_clock:.1f} s)", flush=True)
             privacy.append({"attack": attack.name, "threat_model": attack.threat_model.value,
                             "role": attack.role.value, "class": class_path(attack),
                             "config": attack.config(), "metrics": result.metrics,

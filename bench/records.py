@@ -45,6 +45,14 @@ from pathlib import Path
 from typing import Any, Iterable
 
 SCHEMA_VERSION = 1
+#: the versions this bench reads (version 0 never existed in a release: a record saying so is not ours)
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+#: where a user's records and leaderboard go unless told otherwise: their own results, not the suite's shipped
+#: leaderboard (``leaderboard/records``, which changes only when a run or ``bench leaderboard`` is pointed at it)
+DEFAULT_RECORDS_DIR = "runs/leaderboard/records"
+DEFAULT_LEADERBOARD_DIR = "runs/leaderboard"
+#: records are a few tens of kB; a file much larger than any record is refused before it is parsed
+MAX_RECORD_BYTES = 16 * 2**20
 
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "schema_version": int,
@@ -73,37 +81,79 @@ def utc_now() -> str:
 
 
 def validate_record(record: Any) -> None:
-    """Raise :class:`RecordError` saying what is wrong with ``record``."""
+    """Raise :class:`RecordError` saying what is wrong with ``record``.
+
+    Every field the leaderboard reads is checked for its type, not only its presence, so that one
+    malformed record is reported and skipped instead of breaking the leaderboard (and every later run).
+    """
+    try:
+        _validate(record)
+    except RecursionError:  # a structure nested too deeply to walk
+        raise RecordError("nested too deeply") from None
+
+
+def _validate(record: Any) -> None:
     if not isinstance(record, dict):
         raise RecordError(f"a record is a JSON object, got {type(record).__name__}")
     for key, kind in _REQUIRED.items():
         if key not in record:
             raise RecordError(f"missing key '{key}'")
-        if not isinstance(record[key], kind):
+        if not isinstance(record[key], kind) or isinstance(record[key], bool):
             raise RecordError(f"'{key}' must be {getattr(kind, '__name__', kind)}, got {type(record[key]).__name__}")
-    if record["schema_version"] > SCHEMA_VERSION:
-        raise RecordError(f"schema version {record['schema_version']} is newer than this bench ({SCHEMA_VERSION}); upgrade bench")
+    version = record["schema_version"]
+    if version > SCHEMA_VERSION:
+        raise RecordError(f"schema version {version} is newer than this bench ({SCHEMA_VERSION}); upgrade bench")
+    if version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise RecordError(f"schema version {version} is not supported (this bench reads {sorted(SUPPORTED_SCHEMA_VERSIONS)})")
+    method, dataset = record["method"], record["dataset"]
     for key in ("name", "label"):
-        if not isinstance(record["method"].get(key), str):
-            raise RecordError(f"method.{key} must be a string")
-    if not isinstance(record["dataset"].get("name"), str):
-        raise RecordError("dataset.name must be a string")
+        _expect(method.get(key), str, f"method.{key}")
+    _expect(method.get("hparams", {}), dict, "method.hparams")
+    _expect(dataset.get("name"), str, "dataset.name")
+    for key, section in (("seed", record), ("seed", dataset)):
+        _expect(section.get(key), (int, type(None)), "seed" if section is record else "dataset.seed")
+    _expect(record.get("training"), (dict, type(None)), "training")
+    for key in ("epochs", "global_step", "world_size"):
+        _expect((record.get("training") or {}).get(key), (int, type(None)), f"training.{key}")
+    for key in ("model", "data", "trainer", "evaluation"):
+        _expect(record["config"].get(key), (dict, type(None)), f"config.{key}")
+    for key in ("model", "data"):
+        init_args = (record["config"].get(key) or {}).get("init_args")
+        _expect(init_args, (dict, type(None)), f"config.{key}.init_args")
+    paper = record.get("paper")
+    _expect(paper, (dict, type(None)), "paper")
+    _expect((paper or {}).get("source"), (str, type(None)), "paper.source")
     for section in ("utility", "cost"):
         _check_numbers(record[section], section)
+    _expect(record["utility"].get("accuracy"), (int, float, type(None)), "utility.accuracy")
+    _expect(record["utility"].get("degenerate", False), bool, "utility.degenerate")
+    _expect(record.get("artifacts", {}), dict, "artifacts")
     for index, entry in enumerate(record["privacy"]):
+        where = f"privacy[{index}]"
         if not isinstance(entry, dict):
-            raise RecordError(f"privacy[{index}] must be an object")
+            raise RecordError(f"{where} must be an object")
         for key in ("attack", "threat_model", "metrics", "directions"):
             if key not in entry:
-                raise RecordError(f"privacy[{index}] is missing '{key}'")
-        _check_numbers(entry["metrics"], f"privacy[{index}].metrics")
+                raise RecordError(f"{where} is missing '{key}'")
+        for key in ("attack", "threat_model"):
+            _expect(entry[key], str, f"{where}.{key}")
+        _expect(entry.get("primary_metric"), (str, type(None)), f"{where}.primary_metric")
+        _expect(entry.get("config"), (dict, type(None)), f"{where}.config")
+        _check_numbers(entry["metrics"], f"{where}.metrics")
         if entry.get("role", "adversary") not in ("adversary", "diagnostic"):
-            raise RecordError(f"privacy[{index}].role must be 'adversary' or 'diagnostic', got {entry.get('role')!r}")
+            raise RecordError(f"{where}.role must be 'adversary' or 'diagnostic', got {entry.get('role')!r}")
         if not isinstance(entry["directions"], dict):
-            raise RecordError(f"privacy[{index}].directions must be an object, got {type(entry['directions']).__name__}")
+            raise RecordError(f"{where}.directions must be an object, got {type(entry['directions']).__name__}")
         bad = {m: d for m, d in entry["directions"].items() if d not in ("higher", "lower")}
         if bad:
-            raise RecordError(f"privacy[{index}].directions must be 'higher' or 'lower', got {bad}")
+            raise RecordError(f"{where}.directions must be 'higher' or 'lower', got {bad}")
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> None:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise RecordError(f"{where} must be {names}, got {type(value).__name__}")
 
 
 def _check_numbers(values: Any, where: str) -> None:
@@ -112,6 +162,8 @@ def _check_numbers(values: Any, where: str) -> None:
     for key, value in values.items():
         if value is not None and not isinstance(value, (int, float)):
             raise RecordError(f"{where}.{key} must be a number or null, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RecordError(f"{where}.{key} must be finite, got {value}")
 
 
 def _json_default(value: Any) -> Any:
@@ -163,6 +215,26 @@ def write_record(record: dict[str, Any], directory: str | Path) -> Path:
     return path
 
 
+def read_record(file: str | Path) -> dict[str, Any]:
+    """One record file, parsed and validated; any problem is a :class:`RecordError` of one line."""
+    file = Path(file)
+    try:
+        size = file.stat().st_size
+        if size > MAX_RECORD_BYTES:
+            raise RecordError(f"{size / 2**20:.0f} MiB is larger than any record ({MAX_RECORD_BYTES // 2**20} MiB at most)")
+        record = json.loads(file.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+    except RecursionError:
+        raise RecordError("nested too deeply") from None
+    except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise RecordError(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
+    validate_record(record)
+    return record
+
+
+def _reject_constant(name: str) -> Any:
+    raise RecordError(f"{name} is not a number a record may hold (JSON has no NaN or Infinity; bench writes null)")
+
+
 @dataclass
 class LoadedRecords:
     records: list[dict[str, Any]]
@@ -181,9 +253,8 @@ def load_records(paths: Iterable[str | Path]) -> LoadedRecords:
     loaded = LoadedRecords([], [], [])
     for file in files:
         try:
-            record = json.loads(file.read_text())
-            validate_record(record)
-        except (OSError, json.JSONDecodeError, RecordError, UnicodeDecodeError) as error:
+            record = read_record(file)
+        except RecordError as error:
             loaded.problems.append((file, str(error)))
             continue
         loaded.records.append(record)

@@ -138,6 +138,8 @@ def resolve_class(kind: str, name: str, allow_import: bool = False) -> type:
     Names read from checkpoints or records must not choose code to import: they resolve without it.
     """
     base, table = _bases()[kind]
+    if not isinstance(name, str) or not name:
+        raise BenchError(f"a {kind} class must be named by a non-empty string, got {name!r}")
     if name in table:
         return table[name]
     module_name, _, attribute = name.rpartition(".")
@@ -146,8 +148,10 @@ def resolve_class(kind: str, name: str, allow_import: bool = False) -> type:
     if isinstance(found, type) and found in table.values():
         return found
     if not (module_name and allow_import):
-        hint = f"; a {kind} of your own package is given by its dotted path on the command line" if kind == "method" else ""
-        raise BenchError(f"unknown {kind} '{name}'; available: {', '.join(table)} (see `bench list`){hint}")
+        hint = ("; a checkpoint or record may only name those: a class of your own package is given by its dotted "
+                "path on the command line (--model/--data pkg.Class), which imports it") if module_name else ""
+        raise BenchError(f"unknown {kind} '{name}': not a registered {kind} of this bench; available: {', '.join(table)} "
+                         f"(see `bench list`){hint}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:

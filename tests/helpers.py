@@ -41,3 +41,16 @@ class StepRecorder:
         changed = frozenset(part for part, net in parts.items()
                             if any(not torch.equal(a, b) for a, b in zip(before[part], net.parameters())))
         self.steps.append((name, changed))
+
+
+def run_bench(args, capsys) -> tuple[int, str]:
+    """``bench ARGS`` in this process: (exit code, everything printed)."""
+    from bench.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err

@@ -166,6 +166,6 @@ def test_mnist_shared_config_runs_tiny(tmp_path, monkeypatch):
     main(["fit", "--config", "dnn/mnist_shared", "--data.data_dir", str(SHARED_MNIST), "--data.pool_limit", "256",
           "--trainer.max_epochs", "1", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
           "--evaluation.attacks", '[{"class_path": "FeatureInversion", "init_args": {"epochs": 1, "progress": false}}]'])
-    record = load_records([tmp_path / "leaderboard" / "records"]).records[0]
+    record = load_records([tmp_path / "runs" / "leaderboard" / "records"]).records[0]
     assert record["dataset"]["name"] == "mnist_t10k" and record["dataset"]["spec"]["image_shape"] == [1, 28, 28]
     assert record["privacy"][0]["config"]["decoder"] == "mirror"

@@ -225,7 +225,7 @@ def test_tiny_config_trains_and_records_every_attack(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", "dcmg/tiny_dcmgn", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"])
-    record = load_records([tmp_path / "leaderboard" / "records"]).records[0]
+    record = load_records([tmp_path / "runs" / "leaderboard" / "records"]).records[0]
     assert record["method"]["label"] == "DCMG-N (measurement_rate=0.25)"
     assert record["utility"]["accuracy"] > 0.3  # ten classes: chance is 0.1
     attacks = {entry["attack"]: entry["metrics"] for entry in record["privacy"]}

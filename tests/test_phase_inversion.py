@@ -125,7 +125,7 @@ def test_tiny_config_runs_both_inversion_strategies(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", "complex/tiny", "--data.pool_limit", "96", "--trainer.max_epochs", "1", "--trainer.logger", "false",
           "--trainer.enable_progress_bar", "false", "--evaluation.leaderboard_dir", "null"])
-    record = load_records([tmp_path / "leaderboard" / "records"]).records[0]
+    record = load_records([tmp_path / "runs" / "leaderboard" / "records"]).records[0]
     assert record["method"]["name"] == "ComplexNet"
     entries = {entry["attack"]: entry for entry in record["privacy"]}
     assert set(entries) == {"feature_inversion", "phase_inversion"}

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.records import (
+    MAX_RECORD_BYTES,
     SCHEMA_VERSION,
     RecordError,
     load_records,
@@ -160,6 +161,25 @@ INVALID = {
     "privacy entry without metrics": _privacy_missing("metrics"),
     "privacy entry without directions": _privacy_missing("directions"),
     "privacy entry without attack": _privacy_missing("attack"),
+    # every field the leaderboard reads has its type checked, not only its presence
+    "schema version 0": make_record(schema_version=0),
+    "schema version true": make_record(schema_version=True),
+    "method.hparams null": make_record(method={**make_record()["method"], "hparams": None}),
+    "method.hparams a list": make_record(method={**make_record()["method"], "hparams": [1]}),
+    "seed a list": make_record(seed=[0]),
+    "dataset.seed a dict": make_record(dataset={**make_record()["dataset"], "seed": {"a": 1}}),
+    "training a string": make_record(training="yes"),
+    "training.epochs a string": make_record(training={"epochs": "2"}),
+    "config.data a list": make_record(config={"data": [1]}),
+    "config.data.init_args a string": make_record(config={"data": {"init_args": "x"}}),
+    "paper a list": make_record(paper=[0.9]),
+    "paper.source a number": make_record(paper={"accuracy": 0.9, "source": 3}),
+    "degenerate a string": make_record(utility={"accuracy": 0.1, "degenerate": "yes"}),
+    "attack name a number": _privacy(attack=3),
+    "threat model null": _privacy(threat_model=None),
+    "attack config a list": _privacy(config=[1]),
+    "primary metric a list": _privacy(primary_metric=["mse"]),
+    "artifacts a list": make_record(artifacts=["a.png"]),
 }
 
 
@@ -274,3 +294,43 @@ def test_concurrent_writers_lose_nothing(tmp_path):
         by_writer.setdefault(record["utility"]["writer"], []).append(record["utility"]["accuracy"])
     assert {w: sorted(v) for w, v in by_writer.items()} == {w: [i / per_writer for i in range(per_writer)] for w in range(writers)}
     assert [name for name in _everything_in(directory) if not name.endswith(".json") or name.startswith(".")] == []
+
+
+def _hostile_files(directory: Path) -> dict[str, str]:
+    """Record files that once crashed the leaderboard, by name -> a word of the expected problem."""
+    (directory / "hparams_null.json").write_text(json.dumps(make_record(method={**make_record()["method"], "hparams": None})))
+    (directory / "nested.json").write_text("[" * 100_000 + "]" * 100_000)
+    nested_inside = json.dumps(make_record(artifacts={"deep": 0})).replace('"deep": 0', '"deep": ' + "[" * 50_000 + "]" * 50_000)
+    (directory / "nested_inside.json").write_text(nested_inside)
+    (directory / "version0.json").write_text(json.dumps(make_record(schema_version=0)))
+    (directory / "nan.json").write_text(json.dumps(make_record(utility={"accuracy": float("nan")})))
+    with (directory / "huge.json").open("wb") as huge:  # sparse: no disk is used
+        huge.truncate(MAX_RECORD_BYTES + 1)
+    return {"hparams_null.json": "method.hparams", "nested.json": "nested too deeply",
+            "nested_inside.json": "nested too deeply", "version0.json": "not supported", "nan.json": "NaN",
+            "huge.json": "larger than any record"}
+
+
+def test_hostile_record_files_are_one_line_problems(tmp_path):
+    good = write_record(make_record(), tmp_path)
+    expected = _hostile_files(tmp_path)
+    loaded = load_records([tmp_path])
+    assert loaded.paths == [good]
+    problems = {path.name: message for path, message in loaded.problems}
+    assert set(problems) == set(expected)
+    for name, word in expected.items():
+        assert word in problems[name] and "\n" not in problems[name] and len(problems[name]) < 300, (name, problems[name])
+
+
+def test_a_bad_record_never_breaks_the_leaderboard_command(tmp_path, capsys):
+    from bench.cli import main
+
+    records = tmp_path / "records"
+    records.mkdir()
+    write_record(make_record(), records)
+    expected = _hostile_files(records)
+    main(["leaderboard", "--records", str(records), "--out", str(tmp_path / "board")])
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("bench: warning: skipped malformed record")]
+    assert len(warnings) == len(expected) and len(captured.err.splitlines()) == len(expected)
+    assert "leaderboard of 1 rows" in captured.out

@@ -331,7 +331,7 @@ def test_tiny_sweep_fills_the_leaderboard_with_the_trade_off(tmp_path):
                           "--evaluation.attacks", attacks], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "5 done, 0 failed, 0 skipped" in run.stdout
-    rows = list(csv.DictReader((tmp_path / "leaderboard" / "leaderboard.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "runs" / "leaderboard" / "leaderboard.csv").open()))
     methods = {row["method"] for row in rows}
     assert methods == {"DNN", "RAN (lam=0.1)", "RAN (lam=0.9)", "Noisy (noise_factor=0.5)", "DNN(resized) (noise_factor=0.5)"}
     # RAN's own decoder is reported beside the separately trained one
@@ -339,4 +339,4 @@ def test_tiny_sweep_fills_the_leaderboard_with_the_trade_off(tmp_path):
     assert ran["own_decoder.mse_mean"] and ran["feature_inversion.mse_mean"]
     # one plot per experiment (rows whose attacks ran with different configurations are separate experiments)
     experiments = {row["experiment"] for row in rows}
-    assert len(list((tmp_path / "leaderboard" / "plots").glob("feature_release__digits_*.png"))) == len(experiments)
+    assert len(list((tmp_path / "runs" / "leaderboard" / "plots").glob("feature_release__digits_*.png"))) == len(experiments)

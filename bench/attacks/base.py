@@ -48,6 +48,8 @@ class Attack:
     #: the data spec's tasks the attack handles (see :mod:`bench.spec`); an attack that needs one class per image
     #: (a loss on the true label, label recovery) declares ("multiclass",), and the harness records it as skipped
     tasks: ClassVar[tuple[str, ...]] = TASKS
+    #: the fewest samples per pool this attack can work with; the harness checks them before training starts
+    min_pool_sizes: ClassVar[dict[str, int]] = {}
     #: arguments that change how the attack reports, not what it measures (left out of records)
     presentation_args: ClassVar[tuple[str, ...]] = ("progress",)
 

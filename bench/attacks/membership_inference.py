@@ -92,6 +92,7 @@ class MembershipInference(Attack):
     primary_metric = "attack_accuracy"
     tasks = ("multiclass",)  # loss, confidence and per-class attack models all read one true class per image
     shadow_count = 1
+    min_pool_sizes = {"attacker": 4, "train": 1, "nonmember": 1}  # shadows train on halves of the attacker pool
 
     def __init__(self, shadow_epochs: int = 30, batch_size: int = 32, max_queries: Optional[int] = None,
                  query_batch_size: int = 512) -> None:

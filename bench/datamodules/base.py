@@ -276,10 +276,16 @@ class PrivacyDataModule(L.LightningDataModule):
         return {name: len(self.pool(name)) for name in POOLS}
 
     def pool_dataloader(self, name: str, shuffle: bool = False, batch_size: Optional[int] = None) -> DataLoader:
+        from bench.datamodules.sampling import SeededShuffle
+
+        pool = self.pool(name)
+        # an epoch's order from (run seed, epoch) alone: a resumed run sees the straight run's batches
+        sampler = SeededShuffle(len(pool)) if shuffle else None
         return DataLoader(
-            self.pool(name),
+            pool,
             batch_size=batch_size or (self.batch_size if name == "train" else self.eval_batch_size),
-            shuffle=shuffle,
+            sampler=sampler,
+            generator=sampler.generator if sampler is not None else None,
             num_workers=self.num_workers,
             collate_fn=collate_batch,
             persistent_workers=self.num_workers > 0,

@@ -79,7 +79,7 @@ class LocalFolder(PrivacyDataModule):
 
     def _read(self) -> dict[str, tuple[Tensor, Tensor]]:
         if self._sources is None:
-            self._sources = {split: (_images_nchw(self._load(images)), torch.from_numpy(self._load(labels).astype(np.int64)))
+            self._sources = {split: (_images_nchw(self._load(images)), _labels(self._load(labels), labels))
                              for split, (images, labels) in self.files.items()}
             for split, (images, labels) in self._sources.items():
                 if images.shape[0] != labels.shape[0]:
@@ -91,11 +91,30 @@ class LocalFolder(PrivacyDataModule):
         if not path.exists():
             raise BenchError(f"{path} not found: point data_dir at the folder holding '{file_name}' (this DataModule never downloads)")
         if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+            try:
+                array = np.load(path, allow_pickle=False)  # never unpickle: a .npy of objects could run code
+            except ValueError as error:
+                if "allow_pickle" in str(error):
+                    raise BenchError(f"{path} holds Python objects, not numbers; save plain uint8 images and integer "
+                                     "labels (numpy.save of a numeric array)") from None
+                raise BenchError(f"cannot read {path}: truncated or not a .npy file ({str(error).splitlines()[0][:160]})") from None
+            except (OSError, EOFError) as error:
+                raise BenchError(f"cannot read {path}: truncated or corrupt ({error})") from None
+            if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
+                raise BenchError(f"{path} holds {getattr(array, 'dtype', type(array).__name__)} data; images must be uint8 "
+                                 "and labels integers")
+            return array
         return read_idx(path)
 
     def load_sources(self) -> dict[str, tuple[Tensor, Tensor]]:
         return self._read()
+
+
+def _labels(array: np.ndarray, file_name: str) -> Tensor:
+    if array.ndim != 1 or array.dtype.kind not in "iu" or (array.size and array.min() < 0):
+        raise BenchError(f"labels in {file_name} must be a 1-D array of non-negative integers, got {array.dtype} "
+                         f"of shape {array.shape}")
+    return torch.from_numpy(array.astype(np.int64))
 
 
 def _images_nchw(array: np.ndarray) -> Tensor:

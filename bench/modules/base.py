@@ -14,9 +14,11 @@ from __future__ import annotations
 import atexit
 import functools
 import inspect
-from typing import Any, ClassVar, Optional
+import random
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 from lightning.pytorch.strategies import DDPStrategy
@@ -29,6 +31,9 @@ from bench.modules.lightning_internals import loggers_write_this_step, search_un
 from bench.networks.pruning import pruned_layer_sparsity, restore_pruning
 from bench.spec import TASKS, DataSpec
 from bench.threat_models import Capability, ThreatModel, check_declarations
+
+if TYPE_CHECKING:
+    from bench.datamodules.sampling import BatchStream
 
 
 @functools.cache
@@ -44,6 +49,34 @@ def _destroy_process_group_at_exit() -> None:
             torch.distributed.destroy_process_group()
 
     atexit.register(destroy)
+
+
+def random_state() -> dict[str, Any]:
+    """The global random states (torch CPU and CUDA, NumPy, Python) as plain data a weights_only checkpoint holds."""
+    numpy_state = np.random.get_state()
+    python_state = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+            "numpy": {"name": numpy_state[0], "keys": numpy_state[1].tolist(), "position": int(numpy_state[2]),
+                      "has_gauss": int(numpy_state[3]), "cached_gaussian": float(numpy_state[4])},
+            "python": [python_state[0], list(python_state[1]), python_state[2]]}
+
+
+def set_random_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`random_state` saved; a malformed state (a foreign or edited checkpoint) is one clear error."""
+    try:
+        torch.set_rng_state(state["torch"])
+        cuda = state.get("cuda") or []
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        numpy_state = state["numpy"]
+        np.random.set_state((numpy_state["name"], np.asarray(numpy_state["keys"], dtype=np.uint32), numpy_state["position"],
+                             numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise BenchError(f"the checkpoint's random state is malformed ({type(error).__name__}: {error}); "
+                         "resume from a checkpoint written by `bench fit`") from None
 
 
 class PrivacyModule(L.LightningModule):
@@ -237,11 +270,40 @@ class PrivacyModule(L.LightningModule):
         if datamodule is not None:
             info["datamodule_class"] = class_path(datamodule)
             info["datamodule_hparams"] = dict(datamodule.hparams)
+        # every random stream the run depends on, so that resuming reproduces the straight run
+        info["random_state"] = random_state()
+        info["batch_streams"] = {pool: stream.state_dict() for pool, stream in getattr(self, "_batch_streams", {}).items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a model pruned with masks (e.g. by the ADMMPruning callback) saved `weight_orig`/`weight_mask`:
         # re-create the masks so that its weights load into this fresh module
         restore_pruning(self, checkpoint.get("state_dict", {}))
+        info = checkpoint.get("bench") if isinstance(checkpoint.get("bench"), dict) else {}
+        # applied when training resumes (on_train_start), after everything a resumed fit does that the
+        # straight run did not (restoring, the sanity check's validation with its stochastic releases)
+        self._resumed_random_state = info.get("random_state")
+        self._resumed_streams = dict(info.get("batch_streams") or {})
+
+    def on_train_start(self) -> None:
+        """Resuming: continue the straight run's random streams (subclasses that override this call super first)."""
+        state = getattr(self, "_resumed_random_state", None)
+        if state is not None:
+            set_random_state(state)
+            self._resumed_random_state = None
+
+    def batch_stream(self, pool: str, batch_size: int) -> "BatchStream":
+        """Endless, resumable mini-batches of one of the DataModule's pools (e.g. Min-Max's reference batches).
+
+        Its position is saved in checkpoints: a resumed fit draws exactly the batches the straight run drew.
+        """
+        from bench.datamodules.sampling import BatchStream
+
+        stream = BatchStream(self.trainer.datamodule.pool(pool), batch_size, name=pool)
+        saved = getattr(self, "_resumed_streams", {}).pop(pool, None)
+        if saved is not None:
+            stream.load_state_dict(saved)
+        self._batch_streams = {**getattr(self, "_batch_streams", {}), pool: stream}
+        return stream
 
     # ------------------------------------------------------------------ for the attacks
     def fresh_copy(self) -> "PrivacyModule":

@@ -41,11 +41,6 @@ from bench.training.admm_pruning import ADMMPruning
 RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [2**k for k in range(6, 13)]
 
 
-def _forever(loader) -> Iterator:
-    while True:
-        yield from loader
-
-
 class MCMIA(PrivacyModule):
     """A classifier trained with MCMIA's defenses against membership inference (or none: the baseline).
 
@@ -127,13 +122,15 @@ class MCMIA(PrivacyModule):
 
     # ------------------------------------------------------------------ Min-Max game (Algorithm 1)
     def on_train_start(self) -> None:
+        super().on_train_start()
         if self.minmax:
             datamodule = self.trainer.datamodule
             if datamodule is None or not hasattr(datamodule, "pool_dataloader"):
                 raise BenchError("the Min-Max game draws member and reference mini-batches from a bench PrivacyDataModule; "
                                  "train MCMIA with one (e.g. --data Digits)")
-            self._members = _forever(datamodule.pool_dataloader("train", shuffle=True))
-            self._reference = _forever(datamodule.pool_dataloader("val", shuffle=True, batch_size=datamodule.batch_size))
+            # resumable streams: a resumed fit continues the straight run's member and reference batches
+            self._members = self.batch_stream("train", datamodule.batch_size)
+            self._reference = self.batch_stream("val", datamodule.batch_size)
 
     def gain(self, member_logits: Tensor, member_labels: Tensor, reference_logits: Tensor, reference_labels: Tensor) -> Tensor:
         """Eq. 1, G_f(h) = 1/2 E_D[log h(x, y, f(x))] + 1/2 E_D'[log(1 - h(x, y, f(x)))]."""
