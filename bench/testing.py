@@ -64,7 +64,7 @@ def check_method_contract(method: type, tmp_path: Path, datamodule: Optional[Any
     import lightning as L
 
     from bench.callbacks.privacy_evaluation import PrivacyEvaluation
-    from bench.cli import load_checkpoint
+    from bench.checkpoints import load_checkpoint
     from bench.datamodules import Digits
     from bench.modules.base import PrivacyModule
     from bench.records import load_records

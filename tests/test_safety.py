@@ -118,7 +118,7 @@ def test_evaluate_ignores_an_instantiator_named_by_the_checkpoint(hostile, capsy
 def test_a_user_named_method_class_is_imported_and_must_be_a_privacy_module(hostile, capsys):
     path = _checkpoint(hostile.parent)
     code, output = run_bench(["evaluate", str(path), *EVALUATE, "--model", "collections.OrderedDict"], capsys)
-    assert code == 1 and "not a PrivacyModule subclass" in _error_line(output)
+    assert code == 1 and "it must be a subclass of bench.modules.base.PrivacyModule" in _error_line(output)
 
 
 @pytest.mark.parametrize("subcommand", ["fit", "validate"])

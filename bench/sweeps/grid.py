@@ -64,12 +64,17 @@ def resolve_config(args: Sequence[str]) -> dict[str, Any]:
     """
     import yaml
 
-    from bench.cli import _resolve_names, run_lightning_cli
+    from bench.lightning_cli import resolve_names, run_lightning_cli, summarize_argument_error
+
+    from jsonargparse import ArgumentError
+
 
     printed, errors = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
-            run_lightning_cli(_resolve_names([*args, "--print_config"]))
+            run_lightning_cli(resolve_names([*args, "--print_config"]))
+    except ArgumentError as error:  # the parsers raise instead of exiting (exit_on_error off)
+        raise BenchError(f"invalid arguments: {summarize_argument_error(str(error))}") from None
     except SystemExit as exit:
         if exit.code not in (0, None):
             # jsonargparse prints the usage, then "error: ..." and its indented explanation
