@@ -30,16 +30,34 @@ def _data(count, seed=0):
 
 @pytest.mark.parametrize("network", ["convnet", "resnet20"])
 @pytest.mark.parametrize("policy", [None, "3-1-7+43-18-18"])
-@pytest.mark.parametrize("variant", ["reference", "paper"])
-def test_vectorized_privacy_score_equals_the_loop(network, policy, variant):
+@pytest.mark.parametrize("variant, per_sample", [("reference", "unfold"), ("reference", "vmap"), ("paper", "unfold")])
+def test_vectorized_privacy_score_equals_the_loop(network, policy, variant, per_sample):
     model, (images, labels) = _model(network), _data(5)
     policy = parse_policy(policy) if policy else None
     vectorized = privacy_score(model, policy, images, labels, points=4, generator=torch.Generator().manual_seed(1), chunk=7,
-                               variant=variant)
+                               variant=variant, per_sample=per_sample)
     loop = privacy_score_loop(model, policy, images, labels, points=4, generator=torch.Generator().manual_seed(1),
                               variant=variant)
     assert abs(vectorized.item() - loop.item()) < 1e-5
     assert -1 <= vectorized.item() <= 1
+
+
+@pytest.mark.parametrize("network", ["convnet", "resnet20"])
+def test_per_sample_gradients_by_unfold_equal_vmap(network):
+    from torch.func import functional_call, grad, vmap
+
+    from bench.ats.per_sample import per_sample_gradients
+
+    model, (images, labels) = _model(network), _data(6)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+
+    def loss(p, x, y):
+        return torch.nn.functional.cross_entropy(functional_call(model, (p, buffers), (x.unsqueeze(0),)), y.unsqueeze(0))
+
+    expected = vmap(grad(loss), in_dims=(None, 0, 0))(params, images, labels)
+    for ours, (name, theirs) in zip(per_sample_gradients(model, images, labels), expected.items()):
+        torch.testing.assert_close(ours, theirs.flatten(1), rtol=1e-9, atol=1e-12, msg=name)
 
 
 def test_the_reference_privacy_score_is_a_trapezoid_ending_at_the_target():

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from bench.ats.per_sample import Unsupported, per_sample_gradients
 from bench.errors import BenchError
 from bench.transforms.policy import Policy
 
@@ -106,13 +107,19 @@ def _starts(images: Tensor, starts: Optional[Tensor], generator: Optional[torch.
 
 def privacy_score(model: nn.Module, policy: Optional[Policy], images: Tensor, labels: Tensor,
                   points: int = REFERENCE_POINTS, starts: Optional[Tensor] = None,
-                  generator: Optional[torch.Generator] = None, chunk: int = 256, variant: str = "reference") -> Tensor:
+                  generator: Optional[torch.Generator] = None, chunk: int = 256, variant: str = "reference",
+                  per_sample: str = "unfold") -> Tensor:
     """S_pri on ``model`` (put in eval mode) for ``images`` (D, C, H, W) with ``labels`` (D,): float64.
 
+    ``per_sample`` chooses how the per-sample gradients are formed: ``unfold`` (one batched forward and
+    backward, weight gradients by unfold + batched matmul: :mod:`bench.ats.per_sample`; falls back to
+    ``vmap`` for layers it does not cover) or ``vmap`` (``torch.func.vmap(grad)``).
     ``points`` is K (the reference's ``bin_num``, 20); ``variant`` ``reference`` or ``paper`` (module docstring).
     ``starts`` are the attacker's random starts x0 (default: uniform noise from ``generator``, drawn after
     the policy's own draws); ``chunk`` bounds how many per-sample gradients are held at once.
     """
+    if per_sample not in ("unfold", "vmap"):
+        raise BenchError(f"per_sample must be 'unfold' or 'vmap', got '{per_sample}'")
     model.eval()
     steps, weights = interpolation_steps(points, variant, images.dtype, images.device)
     targets = _transform(policy, images, generator)
@@ -123,7 +130,18 @@ def privacy_score(model: nn.Module, policy: Optional[Policy], images: Tensor, la
     def loss(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(functional_call(model, (params, buffers), (x.unsqueeze(0),)), y.unsqueeze(0))
 
-    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))  # per-sample gradients with respect to the parameters
+    by_vmap = vmap(grad(loss), in_dims=(None, 0, 0))  # per-sample gradients with respect to the parameters
+    use_unfold = per_sample == "unfold"
+
+    def gradients_of(inputs: Tensor, targets_: Tensor) -> list[Tensor]:
+        nonlocal use_unfold
+        if use_unfold:
+            try:
+                return per_sample_gradients(model, inputs, targets_)
+            except Unsupported:
+                use_unfold = False
+        return [g.flatten(1) for g in by_vmap(params, inputs, targets_).values()]
+
     count_steps = len(steps)
     images_per_chunk = max(1, chunk // (count_steps + 1))
     total = torch.zeros((), dtype=torch.float64, device=images.device)
@@ -133,8 +151,7 @@ def privacy_score(model: nn.Module, policy: Optional[Policy], images: Tensor, la
         path = interpolation_points(starts[start : start + count], target, points, variant)
         # every interpolation point of every image and the image itself, in one vmap
         inputs = torch.cat([path.flatten(0, 1), target])
-        gradients = per_sample(params, inputs, torch.cat([label.repeat_interleave(count_steps), label]))
-        flat = [g.flatten(1) for g in gradients.values()]
+        flat = gradients_of(inputs, torch.cat([label.repeat_interleave(count_steps), label]))
         along = [f[: count * count_steps].view(count, count_steps, -1) for f in flat]
         reference = [f[count * count_steps :].unsqueeze(1) for f in flat]
         similarity = _grad_sim(along, reference, variant == "reference")  # (count, steps)

@@ -200,6 +200,7 @@ class GradientInversion(Attack):
         variant = [] if (optimizer, distance) == ("adam", "cosine") else [optimizer, distance]
         variant += [setting for setting in (init, model_state) if setting in ("black", "untrained")]
         variant += ["pixel"] if space == "pixel" else []
+        variant += [f"batch{batch_size}"] if batch_size > 1 else []  # batch 1 and 8 side by side in one record
         self.name = "_".join(["gradient_inversion", *variant])
 
     @property
