@@ -41,6 +41,22 @@ def test_batched_attacks_equal_the_same_attacks_run_one_by_one(digits):
     assert not torch.equal(batched, init)  # the attack did move
 
 
+@pytest.mark.parametrize("network", ["convnet", "resnet20"])
+def test_dummy_gradients_by_unfold_equal_vmap_and_stay_differentiable(digits, network):
+    torch.manual_seed(0)
+    module = Collaborative(network=network, width=4, data_spec=digits.spec).double().eval()
+    shared, images, labels = _targets(module, digits, count=2, batch_size=3)
+    dummy = torch.rand(2, 3, *images.shape[2:], generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    values = []
+    for per_sample in ("unfold", "vmap"):
+        z = dummy.clone().requires_grad_(True)
+        total, _ = GradientInversion(per_sample=per_sample, progress=False).objective(module, shared.gradients, labels)(z, None)
+        (gradient,) = torch.autograd.grad(total.sum(), z)
+        values.append((total.detach(), gradient))
+    torch.testing.assert_close(values[0][0], values[1][0], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(values[0][1], values[1][1], rtol=1e-7, atol=1e-10)  # the double backward agrees
+
+
 def test_restarts_keep_each_targets_best_start(digits):
     torch.manual_seed(0)
     module = Collaborative(network="resnet20", width=4, data_spec=digits.spec).double()
@@ -163,7 +179,7 @@ def test_dlg_with_lbfgs_and_l2_lowers_the_gradient_distance(digits):
 
 @pytest.mark.parametrize("kwargs, match", [({"optimizer": "rmsprop"}, "optimizer"), ({"distance": "l3"}, "distance"),
                                            ({"labels": "guess"}, "labels"), ({"init": "white"}, "init"),
-                                           ({"space": "lab"}, "space"),
+                                           ({"space": "lab"}, "space"), ({"per_sample": "loop"}, "per_sample"),
                                            ({"iterations": 0}, "at least 1"), ({"model_state": "half"}, "model_state")])
 def test_bad_configuration_says_what_to_do(kwargs, match):
     with pytest.raises(BenchError, match=match):

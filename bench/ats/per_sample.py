@@ -24,7 +24,7 @@ class Unsupported(Exception):
 _SUPPORTED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
 
 
-def _layers(model: nn.Module) -> list[nn.Module]:
+def supported_layers(model: nn.Module) -> list[nn.Module]:
     layers = []
     owned = set()
     for module in model.modules():
@@ -44,26 +44,28 @@ def _layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def per_sample_gradients(model: nn.Module, inputs: Tensor, labels: Tensor) -> list[Tensor]:
+def per_sample_gradients(model: nn.Module, inputs: Tensor, labels: Tensor, create_graph: bool = False) -> list[Tensor]:
     """Each sample's gradient of its own cross-entropy, (M, numel) per parameter, in ``model.parameters()`` order.
 
-    ``model`` must be in eval mode (samples independent); equals ``vmap(grad(loss))`` over the samples."""
-    layers = _layers(model)
+    ``model`` must be in eval mode (samples independent); equals ``vmap(grad(loss))`` over the samples.
+    ``create_graph``: the result stays differentiable with respect to ``inputs`` (gradient inversion's double
+    backward)."""
+    layers = supported_layers(model)
     recorded: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {layer: [] for layer in layers}
 
     def record(layer, args, output):
-        recorded[layer].append((args[0].detach(), output))
+        recorded[layer].append((args[0] if create_graph else args[0].detach(), output))
 
     handles = [layer.register_forward_hook(record) for layer in layers]
     try:
         with torch.enable_grad():
-            x = inputs.detach().requires_grad_(True)  # something to differentiate, whatever the parameters say
+            x = inputs if create_graph and inputs.requires_grad else inputs.detach().requires_grad_(True)
             logits = model(x)
             loss = F.cross_entropy(logits, labels, reduction="sum")  # per-sample losses: their deltas are unscaled
             if any(len(v) != 1 for v in recorded.values()):
                 raise Unsupported("a layer is called more than once in a forward")
             outputs = [recorded[layer][0][1] for layer in layers]
-            deltas = torch.autograd.grad(loss, outputs)
+            deltas = torch.autograd.grad(loss, outputs, create_graph=create_graph)
     finally:
         for handle in handles:
             handle.remove()

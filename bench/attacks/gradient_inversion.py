@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
+from bench.ats.per_sample import Unsupported, supported_layers, per_sample_gradients
 from bench.attacks.base import Attack, AttackResult
 from bench.errors import BenchError
 from bench.metrics.reconstruction import PSNR_CAP_DB, reconstruction_metrics
@@ -148,6 +149,10 @@ class GradientInversion(Attack):
             (M^s: 10% of the data for 50 epochs, the cost of 5 of F-MNIST's 100 epochs) is an early checkpoint
             of the run: ``bench evaluate runs/.../checkpoints/epoch=<e>-*.ckpt`` (configs ``ats/*_paper_ig``
             keep every epoch's checkpoint).
+        per_sample: how the dummy gradients of many attacks are formed in one pass: ``unfold`` (activations and
+            output gradients of one batched forward/backward, weight gradients by unfold + batched matmul,
+            differentiable: ``bench.ats.per_sample``; networks of Conv2d / Linear / eval batch-norm) or ``vmap``
+            (``torch.func``; any network, and the fallback).
         progress: show a progress bar.
     """
 
@@ -161,7 +166,8 @@ class GradientInversion(Attack):
     def __init__(self, optimizer: str = "adam", distance: str = "cosine", iterations: int = 200,
                  lr: Optional[float] = None, tv: float = 1e-4, restarts: int = 1, num_images: int = 4,
                  batch_size: int = 1, labels: str = "recover", init: Optional[str] = None, signed: bool = True,
-                 model_state: str = "trained", space: str = "normalized", progress: bool = True) -> None:
+                 model_state: str = "trained", space: str = "normalized", per_sample: str = "unfold",
+                 progress: bool = True) -> None:
         if optimizer not in OPTIMIZERS:
             raise BenchError(f"unknown optimizer '{optimizer}'; choose one of {list(OPTIMIZERS)}")
         if distance not in DISTANCES:
@@ -175,6 +181,8 @@ class GradientInversion(Attack):
             raise BenchError(f"tv (total-variation weight) must be non-negative, got {tv}")
         if labels not in LABELS:
             raise BenchError(f"labels must be one of {list(LABELS)} (recover: iDLG, or LLG's counts at batch size > 1), got '{labels}'")
+        if per_sample not in ("unfold", "vmap"):
+            raise BenchError(f"per_sample must be 'unfold' (batched matmuls) or 'vmap', got '{per_sample}'")
         if space not in SPACES:
             raise BenchError(f"space must be 'normalized' (inversefed's) or 'pixel', got '{space}'")
         init = init if init is not None else ("gaussian" if space == "normalized" else "random")
@@ -195,6 +203,7 @@ class GradientInversion(Attack):
         self.signed = signed
         self.model_state = model_state
         self.space = space
+        self.per_sample = per_sample
         self.progress = progress
         # variants get their own name, so that one evaluation can report several (Table 2) side by side
         variant = [] if (optimizer, distance) == ("adam", "cosine") else [optimizer, distance]
@@ -321,6 +330,14 @@ class GradientInversion(Attack):
         params = {name: p.detach() for name, p in model.named_parameters() if name in targets}
         buffers = dict(model.named_buffers())
         mean, std = self._mean_std(next(iter(targets.values())))
+        names = [name for name, _ in model.named_parameters()]
+        # per-sample gradients by unfold + batched matmul where the layers allow (bench.ats.per_sample), else vmap
+        by_unfold = self.per_sample == "unfold" and not model.training and set(names) == set(targets)
+        if by_unfold:
+            try:
+                supported_layers(model)
+            except Unsupported:
+                by_unfold = False
 
         def loss(params, x, y):  # what each participant computed: the mean cross-entropy of its batch
             return F.cross_entropy(functional_call(model, (params, buffers), (x,)), y)
@@ -330,7 +347,14 @@ class GradientInversion(Attack):
         def evaluate(images: Tensor, which: Optional[slice]):
             chosen = slice(None) if which is None else which
             chosen_targets = {n: t[chosen] for n, t in targets.items()}
-            dummy = dummy_gradients(params, images * std + mean, labels[chosen])
+            x = images * std + mean
+            if by_unfold:
+                attacks, batch = x.shape[:2]
+                flat = per_sample_gradients(model, x.flatten(0, 1), labels[chosen].flatten(), create_graph=True)
+                # each participant's loss is its batch's mean cross-entropy: the mean of its samples' gradients
+                dummy = {n: g.view(attacks, batch, *params[n].shape).mean(1) for n, g in zip(names, flat)}
+            else:
+                dummy = dummy_gradients(params, x, labels[chosen])
             distance = gradient_distance(dummy, chosen_targets, self.distance)
             total = distance + self.tv * total_variation(images) if self.tv else distance  # TV in the optimised space
             return total, distance
