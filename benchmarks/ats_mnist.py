@@ -40,8 +40,8 @@ RUNS = {
     "pruning_95": ["--model.defense", "pruning", "--model.prune_ratio", "0.95"],
     "pruning_99": ["--model.defense", "pruning", "--model.prune_ratio", "0.99"],
 }
-SEARCH = ["--data", "LocalFolder", "--pool_limit", "1000", "--network", "convnet", "--width", "16", "--c_max", "60",
-          "--n", "4", "--images", "16", "--points", "20", "--rounds", "10", "--semi_epochs", "50", "--t_acc", "-12"]
+SEARCH = ["--data", "LocalFolder", "--pool_limit", "1000", "--network", "convnet", "--width", "16", "--c_max", "30",
+          "--n", "4", "--images", "8", "--points", "20", "--rounds", "10", "--semi_epochs", "50", "--t_acc", "-12"]
 
 
 def run(command: list[str]) -> None:

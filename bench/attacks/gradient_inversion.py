@@ -331,6 +331,7 @@ class GradientInversion(Attack):
         buffers = dict(model.named_buffers())
         mean, std = self._mean_std(next(iter(targets.values())))
         names = [name for name, _ in model.named_parameters()]
+        leaves = {name: p.detach().requires_grad_(True) for name, p in params.items()}
         # per-sample gradients by unfold + batched matmul where the layers allow (bench.ats.per_sample), else vmap
         by_unfold = self.per_sample == "unfold" and not model.training and set(names) == set(targets)
         if by_unfold:
@@ -348,7 +349,13 @@ class GradientInversion(Attack):
             chosen = slice(None) if which is None else which
             chosen_targets = {n: t[chosen] for n, t in targets.items()}
             x = images * std + mean
-            if by_unfold:
+            if x.shape[0] == 1:  # one attack: its gradient is the batch's, a plain double backward
+                differentiable = torch.is_grad_enabled()
+                with torch.enable_grad():
+                    loss_value = F.cross_entropy(functional_call(model, (leaves, buffers), (x[0],)), labels[chosen][0])
+                    grads = torch.autograd.grad(loss_value, list(leaves.values()), create_graph=differentiable)
+                dummy = {n: g.unsqueeze(0) for n, g in zip(leaves, grads)}
+            elif by_unfold:
                 attacks, batch = x.shape[:2]
                 flat = per_sample_gradients(model, x.flatten(0, 1), labels[chosen].flatten(), create_graph=True)
                 # each participant's loss is its batch's mean cross-entropy: the mean of its samples' gradients
