@@ -120,6 +120,10 @@ class Collaborative(PrivacyModule):
         parts = []
         if self.policy is not None:
             parts.append(f"policy {self.policy}")
+            if not self.policy.crop_flip:
+                parts.append("no crop/flip")
+            if self.policy.variant != "reference":
+                parts.append(f"{self.policy.variant} operations")
         if self.hparams.defense in ("gaussian", "laplacian"):
             parts.append(f"{self.hparams.defense} {self.hparams.noise_scale:g}")
         elif self.hparams.defense == "pruning":
