@@ -80,10 +80,13 @@ def main() -> None:
     print("| network | threads | loop (ms) | vectorized (ms) | vmap (ms) | floor (ms) | loop / vectorized | "
           "vectorized / floor | vmap / floor | max |value - loop| |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for network in args.networks:
+    def build(network: str):
         width = args.width if network == "convnet" else args.resnet_width
         torch.manual_seed(0)
-        model = build_ats_network(network, spec, width).to(device).eval()
+        return build_ats_network(network, spec, width).to(device).eval(), width
+
+    for network in args.networks:
+        model, width = build(network)
         for threads in args.threads:
             torch.set_num_threads(threads)
 
@@ -103,9 +106,7 @@ def main() -> None:
                   f"{bare * 1e3:.1f} | {loop / fast:.2f}x | {fast / bare:.2f}x | {vm / bare:.2f}x | {error:.1e} |", flush=True)
     print("\nS_acc (10 rounds x 10 Jacobian rows): vectorized vs loop")
     for network in args.networks:
-        width = args.width if network == "convnet" else args.resnet_width
-        torch.manual_seed(0)
-        model = build_ats_network(network, spec, width).to(device).eval()
+        model, width = build(network)
         for threads in args.threads:
             torch.set_num_threads(threads)
             result = timed({"vectorized": lambda: float(accuracy_score(model, policy, rounds, torch.Generator().manual_seed(1))),
