@@ -11,7 +11,8 @@ For each network (the 8-layer ConvNet and ResNet-20 on 28x28 one-channel images)
 * floor: one plain batched forward + backward over the same (K + 1) x D inputs (summed weight gradients, no
   per-sample gradients, no cosines): no implementation of S_pri can be faster.
 
-Times are medians of alternating repeats; the values of vectorized, vmap and loop must agree within 1e-5.
+All three score the already transformed images (the policy's own cost is the same for all and not part of the
+score). Times are medians of alternating repeats; vectorized, vmap and loop values must agree within 1e-5.
 
     python benchmarks/ats_scores.py [--width 16] [--resnet_width 8] [--images 8] [--points 20] [--threads 1 2]
 """
@@ -90,9 +91,8 @@ def main() -> None:
         for threads in args.threads:
             torch.set_num_threads(threads)
 
-            def score(function, **kwargs):
-                return lambda: float(function(model, policy, images, labels, args.points, starts=starts,
-                                              generator=torch.Generator().manual_seed(1), **kwargs))
+            def score(function, **kwargs):  # on the transformed images: the policy's cost is not the score's
+                return lambda: float(function(model, None, targets, labels, args.points, starts=starts, **kwargs))
 
             functions = {"loop": score(privacy_score_loop), "vectorized": score(privacy_score, per_sample="unfold"),
                          "vmap": score(privacy_score, per_sample="vmap"),
