@@ -108,12 +108,14 @@ def _starts(images: Tensor, starts: Optional[Tensor], generator: Optional[torch.
 def privacy_score(model: nn.Module, policy: Optional[Policy], images: Tensor, labels: Tensor,
                   points: int = REFERENCE_POINTS, starts: Optional[Tensor] = None,
                   generator: Optional[torch.Generator] = None, chunk: int = 256, variant: str = "reference",
-                  per_sample: str = "unfold") -> Tensor:
+                  per_sample: str = "vmap") -> Tensor:
     """S_pri on ``model`` (put in eval mode) for ``images`` (D, C, H, W) with ``labels`` (D,): float64.
 
-    ``per_sample`` chooses how the per-sample gradients are formed: ``unfold`` (one batched forward and
-    backward, weight gradients by unfold + batched matmul: :mod:`bench.ats.per_sample`; falls back to
-    ``vmap`` for layers it does not cover) or ``vmap`` (``torch.func.vmap(grad)``).
+    ``per_sample`` chooses how the per-sample gradients are formed: ``vmap`` (``torch.func.vmap(grad)``, the
+    default: faster on the 2-core CPU, ``benchmarks/ats_scores.py``) or ``unfold`` (one batched forward and
+    backward, weight gradients by unfold + batched matmul: :mod:`bench.ats.per_sample`; falls back to ``vmap``
+    for layers it does not cover; it materialises every convolution's unfolded input, which costs more than
+    vmap's grouped convolutions on this CPU).
     ``points`` is K (the reference's ``bin_num``, 20); ``variant`` ``reference`` or ``paper`` (module docstring).
     ``starts`` are the attacker's random starts x0 (default: uniform noise from ``generator``, drawn after
     the policy's own draws); ``chunk`` bounds how many per-sample gradients are held at once.
