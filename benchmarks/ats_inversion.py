@@ -4,8 +4,8 @@ On one untrained ConvNet (28x28, one channel) and A targets (batch size 1 each; 
 number of iterations:
 
 * sequential: bench's attack run A times, one target each (``GradientInversion.invert``);
-* batched: one ``invert`` of all A targets (the harness's way), dummy gradients by unfold + batched matmul;
-* batched (vmap): the same with ``per_sample="vmap"``;
+* batched: one ``invert`` of all A targets (the harness's way), dummy gradients by ``torch.func.vmap``;
+* batched (unfold): the same with ``per_sample="unfold"`` (unfold + batched matmul);
 * floor: per iteration one plain batched double backward over the A images (forward, parameter gradient
   with ``create_graph``, a dot product with a fixed vector, backward to the images), no per-attack
   gradients: no batched attack can be faster;
@@ -98,7 +98,7 @@ def main() -> None:
     shared = module.shared_gradients(images, labels)
     targets = {n: g.detach() for n, g in shared.gradients.items()}
     attack = GradientInversion(iterations=args.iterations, progress=False).set_normalization(spec)
-    vmapped = GradientInversion(iterations=args.iterations, per_sample="vmap", progress=False).set_normalization(spec)
+    unfolded = GradientInversion(iterations=args.iterations, per_sample="unfold", progress=False).set_normalization(spec)
     starts = attack.initial_images(most, (1, args.size, args.size), torch.Generator().manual_seed(1)).to(device)
     print(f"Inverting Gradients, ConvNet width {args.width}, {args.size}x{args.size}, {args.iterations} iterations, "
           f"{args.threads} thread(s), device {device}")
@@ -106,16 +106,16 @@ def main() -> None:
     def invert(which: slice, on=attack):
         return on.invert(module, {n: t[which] for n, t in targets.items()}, labels[which], starts[which])[0]
 
-    print("| attacks | sequential (s) | batched (s) | batched, vmap (s) | floor (s) | sequential / batched | "
+    print("| attacks | sequential (s) | batched (s) | batched, unfold (s) | floor (s) | sequential / batched | "
           "batched / floor | max pixel difference, batched vs sequential |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for count in args.attacks:
         sequential_time, sequential = seconds(lambda: torch.cat([invert(slice(i, i + 1)) for i in range(count)]))
         batched_time, batched = seconds(lambda: invert(slice(0, count)))
-        vmap_time, _ = seconds(lambda: invert(slice(0, count), vmapped))
+        unfold_time, _ = seconds(lambda: invert(slice(0, count), unfolded))
         floor_time, _ = seconds(lambda: floor(model, starts[:count], labels[:count], args.iterations))
         difference = (batched - sequential).abs().max().item()
-        print(f"| {count} | {sequential_time:.2f} | {batched_time:.2f} | {vmap_time:.2f} | {floor_time:.2f} | "
+        print(f"| {count} | {sequential_time:.2f} | {batched_time:.2f} | {unfold_time:.2f} | {floor_time:.2f} | "
               f"{sequential_time / batched_time:.2f}x | {batched_time / floor_time:.2f}x | {difference:.1e} |", flush=True)
 
     mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)

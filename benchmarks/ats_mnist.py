@@ -31,6 +31,7 @@ RUNS = {
     "paper_42-28-42": ["--model.policy", "42-28-42"],
     "paper_14-48-48": ["--model.policy", "14-48-48"],
     "paper_hybrid": ["--model.policy", "42-28-42+14-48-48"],
+    "paper_hybrid_no_crop_flip": ["--model.policy", "42-28-42+14-48-48", "--model.crop_flip", "false"],
     "searched_hybrid": ["--model.policy", POLICY_FILE],
     "gaussian_1e-3": ["--model.defense", "gaussian", "--model.noise_scale", "0.001"],
     "gaussian_1e-2": ["--model.defense", "gaussian", "--model.noise_scale", "0.01"],

@@ -149,10 +149,11 @@ class GradientInversion(Attack):
             (M^s: 10% of the data for 50 epochs, the cost of 5 of F-MNIST's 100 epochs) is an early checkpoint
             of the run: ``bench evaluate runs/.../checkpoints/epoch=<e>-*.ckpt`` (configs ``ats/*_paper_ig``
             keep every epoch's checkpoint).
-        per_sample: how the dummy gradients of many attacks are formed in one pass: ``unfold`` (activations and
-            output gradients of one batched forward/backward, weight gradients by unfold + batched matmul,
-            differentiable: ``bench.ats.per_sample``; networks of Conv2d / Linear / eval batch-norm) or ``vmap``
-            (``torch.func``; any network, and the fallback).
+        per_sample: how the dummy gradients of many attacks are formed in one pass: ``vmap`` (``torch.func``;
+            any network; the default, faster on the 2-core CPU: ``benchmarks/ats_inversion.py``) or ``unfold``
+            (activations and output gradients of one batched forward/backward, weight gradients by unfold +
+            batched matmul, differentiable: ``bench.ats.per_sample``; Conv2d / Linear / eval batch-norm networks).
+            A single attack always takes the plain double backward of its batch.
         progress: show a progress bar.
     """
 
@@ -166,7 +167,7 @@ class GradientInversion(Attack):
     def __init__(self, optimizer: str = "adam", distance: str = "cosine", iterations: int = 200,
                  lr: Optional[float] = None, tv: float = 1e-4, restarts: int = 1, num_images: int = 4,
                  batch_size: int = 1, labels: str = "recover", init: Optional[str] = None, signed: bool = True,
-                 model_state: str = "trained", space: str = "normalized", per_sample: str = "unfold",
+                 model_state: str = "trained", space: str = "normalized", per_sample: str = "vmap",
                  progress: bool = True) -> None:
         if optimizer not in OPTIMIZERS:
             raise BenchError(f"unknown optimizer '{optimizer}'; choose one of {list(OPTIMIZERS)}")
