@@ -33,6 +33,7 @@ RUNS = {
     "paper_hybrid": ["--model.policy", "42-28-42+14-48-48"],
     "paper_hybrid_no_crop_flip": ["--model.policy", "42-28-42+14-48-48", "--model.crop_flip", "false"],
     "searched_hybrid": ["--model.policy", POLICY_FILE],
+    "searched_hybrid_no_crop_flip": ["--model.policy", POLICY_FILE, "--model.crop_flip", "false"],
     "gaussian_1e-3": ["--model.defense", "gaussian", "--model.noise_scale", "0.001"],
     "gaussian_1e-2": ["--model.defense", "gaussian", "--model.noise_scale", "0.01"],
     "laplacian_1e-3": ["--model.defense", "laplacian", "--model.noise_scale", "0.001"],
