@@ -1,9 +1,20 @@
-"""Speed of ATS's scores: torch.func-vectorized vs the per-image, per-point loop, side by side.
+"""Speed of ATS's privacy score S_pri (and S_acc) against the authors' loop and against the floor, side by side.
 
-Both versions score the same policy on the same model and images (and agree within 1e-5, which the
-script checks); each is timed several times, alternating, and the median is reported.
+For each network (the 8-layer ConvNet and ResNet-20 on 28x28 one-channel images) and each thread count
+(1 and 2), on the same model, policy, images and starts:
 
-    python benchmarks/ats_scores.py [--network convnet] [--width 16] [--size 28] [--images 16] [--points 10]
+* loop: the authors' computation (``benchmark/search_transform_attack.py: reconstruct``), batch 1, one
+  backward per interpolation point (``privacy_score_loop``);
+* vectorized: ``privacy_score`` with per-sample gradients by unfold + batched matmul (one batched forward and
+  backward over all (K + 1) x D inputs, then the cosines);
+* vmap: ``privacy_score(per_sample="vmap")``, ``torch.func.vmap(grad)``;
+* floor: one plain batched forward + backward over the same (K + 1) x D inputs (summed weight gradients, no
+  per-sample gradients, no cosines): no implementation of S_pri can be faster.
+
+All three score the already transformed images (the policy's own cost is the same for all and not part of the
+score). Times are medians of alternating repeats; vectorized, vmap and loop values must agree within 1e-5.
+
+    python benchmarks/ats_scores.py [--width 16] [--resnet_width 8] [--images 8] [--points 20] [--threads 1 2]
 """
 
 from __future__ import annotations
@@ -13,60 +24,97 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
-from bench.ats.scores import accuracy_score, accuracy_score_loop, privacy_score, privacy_score_loop
+from bench.ats.scores import (accuracy_score, accuracy_score_loop, interpolation_points, interpolation_steps,
+                              privacy_score, privacy_score_loop)
 from bench.datamodules.base import DataSpec
 from bench.networks.ats import build_ats_network
 from bench.transforms import parse_policy
 
 
-def timed(function, repeats: int) -> tuple[float, float]:
-    times, value = [], None
+def timed(functions: dict, repeats: int) -> dict:
+    times = {name: [] for name in functions}
+    values = {}
     for _ in range(repeats):
-        started = time.perf_counter()
-        value = function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), float(value)
+        for name, function in functions.items():
+            started = time.perf_counter()
+            values[name] = function()
+            times[name].append(time.perf_counter() - started)
+    return {name: (statistics.median(times[name]), values[name]) for name in functions}
+
+
+def floor(model, inputs: torch.Tensor, labels: torch.Tensor) -> float:
+    """One plain batched forward + backward over the inputs: parameter gradients summed over the batch."""
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(inputs), labels, reduction="sum").backward()
+    return float("nan")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--network", default="convnet", choices=["convnet", "resnet20"])
-    parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--size", type=int, default=28, help="image height and width (1 channel)")
-    parser.add_argument("--images", type=int, default=16, help="images S_pri averages over")
-    parser.add_argument("--points", type=int, default=10, help="interpolation points K")
-    parser.add_argument("--batch", type=int, default=64, help="S_acc mini-batch size")
-    parser.add_argument("--rounds", type=int, default=2, help="S_acc rounds")
+    parser.add_argument("--width", type=int, default=16, help="ConvNet width")
+    parser.add_argument("--resnet_width", type=int, default=8, help="ResNet-20 width")
+    parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--images", type=int, default=8, help="images S_pri averages over")
+    parser.add_argument("--points", type=int, default=20, help="interpolation intervals K (the reference's 20)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--networks", nargs="+", default=["convnet", "resnet20"])
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
     spec = DataSpec("synthetic", (1, args.size, args.size), 10, (0.5,), (0.25,))
-    torch.manual_seed(0)
-    model = build_ats_network(args.network, spec, args.width).eval()
+    device = torch.device(args.device)
     generator = torch.Generator().manual_seed(0)
-    images, labels = torch.rand(args.images, 1, args.size, args.size, generator=generator), torch.randint(10, (args.images,), generator=generator)
-    batches = torch.rand(args.rounds, args.batch, 1, args.size, args.size, generator=generator)
+    images = torch.rand(args.images, 1, args.size, args.size, generator=generator).to(device)
+    labels = torch.randint(10, (args.images,), generator=generator).to(device)
+    starts = torch.rand(images.shape, generator=generator).to(device)
+    rounds = torch.rand(10, 10, 1, args.size, args.size, generator=generator).to(device)  # 10 rounds, one image per class
     policy = parse_policy("3-1-7+43-18-18")
-    print(f"{args.network} (width {args.width}) on {args.size}x{args.size} images, policy {policy}, "
-          f"torch threads {torch.get_num_threads()}")
+    steps, _ = interpolation_steps(args.points, "reference")
+    targets = policy(images, torch.Generator().manual_seed(1))
+    floor_inputs = torch.cat([interpolation_points(starts, targets, args.points, "reference").flatten(0, 1), targets])
+    floor_labels = torch.cat([labels.repeat_interleave(len(steps)), labels])
+    print(f"S_pri: {args.images} images x {len(steps) + 1} gradients ({args.points} intervals + the target), "
+          f"policy {policy}, {args.size}x{args.size}, device {device}")
+    print("| network | threads | loop (ms) | vectorized (ms) | vmap (ms) | floor (ms) | loop / vectorized | "
+          "vectorized / floor | vmap / floor | max |value - loop| |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    def build(network: str):
+        width = args.width if network == "convnet" else args.resnet_width
+        torch.manual_seed(0)
+        return build_ats_network(network, spec, width).to(device).eval(), width
 
-    def pri(score):
-        return lambda: score(model, policy, images, labels, args.points, generator=torch.Generator().manual_seed(1))
+    for network in args.networks:
+        model, width = build(network)
+        for threads in args.threads:
+            torch.set_num_threads(threads)
 
-    def acc(score):
-        return lambda: score(model, policy, batches, torch.Generator().manual_seed(1))
+            def score(function, **kwargs):  # on the transformed images: the policy's cost is not the score's
+                return lambda: float(function(model, None, targets, labels, args.points, starts=starts, **kwargs))
 
-    pri(privacy_score)(), pri(privacy_score_loop)()  # warm-up
-    for name, vectorized, loop, work in [
-        ("S_pri", pri(privacy_score), pri(privacy_score_loop), f"{args.images} images x {args.points + 1} gradients"),
-        ("S_acc", acc(accuracy_score), acc(accuracy_score_loop), f"{args.rounds} rounds x {args.batch} Jacobian rows"),
-    ]:
-        fast, fast_value = timed(vectorized, args.repeats)
-        slow, slow_value = timed(loop, args.repeats)
-        agree = abs(fast_value - slow_value) <= 1e-5 * max(1.0, abs(slow_value))
-        print(f"{name} ({work}): vectorized {fast * 1e3:8.1f} ms | loop {slow * 1e3:8.1f} ms | speed-up x{slow / fast:5.2f} "
-              f"| values {fast_value:.6f} vs {slow_value:.6f} ({'agree' if agree else 'DIFFER'})")
+            functions = {"loop": score(privacy_score_loop), "vectorized": score(privacy_score, per_sample="unfold"),
+                         "vmap": score(privacy_score, per_sample="vmap"),
+                         "floor": lambda: floor(model, floor_inputs, floor_labels)}
+            for function in functions.values():  # warm-up
+                function()
+            result = timed(functions, args.repeats)
+            (loop, loop_value), (fast, fast_value), (vm, vm_value), (bare, _) = (result[k] for k in functions)
+            error = max(abs(fast_value - loop_value), abs(vm_value - loop_value))
+            print(f"| {network} (width {width}) | {threads} | {loop * 1e3:.1f} | {fast * 1e3:.1f} | {vm * 1e3:.1f} | "
+                  f"{bare * 1e3:.1f} | {loop / fast:.2f}x | {fast / bare:.2f}x | {vm / bare:.2f}x | {error:.1e} |", flush=True)
+    print("\nS_acc (10 rounds x 10 Jacobian rows): vectorized vs loop")
+    for network in args.networks:
+        model, width = build(network)
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            result = timed({"vectorized": lambda: float(accuracy_score(model, policy, rounds, torch.Generator().manual_seed(1))),
+                            "loop": lambda: float(accuracy_score_loop(model, policy, rounds, torch.Generator().manual_seed(1)))},
+                           args.repeats)
+            (fast, fast_value), (slow, slow_value) = result["vectorized"], result["loop"]
+            print(f"  {network} (width {width}), {threads} thread(s): vectorized {fast * 1e3:.1f} ms | loop {slow * 1e3:.1f} ms "
+                  f"| x{slow / fast:.2f} | S_acc {fast_value:.4f} vs {slow_value:.4f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -119,6 +119,14 @@ def test_participants_train_on_their_transformed_batch(digits):
     plain = Collaborative(network="convnet", width=2, data_spec=digits.spec)
     plain.load_state_dict(module.state_dict())
     assert torch.equal(plain.eval().shared_gradients(images, labels).inputs, images)
+    # the reference's pipeline by default (crop + flip before the policy, its operations); the others on request
+    assert module.policy.crop_flip and module.policy.variant == "reference"
+    other = Collaborative(network="convnet", width=2, policy="3-1-7", crop_flip=False, transform_variant="autoaugment",
+                          data_spec=digits.spec).eval()
+    expected = parse_policy("3-1-7", crop_flip=False, variant="autoaugment")(images.flatten(0, 1), torch.Generator().manual_seed(4))
+    torch.testing.assert_close(other.shared_gradients(images, labels, torch.Generator().manual_seed(4)).inputs,
+                               expected.view_as(images))
+    assert other.label == "Collaborative (policy 3-1-7, no crop/flip, autoaugment operations)"
 
 
 def test_a_policy_file_is_resolved_into_the_hyper_parameters(digits, tmp_path):
@@ -131,7 +139,8 @@ def test_a_policy_file_is_resolved_into_the_hyper_parameters(digits, tmp_path):
 
 @pytest.mark.parametrize("kwargs, match", [({"participants": 0}, "participants"), ({"defense": "dp"}, "defense"),
                                            ({"prune_ratio": 1.0}, "prune_ratio"), ({"noise_scale": -1.0}, "noise_scale"),
-                                           ({"policy": "3-99"}, "indices"), ({"network": "vgg"}, "network")])
+                                           ({"policy": "3-99"}, "indices"), ({"network": "vgg"}, "network"),
+                                           ({"policy": "3", "transform_variant": "pil"}, "variant")])
 def test_bad_hyper_parameters_say_what_to_do(digits, kwargs, match):
     with pytest.raises(BenchError, match=match):
         Collaborative(data_spec=digits.spec, **kwargs)

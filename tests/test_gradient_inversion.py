@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from bench.attacks import GradientInversion
-from bench.attacks.gradient_inversion import gradient_distance, recover_labels
+from bench.attacks.gradient_inversion import (gradient_distance, inversefed_milestones, recover_label_counts,
+                                              recover_labels)
 from bench.datamodules import Digits
 from bench.errors import BenchError
 from bench.modules import Collaborative
@@ -40,6 +41,22 @@ def test_batched_attacks_equal_the_same_attacks_run_one_by_one(digits):
     assert not torch.equal(batched, init)  # the attack did move
 
 
+@pytest.mark.parametrize("network", ["convnet", "resnet20"])
+def test_dummy_gradients_by_unfold_equal_vmap_and_stay_differentiable(digits, network):
+    torch.manual_seed(0)
+    module = Collaborative(network=network, width=4, data_spec=digits.spec).double().eval()
+    shared, images, labels = _targets(module, digits, count=2, batch_size=3)
+    dummy = torch.rand(2, 3, *images.shape[2:], generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    values = []
+    for per_sample in ("unfold", "vmap"):
+        z = dummy.clone().requires_grad_(True)
+        total, _ = GradientInversion(per_sample=per_sample, progress=False).objective(module, shared.gradients, labels)(z, None)
+        (gradient,) = torch.autograd.grad(total.sum(), z)
+        values.append((total.detach(), gradient))
+    torch.testing.assert_close(values[0][0], values[1][0], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(values[0][1], values[1][1], rtol=1e-7, atol=1e-10)  # the double backward agrees
+
+
 def test_restarts_keep_each_targets_best_start(digits):
     torch.manual_seed(0)
     module = Collaborative(network="resnet20", width=4, data_spec=digits.spec).double()
@@ -60,6 +77,56 @@ def test_idlg_recovers_the_labels_of_an_untrained_network(digits):
     images, labels = digits.pool("test").tensors()
     shared = module.eval().shared_gradients(images[:10].unsqueeze(1), labels[:10].unsqueeze(1))
     assert torch.equal(recover_labels(shared.gradients, 10, 1).flatten(), labels[:10])
+
+
+def test_count_based_recovery_finds_repeated_labels_that_idlg_cannot(digits):
+    images, labels = digits.pool("test").tensors()
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(6):  # batches of 8 drawn from 3 classes: every batch repeats labels
+        present = labels.unique()
+        classes = present[torch.randperm(len(present), generator=generator)[:3]]
+        wanted = classes[torch.randint(3, (8,), generator=generator)]
+        pools = [(labels == c).nonzero().flatten() for c in wanted]
+        batches.append(torch.stack([pool[k % len(pool)] for k, pool in enumerate(pools)]))
+    index = torch.stack(batches)
+    for network in ("convnet", "resnet20"):
+        torch.manual_seed(0)
+        module = Collaborative(network=network, width=4, data_spec=digits.spec).eval()
+        shared = module.shared_gradients(images[index], labels[index])
+        truth = labels[index].sort(1).values
+        assert torch.equal(recover_label_counts(shared.gradients, 10, 8), truth)
+        assert not (recover_labels(shared.gradients, 10, 8) == truth).all(1).any()  # distinct labels cannot be right
+        without_bias = {n: g for n, g in shared.gradients.items() if not (g.ndim == 2 and g.shape[1] == 10)}
+        recovered = recover_label_counts(without_bias, 10, 8)  # LLG on the weight rows
+        assert (recovered == truth).float().mean() > 0.5
+
+
+def test_inverting_gradients_steps_in_inversefeds_units(digits):
+    # inversefed: Adam on the sign of the gradient of z = (x - mean) / std, lr 0.1: the first step moves every
+    # coordinate of z by exactly lr, i.e. every pixel by lr * std; milestones at n // 2.667, n // 1.6, n // 1.142
+    # (float floor division, as in inversefed: 4800 // 1.6 == 2999.0)
+    assert inversefed_milestones(4800) == [1799, 2999, 4203] and inversefed_milestones(8) == [2, 4, 7]
+    torch.manual_seed(0)
+    module = Collaborative(network="convnet", width=4, data_spec=digits.spec).double().eval()
+    shared, images, labels = _targets(module, digits, count=2)
+    attack = GradientInversion(iterations=1, tv=1e-4, progress=False).set_normalization(digits.spec)
+    assert attack.name == "gradient_inversion" and attack.init == "gaussian"
+    std, mean = digits.spec.std[0], digits.spec.mean[0]
+    start = (0.3 + 0.4 * torch.rand(2, 1, *images.shape[2:], generator=torch.Generator().manual_seed(1))).double()
+    moved, _ = attack.invert(module, shared.gradients, labels, start)
+    torch.testing.assert_close((moved - start).abs(), torch.full_like(start, 0.1 * std), rtol=0, atol=1e-9)
+    pixel = GradientInversion(iterations=1, space="pixel", progress=False)
+    assert pixel.name == "gradient_inversion_pixel" and pixel.init == "random"
+    moved, _ = pixel.invert(module, shared.gradients, labels, start)
+    torch.testing.assert_close((moved - start).abs(), torch.full_like(start, 0.1), rtol=0, atol=1e-9)
+    # the Gaussian start is N(0, 1) in z, and the boxed constraint keeps reconstructions in [0, 1]
+    z = (attack.initial_images(4000, images.shape[2:], torch.Generator().manual_seed(0)) - mean) / std
+    assert abs(z.mean().item()) < 0.01 and abs(z.std().item() - 1) < 0.01
+    far = torch.full_like(start, 5.0)
+    boxed, _ = GradientInversion(iterations=2, progress=False).set_normalization(digits.spec).invert(
+        module, shared.gradients, labels, far)
+    assert boxed.min() >= 0 and boxed.max() <= 1
 
 
 def test_gradient_distances():
@@ -87,7 +154,7 @@ def test_inverting_gradients_recovers_a_training_image_of_an_untrained_network(d
 
 
 def test_scores_against_the_transformed_and_the_original_image(digits):
-    module = Collaborative(network="convnet", width=4, policy="29", data_spec=digits.spec)  # 29: invert
+    module = Collaborative(network="convnet", width=4, policy="29", crop_flip=False, data_spec=digits.spec)  # 29: invert
     attack = GradientInversion(iterations=3, num_images=2, batch_size=8, labels="given", init="black", progress=False)
     result = attack.run(module, digits, torch.Generator().manual_seed(0))
     originals, reconstructions = result.examples
@@ -112,6 +179,7 @@ def test_dlg_with_lbfgs_and_l2_lowers_the_gradient_distance(digits):
 
 @pytest.mark.parametrize("kwargs, match", [({"optimizer": "rmsprop"}, "optimizer"), ({"distance": "l3"}, "distance"),
                                            ({"labels": "guess"}, "labels"), ({"init": "white"}, "init"),
+                                           ({"space": "lab"}, "space"), ({"per_sample": "loop"}, "per_sample"),
                                            ({"iterations": 0}, "at least 1"), ({"model_state": "half"}, "model_state")])
 def test_bad_configuration_says_what_to_do(kwargs, match):
     with pytest.raises(BenchError, match=match):

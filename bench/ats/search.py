@@ -10,7 +10,7 @@ independent, so a file searched on one dataset is used on another (the paper's t
 Run it (progress is printed for every policy)::
 
     python -m bench.ats.search --data Digits --c_max 50 --output policies/digits.json
-    python -m bench.ats.search --data LocalFolder --data_dir ../shared/datasets/mnist --t_acc -10 --output policies/mnist.json
+    python -m bench.ats.search --data LocalFolder --data_dir ../shared/datasets/mnist --t_acc -12 --output policies/mnist.json
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.ats.scores import accuracy_score, accuracy_score_loop, privacy_score, privacy_score_loop
+from bench.ats.scores import (REFERENCE_OFFSET, REFERENCE_POINTS, REFERENCE_WINDOW, Batches, accuracy_score,
+                              accuracy_score_loop, class_representatives, privacy_score, privacy_score_loop)
 from bench.errors import BenchError
 from bench.transforms.policy import Policy, random_policy
 
@@ -65,12 +66,15 @@ class SearchResult:
                 "policies_per_minute": round(self.policies_per_minute, 3), "settings": self.settings}
 
 
-def search(privacy_model: nn.Module, accuracy_model: nn.Module, images: Tensor, labels: Tensor, batches: Tensor, *,
-           c_max: int = 1500, n: int = 10, t_acc: float = -10.0, points: int = 10, max_length: int = 3,
-           generator: Optional[torch.Generator] = None, vectorized: bool = True,
+def search(privacy_model: nn.Module, accuracy_model: nn.Module, images: Tensor, labels: Tensor, batches: Batches, *,
+           c_max: int = 1500, n: int = 10, t_acc: float = -12.0, points: int = REFERENCE_POINTS, max_length: int = 3,
+           generator: Optional[torch.Generator] = None, vectorized: bool = True, reduction: str = "sum",
+           score_variant: str = "reference", crop_flip: bool = True, transform_variant: str = "reference",
            progress: Optional[Callable[[int, Scored, list[Scored]], None]] = None) -> SearchResult:
-    """Algorithm 1. ``images``/``labels`` score S_pri on ``privacy_model`` (M^s); ``batches`` (R, N, C, H, W)
-    score S_acc on ``accuracy_model`` (M^r). Stops after ``c_max`` policies even when fewer than ``n`` passed T_acc."""
+    """Algorithm 1. ``images``/``labels`` score S_pri on ``privacy_model`` (M^s); ``batches`` (R, N, C, H, W, or a
+    list of rounds: :func:`bench.ats.scores.class_representatives`) score S_acc on ``accuracy_model`` (M^r), on
+    the scale ``reduction`` (``sum``: the reference's, where the paper's T_acc apply). Stops after ``c_max``
+    policies even when fewer than ``n`` passed T_acc."""
     if c_max < 1 or n < 1 or points < 1 or max_length < 1:
         raise BenchError(f"c_max, n, points and max_length must be at least 1, got {c_max}, {n}, {points}, {max_length}")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -80,11 +84,12 @@ def search(privacy_model: nn.Module, accuracy_model: nn.Module, images: Tensor, 
     evaluated: list[Scored] = []
     started = time.perf_counter()
     for i in range(c_max):
-        policy = random_policy(generator, max_length)  # line 2
-        entry = Scored(policy, float(score_acc(accuracy_model, policy, batches, generator)))  # line 3, Eq. 10
+        policy = random_policy(generator, max_length, crop_flip, transform_variant)  # line 2
+        entry = Scored(policy, float(score_acc(accuracy_model, policy, batches, generator, reduction)))  # line 3, Eq. 10
         if entry.s_acc >= t_acc:  # line 4
             # lines 5-11 (S_pri is computed for the first n too: line 9 compares against them)
-            entry.s_pri = float(score_pri(privacy_model, policy, images, labels, points, generator=generator))  # Eq. 7
+            entry.s_pri = float(score_pri(privacy_model, policy, images, labels, points, generator=generator,
+                                          variant=score_variant))  # Eq. 7
             if len(selected) < n:
                 selected.append(entry)
             else:
@@ -95,8 +100,12 @@ def search(privacy_model: nn.Module, accuracy_model: nn.Module, images: Tensor, 
         if progress is not None:
             progress(i, entry, selected)
     selected.sort(key=lambda s: s.s_pri)
-    settings = {"c_max": c_max, "n": n, "t_acc": t_acc, "points": points, "max_length": max_length,
-                "images": len(images), "rounds": batches.shape[0], "batch_size": batches.shape[1], "vectorized": vectorized}
+    sizes = [len(b) for b in batches]
+    passed = sum(1 for e in evaluated if e.s_acc >= t_acc)
+    settings = {"c_max": c_max, "n": n, "t_acc": t_acc, "passed_t_acc": passed, "points": points,
+                "max_length": max_length, "images": len(images), "rounds": len(sizes), "rows_per_round": sizes,
+                "s_acc_reduction": reduction, "s_pri_variant": score_variant, "crop_flip": crop_flip,
+                "transform_variant": transform_variant, "vectorized": vectorized}
     return SearchResult(selected, evaluated, time.perf_counter() - started, settings)
 
 
@@ -129,11 +138,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int, default=None, help="network width (default: the paper's)")
     parser.add_argument("--c_max", type=int, default=1500, help="policies sampled (C_max)")
     parser.add_argument("--n", type=int, default=10, help="policies kept (top-n by S_pri)")
-    parser.add_argument("--t_acc", type=float, default=-10.0, help="accuracy threshold T_acc (appendix A: -10 to -85)")
-    parser.add_argument("--points", type=int, default=10, help="interpolation points K of Eq. 7")
+    parser.add_argument("--t_acc", type=float, default=-12.0,
+                        help="accuracy threshold T_acc on the --acc_reduction scale (appendix A, on the sum scale: -10 and "
+                             "-12 on F-MNIST, -80 and -85 on CIFAR-100; with N = 10 classes S_acc <= -10, so -10 keeps none)")
+    parser.add_argument("--acc_reduction", default="sum", choices=["sum", "mean"],
+                        help="S_acc's scale: the reference's sum over one image per class, or Eq. 10's 1/N mean over --batch_size")
+    parser.add_argument("--score_variant", default="reference", choices=["reference", "paper"],
+                        help="S_pri: the reference's layer-mean cosine and trapezoid, or Eq. 5-7 as printed")
+    parser.add_argument("--transform_variant", default="reference", choices=["reference", "autoaugment"])
+    parser.add_argument("--no_crop_flip", action="store_true", help="policies without the reference's crop and flip")
+    parser.add_argument("--points", type=int, default=REFERENCE_POINTS, help="interpolation intervals K (the reference's bin_num)")
     parser.add_argument("--images", type=int, default=100, help="images S_pri is averaged over (validation pool)")
-    parser.add_argument("--rounds", type=int, default=10, help="S_acc rounds (mini-batches)")
-    parser.add_argument("--batch_size", type=int, default=128, help="S_acc mini-batch size")
+    parser.add_argument("--rounds", type=int, default=10, help="S_acc rounds")
+    parser.add_argument("--acc_window", type=int, default=REFERENCE_WINDOW,
+                        help="sum scale: each round takes one image per class from this many validation images")
+    parser.add_argument("--batch_size", type=int, default=128, help="mean scale: S_acc mini-batch size")
     parser.add_argument("--semi_fraction", type=float, default=0.1, help="share of the training pool M^s trains on")
     parser.add_argument("--semi_epochs", type=int, default=50, help="M^s's epochs")
     parser.add_argument("--max_length", type=int, default=3, help="transformations per policy, at most")
@@ -167,11 +186,17 @@ def main(argv: Optional[Sequence[str]] = None) -> SearchResult:
     # S_pri on validation images (the attack's targets are test images, as the paper keeps its first 100 apart)
     val_images, val_labels = datamodule.pool("val").tensors()
     pick = torch.randperm(len(val_images), generator=generator)[: args.images]
-    if args.batch_size > len(train_images):
-        raise BenchError(f"--batch_size {args.batch_size} exceeds the {len(train_images)} training images")
-    # each round's mini-batch without repeats: a repeated image makes two Jacobian rows equal (a zero eigenvalue)
-    batches = torch.stack([train_images[torch.randperm(len(train_images), generator=generator)[: args.batch_size]]
-                           for _ in range(args.rounds)])
+    if args.acc_reduction == "sum":
+        # the reference: one image per class from windows of validation images; the windows start after the
+        # first images (which it keeps for the attack) when the pool allows, else at 0
+        offset = REFERENCE_OFFSET if len(val_images) >= REFERENCE_OFFSET + args.rounds * args.acc_window else 0
+        batches = class_representatives(val_images, val_labels, args.rounds, args.acc_window, offset)
+    else:
+        if args.batch_size > len(train_images):
+            raise BenchError(f"--batch_size {args.batch_size} exceeds the {len(train_images)} training images")
+        # each round's mini-batch without repeats: a repeated image makes two Jacobian rows equal (a zero eigenvalue)
+        batches = torch.stack([train_images[torch.randperm(len(train_images), generator=generator)[: args.batch_size]]
+                               for _ in range(args.rounds)])
 
     def progress(i: int, entry: Scored, selected: list[Scored]) -> None:
         s_pri = "filtered" if entry.s_pri is None else f"S_pri {entry.s_pri:.4f}"
@@ -181,7 +206,8 @@ def main(argv: Optional[Sequence[str]] = None) -> SearchResult:
 
     result = search(privacy_model, accuracy_model, val_images[pick], val_labels[pick], batches, c_max=args.c_max, n=args.n,
                     t_acc=args.t_acc, points=args.points, max_length=args.max_length, generator=generator,
-                    vectorized=not args.loop, progress=progress)
+                    vectorized=not args.loop, reduction=args.acc_reduction, score_variant=args.score_variant,
+                    crop_flip=not args.no_crop_flip, transform_variant=args.transform_variant, progress=progress)
     if not result.selected:
         raise BenchError(f"no policy reached T_acc = {args.t_acc}; lower --t_acc (see the S_acc values printed above)")
     content = result.to_json(args.hybrid_size)
@@ -190,6 +216,7 @@ def main(argv: Optional[Sequence[str]] = None) -> SearchResult:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(content, indent=2) + "\n")
+    print(f"ats search: {result.settings['passed_t_acc']} of {len(result.evaluated)} policies passed T_acc = {args.t_acc}")
     print(f"ats search: {len(result.evaluated)} policies in {result.seconds:.1f} s ({result.policies_per_minute:.1f} "
           f"policies/minute, {'loop' if args.loop else 'vectorized'} scores); hybrid {content['policy']} -> {output}")
     return result

@@ -22,7 +22,6 @@ L-BFGS's curvature history would couple them, so L-BFGS attacks run one after an
 from __future__ import annotations
 
 import copy
-import math
 from typing import Callable, Optional
 
 import torch
@@ -32,6 +31,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
+from bench.ats.per_sample import Unsupported, supported_layers, per_sample_gradients
 from bench.attacks.base import Attack, AttackResult
 from bench.errors import BenchError
 from bench.metrics.reconstruction import PSNR_CAP_DB, reconstruction_metrics
@@ -40,6 +40,15 @@ from bench.threat_models import Role, ThreatModel
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
 DISTANCES = ("cosine", "l2", "l1")
 DEFAULT_LR = {"adam": 0.1, "sgd": 0.1, "lbfgs": 1.0}  # Geiping et al.'s Adam and SGD; DLG's L-BFGS
+SPACES = ("normalized", "pixel")
+INITS = ("gaussian", "random", "black")  # random: uniform in [0, 1] pixels
+LABELS = ("recover", "idlg", "llg", "given")
+#: inversefed's milestones: max_iterations // 2.667, // 1.6, // 1.142 ("3/8 5/8 7/8")
+MILESTONE_DIVISORS = (2.667, 1.6, 1.142)
+
+
+def inversefed_milestones(iterations: int) -> list[int]:
+    return sorted({max(1, int(iterations // d)) for d in MILESTONE_DIVISORS})
 
 
 def gradient_distance(dummy: dict[str, Tensor], target: dict[str, Tensor], distance: str) -> Tensor:
@@ -62,16 +71,57 @@ def total_variation(images: Tensor) -> Tensor:
     return dx + dy
 
 
-def recover_labels(gradients: dict[str, Tensor], num_classes: int, batch_size: int) -> Tensor:
-    """iDLG: the true class's row of the last layer's weight gradient is the only negative one (inputs to the
-    last layer are non-negative after ReLU and pooling). For a batch, the ``batch_size`` most negative rows
-    (distinct labels assumed). Returns (A, batch_size) labels."""
+def _last_layer_rows(gradients: dict[str, Tensor], num_classes: int) -> Tensor:
+    """(A, classes) row sums of the last layer's weight gradient: (1/B) sum_i (p_ic - y_ic) sum(h_i)."""
     last = [g for g in gradients.values() if g.ndim == 3 and g.shape[1] == num_classes]
     if not last:
         raise BenchError("cannot recover labels: no (classes, features) weight gradient in the shared gradient; "
                          "give the labels instead (labels: given)")
-    row_sums = last[-1].sum(-1)  # (A, classes)
+    return last[-1].sum(-1)
+
+
+def recover_labels(gradients: dict[str, Tensor], num_classes: int, batch_size: int) -> Tensor:
+    """iDLG: the true class's row of the last layer's weight gradient is the only negative one (inputs to the
+    last layer are non-negative after ReLU and pooling). For a batch, the ``batch_size`` most negative rows
+    (distinct labels assumed: :func:`recover_label_counts` allows repeats). Returns (A, batch_size) labels."""
+    row_sums = _last_layer_rows(gradients, num_classes)
     return row_sums.topk(batch_size, dim=1, largest=False).indices.sort(dim=1).values
+
+
+def recover_label_counts(gradients: dict[str, Tensor], num_classes: int, batch_size: int) -> Tensor:
+    """Labels with repeats from the last layer's gradient, by counts (B = ``batch_size``). Returns (A, B), sorted.
+
+    With a bias on the last layer (every ATS network): its gradient under the batch-mean cross-entropy is
+    g_c = p_c - n_c / B, p_c the batch's mean softmax output for class c, n_c the count of label c (Geng et al.,
+    "Towards general deep leakage in federated learning", 2021, count by n_c = B (p_c - g_c)). Each sample of
+    class c lowers g_c by exactly 1/B, so labels are taken greedily: B times, the class with the smallest
+    g_c + (taken so far) / B. Exact when the p_c differ by less than 1/B (any untrained network).
+    Without a bias: Wainakh et al.'s LLG ("User-level label leakage from gradients in federated learning",
+    PETS 2022) on the weight rows s_c = (1/B) sum_i (p_ic - y_ic) |h_i|: classes with s_c < 0 once each, the
+    impact of a sample estimated as m = (1/B) sum_{s_c < 0} s_c, the rest greedily by the smallest s_c - m k_c.
+    """
+    biases = [g for g in gradients.values() if g.ndim == 2 and g.shape[1] == num_classes]
+    if biases:
+        scores, impact, negative_first = biases[-1].double().clone(), None, False
+    else:
+        scores, negative_first = _last_layer_rows(gradients, num_classes).double().clone(), True
+    out = torch.empty(scores.shape[0], batch_size, dtype=torch.long, device=scores.device)
+    for attack, s in enumerate(scores):
+        taken: list[int] = []
+        if negative_first:
+            negative = (s < 0).nonzero().flatten()
+            negative = negative[s[negative].argsort()[:batch_size]]
+            impact = -(s[s < 0].sum() / batch_size).abs().clamp_min(1e-12)
+            taken = negative.tolist()
+            s[negative] -= impact
+        else:
+            impact = torch.tensor(-1.0 / batch_size, dtype=s.dtype)
+        while len(taken) < batch_size:
+            c = int(s.argmin())
+            taken.append(c)
+            s[c] -= impact
+        out[attack] = torch.tensor(sorted(taken), device=scores.device)
+    return out
 
 
 class GradientInversion(Attack):
@@ -81,17 +131,29 @@ class GradientInversion(Attack):
         optimizer: ``adam`` (IG), ``lbfgs`` (DLG) or ``sgd``.
         distance: gradient distance, ``cosine`` (IG), ``l2`` (DLG) or ``l1``.
         iterations: optimisation steps per attack (the paper: 4,800 for Adam/SGD, 300 for L-BFGS).
-        lr: step size (None: 0.1 for Adam and SGD, 1.0 for L-BFGS).
-        tv: weight of the total-variation prior (IG: 1e-4; 0 for DLG).
+        lr: step size (None: 0.1 for Adam and SGD, 1.0 for L-BFGS), in the units of ``space``.
+        tv: weight of the total-variation prior (IG: 1e-4; 0 for DLG), on the image in ``space``.
+        space: ``normalized`` (inversefed's and ATS's: the image is optimised as (x - mean) / std, boxed to
+            the valid range) or ``pixel`` (x in [0, 1]: bench's earlier variant, recorded as ``..._pixel``).
         restarts: independent initialisations per target; the one with the lowest final distance is kept.
         num_images: targets attacked (the first ones of the test pool: a fixed set).
         batch_size: images per shared gradient (1: the paper's strongest setting; 8 is harder).
-        labels: ``idlg`` (recovered from the gradient) or ``given``.
-        init: ``random`` (uniform noise) or ``black`` (all zeros, ATS Table 7's adaptive attack).
+        labels: ``recover`` (iDLG at batch size 1, LLG's count-based recovery with repeats at batch size > 1),
+            ``idlg`` (the batch_size most negative rows: distinct labels), ``llg`` (the counts alone) or ``given``.
+        init: ``gaussian`` (N(0, 1) in normalised space, inversefed's ``randn``; in pixel space N(0.5, 0.25^2)),
+            ``random`` (uniform noise in [0, 1] pixels) or ``black`` (all zeros, ATS Table 7's adaptive attack).
+            None: gaussian in normalised space, random in pixel space.
         signed: step on the sign of the image gradient (IG's choice for Adam and SGD).
         model_state: ``trained`` (the evaluated checkpoint) or ``untrained`` (the same network re-initialised
-            with the evaluation seed: the stage at which gradients leak most). A semi-trained stage is an early
-            checkpoint of the run: ``bench evaluate runs/.../checkpoints/<early>.ckpt``.
+            with the evaluation seed: the stage at which gradients leak most). The paper's semi-trained stage
+            (M^s: 10% of the data for 50 epochs, the cost of 5 of F-MNIST's 100 epochs) is an early checkpoint
+            of the run: ``bench evaluate runs/.../checkpoints/epoch=<e>-*.ckpt`` (configs ``ats/*_paper_ig``
+            keep every epoch's checkpoint).
+        per_sample: how the dummy gradients of many attacks are formed in one pass: ``vmap`` (``torch.func``;
+            any network; the default, faster on the 2-core CPU: ``benchmarks/ats_inversion.py``) or ``unfold``
+            (activations and output gradients of one batched forward/backward, weight gradients by unfold +
+            batched matmul, differentiable: ``bench.ats.per_sample``; Conv2d / Linear / eval batch-norm networks).
+            A single attack always takes the plain double backward of its batch.
         progress: show a progress bar.
     """
 
@@ -105,8 +167,9 @@ class GradientInversion(Attack):
 
     def __init__(self, optimizer: str = "adam", distance: str = "cosine", iterations: int = 200,
                  lr: Optional[float] = None, tv: float = 1e-4, restarts: int = 1, num_images: int = 4,
-                 batch_size: int = 1, labels: str = "idlg", init: str = "random", signed: bool = True,
-                 model_state: str = "trained", progress: bool = True) -> None:
+                 batch_size: int = 1, labels: str = "recover", init: Optional[str] = None, signed: bool = True,
+                 model_state: str = "trained", space: str = "normalized", per_sample: str = "vmap",
+                 progress: bool = True) -> None:
         if optimizer not in OPTIMIZERS:
             raise BenchError(f"unknown optimizer '{optimizer}'; choose one of {list(OPTIMIZERS)}")
         if distance not in DISTANCES:
@@ -118,10 +181,15 @@ class GradientInversion(Attack):
             raise BenchError(f"lr must be positive, got {lr}")
         if tv < 0:
             raise BenchError(f"tv (total-variation weight) must be non-negative, got {tv}")
-        if labels not in ("idlg", "given"):
-            raise BenchError(f"labels must be 'idlg' (recovered from the gradient) or 'given', got '{labels}'")
-        if init not in ("random", "black"):
-            raise BenchError(f"init must be 'random' or 'black', got '{init}'")
+        if labels not in LABELS:
+            raise BenchError(f"labels must be one of {list(LABELS)} (recover: iDLG, or LLG's counts at batch size > 1), got '{labels}'")
+        if per_sample not in ("unfold", "vmap"):
+            raise BenchError(f"per_sample must be 'unfold' (batched matmuls) or 'vmap', got '{per_sample}'")
+        if space not in SPACES:
+            raise BenchError(f"space must be 'normalized' (inversefed's) or 'pixel', got '{space}'")
+        init = init if init is not None else ("gaussian" if space == "normalized" else "random")
+        if init not in INITS:
+            raise BenchError(f"init must be one of {list(INITS)}, got '{init}'")
         if model_state not in ("trained", "untrained"):
             raise BenchError(f"model_state must be 'trained' or 'untrained', got '{model_state}'")
         self.optimizer = optimizer
@@ -136,10 +204,14 @@ class GradientInversion(Attack):
         self.init = init
         self.signed = signed
         self.model_state = model_state
+        self.space = space
+        self.per_sample = per_sample
         self.progress = progress
         # variants get their own name, so that one evaluation can report several (Table 2) side by side
         variant = [] if (optimizer, distance) == ("adam", "cosine") else [optimizer, distance]
         variant += [setting for setting in (init, model_state) if setting in ("black", "untrained")]
+        variant += ["pixel"] if space == "pixel" else []
+        variant += [f"batch{batch_size}"] if batch_size > 1 else []  # batch 1 and 8 side by side in one record
         self.name = "_".join(["gradient_inversion", *variant])
 
     @property
@@ -159,10 +231,16 @@ class GradientInversion(Attack):
         true_labels = labels[:needed].view(self.num_images, self.batch_size).to(device)
         shared = model.shared_gradients(originals, true_labels, generator)
         targets = {name: g.detach() for name, g in shared.gradients.items()}
-        if self.labels == "idlg":
+        labels_mode = self.labels
+        if labels_mode == "recover":
+            labels_mode = "idlg" if self.batch_size == 1 else "llg"
+        if labels_mode == "idlg":
             attack_labels = recover_labels(targets, module.spec.num_classes, self.batch_size)
+        elif labels_mode == "llg":
+            attack_labels = recover_label_counts(targets, module.spec.num_classes, self.batch_size)
         else:
             attack_labels = true_labels
+        self._normalization = self._spec_normalization(module.spec, device)
         init = self.initial_images(self.num_images * self.restarts, shape, generator).to(device)
         reconstructions, losses = self.invert(model, targets, attack_labels, init)
         reconstructions = reconstructions.detach()
@@ -174,7 +252,9 @@ class GradientInversion(Attack):
         metrics["psnr_original"], metrics["ssim_original"] = against_original["psnr"], against_original["ssim"]
         recovered = torch.sort(attack_labels, dim=1).values == torch.sort(true_labels, dim=1).values
         metrics["label_accuracy"] = recovered.float().mean().item()
-        details = {"final_distance": losses.mean().item(), "images": needed, "model_state": self.model_state}
+        details = {"final_distance": losses.mean().item(), "images": needed, "model_state": self.model_state,
+                   "space": self.space, "init": self.init, "labels": labels_mode, "milestones": inversefed_milestones(self.iterations),
+                   "lpips": "not computed: LPIPS needs pretrained AlexNet/VGG weights, not available offline"}
         return AttackResult(metrics, examples=(inputs.flatten(0, 1)[:16].cpu(), flat[:16]), details=details)
 
     def target_model(self, module, generator: torch.Generator):
@@ -189,38 +269,78 @@ class GradientInversion(Attack):
                     layer.reset_parameters()
         return model
 
+    @staticmethod
+    def _spec_normalization(spec, device=None) -> tuple[Tensor, Tensor]:
+        mean = torch.tensor(list(spec.mean), dtype=torch.float32, device=device).view(1, 1, -1, 1, 1)
+        std = torch.tensor(list(spec.std), dtype=torch.float32, device=device).view(1, 1, -1, 1, 1)
+        return mean, std
+
+    def _mean_std(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """(1, 1, C, 1, 1) mean and std of the optimisation space (0 and 1 in pixel space)."""
+        normalization = getattr(self, "_normalization", None)
+        if self.space == "pixel" or normalization is None:
+            return torch.zeros((), dtype=like.dtype, device=like.device), torch.ones((), dtype=like.dtype, device=like.device)
+        return normalization[0].to(like), normalization[1].to(like)
+
     def initial_images(self, count: int, shape, generator: torch.Generator) -> Tensor:
-        """(count, batch_size, C, H, W) starting images: uniform noise or black."""
+        """(count, batch_size, C, H, W) starting images in pixel units: Gaussian in the optimisation space
+        (inversefed's ``randn``), uniform noise in [0, 1], or black."""
         if self.init == "black":
             return torch.zeros(count, self.batch_size, *shape)
+        if self.init == "gaussian":
+            noise = torch.randn(count, self.batch_size, *shape, generator=generator)
+            if self.space == "pixel":
+                return 0.5 + 0.25 * noise
+            mean, std = self._mean_std(noise)
+            return mean + std * noise
         return torch.rand(count, self.batch_size, *shape, generator=generator)
 
     # ------------------------------------------------------------------ the optimisation
     def invert(self, model: nn.Module, targets: dict[str, Tensor], labels: Tensor, init: Tensor) -> tuple[Tensor, Tensor]:
-        """Reconstruct every target from ``init`` (restarts x targets, B, C, H, W); keep each target's best restart.
+        """Reconstruct every target from ``init`` (restarts x targets, B, C, H, W, in pixel units); keep each
+        target's best restart. Call :meth:`set_normalization` first to optimise in a normalised space.
 
-        Returns reconstructions (targets, B, C, H, W) and their final gradient distances (targets,).
+        Returns reconstructions (targets, B, C, H, W) in pixel units and their final gradient distances (targets,).
         """
         count = labels.shape[0]
         restarts = init.shape[0] // count
         targets = {n: t.repeat(restarts, *[1] * (t.ndim - 1)) for n, t in targets.items()}
         labels = labels.repeat(restarts, 1)
         objective = self.objective(model, targets, labels)
+        mean, std = self._mean_std(init)
+        start = (init - mean) / std  # the optimisation space
         if self.optimizer == "lbfgs":  # independent L-BFGS runs: a shared history would couple the attacks
-            parts = [self._lbfgs(objective, init[i : i + 1], i) for i in range(init.shape[0])]
+            parts = [self._lbfgs(objective, start[i : i + 1], i) for i in range(start.shape[0])]
             images = torch.cat([p[0] for p in parts])
         else:
-            images = self._first_order(objective, init)
+            images = self._first_order(objective, start)
         with torch.no_grad():
             distances = objective(images, None)[1].view(restarts, count)
+        images = (images * std + mean).clamp(0, 1)
         best = distances.argmin(0)
         images = images.view(restarts, count, *images.shape[1:])[best, torch.arange(count)]
         return images, distances[best, torch.arange(count)]
 
+    def set_normalization(self, spec) -> "GradientInversion":
+        """Optimise in ``spec``'s normalised space (``run`` does this from the module's data spec)."""
+        self._normalization = self._spec_normalization(spec)
+        return self
+
     def objective(self, model: nn.Module, targets: dict[str, Tensor], labels: Tensor) -> Callable:
-        """(images, which) -> (per-attack objective, per-attack gradient distance); ``which`` picks attacks (None: all)."""
+        """(z, which) -> (per-attack objective, per-attack gradient distance) for images z in the optimisation
+        space (x = z std + mean); ``which`` picks attacks (None: all)."""
         params = {name: p.detach() for name, p in model.named_parameters() if name in targets}
         buffers = dict(model.named_buffers())
+        mean, std = self._mean_std(next(iter(targets.values())))
+        names = [name for name, _ in model.named_parameters()]
+        leaves = {name: p.detach().requires_grad_(True) for name, p in params.items()}
+        # per-sample gradients by unfold + batched matmul where the layers allow (bench.ats.per_sample), else vmap
+        by_unfold = self.per_sample == "unfold" and not model.training and set(names) == set(targets)
+        if by_unfold:
+            try:
+                supported_layers(model)
+            except Unsupported:
+                by_unfold = False
 
         def loss(params, x, y):  # what each participant computed: the mean cross-entropy of its batch
             return F.cross_entropy(functional_call(model, (params, buffers), (x,)), y)
@@ -230,10 +350,25 @@ class GradientInversion(Attack):
         def evaluate(images: Tensor, which: Optional[slice]):
             chosen = slice(None) if which is None else which
             chosen_targets = {n: t[chosen] for n, t in targets.items()}
-            dummy = dummy_gradients(params, images, labels[chosen])
+            x = images * std + mean
+            if x.shape[0] == 1:  # one attack: its gradient is the batch's, a plain double backward
+                differentiable = torch.is_grad_enabled()
+                with torch.enable_grad():
+                    loss_value = F.cross_entropy(functional_call(model, (leaves, buffers), (x[0],)), labels[chosen][0])
+                    grads = torch.autograd.grad(loss_value, list(leaves.values()), create_graph=differentiable)
+                dummy = {n: g.unsqueeze(0) for n, g in zip(leaves, grads)}
+            elif by_unfold:
+                attacks, batch = x.shape[:2]
+                flat = per_sample_gradients(model, x.flatten(0, 1), labels[chosen].flatten(), create_graph=True)
+                # each participant's loss is its batch's mean cross-entropy: the mean of its samples' gradients
+                dummy = {n: g.view(attacks, batch, *params[n].shape).mean(1) for n, g in zip(names, flat)}
+            else:
+                dummy = dummy_gradients(params, x, labels[chosen])
             distance = gradient_distance(dummy, chosen_targets, self.distance)
-            total = distance + self.tv * total_variation(images) if self.tv else distance
+            total = distance + self.tv * total_variation(images) if self.tv else distance  # TV in the optimised space
             return total, distance
+
+        evaluate.box = ((0 - mean) / std, (1 - mean) / std)  # inversefed's boxed constraint
 
         return evaluate
 
@@ -243,8 +378,8 @@ class GradientInversion(Attack):
             optimizer: torch.optim.Optimizer = torch.optim.Adam([images], lr=self.step_size)
         else:
             optimizer = torch.optim.SGD([images], lr=self.step_size, momentum=0.9)
-        milestones = sorted({max(1, math.floor(f * self.iterations)) for f in (3 / 8, 5 / 8, 7 / 8)})
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, inversefed_milestones(self.iterations), gamma=0.1)
+        low, high = objective.box
         for _ in tqdm(range(self.iterations), desc=f"{self.name} ({self.optimizer}+{self.distance})",
                       disable=not self.progress, leave=False):
             optimizer.zero_grad(set_to_none=True)
@@ -255,7 +390,7 @@ class GradientInversion(Attack):
             optimizer.step()
             scheduler.step()
             with torch.no_grad():
-                images.clamp_(0, 1)
+                images.copy_(torch.max(torch.min(images, high), low))  # boxed: x stays in [0, 1]
         return images.detach()
 
     def _lbfgs(self, objective: Callable, init: Tensor, index: int) -> tuple[Tensor]:
@@ -271,7 +406,8 @@ class GradientInversion(Attack):
             return total
 
         optimizer.step(closure)
-        return (images.detach().clamp(0, 1),)
+        low, high = objective.box
+        return (torch.max(torch.min(images.detach(), high), low),)
 
     # ------------------------------------------------------------------ scoring
     @staticmethod

@@ -71,6 +71,10 @@ class Collaborative(PrivacyModule):
         participants: number of participants N (the paper's 10); each training batch is split among them.
         policy: transformation policy every participant applies to its batch: a policy string
             (``3-1-7``, hybrid ``3-1-7+43-18-18``), a policy file written by ``bench.ats.search``, or None.
+        crop_flip: with a policy, first RandomCrop(padding 4) and a horizontal flip, as the reference's
+            training pipeline does whenever a policy is set (``bench.transforms.policy``).
+        transform_variant: the operations' definitions, ``reference`` (the authors' code: enhance up to
+            0.5, fixed-sign rotation with grey fill) or ``autoaugment`` (``docs/ats_transformations.md``).
         defense: ``none``, ``gaussian`` or ``laplacian`` (noise of scale ``noise_scale`` on each
             shared gradient) or ``pruning`` (layer-wise, ``prune_ratio`` of each layer's entries zeroed).
         noise_scale: standard deviation (Gaussian) or scale b (Laplacian) of the gradient noise.
@@ -83,7 +87,8 @@ class Collaborative(PrivacyModule):
     DEFENSES = ("none", "gaussian", "laplacian", "pruning")  # ATS's baselines: gradient noise, gradient pruning
 
     def __init__(self, network: str = "convnet", width: Optional[int] = None, participants: int = 10,
-                 policy: Optional[str] = None, defense: str = "none", noise_scale: float = 1e-3,
+                 policy: Optional[str] = None, crop_flip: bool = True, transform_variant: str = "reference",
+                 defense: str = "none", noise_scale: float = 1e-3,
                  prune_ratio: float = 0.7, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
                  milestones: tuple[float, ...] = (3 / 8, 5 / 8, 7 / 8), gamma: float = 0.1,
                  data_spec: Optional[DataSpec] = None) -> None:
@@ -102,7 +107,7 @@ class Collaborative(PrivacyModule):
         super().__init__(data_spec=data_spec, lr=lr, weight_decay=weight_decay)
         self.automatic_optimization = False
         self.network = build_ats_network(network, self.spec, width)
-        self.policy = load_policy(policy)
+        self.policy = load_policy(policy, crop_flip, transform_variant)
         # the resolved policy string: a checkpoint stays loadable without the policy file
         self.hparams["policy"] = None if self.policy is None else str(self.policy)
         self.hparams["milestones"] = [float(m) for m in milestones]
@@ -115,6 +120,10 @@ class Collaborative(PrivacyModule):
         parts = []
         if self.policy is not None:
             parts.append(f"policy {self.policy}")
+            if not self.policy.crop_flip:
+                parts.append("no crop/flip")
+            if self.policy.variant != "reference":
+                parts.append(f"{self.policy.variant} operations")
         if self.hparams.defense in ("gaussian", "laplacian"):
             parts.append(f"{self.hparams.defense} {self.hparams.noise_scale:g}")
         elif self.hparams.defense == "pruning":
