@@ -34,7 +34,9 @@ def _signature_defaults(function: Any) -> dict[str, Any]:
 
 def _class_defaults(class_path: str) -> dict[str, Any]:
     """Init-argument defaults of a shipped class, through the ``**kwargs`` its ``__init__`` forwards to its bases."""
-    assert class_path.startswith("bench."), f"shipped configs use the suite's classes, not {class_path}"
+    # the suite's classes, and Lightning's own callbacks (e.g. a ModelCheckpoint that keeps every epoch)
+    assert class_path.startswith(("bench.", "lightning.pytorch.callbacks.")), \
+        f"shipped configs use the suite's classes and Lightning's callbacks, not {class_path}"
     module_name, _, name = class_path.rpartition(".")
     defaults: dict[str, Any] = {}
     for cls in getattr(importlib.import_module(module_name), name).__mro__:
