@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 
-from bench.attacks import LiRA, LossThreshold, NasrAttack, ShokriShadow
+from bench.attacks import LiRA, LiRAOnline, LossThreshold, NasrAttack, NasrShadow, RMIA, RMIAOnline, ShokriShadow
 from bench.attacks.membership_inference import best_threshold, logit_confidence
 from bench.attacks.shadow_models import ShadowModels, random_halves
 from bench.datamodules import Digits
@@ -38,7 +38,7 @@ class RandomLabels(PrivacyDataModule):
 
 # the defaults of the quickstart-sized attacks, smaller where a test needs no more
 ATTACKS = [LossThreshold(shadow_epochs=40), LossThreshold(statistic="confidence", shadow_epochs=40),
-           NasrAttack(shadow_epochs=40), ShokriShadow(shadow_epochs=40, per_class=False), ShokriShadow(shadow_epochs=40),
+           NasrAttack(), NasrShadow(shadow_epochs=40), ShokriShadow(shadow_epochs=40, per_class=False), ShokriShadow(shadow_epochs=40),
            LiRA(shadow_models=6, shadow_epochs=40)]
 
 

@@ -105,6 +105,11 @@ class MCMIA(PrivacyModule):
     def configure_callbacks(self):
         return [self._pruning] if self.pruning else []
 
+    @property
+    def plain_training_step(self) -> bool:
+        """Whether training_step is plain cross-entropy (shadow models may then train batched; see ShadowModels)."""
+        return not self.minmax
+
     def configure_optimizers(self):
         classifier = torch.optim.Adam(self.network.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         if not self.minmax:
