@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from bench.attacks import LiRA, LiRAOnline, LossThreshold, NasrAttack, NasrShadow, RMIA, RMIAOnline, ShokriShadow
-from bench.attacks.membership_inference import best_threshold, logit_confidence
+from bench.attacks.membership_inference import (best_threshold, logit_confidence, query_logits, target_queries,
+                                                true_class_log_probability)
 from bench.attacks.shadow_models import ShadowModels, random_halves
 from bench.datamodules import Digits
 from bench.datamodules.base import PrivacyDataModule
@@ -39,7 +40,8 @@ class RandomLabels(PrivacyDataModule):
 # the defaults of the quickstart-sized attacks, smaller where a test needs no more
 ATTACKS = [LossThreshold(shadow_epochs=40), LossThreshold(statistic="confidence", shadow_epochs=40),
            NasrAttack(), NasrShadow(shadow_epochs=40), ShokriShadow(shadow_epochs=40, per_class=False), ShokriShadow(shadow_epochs=40),
-           LiRA(shadow_models=6, shadow_epochs=40)]
+           LiRA(shadow_models=6, shadow_epochs=40), LiRAOnline(shadow_models=6, shadow_epochs=40),
+           RMIA(shadow_epochs=40), RMIAOnline(reference_models=6, shadow_epochs=40)]
 
 
 def _fit(module, datamodule, epochs):
@@ -54,6 +56,8 @@ def test_metrics_of_perfect_reversed_and_uninformative_scores():
     members = torch.tensor([1] * 50 + [0] * 50)
     perfect = membership_metrics(members.float() * 30 + 20, members, threshold=35.0)  # scores far outside [0, 1]
     assert perfect == {"attack_accuracy": 1.0, "auc": 1.0, "tpr_at_1pct_fpr": 1.0, "tpr_at_0.1pct_fpr": 1.0}
+    # far apart in float64, one value in float32 (1 + 1e-12 rounds to 1): no rounding happens on the way
+    assert membership_metrics(1 + members.double() * 1e-12, members)["auc"] == 1.0
     reversed_ = membership_metrics(-members.float(), members, threshold=-0.5)
     assert reversed_["auc"] == 0.0 and reversed_["attack_accuracy"] == 0.0
     constant = membership_metrics(torch.zeros(100), members, threshold=0.0)
@@ -79,6 +83,53 @@ def test_tpr_at_low_fpr_reads_the_roc_curve():
     assert all(a <= b for a, b in zip(curve["tpr"], curve["tpr"][1:])), "a ROC curve never goes down"
 
 
+def test_low_fpr_report_gives_the_achieved_fpr_the_threshold_and_exact_intervals():
+    from bench.metrics.membership import clopper_pearson, delong_interval, membership_report
+    from scipy import stats
+    from sklearn.metrics import roc_auc_score
+
+    generator = torch.Generator().manual_seed(0)
+    members = torch.tensor([1] * 300 + [0] * 1200)
+    scores = torch.randn(1500, generator=generator, dtype=torch.float64) + members * 1.5
+    scores[:40] = scores[300:310] = 1.0  # a tie group across members and non-members: one decision
+    metrics, details, warnings = membership_report(scores, members)
+    assert not warnings, "1,200 non-members resolve an FPR of 0.1%"
+    for name, target in (("tpr_at_1pct_fpr", 0.01), ("tpr_at_0.1pct_fpr", 0.001)):
+        entry = details[name]
+        assert 0 < entry["achieved_fpr"] <= target and metrics[name] > 0
+        decision = scores >= entry["threshold"]  # the reported threshold reproduces the reported point exactly
+        assert float(decision[members == 1].double().mean()) == metrics[name]
+        assert float(decision[members == 0].double().mean()) == entry["achieved_fpr"]
+        low, high = entry["interval"]
+        assert low < metrics[name] < high
+        k = round(metrics[name] * 300)  # Clopper-Pearson: the binomial tail beyond each end is 2.5%
+        assert stats.binom.cdf(k, 300, high) == pytest.approx(0.025, abs=1e-9)
+        assert stats.binom.sf(k - 1, 300, low) == pytest.approx(0.025, abs=1e-9)
+    # a tie group of 40 members and 40 non-members on top: 40 / 1,200 non-members is above 1% FPR, and no
+    # threshold splits it, so the honest TPR at 1% is 0, at FPR 0, with no threshold
+    top = scores.clone()
+    top[:40] = top[300:340] = 9.0
+    _, tied, _ = membership_report(top, members)
+    assert tied["tpr_at_1pct_fpr"]["threshold"] is None and tied["tpr_at_1pct_fpr"]["achieved_fpr"] == 0.0
+    auc, low, high = delong_interval(scores, members)
+    assert auc == pytest.approx(roc_auc_score(members.numpy(), scores.numpy()), abs=1e-12) and low < auc < high
+    assert clopper_pearson(0, 10) == (0.0, pytest.approx(1 - 0.025 ** 0.1))
+
+
+def test_no_exact_zero_tpr_from_ties_on_a_memorising_model(memorised):
+    """float32 cross-entropy is exactly 0 for many of an overfit model's members; float64 log p_y is not."""
+    module, datamodule = memorised
+    images, labels, is_member = target_queries(datamodule, None, torch.Generator().manual_seed(0))
+    # the memorising model made as confident as an overfit LeNet-5 on MNIST (margins of 20-40 logits)
+    logits = query_logits(lambda x: 10 * module(x), images, 512, torch.device("cpu"))
+    float32_loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+    scores = true_class_log_probability(logits, labels)
+    assert (scores[is_member == 1] == 0).float().mean() < 0.05 < (float32_loss[is_member == 1] == 0).float().mean()
+    # the members' ties at 0 in float32 hide every threshold below their FPR: TPR@1% would read 0
+    assert membership_metrics(-float32_loss, is_member)["tpr_at_1pct_fpr"] == 0.0
+    assert membership_metrics(scores, is_member)["tpr_at_1pct_fpr"] > 0.05
+
+
 def test_best_threshold_maximises_balanced_accuracy():
     scores = torch.tensor([0.1, 0.2, 0.3, 0.6, 0.7, 0.4, 0.8, 0.9])
     members = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1])
@@ -88,9 +139,9 @@ def test_best_threshold_maximises_balanced_accuracy():
 
 
 def test_logit_confidence_is_the_log_odds_of_the_true_class():
-    logits, labels = torch.randn(5, 7), torch.randint(0, 7, (5,))
+    logits, labels = torch.randn(5, 7, dtype=torch.float64), torch.randint(0, 7, (5,))
     p = logits.softmax(-1).gather(1, labels[:, None]).squeeze(1)
-    torch.testing.assert_close(logit_confidence(logits, labels), torch.log(p / (1 - p)), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logit_confidence(logits, labels), torch.log(p / (1 - p)), rtol=1e-9, atol=1e-9)
 
 
 def test_random_halves_hold_exactly_half():
@@ -177,7 +228,11 @@ def test_the_attacks_apply_to_every_classifier_that_shows_its_outputs():
     assert attack.applies_to(SplitNetwork(data_spec=datamodule.spec))
     evaluation = evaluate(SplitNetwork(data_spec=datamodule.spec), datamodule, [attack])
     assert [entry["attack"] for entry in evaluation.privacy] == ["loss_threshold"]
-    assert set(evaluation.privacy[0]["metrics"]) == {"attack_accuracy", "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"}
+    entry = evaluation.privacy[0]
+    assert set(entry["metrics"]) == {"attack_accuracy", "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "empirical_epsilon"}
+    # 32 non-members resolve neither 1% nor 0.1% FPR: the record says so beside the numbers
+    assert len(entry["warnings"]) == 2 and "1,000" in entry["warnings"][1]
+    assert entry["details"]["shadow_recipe"] == "plain" and entry["details"]["shadow_count"] == 1
 
 
 @pytest.mark.parametrize("make", [lambda: LiRA(shadow_models=1), lambda: LossThreshold(statistic="entropy"),

@@ -60,8 +60,12 @@ def logit_confidence(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def true_class_log_probability(logits: Tensor, labels: Tensor) -> Tensor:
-    """log p_y in float64 (minus the cross-entropy), which float32 rounds to exactly 0 for confident members."""
-    return logits.double().log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    """log p_y in float64, accurate where p_y is within 1e-300 of 1: -softplus(-phi), phi the logit confidence.
+
+    float32 cross-entropy is exactly 0 for confident members, and so is a float64 log-softmax once
+    the margin passes ~37 logits (logsumexp rounds log(1 + e^-40) to 0); log1p(e^-phi) does not.
+    """
+    return -F.softplus(-logit_confidence(logits, labels))
 
 
 def best_threshold(scores: Tensor, is_member: Tensor) -> float:
