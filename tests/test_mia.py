@@ -271,3 +271,110 @@ def test_every_classifier_of_the_suite_can_be_attacked(name):
     result = LiRA(shadow_models=2, shadow_epochs=1).run(module, datamodule, torch.Generator().manual_seed(0))
     assert all(0.0 <= value <= 1.0 for value in result.metrics.values())
     assert isinstance(result.details["vectorized_shadows"], bool)
+
+
+# ---------------------------------------------------------------------------- shadows by the target's recipe
+def _defended(kind):
+    from bench.modules.mcmia import DPSGD
+
+    datamodule = RandomLabels(pool_limit=64)
+    torch.manual_seed(0)
+    if kind == "pruned":
+        module = MCMIA(data_spec=datamodule.spec, defense="pruning", lr=3e-3, sparsity=0.9, admm_updates=3, update_every=5)
+    else:
+        module = DPSGD(data_spec=datamodule.spec, noise_multiplier=0.5, lr=0.1, max_grad_norm=1.0)
+    return _fit(module, datamodule, epochs=40), datamodule
+
+
+@pytest.mark.parametrize("kind", ["pruned", "dp"])
+def test_shadows_of_a_defended_target_train_by_its_recipe(kind):
+    module, datamodule = _defended(kind)
+    shadows = ShadowModels(module, 2, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert shadows.recipe == "target" and not shadows.vectorize and shadows.recipe_gap
+    images, labels = datamodule.pool("attacker").tensors()
+    shadows.fit(images, labels, random_halves(2, len(images), torch.Generator().manual_seed(1)), epochs=20,
+                batch_size=16, generator=torch.Generator().manual_seed(2))
+    for shadow in shadows.copies:
+        if kind == "pruned":  # ADMM then masked retraining, exactly as sparse as the target
+            assert shadow.training_report() == pytest.approx(module.training_report())
+            assert all(v == pytest.approx(0.9, abs=2e-3) for k, v in shadow.training_report().items() if k.startswith("sparsity/"))
+        else:  # DP-SGD's clipping and noise, its noise multiplier and Poisson-sampled steps
+            assert float(shadow.dp_noise_multiplier) == float(module.dp_noise_multiplier) and int(shadow.dp_steps) > 0
+
+
+@pytest.mark.parametrize("kind", ["pruned", "dp"])
+def test_target_recipe_shadows_attack_a_defended_model_at_least_as_well_as_plain_ones(kind):
+    """Same target, queries and seeds: only the threshold's calibration differs (the loss-threshold scores are the
+    target's own), so the AUC is equal and the accuracy differs by calibration alone. Plain shadows of a pruned
+    target are dense and overfit far more, which puts the threshold where no target member lies (0.52 vs 0.81 here).
+    Tolerance: one query of 64 on each side (1/64 ~ 0.016), for a threshold that lands one sample off."""
+    module, datamodule = _defended(kind)
+    for seed in (0, 1):
+        results = {recipe: evaluate(module, datamodule, [LossThreshold(shadow_epochs=40, shadow_recipe=recipe)],
+                                    seed=seed).privacy[0] for recipe in ("target", "plain")}
+        assert results["target"]["details"]["shadow_recipe"] == "target"
+        assert results["target"]["metrics"]["auc"] == results["plain"]["metrics"]["auc"]
+        assert results["target"]["metrics"]["attack_accuracy"] >= results["plain"]["metrics"]["attack_accuracy"] - 0.02
+
+
+def test_plain_targets_keep_the_batched_shadows():
+    datamodule = Digits(pool_limit=32)
+    shadows = ShadowModels(MCMIA(data_spec=datamodule.spec, defense="none"), 2, torch.Generator().manual_seed(0),
+                           torch.device("cpu"))
+    assert shadows.recipe == "plain" and shadows.vectorize and shadows.recipe_gap is None
+    minmax = ShadowModels(MCMIA(data_spec=datamodule.spec, defense="minmax"), 2, torch.Generator().manual_seed(0),
+                          torch.device("cpu"))
+    assert minmax.recipe == "target" and "manual" in minmax.recipe_gap
+
+
+def test_a_recipe_that_cannot_be_rebuilt_fails_before_any_shadow_trains():
+    from lightning.pytorch.callbacks import Callback
+    from bench.errors import BenchError
+
+    class Stateful(Callback):
+        def state_dict(self):
+            return {"anything": 1}
+
+    datamodule = Digits(pool_limit=32)
+    module = MCMIA(data_spec=datamodule.spec, defense="none")
+    trainer = L.Trainer(callbacks=[Stateful()], logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    module.trainer = trainer
+    with pytest.raises(BenchError, match="Stateful.*cannot be trained by the target's recipe"):
+        ShadowModels(module, 2, torch.Generator().manual_seed(0), torch.device("cpu"), recipe="target")
+
+
+def test_too_few_attacker_samples_fail_with_one_line_before_training(monkeypatch):
+    from bench.errors import BenchError
+
+    datamodule = Digits(pool_limit=3)
+    module = MCMIA(data_spec=datamodule.spec, defense="none")
+    monkeypatch.setattr(ShadowModels, "fit", lambda *a, **k: pytest.fail("a shadow trained"))
+    with pytest.raises(BenchError, match="too few for shadow models"):
+        LiRA(shadow_models=2, shadow_epochs=1).run(module, datamodule, torch.Generator().manual_seed(0))
+
+
+def test_nasr_as_published_learns_from_known_members_and_scores_only_the_others(memorised):
+    module, datamodule = memorised
+    result = NasrAttack(known_fraction=0.25, attack_epochs=20).run(module, datamodule, torch.Generator().manual_seed(0))
+    assert result.details["known_fraction"] == 0.25 and result.details["known_members"] == 16
+    assert result.details["members"] == result.details["nonmembers"] == 64 - 16  # the known ones are not scored
+
+
+# ---------------------------------------------------------------------------- empirical epsilon
+def test_the_epsilon_lower_bound_is_clearly_positive_on_a_memorising_model(memorised):
+    module, datamodule = memorised
+    result = LiRA(shadow_models=4, shadow_epochs=40).run(module, datamodule, torch.Generator().manual_seed(0))
+    assert result.metrics["empirical_epsilon"] > 0.5, result.details["empirical_epsilon"]
+
+
+def test_the_epsilon_lower_bound_holds_its_confidence_on_scores_of_a_known_epsilon():
+    """Scores from an epsilon-DP randomized response (member says 1 w.p. e^eps / (1 + e^eps)): the bound is valid
+    (below eps) and tight enough to be clearly positive with many canaries."""
+    from bench.metrics.membership import epsilon_lower_bound
+
+    epsilon, generator = 1.0, torch.Generator().manual_seed(0)
+    members = torch.tensor([1] * 5000 + [0] * 5000)
+    keep = torch.rand(10000, generator=generator) < torch.e ** epsilon / (1 + torch.e ** epsilon)
+    scores = torch.where(keep, members, 1 - members).double()
+    bounds = [epsilon_lower_bound(scores, members, 0.0, torch.Generator().manual_seed(s))["epsilon"] for s in range(5)]
+    assert all(0.7 < b <= epsilon for b in bounds), bounds
