@@ -327,6 +327,25 @@ def test_plain_targets_keep_the_batched_shadows():
     assert minmax.recipe == "target" and "manual" in minmax.recipe_gap
 
 
+def test_the_harness_at_the_end_of_fit_keeps_plain_targets_batched_and_rebuilds_trainer_callbacks(tmp_path):
+    """Bookkeeping callbacks (checkpoints, early stopping, the evaluation itself) are no part of the recipe; a training
+    callback the Trainer had is: shadows get a fresh copy of it."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from bench.callbacks import PrivacyEvaluation
+    from bench.callbacks.admm_pruning import ADMMPruning
+
+    datamodule = Digits(pool_limit=32)
+    for extra, recipe in (([], "plain"), ([ADMMPruning(sparsity=0.5, submodule="network", admm_updates=1)], "target")):
+        evaluation = PrivacyEvaluation(attacks=[LossThreshold(shadow_epochs=2)], records_dir=str(tmp_path), leaderboard_dir=None)
+        trainer = L.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            accelerator="cpu", limit_val_batches=1, num_sanity_val_steps=0, default_root_dir=str(tmp_path),
+                            callbacks=[ModelCheckpoint(dirpath=tmp_path), EarlyStopping("val/loss", patience=5), evaluation,
+                                       *extra])
+        trainer.fit(MCMIA(data_spec=datamodule.spec, defense="none"), datamodule)
+        record = json.loads(evaluation.last_record_path.read_text())
+        assert record["privacy"][0]["details"]["shadow_recipe"] == recipe
+
+
 def test_a_recipe_that_cannot_be_rebuilt_fails_before_any_shadow_trains():
     from lightning.pytorch.callbacks import Callback
     from bench.errors import BenchError

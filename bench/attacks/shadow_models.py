@@ -26,7 +26,9 @@ from typing import Any, Callable, Optional
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import (Checkpoint, LearningRateMonitor, ModelSummary, ProgressBar, Timer)
+from lightning.pytorch.callbacks import (Checkpoint, DeviceStatsMonitor, EarlyStopping, LearningRateMonitor, ModelSummary,
+                                         ProgressBar, ThroughputMonitor, Timer)
+from lightning.pytorch.cli import SaveConfigCallback
 from torch import Tensor
 from torch.func import functional_call, replace_all_batch_norm_modules_, stack_module_state
 from torch.utils.data import DataLoader
@@ -35,8 +37,10 @@ from bench.datamodules.base import ImagePool, collate_batch
 from bench.errors import BenchError
 
 RECIPES = ("auto", "target", "plain")
-#: callbacks that watch or save a fit without changing what it trains
-BOOKKEEPING = (Checkpoint, LearningRateMonitor, ModelSummary, ProgressBar, Timer)
+#: callbacks that watch or save a fit without changing what each step trains (early stopping and timers only say
+#: when a fit ends: shadows train the attack's ``shadow_epochs``)
+BOOKKEEPING = (Checkpoint, DeviceStatsMonitor, EarlyStopping, LearningRateMonitor, ModelSummary, ProgressBar,
+               SaveConfigCallback, ThroughputMonitor, Timer)
 
 
 def _first_optimizer(module) -> tuple[type, dict[str, Any]]:
