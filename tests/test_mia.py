@@ -346,6 +346,21 @@ def test_the_harness_at_the_end_of_fit_keeps_plain_targets_batched_and_rebuilds_
         assert record["privacy"][0]["details"]["shadow_recipe"] == recipe
 
 
+def test_an_augmenting_target_gets_shadows_trained_on_its_augmentation(monkeypatch):
+    datamodule = Digits(pool_limit=32)
+    seen = []
+
+    def flip(image):
+        seen.append(image.shape)
+        return image.flip(-1)
+
+    datamodule.pool("train").transform = flip  # the target's DataModule augments its members
+    module = MCMIA(data_spec=datamodule.spec, defense="none")
+    result = LossThreshold(shadow_epochs=1).run(module, datamodule, torch.Generator().manual_seed(0))
+    assert result.details["shadow_recipe"] == "target" and "augmented" in result.details["why_not_plain"]
+    assert len(seen) == 16, "each shadow member went through the target's augmentation once (one epoch)"
+
+
 def test_a_recipe_that_cannot_be_rebuilt_fails_before_any_shadow_trains():
     from lightning.pytorch.callbacks import Callback
     from bench.errors import BenchError

@@ -144,9 +144,11 @@ class MembershipInference(Attack):
                              "a larger share in --data.fractions or raise --data.pool_limit")
         if members is None:
             members = random_halves(count, len(images), generator)
-        shadows = ShadowModels(module, count, generator, module.device, recipe=self.shadow_recipe)
+        augmentation = augmentation_of(datamodule)
+        shadows = ShadowModels(module, count, generator, module.device, recipe=self.shadow_recipe,
+                               augmented=augmentation is not None)
         members = shadows.fit(images, labels, members, self.shadow_epochs, self.batch_size, generator,
-                              transform=augmentation_of(datamodule))
+                              transform=augmentation)
         self._shadow_details = {**shadows.describe(), "shadow_epochs": self.shadow_epochs}
         return shadows, images, labels, members
 

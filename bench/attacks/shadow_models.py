@@ -117,8 +117,13 @@ def recipe_callbacks(module) -> list[Callable[[], Any]]:
     return factories
 
 
-def plain_recipe_gap(module) -> Optional[str]:
-    """Why plain cross-entropy with the first optimizer would not be the target's recipe (None: it would be)."""
+def plain_recipe_gap(module, augmented: bool = False) -> Optional[str]:
+    """Why plain cross-entropy with the first optimizer would not be the target's recipe (None: it would be).
+
+    ``augmented``: the target's DataModule augments its training pool (the plain batched path does not).
+    """
+    if augmented:
+        return "its training data is augmented"
     if not getattr(module, "automatic_optimization", True):
         return "it optimizes manually (its own training_step)"
     from bench.modules.base import PrivacyModule  # here: bench.modules imports the attacks' callbacks
@@ -182,10 +187,11 @@ class ShadowModels:
 
     Args:
         recipe: ``auto`` (the target's recipe, batched when that is the plain one), ``target`` or ``plain``.
+        augmented: the target trained on augmented data (then its recipe is not the plain one).
     """
 
     def __init__(self, module, count: int, generator: torch.Generator, device: torch.device,
-                 vectorize: bool | str = "auto", recipe: str = "auto") -> None:
+                 vectorize: bool | str = "auto", recipe: str = "auto", augmented: bool = False) -> None:
         if count < 1:
             raise BenchError(f"an attack needs at least one shadow model, got {count}")
         if recipe not in RECIPES:
@@ -193,7 +199,7 @@ class ShadowModels:
         fresh_copy = getattr(module, "fresh_copy", None)
         if not callable(fresh_copy):
             raise BenchError(f"{type(module).__name__} has no fresh_copy(): shadow models cannot be trained like it")
-        self.recipe_gap = plain_recipe_gap(module)
+        self.recipe_gap = plain_recipe_gap(module, augmented)
         self.recipe = ("plain" if self.recipe_gap is None else "target") if recipe == "auto" else recipe
         # checked now: a recipe that cannot be rebuilt fails before anything trains
         self.callback_factories = recipe_callbacks(module) if self.recipe == "target" else []
