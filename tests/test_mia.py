@@ -412,3 +412,18 @@ def test_the_epsilon_lower_bound_holds_its_confidence_on_scores_of_a_known_epsil
     scores = torch.where(keep, members, 1 - members).double()
     bounds = [epsilon_lower_bound(scores, members, 0.0, torch.Generator().manual_seed(s))["epsilon"] for s in range(5)]
     assert all(0.7 < b <= epsilon for b in bounds), bounds
+
+
+def test_the_epsilon_lower_bound_never_exceeds_the_accountants_on_a_dp_run():
+    from bench.modules.mcmia import DPSGD
+
+    datamodule = RandomLabels(pool_limit=64)
+    torch.manual_seed(0)
+    module = _fit(DPSGD(data_spec=datamodule.spec, noise_multiplier=3.0, lr=0.1), datamodule, epochs=20)
+    accountant = module.epsilon("prv")  # the tighter of Opacus's two accountants
+    assert 0 < accountant < 5
+    for attack in (LossThreshold(shadow_epochs=20), LiRA(shadow_models=4, shadow_epochs=20)):
+        for seed in (0, 1):
+            result = attack.run(module, datamodule, torch.Generator().manual_seed(seed))
+            assert result.details["empirical_epsilon"]["delta"] == module.hparams.delta
+            assert 0 <= result.metrics["empirical_epsilon"] <= accountant
