@@ -132,6 +132,7 @@ class MembershipInference(Attack):
         self.query_batch_size = query_batch_size
         self.shadow_recipe = shadow_recipe
         self._shadow_details: dict[str, Any] = {}
+        self._shadow_warnings: list[str] = []
 
     def shadows(self, module, datamodule, generator: torch.Generator, count: int, images: Optional[Tensor] = None,
                 labels: Optional[Tensor] = None, members: Optional[Tensor] = None) -> tuple[ShadowModels, Tensor, Tensor, Tensor]:
@@ -150,6 +151,12 @@ class MembershipInference(Attack):
         members = shadows.fit(images, labels, members, self.shadow_epochs, self.batch_size, generator,
                               transform=augmentation)
         self._shadow_details = {**shadows.describe(), "shadow_epochs": self.shadow_epochs}
+        trainer = getattr(module, "_trainer", None)
+        target_epochs = getattr(trainer, "current_epoch", None) if trainer is not None else None
+        if isinstance(target_epochs, int) and target_epochs != self.shadow_epochs:
+            # a schedule over epochs (ADMM pruning, a noise calibration for a budget) plays out differently
+            self._shadow_warnings = [f"{self.name}: shadows trained {self.shadow_epochs} epochs, the target "
+                                     f"{target_epochs}; set shadow_epochs to the target's for its recipe"]
         return shadows, images, labels, members
 
     #: the fewest samples a shadow may train on
@@ -158,7 +165,7 @@ class MembershipInference(Attack):
     def run(self, module, datamodule, generator: torch.Generator) -> AttackResult:
         images, labels, is_member = target_queries(datamodule, self.max_queries, generator)
         target = query_logits(module, images, self.query_batch_size, module.device)
-        self._shadow_details = {}
+        self._shadow_details, self._shadow_warnings = {}, []
         scores, threshold, details = self.score(module, datamodule, generator, images, target, labels, is_member)
         scored = ~torch.isnan(scores)  # an attack that learns from known members scores only the others
         scores, is_member = scores[scored], is_member[scored]
@@ -169,7 +176,7 @@ class MembershipInference(Attack):
         details.update(self._shadow_details)
         details.update(report, empirical_epsilon=audit, members=int(is_member.sum()),
                        nonmembers=int((1 - is_member).sum()), threshold=threshold, roc=roc_curve(scores, is_member),
-                       warnings=warnings)
+                       warnings=self._shadow_warnings + warnings)
         return AttackResult(metrics, details=details)
 
     def score(self, module, datamodule, generator, images: Tensor, target: Tensor, labels: Tensor,
