@@ -215,10 +215,14 @@ def test_every_attack_is_well_above_chance_on_a_model_that_memorised_its_members
         metrics = entry["metrics"]
         # Nasr's h reads softmax vectors, which a memorising model saturates to one-hot in float32: its members tie,
         # which costs AUC (a ranking metric) more than accuracy
-        auc_floor = 0.6 if entry["attack"] == "nasr" else 0.75
-        assert metrics["auc"] > auc_floor and metrics["attack_accuracy"] > 0.65, (entry["attack"], metrics)
+        # ... and the published Nasr attack learns h from 32 known members and 32 known non-members only (scored on
+        # the other 32 + 32), so its estimate is the noisiest (std ~0.07)
+        auc_floor = 0.6 if entry["attack"] in ("nasr", "nasr_shadow") else 0.75
+        accuracy_floor = 0.6 if entry["attack"] == "nasr" else 0.65
+        assert metrics["auc"] > auc_floor and metrics["attack_accuracy"] > accuracy_floor, (entry["attack"], metrics)
         assert entry["directions"] == {key: "lower" for key in metrics}
-        assert entry["details"]["members"] == entry["details"]["nonmembers"] == 64
+        scored = 32 if entry["attack"] == "nasr" else 64  # Nasr's known half is its training data, not scored
+        assert entry["details"]["members"] == entry["details"]["nonmembers"] == scored
     json.dumps(evaluation.privacy)  # records hold plain JSON: the ROC curve included
 
 

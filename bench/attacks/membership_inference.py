@@ -269,8 +269,9 @@ class NasrAttack(MembershipInference):
 
     The attacker knows ``known_fraction`` of the target's members and as many non-members (Nasr
     et al.'s adversary holds a subset of the training set D and of reference data D'); h trains
-    on the target's outputs for those (with a validation split for its epoch), and is scored on
-    every other query. The record says how many were known.
+    on the target's outputs for those (with a validation split for its epoch), its decision
+    threshold is the best on them, and it is scored on every other query. The record says how many
+    were known.
 
     Args:
         known_fraction: the share of the queried members (and of as many non-members) the attacker knows.
@@ -303,8 +304,11 @@ class NasrAttack(MembershipInference):
                                          self.attack_batch_size, self.attack_lr, generator)
         with torch.no_grad():  # h's logit, not its sigmoid: float32 sigmoids of confident members tie at 1.0
             scores = h(probabilities, labels).double()
+        # the decision threshold: the best on the queries the attacker knows (h at its validation epoch need not be
+        # calibrated at logit 0)
+        threshold = best_threshold(scores[known], is_member[known])
         scores[known] = float("nan")  # the known queries are the attacker's training data, not its test
-        return scores, 0.0, {"known_fraction": self.known_fraction, "known_members": count, "known_nonmembers": count,
+        return scores, threshold, {"known_fraction": self.known_fraction, "known_members": count, "known_nonmembers": count,
                              **training}
 
 
