@@ -228,6 +228,7 @@ class DPSGD(PrivacyModule):
         self.register_buffer("dp_sample_rate", torch.tensor(0.0, dtype=torch.float64))
         self.register_buffer("dp_steps", torch.tensor(0, dtype=torch.long))
         self._members: Optional[tuple[Tensor, Tensor]] = None
+        self._member_count = 0
         self._expected_batch = 1.0
 
     def forward(self, x: Tensor) -> Tensor:
@@ -245,6 +246,7 @@ class DPSGD(PrivacyModule):
         self.dp_sample_rate.fill_(min(1.0, world * datamodule.batch_size / members))
         self._expected_batch = float(self.dp_sample_rate) * members
         self._members = (images[rank::world].to(self.device), labels[rank::world].to(self.device))  # this rank's shard
+        self._member_count = members
         if self.dp_noise_multiplier < 0:
             from opacus.accountants.utils import get_noise_multiplier
 
@@ -273,9 +275,15 @@ class DPSGD(PrivacyModule):
         return vmap(grad(loss), in_dims=(None, 0, 0))(params, images, labels)
 
     def poisson_batch(self) -> tuple[Tensor, Tensor]:
-        """This rank's members, each kept with probability q (Poisson sampling; Opacus's UniformWithReplacementSampler)."""
+        """This rank's members, each kept with probability q (Poisson sampling; Opacus's UniformWithReplacementSampler).
+
+        One uniform draw per member of the whole pool, of which this rank reads its shard's: every member's
+        inclusion is independent of every other's, on one rank or many (ranks share the seed).
+        """
         images, labels = self._members
-        keep = torch.rand(len(images), device=images.device) < float(self.dp_sample_rate)
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        draws = torch.rand(self._member_count, device=images.device)[rank::world]
+        keep = draws < float(self.dp_sample_rate)
         return images[keep], labels[keep]
 
     def clipped_sum(self, images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
