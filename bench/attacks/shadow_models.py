@@ -20,7 +20,10 @@ trained on subsets of the attacker pool by one of two recipes:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
+import warnings
 from typing import Any, Callable, Optional
 
 import lightning as L
@@ -142,6 +145,20 @@ def plain_recipe_gap(module, augmented: bool = False) -> Optional[str]:
     if schedulers:
         return "it uses learning-rate schedulers"
     return None
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """A shadow's fit without Lightning's per-fit banner (devices, tips) and its no-validation notice, K times over."""
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*validation_step.*val_dataloader.*")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 class _ShadowData(L.LightningDataModule):
@@ -293,7 +310,7 @@ class ShadowModels:
                                 enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                                 num_sanity_val_steps=0, limit_val_batches=0,
                                 callbacks=[factory() for factory in self.callback_factories])
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), _quiet_lightning():
                 torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
                 trainer.fit(model, data)
             model._trainer = None  # detached: a shadow's trainer is no part of what the attack keeps
