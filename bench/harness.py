@@ -120,7 +120,9 @@ def _evaluate(module, datamodule, attacks, seed, was_training, started, clock) -
                             "role": attack.role.value, "class": class_path(attack),
                             "config": attack.config(), "metrics": result.metrics,
                             "directions": dict(attack.metric_directions), "primary_metric": attack.primary_metric,
-                            "details": result.details})
+                            "details": result.details,
+                            # e.g. an FPR too low for the non-members scored: beside the metrics it qualifies
+                            "warnings": list(result.details.get("warnings", []))})
             if result.examples is not None:
                 examples[attack.name] = result.examples
     finally:

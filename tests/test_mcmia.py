@@ -15,7 +15,7 @@ from bench.callbacks import PrivacyEvaluation
 from bench.cli import load_checkpoint
 from bench.datamodules import Digits
 from bench.errors import BenchError
-from bench.modules.mcmia import DPSGD, MCMIA
+from bench.modules.mcmia import DPSGD, MCMIA, RDP_ORDERS
 from bench.networks.classifiers import CLASSIFIERS, InferenceModel, build_classifier
 from bench.records import load_records
 from helpers import StepRecorder, quiet_trainer as _trainer, synthetic_spec as _spec
@@ -168,6 +168,61 @@ def test_dp_sgd_spends_the_target_epsilon_and_the_record_says_so(tmp_path):
     assert record["cost"]["dp_epsilon"] == pytest.approx(module.epsilon())
     restored, _, _ = load_checkpoint(checkpoint.best_model_path, device="cpu")
     assert restored.epsilon() == pytest.approx(module.epsilon())
+
+
+def test_the_private_gradient_is_opacus_dp_optimizer_step_to_1e6():
+    """Clipping, per-parameter noise and the expected-batch scaling, against Opacus's GradSampleModule + DPOptimizer."""
+    import copy
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    module = DPSGD(data_spec=_spec(), noise_multiplier=1.3, max_grad_norm=0.5)
+    images, labels = torch.rand(7, 1, 8, 8), torch.randint(0, 10, (7,))
+    expected_batch = 6.0  # Poisson: the batch drawn (7) is not the batch expected (q x members)
+    reference = GradSampleModule(copy.deepcopy(module.network))
+    optimizer = DPOptimizer(torch.optim.SGD(reference.parameters(), lr=1.0), noise_multiplier=1.3, max_grad_norm=0.5,
+                            expected_batch_size=int(expected_batch))
+    F.cross_entropy(reference(images), labels).backward()
+    torch.manual_seed(5)
+    optimizer.pre_step()  # clip_and_accumulate, add_noise, scale_grad
+    torch.manual_seed(5)
+    summed, _ = module.clipped_sum(images, labels)
+    ours = {name: g / expected_batch for name, g in module.add_noise(summed).items()}
+    for (name, _), parameter in zip(module.network.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(ours[name], parameter.grad, rtol=0, atol=1e-6)
+
+
+def test_dp_sgd_samples_by_poisson_and_reports_both_accountants():
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    datamodule = Digits(batch_size=16, pool_limit=64)
+    module = DPSGD(data_spec=datamodule.spec, noise_multiplier=1.0)
+    sizes = []
+    original = module.poisson_batch
+
+    def spy():
+        batch = original()
+        sizes.append(len(batch[0]))
+        return batch
+
+    module.poisson_batch = spy
+    _trainer(max_epochs=3).fit(module, datamodule)
+    assert float(module.dp_sample_rate) == 0.25 and len(sizes) == 12
+    assert len(set(sizes)) > 1, "Poisson batches vary in size (fixed shuffled batches would all be 16)"
+    report = module.training_report()
+    for accountant, key in ((RDPAccountant(), "dp_epsilon"), (PRVAccountant(), "dp_epsilon_prv")):
+        accountant.history = [(1.0, 0.25, 12)]
+        kwargs = {"alphas": RDP_ORDERS} if key == "dp_epsilon" else {}
+        assert report[key] == pytest.approx(accountant.get_epsilon(1e-5, **kwargs))
+    assert report["dp_epsilon_prv"] <= report["dp_epsilon"] + 1e-6  # PRV is the tighter of the two
+
+
+def test_an_unreachable_dp_target_fails_with_one_line_before_training():
+    datamodule = Digits(batch_size=64, pool_limit=64)
+    module = DPSGD(data_spec=datamodule.spec, target_epsilon=1e-6, delta=1e-9)
+    module.training_step = lambda *a: pytest.fail("DP-SGD trained")
+    with pytest.raises(BenchError, match="cannot reach epsilon"):
+        _trainer(max_epochs=50).fit(module, datamodule)
 
 
 def test_dp_sgd_refuses_batch_norm_networks():

@@ -1,26 +1,32 @@
 """Membership inference against any classifier of the suite, through its outputs alone.
 
 Members are the DataModule's ``train`` pool, non-members its ``nonmember`` pool; the attacker
-queries the trained method as a black box and trains everything of its own (shadow models,
-attack models, thresholds) on the ``attacker`` pool only. Shadow models are "trained like the
-target": ``module.fresh_copy()`` (same class and hyper-parameters, untrained) with the target's
-own optimizer settings, on random halves of the attacker pool, with cross-entropy; all shadows
-of one attack train together as one batched run (:mod:`bench.attacks.shadow_models`).
+queries the trained method as a black box and trains everything of its own (shadow and reference
+models, attack models, thresholds) on the ``attacker`` pool -- and, for the online attacks, on the
+queried candidates themselves, never on their membership. Shadow models are trained by the
+target's own recipe (:mod:`bench.attacks.shadow_models`: ``fresh_copy()``, its training_step,
+optimizers, callbacks, augmentation, through a Lightning Trainer), batched under ``vmap`` when
+that recipe is plain cross-entropy; the record says which (``shadow_recipe``).
 
-Attacks (each reports attack accuracy, AUC, TPR at 1% and 0.1% FPR and its ROC curve):
+Attacks (each reports attack accuracy, AUC, TPR at 1% and 0.1% FPR with the achieved FPR, the
+threshold and intervals, an empirical epsilon lower bound, and its ROC curve):
 
-* :class:`LossThreshold` (Yeom et al. 2018): a low loss (or high confidence) means member; the
-  threshold is calibrated on a shadow model.
-* :class:`NasrAttack` (Nasr et al. 2018): their inference model h(f(x), y) trained on a shadow
-  model's outputs on its own members and non-members.
+* :class:`LossThreshold` (Yeom et al. 2018): a low loss (or a high logit-scaled confidence) means
+  member; the threshold is calibrated on a shadow model.
+* :class:`NasrAttack` (Nasr et al. 2018, as published): their inference model h(f(x), y) trained on
+  the *target's* outputs for a known fraction of its members and of non-members, scored on the rest.
+* :class:`NasrShadow`: the same h trained on a shadow model's members and non-members instead.
 * :class:`ShokriShadow` (Shokri et al. 2017): several shadow models, one attack model per class
   (or one global) on their prediction vectors.
-* :class:`LiRA` (Carlini et al. 2022), the offline variant: a Gaussian fitted to shadow models'
-  logit-scaled confidences on each query (every shadow is "out" for it), a one-sided test.
+* :class:`LiRA` (Carlini et al. 2022), offline: a Gaussian fitted to shadow models' logit-scaled
+  confidences on each query (every shadow is "out" for it), a one-sided test.
+* :class:`LiRAOnline` and the RMIA attacks live in :mod:`bench.attacks.rmia` and
+  :mod:`bench.attacks.lira_online`.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Optional
 
 import torch
@@ -28,31 +34,44 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.attacks.base import Attack, AttackResult
-from bench.attacks.shadow_models import ShadowModels, random_halves
+from bench.attacks.shadow_models import RECIPES, ShadowModels, random_halves
 from bench.errors import BenchError
-from bench.metrics.membership import DIRECTIONS, membership_metrics, roc_curve
+from bench.metrics.membership import DIRECTIONS, epsilon_lower_bound, membership_report, roc_curve
 from bench.networks.classifiers import InferenceModel
 from bench.threat_models import Role, ThreatModel
+
+#: the audit's delta when the method states none (DP-SGD states its own)
+AUDIT_DELTA = 1e-5
 
 
 # ---------------------------------------------------------------------- queries
 @torch.no_grad()
 def query_logits(model, images: Tensor, batch_size: int, device: torch.device) -> Tensor:
-    """The black-box queries: ``model``'s logits on ``images``, batched, returned on the CPU."""
-    return torch.cat([model(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)])
+    """The black-box queries: ``model``'s logits on ``images``, batched, returned in float64 on the CPU."""
+    return torch.cat([model(images[i : i + batch_size].to(device)).double().cpu() for i in range(0, len(images), batch_size)])
 
 
 def logit_confidence(logits: Tensor, labels: Tensor) -> Tensor:
-    """LiRA's phi = log(p_y / (1 - p_y)), computed stably from logits: z_y - logsumexp(z_{j != y})."""
+    """LiRA's phi = log(p_y / (1 - p_y)), computed stably from logits (in float64): z_y - logsumexp(z_{j != y})."""
+    logits = logits.double()
     true = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     others = logits.scatter(-1, labels.unsqueeze(-1), float("-inf"))
     return true - others.logsumexp(-1)
 
 
+def true_class_log_probability(logits: Tensor, labels: Tensor) -> Tensor:
+    """log p_y in float64, accurate where p_y is within 1e-300 of 1: -softplus(-phi), phi the logit confidence.
+
+    float32 cross-entropy is exactly 0 for confident members, and so is a float64 log-softmax once
+    the margin passes ~37 logits (logsumexp rounds log(1 + e^-40) to 0); log1p(e^-phi) does not.
+    """
+    return -F.softplus(-logit_confidence(logits, labels))
+
+
 def best_threshold(scores: Tensor, is_member: Tensor) -> float:
     """The threshold maximising balanced accuracy on the attacker's own labelled scores (a shadow's in/out)."""
-    order = scores.argsort(descending=True)
-    sorted_scores, members = scores[order], is_member[order].double()
+    order = scores.double().argsort(descending=True)
+    sorted_scores, members = scores.double()[order], is_member[order].double()
     tpr = members.cumsum(0) / members.sum().clamp_min(1)
     fpr = (1 - members).cumsum(0) / (1 - members).sum().clamp_min(1)
     # only cut between distinct scores: equal scores get one decision
@@ -74,6 +93,12 @@ def target_queries(datamodule, max_queries: Optional[int], generator: torch.Gene
     return tuple(torch.cat(t) for t in zip(*parts))  # type: ignore[return-value]
 
 
+def augmentation_of(datamodule):
+    """The target DataModule's training augmentation (part of the target's recipe), None when it has none."""
+    pool = datamodule.pool("train")
+    return getattr(pool, "transform", None)
+
+
 # ---------------------------------------------------------------------- attacks
 class MembershipInference(Attack):
     """Shared configuration and reporting of the membership-inference attacks.
@@ -83,6 +108,8 @@ class MembershipInference(Attack):
         batch_size: shadow-model mini-batch size.
         max_queries: at most this many members and as many non-members are queried (None: all).
         query_batch_size: target queries per batch.
+        shadow_recipe: ``auto`` (the target's recipe; batched when it is plain cross-entropy),
+            ``target`` or ``plain`` (cross-entropy with the target's first optimizer, whatever its recipe).
     """
 
     abstract = True
@@ -91,122 +118,228 @@ class MembershipInference(Attack):
     metric_directions = DIRECTIONS
     primary_metric = "attack_accuracy"
     tasks = ("multiclass",)  # loss, confidence and per-class attack models all read one true class per image
-    shadow_count = 1
     min_pool_sizes = {"attacker": 4, "train": 1, "nonmember": 1}  # shadows train on halves of the attacker pool
 
     def __init__(self, shadow_epochs: int = 30, batch_size: int = 32, max_queries: Optional[int] = None,
-                 query_batch_size: int = 512) -> None:
+                 query_batch_size: int = 512, shadow_recipe: str = "auto") -> None:
         if shadow_epochs < 1 or batch_size < 1 or query_batch_size < 1:
             raise BenchError(f"{type(self).__name__}: shadow_epochs, batch_size and query_batch_size must be positive")
         if max_queries is not None and max_queries < 1:
             raise BenchError(f"{type(self).__name__}: max_queries must be positive or None, got {max_queries}")
+        if shadow_recipe not in RECIPES:
+            raise BenchError(f"{type(self).__name__}: shadow_recipe must be one of {RECIPES}, got '{shadow_recipe}'")
         self.shadow_epochs = shadow_epochs
         self.batch_size = batch_size
         self.max_queries = max_queries
         self.query_batch_size = query_batch_size
-        self._vectorized: Optional[bool] = None
+        self.shadow_recipe = shadow_recipe
+        self._shadow_details: dict[str, Any] = {}
+        self._shadow_warnings: list[str] = []
 
-    def shadows(self, module, datamodule, generator: torch.Generator, count: int) -> tuple[ShadowModels, Tensor, Tensor, Tensor]:
-        """``count`` shadows trained on random halves of the attacker pool: (shadows, images, labels, members)."""
-        images, labels = datamodule.pool("attacker").tensors()
-        if len(images) < 4:
-            raise BenchError(f"the attacker pool holds {len(images)} samples: too few to train shadow models")
-        members = random_halves(count, len(images), generator)
-        shadows = ShadowModels(module, count, generator, module.device)
-        shadows.fit(images, labels, members, self.shadow_epochs, self.batch_size, generator)
-        self._vectorized = shadows.vectorize
+    def shadows(self, module, datamodule, generator: torch.Generator, count: int, images: Optional[Tensor] = None,
+                labels: Optional[Tensor] = None, members: Optional[Tensor] = None) -> tuple[ShadowModels, Tensor, Tensor, Tensor]:
+        """``count`` shadows trained on random halves of the attacker pool (or of ``images``): (shadows, images, labels, members)."""
+        if images is None:
+            images, labels = datamodule.pool("attacker").tensors()
+        if len(images) // 2 < max(2, self.min_shadow_members):
+            raise BenchError(f"{self.name}: {len(images)} attacker samples are too few for shadow models (each trains on "
+                             f"half: at least {2 * max(2, self.min_shadow_members)} needed); give the attacker pool "
+                             "a larger share in --data.fractions or raise --data.pool_limit")
+        if members is None:
+            members = random_halves(count, len(images), generator)
+        augmentation = augmentation_of(datamodule)
+        shadows = ShadowModels(module, count, generator, module.device, recipe=self.shadow_recipe,
+                               augmented=augmentation is not None)
+        members = shadows.fit(images, labels, members, self.shadow_epochs, self.batch_size, generator,
+                              transform=augmentation)
+        self._shadow_details = {**shadows.describe(), "shadow_epochs": self.shadow_epochs}
+        trainer = getattr(module, "_trainer", None)
+        target_epochs = getattr(trainer, "current_epoch", None) if trainer is not None else None
+        if isinstance(target_epochs, int) and target_epochs != self.shadow_epochs:
+            # a schedule over epochs (ADMM pruning, a noise calibration for a budget) plays out differently
+            self._shadow_warnings = [f"{self.name}: shadows trained {self.shadow_epochs} epochs, the target "
+                                     f"{target_epochs}; set shadow_epochs to the target's for its recipe"]
         return shadows, images, labels, members
+
+    #: the fewest samples a shadow may train on
+    min_shadow_members = 2
 
     def run(self, module, datamodule, generator: torch.Generator) -> AttackResult:
         images, labels, is_member = target_queries(datamodule, self.max_queries, generator)
         target = query_logits(module, images, self.query_batch_size, module.device)
-        scores, threshold, details = self.score(module, datamodule, generator, images, target, labels)
-        details["vectorized_shadows"] = self._vectorized
-        metrics = membership_metrics(scores, is_member, threshold)
-        details.update(members=int(is_member.sum()), nonmembers=int((1 - is_member).sum()), threshold=threshold,
-                       roc=roc_curve(scores, is_member))
+        self._shadow_details, self._shadow_warnings = {}, []
+        scores, threshold, details = self.score(module, datamodule, generator, images, target, labels, is_member)
+        scored = ~torch.isnan(scores)  # an attack that learns from known members scores only the others
+        scores, is_member = scores[scored], is_member[scored]
+        metrics, report, warnings = membership_report(scores, is_member, threshold)
+        delta = float(getattr(module, "hparams", {}).get("delta", AUDIT_DELTA))
+        audit = epsilon_lower_bound(scores, is_member, delta, generator)
+        metrics["empirical_epsilon"] = audit["epsilon"]
+        details.update(self._shadow_details)
+        details.update(report, empirical_epsilon=audit, members=int(is_member.sum()),
+                       nonmembers=int((1 - is_member).sum()), threshold=threshold, roc=roc_curve(scores, is_member),
+                       warnings=self._shadow_warnings + warnings)
         return AttackResult(metrics, details=details)
 
-    def score(self, module, datamodule, generator, images: Tensor, target: Tensor,
-              labels: Tensor) -> tuple[Tensor, float, dict[str, Any]]:
-        """Membership scores of the queries (``images``, whose logits from the target are ``target``) (higher: member), the decision threshold, and details."""
+    def score(self, module, datamodule, generator, images: Tensor, target: Tensor, labels: Tensor,
+              is_member: Tensor) -> tuple[Tensor, float, dict[str, Any]]:
+        """Membership scores of the queries (``images``, whose logits from the target are ``target``), higher:
+        member; NaN for queries the attack does not score (it was told their membership); the decision
+        threshold; details. ``is_member`` is the truth: only an attack whose threat model grants known
+        members (Nasr et al.'s) may read it, and only for the queries it then leaves unscored."""
         raise TypeError(f"{type(self).__name__} must implement score()")
 
 
 def _attack_score(logits: Tensor, labels: Tensor, kind: str) -> Tensor:
     if kind == "loss":
-        return -F.cross_entropy(logits, labels, reduction="none")
-    return logits.softmax(-1).max(-1).values
+        return true_class_log_probability(logits, labels)
+    # the top confidence, logit-scaled (log p_max / (1 - p_max)): softmax saturates at 1.0 for confident members
+    return logit_confidence(logits, logits.argmax(-1))
 
 
 class LossThreshold(MembershipInference):
     """Yeom et al.: a member has a low loss (``statistic="loss"``) or a high top confidence (``"confidence"``).
 
-    The threshold maximises the attack's balanced accuracy on one shadow model's own members
+    Both in float64 (the loss as log p_y, the confidence logit-scaled), so confident members do not
+    tie. The threshold maximises the attack's balanced accuracy on one shadow model's own members
     and non-members (halves of the attacker pool).
     """
 
     name = "loss_threshold"
 
     def __init__(self, statistic: str = "loss", shadow_epochs: int = 30, batch_size: int = 32,
-                 max_queries: Optional[int] = None, query_batch_size: int = 512) -> None:
+                 max_queries: Optional[int] = None, query_batch_size: int = 512, shadow_recipe: str = "auto") -> None:
         if statistic not in ("loss", "confidence"):
             raise BenchError(f"LossThreshold statistic must be 'loss' or 'confidence', got '{statistic}'")
-        super().__init__(shadow_epochs, batch_size, max_queries, query_batch_size)
+        super().__init__(shadow_epochs, batch_size, max_queries, query_batch_size, shadow_recipe)
         self.statistic = statistic
 
-    def score(self, module, datamodule, generator, images, target, labels):
+    def score(self, module, datamodule, generator, images, target, labels, is_member):
         shadows, images, shadow_labels, members = self.shadows(module, datamodule, generator, 1)
         calibration = _attack_score(shadows.logits(images)[0], shadow_labels, self.statistic)
         threshold = best_threshold(calibration, members[0])
         return _attack_score(target, labels, self.statistic), threshold, {}
 
 
-def _train_classifier(model: nn.Module, inputs: tuple[Tensor, ...], targets: Tensor, epochs: int, batch_size: int,
-                      lr: float, generator: torch.Generator) -> nn.Module:
-    """Binary cross-entropy training of an attack model ``model(*inputs) -> logit``."""
+def train_attack_model(model: nn.Module, inputs: tuple[Tensor, ...], targets: Tensor, epochs: int, batch_size: int,
+                       lr: float, generator: torch.Generator, validation_fraction: float = 0.2) -> tuple[nn.Module, dict[str, Any]]:
+    """Binary cross-entropy training of an attack model ``model(*inputs) -> logit`` (Adam), to convergence on its own
+    validation split: ``validation_fraction`` of the samples are held out and the epoch with the lowest validation
+    loss is kept (all samples train when there are too few to hold any out)."""
+    order = torch.randperm(len(targets), generator=generator)
+    held = int(len(targets) * validation_fraction) if len(targets) >= 20 else 0
+    valid, train = order[:held], order[held:]
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(targets), generator=generator)
-        for start in range(0, len(targets), batch_size):
-            index = order[start : start + batch_size]
-            loss = F.binary_cross_entropy_with_logits(model(*(t[index] for t in inputs)), targets[index].float())
+    best_loss, best_state, best_epoch = float("inf"), None, epochs
+
+    def loss_on(index: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(model(*(t[index] for t in inputs)).float(), targets[index].float())
+
+    for epoch in range(epochs):
+        model.train()
+        shuffled = train[torch.randperm(len(train), generator=generator)]
+        for start in range(0, len(shuffled), batch_size):
+            loss = loss_on(shuffled[start : start + batch_size])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    return model.eval()
+        if held:
+            model.eval()
+            with torch.no_grad():
+                validation = float(loss_on(valid))
+            if validation < best_loss:
+                best_loss, best_state, best_epoch = validation, copy.deepcopy(model.state_dict()), epoch + 1
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return model.eval(), {"attack_model_epochs": best_epoch, "attack_model_validation": held,
+                          "attack_model_validation_loss": None if best_state is None else best_loss}
+
+
+def _seeded_inference_model(num_classes: int, generator: torch.Generator) -> nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
+        return InferenceModel(num_classes)
+
+
+def _probabilities(logits: Tensor) -> Tensor:
+    # h reads the softmax vector (Nasr et al.); the network itself is float32
+    return logits.double().softmax(-1).float()
 
 
 class NasrAttack(MembershipInference):
-    """Nasr et al.'s inference model h(softmax f(x), y) trained black-box on a shadow model's members and non-members.
+    """Nasr et al.'s attack as published: h(softmax f(x), y) trained on the target's own outputs.
+
+    The attacker knows ``known_fraction`` of the target's members and as many non-members (Nasr
+    et al.'s adversary holds a subset of the training set D and of reference data D'); h trains
+    on the target's outputs for those (with a validation split for its epoch), its decision
+    threshold is the best on them, and it is scored on every other query. The record says how many
+    were known.
 
     Args:
-        attack_epochs: epochs of h (Adam, lr ``attack_lr``, the paper's 0.001).
-        attack_batch_size: h's mini-batch size.
+        known_fraction: the share of the queried members (and of as many non-members) the attacker knows.
+        attack_epochs / attack_lr / attack_batch_size: h's training (Adam; lr 0.001 in the paper).
     """
 
     name = "nasr"
 
-    def __init__(self, attack_epochs: int = 100, attack_lr: float = 1e-3, attack_batch_size: int = 64,
-                 shadow_epochs: int = 30, batch_size: int = 32, max_queries: Optional[int] = None,
-                 query_batch_size: int = 512) -> None:
-        super().__init__(shadow_epochs, batch_size, max_queries, query_batch_size)
+    def __init__(self, known_fraction: float = 0.5, attack_epochs: int = 100, attack_lr: float = 1e-3,
+                 attack_batch_size: int = 64, max_queries: Optional[int] = None, query_batch_size: int = 512) -> None:
+        super().__init__(max_queries=max_queries, query_batch_size=query_batch_size)
+        if not 0 < known_fraction < 1:
+            raise BenchError(f"NasrAttack: known_fraction must lie in (0, 1), got {known_fraction}")
         if attack_epochs < 1 or attack_lr <= 0:
             raise BenchError(f"NasrAttack: attack_epochs and attack_lr must be positive, got {attack_epochs}, {attack_lr}")
+        self.known_fraction = known_fraction
         self.attack_epochs, self.attack_lr, self.attack_batch_size = attack_epochs, attack_lr, attack_batch_size
 
-    def score(self, module, datamodule, generator, images, target, labels):
-        shadows, images, shadow_labels, members = self.shadows(module, datamodule, generator, 1)
-        probabilities = shadows.logits(images)[0].softmax(-1)
-        with torch.random.fork_rng():
-            torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
-            h = InferenceModel(module.spec.num_classes)
-        _train_classifier(h, (probabilities, shadow_labels), members[0], self.attack_epochs, self.attack_batch_size,
-                          self.attack_lr, generator)
+    def score(self, module, datamodule, generator, images, target, labels, is_member):
+        members, nonmembers = is_member.nonzero().squeeze(1), (1 - is_member).nonzero().squeeze(1)
+        count = int(round(self.known_fraction * len(members)))
+        if count < 2 or count >= min(len(members), len(nonmembers)):
+            raise BenchError(f"NasrAttack: knowing {self.known_fraction:.0%} of {len(members)} members leaves too few known "
+                             f"or unknown queries (members {len(members)}, non-members {len(nonmembers)})")
+        known = torch.cat([members[torch.randperm(len(members), generator=generator)[:count]],
+                           nonmembers[torch.randperm(len(nonmembers), generator=generator)[:count]]])
+        h = _seeded_inference_model(module.spec.num_classes, generator)
+        probabilities = _probabilities(target)
+        _, training = train_attack_model(h, (probabilities[known], labels[known]), is_member[known], self.attack_epochs,
+                                         self.attack_batch_size, self.attack_lr, generator)
         with torch.no_grad():  # h's logit, not its sigmoid: float32 sigmoids of confident members tie at 1.0
-            scores = h(target.softmax(-1), labels)
-        return scores, 0.0, {}
+            scores = h(probabilities, labels).double()
+        # the decision threshold: the best on the queries the attacker knows (h at its validation epoch need not be
+        # calibrated at logit 0)
+        threshold = best_threshold(scores[known], is_member[known])
+        scores[known] = float("nan")  # the known queries are the attacker's training data, not its test
+        return scores, threshold, {"known_fraction": self.known_fraction, "known_members": count, "known_nonmembers": count,
+                             **training}
+
+
+class NasrShadow(MembershipInference):
+    """Nasr et al.'s inference model h(softmax f(x), y) trained black-box on a shadow model's members and non-members.
+
+    Args:
+        attack_epochs: epochs of h (Adam, lr ``attack_lr``, the paper's 0.001), kept at its best validation epoch.
+        attack_batch_size: h's mini-batch size.
+    """
+
+    name = "nasr_shadow"
+
+    def __init__(self, attack_epochs: int = 100, attack_lr: float = 1e-3, attack_batch_size: int = 64,
+                 shadow_epochs: int = 30, batch_size: int = 32, max_queries: Optional[int] = None,
+                 query_batch_size: int = 512, shadow_recipe: str = "auto") -> None:
+        super().__init__(shadow_epochs, batch_size, max_queries, query_batch_size, shadow_recipe)
+        if attack_epochs < 1 or attack_lr <= 0:
+            raise BenchError(f"NasrShadow: attack_epochs and attack_lr must be positive, got {attack_epochs}, {attack_lr}")
+        self.attack_epochs, self.attack_lr, self.attack_batch_size = attack_epochs, attack_lr, attack_batch_size
+
+    def score(self, module, datamodule, generator, images, target, labels, is_member):
+        shadows, images, shadow_labels, members = self.shadows(module, datamodule, generator, 1)
+        h = _seeded_inference_model(module.spec.num_classes, generator)
+        _, training = train_attack_model(h, (_probabilities(shadows.logits(images)[0]), shadow_labels), members[0],
+                                         self.attack_epochs, self.attack_batch_size, self.attack_lr, generator)
+        with torch.no_grad():
+            scores = h(_probabilities(target), labels).double()
+        return scores, 0.0, training
 
 
 class _PerClassMLP(nn.Module):
@@ -228,7 +361,7 @@ class _PerClassMLP(nn.Module):
 
 def _sorted_probabilities(logits: Tensor) -> Tensor:
     # one attack model for every class sees the sorted vector (class-agnostic); per class, the vector as it is
-    return logits.softmax(-1).sort(-1, descending=True).values
+    return _probabilities(logits).sort(-1, descending=True).values
 
 
 class ShokriShadow(MembershipInference):
@@ -236,17 +369,17 @@ class ShokriShadow(MembershipInference):
     on their prediction vectors labelled in/out: one per class (``per_class``) or one global.
 
     Args:
-        shadow_models: how many shadow models (trained together).
+        shadow_models: how many shadow models.
         per_class: one attack model per class (Shokri's) or one for all classes.
-        attack_epochs / attack_lr: the attack models' training (Adam).
+        attack_epochs / attack_lr: the attack models' training (Adam), kept at the best validation epoch.
     """
 
     name = "shokri"
 
     def __init__(self, shadow_models: int = 4, per_class: bool = True, attack_epochs: int = 100, attack_lr: float = 1e-3,
                  shadow_epochs: int = 30, batch_size: int = 32, max_queries: Optional[int] = None,
-                 query_batch_size: int = 512) -> None:
-        super().__init__(shadow_epochs, batch_size, max_queries, query_batch_size)
+                 query_batch_size: int = 512, shadow_recipe: str = "auto") -> None:
+        super().__init__(shadow_epochs, batch_size, max_queries, query_batch_size, shadow_recipe)
         if shadow_models < 1 or attack_epochs < 1 or attack_lr <= 0:
             raise BenchError("ShokriShadow: shadow_models, attack_epochs and attack_lr must be positive")
         self.shadow_models, self.per_class = shadow_models, per_class
@@ -254,20 +387,20 @@ class ShokriShadow(MembershipInference):
 
     def _features(self, logits: Tensor) -> Tensor:
         # Shokri et al.'s prediction vectors (log-probabilities, whose wrong-class entries reach -30, swamp the MLP)
-        return logits.softmax(-1) if self.per_class else _sorted_probabilities(logits)
+        return _probabilities(logits) if self.per_class else _sorted_probabilities(logits)
 
-    def score(self, module, datamodule, generator, images, target, labels):
+    def score(self, module, datamodule, generator, images, target, labels, is_member):
         shadows, images, shadow_labels, members = self.shadows(module, datamodule, generator, self.shadow_models)
         logits = shadows.logits(images)  # (shadows, N, classes)
         features = self._features(logits.flatten(0, 1))
         with torch.random.fork_rng():
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
             attack = _PerClassMLP(module.spec.num_classes, module.spec.num_classes if self.per_class else 1)
-        _train_classifier(attack, (features, shadow_labels.repeat(self.shadow_models)), members.flatten(),
-                          self.attack_epochs, 64, self.attack_lr, generator)
+        _, training = train_attack_model(attack, (features, shadow_labels.repeat(self.shadow_models)), members.flatten(),
+                                         self.attack_epochs, 64, self.attack_lr, generator)
         with torch.no_grad():
-            scores = attack(self._features(target), labels)  # the logit: P(member) >= 0.5 where it is >= 0
-        return scores, 0.0, {}
+            scores = attack(self._features(target), labels).double()  # the logit: P(member) >= 0.5 where it is >= 0
+        return scores, 0.0, training
 
 
 class LiRA(MembershipInference):
@@ -278,15 +411,15 @@ class LiRA(MembershipInference):
     The decision threshold is calibrated leave-one-shadow-out on the attacker pool.
 
     Args:
-        shadow_models: how many shadow models (trained together, vectorized).
+        shadow_models: how many shadow models.
         fixed_variance: one sigma_out for all queries (Carlini et al.'s choice with few shadows).
     """
 
     name = "lira"
 
     def __init__(self, shadow_models: int = 8, fixed_variance: bool = True, shadow_epochs: int = 30, batch_size: int = 32,
-                 max_queries: Optional[int] = None, query_batch_size: int = 512) -> None:
-        super().__init__(shadow_epochs, batch_size, max_queries, query_batch_size)
+                 max_queries: Optional[int] = None, query_batch_size: int = 512, shadow_recipe: str = "auto") -> None:
+        super().__init__(shadow_epochs, batch_size, max_queries, query_batch_size, shadow_recipe)
         if shadow_models < 2:
             raise BenchError(f"LiRA fits a Gaussian to shadow models: it needs at least 2, got {shadow_models}")
         self.shadow_models, self.fixed_variance = shadow_models, fixed_variance
@@ -297,12 +430,12 @@ class LiRA(MembershipInference):
         mean = (phi_out * out).sum(0) / count.clamp_min(1)
         variance = ((phi_out - mean).square() * out).sum(0) / (count - 1).clamp_min(1)
         if self.fixed_variance:
-            std = variance[count >= 2].mean().sqrt() if (count >= 2).any() else torch.tensor(1.0)
+            std = variance[count >= 2].mean().sqrt() if (count >= 2).any() else torch.tensor(1.0, dtype=torch.float64)
         else:
             std = variance.sqrt()
         return (phi - mean) / std.clamp_min(1e-6)
 
-    def score(self, module, datamodule, generator, images, target, labels):
+    def score(self, module, datamodule, generator, images, target, labels, is_member):
         shadows, pool_images, pool_labels, members = self.shadows(module, datamodule, generator, self.shadow_models)
         count = self.shadow_models
         # the queries are in no shadow's training half: all shadows are "out" for them (offline LiRA)

@@ -1,22 +1,49 @@
-"""Shadow models "trained like the target", for the membership-inference attacks.
+"""Shadow (reference) models "trained like the target", for the membership-inference attacks.
 
-``count`` untrained copies of a method (``module.fresh_copy()``), trained with the target's own
-optimizer settings on subsets of the attacker pool, all together as one batched run: their
-parameters are stacked along a leading model dimension and ``torch.func.functional_call`` runs
-under ``vmap`` (``benchmarks/lira_vectorized.py`` measures the speed-up over one model at a time).
+``count`` untrained copies of a method (``module.fresh_copy()``: same class and hyper-parameters)
+trained on subsets of the attacker pool by one of two recipes:
+
+``target``  the target's own recipe, through a Lightning ``Trainer``: its ``training_step``
+            (e.g. MCMIA's Min-Max term, DP-SGD's clipping and noise), its optimizers and
+            schedulers, the callbacks the module declares (``configure_callbacks()``: e.g. ADMM
+            pruning and masked retraining) and the training callbacks of the Trainer that fitted it
+            (rebuilt through their ``fresh_copy()``, or copied when they hold no state), and the
+            target DataModule's training augmentation. One shadow after another.
+``plain``   cross-entropy with the target's first optimizer, all copies as one batched run: their
+            parameters stacked along a leading model dimension, ``torch.func.functional_call``
+            under ``vmap``. This *is* the target's recipe when the target trains by plain
+            cross-entropy (automatic optimization, no callbacks, no schedulers; see
+            :func:`plain_recipe_gap`), and ``recipe="auto"`` then picks it for its speed.
+
+``benchmarks/shadow_training.py`` measures the batched run against one model at a time and its floor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Any
+import logging
+import warnings
+from typing import Any, Callable, Optional
 
+import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import (Checkpoint, DeviceStatsMonitor, EarlyStopping, LearningRateMonitor, ModelSummary,
+                                         ProgressBar, ThroughputMonitor, Timer)
+from lightning.pytorch.cli import SaveConfigCallback
 from torch import Tensor
 from torch.func import functional_call, replace_all_batch_norm_modules_, stack_module_state
+from torch.utils.data import DataLoader
 
+from bench.datamodules.base import ImagePool, collate_batch
 from bench.errors import BenchError
+
+RECIPES = ("auto", "target", "plain")
+#: callbacks that watch or save a fit without changing what each step trains (early stopping and timers only say
+#: when a fit ends: shadows train the attack's ``shadow_epochs``)
+BOOKKEEPING = (Checkpoint, DeviceStatsMonitor, EarlyStopping, LearningRateMonitor, ModelSummary, ProgressBar,
+               SaveConfigCallback, ThroughputMonitor, Timer)
 
 
 def _first_optimizer(module) -> tuple[type, dict[str, Any]]:
@@ -43,41 +70,178 @@ def _first_optimizer(module) -> tuple[type, dict[str, Any]]:
     return type(configured), dict(configured.defaults)
 
 
+def _schedulers_or_none(module) -> Optional[bool]:
+    """Whether the module's ``configure_optimizers`` returns learning-rate schedulers (None: it needs a Trainer to say)."""
+    try:
+        configured = module.configure_optimizers()
+    except (RuntimeError, AttributeError):
+        return None
+    if isinstance(configured, dict):
+        return configured.get("lr_scheduler") is not None
+    if isinstance(configured, (list, tuple)):
+        if len(configured) == 2 and isinstance(configured[1], (list, tuple)) and configured[1]:
+            return True
+        return any(isinstance(c, dict) and c.get("lr_scheduler") is not None for c in configured)
+    return False
+
+
+def _is_training_callback(callback) -> bool:
+    from bench.callbacks.privacy_evaluation import PrivacyEvaluation  # here: bench.callbacks imports the harness
+
+    return not isinstance(callback, BOOKKEEPING + (PrivacyEvaluation,))
+
+
+def recipe_callbacks(module) -> list[Callable[[], Any]]:
+    """Factories of the training callbacks of the target's recipe beyond those the module declares itself.
+
+    They are the Trainer's that fitted ``module`` (when it is still attached: the harness at the end of
+    fit), minus bookkeeping (checkpoints, progress, the evaluation) and the module's own
+    ``configure_callbacks()`` (every shadow gets fresh ones from its own copy). Each is rebuilt by its
+    ``fresh_copy()``, or deep-copied when it holds no state; any other raises :class:`BenchError`
+    (the recipe cannot be rebuilt), before anything trains.
+    """
+    trainer = module._trainer if isinstance(module, L.LightningModule) else None
+    if trainer is None:
+        return []
+    own = module.configure_callbacks() or []
+    own_types = {type(c) for c in (own if isinstance(own, (list, tuple)) else [own])}
+    factories = []
+    for callback in trainer.callbacks:
+        if not _is_training_callback(callback) or type(callback) in own_types:
+            continue
+        if callable(getattr(callback, "fresh_copy", None)):
+            factories.append(callback.fresh_copy)
+        elif not callback.state_dict():
+            factories.append(lambda callback=callback: copy.deepcopy(callback))
+        else:
+            raise BenchError(f"the target was trained with the callback {type(callback).__name__}, which holds state and has "
+                             "no fresh_copy(): shadow models cannot be trained by the target's recipe; give it a "
+                             "fresh_copy() or declare it in the module's configure_callbacks(), or use recipe='plain'")
+    return factories
+
+
+def plain_recipe_gap(module, augmented: bool = False) -> Optional[str]:
+    """Why plain cross-entropy with the first optimizer would not be the target's recipe (None: it would be).
+
+    ``augmented``: the target's DataModule augments its training pool (the plain batched path does not).
+    """
+    if augmented:
+        return "its training data is augmented"
+    if not getattr(module, "automatic_optimization", True):
+        return "it optimizes manually (its own training_step)"
+    from bench.modules.base import PrivacyModule  # here: bench.modules imports the attacks' callbacks
+
+    default_step = getattr(type(module), "training_step", None) is PrivacyModule.training_step
+    if not getattr(module, "plain_training_step", default_step):
+        return "its training_step is not plain cross-entropy"
+    declared = module.configure_callbacks() if hasattr(module, "configure_callbacks") else []
+    if declared:
+        return f"it trains with callbacks {[type(c).__name__ for c in declared]}"
+    if recipe_callbacks(module):
+        return "its Trainer had training callbacks"
+    schedulers = _schedulers_or_none(module)
+    if schedulers is None:
+        return "its optimizers can only be built inside a Trainer"
+    if schedulers:
+        return "it uses learning-rate schedulers"
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """A shadow's fit without Lightning's per-fit banner (devices, tips) and its no-validation notice, K times over."""
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*validation_step.*val_dataloader.*")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+class _ShadowData(L.LightningDataModule):
+    """One shadow's data as the bench pools a method may ask for: its members, and its out-samples as the reference set."""
+
+    def __init__(self, images: Tensor, labels: Tensor, members: Tensor, batch_size: int, transform=None) -> None:
+        super().__init__()
+        pixels = (images * 255).round().to(torch.uint8).cpu()  # the pools' images are uint8 / 255: exact
+        labels = labels.cpu()
+        inside, outside = members.nonzero().squeeze(1), (~members).nonzero().squeeze(1)
+        self._pools = {"train": ImagePool(pixels[inside], labels[inside], transform),
+                       "val": ImagePool(pixels[outside], labels[outside]),
+                       "nonmember": ImagePool(pixels[outside], labels[outside])}
+        self.batch_size = self.eval_batch_size = batch_size
+
+    def pool(self, name: str) -> ImagePool:
+        if name not in self._pools:
+            raise BenchError(f"a shadow model's recipe asked for the '{name}' pool, which shadows do not have")
+        return self._pools[name]
+
+    def pool_dataloader(self, name: str, shuffle: bool = False, batch_size: Optional[int] = None) -> DataLoader:
+        return DataLoader(self.pool(name), batch_size=batch_size or self.batch_size, shuffle=shuffle,
+                          collate_fn=collate_batch)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.pool_dataloader("train", shuffle=True)
+
+
 class ShadowModels:
-    """``count`` untrained copies of the target (``module.fresh_copy()``) trained together with one optimizer.
+    """``count`` untrained copies of the target (``module.fresh_copy()``), trained by the target's recipe or the plain one.
 
-    Parameters of the copies are stacked along a leading model dimension; a forward is one
-    ``vmap`` over ``functional_call``. Summing the copies' mean losses gives each copy the
-    gradient of its own loss, and the optimizers of the suite are element-wise, so one
-    optimizer over the stacked tensors is ``count`` independent optimizers. Batch-norm layers
-    normalise with the batch's statistics (``replace_all_batch_norm_modules_``: running
-    statistics cannot be updated in place under ``vmap``).
+    Plain recipe: parameters of the copies are stacked along a leading model dimension; a forward
+    is one ``vmap`` over ``functional_call``. Summing the copies' mean losses gives each copy the
+    gradient of its own loss, and the optimizers of the suite are element-wise, so one optimizer
+    over the stacked tensors is ``count`` independent optimizers. Batch-norm layers normalise with
+    the batch's statistics (``replace_all_batch_norm_modules_``: running statistics cannot be
+    updated in place under ``vmap``). ``vectorize=False`` trains the same copies one after the
+    other in one loop (the benchmark's reference); ``"auto"`` vectorizes when the network runs
+    under ``vmap`` (no ``.item()``, no in-place random ops on unbatched tensors) and falls back to
+    one copy at a time otherwise.
 
-    ``vectorize=False`` trains the same copies one after the other (the benchmark's reference);
-    ``"auto"`` vectorizes when the network runs under ``vmap`` (no ``.item()``, no in-place random
-    ops on unbatched tensors) and falls back to one copy at a time otherwise.
+    Target recipe: every copy is fitted by its own ``Trainer`` (see the module docstring).
+
+    Args:
+        recipe: ``auto`` (the target's recipe, batched when that is the plain one), ``target`` or ``plain``.
+        augmented: the target trained on augmented data (then its recipe is not the plain one).
     """
 
     def __init__(self, module, count: int, generator: torch.Generator, device: torch.device,
-                 vectorize: bool | str = "auto") -> None:
+                 vectorize: bool | str = "auto", recipe: str = "auto", augmented: bool = False) -> None:
         if count < 1:
             raise BenchError(f"an attack needs at least one shadow model, got {count}")
+        if recipe not in RECIPES:
+            raise BenchError(f"shadow recipe must be one of {RECIPES}, got '{recipe}'")
         fresh_copy = getattr(module, "fresh_copy", None)
         if not callable(fresh_copy):
             raise BenchError(f"{type(module).__name__} has no fresh_copy(): shadow models cannot be trained like it")
+        self.recipe_gap = plain_recipe_gap(module, augmented)
+        self.recipe = ("plain" if self.recipe_gap is None else "target") if recipe == "auto" else recipe
+        # checked now: a recipe that cannot be rebuilt fails before anything trains
+        self.callback_factories = recipe_callbacks(module) if self.recipe == "target" else []
+        self.count, self.device = count, device
+        plain = self.recipe == "plain"
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
-            copies = [replace_all_batch_norm_modules_(fresh_copy()).to(device).train() for _ in range(count)]
-        self.optimizer_class, self.optimizer_settings = _first_optimizer(copies[0])
-        self.count, self.device, self.copies = count, device, copies
-        self.vectorize = bool(vectorize)
-        if vectorize:
-            params, buffers = stack_module_state(copies)
+            copies = [fresh_copy() for _ in range(count)]
+        if plain:
+            copies = [replace_all_batch_norm_modules_(c) for c in copies]
+        self.copies = [c.to(device).train() for c in copies]
+        self.optimizer_class, self.optimizer_settings = _first_optimizer(self.copies[0])
+        self.vectorize = bool(vectorize) and plain
+        if self.vectorize:
+            params, buffers = stack_module_state(self.copies)
             self.params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
             self.buffers = buffers
-            self.base = copy.deepcopy(copies[0]).to("meta")
-        if vectorize == "auto":
-            self.vectorize = self._runs_under_vmap(tuple(module.spec.image_shape))
+            self.base = copy.deepcopy(self.copies[0]).to("meta")
+            if vectorize == "auto":
+                self.vectorize = self._runs_under_vmap(tuple(module.spec.image_shape))
+
+    def describe(self) -> dict[str, Any]:
+        """How the shadows were trained, for the record."""
+        return {"shadow_recipe": self.recipe, "shadow_count": self.count, "vectorized_shadows": self.vectorize,
+                "why_not_plain": self.recipe_gap}
 
     def _runs_under_vmap(self, image_shape: tuple[int, ...]) -> bool:
         probe = torch.zeros(self.count, 2, *image_shape, device=self.device)
@@ -99,11 +263,20 @@ class ShadowModels:
         return torch.vmap(one, randomness="different")(self.params, self.buffers, x)
 
     def fit(self, images: Tensor, labels: Tensor, members: Tensor, epochs: int, batch_size: int,
-            generator: torch.Generator) -> None:
-        """Train copy m on ``images[members[m]]`` for ``epochs`` epochs (every copy gets the same number of samples)."""
+            generator: torch.Generator, transform=None) -> Tensor:
+        """Train copy m on ``images[members[m]]`` for ``epochs`` epochs; returns the (count, N) mask each copy trained on.
+
+        The plain recipe gives every copy the same number of samples (the smallest member set: larger
+        ones lose their last members, which the returned mask leaves out). ``transform``: the target's
+        training augmentation (target recipe only).
+        """
+        if self.recipe == "target":
+            self._fit_by_recipe(images, labels, members, epochs, batch_size, generator, transform)
+            return members.clone()
         rows = [m.nonzero().squeeze(1) for m in members]
         size = min(len(r) for r in rows)
         rows = torch.stack([r[:size] for r in rows])  # (count, size)
+        trained = torch.zeros_like(members, dtype=torch.bool).scatter_(1, rows, True)
         images, labels = images.to(self.device), labels.to(self.device)
         if self.vectorize:
             optimizer = self.optimizer_class(list(self.params.values()), **self.optimizer_settings)
@@ -127,18 +300,46 @@ class ShadowModels:
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
+        return trained
+
+    def _fit_by_recipe(self, images, labels, members, epochs, batch_size, generator, transform) -> None:
+        accelerator = "gpu" if self.device.type == "cuda" else "cpu"
+        for model, member in zip(self.copies, members):
+            data = _ShadowData(images, labels, member, batch_size, transform)
+            trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
+                                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                                num_sanity_val_steps=0, limit_val_batches=0,
+                                callbacks=[factory() for factory in self.callback_factories])
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), _quiet_lightning():
+                torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
+                trainer.fit(model, data)
+            model._trainer = None  # detached: a shadow's trainer is no part of what the attack keeps
+            model.to(self.device).eval()
 
     @torch.no_grad()
     def logits(self, images: Tensor, batch_size: int = 512) -> Tensor:
-        """Every copy's logits on the same ``images``: (count, N, classes), on the CPU."""
+        """Every copy's logits on the same ``images``: (count, N, classes), float64 on the CPU."""
         out = []
         for start in range(0, len(images), batch_size):
             x = images[start : start + batch_size].to(self.device)
             if self.vectorize:
-                out.append(self._forward(x.unsqueeze(0).expand(self.count, *x.shape), train=False).float().cpu())
+                out.append(self._forward(x.unsqueeze(0).expand(self.count, *x.shape), train=False).double().cpu())
             else:
-                out.append(torch.stack([c.eval()(x).float().cpu() for c in self.copies]))
+                out.append(torch.stack([c.eval()(x).double().cpu() for c in self.copies]))
         return torch.cat(out, dim=1)
+
+
+def paired_halves(count: int, size: int, generator: torch.Generator) -> Tensor:
+    """(count, size) membership masks for online attacks: pairs of complementary random halves.
+
+    Every sample is in exactly ``count / 2`` copies and out of as many (per-example IN and OUT
+    statistics for every sample), every copy holds half of the samples (odd sizes: one more for
+    the second of a pair). ``count`` must be even.
+    """
+    if count < 2 or count % 2:
+        raise BenchError(f"online attacks pair IN and OUT shadows: they need an even number of shadows >= 2, got {count}")
+    halves = random_halves(count // 2, size, generator)
+    return torch.stack([halves, ~halves], dim=1).flatten(0, 1)
 
 
 def random_halves(count: int, size: int, generator: torch.Generator) -> Tensor:

@@ -1,59 +1,183 @@
-"""Membership-inference metrics: attack accuracy, AUC, TPR at low FPR, and the ROC curve.
+"""Membership-inference metrics: attack accuracy, AUC, TPR at low FPR, their intervals, and the ROC curve.
 
-Scores are "higher means member". The attack accuracy is the balanced accuracy of the attack's
-own decision (score >= threshold) -- the mean of its true-positive and true-negative rates, the
-accuracy on a set with as many members as non-members (the paper's "attack accuracy", after
-Nasr et al. 2018). AUC and TPR at 1% / 0.1% FPR (Carlini et al. 2022) need no threshold.
+Scores are "higher means member", compared in float64. The attack accuracy is the balanced
+accuracy of the attack's own decision (score >= threshold) -- the mean of its true-positive and
+true-negative rates, the accuracy on a set with as many members as non-members (the paper's
+"attack accuracy", after Nasr et al. 2018). AUC and TPR at 1% / 0.1% FPR (Carlini et al. 2022)
+need no threshold.
+
+The ROC curve is the exact one (scikit-learn's, every distinct score a threshold): equal scores
+get one decision, so ties are handled by the ROC computation and never by rounding. Every
+TPR at x% FPR comes with the FPR actually achieved (the largest ROC point at or below x%), the
+score threshold that achieves it and a Clopper-Pearson interval; the AUC with DeLong's interval.
+A reported FPR that the non-member count cannot resolve (x% needs at least 1/x non-members)
+comes with a warning.
+
+:func:`epsilon_lower_bound` turns an attack's scores into an empirical lower bound on the
+epsilon of (epsilon, delta)-DP (Jagielski et al. 2020; Nasr et al. 2021): a threshold chosen on
+one random half of the queries, Clopper-Pearson bounds on the other half.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
+import numpy as np
 import torch
+from scipy import stats
+from sklearn.metrics import roc_curve as _exact_roc
 from torch import Tensor
-from torchmetrics.functional.classification import binary_auroc, binary_roc, binary_sensitivity_at_specificity
 
+#: the FPRs at which the TPR is reported (metric name -> FPR)
+LOW_FPRS = {"tpr_at_1pct_fpr": 0.01, "tpr_at_0.1pct_fpr": 0.001}
 #: metric -> which way means more privacy (all of them: lower)
-DIRECTIONS = {"attack_accuracy": "lower", "auc": "lower", "tpr_at_1pct_fpr": "lower", "tpr_at_0.1pct_fpr": "lower"}
+DIRECTIONS = {"attack_accuracy": "lower", "auc": "lower", "tpr_at_1pct_fpr": "lower", "tpr_at_0.1pct_fpr": "lower",
+              "empirical_epsilon": "lower"}
 
 
-def _ranks(scores: Tensor) -> Tensor:
-    """Scores mapped to [0, 1] keeping their order and ties.
+def _as_arrays(scores: Tensor, is_member: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    scores = scores.detach().flatten().to(torch.float64).cpu().numpy()
+    target = is_member.detach().flatten().long().cpu().numpy()
+    if not (target == 1).any() or not (target == 0).any():
+        raise ValueError("membership metrics need both members and non-members")
+    if not np.isfinite(scores).all():
+        raise ValueError("membership scores must be finite (an attack produced NaN or infinity)")
+    return scores, target
 
-    torchmetrics squashes scores outside [0, 1] with a sigmoid, which ties large float32 scores
-    (a LiRA z-score of 20 and one of 30 both become 1.0); dense ranks never do.
+
+def exact_roc(scores: Tensor, is_member: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) at every distinct score (decision: score >= threshold), from (0, 0) to (1, 1)."""
+    scores, target = _as_arrays(scores, is_member)
+    fpr, tpr, thresholds = _exact_roc(target, scores, drop_intermediate=False)
+    return fpr, tpr, thresholds
+
+
+def clopper_pearson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The exact two-sided binomial interval of a proportion ``successes / trials``."""
+    alpha = 1 - confidence
+    low = 0.0 if successes == 0 else float(stats.beta.ppf(alpha / 2, successes, trials - successes + 1))
+    high = 1.0 if successes == trials else float(stats.beta.ppf(1 - alpha / 2, successes + 1, trials - successes))
+    return low, high
+
+
+def delong_interval(scores: Tensor, is_member: Tensor, confidence: float = 0.95) -> tuple[float, float, float]:
+    """AUC and DeLong's interval (DeLong et al. 1988, with midranks: Sun and Xu 2014), clipped to [0, 1]."""
+    scores, target = _as_arrays(scores, is_member)
+    positive, negative = scores[target == 1], scores[target == 0]
+    m, n = len(positive), len(negative)
+    rank_all = stats.rankdata(np.concatenate([positive, negative]))  # midranks: ties count one half
+    rank_positive, rank_negative = stats.rankdata(positive), stats.rankdata(negative)
+    auc = (rank_all[:m].sum() - m * (m + 1) / 2) / (m * n)
+    v10 = (rank_all[:m] - rank_positive) / n  # each member's share of non-members it beats
+    v01 = 1 - (rank_all[m:] - rank_negative) / m  # each non-member's share of members beating it
+    variance = (np.var(v10, ddof=1) / m if m > 1 else 0.0) + (np.var(v01, ddof=1) / n if n > 1 else 0.0)
+    half = stats.norm.ppf(0.5 + confidence / 2) * math.sqrt(max(variance, 0.0))
+    return float(auc), float(max(0.0, auc - half)), float(min(1.0, auc + half))
+
+
+def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray, target_fpr: float) -> tuple[float, float, Optional[float]]:
+    """The best TPR with FPR <= ``target_fpr`` on the exact ROC: (tpr, achieved fpr, threshold; None: no score reaches it)."""
+    allowed = np.nonzero(fpr <= target_fpr + 1e-12)[0]
+    best = allowed[np.argmax(tpr[allowed])]
+    threshold = float(thresholds[best]) if np.isfinite(thresholds[best]) else None
+    return float(tpr[best]), float(fpr[best]), threshold
+
+
+def membership_report(scores: Tensor, is_member: Tensor, threshold: Optional[float] = None,
+                      confidence: float = 0.95) -> tuple[dict[str, float], dict[str, Any], list[str]]:
+    """(metrics, details, warnings): accuracy at ``threshold`` (None: left out), AUC, TPR at 1% / 0.1% FPR.
+
+    ``details`` holds the AUC's DeLong interval and, for every TPR at x% FPR, the achieved FPR, the
+    threshold, the member and non-member counts and a Clopper-Pearson interval of the TPR.
     """
-    _, inverse = torch.unique(scores.double(), return_inverse=True)
-    return inverse.double() / max(int(inverse.max()), 1)
+    values, target = _as_arrays(scores, is_member)
+    members, nonmembers = int((target == 1).sum()), int((target == 0).sum())
+    metrics: dict[str, float] = {}
+    details: dict[str, Any] = {"confidence": confidence}
+    warnings: list[str] = []
+    if threshold is not None:
+        decision = values >= threshold
+        tpr, tnr = decision[target == 1].mean(), (~decision[target == 0]).mean()
+        metrics["attack_accuracy"] = float((tpr + tnr) / 2)
+    auc, low, high = delong_interval(scores, is_member, confidence)
+    metrics["auc"] = auc
+    details["auc_interval"] = [low, high]
+    fpr, tpr, thresholds = exact_roc(scores, is_member)
+    for name, target_fpr in LOW_FPRS.items():
+        value, achieved, cut = tpr_at_fpr(fpr, tpr, thresholds, target_fpr)
+        metrics[name] = value
+        details[name] = {"target_fpr": target_fpr, "achieved_fpr": achieved, "threshold": cut,
+                         "interval": list(clopper_pearson(round(value * members), members, confidence)),
+                         "members": members, "nonmembers": nonmembers}
+        needed = math.ceil(1 / target_fpr)
+        if nonmembers < needed:
+            warnings.append(f"{name}: {nonmembers} non-members cannot resolve an FPR of {100 * target_fpr:g}% "
+                            f"(it needs at least {needed:,}); the value is the TPR at FPR {achieved:.4g}")
+    return metrics, details, warnings
 
 
 def membership_metrics(scores: Tensor, is_member: Tensor, threshold: Optional[float] = None) -> dict[str, float]:
     """Attack accuracy at ``threshold`` (None: no decision, accuracy left out), AUC, TPR at 1% and 0.1% FPR."""
-    scores, target = scores.detach().flatten().double().cpu(), is_member.detach().flatten().long().cpu()
-    if not (target == 1).any() or not (target == 0).any():
-        raise ValueError("membership metrics need both members and non-members")
-    ranked = _ranks(scores)
-    metrics: dict[str, float] = {}
-    if threshold is not None:
-        decision = scores >= threshold
-        tpr = decision[target == 1].double().mean()
-        tnr = (~decision[target == 0]).double().mean()
-        metrics["attack_accuracy"] = float((tpr + tnr) / 2)
-    metrics["auc"] = float(binary_auroc(ranked, target))
-    for name, fpr in (("tpr_at_1pct_fpr", 0.01), ("tpr_at_0.1pct_fpr", 0.001)):
-        metrics[name] = float(binary_sensitivity_at_specificity(ranked, target, min_specificity=1 - fpr)[0])
-    return metrics
+    return membership_report(scores, is_member, threshold)[0]
+
+
+def _dp_epsilon(tpr: float, fpr: float, tnr: float, fnr: float, delta: float) -> float:
+    """The largest epsilon that (TPR, FPR) and the mirrored test (TNR, FNR) force: TPR <= e^eps FPR + delta."""
+    bounds = [math.log((a - delta) / b) for a, b in ((tpr, fpr), (tnr, fnr)) if a - delta > 0 and b > 0]
+    return max([0.0] + bounds)
+
+
+def epsilon_lower_bound(scores: Tensor, is_member: Tensor, delta: float, generator: torch.Generator,
+                        confidence: float = 0.95) -> dict[str, Any]:
+    """An empirical lower bound on epsilon of (epsilon, delta)-DP from membership scores of random canaries.
+
+    (epsilon, delta)-DP bounds every test that tells members from non-members: TPR <= e^eps FPR +
+    delta and TNR <= e^eps FNR + delta (Kairouz et al. 2015). Valid when members and non-members
+    were drawn at random from one population (the DataModule's pools are). The threshold with the
+    largest point estimate is chosen on a random half of the queries; on the other half, one-sided
+    Clopper-Pearson bounds give with probability ``confidence``
+    eps >= max(log((TPR_low - delta) / FPR_high), log((TNR_low - delta) / FNR_high)), floored at 0.
+    """
+    values, target = _as_arrays(scores, is_member)
+    order = torch.randperm(len(values), generator=generator).numpy()
+    select, held = order[: len(order) // 2], order[len(order) // 2 :]
+    result: dict[str, Any] = {"epsilon": 0.0, "threshold": None, "queries": int(len(held)), "confidence": confidence,
+                              "delta": delta}
+    if len(np.unique(target[select])) < 2 or len(np.unique(target[held])) < 2:
+        return result
+
+    def counts(index: np.ndarray, cut: float) -> tuple[int, int, int, int]:
+        decision, member = values[index] >= cut, target[index] == 1
+        return int(decision[member].sum()), int(member.sum()), int(decision[~member].sum()), int((~member).sum())
+
+    def point(cut: float) -> float:  # a floor of one count keeps an empty FPR from reading as an infinite epsilon
+        tp, p, fp, n = counts(select, cut)
+        return _dp_epsilon(tp / p, max(fp, 1) / n, (n - fp) / n, max(p - tp, 1) / p, delta)
+
+    cut = float(max(np.unique(values[select]), key=point))
+    tp, p, fp, n = counts(held, cut)
+    # four one-sided bounds (TPR and TNR from below, FPR and FNR from above), each failing with probability
+    # (1 - confidence) / 4: two-sided Clopper-Pearson intervals at (1 + confidence) / 2 have that in each tail,
+    # and a union bound keeps the whole claim at `confidence`
+    level = (1 + confidence) / 2
+    tpr_low, _ = clopper_pearson(tp, p, level)
+    _, fpr_high = clopper_pearson(fp, n, level)
+    tnr_low, _ = clopper_pearson(n - fp, n, level)
+    _, fnr_high = clopper_pearson(p - tp, p, level)
+    result.update(epsilon=_dp_epsilon(tpr_low, fpr_high, tnr_low, fnr_high, delta), threshold=cut)
+    return result
 
 
 def roc_curve(scores: Tensor, is_member: Tensor, points: int = 101) -> dict[str, list[float]]:
     """The ROC curve at ``points`` FPRs spaced log-uniformly (low FPRs are where attacks differ), for records and plots."""
-    fpr, tpr, _ = binary_roc(_ranks(scores.detach().flatten().cpu()), is_member.detach().flatten().long().cpu())
-    grid = torch.logspace(-4, 0, points, dtype=torch.float64)
+    fpr, tpr, _ = exact_roc(scores, is_member)
+    grid = np.logspace(-4, 0, points)
     # the best TPR reachable at FPR <= each grid value: a step function, read off exactly
-    index = torch.searchsorted(fpr.double().contiguous(), grid, right=True) - 1
-    return {"fpr": grid.tolist(), "tpr": tpr.double()[index.clamp_min(0)].tolist()}
+    index = np.searchsorted(fpr, grid + 1e-12, side="right") - 1
+    best = np.maximum.accumulate(tpr)
+    return {"fpr": grid.tolist(), "tpr": best[np.clip(index, 0, None)].tolist()}
 
 
 def plot_roc(curves: Mapping[str, Mapping[str, list[float]]], path: str | Path, title: str = "") -> Path:

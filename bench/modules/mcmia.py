@@ -12,7 +12,8 @@ as a black box; the adversary sees its output scores. Four variants, selected by
 ``pruning_minmax``  MCMIA-Pruning & Min-Max (Algorithm 1): the Min-Max game with l updated under ADMM.
 
 :class:`DPSGD` is the differential-privacy comparison (Table I): DP-SGD (Abadi et al. 2016) with
-per-sample gradients from ``torch.func`` and the privacy spent accounted by Opacus.
+Poisson sampling, Opacus's clipped and noised step (per-sample gradients from ``torch.func``) and the
+privacy spent accounted by Opacus (RDP and PRV) for that sampler.
 
 The defender's reference set D' (non-members it may use) is the DataModule's ``val`` pool: the
 ``nonmember`` pool is the evaluation's and the ``attacker`` pool the adversary's.
@@ -108,6 +109,11 @@ class MCMIA(PrivacyModule):
     def configure_callbacks(self):
         return [self._pruning] if self.pruning else []
 
+    @property
+    def plain_training_step(self) -> bool:
+        """Whether training_step is plain cross-entropy (shadow models may then train batched; see ShadowModels)."""
+        return not self.minmax
+
     def configure_optimizers(self):
         classifier = torch.optim.Adam(self.network.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         if not self.minmax:
@@ -167,14 +173,22 @@ class MCMIA(PrivacyModule):
 
 
 class DPSGD(PrivacyModule):
-    """DP-SGD (Abadi et al. 2016): per-sample gradients clipped to ``max_grad_norm``, Gaussian noise, SGD.
+    """DP-SGD (Abadi et al. 2016): Poisson-sampled batches, per-sample gradients clipped to ``max_grad_norm``, Gaussian noise.
 
-    Per-sample gradients come from ``torch.func`` (``vmap(grad(...))``); the privacy spent is
-    accounted with Opacus's RDP accountant, assuming Poisson sampling at rate batch / members
-    (the DataLoader shuffles instead, the usual approximation). The epsilon reached at ``delta``
-    goes into the result record's cost (``dp_epsilon``). Under DDP the ranks' clipped sums are
-    all-reduced and rank 0 alone adds the noise, so every step is one DP-SGD step on the global
-    batch (sampling rate: world size x batch / members).
+    The step is Opacus's (``DPOptimizer`` over a ``GradSampleModule``, the test checks it to 1e-6):
+    every member joins a step's batch independently with probability q = world size x batch /
+    members (Poisson sampling, the sampler the accountants assume: Opacus's ``DPDataLoader``); the
+    per-sample gradients (``torch.func``: ``vmap(grad(...))``) are clipped to C, summed, noised with
+    N(0, sigma^2 C^2) per parameter and divided by the *expected* batch size q x members. The
+    Lightning batches only clock the steps (one DP step per training batch, as many per epoch as
+    the loader has batches); the members are the DataModule's ``train`` pool. Under DDP, rank r
+    samples the members r, r + world, ... at rate q (together: Poisson at rate q over all members),
+    the ranks' clipped sums are all-reduced and rank 0 alone adds the noise: one DP-SGD step on the
+    global batch.
+
+    The record's cost says the epsilon spent at ``delta`` by Opacus's RDP accountant (``dp_epsilon``,
+    the one the noise is calibrated with) and by its PRV accountant (``dp_epsilon_prv``, tighter),
+    both for the Poisson sampler that ran (``dp_poisson_steps`` steps at ``dp_sample_rate``).
 
     Args:
         network: a classifier without batch-norm (``lenet5`` or ``cnn4``): per-sample gradients
@@ -213,6 +227,9 @@ class DPSGD(PrivacyModule):
                                                                  dtype=torch.float64))
         self.register_buffer("dp_sample_rate", torch.tensor(0.0, dtype=torch.float64))
         self.register_buffer("dp_steps", torch.tensor(0, dtype=torch.long))
+        self._members: Optional[tuple[Tensor, Tensor]] = None
+        self._member_count = 0
+        self._expected_batch = 1.0
 
     def forward(self, x: Tensor) -> Tensor:
         return self.network(x)
@@ -222,22 +239,33 @@ class DPSGD(PrivacyModule):
 
     def on_fit_start(self) -> None:
         datamodule = self.trainer.datamodule
-        members = len(datamodule.pool("train")) if hasattr(datamodule, "pool") else None
-        if members is None:
-            raise BenchError("DPSGD needs a bench PrivacyDataModule to know how many members its sampling rate covers")
-        self.dp_sample_rate.fill_(min(1.0, self.trainer.world_size * datamodule.batch_size / members))
+        if datamodule is None or not hasattr(datamodule, "pool"):
+            raise BenchError("DPSGD needs a bench PrivacyDataModule: it Poisson-samples the members of its train pool")
+        images, labels = datamodule.pool("train").tensors()
+        members, world, rank = len(images), self.trainer.world_size, self.trainer.global_rank
+        self.dp_sample_rate.fill_(min(1.0, world * datamodule.batch_size / members))
+        self._expected_batch = float(self.dp_sample_rate) * members
+        self._members = (images[rank::world].to(self.device), labels[rank::world].to(self.device))  # this rank's shard
+        self._member_count = members
         if self.dp_noise_multiplier < 0:
             from opacus.accountants.utils import get_noise_multiplier
 
             steps = int(self.trainer.estimated_stepping_batches)
-            sigma = get_noise_multiplier(target_epsilon=self.hparams.target_epsilon, target_delta=self.hparams.delta,
-                                         sample_rate=float(self.dp_sample_rate), steps=max(steps, 1), accountant="rdp",
-                                         alphas=RDP_ORDERS)
+            try:
+                sigma = get_noise_multiplier(target_epsilon=self.hparams.target_epsilon, target_delta=self.hparams.delta,
+                                             sample_rate=float(self.dp_sample_rate), steps=max(steps, 1), accountant="rdp",
+                                             alphas=RDP_ORDERS)
+            except ValueError as error:
+                raise BenchError(f"DP-SGD cannot reach epsilon {self.hparams.target_epsilon} at delta {self.hparams.delta} "
+                                 f"in {steps} steps at sampling rate {float(self.dp_sample_rate):.3g} ({error}); raise "
+                                 "target_epsilon or delta, or train fewer steps") from None
             self.dp_noise_multiplier.fill_(sigma)
 
     def per_sample_gradients(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """Gradients of every sample's loss: {name: (batch, *parameter shape)}."""
         params = {name: p.detach() for name, p in self.network.named_parameters()}
+        if len(images) == 0:  # a Poisson batch can be empty
+            return {name: p.new_zeros((0, *p.shape)) for name, p in params.items()}
         buffers = dict(self.network.named_buffers())
 
         def loss(params, image, label):
@@ -246,47 +274,77 @@ class DPSGD(PrivacyModule):
 
         return vmap(grad(loss), in_dims=(None, 0, 0))(params, images, labels)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        images, labels = batch
-        optimizer = self.optimizers()
+    def poisson_batch(self) -> tuple[Tensor, Tensor]:
+        """This rank's members, each kept with probability q (Poisson sampling; Opacus's UniformWithReplacementSampler).
+
+        One uniform draw per member of the whole pool, of which this rank reads its shard's: every member's
+        inclusion is independent of every other's, on one rank or many (ranks share the seed).
+        """
+        images, labels = self._members
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        draws = torch.rand(self._member_count, device=images.device)[rank::world]
+        keep = draws < float(self.dp_sample_rate)
+        return images[keep], labels[keep]
+
+    def clipped_sum(self, images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """sum_i clip_C(g_i) per parameter, and the clip factors (Opacus's: C / (||g_i|| + 1e-6), at most 1)."""
         gradients = self.per_sample_gradients(images, labels)
         norms = torch.sqrt(sum(g.flatten(1).square().sum(1) for g in gradients.values()))
-        clip = (self.hparams.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)  # per-sample clipping to C
-        sigma = float(self.dp_noise_multiplier) * self.hparams.max_grad_norm
-        parameters = dict(self.network.named_parameters())
-        summed = torch.cat([torch.einsum("n,n...->...", clip, gradients[name]).flatten() for name in parameters])
+        clip = (self.hparams.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        return {name: torch.einsum("n,n...->...", clip, g) for name, g in gradients.items()}, clip
+
+    def add_noise(self, summed: dict[str, Tensor]) -> dict[str, Tensor]:
+        """sum + N(0, sigma^2 C^2), drawn per parameter in order from the global RNG, as Opacus's DPOptimizer does."""
+        std = float(self.dp_noise_multiplier) * self.hparams.max_grad_norm
+        return {name: g + torch.normal(mean=0.0, std=std, size=g.shape, device=g.device) for name, g in summed.items()}
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        images, labels = self.poisson_batch()  # the Lightning batch only clocks the step
+        summed, clip = self.clipped_sum(images, labels)
         if self.trainer.global_rank == 0:  # one draw of the noise for the global batch, whatever the world size
-            summed += sigma * torch.randn_like(summed)
-        batch = torch.tensor(float(len(images)), device=summed.device)
+            summed = self.add_noise(summed)
         if self.trainer.world_size > 1:  # the gradients are set by hand: DDP's backward hooks never average them
-            summed = self.trainer.strategy.reduce(summed, reduce_op="sum")
-            batch = self.trainer.strategy.reduce(batch, reduce_op="sum")
+            summed = {name: self.trainer.strategy.reduce(g, reduce_op="sum") for name, g in summed.items()}
+        gradient = {name: g / self._expected_batch for name, g in summed.items()}  # Opacus: / expected batch size
         optimizer.zero_grad(set_to_none=True)
-        for parameter, noisy_sum in zip(parameters.values(), summed.split([p.numel() for p in parameters.values()])):
-            parameter.grad = noisy_sum.view_as(parameter) / batch  # the noisy mean
+        for name, parameter in self.network.named_parameters():
+            parameter.grad = gradient[name].view_as(parameter)
         optimizer.step()
         self.dp_steps += 1
-        if self.logging_step:
+        if self.logging_step and len(images):
             with torch.no_grad():
                 loss = F.cross_entropy(self.network(images), labels)
-            self.log_dict({"train/loss": self.check_finite(loss), "train/clipped_fraction": (clip < 1).float().mean()},
-                          prog_bar=True)
+            self.log_dict({"train/loss": self.check_finite(loss), "train/clipped_fraction": (clip < 1).float().mean(),
+                           "train/poisson_batch": float(len(images))}, prog_bar=True)
 
-    def epsilon(self) -> float:
-        """The epsilon spent so far at ``delta`` (RDP accountant); 0 before training, inf without noise."""
+    def epsilon(self, accountant: str = "rdp") -> float:
+        """The epsilon spent so far at ``delta`` by Opacus's ``rdp`` or ``prv`` accountant; 0 before training, inf without noise."""
         steps, sigma = int(self.dp_steps), float(self.dp_noise_multiplier)
         if steps == 0:
             return 0.0
         if sigma <= 0:
             return math.inf
-        from opacus.accountants import RDPAccountant
+        from opacus.accountants import PRVAccountant, RDPAccountant
 
-        accountant = RDPAccountant()
-        accountant.history = [(sigma, float(self.dp_sample_rate), steps)]
-        return float(accountant.get_epsilon(self.hparams.delta, alphas=RDP_ORDERS))
+        history = [(sigma, float(self.dp_sample_rate), steps)]
+        if accountant == "prv":
+            prv = PRVAccountant()
+            prv.history = history
+            return float(prv.get_epsilon(self.hparams.delta))
+        rdp = RDPAccountant()
+        rdp.history = history
+        return float(rdp.get_epsilon(self.hparams.delta, alphas=RDP_ORDERS))
 
     def training_report(self) -> dict[str, Any]:
-        epsilon = self.epsilon()
-        return {**super().training_report(), "dp_epsilon": epsilon if math.isfinite(epsilon) else None,
-                "dp_delta": self.hparams.delta, "dp_noise_multiplier": float(self.dp_noise_multiplier),
-                "dp_steps": int(self.dp_steps)}
+        report = {**super().training_report(), "dp_delta": self.hparams.delta,
+                  "dp_noise_multiplier": float(self.dp_noise_multiplier), "dp_steps": int(self.dp_steps),
+                  # the cost holds numbers only: the sampler and the accountants are in the names
+                  "dp_sample_rate": float(self.dp_sample_rate), "dp_poisson_steps": int(self.dp_steps)}
+        for name, key in (("rdp", "dp_epsilon"), ("prv", "dp_epsilon_prv")):
+            try:
+                epsilon = self.epsilon(name)
+            except (ValueError, RuntimeError):  # the PRV accountant's domain excludes some (sigma, q, steps)
+                epsilon = math.nan
+            report[key] = epsilon if math.isfinite(epsilon) else None
+        return report

@@ -101,6 +101,12 @@ class ADMMPruning(Callback):
         self.U: dict[str, Tensor] = {}
         self._layers: dict[str, nn.Module] = {}
 
+    def fresh_copy(self) -> "ADMMPruning":
+        """The same schedule from its start (shadow models trained by a pruned target's recipe get their own)."""
+        return type(self)(sparsity=self.sparsity, submodule=self.submodule, rho=self.initial_rho,
+                          rho_multiplier=self.rho_multiplier, rho_max=self.rho_max, update_every=self.update_every,
+                          interval=self.interval, admm_updates=self.admm_updates)
+
     # ------------------------------------------------------------------ layers and targets
     def layers(self, module: nn.Module) -> dict[str, nn.Module]:
         found = prunable_layers(module, self.submodule)
