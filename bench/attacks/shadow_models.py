@@ -86,9 +86,8 @@ def _schedulers_or_none(module) -> Optional[bool]:
 
 
 def _is_training_callback(callback) -> bool:
-    from bench.callbacks.privacy_evaluation import PrivacyEvaluation  # here: bench.callbacks imports the harness
-
-    return not isinstance(callback, BOOKKEEPING + (PrivacyEvaluation,))
+    # the suite's own reporting callbacks (the evaluation, console lines) say so with `part_of_training_recipe = False`
+    return not isinstance(callback, BOOKKEEPING) and getattr(callback, "part_of_training_recipe", True)
 
 
 def recipe_callbacks(module) -> list[Callable[[], Any]]:

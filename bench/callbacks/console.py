@@ -19,6 +19,9 @@ class EpochLines(Callback):
     (the quickstart's log was 1,300 lines).
     """
 
+    #: reports on training, takes no part in it: shadow models trained by the target's recipe leave it out
+    part_of_training_recipe = False
+
     def __init__(self) -> None:
         self._started: Optional[float] = None
 

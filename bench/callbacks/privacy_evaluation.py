@@ -52,6 +52,9 @@ class PrivacyEvaluation(Callback):
             checkpoint), e.g. as an untrained reference; refused otherwise, since it is not a result.
     """
 
+    #: reports on training, takes no part in it: shadow models trained by the target's recipe leave it out
+    part_of_training_recipe = False
+
     def __init__(self, attacks: Optional[list[Attack]] = None, seed: int = 0, records_dir: str = DEFAULT_RECORDS_DIR,
                  leaderboard_dir: Optional[str] = DEFAULT_LEADERBOARD_DIR, paper: Optional[dict[str, Any]] = None,
                  enabled: bool = True, allow_untrained: bool = False, experiment: Optional[str] = None) -> None:
