@@ -193,6 +193,8 @@ class Collaborative(PrivacyModule):
         participants = self.local_participants
         per_participant = images.shape[0] // participants
         if per_participant == 0:
+            if batch_idx > 0:  # the short remainder at an epoch's end: too few images for one round, so no round
+                return None
             raise BenchError(f"a batch of {images.shape[0]} cannot be split among {participants} participants; "
                              f"raise --data.batch_size to a multiple of it")
         used = participants * per_participant  # the remainder of a short last batch is left out
