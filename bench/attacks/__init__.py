@@ -7,7 +7,7 @@ from bench.attacks.feature_inversion import DECODERS, FeatureInversion
 from bench.attacks.gradient_inversion import GradientInversion
 from bench.attacks.membership_inference import LiRA, LossThreshold, NasrAttack, ShokriShadow
 from bench.attacks.own_decoder import OwnDecoder
-from bench.attacks.phase_inversion import PhaseInversion
+from bench.attacks.phase_inversion import LearnedPhaseInversion, PhaseInversion
 
-__all__ = ["Attack", "AttackResult", "AffineInversion", "MeasurementDecoder", "PseudoInverse", "ReleasedTrainingData", "DECODERS", "FeatureInversion", "GradientInversion", "OwnDecoder", "PhaseInversion",
+__all__ = ["Attack", "AttackResult", "AffineInversion", "MeasurementDecoder", "PseudoInverse", "ReleasedTrainingData", "DECODERS", "FeatureInversion", "GradientInversion", "OwnDecoder", "PhaseInversion", "LearnedPhaseInversion",
            "LiRA", "LossThreshold", "NasrAttack", "ShokriShadow"]

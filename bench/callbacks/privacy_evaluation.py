@@ -38,17 +38,20 @@ class PrivacyEvaluation(Callback):
         leaderboard_dir: where ``bench leaderboard`` output is regenerated (None: don't).
         paper: the paper's reported numbers for this setting, e.g. ``{accuracy: 0.99, source: "Table 1"}``.
         enabled: turn the evaluation off (e.g. for hyper-parameter searches).
+        budget_check: rerun every learned attack at twice its training budget and record the relative
+            change of its primary metric (``details["budget_check"]``; doubles the attacks' time).
     """
 
     def __init__(self, attacks: Optional[list[Attack]] = None, seed: int = 0, records_dir: str = "leaderboard/records",
                  leaderboard_dir: Optional[str] = "leaderboard", paper: Optional[dict[str, Any]] = None,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, budget_check: bool = False) -> None:
         self.attacks = attacks
         self.seed = seed
         self.records_dir = records_dir
         self.leaderboard_dir = leaderboard_dir
         self.paper = paper
         self.enabled = enabled
+        self.budget_check = budget_check
         #: the full run configuration; ``bench fit`` sets it from the parsed command line
         self.run_config: Optional[dict[str, Any]] = None
         self.last_record_path: Optional[Path] = None
@@ -92,7 +95,7 @@ class PrivacyEvaluation(Callback):
                             trainer: Optional[L.Trainer] = None, fit_seconds: Optional[float] = None,
                             config: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         """Evaluate, write the record, log to the trainer's loggers and refresh the leaderboard."""
-        evaluation = evaluate(module, datamodule, self.attacks, seed=self.seed)
+        evaluation = evaluate(module, datamodule, self.attacks, seed=self.seed, budget_check=self.budget_check)
         loggers = list(trainer.loggers) if trainer is not None else []
         wandb_logger = next((logger for logger in loggers if isinstance(logger, WandbLogger)), None)
         record = build_record(
