@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.attacks import FeatureInversion, MeasurementDecoder, PhaseInversion, PseudoInverse
+from bench.attacks import FeatureInversion, LearnedPhaseInversion, MeasurementDecoder, PhaseInversion, PseudoInverse
 from bench.attacks.training import fit_decoder, train_until_plateau, validation_loss, validation_split
 from bench.datamodules import Digits
 from bench.errors import BenchError
@@ -75,7 +75,7 @@ def test_validation_split_is_disjoint_and_keeps_both_sides():
 
 @pytest.mark.parametrize("kwargs", [{"patience": 0}, {"epochs": 0}, {"validation_fraction": 1.0}, {"validation_fraction": 0}])
 def test_learned_attacks_reject_budgets_that_cannot_train(kwargs):
-    for attack in (FeatureInversion, MeasurementDecoder, PhaseInversion):
+    for attack in (FeatureInversion, MeasurementDecoder, PhaseInversion, LearnedPhaseInversion):
         with pytest.raises(BenchError, match="epochs|validation_fraction"):
             attack(**kwargs)
 
@@ -95,3 +95,13 @@ def test_records_carry_the_budget_used_and_the_budget_check_reruns_at_twice_the_
     assert attack.epochs == 2, "the rerun is a copy"
     assert "budget_check" not in evaluate(SplitNetwork(data_spec=datamodule.spec), datamodule, [attack]).privacy[0]["details"]
     assert PseudoInverse.budget_args == () and FeatureInversion().with_budget(2).epochs == 2 * FeatureInversion().epochs
+
+
+def test_among_feature_release_attacks_only_the_methods_own_decoder_is_a_diagnostic():
+    from bench import registry
+    from bench.threat_models import Capability, Role, ThreatModel
+
+    attacks = [cls for cls in registry.attacks().values() if cls.threat_model is ThreatModel.FEATURE_RELEASE]
+    diagnostics = [cls.name for cls in attacks if cls.role is Role.DIAGNOSTIC]
+    assert diagnostics == ["own_decoder"]  # RAN's D and DCMG's generator: training-time parts the adversary lacks
+    assert [cls.name for cls in attacks if Capability.OWN_RECONSTRUCTION in cls.requires] == ["own_decoder"]

@@ -89,7 +89,7 @@ class MeasurementDecoder(_KnowsMatrix):
     to invert A but knows nothing of noise the client adds (DCMG-N's eta_c). The decoder holds out
     ``validation_fraction`` of those images and trains until its validation MSE stops improving.
 
-    Default budget: DEFAULT_BUDGET_NOTE
+    Default budget: see :data:`bench.attacks.training.DEFAULT_BUDGET`.
 
     Args:
         channels / kernel_size: the decoder's convolutions after the A^T lift (DeepInverse: 64, 32 and 11).
@@ -104,7 +104,7 @@ class MeasurementDecoder(_KnowsMatrix):
     name = "measurement_decoder"
     budget_args = ("epochs", "patience")
 
-    def __init__(self, channels: Sequence[int] = (32, 16), kernel_size: int = 5, epochs: int = 300, patience: int = 10,
+    def __init__(self, channels: Sequence[int] = (32, 16), kernel_size: int = 5, epochs: int = 1000, patience: int = 20,
                  validation_fraction: float = 0.1, batch_size: int = 64, lr: float = 1e-3,
                  max_attacker_samples: Optional[int] = None, max_test_samples: Optional[int] = None,
                  progress: bool = True) -> None:

@@ -64,7 +64,7 @@ class FeatureInversion(Attack):
     The decoder holds out ``validation_fraction`` of the attacker pool and trains until its validation
     MSE has not improved for ``patience`` epochs (at most ``epochs``), keeping its best state.
 
-    Default budget: DEFAULT_BUDGET_NOTE
+    Default budget: see :data:`bench.attacks.training.DEFAULT_BUDGET`.
 
     Args:
         decoder: ``mirror`` (the client network reversed layer by layer; the default, and the
@@ -87,7 +87,7 @@ class FeatureInversion(Attack):
     primary_metric = "mse"
     budget_args = ("epochs", "patience")
 
-    def __init__(self, decoder: str = "mirror", epochs: int = 300, patience: int = 10, validation_fraction: float = 0.1,
+    def __init__(self, decoder: str = "mirror", epochs: int = 1000, patience: int = 20, validation_fraction: float = 0.1,
                  batch_size: int = 64, lr: float = 1e-3, max_attacker_samples: Optional[int] = None,
                  max_test_samples: Optional[int] = None, progress: bool = True) -> None:
         if decoder not in DECODERS:

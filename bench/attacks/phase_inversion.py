@@ -206,7 +206,7 @@ class _PhaseAttack(Attack):
 class PhaseInversion(_PhaseAttack):
     """Estimate the secret phase with a discriminator D' (the paper's strategy 1), then invert the de-rotated feature.
 
-    Default budget: DEFAULT_BUDGET_NOTE
+    Default budget: see :data:`bench.attacks.training.DEFAULT_BUDGET`.
 
     Args:
         decoder: the inversion decoder (``mirror``, ``upsampling``, ``unet`` (the paper's) or ``unet_small``).
@@ -224,8 +224,8 @@ class PhaseInversion(_PhaseAttack):
     estimator_name = "critic"
     budget_args = ("epochs", "patience", "critic_epochs")
 
-    def __init__(self, decoder: str = "mirror", epochs: int = 300, patience: int = 10, validation_fraction: float = 0.1,
-                 lr: float = 1e-3, critic_epochs: int = 100, critic_lr: float = 1e-3, grid: int = 36, batch_size: int = 64,
+    def __init__(self, decoder: str = "mirror", epochs: int = 1000, patience: int = 20, validation_fraction: float = 0.1,
+                 lr: float = 1e-3, critic_epochs: int = 200, critic_lr: float = 1e-3, grid: int = 36, batch_size: int = 64,
                  max_attacker_samples: Optional[int] = None, max_test_samples: Optional[int] = None,
                  progress: bool = True) -> None:
         self._init_common(decoder, epochs, patience, validation_fraction, lr, batch_size, max_attacker_samples,
@@ -263,7 +263,7 @@ class LearnedPhaseInversion(_PhaseAttack):
     Stronger than D' wherever the release's distribution is not invariant to rotation: the
     estimator regresses (cos theta, sin theta) (:class:`PhaseEstimator`, :func:`fit_phase_estimator`).
 
-    Default budget: DEFAULT_BUDGET_NOTE
+    Default budget: see :data:`bench.attacks.training.DEFAULT_BUDGET`.
 
     Args:
         decoder / epochs / lr / patience / validation_fraction / batch_size: as :class:`PhaseInversion`.
@@ -277,8 +277,8 @@ class LearnedPhaseInversion(_PhaseAttack):
     estimator_name = "estimator"
     budget_args = ("epochs", "patience", "estimator_epochs")
 
-    def __init__(self, decoder: str = "mirror", epochs: int = 300, patience: int = 10, validation_fraction: float = 0.1,
-                 lr: float = 1e-3, estimator_epochs: int = 300, estimator_lr: float = 1e-3, estimator_width: int = 32,
+    def __init__(self, decoder: str = "mirror", epochs: int = 1000, patience: int = 20, validation_fraction: float = 0.1,
+                 lr: float = 1e-3, estimator_epochs: int = 500, estimator_lr: float = 1e-3, estimator_width: int = 32,
                  batch_size: int = 64, max_attacker_samples: Optional[int] = None, max_test_samples: Optional[int] = None,
                  progress: bool = True) -> None:
         self._init_common(decoder, epochs, patience, validation_fraction, lr, batch_size, max_attacker_samples,
