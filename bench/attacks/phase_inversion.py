@@ -40,7 +40,7 @@ from bench.attacks.feature_inversion import DECODERS, FeatureInversion
 from bench.attacks.training import TrainingReport, check_budget, summarise, train_until_plateau, validation_split
 from bench.errors import BenchError
 from bench.metrics.reconstruction import reconstruction_metrics
-from bench.networks.complex import real_part_at, rotate
+from bench.networks.complex import real_part_at
 from bench.networks.decoders import released_as_real
 from bench.threat_models import Capability, Role, ThreatModel
 
@@ -76,44 +76,58 @@ def estimate_phase(critic: nn.Module, released: Tensor, grid: int, chunk: int = 
 
 
 class PhaseEstimator(nn.Module):
-    """(cos theta, sin theta) of a complex release: a linear read-out of every released value plus a small CNN.
+    """theta_hat of a complex release, by an estimator that turns with the release (equivariant).
 
-    The linear part finds a fixed-phase offset at fixed positions (a blank background's theta + pi / 4)
-    exactly; the convolutional part (feature maps only) whatever needs a nonlinearity. Inputs are
-    scaled by the attacker pool's root-mean-square magnitude, a rotation-invariant constant.
+    theta is uniform, so the best estimator loses nothing by being equivariant,
+    theta_hat(exp(i phi) x) = theta_hat(x) + phi; this one is so by construction, and needs to learn
+    only what betrays the phase, never the rotation itself. Stage 1 is complex-linear,
+    z1 = sum_p w_p x_p (it finds a fixed-phase offset at fixed positions exactly: a blank background's
+    theta + pi / 4); stage 2 turns the release back by z1's angle, which leaves it invariant to theta, and
+    a small CNN (feature maps only) reads a complex correction c from it: z = exp(i angle z1) (1 + c).
+    theta_hat = angle z. Inputs are scaled by the attacker pool's root-mean-square magnitude.
     """
 
     def __init__(self, released_shape: Sequence[int], scale: float, width: int = 32) -> None:
         super().__init__()
-        channels = 2 * released_shape[0]  # real and imaginary parts
         self.register_buffer("scale", torch.tensor(float(scale)))
-        self.linear = nn.Linear(channels * math.prod(released_shape[1:]), 2)
-        self.convolutional = None
+        self.weight = nn.Parameter(torch.randn(2, math.prod(released_shape)) / math.sqrt(math.prod(released_shape)))
+        self.refine = None
         if len(released_shape) == 3:
-            self.convolutional = nn.Sequential(
-                nn.Conv2d(channels, width, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(width, width, 3, 2, 1), nn.LeakyReLU(0.2),
-                nn.Conv2d(width, width, 3, 2, 1), nn.LeakyReLU(0.2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 2))
+            self.refine = nn.Sequential(
+                nn.Conv2d(2 * released_shape[0], width, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(width, width, 3, 2, 1),
+                nn.LeakyReLU(0.2), nn.Conv2d(width, width, 3, 2, 1), nn.LeakyReLU(0.2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                nn.Linear(width, 2))
+            nn.init.zeros_(self.refine[-1].weight)
+            nn.init.zeros_(self.refine[-1].bias)
 
-    def forward(self, released: Tensor) -> Tensor:
-        features = released_as_real(released) / self.scale
-        out = self.linear(features.flatten(1))
-        return out if self.convolutional is None else out + self.convolutional(features)
+    def forward(self, released: Tensor) -> tuple[Tensor, Tensor]:
+        """(z1, z): the complex estimates of stage 1 and stage 2, each with angle theta_hat."""
+        x = released / self.scale
+        z1 = (x.flatten(1) * torch.complex(self.weight[0], self.weight[1])).sum(1)
+        turn = z1 / z1.abs().clamp_min(1e-12)
+        if self.refine is None:
+            return z1, turn
+        correction = self.refine(released_as_real(x * turn.conj().view(-1, *([1] * (x.ndim - 1)))))
+        return z1, turn * torch.complex(1 + correction[:, 0], correction[:, 1])
 
     @torch.no_grad()
     def angles(self, released: Tensor, chunk: int = 512) -> Tensor:
-        """theta_hat in [-pi, pi]: the angle of the predicted (cos, sin)."""
+        """theta_hat in [-pi, pi]."""
         self.eval()
-        out = torch.cat([self(released[i : i + chunk]) for i in range(0, len(released), chunk)])
-        return torch.atan2(out[:, 1], out[:, 0])
+        return torch.cat([torch.angle(self(released[i : i + chunk])[1]) for i in range(0, len(released), chunk)])
+
+
+def _cosine_loss(z: Tensor, theta: Tensor) -> Tensor:
+    """1 - cos(angle z - theta): 0 at the true angle, 2 opposite it."""
+    return 1 - (z * torch.polar(torch.ones_like(theta), -theta)).real / z.abs().clamp_min(1e-12)
 
 
 def fit_phase_estimator(released: Tensor, theta: Tensor, generator: torch.Generator, *, epochs: int, patience: int,
                         validation_fraction: float, batch_size: int, lr: float, width: int = 32, description: str = "phase estimator",
                         progress: bool = False) -> tuple[PhaseEstimator, TrainingReport]:
-    """Regress (cos theta, sin theta) on the attacker's own (release, theta) pairs, to the validation plateau.
+    """Fit :class:`PhaseEstimator` on the attacker's own (release, theta) pairs, to the validation plateau.
 
-    Every batch is turned by a fresh random angle phi: exp(i phi) x is exactly what the client releases
-    for the same a and b at theta + phi, so the attacker gets new queries for free.
+    Loss: 1 - cos(theta_hat - theta) of both stages (stage 1's own term trains the linear read-out directly).
     """
     train, validation = validation_split(len(released), validation_fraction, generator)
     scale = released[train].abs().square().mean().sqrt().clamp_min(1e-12).item()
@@ -121,10 +135,9 @@ def fit_phase_estimator(released: Tensor, theta: Tensor, generator: torch.Genera
         torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
         estimator = PhaseEstimator(released.shape[1:], scale, width).to(released.device)
 
-    def loss(model: nn.Module, batch: Tensor, random: torch.Generator) -> Tensor:
-        turn = (torch.rand(len(batch), generator=random) * (2 * math.pi)).to(released.device)
-        target = theta[batch] + turn
-        return F.mse_loss(model(rotate(released[batch], turn)), torch.stack([torch.cos(target), torch.sin(target)], 1))
+    def loss(model: nn.Module, batch: Tensor, _: torch.Generator) -> Tensor:
+        first, second = model(released[batch])
+        return (_cosine_loss(first, theta[batch]) + _cosine_loss(second, theta[batch])).mean()
 
     report = train_until_plateau(estimator, loss, train, validation, generator, max_epochs=epochs, patience=patience,
                                  batch_size=batch_size, lr=lr, description=description, progress=progress)
