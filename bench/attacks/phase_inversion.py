@@ -10,8 +10,9 @@ theta_hat and reconstruct dec(Re[x exp(-i theta_hat)]). The estimators:
 * :class:`PhaseInversion` (the paper's): a discriminator D' that tells real features a from wrongly
   decrypted ones Re[x exp(-i theta')] (a logistic critic), and theta_hat = argmax_theta
   D'(Re[x exp(-i theta)]) over a grid of angles;
-* :class:`LearnedPhaseInversion`: a network trained by regression on the attacker's own
-  (release, theta) pairs to predict (cos theta, sin theta). It learns whatever the release betrays
+* :class:`LearnedPhaseInversion`: an estimator trained on the attacker's own (release, theta) pairs
+  (:class:`PhaseEstimator`, equivariant to the rotation, loss 1 - cos(theta_hat - theta), the
+  regression of (cos theta, sin theta) on the unit circle). It learns whatever the release betrays
   about its phase, e.g. a constant feature c where the image is blank, released as
   exp(i theta)(c + c i), whose phase is theta + pi / 4; on a release whose distribution is
   invariant to rotation it can only guess.
@@ -274,8 +275,11 @@ class PhaseInversion(_PhaseAttack):
 class LearnedPhaseInversion(_PhaseAttack):
     """Estimate the secret phase with a network trained on the attacker's own (release, theta) pairs, then invert.
 
-    Stronger than D' wherever the release's distribution is not invariant to rotation: the
-    estimator regresses (cos theta, sin theta) (:class:`PhaseEstimator`, :func:`fit_phase_estimator`).
+    Stronger than D' wherever the release's distribution is not invariant to rotation
+    (:class:`PhaseEstimator`, :func:`fit_phase_estimator`). On the complex LeNet trained on the MNIST test
+    set (``complex/mnist_shared``, 10 epochs; mirror decoders, 150 epochs / patience 5, estimator 100
+    epochs) it recovers theta to 0.0028 rad (D': 0.80) from the blank background's phase theta + pi / 4,
+    and reconstructs at MSE 0.0055 / PSNR 23.6 dB (D': 0.066 / 15.9 dB).
 
     Default budget: the decoder's as :class:`~bench.attacks.FeatureInversion` (at most 1000 epochs, patience 20);
     the estimator at most 500 epochs with the same patience.
