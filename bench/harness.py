@@ -84,8 +84,12 @@ def measure_cost(module: PrivacyModule, datamodule: PrivacyDataModule) -> dict[s
 
 
 def evaluate(module: PrivacyModule, datamodule: PrivacyDataModule, attacks: Optional[Sequence[Attack]] = None,
-             seed: int = 0) -> Evaluation:
-    """Measure utility and cost, and run every attack whose threat model ``module`` declares."""
+             seed: int = 0, budget_check: bool = False) -> Evaluation:
+    """Measure utility and cost, and run every attack whose threat model ``module`` declares.
+
+    ``budget_check`` reruns every learned attack (one with ``budget_args``) at twice its training
+    budget and records, in its ``details["budget_check"]``, the relative change of its primary metric.
+    """
     attacks = default_attacks() if attacks is None else list(attacks)
     was_training = module.training
     module.eval()
@@ -95,10 +99,10 @@ def evaluate(module: PrivacyModule, datamodule: PrivacyDataModule, attacks: Opti
     # stochastic releases (noise, random phases) draw from a seeded generator: same checkpoint, same numbers
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        return _evaluate(module, datamodule, attacks, seed, was_training, started, clock)
+        return _evaluate(module, datamodule, attacks, seed, was_training, started, clock, budget_check)
 
 
-def _evaluate(module, datamodule, attacks, seed, was_training, started, clock) -> Evaluation:
+def _evaluate(module, datamodule, attacks, seed, was_training, started, clock, budget_check=False) -> Evaluation:
     try:
         utility = test_utility(module, datamodule)
         cost = measure_cost(module, datamodule)
@@ -114,6 +118,8 @@ def _evaluate(module, datamodule, attacks, seed, was_training, started, clock) -
             attack_clock = time.perf_counter()
             with torch.inference_mode(False), torch.enable_grad():
                 result = attack.run(module, datamodule, generator)
+            if budget_check and attack.budget_args:
+                result.details["budget_check"] = _budget_check(attack, result, module, datamodule, seed)
             shown = ", ".join(f"{key} {value:.4g}" for key, value in result.metrics.items() if isinstance(value, (int, float)))
             print(f"bench: attack {attack.name}: {shown} ({time.perf_counter() - attack_clock:.1f} s)", flush=True)
             privacy.append({"attack": attack.name, "threat_model": attack.threat_model.value,
@@ -129,6 +135,20 @@ def _evaluate(module, datamodule, attacks, seed, was_training, started, clock) -
         module.train(was_training)
     cost["evaluation_seconds"] = round(time.perf_counter() - clock, 3)
     return Evaluation(utility, privacy, cost, examples, started, utc_now(), skipped=skipped)
+
+
+BUDGET_CHECK_FACTOR = 2
+
+
+def _budget_check(attack: Attack, result, module, datamodule, seed: int) -> dict[str, Any]:
+    """Rerun ``attack`` at twice its budget: a primary metric that still moves means the attacker was not at its plateau."""
+    rerun = attack.with_budget(BUDGET_CHECK_FACTOR).run(module, datamodule, torch.Generator().manual_seed(seed))
+    metric = attack.primary_metric
+    value, scaled = result.metrics[metric], rerun.metrics[metric]
+    return {"factor": BUDGET_CHECK_FACTOR, "metric": metric, "value": value, "value_at_factor": scaled,
+            "relative_change": (scaled - value) / abs(value) if value else None,
+            "budget": {name: getattr(attack, name) * BUDGET_CHECK_FACTOR for name in attack.budget_args},
+            "converged": rerun.details.get("converged"), "epochs_run": rerun.details.get("epochs_run")}
 
 
 def git_revision() -> Optional[str]:

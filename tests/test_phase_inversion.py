@@ -9,14 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from bench.attacks import DECODERS, FeatureInversion, PhaseInversion
-from bench.attacks.phase_inversion import angle_error, estimate_phase
+from bench.attacks import DECODERS, FeatureInversion, LearnedPhaseInversion, PhaseInversion
+from bench.attacks.phase_inversion import angle_error, estimate_phase, fit_phase_estimator
 from bench.datamodules import Digits
 from bench.errors import BenchError
 from bench.harness import evaluate
 from bench.modules import ComplexNet, ComplexNetBaseline, SplitNetwork
 from bench.networks.complex import rotate
 from bench.networks.unet import UNetDecoder
+from helpers import synthetic_spec
 
 
 def test_angle_error_is_wrapped_to_zero_pi():
@@ -132,3 +133,60 @@ def test_tiny_config_runs_both_inversion_strategies(tmp_path, monkeypatch):
     assert entries["feature_inversion"]["details"]["decoder_used"] == entries["phase_inversion"]["details"]["decoder_used"] == "unet_small"
     assert 0 <= entries["phase_inversion"]["metrics"]["angle_error"] <= math.pi
     assert set(record["artifacts"]) == {"feature_inversion_examples", "phase_inversion_examples"}
+
+
+def _fit_estimator(released, theta, epochs=20):
+    return fit_phase_estimator(released, theta, torch.Generator().manual_seed(0), epochs=epochs, patience=10,
+                               validation_fraction=0.2, batch_size=64, lr=1e-2, width=8)
+
+
+def test_the_learned_estimator_reads_the_phase_off_a_constant_background():
+    torch.manual_seed(0)
+    n = 600
+    a = torch.full((n, 2, 8, 8), 0.6)  # the encoder's constant feature where the image is blank
+    a[:, :, 2:6, 2:6] = torch.randn(n, 2, 4, 4).relu()  # the "digit"
+    b = a.roll(1, 0)  # another sample's feature: the same constant on the background
+    theta = torch.rand(n) * 2 * math.pi
+    released = rotate(torch.complex(a, b), theta)
+    estimator, report = _fit_estimator(released[:400], theta[:400])
+    error = angle_error(estimator.angles(released[400:]), theta[400:])
+    assert error.mean().item() < 0.05, report
+
+
+def test_the_learned_estimator_is_at_chance_on_a_rotation_invariant_release():
+    torch.manual_seed(0)
+    n = 1000
+    noise = torch.complex(torch.randn(n, 2, 8, 8), torch.randn(n, 2, 8, 8))  # circular Gaussian: exp(i theta) z ~ z
+    theta = torch.rand(n) * 2 * math.pi
+    released = rotate(noise, theta)
+    estimator, _ = _fit_estimator(released[:500], theta[:500])
+    error = angle_error(estimator.angles(released[500:]), theta[500:])
+    # a uniform error on [0, pi] has mean pi / 2 and standard error 0.91 / sqrt(500) = 0.04
+    assert error.mean().item() == pytest.approx(math.pi / 2, abs=0.15)
+
+
+def test_both_phase_attacks_report_the_angle_and_the_budget_of_each_learner():
+    torch.manual_seed(0)
+    datamodule = Digits(pool_limit=128)
+    module = ComplexNet(data_spec=datamodule.spec)  # untrained: the encoder's biases give the background a constant c
+    common = dict(decoder="upsampling", epochs=2, patience=10, batch_size=32, progress=False)
+    evaluation = evaluate(module, datamodule, [PhaseInversion(critic_epochs=2, **common),
+                                               LearnedPhaseInversion(estimator_epochs=30, estimator_lr=1e-2, **common)])
+    dprime, learned = evaluation.privacy
+    assert (dprime["attack"], learned["attack"]) == ("phase_inversion", "learned_phase_inversion")
+    assert set(dprime["details"]["training"]) == {"decoder", "critic"}
+    assert set(learned["details"]["training"]) == {"decoder", "estimator"}
+    assert learned["details"]["training"]["estimator"]["max_epochs"] == 30
+    assert learned["role"] == "adversary" and set(learned["metrics"]) == set(LearnedPhaseInversion.metric_directions)
+    assert learned["metrics"]["angle_error"] < 0.1, "the background's phase theta + pi / 4 gives theta away"
+    assert learned["metrics"]["angle_error"] < dprime["metrics"]["angle_error"]
+
+
+def test_a_bias_free_encoder_releases_nothing_on_a_blank_background():
+    datamodule = Digits(pool_limit=16)
+    blank = torch.zeros(4, *datamodule.spec.image_shape)
+    assert ComplexNet(data_spec=datamodule.spec, encoder_bias=False).release(blank).abs().max().item() == 0.0
+    assert ComplexNet(data_spec=datamodule.spec).release(blank).abs().max().item() > 0
+    assert ComplexNet(data_spec=datamodule.spec, encoder_bias=False).label == "Complex-valued (bias-free encoder)"
+    with pytest.raises(BenchError, match="bias-free"):
+        ComplexNet(network="resnet20_alpha", data_spec=synthetic_spec((3, 32, 32)), encoder_bias=False)

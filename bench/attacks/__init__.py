@@ -8,9 +8,9 @@ from bench.attacks.gradient_inversion import GradientInversion
 from bench.attacks.membership_inference import LiRA, LossThreshold, NasrAttack, NasrShadow, ShokriShadow
 from bench.attacks.lira_online import LiRAOnline
 from bench.attacks.own_decoder import OwnDecoder
-from bench.attacks.phase_inversion import PhaseInversion
+from bench.attacks.phase_inversion import LearnedPhaseInversion, PhaseInversion
 from bench.attacks.rmia import RMIA, RMIAOnline
 
-__all__ = ["Attack", "AttackResult", "AffineInversion", "MeasurementDecoder", "PseudoInverse", "ReleasedTrainingData", "DECODERS", "FeatureInversion", "GradientInversion", "OwnDecoder", "PhaseInversion",
+__all__ = ["Attack", "AttackResult", "AffineInversion", "MeasurementDecoder", "PseudoInverse", "ReleasedTrainingData", "DECODERS", "FeatureInversion", "GradientInversion", "OwnDecoder", "PhaseInversion", "LearnedPhaseInversion",
            "LiRA", "LossThreshold", "NasrAttack", "NasrShadow", "ShokriShadow",
            "LiRAOnline", "RMIA", "RMIAOnline"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
@@ -52,6 +53,9 @@ class Attack:
     min_pool_sizes: ClassVar[dict[str, int]] = {}
     #: arguments that change how the attack reports, not what it measures (left out of records)
     presentation_args: ClassVar[tuple[str, ...]] = ("progress",)
+    #: init arguments that set a learned attacker's training budget (maximum epochs, patience); the
+    #: harness's budget check reruns the attack with them scaled (:meth:`with_budget`). Empty: nothing learned.
+    budget_args: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -101,6 +105,13 @@ class Attack:
         names = [p for p in inspect.signature(type(self).__init__).parameters
                  if p != "self" and p not in self.presentation_args]
         return {name: getattr(self, name) for name in names if hasattr(self, name)}
+
+    def with_budget(self, factor: int) -> "Attack":
+        """A copy of this attack whose training budget (every ``budget_args`` value) is ``factor`` times larger."""
+        scaled = copy.copy(self)
+        for name in self.budget_args:
+            setattr(scaled, name, getattr(self, name) * factor)
+        return scaled
 
     def run(self, module: "PrivacyModule", datamodule: "PrivacyDataModule", generator: torch.Generator) -> AttackResult:
         """Attack the trained ``module`` using ``datamodule``'s pools; draw all randomness from ``generator``."""

@@ -1,18 +1,26 @@
-"""Phase estimation then inversion: the attack on features hidden in a random phase (Xiang et al., strategy 1).
+"""Phase estimation then inversion: the attacks on features hidden in a random phase (Xiang et al., strategy 1).
 
 Threat model: feature release, against a method that releases x = exp(i theta*)(a + b i) and lets
 the attacker query its encryption module with inputs of its own (``real_features(x)`` gives a, and
 ``release_with_phase(x)`` the released x with the angle, which the attacker could also solve for from
-x and a). On the attacker pool it trains
+x and a). On the attacker pool both attacks train a decoder dec on (a, image) pairs ("given I, a and
+theta*, a decoder can be learned", section 4.3) and a phase estimator; on the test pool they estimate
+theta_hat and reconstruct dec(Re[x exp(-i theta_hat)]). The estimators:
 
-* a discriminator D' that tells real features a from wrongly decrypted ones Re[x exp(-i theta')]
-  (a logistic critic; any score works for the argmax below), and
-* a decoder dec on (a, image) pairs ("given I, a and theta*, a decoder can be learned", section 4.3).
+* :class:`PhaseInversion` (the paper's): a discriminator D' that tells real features a from wrongly
+  decrypted ones Re[x exp(-i theta')] (a logistic critic), and theta_hat = argmax_theta
+  D'(Re[x exp(-i theta)]) over a grid of angles;
+* :class:`LearnedPhaseInversion`: an estimator trained on the attacker's own (release, theta) pairs
+  (:class:`PhaseEstimator`, equivariant to the rotation, loss 1 - cos(theta_hat - theta), the
+  regression of (cos theta, sin theta) on the unit circle). It learns whatever the release betrays
+  about its phase, e.g. a constant feature c where the image is blank, released as
+  exp(i theta)(c + c i), whose phase is theta + pi / 4; on a release whose distribution is
+  invariant to rotation it can only guess.
 
-On the test pool it estimates theta_hat = argmax_theta D'(Re[x exp(-i theta)]) over a grid of
-angles and reconstructs dec(Re[x exp(-i theta_hat)]). It reports the reconstruction metrics, the
-angle error E|theta* - theta_hat| wrapped to [0, pi] (Table 3; a blind guess scores pi / 2), and the
-server's own view: the accuracy of predicting from x without theta (``predict_from_release``).
+Both report the reconstruction metrics, the angle error E|theta* - theta_hat| wrapped to [0, pi]
+(Table 3; a blind guess scores pi / 2), and the server's own view: the accuracy of predicting from
+x without theta (``predict_from_release``). Every learner trains to its validation plateau
+(:mod:`bench.attacks.training`); ``details["training"]`` gives each one's budget.
 
 The fooling counterpart is itself a real feature, b = Re[x exp(-i (theta* + pi / 2))]: a D' that tells
 real features from mixtures but not a from b errs by 0 or pi / 2, about pi / 4 on average, which
@@ -22,27 +30,21 @@ is what the paper's Table 3 (0.78-0.84) and our runs show; dec then reconstructs
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Callable, ClassVar, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from bench.attacks.base import Attack, AttackResult
 from bench.attacks.feature_inversion import DECODERS, FeatureInversion
+from bench.attacks.training import TrainingReport, check_budget, summarise, train_until_plateau, validation_split
 from bench.errors import BenchError
 from bench.metrics.reconstruction import reconstruction_metrics
 from bench.metrics.utility import predictions_correct
 from bench.networks.complex import real_part_at
-from bench.networks.unet import unet_decoder
+from bench.networks.decoders import released_as_real
 from bench.threat_models import Capability, Role, ThreatModel
-
-# the paper's decoder (section 4.1), for this attack and for feature_inversion's dec(x)
-DECODERS.setdefault("unet", lambda client, released_shape, image_shape: unet_decoder(released_shape, image_shape))
-# the original U-Net's two convolutions per block, narrower: the same decoder at a CPU's budget
-DECODERS.setdefault("unet_small", lambda client, released_shape, image_shape: unet_decoder(released_shape, image_shape, width=16,
-                                                                                          convs_per_block=2))
 
 
 def angle_error(estimated: Tensor, true: Tensor) -> Tensor:
@@ -75,42 +77,107 @@ def estimate_phase(critic: nn.Module, released: Tensor, grid: int, chunk: int = 
     return torch.cat(estimates)
 
 
-class PhaseInversion(Attack):
-    """Estimate the secret phase with a discriminator D', then invert the de-rotated feature.
+class PhaseEstimator(nn.Module):
+    """theta_hat of a complex release, by an estimator that turns with the release (equivariant).
 
-    Args:
-        decoder: the inversion decoder (``mirror``, ``upsampling``, ``unet`` (the paper's) or ``unet_small``).
-        epochs / lr: decoder training passes over the attacker pool, and its Adam learning rate.
-        critic_epochs / critic_lr: the same for D'.
-        grid: angles tried per sample for theta_hat (resolution 2 pi / grid; 36: ten degrees).
-        batch_size: mini-batch size of both.
-        max_attacker_samples / max_test_samples: cap the pools (None: all of them).
-        progress: show progress bars.
+    theta is uniform, so the best estimator loses nothing by being equivariant,
+    theta_hat(exp(i phi) x) = theta_hat(x) + phi; this one is so by construction, and needs to learn
+    only what betrays the phase, never the rotation itself. Stage 1 is complex-linear,
+    z1 = sum_p w_p x_p (it finds a fixed-phase offset at fixed positions exactly: a blank background's
+    theta + pi / 4); stage 2 turns the release back by z1's angle, which leaves it invariant to theta, and
+    a small CNN (feature maps only) reads a complex correction c from it: z = exp(i angle z1) (1 + c).
+    theta_hat = angle z. Inputs are scaled by the attacker pool's root-mean-square magnitude.
     """
 
-    name = "phase_inversion"
+    def __init__(self, released_shape: Sequence[int], scale: float, width: int = 32) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(float(scale)))
+        self.weight = nn.Parameter(torch.randn(2, math.prod(released_shape)) / math.sqrt(math.prod(released_shape)))
+        self.refine = None
+        if len(released_shape) == 3:
+            self.refine = nn.Sequential(
+                nn.Conv2d(2 * released_shape[0], width, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(width, width, 3, 2, 1),
+                nn.LeakyReLU(0.2), nn.Conv2d(width, width, 3, 2, 1), nn.LeakyReLU(0.2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                nn.Linear(width, 2))
+            nn.init.zeros_(self.refine[-1].weight)
+            nn.init.zeros_(self.refine[-1].bias)
+
+    def forward(self, released: Tensor) -> tuple[Tensor, Tensor]:
+        """(z1, z): the complex estimates of stage 1 and stage 2, each with angle theta_hat."""
+        x = released / self.scale
+        z1 = (x.flatten(1) * torch.complex(self.weight[0], self.weight[1])).sum(1)
+        turn = z1 / z1.abs().clamp_min(1e-12)
+        if self.refine is None:
+            return z1, turn
+        correction = self.refine(released_as_real(x * turn.conj().view(-1, *([1] * (x.ndim - 1)))))
+        return z1, turn * torch.complex(1 + correction[:, 0], correction[:, 1])
+
+    @torch.no_grad()
+    def angles(self, released: Tensor, chunk: int = 512) -> Tensor:
+        """theta_hat in [-pi, pi]."""
+        self.eval()
+        return torch.cat([torch.angle(self(released[i : i + chunk])[1]) for i in range(0, len(released), chunk)])
+
+
+def _cosine_loss(z: Tensor, theta: Tensor) -> Tensor:
+    """1 - cos(angle z - theta): 0 at the true angle, 2 opposite it."""
+    return 1 - (z * torch.polar(torch.ones_like(theta), -theta)).real / z.abs().clamp_min(1e-12)
+
+
+def fit_phase_estimator(released: Tensor, theta: Tensor, generator: torch.Generator, *, epochs: int, patience: int,
+                        validation_fraction: float, batch_size: int, lr: float, width: int = 32, description: str = "phase estimator",
+                        progress: bool = False) -> tuple[PhaseEstimator, TrainingReport]:
+    """Fit :class:`PhaseEstimator` on the attacker's own (release, theta) pairs, to the validation plateau.
+
+    Loss: 1 - cos(theta_hat - theta) of both stages (stage 1's own term trains the linear read-out directly).
+    """
+    train, validation = validation_split(len(released), validation_fraction, generator)
+    scale = released[train].abs().square().mean().sqrt().clamp_min(1e-12).item()
+    with torch.random.fork_rng(devices=[]):  # initial weights follow the harness's seed
+        torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
+        estimator = PhaseEstimator(released.shape[1:], scale, width).to(released.device)
+
+    def loss(model: nn.Module, batch: Tensor, _: torch.Generator) -> Tensor:
+        first, second = model(released[batch])
+        return (_cosine_loss(first, theta[batch]) + _cosine_loss(second, theta[batch])).mean()
+
+    report = train_until_plateau(estimator, loss, train, validation, generator, max_epochs=epochs, patience=patience,
+                                 batch_size=batch_size, lr=lr, description=description, progress=progress)
+    return estimator, report
+
+
+class _PhaseAttack(Attack):
+    """Estimate the secret phase, then invert the de-rotated feature with a decoder trained on (a, image) pairs.
+
+    Subclasses implement :meth:`fit_estimator`: from the attacker pool's (a, x, theta*), a function
+    x -> theta_hat and the estimator's training report.
+    """
+
+    abstract = True
     threat_model = ThreatModel.FEATURE_RELEASE
     role = Role.ADVERSARY
     requires = (Capability.PHASE_QUERIES,)
     metric_directions = {"mse": "higher", "mae": "higher", "psnr": "lower", "ssim": "lower", "angle_error": "higher",
                          "server_accuracy": "lower"}
     primary_metric = "mse"
+    #: the estimator's name in ``details["training"]``
+    estimator_name: ClassVar[str]
 
-    def __init__(self, decoder: str = "mirror", epochs: int = 30, lr: float = 1e-3, critic_epochs: int = 10,
-                 critic_lr: float = 1e-3, grid: int = 36, batch_size: int = 128, max_attacker_samples: Optional[int] = None,
-                 max_test_samples: Optional[int] = None, progress: bool = True) -> None:
+    def _init_common(self, decoder: str, epochs: int, patience: int, validation_fraction: float, lr: float, batch_size: int,
+                     max_attacker_samples: Optional[int], max_test_samples: Optional[int], progress: bool) -> None:
         if decoder not in DECODERS:
-            raise BenchError(f"unknown decoder '{decoder}' for phase_inversion; choose one of {sorted(DECODERS)}")
-        if min(epochs, critic_epochs, batch_size) < 1 or min(lr, critic_lr) <= 0:
-            raise BenchError(f"phase_inversion needs epochs, critic_epochs, batch_size >= 1 and learning rates > 0, "
-                             f"got {epochs}, {critic_epochs}, {batch_size}, {lr}, {critic_lr}")
-        if grid < 2:
-            raise BenchError(f"grid (angles tried per sample) must be at least 2, got {grid}")
-        self.decoder, self.epochs, self.lr = decoder, epochs, lr
-        self.critic_epochs, self.critic_lr, self.grid = critic_epochs, critic_lr, grid
-        self.batch_size = batch_size
+            raise BenchError(f"unknown decoder '{decoder}' for {self.name}; choose one of {sorted(DECODERS)}")
+        if batch_size < 1 or lr <= 0:
+            raise BenchError(f"{self.name} needs batch_size >= 1 and lr > 0, got {batch_size} and {lr}")
+        check_budget(self.name, epochs, patience, validation_fraction)
+        self.decoder, self.epochs, self.patience, self.lr = decoder, epochs, patience, lr
+        self.validation_fraction, self.batch_size = validation_fraction, batch_size
         self.max_attacker_samples, self.max_test_samples = max_attacker_samples, max_test_samples
         self.progress = progress
+
+    def fit_estimator(self, real: Tensor, released: Tensor, theta: Tensor,
+                      generator: torch.Generator) -> tuple[Callable[[Tensor], Tensor], TrainingReport]:
+        raise TypeError(f"{type(self).__name__} must implement fit_estimator()")
 
     @torch.no_grad()
     def _query(self, module, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -130,21 +197,14 @@ class PhaseInversion(Attack):
         train_a, train_x, train_theta = self._query(module, train_images)
         _, test_x, test_theta = self._query(module, test_images)
 
-        with torch.random.fork_rng(devices=[]):  # initial weights follow the harness's seed
-            torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
-            critic = phase_critic(train_a.shape[1:]).to(device)
-            inverter = FeatureInversion(self.decoder, self.epochs, self.batch_size, self.lr, progress=self.progress)
-            decoder, decoder_used = inverter.build_decoder(module, train_a[:2].cpu(), train_images.shape[1:])
-        self._fit_critic(critic, train_a, train_x, train_theta, generator)
-        critic.eval()
-        estimated = estimate_phase(critic, test_x, self.grid)
-
-        decoder = decoder.to(device)
-        inverter._fit(decoder, train_a, train_images.to(device), generator)
-        decoder.eval()
+        estimate, estimator_report = self.fit_estimator(train_a, train_x, train_theta, generator)
+        estimated = estimate(test_x)
+        inverter = FeatureInversion(self.decoder, self.epochs, self.patience, self.validation_fraction, self.batch_size,
+                                    self.lr, progress=self.progress)
+        decoder, decoder_used, decoder_report = inverter.train_decoder(module, train_a, train_images, generator)
         with torch.no_grad():
-            reconstructed = self._decode(decoder, real_part_at(test_x, estimated))
-            with_true_phase = self._decode(decoder, real_part_at(test_x, test_theta))
+            reconstructed = inverter.decode(decoder, real_part_at(test_x, estimated))
+            with_true_phase = inverter.decode(decoder, real_part_at(test_x, test_theta))
             server_logits = torch.cat([module.predict_from_release(test_x[i : i + self.batch_size])
                                        for i in range(0, len(test_x), self.batch_size)])
         test_images = test_images.to(device)
@@ -154,26 +214,104 @@ class PhaseInversion(Attack):
         metrics["server_accuracy"] = predictions_correct(server_logits, test_labels, module.spec).mean().item()
         details = {"decoder_used": decoder_used, "attacker_samples": len(train_images), "test_samples": len(test_images),
                    # the same decoder given the true phase: what the phase hides
-                   "true_phase_mae": reconstruction_metrics(with_true_phase, test_images)["mae"]}
+                   "true_phase_mae": reconstruction_metrics(with_true_phase, test_images)["mae"],
+                   **summarise({"decoder": decoder_report, self.estimator_name: estimator_report}, "decoder")}
         return AttackResult(metrics, examples=(test_images[:16].cpu(), reconstructed[:16].cpu()), details=details)
 
-    def _decode(self, decoder: nn.Module, features: Tensor) -> Tensor:
-        return torch.cat([decoder(features[i : i + self.batch_size]) for i in range(0, len(features), self.batch_size)])
 
-    def _fit_critic(self, critic: nn.Module, real: Tensor, released: Tensor, theta: Tensor, generator: torch.Generator) -> None:
+class PhaseInversion(_PhaseAttack):
+    """Estimate the secret phase with a discriminator D' (the paper's strategy 1), then invert the de-rotated feature.
+
+    Default budget: the decoder's as :class:`~bench.attacks.FeatureInversion` (at most 1000 epochs, patience 20:
+    the plateau on the unprotected MNIST baseline, twice the budget -1.4 % MSE); D' at most 200 epochs.
+
+    Args:
+        decoder: the inversion decoder (``mirror``, ``upsampling``, ``unet`` (the paper's) or ``unet_small``).
+        epochs / lr: the decoder's maximum passes over the attacker pool, and its Adam learning rate.
+        patience: epochs without a validation improvement before the decoder, or D', stops.
+        validation_fraction: share of the attacker pool each learner holds out for early stopping.
+        critic_epochs / critic_lr: D''s maximum passes and learning rate.
+        grid: angles tried per sample for theta_hat (resolution 2 pi / grid; 36: ten degrees).
+        batch_size: mini-batch size of both.
+        max_attacker_samples / max_test_samples: cap the pools (None: all of them).
+        progress: show progress bars.
+    """
+
+    name = "phase_inversion"
+    estimator_name = "critic"
+    budget_args = ("epochs", "patience", "critic_epochs")
+
+    def __init__(self, decoder: str = "mirror", epochs: int = 1000, patience: int = 20, validation_fraction: float = 0.1,
+                 lr: float = 1e-3, critic_epochs: int = 200, critic_lr: float = 1e-3, grid: int = 36, batch_size: int = 64,
+                 max_attacker_samples: Optional[int] = None, max_test_samples: Optional[int] = None,
+                 progress: bool = True) -> None:
+        self._init_common(decoder, epochs, patience, validation_fraction, lr, batch_size, max_attacker_samples,
+                          max_test_samples, progress)
+        if critic_epochs < 1 or critic_lr <= 0:
+            raise BenchError(f"phase_inversion needs critic_epochs >= 1 and critic_lr > 0, got {critic_epochs} and {critic_lr}")
+        if grid < 2:
+            raise BenchError(f"grid (angles tried per sample) must be at least 2, got {grid}")
+        self.critic_epochs, self.critic_lr, self.grid = critic_epochs, critic_lr, grid
+
+    def fit_estimator(self, real, released, theta, generator):
         """Logistic D': real features a against Re[x exp(-i theta')] at angles theta' at least one grid step from theta*."""
-        optimizer = torch.optim.Adam(critic.parameters(), lr=self.critic_lr)
+        train, validation = validation_split(len(real), self.validation_fraction, generator)
+        with torch.random.fork_rng(devices=[]):  # initial weights follow the harness's seed
+            torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
+            critic = phase_critic(real.shape[1:]).to(real.device)
         step = 2 * math.pi / self.grid
-        critic.train()
-        for _ in tqdm(range(self.critic_epochs), desc=f"{self.name} critic", disable=not self.progress, leave=False):
-            order = torch.randperm(len(real), generator=generator).to(real.device)
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
-                offset = step + torch.rand(len(batch), generator=generator).to(real.device) * (2 * math.pi - 2 * step)
-                fake = real_part_at(released[batch], theta[batch] + offset)
-                scores = critic(torch.cat([real[batch], fake]))
-                targets = torch.cat([torch.ones(len(batch)), torch.zeros(len(batch))]).to(scores.device)
-                loss = F.binary_cross_entropy_with_logits(scores.squeeze(1), targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+
+        def loss(model: nn.Module, batch: Tensor, random: torch.Generator) -> Tensor:
+            offset = step + torch.rand(len(batch), generator=random).to(real.device) * (2 * math.pi - 2 * step)
+            fake = real_part_at(released[batch], theta[batch] + offset)
+            scores = model(torch.cat([real[batch], fake]))
+            targets = torch.cat([torch.ones(len(batch)), torch.zeros(len(batch))]).to(scores.device)
+            return F.binary_cross_entropy_with_logits(scores.squeeze(1), targets)
+
+        report = train_until_plateau(critic, loss, train, validation, generator, max_epochs=self.critic_epochs,
+                                     patience=self.patience, batch_size=self.batch_size, lr=self.critic_lr,
+                                     description=f"{self.name} critic", progress=self.progress)
+        return (lambda x: estimate_phase(critic, x, self.grid)), report
+
+
+class LearnedPhaseInversion(_PhaseAttack):
+    """Estimate the secret phase with a network trained on the attacker's own (release, theta) pairs, then invert.
+
+    Stronger than D' wherever the release's distribution is not invariant to rotation
+    (:class:`PhaseEstimator`, :func:`fit_phase_estimator`). On the complex LeNet trained on the MNIST test
+    set (``complex/mnist_shared``, 10 epochs; mirror decoders, 150 epochs / patience 5, estimator 100
+    epochs) it recovers theta to 0.0028 rad (D': 0.80) from the blank background's phase theta + pi / 4,
+    and reconstructs at MSE 0.0055 / PSNR 23.6 dB (D': 0.066 / 15.9 dB).
+
+    Default budget: the decoder's as :class:`~bench.attacks.FeatureInversion` (at most 1000 epochs, patience 20);
+    the estimator at most 500 epochs with the same patience.
+
+    Args:
+        decoder / epochs / lr / patience / validation_fraction / batch_size: as :class:`PhaseInversion`.
+        estimator_epochs / estimator_lr: the phase estimator's maximum passes and Adam learning rate.
+        estimator_width: channels of the estimator's convolutions.
+        max_attacker_samples / max_test_samples: cap the pools (None: all of them).
+        progress: show progress bars.
+    """
+
+    name = "learned_phase_inversion"
+    estimator_name = "estimator"
+    budget_args = ("epochs", "patience", "estimator_epochs")
+
+    def __init__(self, decoder: str = "mirror", epochs: int = 1000, patience: int = 20, validation_fraction: float = 0.1,
+                 lr: float = 1e-3, estimator_epochs: int = 500, estimator_lr: float = 1e-3, estimator_width: int = 32,
+                 batch_size: int = 64, max_attacker_samples: Optional[int] = None, max_test_samples: Optional[int] = None,
+                 progress: bool = True) -> None:
+        self._init_common(decoder, epochs, patience, validation_fraction, lr, batch_size, max_attacker_samples,
+                          max_test_samples, progress)
+        if estimator_epochs < 1 or estimator_lr <= 0 or estimator_width < 1:
+            raise BenchError(f"learned_phase_inversion needs estimator_epochs >= 1, estimator_lr > 0 and estimator_width >= 1, "
+                             f"got {estimator_epochs}, {estimator_lr} and {estimator_width}")
+        self.estimator_epochs, self.estimator_lr, self.estimator_width = estimator_epochs, estimator_lr, estimator_width
+
+    def fit_estimator(self, real, released, theta, generator):
+        estimator, report = fit_phase_estimator(released, theta, generator, epochs=self.estimator_epochs,
+                                                patience=self.patience, validation_fraction=self.validation_fraction,
+                                                batch_size=self.batch_size, lr=self.estimator_lr, width=self.estimator_width,
+                                                description=f"{self.name} estimator", progress=self.progress)
+        return estimator.angles, report

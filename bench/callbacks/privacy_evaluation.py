@@ -50,6 +50,8 @@ class PrivacyEvaluation(Callback):
             and a plot); None: the leaderboard derives one from dataset, pools, attacks and training budget.
         allow_untrained: evaluate and record a model that took no optimizer step (``max_epochs: 0``, an untrained
             checkpoint), e.g. as an untrained reference; refused otherwise, since it is not a result.
+        budget_check: rerun every learned attack at twice its training budget and record the relative
+            change of its primary metric (``details["budget_check"]``; doubles the attacks' time).
     """
 
     #: reports on training, takes no part in it: shadow models trained by the target's recipe leave it out
@@ -57,7 +59,8 @@ class PrivacyEvaluation(Callback):
 
     def __init__(self, attacks: Optional[list[Attack]] = None, seed: int = 0, records_dir: str = DEFAULT_RECORDS_DIR,
                  leaderboard_dir: Optional[str] = DEFAULT_LEADERBOARD_DIR, paper: Optional[dict[str, Any]] = None,
-                 enabled: bool = True, allow_untrained: bool = False, experiment: Optional[str] = None) -> None:
+                 enabled: bool = True, allow_untrained: bool = False, experiment: Optional[str] = None,
+                 budget_check: bool = False) -> None:
         self.attacks = attacks
         self.seed = seed
         self.records_dir = records_dir
@@ -66,6 +69,7 @@ class PrivacyEvaluation(Callback):
         self.enabled = enabled
         self.experiment = experiment
         self.allow_untrained = allow_untrained
+        self.budget_check = budget_check
         #: the full run configuration; ``bench fit`` sets it from the parsed command line
         self.run_config: Optional[dict[str, Any]] = None
         self.last_record_path: Optional[Path] = None
@@ -155,7 +159,7 @@ class PrivacyEvaluation(Callback):
             for attack in attacks:
                 if getattr(attack, "progress", False):
                     attack.progress = False
-        evaluation = evaluate(module, datamodule, attacks, seed=self.seed)
+        evaluation = evaluate(module, datamodule, attacks, seed=self.seed, budget_check=self.budget_check)
         evaluation.utility.update(_chance_level(evaluation.utility.get("accuracy"), datamodule, untrained))
         loggers = list(trainer.loggers) if trainer is not None else []
         wandb_logger = next((logger for logger in loggers if isinstance(logger, WandbLogger)), None)

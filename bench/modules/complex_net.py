@@ -71,6 +71,11 @@ class ComplexNet(PrivacyModule):
         lr / critic_lr: learning rates of g, Phi, d (Adam) and of D.
         bank_size: real features kept from training for batches of one sample, which have no other
             sample to draw the fooling counterpart b from.
+        encoder_bias: False builds the encryption module without additive terms (no biases in its
+            convolutions and generator, input scaled by 1 / std but not centred; plain convolutional
+            encoders only). With biases, a blank background has one constant feature c in every image,
+            so the fooling counterpart b = g(I') equals a there and the release exp(i theta)(c + c i)
+            gives theta away (the learned phase estimator finds it); without them the background is 0.
     """
 
     threat_models = (ThreatModel.FEATURE_RELEASE, ThreatModel.BLACK_BOX_OUTPUTS)
@@ -81,7 +86,7 @@ class ComplexNet(PrivacyModule):
     def __init__(self, network: str = "lenet", generator_channels: Optional[int] = None, k: int = 4, n_critic: int = 5,
                  lipschitz: str = "clip", clip_value: float = 0.01, gp_weight: float = 10.0, adv_weight: float = 1.0,
                  lr: float = 1e-3, critic_lr: float = 5e-5, weight_decay: float = 0.0, bank_size: int = 8,
-                 data_spec: Optional[DataSpec] = None) -> None:
+                 encoder_bias: bool = True, data_spec: Optional[DataSpec] = None) -> None:
         if k < 2:
             raise BenchError(f"k (phases per sample in Eq. 8) must be at least 2, one real and k - 1 fakes, got {k}")
         if n_critic < 1:
@@ -97,11 +102,16 @@ class ComplexNet(PrivacyModule):
         self.automatic_optimization = False
         if generator_channels is None:
             generator_channels = encoder_shape(network, self.spec)[0]
-        modules = build_network(network, self.spec, complex_valued=True, generator_channels=generator_channels)
+        modules = build_network(network, self.spec, complex_valued=True, generator_channels=generator_channels,
+                                encoder_bias=encoder_bias)
         self.encoder, self.processing, self.decryption = modules.encoder, modules.processing, modules.decryption
         self.critic = critic_network(modules.feature_shape)
         self.register_buffer("fooling_bank", torch.zeros(bank_size, *modules.feature_shape))
         self.register_buffer("bank_filled", torch.zeros((), dtype=torch.long))
+
+    @property
+    def label(self) -> str:
+        return super().label if self.hparams.encoder_bias else f"{super().label} (bias-free encoder)"
 
     # ------------------------------------------------------------------ the three modules
     def real_features(self, images: Tensor) -> Tensor:

@@ -223,8 +223,10 @@ Step = tuple
 
 
 def _build(steps: Sequence[Step], in_shape: Sequence[int], complex_valued: bool, c: Optional[float],
-           num_classes: int) -> tuple[nn.Sequential, tuple[int, ...]]:
-    """Build ``steps`` on inputs of ``in_shape`` (C, H, W); returns the network and its output shape."""
+           num_classes: int, bias: bool = True) -> tuple[nn.Sequential, tuple[int, ...]]:
+    """Build ``steps`` on inputs of ``in_shape`` (C, H, W); returns the network and its output shape.
+
+    ``bias=False`` drops the biases of the real-valued convolutions and fully-connected layers."""
     layers: list[nn.Module] = []
     shape = tuple(in_shape)
     for index, step in enumerate(steps):
@@ -233,7 +235,7 @@ def _build(steps: Sequence[Step], in_shape: Sequence[int], complex_valued: bool,
         if kind == "conv":
             _, out, kernel, stride = step
             layer = (ComplexConv2d(shape[0], out, kernel, stride) if complex_valued
-                     else nn.Conv2d(shape[0], out, kernel, stride, kernel // 2, bias=not followed_by_norm))
+                     else nn.Conv2d(shape[0], out, kernel, stride, kernel // 2, bias=bias and not followed_by_norm))
         elif kind == "act":
             layer = Delta(c) if complex_valued else nn.ReLU(inplace=True)
         elif kind == "norm":
@@ -251,7 +253,7 @@ def _build(steps: Sequence[Step], in_shape: Sequence[int], complex_valued: bool,
         elif kind == "fc":
             width = num_classes if step[1] is None else step[1]
             features = int(math.prod(shape))
-            layer = ComplexLinear(features, width) if complex_valued else nn.Linear(features, width)
+            layer = ComplexLinear(features, width) if complex_valued else nn.Linear(features, width, bias=bias)
         elif kind == "drop":
             layer = ComplexDropout(step[1]) if complex_valued else nn.Dropout(step[1])
         elif kind == "res":
@@ -361,20 +363,28 @@ def encoder_shape(name: str, spec: DataSpec) -> tuple[int, ...]:
     return _build(family(name, spec).encoder, spec.image_shape, False, None, spec.num_classes)[1]
 
 
-def build_network(name: str, spec: DataSpec, complex_valued: bool, generator_channels: Optional[int] = None) -> SplitModules:
+def build_network(name: str, spec: DataSpec, complex_valued: bool, generator_channels: Optional[int] = None,
+                  encoder_bias: bool = True) -> SplitModules:
     """Network ``name`` adapted to ``spec``, split into its three modules.
 
     ``complex_valued`` builds the processing module from the equivariant layers above (the encoder
     and the decryption module stay real). ``generator_channels`` (K) appends the adversarial-learning
     module's generator, a 3x3 convolution with K filters, to the encoder (section 4.1).
+    ``encoder_bias=False`` makes the encoder (and generator) free of additive terms: no biases, and
+    the input normalisation only scales (x / std; subtracting the mean is a bias too,
+    w * (x - m) = w * x - m sum(w)), so a blank (zero) image region maps to a zero feature.
     """
     plans = family(name, spec)
-    encoder, shape = _build(plans.encoder, spec.image_shape, False, None, spec.num_classes)
-    encoder = nn.Sequential(Normalize(spec.mean, spec.std), *encoder)
+    if not encoder_bias and any(step[0] in ("norm", "res") for step in plans.encoder):
+        raise BenchError(f"a bias-free encoder is defined for plain convolutional encoders (lenet, vgg16, alexnet); "
+                         f"{name}'s encoder has batch-norm, whose shift is a learned bias")
+    encoder, shape = _build(plans.encoder, spec.image_shape, False, None, spec.num_classes, bias=encoder_bias)
+    mean = spec.mean if encoder_bias else [0.0] * len(spec.mean)
+    encoder = nn.Sequential(Normalize(mean, spec.std), *encoder)
     if generator_channels is not None:
         if generator_channels < 1:
             raise BenchError(f"generator_channels (K) must be at least 1, got {generator_channels}")
-        encoder.append(nn.Conv2d(shape[0], generator_channels, 3, padding=1))
+        encoder.append(nn.Conv2d(shape[0], generator_channels, 3, padding=1, bias=encoder_bias))
         shape = (generator_channels, *shape[1:])
     processing, out_shape = _build(plans.processing, shape, complex_valued, plans.c, spec.num_classes)
     decryption, _ = _build(plans.decryption, out_shape, False, plans.c, spec.num_classes)

@@ -1,0 +1,145 @@
+"""How every learned attacker trains: on its own pool, until its own validation loss stops improving.
+
+A learned attacker (a feature-inversion decoder, the measurement decoder, the phase critic D', the
+learned phase estimator) holds out ``validation_fraction`` of the attacker pool, trains on the rest
+and, after every epoch, measures its loss on the held-out part. Training stops when that loss has
+not improved (by a relative ``min_delta``) for ``patience`` epochs or when ``max_epochs`` is spent;
+the best state is restored either way. The :class:`TrainingReport` says which of the two happened:
+an attacker that hit its maximum may not have converged, and its record says so
+(``details["converged"]``), so a weak attacker never passes for a strong defense.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from bench.errors import BenchError
+
+#: loss(model, sample indices, generator) -> mean loss of those samples; the generator draws any
+#: randomness of the loss (augmentations, fake angles), fixed for the validation split
+LossFunction = Callable[[nn.Module, Tensor, torch.Generator], Tensor]
+
+
+@dataclass
+class TrainingReport:
+    """The budget a learned attacker used, and whether it stopped on a plateau (``converged``)."""
+
+    converged: bool  # True: stopped because the validation loss stopped improving; False: hit max_epochs
+    epochs_run: int
+    max_epochs: int
+    best_epoch: int  # 1-based; the restored state is this epoch's
+    patience: int
+    train_samples: int
+    validation_samples: int
+    validation_loss: float  # of the restored state
+
+    def as_details(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_budget(name: str, epochs: int, patience: int, validation_fraction: float) -> None:
+    """One clear line for a budget that cannot train (before any query is made)."""
+    if epochs < 1 or patience < 1:
+        raise BenchError(f"{name} needs epochs (the maximum budget) >= 1 and patience >= 1, got {epochs} and {patience}")
+    if not 0 < validation_fraction < 1:
+        raise BenchError(f"{name}: validation_fraction is the share of the attacker pool held out to decide when "
+                         f"training has converged; it must lie in (0, 1), got {validation_fraction}")
+
+
+def validation_split(count: int, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A random (train, validation) split of ``range(count)``, at least one sample on each side."""
+    if count < 2:
+        raise BenchError(f"a learned attacker needs at least 2 attacker samples (one to train, one to validate), got {count}")
+    order = torch.randperm(count, generator=generator)
+    held_out = min(max(1, round(count * fraction)), count - 1)
+    return order[held_out:], order[:held_out]
+
+
+def train_until_plateau(model: nn.Module, loss: LossFunction, train: Tensor, validation: Tensor, generator: torch.Generator,
+                        *, max_epochs: int, patience: int, batch_size: int, lr: float, min_delta: float = 1e-3,
+                        description: str = "attacker", progress: bool = False,
+                        parameters: Optional[Sequence[nn.Parameter]] = None) -> TrainingReport:
+    """Adam on ``loss`` over mini-batches of ``train`` indices; early stopping on the mean loss of ``validation``.
+
+    An epoch improves when its validation loss is below ``best - min_delta * |best|``. The model ends
+    in eval mode holding the best state. Validation randomness comes from one seed drawn here from
+    ``generator``, the same at every epoch, so validation losses compare like with like.
+    """
+    device = next(model.parameters()).device
+    trainable = [p for p in (model.parameters() if parameters is None else parameters) if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=lr)
+    # batch-norm cannot train on one sample: a remainder of one is skipped, and seen next epoch
+    skip_single = any(isinstance(layer, nn.modules.batchnorm._BatchNorm) for layer in model.modules())
+    validation_seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+    train, validation = train.to(device), validation.to(device)
+
+    best_loss, best_epoch, best_state, epochs_run = math.inf, 0, None, 0
+    bar = tqdm(range(1, max_epochs + 1), desc=description, disable=not progress, leave=False, dynamic_ncols=True)
+    for epoch in bar:
+        model.train()
+        order = train[torch.randperm(len(train), generator=generator).to(device)]
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            if skip_single and len(batch) < 2 and len(order) > 1:
+                continue
+            value = loss(model, batch, generator)
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            optimizer.step()
+        epochs_run = epoch
+        current = validation_loss(model, loss, validation, validation_seed, batch_size)
+        if current < best_loss - min_delta * abs(best_loss) or best_state is None:
+            best_loss, best_epoch, best_state = current, epoch, copy.deepcopy(model.state_dict())
+        if progress:
+            bar.set_postfix(validation=f"{current:.4g}", best=f"{best_loss:.4g}", refresh=False)
+        if epoch - best_epoch >= patience:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainingReport(converged=epochs_run - best_epoch >= patience, epochs_run=epochs_run, max_epochs=max_epochs,
+                          best_epoch=best_epoch, patience=patience, train_samples=len(train),
+                          validation_samples=len(validation), validation_loss=best_loss)
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, loss: LossFunction, indices: Tensor, seed: int, batch_size: int) -> float:
+    """The mean loss over ``indices`` in eval mode, with the randomness of ``seed``."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for start in range(0, len(indices), batch_size):
+        batch = indices[start : start + batch_size]
+        total += loss(model, batch, generator).item() * len(batch)
+    return total / len(indices)
+
+
+def fit_decoder(decoder: nn.Module, inputs: Tensor, images: Tensor, generator: torch.Generator, *, epochs: int,
+                batch_size: int, lr: float, patience: int, validation_fraction: float, description: str,
+                progress: bool) -> TrainingReport:
+    """Train ``decoder`` to map ``inputs`` to ``images`` by MSE, with early stopping on a held-out share.
+
+    ``epochs`` is the maximum budget; the decoder's frozen layers stay as they are.
+    """
+    train, validation = validation_split(len(images), validation_fraction, generator)
+
+    def mse(model: nn.Module, batch: Tensor, _: torch.Generator) -> Tensor:
+        return F.mse_loss(model(inputs[batch]), images[batch])
+
+    return train_until_plateau(decoder, mse, train, validation, generator, max_epochs=epochs, patience=patience,
+                               batch_size=batch_size, lr=lr, description=description, progress=progress)
+
+
+def summarise(reports: dict[str, TrainingReport], main: str) -> dict[str, Any]:
+    """Record details of an attack's learners: ``converged`` (all of them), the budget of ``main``
+    (``epochs_run``, ``max_epochs``) and every learner's report under ``training``."""
+    return {"converged": all(report.converged for report in reports.values()),
+            "epochs_run": reports[main].epochs_run, "max_epochs": reports[main].max_epochs,
+            "training": {name: report.as_details() for name, report in reports.items()}}
