@@ -336,7 +336,7 @@ def test_the_harness_at_the_end_of_fit_keeps_plain_targets_batched_and_rebuilds_
     callback the Trainer had is: shadows get a fresh copy of it."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from bench.callbacks import PrivacyEvaluation
-    from bench.callbacks.admm_pruning import ADMMPruning
+    from bench.training.admm_pruning import ADMMPruning
 
     datamodule = Digits(pool_limit=32)
     for extra, recipe in (([], "plain"), ([ADMMPruning(sparsity=0.5, submodule="network", admm_updates=1)], "target")):

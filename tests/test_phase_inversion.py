@@ -119,7 +119,7 @@ def test_dec_x_with_the_unet_reads_complex_releases_as_two_real_channels():
 
 
 @pytest.mark.slow
-def test_tiny_config_runs_both_inversion_strategies(tmp_path, monkeypatch):
+def test_tiny_config_runs_both_inversion_strategies_and_both_phase_estimators(tmp_path, monkeypatch):
     from bench.cli import main
     from bench.records import load_records
 
@@ -129,10 +129,10 @@ def test_tiny_config_runs_both_inversion_strategies(tmp_path, monkeypatch):
     record = load_records([tmp_path / "runs" / "leaderboard" / "records"]).records[0]
     assert record["method"]["name"] == "ComplexNet"
     entries = {entry["attack"]: entry for entry in record["privacy"]}
-    assert set(entries) == {"feature_inversion", "phase_inversion"}
+    assert set(entries) == {"feature_inversion", "phase_inversion", "learned_phase_inversion"}  # both phase estimators
     assert entries["feature_inversion"]["details"]["decoder_used"] == entries["phase_inversion"]["details"]["decoder_used"] == "unet_small"
     assert 0 <= entries["phase_inversion"]["metrics"]["angle_error"] <= math.pi
-    assert set(record["artifacts"]) == {"feature_inversion_examples", "phase_inversion_examples"}
+    assert set(record["artifacts"]) == {"feature_inversion_examples", "phase_inversion_examples", "learned_phase_inversion_examples"}
 
 
 def _fit_estimator(released, theta, epochs=20):
