@@ -416,3 +416,29 @@ def test_derived_experiments_on_other_pools_get_their_own_names_and_plots(tmp_pa
     headings = [line for line in result.markdown.read_text().splitlines() if line.startswith("### digits")]
     assert headings == ["### digits, 20 epochs · train 1000", "### digits, 20 epochs · train 500"]
     assert len({path.name for path in result.plots}) == 2
+
+
+def test_a_claim_compares_numbers_within_the_experiments_both_sides_were_measured_in():
+    from bench.claims import Setting, evaluate_claim
+
+    claim = parse_claims('''
+paper: Fixture
+claims:
+  - claim: A is more accurate than B
+    paper: "Table 1"
+    check: {left: {method: A, value: utility.accuracy}, op: ">", right: {method: B, value: utility.accuracy}}
+''').claims[0]
+
+    def setting(method, accuracy, *tables):
+        return Setting(method, method, "digits", "", {}, ({"utility": {"accuracy": accuracy}},), "", frozenset(tables))
+
+    def read(record, path):
+        return record["utility"]["accuracy"]
+
+    # B was also measured in a second experiment without A: only the shared experiment's B compares with A
+    verdict = evaluate_claim(claim, [setting("A", 0.9, "one"), setting("B", 0.8, "one"), setting("B", 0.95, "two")], read)
+    assert verdict.status == "yes" and verdict.ours == "0.900 > 0.800"
+    # measured together in two experiments that disagree: partly, each experiment's numbers shown
+    verdict = evaluate_claim(claim, [setting("A", 0.9, "one", "two"), setting("B", 0.8, "one"),
+                                     setting("B", 0.95, "two")], read)
+    assert verdict.status == "partly" and verdict.ours == "0.900 > 0.800; 0.900 vs 0.950"

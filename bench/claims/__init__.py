@@ -208,6 +208,7 @@ class Setting:
     hparams: dict[str, Any]
     records: tuple[dict, ...]
     scale: str = ""  # what the records ran at (data, budget), said beside the verdicts
+    tables: frozenset = frozenset()  # the leaderboard experiments (tables) the setting's records sit in
 
 
 #: reads a PATH from one record; None where the record does not report it
@@ -275,23 +276,47 @@ def _fmt(value: float) -> str:
     return f"{value:#.3g}".rstrip(".")
 
 
+def _tables(operand: Operand, settings: Sequence[Setting], read: ValueReader) -> set[str]:
+    """The leaderboard tables holding a setting that matches ``operand`` and reports its value."""
+    return set().union(*(setting.tables for setting in settings if _matches(operand, setting)
+                         and any(read(record, operand.value) is not None for record in setting.records)))
+
+
+def _comparable(comparison: Comparison, settings: Sequence[Setting], read: ValueReader) -> list[Sequence[Setting]]:
+    """The groups of settings a comparison is read in: one per leaderboard table both operands were measured in
+    (numbers from one experiment compare), or all settings when they share none."""
+    operands = [operand for operand in (comparison.left, comparison.right) if operand.constant is None]
+    if not operands:
+        return [settings]
+    shared = set.intersection(*(_tables(operand, settings, read) for operand in operands))
+    return [[setting for setting in settings if table in setting.tables] for table in sorted(shared)] or [settings]
+
+
 def evaluate_claim(claim: Claim, settings: Sequence[Setting], read: ValueReader) -> Verdict:
     outcomes, shown, reasons, scales = [], [], [], []
     for comparison in claim.comparisons:
-        try:
-            left, left_text = _value(comparison.left, settings, read, scales)
-            right, right_text = _value(comparison.right, settings, read, scales)
-        except _NotRun as why:
-            reasons.append(str(why))
-            shown.append(f"– ({why})" if why.ambiguous else "–")
+        read_in, why_not = [], None
+        for group in _comparable(comparison, settings, read):
+            try:
+                group_scales: list[str] = []
+                left, left_text = _value(comparison.left, group, read, group_scales)
+                right, right_text = _value(comparison.right, group, read, group_scales)
+            except _NotRun as why:
+                why_not = why
+                continue
+            read_in.append((OPERATORS[comparison.op](left, right), left_text, right_text, group_scales))
+        if not read_in:
+            reasons.append(str(why_not))
+            shown.append(f"– ({why_not})" if why_not.ambiguous else "–")
             continue
-        holds = OPERATORS[comparison.op](left, right)
-        outcomes.append(holds)
-        shown.append(f"{left_text} {OPERATOR_SIGNS[comparison.op]} {right_text}" if holds
-                     else f"{left_text} vs {right_text}")
+        for holds, left_text, right_text, group_scales in read_in:  # one outcome per experiment it was read in
+            outcomes.append(holds)
+            scales += [scale for scale in group_scales if scale not in scales]
+            shown.append(f"{left_text} {OPERATOR_SIGNS[comparison.op]} {right_text}" if holds
+                         else f"{left_text} vs {right_text}")
     if not outcomes:
         status = NOT_RUN
-    elif all(outcomes) and len(outcomes) == len(claim.comparisons):
+    elif all(outcomes) and not reasons:
         status = YES
     elif not any(outcomes):
         status = NO
