@@ -1,0 +1,210 @@
+"""The leaderboard: result records in; a README.md, a CSV and privacy-utility plots out.
+
+What a reader gets, in page order:
+
+1. **Scorecard.** Per paper, each claim the suite measures (from ``bench/claims/*.yaml``, see
+   :mod:`bench.claims`): the paper's number, ours, and whether it was reproduced.
+2. **One section per threat model, one table and one plot per experiment.** An experiment is a set
+   of rows that may be ranked against each other: records that name the same ``experiment``, or
+   else records with the same dataset and pools, training budget (epochs), world size, effective
+   batch size and precision whose common attacks ran with the same configuration. Inside an
+   experiment a row is one setting (method, network, every hyper-parameter, attack configurations,
+   world size, effective batch, precision); its seeds are averaged (mean ± sample std).
+3. **The verdict is the worst case.** The headline table gives per row: utility, the
+   *worst-case privacy* (the best result any adversary of the threat model achieved, i.e. the
+   least private value of the attack's primary metric, following the direction the attack
+   declares) and the attack that achieved it, cost, and seeds. The worst case is taken per seed
+   and then averaged over seeds. Attacks are only compared on the same metric: adversaries whose
+   primary metrics differ (e.g. a mean reconstruction error and the largest similarity over a
+   released training set) each give their own worst-case column. Diagnostics (``role:
+   diagnostic``: attacks that use the method's own training-time parts) never enter the verdict;
+   they are shown apart, under each experiment's per-attack detail.
+
+Nothing here names a method or one method's metric: utility comes from ``utility``, privacy columns
+and directions from what each attack declares (``primary_metric``, ``directions``), cost from the
+harness's cost fields plus the entries a method declares in ``method.headline_cost`` (its
+``training_report`` keys) or that the paper reports for the run. Records flagged degenerate (a run
+at chance accuracy) are left out of the tables by default; an attack that stopped at its maximum
+budget without converging (``details.converged: false``) is flagged where it is shown. The output
+carries no timestamps: the same records always give the same bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from bench.claims import ClaimsError, load_claims, shipped_claims
+from bench.records import load_records
+from bench.threat_models import ThreatModel
+from bench.leaderboard.records import (MAX_LINE_CHARS, MAX_TABLE_COLUMNS, NOT_CONVERGED, PARETO,  # noqa: F401 (public)
+                                       _THREAT_MODEL_TITLES, LeaderboardResult, _degenerate, _read, pareto_front)
+from bench.leaderboard.experiments import _Experiment, _canonical, _experiments, worst_case  # noqa: F401 (public)
+from bench.leaderboard.tables import _attack_names, _details, _experiment_intro, _headline, _notes, _row_worst_case, _std
+from bench.leaderboard.plots import _front, _plot
+from bench.leaderboard.scorecard import _scorecard
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    # Records may finish at the same time and each regenerates the leaderboard: a reader (or a
+    # concurrent writer) must only ever see a whole file
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _csv(experiments: list[_Experiment]) -> bytes:
+    """Long enough to hold everything: one line per row, every utility, worst-case, attack metric and cost."""
+    columns: dict[str, None] = {}
+    lines = []
+    for experiment in experiments:
+        for i, row in enumerate(experiment.rows):
+            line: dict[str, Any] = {"threat_model": experiment.threat_model, "experiment": experiment.name,
+                                    "dataset": _text(row.setting.get("dataset")), "method": row.label, "network": _text(row.setting.get("network")),
+                                    "seeds": len(row.runs), "setting": row.key}
+            budget = row.setting.get("epochs")
+            line["epochs"] = budget[1] if budget and budget[0] == "epochs" else ""
+            line["max_steps"] = budget[1] if budget and budget[0] == "steps" else ""
+            values: dict[str, list[float]] = {}
+            for run in row.runs:
+                for key, value in run.utility.items():
+                    values.setdefault(f"utility.{key}", []).append(value)
+                for entry in run.entries_of(experiment.threat_model).values():
+                    for metric, value in entry.metrics.items():
+                        values.setdefault(f"{entry.attack}.{metric}", []).append(value)
+                for key, value in run.cost.items():
+                    values.setdefault(f"cost.{key}", []).append(value)
+            for family in experiment.families:
+                worst = _row_worst_case(row, experiment.threat_model, family)
+                if worst is not None:
+                    values[f"worst_case.{family.metric}"] = worst.values
+                    line[f"worst_case.{family.metric}_attack"] = _attack_names(worst)
+                    columns[f"worst_case.{family.metric}_attack"] = None
+            for key, found in sorted(values.items()):
+                line[f"{key}_mean"] = float(np.mean(found))
+                line[f"{key}_std"] = _std(found) if len(found) > 1 else ""
+                columns[f"{key}_mean"] = columns[f"{key}_std"] = None
+            lines.append(line)
+    base = ["threat_model", "experiment", "dataset", "method", "network", "epochs", "max_steps", "seeds"]
+    ordered = sorted(columns, key=lambda c: (not c.startswith("utility."), not c.startswith("worst_case."),
+                                             c.startswith("cost."), c))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, base + ordered + ["setting"], restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(lines)
+    return buffer.getvalue().encode()
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else value if isinstance(value, str) else _canonical(value)
+
+
+def _shown_path(path: Path, locations: list[Path], out_dir: Path) -> str:
+    """A problem file's path without machine-specific prefixes, so the README stays reproducible."""
+    for base, prefix in [(out_dir, None)] + [(loc, loc.name) for loc in locations if loc.is_dir()]:
+        try:
+            relative = path.resolve().relative_to(base.resolve())
+        except ValueError:
+            continue
+        return str(Path(prefix, relative) if prefix else relative)
+    return path.name
+
+
+def generate_leaderboard(record_locations: Sequence[str | Path], out_dir: str | Path, title: str = "bench leaderboard",
+                         claims: Optional[Sequence[str | Path]] = None, include_degenerate: bool = False) -> LeaderboardResult:
+    """Read the records under ``record_locations``; write README.md, leaderboard.csv and plots/ into ``out_dir``.
+
+    ``claims``: claims files for the scorecard (None: the ones bench ships; [] for none).
+    ``include_degenerate``: also rank runs flagged degenerate (at chance accuracy).
+    """
+    out_dir = Path(out_dir)
+    plots_dir = out_dir / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    locations = [Path(location) for location in record_locations]
+    loaded = load_records(locations)
+    problems = list(loaded.problems)
+    runs, left_out = [], []
+    for record, path in zip(loaded.records, loaded.paths):
+        try:
+            run = _read(record, path)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:  # one bad record never breaks the board
+            problems.append((path, f"unusable record: {error}"))
+            continue
+        if _degenerate(record) and not include_degenerate:
+            left_out.append((path, f"{record['method']['label']}: flagged degenerate (accuracy at chance)"))
+            continue
+        runs.append(run)
+    claims_files = []
+    for claims_path in (shipped_claims() if claims is None else [Path(c) for c in claims]):
+        try:
+            claims_files.append(load_claims(claims_path))
+        except ClaimsError as error:
+            problems.append((Path(claims_path), str(error)))
+    experiments = _experiments(runs)
+    count = len(loaded.records)
+    remarks = ([f"{len(problems)} skipped (see the end)"] if problems else []) + (
+        [f"{len(left_out)} degenerate run{'s' if len(left_out) != 1 else ''} left out"] if left_out else [])
+    lines = [f"# {title}", "", f"Generated by `bench leaderboard` from {count} record{'s' if count != 1 else ''}"
+             + (": " + ", ".join(remarks) if remarks else "") + ".", ""]
+    # which experiments (tables) each run sits in: a claim compares numbers from one experiment where it can
+    placed: dict[int, set[str]] = {}
+    for experiment in experiments:
+        for row in experiment.rows:
+            for run in row.runs:
+                placed.setdefault(id(run), set()).add(f"{experiment.threat_model}: {experiment.name}")
+    lines += _scorecard(claims_files, runs, placed)
+    if any(e.families for e in experiments):
+        lines += ["How to read the tables: one table per experiment (rows that may be ranked against each other). "
+                  "*Worst-case*: the best any adversary of the threat model achieved on the attacks' primary metric "
+                  "(diagnostics never count), taken per seed and then averaged (mean ± std over seeds; [low, high]: "
+                  f"the record's interval for a single seed), with the attack that achieved it. ↑/↓: higher/lower is "
+                  f"more private. {PARETO}: on the privacy-utility Pareto front. Bold: the best in its column. "
+                  f"{NOT_CONVERGED}: the attack stopped at its maximum budget without converging. Per-attack "
+                  "results, diagnostics and the configs that produced each experiment are under its detail.", ""]
+    if not experiments:
+        lines += ["No records yet. Train and evaluate a method with `bench fit` (see `bench fit --help`): each "
+                  "evaluation writes one JSON record; then run `bench leaderboard` again.", ""]
+    plots = []
+    for threat_model, group in itertools.groupby(experiments, key=lambda e: e.threat_model):
+        group = list(group)
+        lines += [f"## {_THREAT_MODEL_TITLES.get(threat_model, threat_model)}", ""]
+        if threat_model in {t.value for t in ThreatModel}:
+            lines += [f"Threat model: {ThreatModel(threat_model).description}.", ""]
+        for experiment in group:
+            lines += [f"### {experiment.name}", "", _experiment_intro(experiment), ""]
+            front = _front(experiment)
+            lines += _headline(experiment, front) + [""]
+            lines += [line for note in _notes(experiment) for line in (note, "")]
+            png = _plot(experiment)
+            if png is not None:
+                name = f"{experiment.slug}.png"
+                _write_atomic(plots_dir / name, png)
+                plots.append(plots_dir / name)
+                lines += [f"![worst-case privacy against utility: {experiment.name}](plots/{name})", ""]
+            if experiment.attacks or any(run.configs or run.revision for row in experiment.rows for run in row.runs):
+                lines += _details(experiment)
+    for stale in plots_dir.glob("*.png"):  # plots of experiments that no longer exist
+        if stale not in plots:
+            stale.unlink()
+    if left_out:
+        lines += ["## Left out", "", "Runs flagged degenerate are not ranked (`bench leaderboard --include_degenerate` shows them):", ""]
+        lines += [f"- `{_shown_path(path, locations, out_dir)}`: {reason}" for path, reason in left_out] + [""]
+    if problems:
+        lines += ["## Skipped", ""]
+        lines += [f"- `{_shown_path(path, locations, out_dir)}`: {reason}" for path, reason in problems] + [""]
+    markdown, table = out_dir / "README.md", out_dir / "leaderboard.csv"
+    _write_atomic(markdown, "\n".join(lines).rstrip("\n").encode() + b"\n")
+    _write_atomic(table, _csv(experiments))
+    return LeaderboardResult(markdown, table, plots, problems, sum(len(e.rows) for e in experiments), left_out)

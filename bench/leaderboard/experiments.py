@@ -1,0 +1,266 @@
+"""Worst-case privacy, rows (one setting, its seeds) and experiments (rows that may be ranked together)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+
+from bench.leaderboard.records import UTILITY_ONLY, _Entry, _NOT_A_SETTING, _Run, _arguments, _finite, _mapping, _safe
+
+
+@dataclass(frozen=True)
+class _Family:
+    """Attacks compared on one metric, in one direction (which way means more privacy)."""
+
+    metric: str
+    direction: str  # "higher" or "lower": more private
+
+    @property
+    def arrow(self) -> str:
+        return "↑" if self.direction == "higher" else "↓"
+
+
+def _attacker_best(values: Sequence[tuple[float, str]], direction: str) -> tuple[float, str]:
+    """The least private value (the attacker's best): the minimum of a "higher is more private" metric."""
+    pick = min if direction == "higher" else max
+    best = pick(value for value, _ in values)
+    return best, min(attack for value, attack in values if value == best)  # ties: the first attack by name
+
+
+def worst_case(entries: Sequence[_Entry], threat_model: str, metric: str,
+               primary_only: bool = True) -> Optional[tuple[float, str, str]]:
+    """(value, attack, direction) of the strongest adversary of ``threat_model`` on ``metric``, or None.
+
+    ``primary_only``: only attacks whose primary metric is ``metric`` (the headline); otherwise every
+    adversary that reports it (the claims). Raises ValueError when attacks disagree on its direction.
+    """
+    candidates = [e for e in entries if e.adversary and e.threat_model == threat_model and metric in e.metrics
+                  and e.directions.get(metric) in ("higher", "lower") and (not primary_only or e.primary == metric)]
+    if not candidates:
+        return None
+    directions = {e.directions[metric] for e in candidates}
+    if len(directions) > 1:
+        raise ValueError(f"attacks of {threat_model} disagree on which way {metric} means more privacy")
+    direction = directions.pop()
+    value, attack = _attacker_best([(e.metrics[metric], e.attack) for e in candidates], direction)
+    return value, attack, direction
+
+
+@dataclass
+class _Row:
+    label: str
+    setting: dict[str, Any]  # everything that must agree for records to be seeds of one row
+    runs: list[_Run]
+
+    @property
+    def key(self) -> str:
+        return json.dumps(self.setting, sort_keys=True, default=str)
+
+    def values(self, read) -> list[float]:
+        return [v for run in self.runs if (v := read(run)) is not None]
+
+    def paper(self, key: str) -> Optional[float]:
+        for run in self.runs:
+            if (value := _finite(run.paper.get(key))) is not None:
+                return value
+        return None
+
+
+@dataclass
+class _Experiment:
+    threat_model: str
+    name: str
+    named: bool  # from the records' `experiment`, not derived
+    rows: list[_Row]
+    families: list[_Family]
+    attacks: dict[str, dict[str, Any]]  # attack -> {metrics, directions, primary, role, config}
+    differences: list[str]  # per row, what tells it apart from rows of the same label
+
+    @property
+    def slug(self) -> str:
+        """The plot's file name: threat model, then the experiment's name in plain characters."""
+        return f"{_safe(self.threat_model)}__{re.sub('_+', '_', _safe(self.name)).strip('_')}"
+
+
+def _setting(run: _Run, threat_model: Optional[str]) -> dict[str, Any]:
+    setting: dict[str, Any] = {"network": run.method.get("network")}
+    setting.update({f"model.{k}": v for k, v in _arguments(run.method).items()})
+    setting.update({f"data.{k}": v for k, v in _arguments(run.record["config"].get("data")).items() if k != "seed"})
+    setting.update({"dataset": run.record["dataset"]["name"], "epochs": run.budget, "world_size": run.world_size,
+                    "effective_batch": run.effective_batch, "precision": run.precision})
+    for attack, entry in sorted(run.entries_of(threat_model).items()):
+        setting.update({f"{attack}.{k}": v for k, v in entry.config.items() if k not in _NOT_A_SETTING})
+    return setting
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _derived_groups(runs: list[_Run], threat_model: Optional[str]) -> list[tuple[dict[str, str], list[_Run]]]:
+    """Split runs of one (dataset, pools, budget, world, batch, precision) so that no attack runs with two configs.
+
+    Methods may face different attacks (every attack that applies to each), but an attack they share
+    must have run with one configuration; deterministic in the runs' (created, id) order.
+    """
+    groups: list[tuple[dict[str, str], list[_Run]]] = []
+    for run in runs:
+        configs = {a: _canonical({k: v for k, v in e.config.items() if k not in _NOT_A_SETTING})
+                   for a, e in run.entries_of(threat_model).items() if e.adversary}
+        for attacks, members in groups:
+            if all(attacks.get(a, c) == c for a, c in configs.items()):
+                attacks.update(configs)
+                members.append(run)
+                break
+        else:
+            groups.append((dict(configs), [run]))
+    return groups
+
+
+def _experiment_name(dataset: str, budget: Optional[tuple[str, int]], world: int, batch: Optional[int],
+                     precision: str) -> str:
+    parts = [dataset]
+    if budget is not None:
+        parts.append(_budget_text(budget))
+    if batch is not None:
+        parts.append(f"batch {batch}")
+    if world != 1:
+        parts.append(f"{world} devices")
+    if precision != "32-true":
+        parts.append(precision)
+    return ", ".join(parts)
+
+
+def _budget_text(budget: tuple[str, int]) -> str:
+    kind, count = budget
+    return f"{count} {kind if count != 1 else kind.rstrip('s')}"
+
+
+def _distinguishing(attacks: dict[str, str], siblings: list[dict[str, str]]) -> str:
+    """The attack settings of one experiment that its siblings (same data and budget) do not share."""
+    flat = lambda configs: {f"{a}.{k}": _canonical(v) for a, c in configs.items() for k, v in json.loads(c).items()}  # noqa: E731
+    mine, others = flat(attacks), [flat(s) for s in siblings]
+    varying = sorted(k for k in mine if any(k in o and o[k] != mine[k] for o in others))  # shared, set differently
+    text = ", ".join(f"{k}={mine[k]}" for k in varying)
+    if not text or len(text) > 60:
+        text = ("attacks " + ", ".join(sorted(attacks)))[:40] + f" [{_fingerprint(_canonical(attacks))}]"
+    return text
+
+
+def _fingerprint(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:6]
+
+
+def _rows(runs: list[_Run], threat_model: Optional[str]) -> list[_Row]:
+    keyed: dict[str, dict[Any, _Run]] = {}
+    settings: dict[str, tuple[str, dict]] = {}
+    for run in sorted(runs, key=lambda r: (str(r.record["created"]), str(r.record["record_id"]))):
+        setting = _setting(run, threat_model)
+        key = _canonical([run.method["label"], setting])
+        settings[key] = (run.method["label"], setting)
+        # one record per seed: a re-evaluation of the same run replaces the older record instead of posing as a seed
+        seed = run.record.get("seed")
+        identity = (seed, _mapping(run.record["dataset"]).get("seed")) if seed is not None else run.record["record_id"]
+        keyed.setdefault(key, {})[_canonical(identity)] = run
+    by_seed = lambda r: (not isinstance(r.record.get("seed"), int), r.record.get("seed") if isinstance(r.record.get("seed"), int) else 0,  # noqa: E731
+                         str(r.record["record_id"]))
+    rows = [_Row(settings[key][0], settings[key][1], sorted(found.values(), key=by_seed)) for key, found in keyed.items()]
+    rows.sort(key=lambda row: (row.label, row.key))
+    return rows
+
+
+def _differences(rows: list[_Row]) -> list[str]:
+    """Per row, the settings that tell it apart from rows with the same label ('' when the label says all)."""
+    siblings: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        siblings.setdefault(row.label, []).append(index)
+    differences = [""] * len(rows)
+    for members in siblings.values():
+        if len(members) < 2:
+            continue
+        varying = sorted({key for i in members for key in rows[i].setting
+                          if len({_canonical(rows[j].setting.get(key)) for j in members}) > 1})
+        for i in members:
+            differences[i] = ", ".join(f"{key}={_canonical(rows[i].setting.get(key))}" for key in varying)
+    return differences
+
+
+def _attack_info(rows: list[_Row], threat_model: str) -> dict[str, dict[str, Any]]:
+    attacks: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        for run in row.runs:
+            for attack, entry in run.entries_of(threat_model).items():
+                info = attacks.setdefault(attack, {"metrics": [], "directions": {}, "primary": entry.primary,
+                                                   "role": entry.role, "configs": set()})
+                info["metrics"] += [m for m in sorted(entry.metrics) if m not in info["metrics"]]
+                for metric, direction in entry.directions.items():
+                    info["directions"].setdefault(metric, direction)
+                info["configs"].add(_canonical({k: v for k, v in entry.config.items() if k not in _NOT_A_SETTING}))
+    return dict(sorted(attacks.items()))
+
+
+def _families(attacks: dict[str, dict[str, Any]]) -> list[_Family]:
+    """The worst-case columns: one per (primary metric, direction) of the experiment's adversaries."""
+    counts = Counter(_Family(info["primary"], info["directions"][info["primary"]]) for info in attacks.values()
+                     if info["role"] != "diagnostic" and info["primary"] in info["directions"])
+    return sorted(counts, key=lambda f: (-counts[f], f.metric, f.direction))
+
+
+def _experiments(runs: list[_Run]) -> list[_Experiment]:
+    named: dict[tuple[str, str], list[_Run]] = {}
+    derived: dict[tuple, list[_Run]] = {}
+    for run in runs:
+        threat_models = sorted({e.threat_model for e in run.entries}) or [UTILITY_ONLY]
+        for tm in threat_models:
+            if run.experiment:
+                named.setdefault((tm, run.experiment), []).append(run)
+            else:
+                key = (tm, run.record["dataset"]["name"], _canonical(run.record["dataset"].get("pool_sizes")),
+                       run.budget, run.world_size, run.effective_batch, run.precision)
+                derived.setdefault(key, []).append(run)
+    experiments = []
+    for (tm, name), members in named.items():
+        experiments.append(_experiment(tm, name, True, members))
+    pending = []
+    for key, members in derived.items():
+        tm = key[0]
+        ordered = sorted(members, key=lambda r: (str(r.record["created"]), str(r.record["record_id"])))
+        for attacks, group in _derived_groups(ordered, None if tm == UTILITY_ONLY else tm):
+            pending.append((key, attacks, group))
+    by_base: dict[tuple[str, str], list[int]] = {}
+    for index, (key, _, _) in enumerate(pending):
+        by_base.setdefault((key[0], _experiment_name(key[1], *key[3:])), []).append(index)
+    for (tm, base), members in sorted(by_base.items()):
+        names = {}
+        for index in members:
+            key, attacks, _ = pending[index]
+            name = base
+            if len({pending[j][0][2] for j in members}) > 1:  # same data and budget, other pool sizes
+                pools = _mapping(json.loads(key[2]))
+                name += f" · train {pools['train']}" if "train" in pools else f" · pools [{_fingerprint(key[2])}]"
+            same_pools = [pending[j][1] for j in members if pending[j][0][2] == key[2]]
+            if len(same_pools) > 1:  # and the attacks ran with other configurations: the settings that differ name it
+                name += " · " + _distinguishing(attacks, same_pools)
+            names[index] = name
+        for index in members:
+            key, attacks, group = pending[index]
+            name = names[index]
+            if list(names.values()).count(name) > 1:  # never two experiments under one name (or one plot file)
+                name += f" [{_fingerprint(_canonical([key, attacks]))}]"
+            experiments.append(_experiment(tm, name, False, group))
+    experiments.sort(key=lambda e: (e.threat_model == UTILITY_ONLY, e.threat_model, not e.named, e.name))
+    return experiments
+
+
+def _experiment(threat_model: str, name: str, named: bool, runs: list[_Run]) -> _Experiment:
+    tm = None if threat_model == UTILITY_ONLY else threat_model
+    rows = _rows(runs, tm)
+    attacks = _attack_info(rows, threat_model) if tm else {}
+    return _Experiment(threat_model, name, named, rows, _families(attacks), attacks, _differences(rows))
+
+
