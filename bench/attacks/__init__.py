@@ -5,8 +5,8 @@ from bench.attacks.compressed_reconstruction import (AffineInversion, Measuremen
                                                    ReleasedTrainingData)
 from bench.attacks.feature_inversion import DECODERS, FeatureInversion
 from bench.attacks.gradient_inversion import GradientInversion
-from bench.attacks.membership_inference import LiRA, LossThreshold, NasrAttack, NasrShadow, ShokriShadow
-from bench.attacks.lira_online import LiRAOnline
+from bench.attacks.lira import LiRA, LiRAOnline
+from bench.attacks.membership_inference import LossThreshold, NasrAttack, NasrShadow, ShokriShadow
 from bench.attacks.own_decoder import OwnDecoder
 from bench.attacks.phase_inversion import LearnedPhaseInversion, PhaseInversion
 from bench.attacks.rmia import RMIA, RMIAOnline

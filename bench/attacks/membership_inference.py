@@ -21,7 +21,7 @@ threshold and intervals, an empirical epsilon lower bound, and its ROC curve):
 * :class:`LiRA` (Carlini et al. 2022), offline: a Gaussian fitted to shadow models' logit-scaled
   confidences on each query (every shadow is "out" for it), a one-sided test.
 * :class:`LiRAOnline` and the RMIA attacks live in :mod:`bench.attacks.rmia` and
-  :mod:`bench.attacks.lira_online`.
+  :mod:`bench.attacks.lira` (offline and online).
 """
 
 from __future__ import annotations
@@ -401,54 +401,3 @@ class ShokriShadow(MembershipInference):
         with torch.no_grad():
             scores = attack(self._features(target), labels).double()  # the logit: P(member) >= 0.5 where it is >= 0
         return scores, 0.0, training
-
-
-class LiRA(MembershipInference):
-    """Carlini et al.'s likelihood-ratio attack, offline: every shadow is trained without the queries.
-
-    For each query, phi = log(p_y / (1 - p_y)) of each shadow gives a Gaussian N(mu_out, sigma_out^2);
-    the score is the one-sided z = (phi_target - mu_out) / sigma_out (a member's phi lies high).
-    The decision threshold is calibrated leave-one-shadow-out on the attacker pool.
-
-    Args:
-        shadow_models: how many shadow models.
-        fixed_variance: one sigma_out for all queries (Carlini et al.'s choice with few shadows).
-    """
-
-    name = "lira"
-
-    def __init__(self, shadow_models: int = 8, fixed_variance: bool = True, shadow_epochs: int = 30, batch_size: int = 32,
-                 max_queries: Optional[int] = None, query_batch_size: int = 512, shadow_recipe: str = "auto") -> None:
-        super().__init__(shadow_epochs, batch_size, max_queries, query_batch_size, shadow_recipe)
-        if shadow_models < 2:
-            raise BenchError(f"LiRA fits a Gaussian to shadow models: it needs at least 2, got {shadow_models}")
-        self.shadow_models, self.fixed_variance = shadow_models, fixed_variance
-
-    def _z(self, phi: Tensor, phi_out: Tensor, out: Tensor) -> Tensor:
-        """z-scores of ``phi`` (N,) against the shadow confidences ``phi_out`` (S, N) where ``out`` (S, N) is True."""
-        count = out.sum(0)
-        mean = (phi_out * out).sum(0) / count.clamp_min(1)
-        variance = ((phi_out - mean).square() * out).sum(0) / (count - 1).clamp_min(1)
-        if self.fixed_variance:
-            std = variance[count >= 2].mean().sqrt() if (count >= 2).any() else torch.tensor(1.0, dtype=torch.float64)
-        else:
-            std = variance.sqrt()
-        return (phi - mean) / std.clamp_min(1e-6)
-
-    def score(self, module, datamodule, generator, images, target, labels, is_member):
-        shadows, pool_images, pool_labels, members = self.shadows(module, datamodule, generator, self.shadow_models)
-        count = self.shadow_models
-        # the queries are in no shadow's training half: all shadows are "out" for them (offline LiRA)
-        phi_shadows = logit_confidence(shadows.logits(images, self.query_batch_size), labels.expand(count, -1))
-        scores = self._z(logit_confidence(target, labels), phi_shadows, torch.ones_like(phi_shadows, dtype=torch.bool))
-        # the threshold: each shadow in turn plays the target, scored against the others that left the sample out
-        phi_pool = logit_confidence(shadows.logits(pool_images, self.query_batch_size), pool_labels.expand(count, -1))
-        calibration, truth = [], []
-        for m in range(count):
-            others = torch.arange(count) != m
-            out = ~members[others]
-            known = out.sum(0) >= 1
-            calibration.append(self._z(phi_pool[m], phi_pool[others], out)[known])
-            truth.append(members[m][known])
-        threshold = best_threshold(torch.cat(calibration), torch.cat(truth))
-        return scores, threshold, {"shadow_models": count}

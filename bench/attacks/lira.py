@@ -1,4 +1,8 @@
-"""LiRA online (Carlini et al., S&P 2022): IN and OUT shadow models for every queried example.
+"""LiRA (Carlini et al., S&P 2022), offline and online.
+
+Offline (``lira``): every shadow trains without the queries; the score is the one-sided z of the target's
+logit-scaled confidence against the shadows' OUT Gaussian. Online (``lira_online``): IN and OUT shadow models
+for every queried example.
 
 The attacker holds the candidates it queries (not their membership): its shadows train on random
 halves of the attacker pool together with the candidates, paired so that every sample is in
@@ -20,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Normal
 
-from bench.attacks.membership_inference import MembershipInference, logit_confidence
+from bench.attacks.membership_inference import MembershipInference, best_threshold, logit_confidence
 from bench.attacks.shadow_models import paired_halves
 from bench.errors import BenchError
 
@@ -67,3 +71,48 @@ class LiRAOnline(MembershipInference):
         scores = Normal(mu_in, sigma_in).log_prob(observed) - Normal(mu_out, sigma_out).log_prob(observed)
         return scores, 0.0, {"shadow_models": self.shadow_models,
                              "in_per_query": [int(inside.sum(0).min()), int(inside.sum(0).max())]}
+
+
+class LiRA(MembershipInference):
+    """Carlini et al.'s likelihood-ratio attack, offline: every shadow is trained without the queries.
+
+    For each query, phi = log(p_y / (1 - p_y)) of each shadow gives a Gaussian N(mu_out, sigma_out^2);
+    the score is the one-sided z = (phi_target - mu_out) / sigma_out (a member's phi lies high).
+    The decision threshold is calibrated leave-one-shadow-out on the attacker pool.
+
+    Args:
+        shadow_models: how many shadow models.
+        fixed_variance: one sigma_out for all queries (Carlini et al.'s choice with few shadows).
+    """
+
+    name = "lira"
+
+    def __init__(self, shadow_models: int = 8, fixed_variance: bool = True, shadow_epochs: int = 30, batch_size: int = 32,
+                 max_queries: Optional[int] = None, query_batch_size: int = 512, shadow_recipe: str = "auto") -> None:
+        super().__init__(shadow_epochs, batch_size, max_queries, query_batch_size, shadow_recipe)
+        if shadow_models < 2:
+            raise BenchError(f"LiRA fits a Gaussian to shadow models: it needs at least 2, got {shadow_models}")
+        self.shadow_models, self.fixed_variance = shadow_models, fixed_variance
+
+    def _z(self, phi: Tensor, phi_out: Tensor, out: Tensor) -> Tensor:
+        """z-scores of ``phi`` (N,) against the shadow confidences ``phi_out`` (S, N) where ``out`` (S, N) is True."""
+        mean, std = gaussian_statistics(phi_out, out, self.fixed_variance)
+        return (phi - mean) / std
+
+    def score(self, module, datamodule, generator, images, target, labels, is_member):
+        shadows, pool_images, pool_labels, members = self.shadows(module, datamodule, generator, self.shadow_models)
+        count = self.shadow_models
+        # the queries are in no shadow's training half: all shadows are "out" for them (offline LiRA)
+        phi_shadows = logit_confidence(shadows.logits(images, self.query_batch_size), labels.expand(count, -1))
+        scores = self._z(logit_confidence(target, labels), phi_shadows, torch.ones_like(phi_shadows, dtype=torch.bool))
+        # the threshold: each shadow in turn plays the target, scored against the others that left the sample out
+        phi_pool = logit_confidence(shadows.logits(pool_images, self.query_batch_size), pool_labels.expand(count, -1))
+        calibration, truth = [], []
+        for m in range(count):
+            others = torch.arange(count) != m
+            out = ~members[others]
+            known = out.sum(0) >= 1
+            calibration.append(self._z(phi_pool[m], phi_pool[others], out)[known])
+            truth.append(members[m][known])
+        threshold = best_threshold(torch.cat(calibration), torch.cat(truth))
+        return scores, threshold, {"shadow_models": count}
