@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from bench.attacks import GradientInversion
-from bench.attacks.gradient_inversion import (gradient_distance, inversefed_milestones, recover_label_counts,
-                                              recover_labels)
+from bench.attacks.gradient_inversion import gradient_distance, inversefed_milestones
+from bench.attacks.label_recovery import recover_label_counts, recover_labels
 from bench.datamodules import Digits
 from bench.errors import BenchError
 from bench.modules import Collaborative
