@@ -3,7 +3,6 @@ state restored, the budget used in the record, and the harness's budget check.""
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
