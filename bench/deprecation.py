@@ -1,23 +1,106 @@
-"""Renamed arguments: the old name keeps working, with a warning, for one release."""
+"""Renamed names: the old one keeps working, with a warning, for one release.
+
+One declarative table of what was renamed, read by both sides: the methods, which accept an old argument
+name or network name and record the new one only (:func:`renamed_argument`, :func:`keep_current_names`,
+and :func:`bench.networks.registry.resolve_network` for networks), and the leaderboard, which reads records
+written before a rename under the current names (:func:`current_method_names`), so that an old run and a
+new run of the same setting share one row.
+"""
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
-from bench.errors import BenchError
+from bench.errors import BenchError, class_path
+
+#: method class path -> {deprecated argument: its current name}
+RENAMED_ARGUMENTS: dict[str, dict[str, str]] = {
+    "bench.modules.ran.RAN": {"k": "stage_pairs"},
+    "bench.modules.mcmia.MCMIA": {"gamma": "minmax_weight", "k": "inference_steps"},
+    "bench.modules.complex_net.ComplexNet": {"k": "phases_per_sample"},
+    "bench.modules.complex_net.ComplexNetBaseline": {"gamma": "noise_level"},
+    "bench.modules.collaborative.Collaborative": {"gamma": "lr_decay_factor"},
+}
+
+#: deprecated network name -> its name in :mod:`bench.networks.registry`
+RENAMED_NETWORKS: dict[str, str] = {
+    "lenet": "lenet5",  # LeNet-5 in the split and complex-valued families (the classifiers already said lenet5)
+    "vgg": "vgg9",  # the split family's VGG: VGG-11's first four blocks and a 3-layer head, 9 weight layers
+}
+
+#: where a record's method names its network (``hparams.network`` and the ``network`` it is shown under)
+_NETWORK = "network"
 
 
-def renamed_argument(owner: str, old: str, new: str, old_value: Optional[Any], new_value: Any, default: Any) -> Any:
-    """The value of argument ``new``, taken from its deprecated name ``old`` when that one is given.
+class BenchDeprecationWarning(DeprecationWarning):
+    """A name the suite renamed. `bench` commands show it (Python hides DeprecationWarning outside ``__main__``)."""
 
-    Methods take the old name as a keyword defaulting to None and drop it from their ``hparams`` (records,
-    checkpoints and shadow models then know the new name only), e.g. ``RAN(k=3)`` is ``RAN(stage_pairs=3)``.
+
+def warn_renamed(owner: str, what: str, old: str, new: str, stacklevel: int = 3) -> None:
+    warnings.warn(f"{owner}: {what} `{old}` is deprecated and goes in the next release; use `{new}`",
+                  BenchDeprecationWarning, stacklevel=stacklevel + 1)
+
+
+def _renamed(owner: type) -> dict[str, str]:
+    path = class_path(owner)
+    if path not in RENAMED_ARGUMENTS:
+        raise KeyError(f"{path} has no renamed arguments in bench.deprecation.RENAMED_ARGUMENTS")
+    return RENAMED_ARGUMENTS[path]
+
+
+def renamed_argument(owner: type, old: str, old_value: Optional[Any], new_value: Any, default: Any) -> Any:
+    """The value of the current name of argument ``old`` of ``owner``, taken from ``old`` when that one is given.
+
+    Methods take the old name as a keyword defaulting to None and record the current name only
+    (:func:`keep_current_names`), e.g. ``RAN(k=3)`` is ``RAN(stage_pairs=3)``.
     """
+    new = _renamed(owner)[old]
     if old_value is None:
         return new_value
     if new_value != default:
-        raise BenchError(f"{owner}: give `{new}` only; `{old}` is its deprecated name")
-    warnings.warn(f"{owner}: `{old}` is deprecated and goes in the next release; use `{new}`", DeprecationWarning,
-                  stacklevel=3)
+        raise BenchError(f"{owner.__name__}: give `{new}` only; `{old}` is its deprecated name")
+    warn_renamed(owner.__name__, "argument", old, new)
     return old_value
+
+
+def keep_current_names(hparams: Any, owner: type, **current: Any) -> None:
+    """Drop ``owner``'s deprecated argument names from ``hparams`` and set the current values.
+
+    Under LightningCLI a module's hparams are the arguments as given (old names included), so each method
+    states what it resolved: records, checkpoints and shadow models then know the current names only.
+    """
+    for old in RENAMED_ARGUMENTS.get(class_path(owner), {}):
+        hparams.pop(old, None)
+    hparams.update(current)
+
+
+def current_hparams(method_class: Any, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """``hparams`` of a record of ``method_class`` (a class path) under the current argument and network names."""
+    renamed = RENAMED_ARGUMENTS.get(method_class, {}) if isinstance(method_class, str) else {}
+    current: dict[str, Any] = {}
+    for key, value in hparams.items():
+        new = renamed.get(key)
+        if new is None:
+            current.setdefault(key, value)
+        elif new not in hparams:  # a record from before the rename; with both, the old one is a leftover
+            current[new] = value
+    if _suite_method(method_class) and isinstance(current.get(_NETWORK), str):
+        current[_NETWORK] = RENAMED_NETWORKS.get(current[_NETWORK], current[_NETWORK])
+    return current
+
+
+def current_method_names(method: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's ``method`` section under the current names (a copy; records on disk stay as written)."""
+    current = dict(method)
+    method_class = method.get("class")
+    if isinstance(method.get("hparams"), Mapping):
+        current["hparams"] = current_hparams(method_class, method["hparams"])
+    if _suite_method(method_class) and isinstance(method.get(_NETWORK), str):
+        current[_NETWORK] = RENAMED_NETWORKS.get(method[_NETWORK], method[_NETWORK])
+    return current
+
+
+def _suite_method(method_class: Any) -> bool:
+    # only the suite's own methods: another package's method may use a retired name for a network of its own
+    return isinstance(method_class, str) and method_class.startswith("bench.modules.")

@@ -74,7 +74,9 @@ def add_compose_argument(parser) -> None:
 
 
 def quiet_lightning() -> None:
-    """No adverts and no deprecation noise from the libraries under every run: the output is the run's."""
+    """No adverts and no deprecation noise from the libraries under every run: the output is the run's.
+
+    The suite's own renames are shown: an old name in a config is the user's to fix."""
     import logging
     import warnings
 
@@ -84,6 +86,9 @@ def quiet_lightning() -> None:
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(no_adverts)
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
+    from bench.deprecation import BenchDeprecationWarning
+
+    warnings.simplefilter("default", BenchDeprecationWarning)
 
 
 def run_lightning_cli(argv: list[str]):

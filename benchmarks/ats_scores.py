@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from bench.ats.scores import (accuracy_score, accuracy_score_loop, interpolation_points, interpolation_steps,
                               privacy_score, privacy_score_loop)
 from bench.datamodules.base import DataSpec
-from bench.networks.ats import build_ats_network
+from bench.networks.registry import Role, build_network
 from bench.transforms import parse_policy
 
 
@@ -84,7 +84,7 @@ def main() -> None:
     def build(network: str):
         width = args.width if network == "convnet" else args.resnet_width
         torch.manual_seed(0)
-        return build_ats_network(network, spec, width).to(device).eval(), width
+        return build_network(network, Role.COLLABORATIVE, spec, width=width).to(device).eval(), width
 
     for network in args.networks:
         model, width = build(network)

@@ -12,7 +12,7 @@ from bench.ats.scores import _score_from_jacobians, class_representatives, inter
 from bench.ats.search import SearchResult, Scored, main, search
 from bench.datamodules.base import DataSpec
 from bench.errors import BenchError
-from bench.networks.ats import build_ats_network
+from bench.networks.registry import Role, build_network
 from bench.transforms import load_policy, parse_policy, random_policy
 
 SPEC = DataSpec("tiny", (1, 8, 8), 10, (0.5,), (0.25,))
@@ -20,7 +20,7 @@ SPEC = DataSpec("tiny", (1, 8, 8), 10, (0.5,), (0.25,))
 
 def _model(name="convnet", width=4, seed=0):
     torch.manual_seed(seed)
-    return build_ats_network(name, SPEC, width).double().eval()
+    return build_network(name, Role.COLLABORATIVE, SPEC, width=width).double().eval()
 
 
 def _data(count, seed=0):
@@ -99,7 +99,8 @@ def _class_blobs(copies=3, seed=0):
 def test_the_papers_t_acc_filters_on_the_reference_scale():
     # the reference's S_acc: a negative sum over one image per class (N = 10), on a random-init ConvNet
     torch.manual_seed(0)
-    model = build_ats_network("convnet", DataSpec("tiny", (1, 16, 16), 10, (0.3,), (0.3,)), 8).double().eval()
+    tiny = DataSpec("tiny", (1, 16, 16), 10, (0.3,), (0.3,))
+    model = build_network("convnet", Role.COLLABORATIVE, tiny, width=8).double().eval()
     rounds, generator = _class_blobs(), torch.Generator().manual_seed(1)
     candidates = [random_policy(generator) for _ in range(40)]
     summed = [accuracy_score(model, p, rounds, torch.Generator().manual_seed(7)).item() for p in candidates]

@@ -134,7 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default="Digits", help="a DataModule's short name (bench list)")
     parser.add_argument("--data_dir", default=None, help="the DataModule's data_dir")
     parser.add_argument("--pool_limit", type=int, default=None, help="cap every pool (quick runs)")
-    parser.add_argument("--network", default="convnet", choices=["convnet", "resnet20"])
+    parser.add_argument("--network", default="convnet", help="a gradient-sharing target of bench.networks.registry "
+                        "(convnet, resnet20)")
     parser.add_argument("--width", type=int, default=None, help="network width (default: the paper's)")
     parser.add_argument("--c_max", type=int, default=1500, help="policies sampled (C_max)")
     parser.add_argument("--n", type=int, default=10, help="policies kept (top-n by S_pri)")
@@ -165,9 +166,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> SearchResult:
     from bench import registry
-    from bench.networks.ats import build_ats_network
+    from bench.networks.registry import Role, build_network, resolve_network
 
     args = _parser().parse_args(argv)
+    args.network = resolve_network(args.network, Role.COLLABORATIVE, "bench.ats.search")
     datamodules = registry.datamodules()
     if args.data not in datamodules:
         raise BenchError(f"unknown DataModule '{args.data}'; choose one of {sorted(datamodules)}")
@@ -180,9 +182,9 @@ def main(argv: Optional[Sequence[str]] = None) -> SearchResult:
     train_images, train_labels = datamodule.pool("train").tensors()
     subset = torch.randperm(len(train_images), generator=generator)[: max(2, int(args.semi_fraction * len(train_images)))]
     print(f"ats search: training M^s on {len(subset)} images for {args.semi_epochs} epochs", flush=True)
-    privacy_model = semi_train(build_ats_network(args.network, datamodule.spec, args.width), train_images[subset],
+    privacy_model = semi_train(build_network(args.network, Role.COLLABORATIVE, datamodule.spec, width=args.width), train_images[subset],
                                train_labels[subset], args.semi_epochs, generator=generator)
-    accuracy_model = build_ats_network(args.network, datamodule.spec, args.width).eval()  # M^r: never trained
+    accuracy_model = build_network(args.network, Role.COLLABORATIVE, datamodule.spec, width=args.width).eval()  # M^r: never trained
     # S_pri on validation images (the attack's targets are test images, as the paper keeps its first 100 apart)
     val_images, val_labels = datamodule.pool("val").tensors()
     pick = torch.randperm(len(val_images), generator=generator)[: args.images]

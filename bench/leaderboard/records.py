@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from bench.deprecation import current_method_names
+
 MISSING = "–"
 UTILITY_ONLY = "utility_only"
 #: the schema's utility field that plots and Pareto fronts use (higher is better); others go to the detail
@@ -188,8 +190,13 @@ def _degenerate(record: dict) -> bool:
 
 
 def _read(record: dict, path: Path) -> _Run:
-    """Everything the leaderboard needs from a record; TypeError/KeyError/ValueError say it is unusable."""
-    method = _mapping(record["method"])
+    """Everything the leaderboard needs from a record; TypeError/KeyError/ValueError say it is unusable.
+
+    The method's arguments and network are read under their current names (:mod:`bench.deprecation`): a
+    record written before a rename joins the rows of new runs of the same setting.
+    """
+    method = current_method_names(_mapping(record["method"]))
+    record = {**record, "method": method}
     for key in ("name", "label"):
         if not isinstance(method.get(key), str):
             raise ValueError(f"method.{key} must be a string")

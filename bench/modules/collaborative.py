@@ -27,9 +27,10 @@ from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 
 from bench.datamodules.base import DataSpec
+from bench.deprecation import keep_current_names, renamed_argument
 from bench.errors import BenchError
 from bench.modules.base import PrivacyModule
-from bench.networks.ats import build_ats_network
+from bench.networks.registry import Role, build_network, resolve_network
 from bench.threat_models import SharedGradients, ThreatModel
 from bench.transforms.policy import load_policy
 
@@ -66,7 +67,7 @@ class Collaborative(PrivacyModule):
     """FedSGD with N participants; optional transformation policy (ATS) and gradient defenses.
 
     Args:
-        network: ``convnet`` (the 8-layer ConvNet) or ``resnet20``.
+        network: ``convnet`` (the 8-layer ConvNet) or ``resnet20`` (:mod:`bench.networks.registry`).
         width: the network's base width (None: the paper's, 64 for the ConvNet, 16 for ResNet-20).
         participants: number of participants N (the paper's 10); each training batch is split among them.
         policy: transformation policy every participant applies to its batch: a policy string
@@ -80,7 +81,9 @@ class Collaborative(PrivacyModule):
         noise_scale: standard deviation (Gaussian) or scale b (Laplacian) of the gradient noise.
         prune_ratio: the compression ratio of gradient pruning, in [0, 1).
         lr / momentum / weight_decay: the server's SGD (appendix A: 0.1, 0.9, 5e-4).
-        milestones: fractions of training at which the learning rate is multiplied by ``gamma``.
+        milestones: fractions of training at which the learning rate is multiplied by ``lr_decay_factor``.
+        lr_decay_factor: that factor (appendix A's division by 10: 0.1; ``gamma``, torch's name, is its
+            deprecated name).
     """
 
     threat_models = (ThreatModel.GRADIENT_SHARING, ThreatModel.BLACK_BOX_OUTPUTS)
@@ -90,8 +93,10 @@ class Collaborative(PrivacyModule):
                  policy: Optional[str] = None, crop_flip: bool = True, transform_variant: str = "reference",
                  defense: str = "none", noise_scale: float = 1e-3,
                  prune_ratio: float = 0.7, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
-                 milestones: tuple[float, ...] = (3 / 8, 5 / 8, 7 / 8), gamma: float = 0.1,
-                 data_spec: Optional[DataSpec] = None) -> None:
+                 milestones: tuple[float, ...] = (3 / 8, 5 / 8, 7 / 8), lr_decay_factor: float = 0.1,
+                 data_spec: Optional[DataSpec] = None, gamma: Optional[float] = None) -> None:
+        lr_decay_factor = renamed_argument(Collaborative, "gamma", gamma, lr_decay_factor, default=0.1)
+        network = resolve_network(network, Role.COLLABORATIVE, "Collaborative")
         if participants < 1:
             raise BenchError(f"participants must be at least 1, got {participants}")
         if defense not in self.DEFENSES:
@@ -102,11 +107,13 @@ class Collaborative(PrivacyModule):
             raise BenchError(f"prune_ratio is the fraction of each layer's gradient set to zero, in [0, 1); got {prune_ratio}")
         if not 0.0 <= momentum < 1.0:
             raise BenchError(f"momentum must lie in [0, 1), got {momentum}")
-        if any(not 0.0 < m < 1.0 for m in milestones) or not 0.0 < gamma <= 1.0:
-            raise BenchError(f"milestones are fractions of training in (0, 1) and gamma lies in (0, 1]; got {milestones}, {gamma}")
+        if any(not 0.0 < m < 1.0 for m in milestones) or not 0.0 < lr_decay_factor <= 1.0:
+            raise BenchError(f"milestones are fractions of training in (0, 1) and lr_decay_factor lies in (0, 1]; "
+                             f"got {milestones}, {lr_decay_factor}")
         super().__init__(data_spec=data_spec, lr=lr, weight_decay=weight_decay)
+        keep_current_names(self.hparams, Collaborative, lr_decay_factor=lr_decay_factor, network=network)
         self.automatic_optimization = False
-        self.network = build_ats_network(network, self.spec, width)
+        self.network = build_network(network, Role.COLLABORATIVE, self.spec, width=width)
         self.policy = load_policy(policy, crop_flip, transform_variant)
         # the resolved policy string: a checkpoint stays loadable without the policy file
         self.hparams["policy"] = None if self.policy is None else str(self.policy)
@@ -185,7 +192,7 @@ class Collaborative(PrivacyModule):
                                     weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         milestones = sorted({max(1, math.floor(m * total)) for m in self.hparams.milestones})
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=self.hparams.gamma)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=self.hparams.lr_decay_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

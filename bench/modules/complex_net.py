@@ -8,12 +8,13 @@ rotation-equivariant layers (Eq. 4-7, :mod:`bench.networks.complex`), so the cli
 answer h = Phi(x) as y = d(Re[exp(-i theta) h]) (Eq. 3).
 
 A WGAN critic D (a convolution and a fully-connected layer) tells a from the fakes
-a' = Re[(a + b i) exp(i dtheta)] for k - 1 angles dtheta != 0 (Eq. 8); g, Phi and d minimise the task
+a' = Re[(a + b i) exp(i dtheta)] for k - 1 angles dtheta != 0 (Eq. 8; k is ``phases_per_sample``); g, Phi and d minimise the task
 loss plus Eq. 8 (Eq. 9), while D maximises Eq. 8 in ``n_critic`` steps per generator step, kept
 Lipschitz by weight clipping (Arjovsky et al., the paper's setting) or a gradient penalty.
 
 Baselines of section 4.3, with the same split: the original real-valued network, the network with
-the generator's additional layer but no adversarial loss, and noisy features a + gamma * eps.
+the generator's additional layer but no adversarial loss, and noisy features a + gamma * eps (gamma is
+``noise_level``).
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ import torch
 from torch import Tensor, nn
 
 from bench.datamodules.base import DataSpec
+from bench.deprecation import keep_current_names, renamed_argument
 from bench.errors import BenchError
 from bench.modules.base import PrivacyModule
 from bench.modules.split_network import EncoderRelease
-from bench.networks.complex import build_network, encoder_shape, real_part_at, rotate
+from bench.networks.complex import build_modules, encoder_shape, real_part_at, rotate
+from bench.networks.registry import Role, build_network, resolve_network
 from bench.spec import TASKS
 from bench.threat_models import Capability, ThreatModel
 
@@ -61,9 +64,12 @@ class ComplexNet(PrivacyModule):
     """The complex-valued network: encryption g (client), processing Phi (server), decryption d (client).
 
     Args:
-        network: ``lenet``, ``vgg16``, ``alexnet`` or ``resnet<depth>_<alpha|beta>`` (depth 20, 32, 44, 56, 110).
+        network: ``lenet5``, ``vgg16``, ``alexnet`` or ``resnet<depth>_<alpha|beta>`` (depth 20, 32, 44, 56, 110;
+            :mod:`bench.networks.registry`).
         generator_channels: K, the generator's filters (None: as many as the encoder's last layer).
-        k: phases per sample in Eq. 8: the true one and k - 1 fakes.
+        phases_per_sample: the paper's k: phases per sample in Eq. 8, the true one and k - 1 fakes (the
+            feature is to be indistinguishable from k - 1 others, the k of the paper's k-anonymity; ``k`` is
+            its deprecated name).
         n_critic: critic steps per generator step (WGAN's 5).
         lipschitz: ``clip`` (weight clipping to +-clip_value, RMSprop; WGAN) or ``gp`` (gradient penalty
             with weight gp_weight, Adam(0.5, 0.9); WGAN-GP).
@@ -83,12 +89,15 @@ class ComplexNet(PrivacyModule):
     display_name = "Complex-valued"
     tasks = TASKS  # classes (CIFAR, CUB-200) or CelebA's 40 attributes: the decryption module's last layer is as wide
 
-    def __init__(self, network: str = "lenet", generator_channels: Optional[int] = None, k: int = 4, n_critic: int = 5,
-                 lipschitz: str = "clip", clip_value: float = 0.01, gp_weight: float = 10.0, adv_weight: float = 1.0,
-                 lr: float = 1e-3, critic_lr: float = 5e-5, weight_decay: float = 0.0, bank_size: int = 8,
-                 encoder_bias: bool = True, data_spec: Optional[DataSpec] = None) -> None:
-        if k < 2:
-            raise BenchError(f"k (phases per sample in Eq. 8) must be at least 2, one real and k - 1 fakes, got {k}")
+    def __init__(self, network: str = "lenet5", generator_channels: Optional[int] = None, phases_per_sample: int = 4,
+                 n_critic: int = 5, lipschitz: str = "clip", clip_value: float = 0.01, gp_weight: float = 10.0,
+                 adv_weight: float = 1.0, lr: float = 1e-3, critic_lr: float = 5e-5, weight_decay: float = 0.0,
+                 bank_size: int = 8, encoder_bias: bool = True, data_spec: Optional[DataSpec] = None,
+                 k: Optional[int] = None) -> None:
+        phases_per_sample = renamed_argument(ComplexNet, "k", k, phases_per_sample, default=4)
+        network = resolve_network(network, Role.COMPLEX, "ComplexNet")
+        if phases_per_sample < 2:
+            raise BenchError(f"phases_per_sample (k of Eq. 8) must be at least 2, one real and k - 1 fakes, got {phases_per_sample}")
         if n_critic < 1:
             raise BenchError(f"n_critic (critic steps per generator step) must be at least 1, got {n_critic}")
         if lipschitz not in LIPSCHITZ:
@@ -99,10 +108,12 @@ class ComplexNet(PrivacyModule):
         if bank_size < 1:
             raise BenchError(f"bank_size must be at least 1, got {bank_size}")
         super().__init__(data_spec=data_spec, lr=lr, weight_decay=weight_decay)
+        keep_current_names(self.hparams, ComplexNet, phases_per_sample=phases_per_sample, network=network)
         self.automatic_optimization = False
+        plans = build_network(network, Role.COMPLEX, self.spec)
         if generator_channels is None:
-            generator_channels = encoder_shape(network, self.spec)[0]
-        modules = build_network(network, self.spec, complex_valued=True, generator_channels=generator_channels,
+            generator_channels = encoder_shape(plans, self.spec)[0]
+        modules = build_modules(plans, self.spec, complex_valued=True, generator_channels=generator_channels,
                                 encoder_bias=encoder_bias)
         self.encoder, self.processing, self.decryption = modules.encoder, modules.processing, modules.decryption
         self.critic = critic_network(modules.feature_shape)
@@ -157,7 +168,7 @@ class ComplexNet(PrivacyModule):
     # ------------------------------------------------------------------ Eq. 8-9
     def fakes(self, a: Tensor, b: Tensor) -> Tensor:
         """a' = Re[(a + b i) exp(i dtheta)] = a cos dtheta - b sin dtheta for k - 1 angles per sample, stacked."""
-        angles = fake_angles(self.hparams.k, len(a), a.device).view(-1, len(a), *([1] * (a.ndim - 1)))
+        angles = fake_angles(self.hparams.phases_per_sample, len(a), a.device).view(-1, len(a), *([1] * (a.ndim - 1)))
         return (a * torch.cos(angles) - b * torch.sin(angles)).flatten(0, 1)
 
     def adversarial_loss(self, a: Tensor, b: Tensor) -> Tensor:
@@ -229,7 +240,8 @@ class ComplexNetBaseline(EncoderRelease, PrivacyModule):
         network: as :class:`ComplexNet`.
         variant: ``original`` (the original network), ``additional_layers`` (plus the generator's
             3x3 convolution with K filters, without the adversarial loss) or ``noisy`` (a + gamma * eps).
-        gamma: noise level of ``noisy`` (the paper's 0.2, 0.5, 1.0).
+        noise_level: the paper's gamma, the noise of ``noisy`` relative to the feature's average magnitude
+            (the paper's 0.2, 0.5, 1.0; ``gamma`` is its deprecated name).
         generator_channels: K for ``additional_layers`` (None: the encoder's width).
     """
 
@@ -237,17 +249,21 @@ class ComplexNetBaseline(EncoderRelease, PrivacyModule):
     tasks = TASKS
     VARIANTS = {"original": "Original network", "additional_layers": "Network with additional layers", "noisy": "Noisy features"}
 
-    def __init__(self, network: str = "lenet", variant: str = "original", gamma: float = 0.5,
+    def __init__(self, network: str = "lenet5", variant: str = "original", noise_level: float = 0.5,
                  generator_channels: Optional[int] = None, lr: float = 1e-3, weight_decay: float = 0.0,
-                 data_spec: Optional[DataSpec] = None) -> None:
+                 data_spec: Optional[DataSpec] = None, gamma: Optional[float] = None) -> None:
+        noise_level = renamed_argument(ComplexNetBaseline, "gamma", gamma, noise_level, default=0.5)
+        network = resolve_network(network, Role.COMPLEX, "ComplexNetBaseline")
         if variant not in self.VARIANTS:
             raise BenchError(f"variant must be one of {sorted(self.VARIANTS)}, got '{variant}'")
-        if gamma < 0:
-            raise BenchError(f"gamma (noise level) must be non-negative, got {gamma}")
+        if noise_level < 0:
+            raise BenchError(f"noise_level (gamma of the noisy features) must be non-negative, got {noise_level}")
         super().__init__(data_spec=data_spec, lr=lr, weight_decay=weight_decay)
+        keep_current_names(self.hparams, ComplexNetBaseline, noise_level=noise_level, network=network)
+        plans = build_network(network, Role.COMPLEX, self.spec)
         if variant == "additional_layers" and generator_channels is None:
-            generator_channels = encoder_shape(network, self.spec)[0]
-        modules = build_network(network, self.spec, complex_valued=False,
+            generator_channels = encoder_shape(plans, self.spec)[0]
+        modules = build_modules(plans, self.spec, complex_valued=False,
                                 generator_channels=generator_channels if variant == "additional_layers" else None)
         self.encoder = modules.encoder
         self.classifier = nn.Sequential(modules.processing, modules.decryption)
@@ -255,13 +271,14 @@ class ComplexNetBaseline(EncoderRelease, PrivacyModule):
     @property
     def label(self) -> str:
         name = self.VARIANTS[self.hparams.variant]
-        return f"{name} (gamma={self.hparams.gamma})" if self.hparams.variant == "noisy" else name
+        # the paper's symbol, which heads the noisy columns of its Tables 1-2
+        return f"{name} (gamma={self.hparams.noise_level})" if self.hparams.variant == "noisy" else name
 
     def release(self, x: Tensor) -> Tensor:
         a = self.encoder(x)
-        if self.hparams.variant != "noisy" or self.hparams.gamma == 0:
+        if self.hparams.variant != "noisy" or self.hparams.noise_level == 0:
             return a
         # eps: Gaussian noise rescaled to the average activation magnitude of a, per sample (section 4.3)
         noise = torch.randn_like(a)
         scale = a.abs().flatten(1).mean(1) / noise.abs().flatten(1).mean(1).clamp_min(1e-12)
-        return a + self.hparams.gamma * noise * scale.view(-1, *([1] * (a.ndim - 1)))
+        return a + self.hparams.noise_level * noise * scale.view(-1, *([1] * (a.ndim - 1)))

@@ -32,8 +32,9 @@ from torch import Tensor, nn
 from bench.datamodules.base import DataSpec
 from bench.errors import BenchError
 from bench.modules.base import PrivacyModule
-from bench.networks.compressive import (Lift, deepinverse_convolutions, gaussian_measurement_matrix, lenet_classifier,
-                                        measurement_count, measurement_network)
+from bench.networks.compressive import (Lift, deepinverse_convolutions, gaussian_measurement_matrix, measurement_count,
+                                        measurement_network)
+from bench.networks.registry import Role, build_network
 from bench.privacy.nullspace_noise import NullSpaceNoise
 from bench.threat_models import Capability, ThreatModel
 
@@ -52,7 +53,8 @@ class CompressiveLearning(PrivacyModule):
         lam: lambda of Eq. 2 / Eq. 4, the weight of the generator's reconstruction error (DCM: none, 0).
         noise: Algorithm 1's noise on the training images (DCMG-N), or None.
         generator_channels / generator_kernel: widths and kernel size of the generator's convolutions.
-        classifier_channels / classifier_hidden / dropout: the LeNet classifier's widths and dropout.
+        classifier_channels / classifier_hidden / dropout: the widths and dropout of the classifier, TF-slim's LeNet
+            (``lenet_tfslim`` in :mod:`bench.networks.registry`).
         lr / weight_decay: Adam's.
     """
 
@@ -85,7 +87,8 @@ class CompressiveLearning(PrivacyModule):
             self.client = measurement_network(matrix * scale, self.noise.measurement_offset(matrix) * scale)
         self.lift = Lift(matrix, self.spec.image_shape)  # the server's fixed A^T layer
         # the classifier is built before the generator: every variant draws the same classifier from the same seed
-        self.classifier = lenet_classifier(self.spec, classifier_channels, classifier_hidden, dropout)
+        self.classifier = build_network("lenet_tfslim", Role.COMPRESSIVE, self.spec, channels=classifier_channels,
+                                        hidden=classifier_hidden, dropout=dropout)
         self.refine = (deepinverse_convolutions(self.spec.image_shape[0], generator_channels, generator_kernel)
                        if self.has_generator else nn.Identity())
 

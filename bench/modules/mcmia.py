@@ -30,11 +30,12 @@ from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
 from bench.datamodules.base import DataSpec
-from bench.deprecation import renamed_argument
+from bench.deprecation import keep_current_names, renamed_argument
 from bench.errors import BenchError
 from bench.metrics.cost import count_parameters
 from bench.modules.base import PrivacyModule
-from bench.networks.classifiers import InferenceModel, build_classifier, has_batch_norm
+from bench.networks.classifiers import InferenceModel, has_batch_norm
+from bench.networks.registry import Role, build_network, resolve_network
 from bench.threat_models import ThreatModel
 from bench.training.admm_pruning import ADMMPruning
 
@@ -46,7 +47,8 @@ class MCMIA(PrivacyModule):
     """A classifier trained with MCMIA's defenses against membership inference (or none: the baseline).
 
     Args:
-        network: ``lenet5``, ``cnn4``, ``vgg16``, ``resnet18`` or ``mobilenet_v2``.
+        network: a classifier of :mod:`bench.networks.registry`: ``lenet5``, ``cnn4``, ``vgg16``, ``resnet18`` or
+            ``mobilenet_v2``.
         defense: ``none``, ``pruning``, ``minmax`` or ``pruning_minmax`` (see the module docstring).
         lr / weight_decay: Adam for the classifier.
         sparsity: fraction of each convolutional/linear layer's weights pruned (LeNet-5 on MNIST:
@@ -70,8 +72,9 @@ class MCMIA(PrivacyModule):
                  interval: str = "epoch", rho: float = 1e-3, rho_multiplier: float = 1.3, rho_max: float = 1.0,
                  minmax_weight: float = 1.0, inference_steps: int = 1, attack_lr: float = 1e-3,
                  data_spec: Optional[DataSpec] = None, gamma: Optional[float] = None, k: Optional[int] = None) -> None:
-        minmax_weight = renamed_argument("MCMIA", "gamma", "minmax_weight", gamma, minmax_weight, default=1.0)
-        inference_steps = renamed_argument("MCMIA", "k", "inference_steps", k, inference_steps, default=1)
+        minmax_weight = renamed_argument(MCMIA, "gamma", gamma, minmax_weight, default=1.0)
+        inference_steps = renamed_argument(MCMIA, "k", k, inference_steps, default=1)
+        network = resolve_network(network, Role.CLASSIFIER, "MCMIA")
         if defense not in self.DEFENSES:
             raise BenchError(f"defense must be one of {self.DEFENSES}, got '{defense}'")
         if minmax_weight < 0:
@@ -80,10 +83,8 @@ class MCMIA(PrivacyModule):
             raise BenchError(f"inference_steps (steps of h per classifier step) must be >= 1 and attack_lr positive, "
                              f"got {inference_steps}, {attack_lr}")
         super().__init__(data_spec=data_spec, lr=lr, weight_decay=weight_decay)
-        self.hparams.update(minmax_weight=minmax_weight, inference_steps=inference_steps)
-        for deprecated in ("gamma", "k"):
-            self.hparams.pop(deprecated, None)
-        self.network = build_classifier(network, self.spec)
+        keep_current_names(self.hparams, MCMIA, minmax_weight=minmax_weight, inference_steps=inference_steps, network=network)
+        self.network = build_network(network, Role.CLASSIFIER, self.spec)
         self.minmax = defense in ("minmax", "pruning_minmax")
         self.pruning = defense in ("pruning", "pruning_minmax")
         if self.pruning:
@@ -216,8 +217,10 @@ class DPSGD(PrivacyModule):
             raise BenchError(f"noise_multiplier must be non-negative, got {noise_multiplier}")
         if not 0 <= momentum < 1:
             raise BenchError(f"momentum must lie in [0, 1), got {momentum}")
+        network = resolve_network(network, Role.CLASSIFIER, "DPSGD")
         super().__init__(data_spec=data_spec, lr=lr)
-        self.network = build_classifier(network, self.spec)
+        keep_current_names(self.hparams, DPSGD, network=network)
+        self.network = build_network(network, Role.CLASSIFIER, self.spec)
         if has_batch_norm(self.network):
             raise BenchError(f"DP-SGD needs per-sample gradients, which batch-norm in '{network}' mixes across the "
                              "batch; use --model.network lenet5 or cnn4")

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from bench.spec import TASKS, DataSpec
 from bench.errors import BenchError
 from bench.modules.base import PrivacyModule
-from bench.networks.split import build_split_network
+from bench.deprecation import keep_current_names
+from bench.networks.registry import Role, build_network, resolve_network
 from bench.threat_models import ThreatModel
 
 
@@ -38,7 +39,8 @@ class NoisyInput(PrivacyModule):
     """Laplace noise on the raw input (scale: noise_factor, images in [0, 1]); a classifier on the noisy data.
 
     Args:
-        network: the server's classifier family (``lenet`` or ``vgg``), applied to the noisy image.
+        network: the server's split network (``lenet5``, ``vgg9`` or ``vgg16``; :mod:`bench.networks.registry`),
+            encoder and MLP applied to the noisy image.
         noise_factor: scale b of the Laplace noise; the paper sweeps 0.1 ... 0.9.
     """
 
@@ -47,13 +49,15 @@ class NoisyInput(PrivacyModule):
     tasks = TASKS  # the default training step's loss follows the data spec (classes or attributes)
     label_hparams = ("noise_factor",)
 
-    def __init__(self, network: str = "lenet", noise_factor: float = 0.5, lr: float = 1e-3,
+    def __init__(self, network: str = "lenet5", noise_factor: float = 0.5, lr: float = 1e-3,
                  weight_decay: float = 0.0, data_spec: Optional[DataSpec] = None) -> None:
         if noise_factor < 0:
             raise BenchError(f"noise_factor must be non-negative, got {noise_factor}")
+        network = resolve_network(network, Role.SPLIT, "NoisyInput")
         super().__init__(data_spec=data_spec, lr=lr, weight_decay=weight_decay)
+        keep_current_names(self.hparams, NoisyInput, network=network)
         self.noise = LaplaceNoise(noise_factor)
-        encoder, classifier = build_split_network(network, self.spec)
+        encoder, classifier = build_network(network, Role.SPLIT, self.spec)
         self.server = nn.Sequential(encoder, classifier)
 
     def release(self, x: Tensor) -> Tensor:

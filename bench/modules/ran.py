@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.spec import TASKS, DataSpec
-from bench.deprecation import renamed_argument
+from bench.deprecation import keep_current_names, renamed_argument
 from bench.errors import BenchError
 from bench.modules.base import PrivacyModule
 from bench.modules.split_network import EncoderRelease
 from bench.networks.decoders import mirror_decoder
-from bench.networks.split import build_split_network
+from bench.networks.registry import Role, build_network, resolve_network
 from bench.threat_models import Capability, ThreatModel
 
 
@@ -42,7 +42,8 @@ class RAN(EncoderRelease, PrivacyModule):
     """Encoder/Classifier/Decoder trained by RAN's three-stage adversarial algorithm (Algorithm 1).
 
     Args:
-        network: ``lenet`` (MNIST-sized inputs) or ``vgg`` (CIFAR-sized); the decoder mirrors its encoder.
+        network: a split network (:mod:`bench.networks.registry`): ``lenet5`` (MNIST-sized inputs), ``vgg9`` or
+            ``vgg16`` (CIFAR-sized); the decoder mirrors its encoder.
         lam: lambda of Eq. 4 in [0, 1]: 1 is plain classification, lower values trade accuracy for privacy.
         stage_pairs: discriminative/generative stage pairs before each adversarial step (the paper's k = 3;
             ``k`` is its deprecated name).
@@ -54,9 +55,10 @@ class RAN(EncoderRelease, PrivacyModule):
     capabilities = (Capability.OWN_RECONSTRUCTION,)
     label_hparams = ("lam",)
 
-    def __init__(self, network: str = "lenet", lam: float = 0.5, stage_pairs: int = 3, l1: float = 1e-3, l2: float = 1e-3,
+    def __init__(self, network: str = "lenet5", lam: float = 0.5, stage_pairs: int = 3, l1: float = 1e-3, l2: float = 1e-3,
                  l3: float = 1e-3, data_spec: Optional[DataSpec] = None, k: Optional[int] = None) -> None:
-        stage_pairs = renamed_argument("RAN", "k", "stage_pairs", k, stage_pairs, default=3)
+        stage_pairs = renamed_argument(RAN, "k", k, stage_pairs, default=3)
+        network = resolve_network(network, Role.SPLIT, "RAN")
         if not 0.0 <= lam <= 1.0:
             raise BenchError(f"lam (lambda of Eq. 4) must lie in [0, 1], got {lam}")
         if stage_pairs < 1:
@@ -64,10 +66,9 @@ class RAN(EncoderRelease, PrivacyModule):
         if min(l1, l2, l3) <= 0:
             raise BenchError(f"learning rates l1, l2, l3 must be positive, got {l1}, {l2}, {l3}")
         super().__init__(data_spec=data_spec, lr=l1)
-        self.hparams.update(stage_pairs=stage_pairs)
-        self.hparams.pop("k", None)
+        keep_current_names(self.hparams, RAN, stage_pairs=stage_pairs, network=network)
         self.automatic_optimization = False
-        self.encoder, self.classifier = build_split_network(network, self.spec)
+        self.encoder, self.classifier = build_network(network, Role.SPLIT, self.spec)
         self.decoder = mirror_decoder(self.encoder, self.spec.image_shape)
 
     # ------------------------------------------------------------------ the contract (release: EncoderRelease)

@@ -20,7 +20,9 @@ from bench.spec import TASKS, DataSpec
 from bench.errors import BenchError
 from bench.modules.base import PrivacyModule
 from bench.modules.noisy_input import LaplaceNoise
-from bench.networks.split import build_split_network, mlp_classifier
+from bench.deprecation import keep_current_names
+from bench.networks.registry import Role, build_network, resolve_network
+from bench.networks.split import mlp_classifier
 from bench.threat_models import ThreatModel
 
 
@@ -28,7 +30,8 @@ class ResizedDNN(PrivacyModule):
     """PCA-reduced, Laplace-perturbed DNN features (Ossia et al.) with a classifier trained on them.
 
     Args:
-        network: encoder family (``lenet`` or ``vgg``).
+        network: the split network whose encoder is reduced (``lenet5``, ``vgg9`` or ``vgg16``;
+            :mod:`bench.networks.registry`).
         components: principal components kept (the released dimension).
         noise_factor: Laplace scale relative to each component's standard deviation; the paper sweeps 0.1 ... 0.9.
         pretrain_fraction: share of the training batches spent on the plain DNN before PCA is fitted.
@@ -40,7 +43,7 @@ class ResizedDNN(PrivacyModule):
     display_name = "DNN(resized)"
     label_hparams = ("noise_factor",)
 
-    def __init__(self, network: str = "lenet", components: int = 32, noise_factor: float = 0.5,
+    def __init__(self, network: str = "lenet5", components: int = 32, noise_factor: float = 0.5,
                  pretrain_fraction: float = 0.5, lr: float = 1e-3, data_spec: Optional[DataSpec] = None) -> None:
         if components < 1:
             raise BenchError(f"components must be at least 1, got {components}")
@@ -48,9 +51,11 @@ class ResizedDNN(PrivacyModule):
             raise BenchError(f"noise_factor must be non-negative, got {noise_factor}")
         if not 0.0 < pretrain_fraction < 1.0:
             raise BenchError(f"pretrain_fraction must lie in (0, 1), got {pretrain_fraction}")
+        network = resolve_network(network, Role.SPLIT, "ResizedDNN")
         super().__init__(data_spec=data_spec, lr=lr)
+        keep_current_names(self.hparams, ResizedDNN, network=network)
         self.automatic_optimization = False  # two phases, two optimizers
-        self.encoder, self.classifier = build_split_network(network, self.spec)
+        self.encoder, self.classifier = build_network(network, Role.SPLIT, self.spec)
         with torch.no_grad():
             feature_dim = self.encoder.eval()(torch.zeros(1, *self.spec.image_shape)).numel()
         self.encoder.train()

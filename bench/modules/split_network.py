@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from bench.spec import TASKS, DataSpec
 from bench.modules.base import PrivacyModule
-from bench.networks.split import build_split_network
+from bench.deprecation import keep_current_names
+from bench.networks.registry import Role, build_network, resolve_network
 from bench.threat_models import ThreatModel
 
 
@@ -41,14 +42,17 @@ class SplitNetwork(EncoderRelease, PrivacyModule):
     """Encoder on the client, classifier on the server, trained jointly with cross-entropy (BCE for attributes).
 
     Args:
-        network: the network family: ``lenet`` (MNIST-sized inputs) or ``vgg`` (CIFAR-sized).
+        network: a split network of :mod:`bench.networks.registry`: ``lenet5`` (MNIST-sized inputs), ``vgg9``
+            or ``vgg16`` (CIFAR-sized).
     """
 
     threat_models = (ThreatModel.FEATURE_RELEASE, ThreatModel.BLACK_BOX_OUTPUTS)
     display_name = "DNN"
     tasks = TASKS  # the default training step's loss follows the data spec (classes or attributes)
 
-    def __init__(self, network: str = "lenet", lr: float = 1e-3, weight_decay: float = 0.0,
+    def __init__(self, network: str = "lenet5", lr: float = 1e-3, weight_decay: float = 0.0,
                  data_spec: Optional[DataSpec] = None) -> None:
+        network = resolve_network(network, Role.SPLIT, "SplitNetwork")
         super().__init__(data_spec=data_spec, lr=lr, weight_decay=weight_decay)
-        self.encoder, self.classifier = build_split_network(network, self.spec)
+        keep_current_names(self.hparams, SplitNetwork, network=network)
+        self.encoder, self.classifier = build_network(network, Role.SPLIT, self.spec)

@@ -2,10 +2,13 @@
 
 Both take images in [0, 1] (normalising with the data spec as their first layer), adapt to any
 channel count and image size and use batch-norm, as the gradient-inversion literature's targets do.
-No in-place activations: participants' gradients are computed with ``torch.func`` transforms.
+No in-place activations: participants' gradients are computed with ``torch.func`` transforms. Their
+names (``convnet``, ``resnet20``) are given in :mod:`bench.networks.registry`; ``width=None`` is the paper's width.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -13,6 +16,15 @@ from torch import Tensor, nn
 from bench.spec import DataSpec
 from bench.errors import BenchError
 from bench.networks.layers import Normalize
+
+
+def _checked_width(width: Optional[int], paper_width: int) -> int:
+    """The base width: the paper's when None, else a positive number of channels."""
+    if width is None:
+        return paper_width
+    if width < 1:
+        raise BenchError(f"width must be a positive number of channels, got {width}")
+    return width
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
@@ -25,9 +37,12 @@ class ConvNet(nn.Module):
     2 pixels wide) and one linear layer on the flattened map (not pooled: as in Geiping et al., the last
     layer sees where features are, which is much of what its gradient leaks)."""
 
-    def __init__(self, spec: DataSpec, width: int = 64) -> None:
+    PAPER_WIDTH = 64
+
+    def __init__(self, spec: DataSpec, width: Optional[int] = None) -> None:
         super().__init__()
-        channels, height, _ = spec.image_shape
+        width = _checked_width(width, self.PAPER_WIDTH)
+        channels = spec.image_shape[0]
         widths = [width, 2 * width, 2 * width, 4 * width, 4 * width, 4 * width, 4 * width, 4 * width]
         layers: list[nn.Module] = [Normalize(spec.mean, spec.std)]
         size = min(spec.image_shape[1:])
@@ -71,8 +86,11 @@ class ResNet20(nn.Module):
     """ResNet-20 for small images (He et al., section 4.2): a 3x3 stem, three stages of three basic
     blocks (widths w, 2w, 4w; stride 2 at the second and third), global average pooling, one linear layer."""
 
-    def __init__(self, spec: DataSpec, width: int = 16) -> None:
+    PAPER_WIDTH = 16
+
+    def __init__(self, spec: DataSpec, width: Optional[int] = None) -> None:
         super().__init__()
+        width = _checked_width(width, self.PAPER_WIDTH)
         channels = spec.image_shape[0]
         self.stem = nn.Sequential(Normalize(spec.mean, spec.std), *_conv_bn_relu(channels, width))
         blocks, in_channels = [], width
@@ -86,18 +104,3 @@ class ResNet20(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.pool(self.blocks(self.stem(x))).flatten(1))
-
-
-#: name -> (builder, default width: the papers' 64 for the ConvNet, 16 for ResNet-20)
-ATS_NETWORKS = {"convnet": (ConvNet, 64), "resnet20": (ResNet20, 16)}
-
-
-def build_ats_network(name: str, spec: DataSpec, width: int | None = None) -> nn.Module:
-    """ResNet-20 or the 8-layer ConvNet adapted to ``spec`` (``width=None``: the paper's width)."""
-    if name not in ATS_NETWORKS:
-        raise BenchError(f"unknown network '{name}'; choose one of {sorted(ATS_NETWORKS)}")
-    builder, default_width = ATS_NETWORKS[name]
-    width = default_width if width is None else width
-    if width < 1:
-        raise BenchError(f"width must be a positive number of channels, got {width}")
-    return builder(spec, width)

@@ -5,12 +5,10 @@ small inputs (a 3x3 stride-1 stem and no early down-sampling, as is usual for CI
 four-layer CNN (two convolutions, two fully connected layers) of the DP comparison (Rahman et
 al. 2018, the paper's [16]). Every network starts with :class:`Normalize` and adapts to the
 dataset's channels, image size and class count. LeNet-5 and the CNN have no batch-norm, so that
-per-sample gradients (DP-SGD) are defined for them.
+per-sample gradients (DP-SGD) are defined for them. Their names are given in :mod:`bench.networks.registry`.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 from torch import nn
@@ -86,18 +84,6 @@ def mobilenet_v2(spec: DataSpec) -> nn.Sequential:
     stem = net.features[0][0]
     net.features[0][0] = nn.Conv2d(spec.image_shape[0], stem.out_channels, 3, stride=1, padding=1, bias=False)
     return nn.Sequential(Normalize(spec.mean, spec.std), net)
-
-
-CLASSIFIERS: dict[str, Callable[[DataSpec], nn.Module]] = {
-    "lenet5": lenet5, "cnn4": cnn4, "vgg16": vgg16, "resnet18": resnet18, "mobilenet_v2": mobilenet_v2,
-}
-
-
-def build_classifier(name: str, spec: DataSpec) -> nn.Module:
-    """The classifier ``name`` adapted to ``spec``: images in [0, 1] in, class logits out."""
-    if name not in CLASSIFIERS:
-        raise BenchError(f"unknown classifier '{name}'; choose one of {sorted(CLASSIFIERS)}")
-    return CLASSIFIERS[name](spec)
 
 
 def has_batch_norm(network: nn.Module) -> bool:

@@ -6,15 +6,15 @@ know, and the client undoes the rotation afterwards (Eq. 3). Features are native
 Weights stay real (the paper's network is "complex-valued" in its features, not its parameters),
 and a real weight applied to the real and imaginary parts alike is complex-linear.
 
-The families (LeNet, ResNet-(6n+2) alpha/beta, VGG-16, AlexNet) are written once as plans of
+The families (LeNet-5, ResNet-(6n+2) alpha/beta, VGG-16, AlexNet) are written once as plans of
 layer steps and built either real-valued (the baselines) or complex-valued (the processing
 module), with the same encryption / processing / decryption split as the paper's section 4.1.
+Their names (``lenet5``, ``resnet56_alpha``, ...) are given in :mod:`bench.networks.registry`.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -244,7 +244,7 @@ def _build(steps: Sequence[Step], in_shape: Sequence[int], complex_valued: bool,
             _, kernel, stride = step
             if min(shape[1:]) < kernel:
                 raise BenchError(f"a {shape[1]}x{shape[2]} feature map is too small for this network's {kernel}x{kernel} pooling; "
-                                 f"pick a network for smaller inputs (e.g. --model.network lenet)")
+                                 f"pick a network for smaller inputs (e.g. --model.network lenet5)")
             layer = ComplexMaxPool2d(kernel, stride) if complex_valued else nn.MaxPool2d(kernel, stride)
         elif kind == "gap":
             layer = nn.Sequential(ComplexAvgPool2d(), nn.Flatten()) if complex_valued else nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -285,7 +285,7 @@ class ComplexFamily:
     c: Optional[float]
 
 
-def _lenet(spec: DataSpec) -> ComplexFamily:
+def lenet5_plans(spec: DataSpec) -> ComplexFamily:
     # encryption: the first convolution (section 4.1); decryption: the softmax (in the loss)
     return ComplexFamily(encoder=[("conv", 6, 5, 1), ("act",)],
                          processing=[("max", 2, 2), ("conv", 16, 5, 1), ("act",), ("max", 2, 2), ("flat",),
@@ -293,7 +293,8 @@ def _lenet(spec: DataSpec) -> ComplexFamily:
                          decryption=[], c=None)
 
 
-def _resnet(depth: int, variant: str) -> ComplexFamily:
+def resnet_plans(spec: DataSpec, depth: int, variant: str) -> ComplexFamily:
+    """ResNet-``depth`` (6n + 2) of He et al. for small images, split at ``alpha`` or ``beta`` (section 4.1)."""
     if (depth - 2) % 6 or depth < 14:
         raise BenchError(f"ResNet depth must be 6n + 2 with n >= 2 (20, 32, 44, 56, 110, ...), got {depth}")
     n = (depth - 2) // 6
@@ -306,7 +307,7 @@ def _resnet(depth: int, variant: str) -> ComplexFamily:
     return ComplexFamily(encoder, stage(32, 2) + stage(64, 2)[:-1], [("res", 64, 1)] + head, c=1.0)
 
 
-def _vgg16(spec: DataSpec) -> ComplexFamily:
+def vgg16_plans(spec: DataSpec) -> ComplexFamily:
     blocks = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
     steps: list[Step] = []
     for widths in blocks:
@@ -321,7 +322,7 @@ def _vgg16(spec: DataSpec) -> ComplexFamily:
                          c=None)
 
 
-def _alexnet(spec: DataSpec) -> ComplexFamily:
+def alexnet_plans(spec: DataSpec) -> ComplexFamily:
     if min(spec.image_shape[1:]) >= 64:  # ImageNet-sized (CelebA crops): Krizhevsky et al.'s layers
         first, pool, hidden = ("conv", 64, 11, 4), ("max", 3, 2), 4096
     else:  # CIFAR-sized: the common small-image AlexNet
@@ -331,21 +332,6 @@ def _alexnet(spec: DataSpec) -> ComplexFamily:
                          processing=[("conv", 256, 3, 1), ("act",), ("conv", 256, 3, 1), ("act",), pool, ("flat",)],
                          decryption=[("drop", 0.5), ("fc", hidden), ("act",), ("drop", 0.5), ("fc", hidden), ("act",), ("fc", None)],
                          c=None)
-
-
-NETWORKS = ("lenet", "vgg16", "alexnet", "resnet{depth}_alpha", "resnet{depth}_beta")
-
-
-def family(name: str, spec: DataSpec) -> ComplexFamily:
-    """The plans of network ``name``: lenet, vgg16, alexnet, or resnet<6n+2>_<alpha|beta> (e.g. resnet56_alpha)."""
-    match = re.fullmatch(r"resnet(\d+)_(alpha|beta)", name)
-    if match:
-        return _resnet(int(match.group(1)), match.group(2))
-    builders = {"lenet": _lenet, "vgg16": _vgg16, "alexnet": _alexnet}
-    if name not in builders:
-        raise BenchError(f"unknown network '{name}'; choose lenet, vgg16, alexnet or resnet<depth>_<alpha|beta> "
-                         f"(depth 20, 32, 44, 56, 110)")
-    return builders[name](spec)
 
 
 @dataclass
@@ -358,14 +344,14 @@ class SplitModules:
     feature_shape: tuple[int, ...]
 
 
-def encoder_shape(name: str, spec: DataSpec) -> tuple[int, ...]:
+def encoder_shape(plans: ComplexFamily, spec: DataSpec) -> tuple[int, ...]:
     """The shape (C, H, W) of the encoder's feature before the generator (K defaults to its C)."""
-    return _build(family(name, spec).encoder, spec.image_shape, False, None, spec.num_classes)[1]
+    return _build(plans.encoder, spec.image_shape, False, None, spec.num_classes)[1]
 
 
-def build_network(name: str, spec: DataSpec, complex_valued: bool, generator_channels: Optional[int] = None,
+def build_modules(plans: ComplexFamily, spec: DataSpec, complex_valued: bool, generator_channels: Optional[int] = None,
                   encoder_bias: bool = True) -> SplitModules:
-    """Network ``name`` adapted to ``spec``, split into its three modules.
+    """The network of ``plans`` adapted to ``spec``, split into its three modules.
 
     ``complex_valued`` builds the processing module from the equivariant layers above (the encoder
     and the decryption module stay real). ``generator_channels`` (K) appends the adversarial-learning
@@ -374,10 +360,9 @@ def build_network(name: str, spec: DataSpec, complex_valued: bool, generator_cha
     the input normalisation only scales (x / std; subtracting the mean is a bias too,
     w * (x - m) = w * x - m sum(w)), so a blank (zero) image region maps to a zero feature.
     """
-    plans = family(name, spec)
     if not encoder_bias and any(step[0] in ("norm", "res") for step in plans.encoder):
-        raise BenchError(f"a bias-free encoder is defined for plain convolutional encoders (lenet, vgg16, alexnet); "
-                         f"{name}'s encoder has batch-norm, whose shift is a learned bias")
+        raise BenchError("a bias-free encoder is defined for plain convolutional encoders (lenet5, vgg16, alexnet); "
+                         "this network's encoder has batch-norm, whose shift is a learned bias")
     encoder, shape = _build(plans.encoder, spec.image_shape, False, None, spec.num_classes, bias=encoder_bias)
     mean = spec.mean if encoder_bias else [0.0] * len(spec.mean)
     encoder = nn.Sequential(Normalize(mean, spec.std), *encoder)
