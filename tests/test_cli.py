@@ -139,7 +139,7 @@ def test_model_and_data_by_short_name(capsys):
     (["fit", "--model", "Nope"], "unknown method 'Nope'"),
     (["fit", "--data", "Nope"], "unknown datamodule 'Nope'"),
     (["fit", "--config", "no_such_config"], "no shipped config"),
-    (["fit", "--model.network", "vgg", "--trainer.logger", "false"], "too small"),
+    (["fit", "--model.network", "vgg9", "--trainer.logger", "false"], "too small"),
     (["fit", "--model.network", "resnet9000", "--trainer.logger", "false"], "unknown network"),
     (["fit", "--model.lr", "-1", "--trainer.logger", "false"], "lr must be positive"),
     (["fit", "--data", "MNIST", "--data.data_dir", "{tmp}", "--data.download", "false", "--trainer.logger", "false"],

@@ -139,7 +139,7 @@ def test_a_policy_file_is_resolved_into_the_hyper_parameters(digits, tmp_path):
 
 @pytest.mark.parametrize("kwargs, match", [({"participants": 0}, "participants"), ({"defense": "dp"}, "defense"),
                                            ({"prune_ratio": 1.0}, "prune_ratio"), ({"noise_scale": -1.0}, "noise_scale"),
-                                           ({"policy": "3-99"}, "indices"), ({"network": "vgg"}, "network"),
+                                           ({"policy": "3-99"}, "indices"), ({"network": "vgg9"}, "network"),
                                            ({"policy": "3", "transform_variant": "pil"}, "variant")])
 def test_bad_hyper_parameters_say_what_to_do(digits, kwargs, match):
     with pytest.raises(BenchError, match=match):

@@ -13,8 +13,14 @@ from bench.errors import BenchError
 from bench.modules import ComplexNet, ComplexNetBaseline
 from bench.modules.complex_net import derangement, fake_angles
 from bench.networks.complex import (ComplexAvgPool2d, ComplexConv2d, ComplexDropout, ComplexLinear, ComplexMaxPool2d,
-                                    ComplexNorm, Delta, ResidualBlock, build_network, real_part_at, rotate)
+                                    ComplexNorm, Delta, ResidualBlock, build_modules, real_part_at, rotate)
+from bench.networks.registry import Role, build_network
 from helpers import StepRecorder, quiet_trainer as _trainer, synthetic_spec as _spec
+
+
+def _modules(name, spec, complex_valued, **options):
+    """Network ``name``'s encryption, processing and decryption modules (its plans from the registry)."""
+    return build_modules(build_network(name, Role.COMPLEX, spec), spec, complex_valued, **options)
 
 
 def _complex(*shape, dtype=torch.complex64) -> torch.Tensor:
@@ -102,7 +108,7 @@ def test_norm_follows_eq_7_on_the_batch_and_keeps_running_statistics():
     assert torch.allclose(norm.running_power, 0.9 + 0.1 * f.abs().square().mean(dim=(0, 2, 3)))
 
 
-FAMILIES = [("lenet", (1, 8, 8)), ("lenet", (3, 32, 32)), ("resnet20_alpha", (3, 16, 16)), ("resnet20_beta", (1, 8, 8)),
+FAMILIES = [("lenet5", (1, 8, 8)), ("lenet5", (3, 32, 32)), ("resnet20_alpha", (3, 16, 16)), ("resnet20_beta", (1, 8, 8)),
             ("resnet32_alpha", (1, 8, 8)), ("vgg16", (3, 32, 32)), ("alexnet", (3, 32, 32)), ("alexnet", (3, 64, 64))]
 
 
@@ -110,7 +116,7 @@ FAMILIES = [("lenet", (1, 8, 8)), ("lenet", (3, 32, 32)), ("resnet20_alpha", (3,
 @pytest.mark.parametrize(("network", "shape"), FAMILIES)
 def test_whole_processing_modules_commute_with_rotation(network, shape, train):
     torch.manual_seed(0)
-    modules = build_network(network, _spec(shape), complex_valued=True, generator_channels=4)
+    modules = _modules(network, _spec(shape), complex_valued=True, generator_channels=4)
     processing = modules.processing.double().train(train)
     f = _complex(3, *modules.feature_shape, dtype=torch.complex128)
     _assert_equivariant(processing, f, atol=1e-9, seed=1)  # float64: the same dropout masks and batch statistics
@@ -119,7 +125,7 @@ def test_whole_processing_modules_commute_with_rotation(network, shape, train):
 @pytest.mark.parametrize(("network", "shape"), FAMILIES)
 def test_networks_adapt_to_the_data_and_split_in_three(network, shape):
     spec = _spec(shape)
-    modules = build_network(network, spec, complex_valued=False)
+    modules = _modules(network, spec, complex_valued=False)
     images = torch.rand(2, *shape)
     logits = modules.decryption(modules.processing(modules.encoder(images)))
     assert logits.shape == (2, 10)
@@ -131,14 +137,14 @@ def test_networks_adapt_to_the_data_and_split_in_three(network, shape):
 
 def test_networks_reject_what_they_cannot_build():
     with pytest.raises(BenchError, match="6n \\+ 2"):
-        build_network("resnet21_alpha", _spec((3, 32, 32)), True)
+        _modules("resnet21_alpha", _spec((3, 32, 32)), True)
     with pytest.raises(BenchError, match="unknown network"):
-        build_network("resnet56", _spec((3, 32, 32)), True)
+        _modules("resnet56", _spec((3, 32, 32)), True)
     with pytest.raises(BenchError, match="too small"):
-        build_network("vgg16", _spec((1, 8, 8)), True)
+        _modules("vgg16", _spec((1, 8, 8)), True)
 
 
-@pytest.mark.parametrize("kwargs", [dict(k=1), dict(n_critic=0), dict(lipschitz="spectral"), dict(clip_value=0.0),
+@pytest.mark.parametrize("kwargs", [dict(phases_per_sample=1), dict(n_critic=0), dict(lipschitz="spectral"), dict(clip_value=0.0),
                                     dict(bank_size=0)])
 def test_bad_hyper_parameters_are_rejected(kwargs):
     with pytest.raises(BenchError, match=next(iter(kwargs)).split("_")[0]):
@@ -207,7 +213,7 @@ def test_fooling_counterparts_come_from_other_samples_and_fakes_from_nonzero_ang
     angles = fake_angles(4, 1000, torch.device("cpu"))
     assert angles.shape == (3, 1000)
     assert angles.min() >= math.pi / 4 and angles.max() <= 2 * math.pi - math.pi / 4  # never within pi / k of 0
-    module = ComplexNet(data_spec=_spec((1, 8, 8)), k=4)
+    module = ComplexNet(data_spec=_spec((1, 8, 8)), phases_per_sample=4)
     a, b = torch.randn(5, 6, 8, 8), torch.randn(5, 6, 8, 8)
     torch.manual_seed(1)
     fakes = module.fakes(a, b)
@@ -267,7 +273,7 @@ def test_baselines_share_the_complex_network_split():
 @pytest.mark.parametrize("gamma", [0.2, 1.0])
 def test_noisy_features_add_noise_of_the_features_average_magnitude(gamma):
     torch.manual_seed(0)
-    module = ComplexNetBaseline(data_spec=_spec((1, 28, 28)), variant="noisy", gamma=gamma)
+    module = ComplexNetBaseline(data_spec=_spec((1, 28, 28)), variant="noisy", noise_level=gamma)
     images = torch.rand(3, 1, 28, 28)
     a = module.encoder(images)
     noise = (module.release(images) - a) / gamma

@@ -16,22 +16,23 @@ from bench.cli import load_checkpoint
 from bench.datamodules import Digits
 from bench.errors import BenchError
 from bench.modules.mcmia import DPSGD, MCMIA, RDP_ORDERS
-from bench.networks.classifiers import CLASSIFIERS, InferenceModel, build_classifier
+from bench.networks.classifiers import InferenceModel
+from bench.networks.registry import Role, build_network, network_names
 from bench.records import load_records
 from helpers import StepRecorder, quiet_trainer as _trainer, synthetic_spec as _spec
 
 
 # ---------------------------------------------------------------------------- networks
-@pytest.mark.parametrize("name", sorted(CLASSIFIERS))
+@pytest.mark.parametrize("name", network_names(Role.CLASSIFIER))
 def test_every_classifier_adapts_to_the_data(name):
     shape = (1, 28, 28) if name == "lenet5" else (3, 32, 32)
-    network = build_classifier(name, _spec(shape, classes=7)).eval()
+    network = build_network(name, Role.CLASSIFIER, _spec(shape, classes=7)).eval()
     assert network(torch.rand(2, *shape)).shape == (2, 7)
-    assert all(m.training for m in build_classifier(name, _spec(shape, classes=7)).modules()), "built in training mode"
+    assert all(m.training for m in build_network(name, Role.CLASSIFIER, _spec(shape, classes=7)).modules()), "built in training mode"
 
 
 def test_lenet5_on_mnist_has_the_papers_60k_weights():
-    weights = sum(p.numel() for p in build_classifier("lenet5", _spec((1, 28, 28))).parameters())
+    weights = sum(p.numel() for p in build_network("lenet5", Role.CLASSIFIER, _spec((1, 28, 28))).parameters())
     assert 55_000 < weights < 65_000  # Table V: 60 K
 
 

@@ -269,7 +269,7 @@ def test_complex_alexnet_fits_and_is_evaluated_on_fake_celeba(tmp_path, unchecke
 def test_the_complex_papers_baseline_trains_on_attributes(tmp_path, unchecked):
     write_fake_celeba(tmp_path, SPLITS)
     data = CelebA(data_dir=str(tmp_path), image_size=16, batch_size=6, download=False)
-    model = ComplexNetBaseline(network="lenet", variant="original", data_spec=data.spec)
+    model = ComplexNetBaseline(network="lenet5", variant="original", data_spec=data.spec)
     before = [p.detach().clone() for p in model.parameters()]
     quiet_trainer(max_epochs=1).fit(model, datamodule=data)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

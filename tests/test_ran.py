@@ -59,8 +59,8 @@ def test_lambda_outside_the_unit_interval_is_rejected(lam):
         RAN(data_spec=_spec((1, 8, 8)), lam=lam)
 
 
-@pytest.mark.parametrize(("network", "shape"), [("lenet", shape) for shape in SHAPES]
-                         + [("vgg", shape) for shape in SHAPES if shape[1] >= 16])  # vgg's 4 poolings need 16x16
+@pytest.mark.parametrize(("network", "shape"), [("lenet5", shape) for shape in SHAPES]
+                         + [("vgg9", shape) for shape in SHAPES if shape[1] >= 16])  # vgg9's 4 poolings need 16x16
 def test_decoder_mirrors_the_encoder_back_to_the_input_shape(shape, network):
     module = RAN(data_spec=_spec(shape), network=network).eval()
     images = torch.rand(2, *shape)
@@ -74,7 +74,7 @@ def test_an_image_too_small_for_the_network_gets_a_clear_error():
     from bench.errors import BenchError
 
     with pytest.raises(BenchError, match="too small"):
-        RAN(data_spec=_spec((1, 8, 8)), network="vgg")
+        RAN(data_spec=_spec((1, 8, 8)), network="vgg9")
 
 
 def test_own_decoder_is_recorded_beside_the_separate_attacker():

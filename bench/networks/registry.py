@@ -141,16 +141,16 @@ def resolve_network(name: Any, role: Role | str, owner: Optional[str] = None) ->
     valid = ", ".join(network_names(role))
     if not isinstance(name, str):
         raise BenchError(f"{who}: the network is a name, got {name!r}; {who} takes {valid}")
-    if name in RENAMED_NETWORKS:
-        warn_renamed(who, "network", name, RENAMED_NETWORKS[name])
-        name = RENAMED_NETWORKS[name]
-    found = _find(name)
+    current = RENAMED_NETWORKS.get(name, name)
+    found = _find(current)
     if found is None:
         raise BenchError(f"{who}: unknown network '{name}'; {who} takes {role.description}: {valid}")
     if role not in found[0].builders:
         roles = " and ".join(r.value for r in found[0].roles)
         raise BenchError(f"{who}: network '{name}' is defined as {roles} only; {who} takes {role.description}: {valid}")
-    return name
+    if current != name:
+        warn_renamed(who, "network", name, current)
+    return current
 
 
 def build_network(name: str, role: Role | str, spec: DataSpec, owner: Optional[str] = None, **options: Any) -> Any:
