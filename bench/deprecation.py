@@ -12,16 +12,19 @@ from __future__ import annotations
 import warnings
 from typing import Any, Mapping, Optional
 
-from bench.errors import BenchError, class_path
+from bench.errors import BenchError
 
-#: method class path -> {deprecated argument: its current name}
+#: the suite's method (class name, in bench.modules) -> {deprecated argument: its current name}
 RENAMED_ARGUMENTS: dict[str, dict[str, str]] = {
-    "bench.modules.ran.RAN": {"k": "stage_pairs"},
-    "bench.modules.mcmia.MCMIA": {"gamma": "minmax_weight", "k": "inference_steps"},
-    "bench.modules.complex_net.ComplexNet": {"k": "phases_per_sample"},
-    "bench.modules.complex_net.ComplexNetBaseline": {"gamma": "noise_level"},
-    "bench.modules.collaborative.Collaborative": {"gamma": "lr_decay_factor"},
+    "RAN": {"k": "stage_pairs"},
+    "MCMIA": {"gamma": "minmax_weight", "k": "inference_steps"},
+    "ComplexNet": {"k": "phases_per_sample"},
+    "ComplexNetBaseline": {"gamma": "noise_level"},
+    "Collaborative": {"gamma": "lr_decay_factor"},
 }
+#: where the suite's methods live: only their records are read under the new names (another package's method
+#: may use a retired name for something of its own)
+SUITE_METHODS = "bench.modules."
 
 #: deprecated network name -> its name in :mod:`bench.networks.registry`
 RENAMED_NETWORKS: dict[str, str] = {
@@ -43,10 +46,9 @@ def warn_renamed(owner: str, what: str, old: str, new: str, stacklevel: int = 3)
 
 
 def _renamed(owner: type) -> dict[str, str]:
-    path = class_path(owner)
-    if path not in RENAMED_ARGUMENTS:
-        raise KeyError(f"{path} has no renamed arguments in bench.deprecation.RENAMED_ARGUMENTS")
-    return RENAMED_ARGUMENTS[path]
+    if not owner.__module__.startswith(SUITE_METHODS) or owner.__name__ not in RENAMED_ARGUMENTS:
+        raise KeyError(f"{owner.__module__}.{owner.__name__} has no renamed arguments in bench.deprecation.RENAMED_ARGUMENTS")
+    return RENAMED_ARGUMENTS[owner.__name__]
 
 
 def renamed_argument(owner: type, old: str, old_value: Optional[Any], new_value: Any, default: Any) -> Any:
@@ -70,14 +72,14 @@ def keep_current_names(hparams: Any, owner: type, **current: Any) -> None:
     Under LightningCLI a module's hparams are the arguments as given (old names included), so each method
     states what it resolved: records, checkpoints and shadow models then know the current names only.
     """
-    for old in RENAMED_ARGUMENTS.get(class_path(owner), {}):
+    for old in _renamed_arguments_of(f"{owner.__module__}.{owner.__name__}"):
         hparams.pop(old, None)
     hparams.update(current)
 
 
 def current_hparams(method_class: Any, hparams: Mapping[str, Any]) -> dict[str, Any]:
     """``hparams`` of a record of ``method_class`` (a class path) under the current argument and network names."""
-    renamed = RENAMED_ARGUMENTS.get(method_class, {}) if isinstance(method_class, str) else {}
+    renamed = _renamed_arguments_of(method_class)
     current: dict[str, Any] = {}
     for key, value in hparams.items():
         new = renamed.get(key)
@@ -102,5 +104,9 @@ def current_method_names(method: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _suite_method(method_class: Any) -> bool:
-    # only the suite's own methods: another package's method may use a retired name for a network of its own
-    return isinstance(method_class, str) and method_class.startswith("bench.modules.")
+    return isinstance(method_class, str) and method_class.startswith(SUITE_METHODS)
+
+
+def _renamed_arguments_of(method_class: Any) -> dict[str, str]:
+    """The renames of the method of class path ``method_class`` (``bench.modules.ran.RAN`` or ``bench.modules.RAN``)."""
+    return RENAMED_ARGUMENTS.get(method_class.rsplit(".", 1)[-1], {}) if _suite_method(method_class) else {}
