@@ -221,6 +221,11 @@ def list_command(argv: list[str]) -> None:
     for name, cls in registry.datamodules().items():
         shape = "x".join(map(str, cls.image_shape)) if "image_shape" in cls.__dict__ else "from files"
         print(f"  {name:<22} {shape:<10} {first_line(cls)}")
+    print("\nNetworks (--model.network; bench/networks/registry.py), by role:")
+    from bench.networks.registry import Role, network_names
+
+    for role in Role:
+        print(f"  {role.value:<22} {', '.join(network_names(role))}")
     print("\nAttacks (--evaluation.attacks):")
     for name, cls in registry.attacks().items():
         print(f"  {name:<22} [{cls.threat_model.value}] {first_line(cls)}")
