@@ -8,8 +8,8 @@ rotation-equivariant layers (Eq. 4-7, :mod:`bench.networks.complex`), so the cli
 answer h = Phi(x) as y = d(Re[exp(-i theta) h]) (Eq. 3).
 
 A WGAN critic D (a convolution and a fully-connected layer) tells a from the fakes
-a' = Re[(a + b i) exp(i dtheta)] for k - 1 angles dtheta != 0 (Eq. 8; k is ``phases_per_sample``); g, Phi and d minimise the task
-loss plus Eq. 8 (Eq. 9), while D maximises Eq. 8 in ``n_critic`` steps per generator step, kept
+a' = Re[(a + b i) exp(i dtheta)] for k - 1 angles dtheta != 0 (Eq. 8; k is ``phases_per_sample``); g, Phi
+and d minimise the task loss plus Eq. 8 (Eq. 9), while D maximises Eq. 8 in ``n_critic`` steps per generator step, kept
 Lipschitz by weight clipping (Arjovsky et al., the paper's setting) or a gradient penalty.
 
 Baselines of section 4.3, with the same split: the original real-valued network, the network with
