@@ -190,3 +190,17 @@ def test_records_of_other_packages_keep_their_names():
     assert current_method_names(method) == method
     suite = current_method_names({"class": "bench.modules.RAN", "network": "vgg", "hparams": {"k": 3, "network": "vgg"}})
     assert suite == {"class": "bench.modules.RAN", "network": "vgg9", "hparams": {"stage_pairs": 3, "network": "vgg9"}}
+
+
+def test_a_claim_that_selects_a_setting_by_a_retired_name_selects_it_by_the_new_one():
+    from bench.claims import parse_claims
+
+    text = """paper: P
+claims:
+  - claim: noisy features at gamma 1.0
+    paper: 1
+    check: {left: {method: ComplexNetBaseline, where: {gamma: 1.0, network: lenet}, value: utility.accuracy}, op: ">", right: 0}
+"""
+    with pytest.warns(BenchDeprecationWarning, match="deprecated names"):
+        claims = parse_claims(text)
+    assert claims.claims[0].comparisons[0].left.where == (("network", "lenet5"), ("noise_level", 1.0))

@@ -35,12 +35,15 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import yaml
+
+from bench.deprecation import SUITE_METHODS, BenchDeprecationWarning, current_hparams
 
 YES, NO, PARTLY, NOT_RUN = "yes", "no", "partly", "not run at this scale"
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
@@ -138,6 +141,12 @@ def _operand(raw: Any, where: str) -> Operand:
     for key, value in where_.items():
         _require(value is None or isinstance(value, (str, int, float, bool)), where,
                  f"where.{key} must be a plain value, got {type(value).__name__}")
+    if isinstance(raw.get("method"), str):  # records are read under the current names: so are the claims' settings
+        current = current_hparams(f"{SUITE_METHODS}{raw['method']}", where_)
+        if current != where_:
+            warnings.warn(f"{where}: where {where_} uses deprecated names; write {current}", BenchDeprecationWarning,
+                          stacklevel=2)
+            where_ = current
     for key in ("factor", "offset"):
         _require(raw.get(key) is None or _number(raw[key]), where, f"{key} must be a number")
     reduce = raw.get("reduce", "one")
