@@ -14,7 +14,7 @@ gives them), and a forward is one ordinary forward of one wider network:
 
 So a K-model training step is one forward + backward of the usual kernels, not K small ones and
 not functorch's batching rules (``vmap`` over ``functional_call``), whose per-layer rewrites cost
-about 1.5x a plain step over K x B inputs on the CPU (``benchmarks/shadow_training.py``).
+1.2-1.7x a plain step over K x B inputs on the CPU (``benchmarks/shadow_training.py``).
 :func:`grouped_network` builds the program for a module whose forward is one ``nn.Sequential`` of
 these layers and says why not otherwise; :class:`ShadowModels` then checks it against the copies'
 own forwards before using it and falls back to ``vmap`` when they differ.
