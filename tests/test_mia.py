@@ -13,7 +13,7 @@ from bench.attacks.membership_inference import (best_threshold, logit_confidence
                                                 true_class_log_probability)
 from bench.attacks.shadow_models import ShadowModels, random_halves
 from bench.datamodules import Digits
-from bench.datamodules.base import PrivacyDataModule
+from bench.datamodules.base import DataSpec, PrivacyDataModule
 from bench.harness import evaluate
 from bench.metrics.membership import membership_metrics, plot_roc, roc_curve
 from bench.modules import MCMIA, SplitNetwork
@@ -162,13 +162,61 @@ def test_vectorized_shadow_training_matches_training_one_model_at_a_time():
     images, labels = datamodule.pool("attacker").tensors()
     members = random_halves(3, len(images), torch.Generator().manual_seed(0))
     outputs = []
-    for vectorize in (True, False):
-        shadows = ShadowModels(target, 3, torch.Generator().manual_seed(1), torch.device("cpu"), vectorize=vectorize)
+    for vectorize, grouped, batching in ((True, True, "grouped"), (True, False, "vmap"), (False, True, "sequential")):
+        shadows = ShadowModels(target, 3, torch.Generator().manual_seed(1), torch.device("cpu"), vectorize=vectorize,
+                               grouped=grouped)
+        assert shadows.batching == batching and shadows.describe()["shadow_batching"] == batching
         shadows.fit(images, labels, members, epochs=3, batch_size=16, generator=torch.Generator().manual_seed(2))
         outputs.append(shadows.logits(images))
     assert outputs[0].shape == (3, len(images), 10)
-    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outputs[0], outputs[2], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outputs[1], outputs[2], rtol=1e-4, atol=1e-4)
     assert not torch.allclose(outputs[0][0], outputs[0][1]), "each shadow has its own initialisation and data"
+
+
+@pytest.mark.parametrize("network", ["lenet5", "cnn4"])
+def test_grouped_shadows_are_the_separate_models_and_step_like_them(network):
+    """K copies as one grouped network (grouped convolutions, batched matmuls): each copy's own logits, and one
+    step on each copy's own batch gives every copy the gradients and parameters of training it alone, to 1e-5."""
+    spec = DataSpec("rgb16", (3, 16, 16), 10, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
+    target = MCMIA(data_spec=spec, network=network, defense="none")
+    grouped = ShadowModels(target, 3, torch.Generator().manual_seed(1), torch.device("cpu"))
+    alone = ShadowModels(target, 3, torch.Generator().manual_seed(1), torch.device("cpu"), vectorize=False)
+    assert (grouped.batching, alone.batching) == ("grouped", "sequential")
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(24, *spec.image_shape, generator=generator), torch.randint(0, 10, (24,), generator=generator)
+    untrained = grouped.logits(images)
+    torch.testing.assert_close(untrained, alone.logits(images), rtol=1e-5, atol=1e-5)
+    members = random_halves(3, len(images), generator)
+    for shadows in (grouped, alone):  # 12 members each, batch 12: exactly one step
+        # Adam's first update is lr g / (|g| + eps): at the default eps 1e-8 a gradient of ~1e-8 turns float32
+        # rounding into 1e-4 of update; eps 1e-3 keeps the step a well-conditioned function of the gradient
+        shadows.optimizer_settings["eps"] = 1e-3
+        shadows.fit(images, labels, members, epochs=1, batch_size=12, generator=torch.Generator().manual_seed(2))
+    for name, stacked in grouped.params.items():
+        for m, copy in enumerate(alone.copies):
+            own = copy.get_parameter(name)
+            assert stacked[m].shape == own.shape
+            scale = own.grad.abs().max()
+            torch.testing.assert_close(stacked.grad[m] / scale, own.grad / scale, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(stacked[m].detach(), own.detach(), rtol=1e-5, atol=1e-5)
+    trained = grouped.logits(images)
+    torch.testing.assert_close(trained, alone.logits(images), rtol=1e-5, atol=1e-5)
+    assert (trained - untrained).abs().max() > 1e-3, "the step moved every copy"
+
+
+def test_grouped_shadows_only_where_the_forward_is_the_network():
+    """A network without a grouped form, or a forward that is more than its Sequential, trains under vmap instead."""
+    class Doubled(MCMIA):
+        def forward(self, x):
+            return 2 * self.network(x)
+
+    spec = Digits(pool_limit=32).spec
+    for module in (Doubled(data_spec=spec, defense="none"), SplitNetwork(data_spec=spec)):
+        shadows = ShadowModels(module, 2, torch.Generator().manual_seed(0), torch.device("cpu"))
+        assert shadows.batching == "vmap"
+        probe = torch.rand(4, *spec.image_shape)
+        torch.testing.assert_close(shadows.logits(probe)[1].float(), shadows.copies[1].eval()(probe), rtol=1e-5, atol=1e-5)
 
 
 def test_shadows_are_built_like_the_target():

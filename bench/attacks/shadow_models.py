@@ -10,10 +10,12 @@ trained on subsets of the attacker pool by one of two recipes:
             (rebuilt through their ``fresh_copy()``, or copied when they hold no state), and the
             target DataModule's training augmentation. One shadow after another.
 ``plain``   cross-entropy with the target's first optimizer, all copies as one batched run: their
-            parameters stacked along a leading model dimension, ``torch.func.functional_call``
-            under ``vmap``. This *is* the target's recipe when the target trains by plain
-            cross-entropy (automatic optimization, no callbacks, no schedulers; see
-            :func:`plain_recipe_gap`), and ``recipe="auto"`` then picks it for its speed.
+            parameters stacked along a leading model dimension, run as ONE grouped network
+            (grouped convolutions, batched matrix products: :mod:`bench.attacks.grouped_models`)
+            when the network is a plain ``nn.Sequential`` of such layers, otherwise
+            ``torch.func.functional_call`` under ``vmap``. This *is* the target's recipe when the
+            target trains by plain cross-entropy (automatic optimization, no callbacks, no
+            schedulers; see :func:`plain_recipe_gap`), and ``recipe="auto"`` then picks it for its speed.
 
 ``benchmarks/shadow_training.py`` measures the batched run against one model at a time and its floor.
 """
@@ -36,6 +38,7 @@ from torch import Tensor
 from torch.func import functional_call, replace_all_batch_norm_modules_, stack_module_state
 from torch.utils.data import DataLoader
 
+from bench.attacks.grouped_models import grouped_network
 from bench.datamodules.base import ImagePool, collate_batch
 from bench.errors import BenchError
 
@@ -190,14 +193,16 @@ class ShadowModels:
     """``count`` untrained copies of the target (``module.fresh_copy()``), trained by the target's recipe or the plain one.
 
     Plain recipe: parameters of the copies are stacked along a leading model dimension; a forward
-    is one ``vmap`` over ``functional_call``. Summing the copies' mean losses gives each copy the
+    is one grouped network (``grouped=True`` and the network has a grouped form that gives the
+    copies' own outputs on a probe: ``batching == "grouped"``), else one ``vmap`` over
+    ``functional_call`` (``"vmap"``). Summing the copies' mean losses gives each copy the
     gradient of its own loss, and the optimizers of the suite are element-wise, so one optimizer
     over the stacked tensors is ``count`` independent optimizers. Batch-norm layers normalise with
     the batch's statistics (``replace_all_batch_norm_modules_``: running statistics cannot be
     updated in place under ``vmap``). ``vectorize=False`` trains the same copies one after the
-    other in one loop (the benchmark's reference); ``"auto"`` vectorizes when the network runs
-    under ``vmap`` (no ``.item()``, no in-place random ops on unbatched tensors) and falls back to
-    one copy at a time otherwise.
+    other in one loop (``"sequential"``, the benchmark's reference); ``"auto"`` vectorizes when
+    the network is grouped or runs under ``vmap`` (no ``.item()``, no in-place random ops on
+    unbatched tensors) and falls back to one copy at a time otherwise.
 
     Target recipe: every copy is fitted by its own ``Trainer`` (see the module docstring).
 
@@ -207,7 +212,8 @@ class ShadowModels:
     """
 
     def __init__(self, module, count: int, generator: torch.Generator, device: torch.device,
-                 vectorize: bool | str = "auto", recipe: str = "auto", augmented: bool = False) -> None:
+                 vectorize: bool | str = "auto", recipe: str = "auto", augmented: bool = False,
+                 grouped: bool = True) -> None:
         if count < 1:
             raise BenchError(f"an attack needs at least one shadow model, got {count}")
         if recipe not in RECIPES:
@@ -221,6 +227,7 @@ class ShadowModels:
         self.callback_factories = recipe_callbacks(module) if self.recipe == "target" else []
         self.count, self.device = count, device
         plain = self.recipe == "plain"
+        self.grouped: Optional[Callable] = None  # the copies as one grouped network (plain recipe, batched)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
             copies = [fresh_copy() for _ in range(count)]
@@ -234,13 +241,35 @@ class ShadowModels:
             self.params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
             self.buffers = buffers
             self.base = copy.deepcopy(self.copies[0]).to("meta")
-            if vectorize == "auto":
-                self.vectorize = self._runs_under_vmap(tuple(module.spec.image_shape))
+            image_shape = tuple(module.spec.image_shape)
+            self.grouped = self._checked_grouped(image_shape) if grouped else None
+            if vectorize == "auto" and self.grouped is None:
+                self.vectorize = self._runs_under_vmap(image_shape)
+        self.batching = ("grouped" if self.grouped is not None else "vmap") if self.vectorize else "sequential"
 
     def describe(self) -> dict[str, Any]:
         """How the shadows were trained, for the record."""
         return {"shadow_recipe": self.recipe, "shadow_count": self.count, "vectorized_shadows": self.vectorize,
-                "why_not_plain": self.recipe_gap}
+                "shadow_batching": self.batching, "why_not_plain": self.recipe_gap}
+
+    def _checked_grouped(self, image_shape: tuple[int, ...]) -> Optional[Callable]:
+        """The copies' grouped forward if the network has one and it gives every copy's own logits on a probe."""
+        forward = grouped_network(self.copies[0], image_shape)
+        if isinstance(forward, str):
+            return None
+        probe = torch.rand(self.count, 3, *image_shape, generator=torch.Generator().manual_seed(0)).to(self.device)
+        with torch.no_grad():
+            own = torch.stack([c.eval()(x) for c, x in zip(self.copies, probe)])
+            for c in self.copies:
+                c.train()
+            try:
+                grouped = forward(self.params, self.buffers, probe, False)
+            except RuntimeError:
+                return None
+        # the same arithmetic in another order: float32 rounding apart, a forward that is not the Sequential differs
+        if grouped.shape != own.shape or not torch.allclose(grouped, own, rtol=1e-4, atol=1e-5):
+            return None
+        return forward
 
     def _runs_under_vmap(self, image_shape: tuple[int, ...]) -> bool:
         probe = torch.zeros(self.count, 2, *image_shape, device=self.device)
@@ -254,6 +283,8 @@ class ShadowModels:
 
     def _forward(self, x: Tensor, train: bool) -> Tensor:
         """Logits of every copy on its own batch: x (count, B, ...) -> (count, B, classes)."""
+        if self.grouped is not None:
+            return self.grouped(self.params, self.buffers, x, train)
         self.base.train(train)
 
         def one(params, buffers, images):
