@@ -5,16 +5,22 @@ For each network (the 8-layer ConvNet and ResNet-20 on 28x28 one-channel images)
 
 * loop: the authors' computation (``benchmark/search_transform_attack.py: reconstruct``), batch 1, one
   backward per interpolation point (``privacy_score_loop``);
-* vectorized: ``privacy_score`` with per-sample gradients by unfold + batched matmul (one batched forward and
-  backward over all (K + 1) x D inputs, then the cosines);
+* vectorized: ``privacy_score`` as the search runs it (``per_sample="statistics"``): one batched forward and
+  backward over all (K + 1) x D inputs to the layers' outputs, then per layer the per-sample weight gradients a
+  chunk at a time (convolutions by grouped convolution backward), each reduced at once to its dot product with
+  its target's gradient and its squared norm (``bench.ats.per_sample.gradient_statistics``);
 * vmap: ``privacy_score(per_sample="vmap")``, ``torch.func.vmap(grad)``;
+* unfold (``--unfold``): ``privacy_score(per_sample="unfold")``, every per-sample gradient by unfold + batched
+  matmul;
 * floor: one plain batched forward + backward over the same (K + 1) x D inputs (summed weight gradients, no
   per-sample gradients, no cosines): no implementation of S_pri can be faster.
 
-All three score the already transformed images (the policy's own cost is the same for all and not part of the
-score). Times are medians of alternating repeats; vectorized, vmap and loop values must agree within 1e-5.
+All score the already transformed images (the policy's own cost is the same for all and not part of the
+score). Times are medians of alternating repeats; every value must agree with the loop's within 1e-5 (the last column:
+the largest difference). ``--variant paper`` times Eq. 7 as printed instead of the authors' computation.
 
-    python benchmarks/ats_scores.py [--width 16] [--resnet_width 8] [--images 8] [--points 20] [--threads 1 2]
+    nice -n 10 env OMP_NUM_THREADS=1 python benchmarks/ats_scores.py [--width 16] [--resnet_width 8] [--images 8]
+        [--points 20] [--threads 1 2] [--repeats 3] [--variant reference] [--unfold]
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--networks", nargs="+", default=["convnet", "resnet20"])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--variant", default="reference", choices=["reference", "paper"])
+    parser.add_argument("--unfold", action="store_true", help="also time per_sample='unfold'")
     args = parser.parse_args()
 
     spec = DataSpec("synthetic", (1, args.size, args.size), 10, (0.5,), (0.25,))
@@ -72,15 +80,16 @@ def main() -> None:
     starts = torch.rand(images.shape, generator=generator).to(device)
     rounds = torch.rand(10, 10, 1, args.size, args.size, generator=generator).to(device)  # 10 rounds, one image per class
     policy = parse_policy("3-1-7+43-18-18")
-    steps, _ = interpolation_steps(args.points, "reference")
+    steps, _ = interpolation_steps(args.points, args.variant)
     targets = policy(images, torch.Generator().manual_seed(1))
-    floor_inputs = torch.cat([interpolation_points(starts, targets, args.points, "reference").flatten(0, 1), targets])
+    floor_inputs = torch.cat([interpolation_points(starts, targets, args.points, args.variant).flatten(0, 1), targets])
     floor_labels = torch.cat([labels.repeat_interleave(len(steps)), labels])
-    print(f"S_pri: {args.images} images x {len(steps) + 1} gradients ({args.points} intervals + the target), "
+    print(f"S_pri ({args.variant}): {args.images} images x {len(steps) + 1} gradients ({len(steps)} points + the target), "
           f"policy {policy}, {args.size}x{args.size}, device {device}")
-    print("| network | threads | loop (ms) | vectorized (ms) | vmap (ms) | floor (ms) | loop / vectorized | "
-          "vectorized / floor | vmap / floor | max |value - loop| |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    others = ["vmap"] + (["unfold"] if args.unfold else [])
+    print("| network | threads | loop (ms) | vectorized (ms) | " + " | ".join(f"{o} (ms)" for o in others) + " | floor (ms) "
+          "| loop / vectorized | vectorized / floor | " + " | ".join(f"{o} / floor" for o in others) + " | max |value - loop| |")
+    print("|" + " --- |" * (9 + 2 * len(others)))
     def build(network: str):
         width = args.width if network == "convnet" else args.resnet_width
         torch.manual_seed(0)
@@ -92,18 +101,22 @@ def main() -> None:
             torch.set_num_threads(threads)
 
             def score(function, **kwargs):  # on the transformed images: the policy's cost is not the score's
-                return lambda: float(function(model, None, targets, labels, args.points, starts=starts, **kwargs))
+                return lambda: float(function(model, None, targets, labels, args.points, starts=starts,
+                                              variant=args.variant, **kwargs))
 
-            functions = {"loop": score(privacy_score_loop), "vectorized": score(privacy_score, per_sample="unfold"),
-                         "vmap": score(privacy_score, per_sample="vmap"),
+            functions = {"loop": score(privacy_score_loop), "vectorized": score(privacy_score),
+                         **{o: score(privacy_score, per_sample=o) for o in others},
                          "floor": lambda: floor(model, floor_inputs, floor_labels)}
             for function in functions.values():  # warm-up
                 function()
             result = timed(functions, args.repeats)
-            (loop, loop_value), (fast, fast_value), (vm, vm_value), (bare, _) = (result[k] for k in functions)
-            error = max(abs(fast_value - loop_value), abs(vm_value - loop_value))
-            print(f"| {network} (width {width}) | {threads} | {loop * 1e3:.1f} | {fast * 1e3:.1f} | {vm * 1e3:.1f} | "
-                  f"{bare * 1e3:.1f} | {loop / fast:.2f}x | {fast / bare:.2f}x | {vm / bare:.2f}x | {error:.1e} |", flush=True)
+            loop, loop_value = result["loop"]
+            fast, bare = result["vectorized"][0], result["floor"][0]
+            error = max(abs(result[k][1] - loop_value) for k in ["vectorized", *others])
+            print(f"| {network} (width {width}) | {threads} | {loop * 1e3:.1f} | {fast * 1e3:.1f} | "
+                  + "".join(f"{result[o][0] * 1e3:.1f} | " for o in others)
+                  + f"{bare * 1e3:.1f} | {loop / fast:.2f}x | {fast / bare:.2f}x | "
+                  + "".join(f"{result[o][0] / bare:.2f}x | " for o in others) + f"{error:.1e} |", flush=True)
     print("\nS_acc (10 rounds x 10 Jacobian rows): vectorized vs loop")
     for network in args.networks:
         model, width = build(network)

@@ -102,16 +102,16 @@ def per_sample_gradients(model: nn.Module, inputs: Tensor, labels: Tensor, creat
 CONV_CHUNK_ELEMENTS = 2 ** 18
 
 
-def _conv_weight_gradients(layer: nn.Conv2d, a: Tensor, delta: Tensor) -> Tensor:
+def _conv_weight_gradients(layer: nn.Conv2d, a: Tensor, delta: Tensor, grouped: dict[int, Tensor]) -> Tensor:
     """Each sample's weight gradient of a (groups 1) convolution, (M, numel): one grouped convolution backward with
     the samples as groups -- the kernel oneDNN runs for the summed gradient, without the sum over samples and
-    without materialising unfolded inputs."""
+    without materialising unfolded inputs. ``grouped`` caches the M-fold weight per M (it gives the shapes)."""
     count = a.shape[0]
-    weight = layer.weight.detach()
-    shape = weight.shape
-    grouped = weight.expand(count, *shape).reshape(count * shape[0], *shape[1:])
+    if count not in grouped:
+        weight = layer.weight.detach()
+        grouped[count] = weight.expand(count, *weight.shape).reshape(count * weight.shape[0], *weight.shape[1:])
     _, gradient, _ = torch.ops.aten.convolution_backward(
-        delta.reshape(1, -1, *delta.shape[2:]), a.reshape(1, -1, *a.shape[2:]), grouped, None,
+        delta.reshape(1, -1, *delta.shape[2:]), a.reshape(1, -1, *a.shape[2:]), grouped[count], None,
         layer.stride, layer.padding, layer.dilation, False, [0, 0], count, [False, True, False])
     return gradient.view(count, -1)
 
@@ -126,69 +126,71 @@ def _as_slice(index: Tensor):
 def gradient_statistics(model: nn.Module, inputs: Tensor, labels: Tensor, references: Tensor,
                         chunk_elements: int = CONV_CHUNK_ELEMENTS) -> tuple[Tensor, Tensor]:
     """Per parameter tensor, each sample's gradient (of its own cross-entropy) dotted with the gradient of the
-    sample ``references[i]`` and its own squared norm: two (tensors, M) tables, tensors in ``model.parameters()``
-    order -- all a cosine between two samples' gradients needs.
+    sample ``references[i]``, and its own squared norm: two (tensors, M) tables, tensors in ``model.parameters()``
+    order -- all a cosine between two samples' gradients needs; the per-sample gradients themselves are never
+    all held.
 
-    One batched forward and backward to the layers' outputs (as :func:`per_sample_gradients`); then, layer by
-    layer, the per-sample weight gradients of ``chunk`` samples at a time (convolutions: one grouped convolution
-    backward per chunk, :func:`_conv_weight_gradients`), each reduced at once to its dot product with its
-    reference's and its squared norm, so at most ``chunk`` of them per layer are ever held. ``model`` must be in
-    eval mode; the references' own gradients are formed once."""
+    One batched forward and one backward of the summed loss (activation gradients only, as
+    :func:`per_sample_gradients`). Each layer's statistics are formed in a hook the moment the gradient of its
+    output arrives, from that gradient and the layer's input, and both are let go at once, so the backward holds
+    no more memory than a plain one (holding every layer's output gradient to the end made the 2-core CPU spend
+    more time page-faulting fresh memory than computing). Convolutions: the per-sample weight gradients of a
+    chunk of samples (about ``chunk_elements`` elements) by one grouped convolution backward
+    (:func:`_conv_weight_gradients`), the references' first, each chunk reduced at once to its dots and squared
+    norms; linear layers, biases and eval-mode batch-norm: all samples at once (small). ``model`` must be in eval
+    mode (samples independent)."""
     layers = supported_layers(model)
     count = inputs.shape[0]
     references = torch.as_tensor(references, device=inputs.device)
     if references.shape != (count,) or int(references.min()) < 0 or int(references.max()) >= count:
         raise ValueError(f"references must index the {count} samples, one per sample")
-    recorded: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {layer: [] for layer in layers}
-
-    def record(layer, args, output):
-        recorded[layer].append((args[0].detach(), output))
-
-    handles = [layer.register_forward_hook(record) for layer in layers]
-    try:
-        with torch.enable_grad():
-            logits = model(inputs.detach())
-            loss = F.cross_entropy(logits, labels, reduction="sum")  # per-sample losses: their deltas are unscaled
-            if any(len(v) != 1 for v in recorded.values()):
-                raise Unsupported("a layer is called more than once in a forward")
-            deltas = torch.autograd.grad(loss, [recorded[layer][0][1] for layer in layers])
-    finally:
-        for handle in handles:
-            handle.remove()
     unique, slot = torch.unique(references, return_inverse=True)  # slot[i]: where sample i's reference sits in unique
-    others = torch.ones(count, dtype=torch.bool, device=inputs.device)
-    others[unique] = False
-    rest = others.nonzero().flatten()
-    own_slots = slot[unique]
-    unique_at = _as_slice(unique)
+    is_reference = torch.zeros(count, dtype=torch.bool, device=inputs.device)
+    is_reference[unique] = True
+    unique_at, own_slots = _as_slice(unique), slot[unique]
+    # the other samples by reference (a dot product with one vector is a matrix-vector product: no gathered copies)
+    dependents = [(r, _as_slice((slot == r).logical_and(~is_reference).nonzero().flatten())) for r in range(len(unique))]
+    dependents = [(r, members) for r, members in dependents if not isinstance(members, Tensor) or len(members)]
     dots: dict[int, Tensor] = {}
     squares: dict[int, Tensor] = {}
 
+    def squared_norms(gradients: Tensor) -> Tensor:
+        return torch.linalg.vector_norm(gradients, dim=1).square()
+
     def whole(parameter: nn.Parameter, gradients: Tensor) -> None:
-        """Every sample's (M, numel) gradients at once: biases, batch-norm, linear layers (small)."""
-        dots[id(parameter)] = torch.linalg.vecdot(gradients, gradients[references])
-        squares[id(parameter)] = torch.linalg.vecdot(gradients, gradients)
+        """Every sample's (M, numel) gradients at once."""
+        dot = gradients.new_empty(count)
+        own = gradients[unique_at]
+        dot[unique_at] = torch.linalg.vecdot(own, own[own_slots])
+        for r, members in dependents:
+            dot[members] = gradients[members] @ own[r]
+        dots[id(parameter)], squares[id(parameter)] = dot, squared_norms(gradients)
 
     def chunked(parameter: nn.Parameter, form, chunk: int) -> None:
-        """``form(index)``: the (len(index), numel) gradients of the samples ``index``; the references' first."""
+        """``form(at)``: the (samples, numel) gradients of the samples ``at`` (a slice or an index), the references'
+        first, then each reference's dependents in chunks of at most ``chunk``."""
+        if chunk >= count:
+            whole(parameter, form(slice(0, count)))
+            return
         dot, square = inputs.new_empty(count), inputs.new_empty(count)
         own = form(unique_at)
         dot[unique_at] = torch.linalg.vecdot(own, own[own_slots])
-        square[unique_at] = torch.linalg.vecdot(own, own)
-        for start in range(0, len(rest), chunk):
-            index = rest[start : start + chunk]
-            at = _as_slice(index)
-            gradients = form(at)
-            dot[at] = torch.linalg.vecdot(gradients, own[slot[index]])
-            square[at] = torch.linalg.vecdot(gradients, gradients)
+        square[unique_at] = squared_norms(own)
+        for r, members in dependents:
+            runs = range(members.start, members.stop) if isinstance(members, slice) else members
+            for start in range(0, len(runs), chunk):
+                at = runs[start : start + chunk]
+                at = slice(at.start, at.stop) if isinstance(at, range) else _as_slice(at)
+                gradients = form(at)
+                dot[at] = gradients @ own[r]
+                square[at] = squared_norms(gradients)
         dots[id(parameter)], squares[id(parameter)] = dot, square
 
-    for layer, delta in zip(layers, deltas):
-        delta = delta.detach()
-        a = recorded[layer][0][0]
+    def statistics(layer: nn.Module, a: Tensor, delta: Tensor) -> None:
+        """The statistics of ``layer``'s parameters from its input ``a`` and the gradient ``delta`` of its output."""
         if isinstance(layer, nn.Conv2d):
-            chunk = max(1, chunk_elements // layer.weight.numel())
-            chunked(layer.weight, lambda at: _conv_weight_gradients(layer, a[at], delta[at]), chunk)
+            chunk, grouped = max(1, chunk_elements // layer.weight.numel()), {}
+            chunked(layer.weight, lambda at: _conv_weight_gradients(layer, a[at], delta[at], grouped), chunk)
             if layer.bias is not None:
                 whole(layer.bias, delta.sum((2, 3)))
         elif isinstance(layer, nn.Linear):
@@ -203,5 +205,28 @@ def gradient_statistics(model: nn.Module, inputs: Tensor, labels: Tensor, refere
                 whole(layer.weight, (moment - layer.running_mean * summed) / torch.sqrt(layer.running_var + layer.eps))
             if layer.bias is not None:
                 whole(layer.bias, summed)
+
+    calls = {layer: 0 for layer in layers}
+
+    def record(layer, args, output):
+        calls[layer] += 1
+        held = [args[0].detach()]  # let go of in the hook: the graph keeps its hooks to the end, not their inputs
+
+        def on_gradient(delta: Tensor) -> None:
+            statistics(layer, held.pop(), delta.detach())
+
+        output.register_hook(on_gradient)
+
+    handles = [layer.register_forward_hook(record) for layer in layers]
+    try:
+        with torch.enable_grad():
+            x = inputs.detach().requires_grad_(True)  # the backward to x runs every layer's hook
+            loss = F.cross_entropy(model(x), labels, reduction="sum")  # per-sample losses: their deltas are unscaled
+            if any(n != 1 for n in calls.values()):
+                raise Unsupported("a layer is called more than once in a forward")
+            torch.autograd.grad(loss, x)
+    finally:
+        for handle in handles:
+            handle.remove()
     parameters = list(model.parameters())
     return torch.stack([dots[id(p)] for p in parameters]), torch.stack([squares[id(p)] for p in parameters])
