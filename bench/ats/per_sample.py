@@ -5,11 +5,25 @@ loss with respect to its output, then form each sample's weight gradient from th
 delta_i (C_out x L) times unfold(a_i) (L x C_in k k), one batched matmul; a linear layer's is the outer product;
 an eval-mode batch-norm's gamma gradient is sum over positions of delta x_hat, its beta gradient sum of delta.
 Only the activation gradients are back-propagated, so the cost is that of one batched forward and backward plus
-the batched matmuls; ``vmap(grad)`` instead turns every per-sample convolution gradient into a grouped
-convolution. Measured on the 2-core CPU (``benchmarks/ats_scores.py``), materialising the unfolded inputs of the
-28x28 layers costs more than vmap's grouped convolutions (ConvNet width 16: 2.8x the floor against vmap's 1.7x),
-so S_pri uses vmap by default and this path on request. Layers other than Conv2d (groups 1), Linear and eval-mode BatchNorm2d, a module called twice in
-one forward, or a parameter owned by anything else raise :class:`Unsupported`; callers fall back to ``vmap``.
+forming the per-sample weight gradients.
+
+Two uses here:
+
+* :func:`per_sample_gradients`: every per-sample gradient, by unfold + batched matmul for convolutions
+  (differentiable: gradient inversion's double backward). Measured on the 2-core CPU
+  (``benchmarks/ats_scores.py``), materialising the unfolded inputs of the 28x28 layers costs more than vmap's
+  grouped convolutions (ConvNet width 16: 2.7x the floor against vmap's 1.7-1.9x);
+* :func:`gradient_statistics`: only what cosines between samples' gradients need -- each sample's dot product
+  with a reference sample's gradient and its squared norm per parameter tensor -- formed layer by layer during
+  the backward, convolutions' per-sample weight gradients a chunk at a time by one grouped convolution backward
+  (oneDNN's weight-gradient kernel with the samples as groups: about as fast per element as the summed
+  gradient on the 28x28 layers, 1.3-2.4x on the 14x14 and 7x7 ones). ATS's S_pri uses this: 1.2-1.3x the floor.
+  Ghost norms (Gram matrices of the unfolded inputs and of the output gradients, as DP libraries use for
+  linear layers) cost L^2 (C_in k^2 + C_out) per sample against C_out C_in k^2 L for the gradient itself: more on
+  every convolution of these networks (L = 49 to 784 positions) except about break-even at 7x7, so none is used.
+
+Layers other than Conv2d (groups 1), Linear and eval-mode BatchNorm2d, a module called twice in one forward, or a
+parameter owned by anything else raise :class:`Unsupported`; callers fall back to ``vmap``.
 """
 
 from __future__ import annotations
@@ -99,7 +113,10 @@ def per_sample_gradients(model: nn.Module, inputs: Tensor, labels: Tensor, creat
 #: how many elements of per-sample convolution weight gradients one grouped convolution backward forms at once
 #: (each sample one group): small enough to stay in cache, large enough that one call amortises its overhead
 #: on small layers (``benchmarks/ats_scores.py``)
-CONV_CHUNK_ELEMENTS = 2 ** 18
+CONV_CHUNK_ELEMENTS = 2 ** 21
+#: parameter tensors up to this size have their per-sample dot products formed against a gathered copy of the
+#: references' gradients in one call; larger ones by one matrix-vector product per reference (no copy)
+SMALL = 1024
 
 
 def _conv_weight_gradients(layer: nn.Conv2d, a: Tensor, delta: Tensor, grouped: dict[int, Tensor]) -> Tensor:
@@ -159,11 +176,14 @@ def gradient_statistics(model: nn.Module, inputs: Tensor, labels: Tensor, refere
 
     def whole(parameter: nn.Parameter, gradients: Tensor) -> None:
         """Every sample's (M, numel) gradients at once."""
-        dot = gradients.new_empty(count)
-        own = gradients[unique_at]
-        dot[unique_at] = torch.linalg.vecdot(own, own[own_slots])
-        for r, members in dependents:
-            dot[members] = gradients[members] @ own[r]
+        if gradients.shape[1] <= SMALL:  # the gathered copy is cheaper than a call per reference
+            dot = torch.linalg.vecdot(gradients, gradients[references])
+        else:
+            dot = gradients.new_empty(count)
+            own = gradients[unique_at]
+            dot[unique_at] = torch.linalg.vecdot(own, own[own_slots])
+            for r, members in dependents:
+                dot[members] = gradients[members] @ own[r]
         dots[id(parameter)], squares[id(parameter)] = dot, squared_norms(gradients)
 
     def chunked(parameter: nn.Parameter, form, chunk: int) -> None:
@@ -228,5 +248,7 @@ def gradient_statistics(model: nn.Module, inputs: Tensor, labels: Tensor, refere
     finally:
         for handle in handles:
             handle.remove()
+    zeros = inputs.new_zeros(count)  # a layer whose output the loss does not use: gradient 0
     parameters = list(model.parameters())
-    return torch.stack([dots[id(p)] for p in parameters]), torch.stack([squares[id(p)] for p in parameters])
+    return (torch.stack([dots.get(id(p), zeros) for p in parameters]),
+            torch.stack([squares.get(id(p), zeros) for p in parameters]))

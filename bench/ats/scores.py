@@ -28,10 +28,13 @@ rounds. Two scales:
 The sign: Eq. 10 as printed lacks it; the reference's ``eval_score`` has it, every T_acc is negative and
 Algorithm 1 keeps the policies with S_acc >= T_acc.
 
-The vectorized versions compute every per-sample gradient with ``torch.func`` (``vmap`` over images and
-interpolation points, one backward for a whole Jacobian); the loops compute them one by one with
-``torch.autograd``, as the authors' code does, and exist to check the vectorized versions and to measure
-the speed-up.
+The vectorized S_pri needs only cosines, so by default it never holds the per-sample gradients: one batched
+forward and backward over every interpolation point and target, each layer's per-sample gradients reduced to
+their dot products with the target's and their squared norms as the backward reaches the layer
+(:func:`bench.ats.per_sample.gradient_statistics`; ``torch.func.vmap`` and unfold + batched matmul are kept
+as options). The vectorized S_acc takes one backward for a whole Jacobian. The loops compute every gradient
+one by one with ``torch.autograd``, as the authors' code does, and exist to check the vectorized versions and
+to measure the speed-up.
 """
 
 from __future__ import annotations
@@ -122,14 +125,18 @@ def privacy_score(model: nn.Module, policy: Optional[Policy], images: Tensor, la
                   per_sample: str = "statistics") -> Tensor:
     """S_pri on ``model`` (put in eval mode) for ``images`` (D, C, H, W) with ``labels`` (D,): float64.
 
-    ``per_sample`` chooses how the per-sample gradients are formed: ``vmap`` (``torch.func.vmap(grad)``, the
-    default: faster on the 2-core CPU, ``benchmarks/ats_scores.py``) or ``unfold`` (one batched forward and
-    backward, weight gradients by unfold + batched matmul: :mod:`bench.ats.per_sample`; falls back to ``vmap``
-    for layers it does not cover; it materialises every convolution's unfolded input, which costs more than
-    vmap's grouped convolutions on this CPU).
+    ``per_sample`` chooses how the per-sample gradients are formed: ``statistics`` (the default: one batched
+    forward and backward, each layer's per-sample gradients formed a chunk at a time in a hook during the
+    backward -- convolutions by grouped convolution backward -- and reduced at once to their dot products with the
+    target's gradient and their squared norms, all the cosines need: :func:`bench.ats.per_sample.gradient_statistics`;
+    1.2-1.3x the floor of one plain batched forward and backward on the 2-core CPU, ``benchmarks/ats_scores.py``),
+    ``vmap`` (``torch.func.vmap(grad)``, any network) or ``unfold`` (every per-sample gradient by unfold + batched
+    matmul: :mod:`bench.ats.per_sample`; slower: it materialises every convolution's unfolded input).
+    ``statistics`` and ``unfold`` fall back to ``vmap`` for layers they do not cover.
     ``points`` is K (the reference's ``bin_num``, 20); ``variant`` ``reference`` or ``paper`` (module docstring).
     ``starts`` are the attacker's random starts x0 (default: uniform noise from ``generator``, drawn after
-    the policy's own draws); ``chunk`` bounds how many per-sample gradients are held at once.
+    the policy's own draws); ``chunk`` bounds how many inputs (points and targets) one pass takes, and with
+    ``vmap`` and ``unfold`` how many per-sample gradients are held at once.
     """
     if per_sample not in PER_SAMPLE:
         raise BenchError(f"per_sample must be one of {list(PER_SAMPLE)}, got '{per_sample}'")
