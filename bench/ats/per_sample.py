@@ -174,16 +174,18 @@ def gradient_statistics(model: nn.Module, inputs: Tensor, labels: Tensor, refere
     def squared_norms(gradients: Tensor) -> Tensor:
         return torch.linalg.vector_norm(gradients, dim=1).square()
 
+    pending: list[tuple[nn.Parameter, Tensor]] = []  # small tensors' gradients, reduced together at the end
+
     def whole(parameter: nn.Parameter, gradients: Tensor) -> None:
         """Every sample's (M, numel) gradients at once."""
-        if gradients.shape[1] <= SMALL:  # the gathered copy is cheaper than a call per reference
-            dot = torch.linalg.vecdot(gradients, gradients[references])
-        else:
-            dot = gradients.new_empty(count)
-            own = gradients[unique_at]
-            dot[unique_at] = torch.linalg.vecdot(own, own[own_slots])
-            for r, members in dependents:
-                dot[members] = gradients[members] @ own[r]
+        if gradients.shape[1] <= SMALL:
+            pending.append((parameter, gradients))
+            return
+        dot = gradients.new_empty(count)
+        own = gradients[unique_at]
+        dot[unique_at] = torch.linalg.vecdot(own, own[own_slots])
+        for r, members in dependents:
+            dot[members] = gradients[members] @ own[r]
         dots[id(parameter)], squares[id(parameter)] = dot, squared_norms(gradients)
 
     def chunked(parameter: nn.Parameter, form, chunk: int) -> None:
@@ -218,13 +220,15 @@ def gradient_statistics(model: nn.Module, inputs: Tensor, labels: Tensor, refere
             whole(layer.weight, torch.bmm(delta.transpose(1, 2), a).flatten(1))
             if layer.bias is not None:
                 whole(layer.bias, delta.sum(1))
-        else:  # eval-mode batch-norm, y = gamma x_hat + beta: gamma's gradient sum_p delta x_hat without forming x_hat
-            summed = delta.sum((2, 3))
-            if layer.weight is not None:
-                moment = torch.linalg.vecdot(delta.flatten(2), a.flatten(2))  # sum_p delta a
-                whole(layer.weight, (moment - layer.running_mean * summed) / torch.sqrt(layer.running_var + layer.eps))
-            if layer.bias is not None:
-                whole(layer.bias, summed)
+        elif layer.weight is not None:  # eval-mode batch-norm y = gamma x_hat + beta: sum_p delta x_hat and sum_p delta
+            # per (sample, channel) in one batch-norm backward that takes the samples' channels as one sample's
+            statistics_of = lambda t: t.detach().repeat(count)  # noqa: E731
+            shape = (1, -1, *a.shape[2:])
+            _, gamma, beta = torch.ops.aten.native_batch_norm_backward(
+                delta.reshape(shape), a.reshape(shape), statistics_of(layer.weight), statistics_of(layer.running_mean),
+                statistics_of(layer.running_var), None, None, False, layer.eps, [False, True, True])
+            whole(layer.weight, gamma.view(count, -1))
+            whole(layer.bias, beta.view(count, -1))
 
     calls = {layer: 0 for layer in layers}
 
@@ -248,6 +252,15 @@ def gradient_statistics(model: nn.Module, inputs: Tensor, labels: Tensor, refere
     finally:
         for handle in handles:
             handle.remove()
+    if pending:  # one product for all: (M, total) elementwise, then a segment sum per tensor as one matrix product
+        gradients = torch.cat([g for _, g in pending], 1)
+        sizes = torch.tensor([g.shape[1] for _, g in pending], device=inputs.device)
+        segments = torch.repeat_interleave(torch.arange(len(pending), device=inputs.device), sizes)
+        indicator = F.one_hot(segments, len(pending)).to(gradients.dtype)  # (total, tensors)
+        small_dots = (gradients * gradients[references]) @ indicator
+        small_squares = gradients.square() @ indicator
+        for k, (parameter, _) in enumerate(pending):
+            dots[id(parameter)], squares[id(parameter)] = small_dots[:, k], small_squares[:, k]
     zeros = inputs.new_zeros(count)  # a layer whose output the loss does not use: gradient 0
     parameters = list(model.parameters())
     return (torch.stack([dots.get(id(p), zeros) for p in parameters]),
