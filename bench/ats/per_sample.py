@@ -122,11 +122,12 @@ SMALL = 1024
 def _conv_weight_gradients(layer: nn.Conv2d, a: Tensor, delta: Tensor, grouped: dict[int, Tensor]) -> Tensor:
     """Each sample's weight gradient of a (groups 1) convolution, (M, numel): one grouped convolution backward with
     the samples as groups -- the kernel oneDNN runs for the summed gradient, without the sum over samples and
-    without materialising unfolded inputs. ``grouped`` caches the M-fold weight per M (it gives the shapes)."""
+    without materialising unfolded inputs. The weight gradient does not depend on the weight, which gives only the
+    shape: a stride-0 view of one zero stands in for the M-fold weight (``grouped`` caches it per M)."""
     count = a.shape[0]
     if count not in grouped:
-        weight = layer.weight.detach()
-        grouped[count] = weight.expand(count, *weight.shape).reshape(count * weight.shape[0], *weight.shape[1:])
+        weight = layer.weight
+        grouped[count] = weight.new_zeros(()).expand(count * weight.shape[0], *weight.shape[1:])
     _, gradient, _ = torch.ops.aten.convolution_backward(
         delta.reshape(1, -1, *delta.shape[2:]), a.reshape(1, -1, *a.shape[2:]), grouped[count], None,
         layer.stride, layer.padding, layer.dilation, False, [0, 0], count, [False, True, False])
@@ -252,13 +253,12 @@ def gradient_statistics(model: nn.Module, inputs: Tensor, labels: Tensor, refere
     finally:
         for handle in handles:
             handle.remove()
-    if pending:  # one product for all: (M, total) elementwise, then a segment sum per tensor as one matrix product
+    if pending:  # one product for all: (M, total) elementwise, then a sum per tensor's segment of the columns
         gradients = torch.cat([g for _, g in pending], 1)
         sizes = torch.tensor([g.shape[1] for _, g in pending], device=inputs.device)
         segments = torch.repeat_interleave(torch.arange(len(pending), device=inputs.device), sizes)
-        indicator = F.one_hot(segments, len(pending)).to(gradients.dtype)  # (total, tensors)
-        small_dots = (gradients * gradients[references]) @ indicator
-        small_squares = gradients.square() @ indicator
+        small_dots = gradients.new_zeros(count, len(pending)).index_add_(1, segments, gradients * gradients[references])
+        small_squares = gradients.new_zeros(count, len(pending)).index_add_(1, segments, gradients.square())
         for k, (parameter, _) in enumerate(pending):
             dots[id(parameter)], squares[id(parameter)] = small_dots[:, k], small_squares[:, k]
     zeros = inputs.new_zeros(count)  # a layer whose output the loss does not use: gradient 0
