@@ -336,7 +336,9 @@ class GradientInversion(Attack):
                       disable=not self.progress, leave=False):
             optimizer.zero_grad(set_to_none=True)
             total, _ = objective(images, None)
-            total.sum().backward()  # attacks are independent: the sum's gradient is each attack's own
+            # attacks are independent: the sum's gradient is each attack's own; with respect to the images only
+            # (backward() would also form the second-order gradients of the parameters: wasted work)
+            (images.grad,) = torch.autograd.grad(total.sum(), images)
             if self.signed:
                 images.grad.sign_()
             optimizer.step()
