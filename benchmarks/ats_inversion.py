@@ -22,8 +22,6 @@ single attack and the plain loop (same start, same steps).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -33,20 +31,7 @@ from bench.attacks.gradient_inversion import total_variation
 from bench.datamodules.base import DataSpec
 from bench.modules import Collaborative
 
-
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def timed(functions: dict, repeats: int, clock) -> dict:
-    """name -> (median seconds over ``repeats`` runs, the last run's value); the functions alternate."""
-    times: dict = {name: [] for name in functions}
-    values = {}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            started = clock()
-            values[name] = function()
-            times[name].append(clock() - started)
-    return {name: (statistics.median(times[name]), values[name]) for name in functions}
+from ats_scores import CLOCKS, timed  # this folder: run as python benchmarks/ats_inversion.py
 
 
 def floor(model, images: torch.Tensor, labels: torch.Tensor, iterations: int) -> None:

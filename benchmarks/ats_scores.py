@@ -47,6 +47,7 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def timed(functions: dict, repeats: int, clock=time.perf_counter) -> dict:
+    """name -> (median seconds over ``repeats`` runs, the last run's value); the functions alternate."""
     times = {name: [] for name in functions}
     values = {}
     for _ in range(repeats):
