@@ -114,6 +114,16 @@ def test_gradient_statistics_are_the_dots_and_norms_of_the_per_sample_gradients(
         gradient_statistics(model, images, labels, references[:-1])
 
 
+def test_the_statistics_path_falls_back_to_vmap_on_layers_it_does_not_cover():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.GroupNorm(1, 3), torch.nn.Flatten(),
+                                torch.nn.Linear(3 * 6 * 6, 10)).double().eval()
+    images, labels = _data(3)
+    vectorized = privacy_score(model, None, images, labels, points=4, generator=torch.Generator().manual_seed(1))
+    loop = privacy_score_loop(model, None, images, labels, points=4, generator=torch.Generator().manual_seed(1))
+    assert abs(vectorized.item() - loop.item()) < 1e-5
+
+
 def test_the_reference_privacy_score_is_a_trapezoid_ending_at_the_target():
     steps, weights = interpolation_steps(20, "reference")
     assert steps[0] == 0 and steps[-1] == 1 and len(steps) == 21  # bin_num 20: 21 points, the last T(x) itself
