@@ -15,13 +15,13 @@ number of iterations:
 Agreement: the largest pixel difference between batched and sequential reconstructions, and between bench's
 single attack and the plain loop (same start, same steps).
 
-    python benchmarks/ats_inversion.py [--attacks 8 32] [--iterations 50] [--width 16] [--threads 1]
+    nice -n 10 env OMP_NUM_THREADS=1 python benchmarks/ats_inversion.py [--attacks 8 32] [--iterations 50]
+        [--width 16] [--threads 1] [--repeats 1] [--clock wall] [--no_unfold]
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
@@ -31,15 +31,12 @@ from bench.attacks.gradient_inversion import total_variation
 from bench.datamodules.base import DataSpec
 from bench.modules import Collaborative
 
-
-def seconds(function) -> tuple[float, object]:
-    started = time.perf_counter()
-    value = function()
-    return time.perf_counter() - started, value
+from ats_scores import CLOCKS, timed  # this folder: run as python benchmarks/ats_inversion.py
 
 
 def floor(model, images: torch.Tensor, labels: torch.Tensor, iterations: int) -> None:
-    """A plain batched double backward per iteration over all attacks' images together."""
+    """A plain batched double backward per iteration over all attacks' images together (the second backward to the
+    images only, as the attacks take it)."""
     x = images.flatten(0, 1).clone().requires_grad_(True)
     y = labels.flatten()
     parameters = [p for p in model.parameters()]
@@ -48,7 +45,7 @@ def floor(model, images: torch.Tensor, labels: torch.Tensor, iterations: int) ->
     for _ in range(iterations):
         optimizer.zero_grad(set_to_none=True)
         gradients = torch.autograd.grad(F.cross_entropy(model(x), y), parameters, create_graph=True)
-        sum((g * d).sum() for g, d in zip(gradients, direction)).backward()
+        (x.grad,) = torch.autograd.grad(sum((g * d).sum() for g, d in zip(gradients, direction)), x)  # x's only
         optimizer.step()
 
 
@@ -83,7 +80,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=28)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=1, help="alternating runs of each; the median is printed")
+    parser.add_argument("--clock", default="wall", choices=sorted(CLOCKS),
+                        help="wall: elapsed time; cpu: this process's CPU time, steadier on a loaded machine (1 thread)")
+    parser.add_argument("--no_unfold", action="store_true", help="skip the per_sample='unfold' column")
     args = parser.parse_args()
+    clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
@@ -101,7 +103,7 @@ def main() -> None:
     unfolded = GradientInversion(iterations=args.iterations, per_sample="unfold", progress=False).set_normalization(spec)
     starts = attack.initial_images(most, (1, args.size, args.size), torch.Generator().manual_seed(1)).to(device)
     print(f"Inverting Gradients, ConvNet width {args.width}, {args.size}x{args.size}, {args.iterations} iterations, "
-          f"{args.threads} thread(s), device {device}")
+          f"{args.threads} thread(s), device {device}, {args.clock} time, median of {args.repeats}")
 
     def invert(which: slice, on=attack):
         return on.invert(module, {n: t[which] for n, t in targets.items()}, labels[which], starts[which])[0]
@@ -110,10 +112,16 @@ def main() -> None:
           "batched / floor | max pixel difference, batched vs sequential |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for count in args.attacks:
-        sequential_time, sequential = seconds(lambda: torch.cat([invert(slice(i, i + 1)) for i in range(count)]))
-        batched_time, batched = seconds(lambda: invert(slice(0, count)))
-        unfold_time, _ = seconds(lambda: invert(slice(0, count), unfolded))
-        floor_time, _ = seconds(lambda: floor(model, starts[:count], labels[:count], args.iterations))
+        functions = {"sequential": lambda: torch.cat([invert(slice(i, i + 1)) for i in range(count)]),
+                     "batched": lambda: invert(slice(0, count)),
+                     "unfold": lambda: invert(slice(0, count), unfolded),
+                     "floor": lambda: floor(model, starts[:count], labels[:count], args.iterations)}
+        if args.no_unfold:
+            del functions["unfold"]
+        result = timed(functions, args.repeats, clock)
+        (sequential_time, sequential), (batched_time, batched) = result["sequential"], result["batched"]
+        unfold_time = result["unfold"][0] if "unfold" in result else float("nan")
+        floor_time = result["floor"][0]
         difference = (batched - sequential).abs().max().item()
         print(f"| {count} | {sequential_time:.2f} | {batched_time:.2f} | {unfold_time:.2f} | {floor_time:.2f} | "
               f"{sequential_time / batched_time:.2f}x | {batched_time / floor_time:.2f}x | {difference:.1e} |", flush=True)
@@ -123,9 +131,10 @@ def main() -> None:
     target = [targets[n][0] for n, _ in module.named_parameters()]
     from bench.attacks.gradient_inversion import inversefed_milestones
 
-    ours_time, ours = seconds(lambda: invert(slice(0, 1)))
-    plain_time, plain = seconds(lambda: plain_single(model, target, labels[0], starts[0], mean, std, args.iterations,
-                                                     inversefed_milestones(args.iterations)))
+    single = timed({"bench": lambda: invert(slice(0, 1)),
+                    "plain": lambda: plain_single(model, target, labels[0], starts[0], mean, std, args.iterations,
+                                                  inversefed_milestones(args.iterations))}, args.repeats, clock)
+    (ours_time, ours), (plain_time, plain) = single["bench"], single["plain"]
     print(f"\none attack: bench {ours_time:.2f} s | plain single-attack loop {plain_time:.2f} s | plain / bench "
           f"{plain_time / ours_time:.2f}x | max pixel difference {(ours[0] - plain).abs().max().item():.1e}")
 

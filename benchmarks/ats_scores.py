@@ -5,16 +5,26 @@ For each network (the 8-layer ConvNet and ResNet-20 on 28x28 one-channel images)
 
 * loop: the authors' computation (``benchmark/search_transform_attack.py: reconstruct``), batch 1, one
   backward per interpolation point (``privacy_score_loop``);
-* vectorized: ``privacy_score`` with per-sample gradients by unfold + batched matmul (one batched forward and
-  backward over all (K + 1) x D inputs, then the cosines);
+* vectorized: ``privacy_score`` as the search runs it (``per_sample="statistics"``): one batched forward and
+  backward over all (K + 1) x D inputs, each layer's per-sample weight gradients formed a chunk at a time as the
+  backward reaches it (convolutions by grouped convolution backward) and reduced at once to their dot products
+  with the target's gradient and their squared norms (``bench.ats.per_sample.gradient_statistics``);
 * vmap: ``privacy_score(per_sample="vmap")``, ``torch.func.vmap(grad)``;
+* unfold (``--unfold``): ``privacy_score(per_sample="unfold")``, every per-sample gradient by unfold + batched
+  matmul;
 * floor: one plain batched forward + backward over the same (K + 1) x D inputs (summed weight gradients, no
   per-sample gradients, no cosines): no implementation of S_pri can be faster.
 
-All three score the already transformed images (the policy's own cost is the same for all and not part of the
-score). Times are medians of alternating repeats; vectorized, vmap and loop values must agree within 1e-5.
+All score the already transformed images (the policy's own cost is the same for all and not part of the
+score). Times are medians of alternating repeats (``--clock cpu``: CPU time, steadier when other jobs load the
+machine); every value must agree with the loop's within 1e-5 (the last column: the largest difference). In float32 the batched computations round differently from the batch-1 loop (oneDNN
+picks other kernels), and where an activation sits within rounding of a ReLU's kink the gradient jumps: on 2
+images one point's cosine moved by 3e-4 that way, 8e-6 on S_pri, identically for every batched method;
+``--dtype float64`` shows the agreement without it. ``--variant paper`` times Eq. 7 as printed instead of the
+authors' computation.
 
-    python benchmarks/ats_scores.py [--width 16] [--resnet_width 8] [--images 8] [--points 20] [--threads 1 2]
+    nice -n 10 env OMP_NUM_THREADS=1 python benchmarks/ats_scores.py [--width 16] [--resnet_width 8] [--images 8]
+        [--points 20] [--threads 1 2] [--repeats 3] [--variant reference] [--unfold] [--clock wall] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -33,14 +43,18 @@ from bench.networks.registry import Role, build_network
 from bench.transforms import parse_policy
 
 
-def timed(functions: dict, repeats: int) -> dict:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def timed(functions: dict, repeats: int, clock=time.perf_counter) -> dict:
+    """name -> (median seconds over ``repeats`` runs, the last run's value); the functions alternate."""
     times = {name: [] for name in functions}
     values = {}
     for _ in range(repeats):
         for name, function in functions.items():
-            started = time.perf_counter()
+            started = clock()
             values[name] = function()
-            times[name].append(time.perf_counter() - started)
+            times[name].append(clock() - started)
     return {name: (statistics.median(times[name]), values[name]) for name in functions}
 
 
@@ -62,29 +76,39 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--networks", nargs="+", default=["convnet", "resnet20"])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--variant", default="reference", choices=["reference", "paper"])
+    parser.add_argument("--unfold", action="store_true", help="also time per_sample='unfold'")
+    parser.add_argument("--clock", default="wall", choices=sorted(CLOCKS),
+                        help="wall: elapsed time; cpu: this process's CPU time (user + system, page faults included), "
+                             "steadier than wall time on a machine other jobs load (run at one thread)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                        help="float64: the values' agreement without float32's rounding (see the docstring)")
     args = parser.parse_args()
 
     spec = DataSpec("synthetic", (1, args.size, args.size), 10, (0.5,), (0.25,))
     device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    clock = CLOCKS[args.clock]
     generator = torch.Generator().manual_seed(0)
-    images = torch.rand(args.images, 1, args.size, args.size, generator=generator).to(device)
+    images = torch.rand(args.images, 1, args.size, args.size, generator=generator).to(device, dtype)
     labels = torch.randint(10, (args.images,), generator=generator).to(device)
-    starts = torch.rand(images.shape, generator=generator).to(device)
-    rounds = torch.rand(10, 10, 1, args.size, args.size, generator=generator).to(device)  # 10 rounds, one image per class
+    starts = torch.rand(images.shape, generator=generator).to(device, dtype)
+    rounds = torch.rand(10, 10, 1, args.size, args.size, generator=generator).to(device, dtype)  # 10 rounds, one image per class
     policy = parse_policy("3-1-7+43-18-18")
-    steps, _ = interpolation_steps(args.points, "reference")
+    steps, _ = interpolation_steps(args.points, args.variant)
     targets = policy(images, torch.Generator().manual_seed(1))
-    floor_inputs = torch.cat([interpolation_points(starts, targets, args.points, "reference").flatten(0, 1), targets])
+    floor_inputs = torch.cat([interpolation_points(starts, targets, args.points, args.variant).flatten(0, 1), targets])
     floor_labels = torch.cat([labels.repeat_interleave(len(steps)), labels])
-    print(f"S_pri: {args.images} images x {len(steps) + 1} gradients ({args.points} intervals + the target), "
-          f"policy {policy}, {args.size}x{args.size}, device {device}")
-    print("| network | threads | loop (ms) | vectorized (ms) | vmap (ms) | floor (ms) | loop / vectorized | "
-          "vectorized / floor | vmap / floor | max |value - loop| |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"S_pri ({args.variant}): {args.images} images x {len(steps) + 1} gradients ({len(steps)} points + the target), "
+          f"policy {policy}, {args.size}x{args.size}, device {device}, {args.dtype}, {args.clock} time")
+    others = ["vmap"] + (["unfold"] if args.unfold else [])
+    print("| network | threads | loop (ms) | vectorized (ms) | " + " | ".join(f"{o} (ms)" for o in others) + " | floor (ms) "
+          "| loop / vectorized | vectorized / floor | " + " | ".join(f"{o} / floor" for o in others) + " | max |value - loop| |")
+    print("|" + " --- |" * (9 + 2 * len(others)))
     def build(network: str):
         width = args.width if network == "convnet" else args.resnet_width
         torch.manual_seed(0)
-        return build_network(network, Role.COLLABORATIVE, spec, width=width).to(device).eval(), width
+        return build_network(network, Role.COLLABORATIVE, spec, width=width).to(device, dtype).eval(), width
 
     for network in args.networks:
         model, width = build(network)
@@ -92,18 +116,22 @@ def main() -> None:
             torch.set_num_threads(threads)
 
             def score(function, **kwargs):  # on the transformed images: the policy's cost is not the score's
-                return lambda: float(function(model, None, targets, labels, args.points, starts=starts, **kwargs))
+                return lambda: float(function(model, None, targets, labels, args.points, starts=starts,
+                                              variant=args.variant, **kwargs))
 
-            functions = {"loop": score(privacy_score_loop), "vectorized": score(privacy_score, per_sample="unfold"),
-                         "vmap": score(privacy_score, per_sample="vmap"),
+            functions = {"loop": score(privacy_score_loop), "vectorized": score(privacy_score),
+                         **{o: score(privacy_score, per_sample=o) for o in others},
                          "floor": lambda: floor(model, floor_inputs, floor_labels)}
             for function in functions.values():  # warm-up
                 function()
-            result = timed(functions, args.repeats)
-            (loop, loop_value), (fast, fast_value), (vm, vm_value), (bare, _) = (result[k] for k in functions)
-            error = max(abs(fast_value - loop_value), abs(vm_value - loop_value))
-            print(f"| {network} (width {width}) | {threads} | {loop * 1e3:.1f} | {fast * 1e3:.1f} | {vm * 1e3:.1f} | "
-                  f"{bare * 1e3:.1f} | {loop / fast:.2f}x | {fast / bare:.2f}x | {vm / bare:.2f}x | {error:.1e} |", flush=True)
+            result = timed(functions, args.repeats, clock)
+            loop, loop_value = result["loop"]
+            fast, bare = result["vectorized"][0], result["floor"][0]
+            error = max(abs(result[k][1] - loop_value) for k in ["vectorized", *others])
+            print(f"| {network} (width {width}) | {threads} | {loop * 1e3:.1f} | {fast * 1e3:.1f} | "
+                  + "".join(f"{result[o][0] * 1e3:.1f} | " for o in others)
+                  + f"{bare * 1e3:.1f} | {loop / fast:.2f}x | {fast / bare:.2f}x | "
+                  + "".join(f"{result[o][0] / bare:.2f}x | " for o in others) + f"{error:.1e} |", flush=True)
     print("\nS_acc (10 rounds x 10 Jacobian rows): vectorized vs loop")
     for network in args.networks:
         model, width = build(network)
@@ -111,7 +139,7 @@ def main() -> None:
             torch.set_num_threads(threads)
             result = timed({"vectorized": lambda: float(accuracy_score(model, policy, rounds, torch.Generator().manual_seed(1))),
                             "loop": lambda: float(accuracy_score_loop(model, policy, rounds, torch.Generator().manual_seed(1)))},
-                           args.repeats)
+                           args.repeats, clock)
             (fast, fast_value), (slow, slow_value) = result["vectorized"], result["loop"]
             print(f"  {network} (width {width}), {threads} thread(s): vectorized {fast * 1e3:.1f} ms | loop {slow * 1e3:.1f} ms "
                   f"| x{slow / fast:.2f} | S_acc {fast_value:.4f} vs {slow_value:.4f}", flush=True)

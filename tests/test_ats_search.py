@@ -30,7 +30,8 @@ def _data(count, seed=0):
 
 @pytest.mark.parametrize("network", ["convnet", "resnet20"])
 @pytest.mark.parametrize("policy", [None, "3-1-7+43-18-18"])
-@pytest.mark.parametrize("variant, per_sample", [("reference", "unfold"), ("reference", "vmap"), ("paper", "unfold")])
+@pytest.mark.parametrize("variant, per_sample", [("reference", "statistics"), ("paper", "statistics"), ("reference", "unfold"),
+                                                 ("reference", "vmap"), ("paper", "unfold")])
 def test_vectorized_privacy_score_equals_the_loop(network, policy, variant, per_sample):
     model, (images, labels) = _model(network), _data(5)
     policy = parse_policy(policy) if policy else None
@@ -58,6 +59,69 @@ def test_per_sample_gradients_by_unfold_equal_vmap(network):
     expected = vmap(grad(loss), in_dims=(None, 0, 0))(params, images, labels)
     for ours, (name, theirs) in zip(per_sample_gradients(model, images, labels), expected.items()):
         torch.testing.assert_close(ours, theirs.flatten(1), rtol=1e-9, atol=1e-12, msg=name)
+
+
+class _Odd(torch.nn.Module):
+    """Layers the ATS networks lack: a biased strided convolution, a batch-norm without affine parameters, a
+    biased linear layer on a (samples, positions, features) input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 3, 3, stride=2, padding=1, bias=True)
+        self.norm = torch.nn.BatchNorm2d(3, affine=False)
+        self.affine = torch.nn.BatchNorm2d(3)
+        self.mix = torch.nn.Linear(16, 5)
+        self.fc = torch.nn.Linear(3 * 5, 10)
+
+    def forward(self, x):
+        x = self.affine(self.norm(self.conv(x))).relu()
+        return self.fc(self.mix(x.flatten(2)).flatten(1))
+
+
+@pytest.mark.parametrize("network", ["convnet", "resnet20", "odd"])
+@pytest.mark.parametrize("chunk_elements", [1, 100, 10 ** 6])
+def test_gradient_statistics_are_the_dots_and_norms_of_the_per_sample_gradients(network, chunk_elements):
+    """Every sample's gradient against its reference's (repeated, unordered, itself), per parameter tensor, in
+    chunks of one sample up to all: equal to the per-sample gradients of vmap(grad) in float64."""
+    from torch.func import functional_call, grad, vmap
+
+    from bench.ats.per_sample import gradient_statistics
+
+    if network == "odd":
+        torch.manual_seed(0)
+        model = _Odd().double().eval()
+        with torch.no_grad():  # running statistics away from 0 / 1, so that the formula's use of them is checked
+            for norm in (model.norm, model.affine):
+                norm.running_mean.uniform_(-1, 1)
+                norm.running_var.uniform_(0.5, 2)
+    else:
+        model = _model(network)
+    images, labels = _data(9)
+    references = torch.tensor([4, 4, 0, 7, 4, 5, 0, 2, 2])
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+
+    def loss(p, x, y):
+        return torch.nn.functional.cross_entropy(functional_call(model, (p, buffers), (x.unsqueeze(0),)), y.unsqueeze(0))
+
+    expected = [g.flatten(1) for g in vmap(grad(loss), in_dims=(None, 0, 0))(params, images, labels).values()]
+    dots, squares = gradient_statistics(model, images, labels, references, chunk_elements=chunk_elements)
+    assert dots.shape == squares.shape == (len(expected), 9)
+    for name, g, dot, square in zip(params, expected, dots, squares):
+        torch.testing.assert_close(dot, (g * g[references]).sum(1), rtol=1e-10, atol=1e-14, msg=name)
+        torch.testing.assert_close(square, g.square().sum(1), rtol=1e-10, atol=1e-14, msg=name)
+    with pytest.raises(ValueError, match="references"):
+        gradient_statistics(model, images, labels, references[:-1])
+
+
+def test_the_statistics_path_falls_back_to_vmap_on_layers_it_does_not_cover():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.GroupNorm(1, 3), torch.nn.Flatten(),
+                                torch.nn.Linear(3 * 6 * 6, 10)).double().eval()
+    images, labels = _data(3)
+    vectorized = privacy_score(model, None, images, labels, points=4, generator=torch.Generator().manual_seed(1))
+    loop = privacy_score_loop(model, None, images, labels, points=4, generator=torch.Generator().manual_seed(1))
+    assert abs(vectorized.item() - loop.item()) < 1e-5
 
 
 def test_the_reference_privacy_score_is_a_trapezoid_ending_at_the_target():

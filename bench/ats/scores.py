@@ -28,10 +28,13 @@ rounds. Two scales:
 The sign: Eq. 10 as printed lacks it; the reference's ``eval_score`` has it, every T_acc is negative and
 Algorithm 1 keeps the policies with S_acc >= T_acc.
 
-The vectorized versions compute every per-sample gradient with ``torch.func`` (``vmap`` over images and
-interpolation points, one backward for a whole Jacobian); the loops compute them one by one with
-``torch.autograd``, as the authors' code does, and exist to check the vectorized versions and to measure
-the speed-up.
+The vectorized S_pri needs only cosines, so by default it never holds the per-sample gradients: one batched
+forward and backward over every interpolation point and target, each layer's per-sample gradients reduced to
+their dot products with the target's and their squared norms as the backward reaches the layer
+(:func:`bench.ats.per_sample.gradient_statistics`; ``torch.func.vmap`` and unfold + batched matmul are kept
+as options). The vectorized S_acc takes one backward for a whole Jacobian. The loops compute every gradient
+one by one with ``torch.autograd``, as the authors' code does, and exist to check the vectorized versions and
+to measure the speed-up.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from bench.ats.per_sample import Unsupported, per_sample_gradients
+from bench.ats.per_sample import Unsupported, gradient_statistics, per_sample_gradients
 from bench.errors import BenchError
 from bench.transforms.policy import Policy
 
@@ -51,6 +54,7 @@ EPSILON = 1e-5
 COSINE_EPS = 1e-8  # F.cosine_similarity's, which the reference's cal_dis uses
 SCORE_VARIANTS = ("reference", "paper")
 REDUCTIONS = ("sum", "mean")
+PER_SAMPLE = ("statistics", "vmap", "unfold")
 #: the reference's S_acc batches: windows of 100 validation images from index 200 on, one per round
 REFERENCE_WINDOW, REFERENCE_OFFSET = 100, 200
 #: the reference's interpolation intervals (``bin_num``); Eq. 7's K is the same number of points less one
@@ -98,6 +102,16 @@ def _grad_sim(along: Sequence[Tensor], reference: Sequence[Tensor], layerwise: b
     return F.cosine_similarity(torch.cat(list(along), -1), torch.cat(list(reference), -1), dim=-1, eps=COSINE_EPS)
 
 
+def _grad_sim_of_statistics(dots: Tensor, squares: Tensor, references: Tensor, layerwise: bool) -> Tensor:
+    """:func:`_grad_sim` of every sample against its reference from per-tensor dot products and squared norms
+    ((tensors, M), :func:`bench.ats.per_sample.gradient_statistics`), with ``F.cosine_similarity``'s clamping of
+    each norm at ``COSINE_EPS``."""
+    if not layerwise:  # one cosine over all parameters together
+        dots, squares = dots.sum(0, keepdim=True), squares.sum(0, keepdim=True)
+    norms = squares.sqrt().clamp_min(COSINE_EPS)
+    return (dots / (norms * norms[:, references])).mean(0)
+
+
 def _starts(images: Tensor, starts: Optional[Tensor], generator: Optional[torch.Generator]) -> Tensor:
     # the reference's noise_input: uniform in [0, 1] pixel space (then normalised, which our networks do inside)
     if starts is None:
@@ -108,20 +122,24 @@ def _starts(images: Tensor, starts: Optional[Tensor], generator: Optional[torch.
 def privacy_score(model: nn.Module, policy: Optional[Policy], images: Tensor, labels: Tensor,
                   points: int = REFERENCE_POINTS, starts: Optional[Tensor] = None,
                   generator: Optional[torch.Generator] = None, chunk: int = 256, variant: str = "reference",
-                  per_sample: str = "vmap") -> Tensor:
+                  per_sample: str = "statistics") -> Tensor:
     """S_pri on ``model`` (put in eval mode) for ``images`` (D, C, H, W) with ``labels`` (D,): float64.
 
-    ``per_sample`` chooses how the per-sample gradients are formed: ``vmap`` (``torch.func.vmap(grad)``, the
-    default: faster on the 2-core CPU, ``benchmarks/ats_scores.py``) or ``unfold`` (one batched forward and
-    backward, weight gradients by unfold + batched matmul: :mod:`bench.ats.per_sample`; falls back to ``vmap``
-    for layers it does not cover; it materialises every convolution's unfolded input, which costs more than
-    vmap's grouped convolutions on this CPU).
+    ``per_sample`` chooses how the per-sample gradients are formed: ``statistics`` (the default: one batched
+    forward and backward, each layer's per-sample gradients formed a chunk at a time in a hook during the
+    backward -- convolutions by grouped convolution backward -- and reduced at once to their dot products with the
+    target's gradient and their squared norms, all the cosines need: :func:`bench.ats.per_sample.gradient_statistics`;
+    1.2-1.3x the floor of one plain batched forward and backward on the 2-core CPU, ``benchmarks/ats_scores.py``),
+    ``vmap`` (``torch.func.vmap(grad)``, any network) or ``unfold`` (every per-sample gradient by unfold + batched
+    matmul: :mod:`bench.ats.per_sample`; slower: it materialises every convolution's unfolded input).
+    ``statistics`` and ``unfold`` fall back to ``vmap`` for layers they do not cover.
     ``points`` is K (the reference's ``bin_num``, 20); ``variant`` ``reference`` or ``paper`` (module docstring).
     ``starts`` are the attacker's random starts x0 (default: uniform noise from ``generator``, drawn after
-    the policy's own draws); ``chunk`` bounds how many per-sample gradients are held at once.
+    the policy's own draws); ``chunk`` bounds how many inputs (points and targets) one pass takes, and with
+    ``vmap`` and ``unfold`` how many per-sample gradients are held at once.
     """
-    if per_sample not in ("unfold", "vmap"):
-        raise BenchError(f"per_sample must be 'unfold' or 'vmap', got '{per_sample}'")
+    if per_sample not in PER_SAMPLE:
+        raise BenchError(f"per_sample must be one of {list(PER_SAMPLE)}, got '{per_sample}'")
     model.eval()
     steps, weights = interpolation_steps(points, variant, images.dtype, images.device)
     targets = _transform(policy, images, generator)
@@ -134,6 +152,7 @@ def privacy_score(model: nn.Module, policy: Optional[Policy], images: Tensor, la
 
     by_vmap = vmap(grad(loss), in_dims=(None, 0, 0))  # per-sample gradients with respect to the parameters
     use_unfold = per_sample == "unfold"
+    use_statistics = per_sample == "statistics"
 
     def gradients_of(inputs: Tensor, targets_: Tensor) -> list[Tensor]:
         nonlocal use_unfold
@@ -153,6 +172,17 @@ def privacy_score(model: nn.Module, policy: Optional[Policy], images: Tensor, la
         path = interpolation_points(starts[start : start + count], target, points, variant)
         # every interpolation point of every image and the image itself, in one vmap
         inputs = torch.cat([path.flatten(0, 1), target])
+        input_labels = torch.cat([label.repeat_interleave(count_steps), label])
+        if use_statistics:
+            own = torch.arange(count * count_steps, count * (count_steps + 1), device=images.device)
+            references = torch.cat([own.repeat_interleave(count_steps), own])  # each point's target, each target itself
+            try:
+                dots, squares = gradient_statistics(model, inputs, input_labels, references)
+                similarity = _grad_sim_of_statistics(dots, squares, references, variant == "reference")
+                total += (similarity[: count * count_steps].view(count, count_steps).double() * weights.double()).sum()
+                continue
+            except Unsupported:
+                use_statistics = False
         flat = gradients_of(inputs, torch.cat([label.repeat_interleave(count_steps), label]))
         along = [f[: count * count_steps].view(count, count_steps, -1) for f in flat]
         reference = [f[count * count_steps :].unsqueeze(1) for f in flat]

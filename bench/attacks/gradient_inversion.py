@@ -52,13 +52,16 @@ def inversefed_milestones(iterations: int) -> list[int]:
     return sorted({max(1, int(iterations // d)) for d in MILESTONE_DIVISORS})
 
 
-def gradient_distance(dummy: dict[str, Tensor], target: dict[str, Tensor], distance: str) -> Tensor:
-    """d(dummy, target) per attack for (A, *shape) gradients: 1 - cosine over all layers together, or L2 / L1."""
+def gradient_distance(dummy: dict[str, Tensor], target: dict[str, Tensor], distance: str,
+                      target_norm: Optional[Tensor] = None) -> Tensor:
+    """d(dummy, target) per attack for (A, *shape) gradients: 1 - cosine over all layers together, or L2 / L1.
+    ``target_norm``: the targets' norms over all layers (A,), where the caller has them (they do not change)."""
     names = list(target)
     if distance == "cosine":
         dot = sum((dummy[n] * target[n]).flatten(1).sum(1) for n in names)
         dummy_norm = sum(dummy[n].square().flatten(1).sum(1) for n in names).sqrt()
-        target_norm = sum(target[n].square().flatten(1).sum(1) for n in names).sqrt()
+        if target_norm is None:
+            target_norm = sum(target[n].square().flatten(1).sum(1) for n in names).sqrt()
         return 1 - dot / (dummy_norm * target_norm).clamp_min(1e-12)
     if distance == "l2":
         return sum((dummy[n] - target[n]).square().flatten(1).sum(1) for n in names)
@@ -294,6 +297,7 @@ class GradientInversion(Attack):
             return F.cross_entropy(functional_call(model, (params, buffers), (x,)), y)
 
         dummy_gradients = vmap(grad(loss), in_dims=(None, 0, 0))
+        target_norms = sum(t.square().flatten(1).sum(1) for t in targets.values()).sqrt()  # constant: once
 
         def evaluate(images: Tensor, which: Optional[slice]):
             chosen = slice(None) if which is None else which
@@ -312,7 +316,7 @@ class GradientInversion(Attack):
                 dummy = {n: g.view(attacks, batch, *params[n].shape).mean(1) for n, g in zip(names, flat)}
             else:
                 dummy = dummy_gradients(params, x, labels[chosen])
-            distance = gradient_distance(dummy, chosen_targets, self.distance)
+            distance = gradient_distance(dummy, chosen_targets, self.distance, target_norms[chosen])
             total = distance + self.tv * total_variation(images) if self.tv else distance  # TV in the optimised space
             return total, distance
 
@@ -332,7 +336,9 @@ class GradientInversion(Attack):
                       disable=not self.progress, leave=False):
             optimizer.zero_grad(set_to_none=True)
             total, _ = objective(images, None)
-            total.sum().backward()  # attacks are independent: the sum's gradient is each attack's own
+            # attacks are independent: the sum's gradient is each attack's own; with respect to the images only
+            # (backward() would also form the second-order gradients of the parameters: wasted work)
+            (images.grad,) = torch.autograd.grad(total.sum(), images)
             if self.signed:
                 images.grad.sign_()
             optimizer.step()
