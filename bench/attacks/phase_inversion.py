@@ -20,7 +20,9 @@ theta_hat and reconstruct dec(Re[x exp(-i theta_hat)]). The estimators:
 Both report the reconstruction metrics, the angle error E|theta* - theta_hat| wrapped to [0, pi]
 (Table 3; a blind guess scores pi / 2), and the server's own view: the accuracy of predicting from
 x without theta (``predict_from_release``). Every learner trains to its validation plateau
-(:mod:`bench.attacks.training`); ``details["training"]`` gives each one's budget.
+(:mod:`bench.attacks.training`); ``details["training"]`` gives each one's budget. Both attacks train the
+same dec on the same pairs from the same generator state, so in one evaluation the second reuses the
+first one's (:meth:`FeatureInversion.train_decoder`), with the same result as if it had trained its own.
 
 The fooling counterpart is itself a real feature, b = Re[x exp(-i (theta* + pi / 2))]: a D' that tells
 real features from mixtures but not a from b errs by 0 or pi / 2, about pi / 4 on average, which
@@ -194,14 +196,21 @@ class _PhaseAttack(Attack):
         test_images, test_labels = datamodule.pool("test").tensors()
         train_images, test_images = train_images[: self.max_attacker_samples], test_images[: self.max_test_samples]
         test_labels = test_labels[: self.max_test_samples].to(device)
-        train_a, train_x, train_theta = self._query(module, train_images)
-        _, test_x, test_theta = self._query(module, test_images)
+        # the client's randomness (its secret angles, its fooling counterparts) follows this attack's generator, so
+        # the attack gives the same result whichever attacks ran before it in the evaluation
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
+            train_a, train_x, train_theta = self._query(module, train_images)
+            _, test_x, test_theta = self._query(module, test_images)
 
-        estimate, estimator_report = self.fit_estimator(train_a, train_x, train_theta, generator)
-        estimated = estimate(test_x)
+        # dec first: it depends only on the (a, image) pairs, the decoder's budget and the generator's state,
+        # which both phase attacks share in an evaluation, so the second one reuses the first one's fit
         inverter = FeatureInversion(self.decoder, self.epochs, self.patience, self.validation_fraction, self.batch_size,
                                     self.lr, progress=self.progress)
         decoder, decoder_used, decoder_report = inverter.train_decoder(module, train_a, train_images, generator)
+        estimate, estimator_report = self.fit_estimator(train_a, train_x, train_theta, generator)
+        estimated = estimate(test_x)
         with torch.no_grad():
             reconstructed = inverter.decode(decoder, real_part_at(test_x, estimated))
             with_true_phase = inverter.decode(decoder, real_part_at(test_x, test_theta))
