@@ -190,3 +190,40 @@ def test_a_bias_free_encoder_releases_nothing_on_a_blank_background():
     assert ComplexNet(data_spec=datamodule.spec, encoder_bias=False).label == "Complex-valued (bias-free encoder)"
     with pytest.raises(BenchError, match="bias-free"):
         ComplexNet(network="resnet20_alpha", data_spec=synthetic_spec((3, 32, 32)), encoder_bias=False)
+
+
+def test_both_phase_attacks_share_one_decoder_fit_without_changing_either_result(monkeypatch):
+    import bench.attacks.feature_inversion as feature_inversion
+
+    fits = []
+    fit = feature_inversion.FeatureInversion._fit_decoder
+    monkeypatch.setattr(feature_inversion.FeatureInversion, "_fit_decoder",
+                        lambda self, *args: fits.append(self.epochs) or fit(self, *args))
+    torch.manual_seed(0)
+    datamodule = Digits(pool_limit=48)
+    module = ComplexNet(data_spec=datamodule.spec)
+    common = dict(decoder="upsampling", epochs=3, patience=10, batch_size=32, progress=False)
+    attacks = [PhaseInversion(critic_epochs=2, **common), LearnedPhaseInversion(estimator_epochs=3, **common)]
+
+    def run(chosen, budget_check=False):
+        feature_inversion.clear_fitted_decoders()
+        fits.clear()
+        return evaluate(module, datamodule, chosen, budget_check=budget_check).privacy
+
+    together = run(attacks)
+    assert fits == [3], "the second phase attack reuses the first one's dec"
+    alone = [run([attack])[0] for attack in attacks]
+    for shared, own in zip(together, alone):
+        assert shared["metrics"] == own["metrics"]
+        assert shared["details"] == own["details"]  # the decoder's training report included
+    assert together[0]["details"]["training"]["decoder"] == together[1]["details"]["training"]["decoder"]
+
+    run(attacks, budget_check=True)
+    assert fits == [3, 6], "the budget check's reruns share their (twice as long) fit too"
+    feature_inversion.clear_fitted_decoders()
+    fits.clear()
+    run(attacks[:1])
+    with torch.no_grad():
+        next(module.encoder.parameters()).add_(0.1)  # another client state: another fit
+    evaluate(module, datamodule, attacks[1:])
+    assert fits == [3, 3]

@@ -11,8 +11,11 @@ The decoder trains until its loss on a held-out share of the attacker pool stops
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import warnings
-from typing import Callable, Optional, Sequence
+from collections import OrderedDict
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +38,31 @@ DECODERS: dict[str, Callable[[nn.Module, Sequence[int], Sequence[int]], nn.Modul
     "unet_small": lambda client, released_shape, image_shape: unet_decoder(released_shape, image_shape, width=16,
                                                                            convs_per_block=2),
 }
+
+
+#: decoders already fitted, keyed by everything that determines the fit (:func:`_fit_key`); a few suffice, since
+#: the attacks that share one (the phase attacks' dec on (a, image) pairs) run one after the other in an evaluation
+_FITTED_DECODERS: "OrderedDict[str, tuple[nn.Module, str, TrainingReport, Tensor]]" = OrderedDict()
+_FITTED_DECODERS_KEPT = 2
+
+
+def clear_fitted_decoders() -> None:
+    """Forget every decoder kept for reuse (the next fit trains afresh)."""
+    _FITTED_DECODERS.clear()
+
+
+def _digest(*parts: Any) -> str:
+    """SHA-256 over tensors (dtype, shape and bytes) and reprs of everything else."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Tensor):
+            part = part.detach().cpu().contiguous()
+            digest.update(f"{part.dtype}{tuple(part.shape)}".encode())
+            digest.update(part.reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(repr(part).encode())
+        digest.update(b"|")
+    return digest.hexdigest()
 
 
 @torch.no_grad()
@@ -123,8 +151,39 @@ class FeatureInversion(Attack):
             warnings.warn(f"{self.name}: {error}; falling back to the upsampling decoder", stacklevel=2)
             return DECODERS["upsampling"](client, released_shape, image_shape), "upsampling"
 
+    def _fit_key(self, module, inputs: Tensor, images: Tensor, generator: torch.Generator) -> str:
+        """Everything the fit depends on: the decoder and its budget, the client network it may be built from
+        (architecture and state), the (inputs, images) pairs, the device and the generator's state.
+
+        The fit draws all of its randomness from ``generator`` (the decoders have no stochastic layers), so
+        two fits with the same key train the same decoder, to the same state.
+        """
+        client = module.client_network()
+        return _digest(self.decoder, self.epochs, self.patience, self.validation_fraction, self.batch_size, self.lr,
+                       str(inputs.device), repr(client), *client.state_dict().values(), inputs, images,
+                       generator.get_state())
+
     def train_decoder(self, module, inputs: Tensor, images: Tensor, generator: torch.Generator) -> tuple[nn.Module, str, TrainingReport]:
-        """Build the decoder (initial weights from ``generator``) and train it on (inputs, images) to its plateau."""
+        """Build the decoder (initial weights from ``generator``) and train it on (inputs, images) to its plateau.
+
+        A decoder already fitted with the same key (:meth:`_fit_key`; e.g. by the other phase attack of the same
+        evaluation, which trains dec on the same (a, image) pairs) is reused instead of trained again: the same
+        decoder, the same training report, and ``generator`` left in the state the fit would have left it in,
+        so reuse never changes a result.
+        """
+        key = self._fit_key(module, inputs, images, generator)
+        if key in _FITTED_DECODERS:
+            _FITTED_DECODERS.move_to_end(key)
+            decoder, decoder_used, report, generator_after = _FITTED_DECODERS[key]
+            generator.set_state(generator_after.clone())
+            return decoder, decoder_used, dataclasses.replace(report)
+        decoder, decoder_used, report = self._fit_decoder(module, inputs, images, generator)
+        _FITTED_DECODERS[key] = (decoder, decoder_used, report, generator.get_state())
+        while len(_FITTED_DECODERS) > _FITTED_DECODERS_KEPT:
+            _FITTED_DECODERS.popitem(last=False)
+        return decoder, decoder_used, dataclasses.replace(report)
+
+    def _fit_decoder(self, module, inputs: Tensor, images: Tensor, generator: torch.Generator) -> tuple[nn.Module, str, TrainingReport]:
         with torch.random.fork_rng(devices=[]):  # the decoder's initial weights follow the harness's seed
             torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
             decoder, decoder_used = self.build_decoder(module, inputs[:2].cpu(), images.shape[1:])
