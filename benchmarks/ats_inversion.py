@@ -4,16 +4,20 @@ On one untrained ConvNet (28x28, one channel) and A targets (batch size 1 each; 
 number of iterations:
 
 * sequential: bench's attack run A times, one target each (``GradientInversion.invert``);
-* batched: one ``invert`` of all A targets (the harness's way), dummy gradients by ``torch.func.vmap``;
-* batched (unfold): the same with ``per_sample="unfold"`` (unfold + batched matmul);
+* batched: one ``invert`` of all A targets (the harness's way): the attacks as copies of one grouped network
+  (``per_sample="grouped"``, the default: grouped convolutions, each copy's weight gradient one attack's);
+* batched (vmap): the same with ``per_sample="vmap"`` (``torch.func.vmap`` over per-attack gradients);
+* batched (unfold): the same with ``per_sample="unfold"`` (unfold + batched matmul; off with --no_unfold);
 * floor: per iteration one plain batched double backward over the A images (forward, parameter gradient
   with ``create_graph``, a dot product with a fixed vector, backward to the images), no per-attack
   gradients: no batched attack can be faster;
 * and for one target: bench's attack against a plain single-attack loop (autograd.grad with create_graph,
   cosine + TV, signed Adam, boxed: what inversefed does each iteration).
 
-Agreement: the largest pixel difference between batched and sequential reconstructions, and between bench's
-single attack and the plain loop (same start, same steps).
+Agreement: the largest pixel difference between batched and sequential reconstructions (and vmap's), and between
+bench's single attack and the plain loop (same start, same steps). Signed steps make a float32 rounding difference
+in one gradient entry's sign a different step, so reconstructions from different kernels may differ in a few
+pixels; the median pixel difference says how many.
 
     nice -n 10 env OMP_NUM_THREADS=1 python benchmarks/ats_inversion.py [--attacks 8 32] [--iterations 50]
         [--width 16] [--threads 1] [--repeats 1] [--clock wall] [--no_unfold]
@@ -101,6 +105,7 @@ def main() -> None:
     targets = {n: g.detach() for n, g in shared.gradients.items()}
     attack = GradientInversion(iterations=args.iterations, progress=False).set_normalization(spec)
     unfolded = GradientInversion(iterations=args.iterations, per_sample="unfold", progress=False).set_normalization(spec)
+    vmapped = GradientInversion(iterations=args.iterations, per_sample="vmap", progress=False).set_normalization(spec)
     starts = attack.initial_images(most, (1, args.size, args.size), torch.Generator().manual_seed(1)).to(device)
     print(f"Inverting Gradients, ConvNet width {args.width}, {args.size}x{args.size}, {args.iterations} iterations, "
           f"{args.threads} thread(s), device {device}, {args.clock} time, median of {args.repeats}")
@@ -108,12 +113,14 @@ def main() -> None:
     def invert(which: slice, on=attack):
         return on.invert(module, {n: t[which] for n, t in targets.items()}, labels[which], starts[which])[0]
 
-    print("| attacks | sequential (s) | batched (s) | batched, unfold (s) | floor (s) | sequential / batched | "
-          "batched / floor | max pixel difference, batched vs sequential |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| attacks | sequential (s) | batched (s) | batched, vmap (s) | batched, unfold (s) | floor (s) | "
+          "sequential / batched | batched / floor | vmap / floor | pixel difference batched vs sequential: max, median "
+          "| vmap vs sequential: max |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for count in args.attacks:
         functions = {"sequential": lambda: torch.cat([invert(slice(i, i + 1)) for i in range(count)]),
                      "batched": lambda: invert(slice(0, count)),
+                     "vmap": lambda: invert(slice(0, count), vmapped),
                      "unfold": lambda: invert(slice(0, count), unfolded),
                      "floor": lambda: floor(model, starts[:count], labels[:count], args.iterations)}
         if args.no_unfold:
@@ -122,9 +129,12 @@ def main() -> None:
         (sequential_time, sequential), (batched_time, batched) = result["sequential"], result["batched"]
         unfold_time = result["unfold"][0] if "unfold" in result else float("nan")
         floor_time = result["floor"][0]
-        difference = (batched - sequential).abs().max().item()
-        print(f"| {count} | {sequential_time:.2f} | {batched_time:.2f} | {unfold_time:.2f} | {floor_time:.2f} | "
-              f"{sequential_time / batched_time:.2f}x | {batched_time / floor_time:.2f}x | {difference:.1e} |", flush=True)
+        vmap_time, vmap_images = result["vmap"]
+        difference = (batched - sequential).abs()
+        print(f"| {count} | {sequential_time:.2f} | {batched_time:.2f} | {vmap_time:.2f} | {unfold_time:.2f} | "
+              f"{floor_time:.2f} | {sequential_time / batched_time:.2f}x | {batched_time / floor_time:.2f}x | "
+              f"{vmap_time / floor_time:.2f}x | {difference.max().item():.1e}, {difference.median().item():.1e} | "
+              f"{(vmap_images - sequential).abs().max().item():.1e} |", flush=True)
 
     mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
