@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from bench.ats.scores import (accuracy_score, accuracy_score_loop, interpolation_points, interpolation_steps,
                               privacy_score, privacy_score_loop)
+from bench.ats.search import keep_freed_memory
 from bench.datamodules.base import DataSpec
 from bench.networks.registry import Role, build_network
 from bench.transforms import parse_policy
@@ -83,7 +84,11 @@ def main() -> None:
                              "steadier than wall time on a machine other jobs load (run at one thread)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                         help="float64: the values' agreement without float32's rounding (see the docstring)")
+    parser.add_argument("--allocator", default="system", choices=["system", "heap"],
+                        help="heap: glibc keeps freed memory (bench.ats.search's default, keep_freed_memory)")
     args = parser.parse_args()
+    if args.allocator == "heap" and not keep_freed_memory():
+        raise SystemExit("--allocator heap needs glibc")
 
     spec = DataSpec("synthetic", (1, args.size, args.size), 10, (0.5,), (0.25,))
     device = torch.device(args.device)

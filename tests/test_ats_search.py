@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -228,9 +231,34 @@ def test_the_entry_point_prints_progress_and_writes_a_policy_file_a_config_can_l
     output = tmp_path / "policy.json"
     main(["--data", "Digits", "--pool_limit", "200", "--width", "4", "--c_max", "6", "--n", "2", "--images", "4",
           "--points", "3", "--rounds", "2", "--acc_window", "40", "--semi_epochs", "2", "--t_acc", "-1000",
-          "--output", str(output)])
+          "--output", str(output), "--allocator", "system"])  # the heap allocator would stay for the whole test run
     printed = capsys.readouterr().out
     assert "ats search [6/6]" in printed and "policies/minute" in printed and "passed T_acc" in printed
     content = json.loads(output.read_text())
     assert len(content["policies"]) == 2 and content["settings"]["c_max"] == 6
     assert load_policy(str(output)) == parse_policy(content["policy"])
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_keep_freed_memory_stops_the_page_faults_of_repeated_large_tensors():
+    """The search's default allocator: freed blocks stay in the heap, so a tensor allocated again is not a fresh mmap
+    that faults on every page (a subprocess: the setting lasts for the process)."""
+    code = """
+import resource, torch
+from bench.ats.search import keep_freed_memory
+def faults():
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        x = torch.ones(16 * 2**20)  # 64 MB: above glibc's mmap threshold
+        del x
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+faults()
+before = faults()
+assert keep_freed_memory()
+faults()
+print(before, faults())
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after = map(int, result.stdout.split())
+    assert before > 5 * (16 * 2**20 * 4 // 4096) // 2  # glibc's default: every 64 MB tensor faults its pages again
+    assert after < before // 10

@@ -26,13 +26,17 @@ def _targets(module, digits, count, batch_size=1):
     return shared, images, labels
 
 
-def test_batched_attacks_equal_the_same_attacks_run_one_by_one(digits):
+@pytest.mark.parametrize("network, batching", [("convnet", "grouped"), ("resnet20", "vmap")])
+def test_batched_attacks_equal_the_same_attacks_run_one_by_one(digits, network, batching):
+    """Many attacks as one optimisation (one grouped network where the model has that form, else vmap) take
+    every attack's own steps."""
     torch.manual_seed(0)
-    module = Collaborative(network="resnet20", width=4, data_spec=digits.spec).double()
+    module = Collaborative(network=network, width=4, data_spec=digits.spec).double()
     shared, images, labels = _targets(module, digits, count=3)
     attack = GradientInversion(iterations=12, progress=False)
     init = torch.rand(3, 1, *images.shape[2:], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     batched, batched_distance = attack.invert(module, shared.gradients, labels, init)
+    assert attack.batching == batching
     for i in range(3):
         single, single_distance = attack.invert(module, {n: g[i : i + 1] for n, g in shared.gradients.items()},
                                                 labels[i : i + 1], init[i : i + 1])
@@ -42,19 +46,49 @@ def test_batched_attacks_equal_the_same_attacks_run_one_by_one(digits):
 
 
 @pytest.mark.parametrize("network", ["convnet", "resnet20"])
-def test_dummy_gradients_by_unfold_equal_vmap_and_stay_differentiable(digits, network):
+def test_dummy_gradients_by_unfold_and_grouped_equal_vmap_and_stay_differentiable(digits, network):
+    """Objective and its gradient with respect to the images (the double backward) agree on every path, batch size 3
+    per attack; ResNet-20 (shortcuts) has no grouped form and takes vmap."""
     torch.manual_seed(0)
     module = Collaborative(network=network, width=4, data_spec=digits.spec).double().eval()
+    with torch.no_grad():  # running statistics away from (0, 1): the grouped batch-norm must use them
+        for layer in module.modules():
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                layer.running_mean.uniform_(-0.5, 0.5), layer.running_var.uniform_(0.5, 2.0)
+                layer.weight.uniform_(0.5, 1.5), layer.bias.uniform_(-0.2, 0.2)
     shared, images, labels = _targets(module, digits, count=2, batch_size=3)
     dummy = torch.rand(2, 3, *images.shape[2:], generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    values = []
-    for per_sample in ("unfold", "vmap"):
+    values, paths = [], []
+    for per_sample in ("vmap", "unfold", "grouped"):
         z = dummy.clone().requires_grad_(True)
-        total, _ = GradientInversion(per_sample=per_sample, progress=False).objective(module, shared.gradients, labels)(z, None)
+        objective = GradientInversion(per_sample=per_sample, progress=False).objective(
+            module, shared.gradients, labels, tuple(images.shape[2:]))
+        total, _ = objective(z, None)
         (gradient,) = torch.autograd.grad(total.sum(), z)
         values.append((total.detach(), gradient))
-    torch.testing.assert_close(values[0][0], values[1][0], rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(values[0][1], values[1][1], rtol=1e-7, atol=1e-10)  # the double backward agrees
+        paths.append(objective.batching)
+    assert paths == ["vmap", "unfold", "grouped" if network == "convnet" else "vmap"]
+    for total, gradient in values[1:]:
+        torch.testing.assert_close(total, values[0][0], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(gradient, values[0][1], rtol=1e-7, atol=1e-10)  # the double backward agrees
+
+
+def test_grouped_batch_norm_is_eval_only_and_shadows_keep_their_forms():
+    """The grouped batch-norm is the eval-mode affine map: a training forward says so; without batch_norm=True
+    (the shadow models' call) a batch-norm network has no grouped form, as before."""
+    from bench.attacks.grouped_models import grouped_network
+    from bench.datamodules.base import DataSpec
+
+    spec = DataSpec("synthetic", (1, 8, 8), 3, (0.5,), (0.25,))
+    module = Collaborative(network="convnet", width=2, data_spec=spec).eval()
+    assert isinstance(grouped_network(module, (1, 8, 8)), str)
+    forward = grouped_network(module, (1, 8, 8), batch_norm=True)
+    params = {n: p.detach().unsqueeze(0).repeat(2, *[1] * p.ndim) for n, p in module.named_parameters()}
+    buffers = {n: b.unsqueeze(0).repeat(2, *[1] * b.ndim) for n, b in module.named_buffers()}
+    x = torch.rand(2, 3, 1, 8, 8)
+    torch.testing.assert_close(forward(params, buffers, x, False), module(x.flatten(0, 1)).view(2, 3, -1))
+    with pytest.raises(ValueError, match="eval-mode"):
+        forward(params, buffers, x, True)
 
 
 def test_restarts_keep_each_targets_best_start(digits):

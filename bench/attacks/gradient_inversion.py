@@ -14,8 +14,9 @@ attack). Reconstructions are scored by PSNR and SSIM against the image the parti
 trained on (the transformed image: the paper's definition) and against the original image.
 
 Many independent attacks (targets x restarts) run as one optimisation: the dummy gradients of all
-of them come from one ``vmap`` with batch-norm in eval mode, and the objective is their sum, so with
-an element-wise optimizer (Adam, SGD) every attack follows exactly the path it would follow alone.
+of them come from one pass with batch-norm in eval mode (the attacks as copies of one grouped network
+where the model has that form, else ``vmap``), and the objective is their sum, so with an element-wise
+optimizer (Adam, SGD) every attack follows the path it would follow alone.
 L-BFGS's curvature history would couple them, so L-BFGS attacks run one after another.
 """
 
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 
 from bench.ats.per_sample import Unsupported, supported_layers, per_sample_gradients
 from bench.attacks.base import Attack, AttackResult
+from bench.attacks.grouped_models import grouped_network
 from bench.attacks.label_recovery import recover_label_counts, recover_labels
 from bench.errors import BenchError
 from bench.metrics.reconstruction import PSNR_CAP_DB, reconstruction_metrics
@@ -44,6 +46,7 @@ DEFAULT_LR = {"adam": 0.1, "sgd": 0.1, "lbfgs": 1.0}  # Geiping et al.'s Adam an
 SPACES = ("normalized", "pixel")
 INITS = ("gaussian", "random", "black")  # random: uniform in [0, 1] pixels
 LABELS = ("recover", "idlg", "llg", "given")
+PER_SAMPLE = ("grouped", "vmap", "unfold")  # how many attacks' dummy gradients are formed together
 #: inversefed's milestones: max_iterations // 2.667, // 1.6, // 1.142 ("3/8 5/8 7/8")
 MILESTONE_DIVISORS = (2.667, 1.6, 1.142)
 
@@ -100,11 +103,13 @@ class GradientInversion(Attack):
             (M^s: 10% of the data for 50 epochs, the cost of 5 of F-MNIST's 100 epochs) is an early checkpoint
             of the run: ``bench evaluate runs/.../checkpoints/epoch=<e>-*.ckpt`` (configs ``ats/*_paper_ig``
             keep every epoch's checkpoint).
-        per_sample: how the dummy gradients of many attacks are formed in one pass: ``vmap`` (``torch.func``;
-            any network; the default, faster on the 2-core CPU: ``benchmarks/ats_inversion.py``) or ``unfold``
-            (activations and output gradients of one batched forward/backward, weight gradients by unfold +
-            batched matmul, differentiable: ``bench.ats.per_sample``; Conv2d / Linear / eval batch-norm networks).
-            A single attack always takes the plain double backward of its batch.
+        per_sample: how the dummy gradients of many attacks are formed in one pass: ``grouped`` (the default: the
+            attacks as copies of one grouped network, :mod:`bench.attacks.grouped_models`, each copy's weight
+            gradient its attack's dummy gradient, a plain double backward of grouped convolutions; where the model
+            has such a form and it gives the model's own logits, else ``vmap``), ``vmap`` (``torch.func``; any
+            network) or ``unfold`` (activations and output gradients of one batched forward/backward, weight
+            gradients by unfold + batched matmul: ``bench.ats.per_sample``). ``benchmarks/ats_inversion.py``
+            times them against the floor. A single attack always takes the plain double backward of its batch.
         progress: show a progress bar.
     """
 
@@ -119,7 +124,7 @@ class GradientInversion(Attack):
     def __init__(self, optimizer: str = "adam", distance: str = "cosine", iterations: int = 200,
                  lr: Optional[float] = None, tv: float = 1e-4, restarts: int = 1, num_images: int = 4,
                  batch_size: int = 1, labels: str = "recover", init: Optional[str] = None, signed: bool = True,
-                 model_state: str = "trained", space: str = "normalized", per_sample: str = "vmap",
+                 model_state: str = "trained", space: str = "normalized", per_sample: str = "grouped",
                  progress: bool = True) -> None:
         if optimizer not in OPTIMIZERS:
             raise BenchError(f"unknown optimizer '{optimizer}'; choose one of {list(OPTIMIZERS)}")
@@ -134,8 +139,9 @@ class GradientInversion(Attack):
             raise BenchError(f"tv (total-variation weight) must be non-negative, got {tv}")
         if labels not in LABELS:
             raise BenchError(f"labels must be one of {list(LABELS)} (recover: iDLG, or LLG's counts at batch size > 1), got '{labels}'")
-        if per_sample not in ("unfold", "vmap"):
-            raise BenchError(f"per_sample must be 'unfold' (batched matmuls) or 'vmap', got '{per_sample}'")
+        if per_sample not in PER_SAMPLE:
+            raise BenchError(f"per_sample must be one of {list(PER_SAMPLE)} (grouped: one grouped network, else vmap), "
+                             f"got '{per_sample}'")
         if space not in SPACES:
             raise BenchError(f"space must be 'normalized' (inversefed's) or 'pixel', got '{space}'")
         init = init if init is not None else ("gaussian" if space == "normalized" else "random")
@@ -205,6 +211,7 @@ class GradientInversion(Attack):
         metrics["label_accuracy"] = recovered.float().mean().item()
         details = {"final_distance": losses.mean().item(), "images": needed, "model_state": self.model_state,
                    "space": self.space, "init": self.init, "labels": labels_mode, "milestones": inversefed_milestones(self.iterations),
+                   "batching": self.batching,
                    "lpips": "not computed: LPIPS needs pretrained AlexNet/VGG weights, not available offline"}
         return AttackResult(metrics, examples=(inputs.flatten(0, 1)[:16].cpu(), flat[:16]), details=details)
 
@@ -257,7 +264,8 @@ class GradientInversion(Attack):
         restarts = init.shape[0] // count
         targets = {n: t.repeat(restarts, *[1] * (t.ndim - 1)) for n, t in targets.items()}
         labels = labels.repeat(restarts, 1)
-        objective = self.objective(model, targets, labels)
+        objective = self.objective(model, targets, labels, tuple(init.shape[2:]))
+        self.batching = objective.batching
         mean, std = self._mean_std(init)
         start = (init - mean) / std  # the optimisation space
         if self.optimizer == "lbfgs":  # independent L-BFGS runs: a shared history would couple the attacks
@@ -277,16 +285,25 @@ class GradientInversion(Attack):
         self._normalization = self._spec_normalization(spec)
         return self
 
-    def objective(self, model: nn.Module, targets: dict[str, Tensor], labels: Tensor) -> Callable:
+    def objective(self, model: nn.Module, targets: dict[str, Tensor], labels: Tensor,
+                  image_shape: Optional[tuple[int, ...]] = None) -> Callable:
         """(z, which) -> (per-attack objective, per-attack gradient distance) for images z in the optimisation
-        space (x = z std + mean); ``which`` picks attacks (None: all)."""
+        space (x = z std + mean); ``which`` picks attacks (None: all). ``image_shape`` (C, H, W) lets the attacks
+        run as one grouped network (``per_sample="grouped"``); the path taken is ``objective.batching``."""
         params = {name: p.detach() for name, p in model.named_parameters() if name in targets}
         buffers = dict(model.named_buffers())
         mean, std = self._mean_std(next(iter(targets.values())))
         names = [name for name, _ in model.named_parameters()]
         leaves = {name: p.detach().requires_grad_(True) for name, p in params.items()}
+        every_parameter = not model.training and set(names) == set(targets)
+        own_parameters = [p for p in model.parameters()] if every_parameter and all(
+            p.requires_grad for p in model.parameters()) else None
+        attacks = labels.shape[0]
+        grouped = None
+        if self.per_sample == "grouped" and every_parameter and image_shape is not None and attacks > 1:
+            grouped = self._checked_grouped(model, image_shape, attacks, labels.shape[1])
         # per-sample gradients by unfold + batched matmul where the layers allow (bench.ats.per_sample), else vmap
-        by_unfold = self.per_sample == "unfold" and not model.training and set(names) == set(targets)
+        by_unfold = self.per_sample == "unfold" and every_parameter
         if by_unfold:
             try:
                 supported_layers(model)
@@ -303,17 +320,30 @@ class GradientInversion(Attack):
             chosen = slice(None) if which is None else which
             chosen_targets = {n: t[chosen] for n, t in targets.items()}
             x = images * std + mean
+            differentiable = torch.is_grad_enabled()
             if x.shape[0] == 1:  # one attack: its gradient is the batch's, a plain double backward
-                differentiable = torch.is_grad_enabled()
                 with torch.enable_grad():
-                    loss_value = F.cross_entropy(functional_call(model, (leaves, buffers), (x[0],)), labels[chosen][0])
-                    grads = torch.autograd.grad(loss_value, list(leaves.values()), create_graph=differentiable)
-                dummy = {n: g.unsqueeze(0) for n, g in zip(leaves, grads)}
+                    if own_parameters:  # the model itself: functional_call's swap costs ~5% of a step here
+                        loss_value = F.cross_entropy(model(x[0]), labels[chosen][0])
+                        grads = torch.autograd.grad(loss_value, own_parameters, create_graph=differentiable)
+                        dummy = {n: g.unsqueeze(0) for n, g in zip(names, grads)}
+                    else:
+                        loss_value = F.cross_entropy(functional_call(model, (leaves, buffers), (x[0],)), labels[chosen][0])
+                        grads = torch.autograd.grad(loss_value, list(leaves.values()), create_graph=differentiable)
+                        dummy = {n: g.unsqueeze(0) for n, g in zip(leaves, grads)}
+            elif grouped is not None and x.shape[0] == attacks:
+                forward, copies, copied_buffers = grouped
+                with torch.enable_grad():
+                    logits = forward(copies, copied_buffers, x, False)
+                    # each attack's loss is its batch's mean cross-entropy: copy a's weight gradient is attack a's
+                    summed = F.cross_entropy(logits.flatten(0, 1), labels[chosen].flatten(), reduction="sum") / x.shape[1]
+                    grads = torch.autograd.grad(summed, list(copies.values()), create_graph=differentiable)
+                dummy = dict(zip(copies, grads))
             elif by_unfold:
-                attacks, batch = x.shape[:2]
+                batch = x.shape[1]
                 flat = per_sample_gradients(model, x.flatten(0, 1), labels[chosen].flatten(), create_graph=True)
                 # each participant's loss is its batch's mean cross-entropy: the mean of its samples' gradients
-                dummy = {n: g.view(attacks, batch, *params[n].shape).mean(1) for n, g in zip(names, flat)}
+                dummy = {n: g.view(x.shape[0], batch, *params[n].shape).mean(1) for n, g in zip(names, flat)}
             else:
                 dummy = dummy_gradients(params, x, labels[chosen])
             distance = gradient_distance(dummy, chosen_targets, self.distance, target_norms[chosen])
@@ -321,8 +351,32 @@ class GradientInversion(Attack):
             return total, distance
 
         evaluate.box = ((0 - mean) / std, (1 - mean) / std)  # inversefed's boxed constraint
-
+        evaluate.batching = ("single" if attacks == 1 else "grouped" if grouped is not None
+                             else "unfold" if by_unfold else "vmap")
         return evaluate
+
+    @staticmethod
+    def _checked_grouped(model: nn.Module, image_shape: tuple[int, ...], attacks: int, batch: int):
+        """(grouped forward, per-attack parameter copies (leaves), per-attack buffers) for ``attacks`` copies of the
+        eval-mode ``model``, or None where it has no grouped form or that form does not give its own logits."""
+        forward = grouped_network(model, tuple(image_shape), batch_norm=True, channels_last=False)
+        if isinstance(forward, str):
+            return None
+        copies = {n: p.detach().unsqueeze(0).repeat(attacks, *[1] * p.ndim).requires_grad_(True)
+                  for n, p in model.named_parameters()}
+        copied_buffers = {n: b.unsqueeze(0).repeat(attacks, *[1] * b.ndim) for n, b in model.named_buffers()}
+        parameter = next(model.parameters())
+        probe = torch.rand(attacks, batch, *image_shape, generator=torch.Generator().manual_seed(0)).to(parameter)
+        with torch.no_grad():
+            own = model(probe.flatten(0, 1)).view(attacks, batch, -1)
+            try:
+                logits = forward(copies, copied_buffers, probe, False)
+            except (RuntimeError, ValueError, KeyError):
+                return None
+        # the same arithmetic in another order: float32 rounding apart, a forward that is not the Sequential differs
+        if logits.shape != own.shape or not torch.allclose(logits, own, rtol=1e-4, atol=1e-5):
+            return None
+        return forward, copies, copied_buffers
 
     def _first_order(self, objective: Callable, init: Tensor) -> Tensor:
         images = init.clone().requires_grad_(True)

@@ -8,6 +8,7 @@ names (``convnet``, ``resnet20``) are given in :mod:`bench.networks.registry`; `
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Optional
 
 import torch
@@ -60,6 +61,11 @@ class ConvNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.features(x).flatten(1))
+
+    def as_sequential(self) -> nn.Sequential:
+        """This network's forward as one ``nn.Sequential`` of its own layers (same parameter names): what
+        :func:`bench.attacks.grouped_models.grouped_network` runs many copies of as one network."""
+        return nn.Sequential(OrderedDict(features=self.features, flatten=nn.Flatten(), fc=self.fc))
 
 
 class BasicBlock(nn.Module):
