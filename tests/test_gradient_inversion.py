@@ -143,6 +143,22 @@ def test_reconstructions_are_paired_with_their_inputs_within_a_batch():
     assert torch.equal(GradientInversion.match_order(inputs[:, order], inputs), inputs)
 
 
+def test_label_variants_are_named_and_reported_with_per_image_intervals(digits):
+    assert GradientInversion(progress=False).name == "gradient_inversion"  # recovered labels: the plain name
+    assert GradientInversion(labels="given", progress=False).name == "gradient_inversion_labels_given"
+    assert GradientInversion(labels="llg", batch_size=8, progress=False).name == "gradient_inversion_batch8_labels_llg"
+    module = Collaborative(network="convnet", width=4, data_spec=digits.spec)
+    attack = GradientInversion(iterations=2, num_images=3, labels="given", progress=False)
+    result = attack.run(module, digits, torch.Generator().manual_seed(0))
+    per_image = result.details["per_image"]
+    assert len(per_image["psnr"]) == len(per_image["ssim"]) == 3 and per_image["label_correct"] == [True] * 3
+    assert sum(per_image["psnr"]) / 3 == pytest.approx(result.metrics["psnr"], abs=1e-3)
+    low, high = result.details["intervals"]["psnr"]
+    assert low <= result.metrics["psnr"] <= high and high > low
+    assert result.details["intervals"]["label_accuracy"] == [1.0, 1.0]
+    assert "only 3 images" in result.details["warning"]
+
+
 @pytest.mark.slow
 def test_inverting_gradients_recovers_a_training_image_of_an_untrained_network(digits):
     module = Collaborative(network="resnet20", width=8, data_spec=digits.spec)

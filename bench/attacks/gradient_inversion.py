@@ -35,7 +35,7 @@ from bench.ats.per_sample import Unsupported, supported_layers, per_sample_gradi
 from bench.attacks.base import Attack, AttackResult
 from bench.attacks.label_recovery import recover_label_counts, recover_labels
 from bench.errors import BenchError
-from bench.metrics.reconstruction import PSNR_CAP_DB, reconstruction_metrics
+from bench.metrics.reconstruction import PSNR_CAP_DB, SMALL_SAMPLE, mean_interval, per_image_metrics, reconstruction_metrics
 from bench.threat_models import Role, ThreatModel
 
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
@@ -163,6 +163,9 @@ class GradientInversion(Attack):
         variant += [setting for setting in (init, model_state) if setting in ("black", "untrained")]
         variant += ["pixel"] if space == "pixel" else []
         variant += [f"batch{batch_size}"] if batch_size > 1 else []  # batch 1 and 8 side by side in one record
+        # given labels (the paper's protocol: ATSPrivacy passes the true labels to inversefed) beside the
+        # recovered ones (what the gradient alone tells the server) in one record; "recover" keeps the plain name
+        variant += [] if labels == "recover" else [f"labels_{labels}"]
         self.name = "_".join(["gradient_inversion", *variant])
 
     @property
@@ -199,14 +202,36 @@ class GradientInversion(Attack):
         reconstructions = self.match_order(reconstructions, inputs)
         flat = reconstructions.flatten(0, 1).cpu()
         metrics = reconstruction_metrics(flat, inputs.flatten(0, 1).cpu())
+        per_image = per_image_metrics(flat, inputs.flatten(0, 1).cpu())
         against_original = reconstruction_metrics(flat, originals.flatten(0, 1).cpu())
         metrics["psnr_original"], metrics["ssim_original"] = against_original["psnr"], against_original["ssim"]
         recovered = torch.sort(attack_labels, dim=1).values == torch.sort(true_labels, dim=1).values
         metrics["label_accuracy"] = recovered.float().mean().item()
         details = {"final_distance": losses.mean().item(), "images": needed, "model_state": self.model_state,
                    "space": self.space, "init": self.init, "labels": labels_mode, "milestones": inversefed_milestones(self.iterations),
-                   "lpips": "not computed: LPIPS needs pretrained AlexNet/VGG weights, not available offline"}
+                   "lpips": "not computed: LPIPS needs pretrained AlexNet/VGG weights, not available offline",
+                   **self.image_intervals(per_image, recovered)}
         return AttackResult(metrics, examples=(inputs.flatten(0, 1)[:16].cpu(), flat[:16]), details=details)
+
+    def image_intervals(self, per_image: dict[str, Tensor], recovered: Tensor) -> dict:
+        """Per-image PSNR / SSIM (against the trained-on image) and labels, and 95% Student-t intervals of the
+        means over images: the images of one shared batch come from one optimisation, so at batch size > 1 the
+        interval treats correlated images as independent (narrower than over batches)."""
+        count = per_image["psnr"].numel()
+        details = {"per_image": {"psnr": [round(v, 4) for v in per_image["psnr"].tolist()],
+                                 "ssim": [round(v, 5) for v in per_image["ssim"].tolist()],
+                                 "label_correct": recovered.flatten().tolist()}}
+        intervals = {}
+        for metric, values in (("psnr", per_image["psnr"]), ("ssim", per_image["ssim"]), ("label_accuracy", recovered.float())):
+            _, low, high = mean_interval(values)
+            if low is not None:
+                intervals[metric] = [low, high]
+        if intervals:
+            details["intervals"] = intervals  # read by the leaderboard (bench.leaderboard.records)
+        if count < SMALL_SAMPLE:
+            details["warning"] = (f"only {count} images: the mean PSNR moves by dB with one image; "
+                                  f"use num_images x batch_size >= {SMALL_SAMPLE}")
+        return details
 
     def target_model(self, module, generator: torch.Generator):
         """The model whose gradients are attacked: the module in eval mode, or a re-initialised copy of it."""
