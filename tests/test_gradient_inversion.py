@@ -216,3 +216,22 @@ def test_configs_attack_with_their_own_settings_not_the_quickstarts(name, capsys
     assert attacks and all(a["batch_size"] == 1 for a in attacks)
     assert all(a["lr"] == (1.0 if a["optimizer"] == "lbfgs" else 0.1) for a in attacks)
     assert config["model"]["init_args"]["network"] in ("convnet", "resnet20")
+
+
+def test_recovered_labels_that_are_right_reuse_the_given_label_attack(digits, monkeypatch):
+    module = Collaborative(network="convnet", width=4, data_spec=digits.spec)
+    given = GradientInversion(iterations=2, num_images=2, labels="given", progress=False)
+    recovered = GradientInversion(iterations=2, num_images=2, progress=False)  # iDLG: right on an untrained ConvNet
+    first = given.run(module, digits, torch.Generator().manual_seed(0))
+    calls = []
+    monkeypatch.setattr(GradientInversion, "invert", lambda self, *args: calls.append(1) or pytest.fail("reran"))
+    second = recovered.run(module, digits, torch.Generator().manual_seed(0))
+    assert not calls and second.metrics == first.metrics
+    assert second.details["reused_reconstructions_of"] == "gradient_inversion_labels_given"
+    assert "reused_reconstructions_of" not in first.details
+    monkeypatch.undo()
+    # another start (seed), other settings or another model: the attack runs
+    for attack, model, seed in ((recovered, module, 1), (GradientInversion(iterations=3, num_images=2, progress=False), module, 0),
+                                (recovered, Collaborative(network="convnet", width=4, data_spec=digits.spec), 0)):
+        result = attack.run(model, digits, torch.Generator().manual_seed(seed))
+        assert "reused_reconstructions_of" not in result.details

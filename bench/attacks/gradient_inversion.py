@@ -22,6 +22,7 @@ L-BFGS's curvature history would couple them, so L-BFGS attacks run one after an
 from __future__ import annotations
 
 import copy
+import weakref
 from typing import Callable, Optional
 
 import torch
@@ -196,7 +197,7 @@ class GradientInversion(Attack):
             attack_labels = true_labels
         self._normalization = self._spec_normalization(module.spec, device)
         init = self.initial_images(self.num_images * self.restarts, shape, generator).to(device)
-        reconstructions, losses = self.invert(model, targets, attack_labels, init)
+        (reconstructions, losses), reused = self._invert_or_reuse(model, targets, attack_labels, init)
         reconstructions = reconstructions.detach()
         inputs = shared.inputs.detach()
         reconstructions = self.match_order(reconstructions, inputs)
@@ -210,8 +211,28 @@ class GradientInversion(Attack):
         details = {"final_distance": losses.mean().item(), "images": needed, "model_state": self.model_state,
                    "space": self.space, "init": self.init, "labels": labels_mode, "milestones": inversefed_milestones(self.iterations),
                    "lpips": "not computed: LPIPS needs pretrained AlexNet/VGG weights, not available offline",
+                   **({"reused_reconstructions_of": reused} if reused else {}),
                    **self.image_intervals(per_image, recovered)}
         return AttackResult(metrics, examples=(inputs.flatten(0, 1)[:16].cpu(), flat[:16]), details=details)
+
+    #: the last inversion run in this process (model, settings, labels, start, targets, result, attack name)
+    _last_inversion: Optional[tuple] = None
+
+    def _invert_or_reuse(self, model, targets: dict[str, Tensor], labels: Tensor, init: Tensor):
+        """:meth:`invert`, unless the attack run just before this one on the same model had the same targets,
+        labels, start and settings (labels given, then recovered, and recovered right): the optimisation would be
+        the same, so its result is reused (the record names that attack). Returns ((images, distances), name or None)."""
+        settings = (self.optimizer, self.distance, self.iterations, self.step_size, self.tv, self.restarts, self.signed,
+                    self.space, self.per_sample, self.batch_size)
+        last = GradientInversion._last_inversion
+        if (last is not None and last[0]() is model and last[1] == settings and torch.equal(last[2], labels)
+                and torch.equal(last[3], init) and last[4].keys() == targets.keys()
+                and all(torch.equal(last[4][name], target) for name, target in targets.items())):
+            return last[5], last[6]
+        result = self.invert(model, targets, labels, init)
+        GradientInversion._last_inversion = (weakref.ref(model), settings, labels.clone(), init.clone(),
+                                             {name: target.clone() for name, target in targets.items()}, result, self.name)
+        return result, None
 
     def image_intervals(self, per_image: dict[str, Tensor], recovered: Tensor) -> dict:
         """Per-image PSNR / SSIM (against the trained-on image) and labels, and 95% Student-t intervals of the
