@@ -82,19 +82,43 @@ def psnr_cell(entry: dict) -> str:
     return f"{mean:.2f}{interval} (n={len(psnr)}) / {entry['metrics']['ssim']:.3f}{labels}"
 
 
+def per_image_psnr(entry: dict) -> list[float]:
+    return (entry.get("details", {}).get("per_image", {}) or {}).get("psnr") or []
+
+
+def difference_cell(entry: dict, baseline: dict) -> str:
+    """Mean PSNR change against no defense on the same images (paired by image) with its 95% t interval."""
+    ours, theirs = per_image_psnr(entry), per_image_psnr(baseline)
+    if not ours or len(ours) != len(theirs):
+        return "-"
+    mean, low, high = mean_interval([a - b for a, b in zip(ours, theirs)])
+    return f"{mean:+.2f}" + ("" if low is None else f" [{low:+.1f}, {high:+.1f}]")
+
+
 def print_table(records_dir: Path) -> None:
-    print("\n| defense | stage | accuracy | " + " | ".join(f"PSNR {c} (dB) / SSIM" for c, _ in ATTACKS) + " |")
-    print("| --- | --- | --- |" + " --- |" * len(ATTACKS))
     rows = []
     for record in load_records([records_dir]).records:
-        attacks = {entry["attack"]: entry for entry in record["privacy"]}
         semi = "checkpoint" in record.get("config", {})
         epochs = (record.get("training") or {}).get("epochs") or (record.get("config", {}).get("training") or {}).get("epochs")
-        stage = f"semi-trained (epoch {epochs})" if semi else f"trained ({epochs} epochs)"
-        rows.append((record["method"]["label"], semi, f"| {record['method']['label']} | {stage} | "
-                     f"{record['utility']['accuracy']:.4f} | " + " | ".join(psnr_cell(attacks.get(a, {})) for _, a in ATTACKS) + " |"))
-    for _, _, row in sorted(rows, key=lambda r: (r[1], r[0])):
-        print(row)
+        rows.append({"label": record["method"]["label"], "semi": semi, "accuracy": record["utility"]["accuracy"],
+                     "stage": (f"semi-trained ({epochs} of {(record['config'].get('trainer') or {}).get('max_epochs')} epochs)"
+                               if semi else f"trained ({epochs} epochs)"),
+                     "attacks": {entry["attack"]: entry for entry in record["privacy"]}})
+    rows.sort(key=lambda r: (r["semi"], r["label"] != "Collaborative (no defense)", r["label"]))
+    print("\n| defense | stage | accuracy | " + " | ".join(f"PSNR {c} (dB) / SSIM" for c, _ in ATTACKS) + " |")
+    print("| --- | --- | --- |" + " --- |" * len(ATTACKS))
+    for row in rows:
+        print(f"| {row['label']} | {row['stage']} | {row['accuracy']:.4f} | "
+              + " | ".join(psnr_cell(row["attacks"].get(a, {})) for _, a in ATTACKS) + " |")
+    print("\nAgainst no defense at the same stage (PSNR paired by image, mean [95% t interval]):\n")
+    print("| defense | stage | accuracy change (points) | " + " | ".join(f"PSNR change {c} (dB)" for c, _ in ATTACKS) + " |")
+    print("| --- | --- | --- |" + " --- |" * len(ATTACKS))
+    for row in rows:
+        baseline = next((r for r in rows if r["semi"] == row["semi"] and r["label"] == "Collaborative (no defense)"), None)
+        if baseline is None or baseline is row:
+            continue
+        print(f"| {row['label']} | {row['stage']} | {100 * (row['accuracy'] - baseline['accuracy']):+.1f} | "
+              + " | ".join(difference_cell(row["attacks"].get(a, {}), baseline["attacks"].get(a, {})) for _, a in ATTACKS) + " |")
 
 
 def main() -> None:
