@@ -36,6 +36,7 @@ from bench.ats.per_sample import Unsupported, supported_layers, per_sample_gradi
 from bench.attacks.base import Attack, AttackResult
 from bench.attacks.label_recovery import recover_label_counts, recover_labels
 from bench.errors import BenchError
+from bench.metrics.membership import clopper_pearson
 from bench.metrics.reconstruction import PSNR_CAP_DB, SMALL_SAMPLE, mean_interval, per_image_metrics, reconstruction_metrics
 from bench.threat_models import Role, ThreatModel
 
@@ -235,18 +236,19 @@ class GradientInversion(Attack):
         return result, None
 
     def image_intervals(self, per_image: dict[str, Tensor], recovered: Tensor) -> dict:
-        """Per-image PSNR / SSIM (against the trained-on image) and labels, and 95% Student-t intervals of the
-        means over images: the images of one shared batch come from one optimisation, so at batch size > 1 the
+        """Per-image PSNR / SSIM (against the trained-on image) and labels, 95% Student-t intervals of the mean
+        PSNR / SSIM over images and the Clopper-Pearson interval of the label accuracy: the images of one shared batch come from one optimisation, so at batch size > 1 the
         interval treats correlated images as independent (narrower than over batches)."""
         count = per_image["psnr"].numel()
         details = {"per_image": {"psnr": [round(v, 4) for v in per_image["psnr"].tolist()],
                                  "ssim": [round(v, 5) for v in per_image["ssim"].tolist()],
                                  "label_correct": recovered.flatten().tolist()}}
         intervals = {}
-        for metric, values in (("psnr", per_image["psnr"]), ("ssim", per_image["ssim"]), ("label_accuracy", recovered.float())):
+        for metric, values in (("psnr", per_image["psnr"]), ("ssim", per_image["ssim"])):
             _, low, high = mean_interval(values)
             if low is not None:
                 intervals[metric] = [low, high]
+        intervals["label_accuracy"] = list(clopper_pearson(int(recovered.sum()), recovered.numel()))  # a proportion
         if intervals:
             details["intervals"] = intervals  # read by the leaderboard (bench.leaderboard.records)
         if count < SMALL_SAMPLE:
