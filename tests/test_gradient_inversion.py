@@ -177,6 +177,23 @@ def test_reconstructions_are_paired_with_their_inputs_within_a_batch():
     assert torch.equal(GradientInversion.match_order(inputs[:, order], inputs), inputs)
 
 
+def test_label_variants_are_named_and_reported_with_per_image_intervals(digits):
+    assert GradientInversion(progress=False).name == "gradient_inversion"  # recovered labels: the plain name
+    assert GradientInversion(labels="given", progress=False).name == "gradient_inversion_labels_given"
+    assert GradientInversion(labels="llg", batch_size=8, progress=False).name == "gradient_inversion_batch8_labels_llg"
+    module = Collaborative(network="convnet", width=4, data_spec=digits.spec)
+    attack = GradientInversion(iterations=2, num_images=3, labels="given", progress=False)
+    result = attack.run(module, digits, torch.Generator().manual_seed(0))
+    per_image = result.details["per_image"]
+    assert len(per_image["psnr"]) == len(per_image["ssim"]) == 3 and per_image["label_correct"] == [True] * 3
+    assert sum(per_image["psnr"]) / 3 == pytest.approx(result.metrics["psnr"], abs=1e-3)
+    low, high = result.details["intervals"]["psnr"]
+    assert low <= result.metrics["psnr"] <= high and high > low
+    low, high = result.details["intervals"]["label_accuracy"]  # Clopper-Pearson: 3 of 3
+    assert high == 1.0 and low == pytest.approx(0.025 ** (1 / 3))
+    assert "only 3 images" in result.details["warning"]
+
+
 @pytest.mark.slow
 def test_inverting_gradients_recovers_a_training_image_of_an_untrained_network(digits):
     module = Collaborative(network="resnet20", width=8, data_spec=digits.spec)
@@ -234,3 +251,23 @@ def test_configs_attack_with_their_own_settings_not_the_quickstarts(name, capsys
     assert attacks and all(a["batch_size"] == 1 for a in attacks)
     assert all(a["lr"] == (1.0 if a["optimizer"] == "lbfgs" else 0.1) for a in attacks)
     assert config["model"]["init_args"]["network"] in ("convnet", "resnet20")
+
+
+def test_recovered_labels_that_are_right_reuse_the_given_label_attack(digits, monkeypatch):
+    module = Collaborative(network="convnet", width=4, data_spec=digits.spec)
+    given = GradientInversion(iterations=2, num_images=2, labels="given", progress=False)
+    recovered = GradientInversion(iterations=2, num_images=2, progress=False)  # iDLG: right on an untrained ConvNet
+    first = given.run(module, digits, torch.Generator().manual_seed(0))
+    calls = []
+    monkeypatch.setattr(GradientInversion, "invert", lambda self, *args: calls.append(1) or pytest.fail("reran"))
+    second = recovered.run(module, digits, torch.Generator().manual_seed(0))
+    assert not calls and second.metrics == first.metrics
+    assert second.details["reused_reconstructions_of"] == "gradient_inversion_labels_given"
+    assert second.details["batching"] == first.details["batching"] == "grouped"  # 2 attacks: one grouped network
+    assert "reused_reconstructions_of" not in first.details
+    monkeypatch.undo()
+    # another start (seed), other settings or another model: the attack runs
+    for attack, model, seed in ((recovered, module, 1), (GradientInversion(iterations=3, num_images=2, progress=False), module, 0),
+                                (recovered, Collaborative(network="convnet", width=4, data_spec=digits.spec), 0)):
+        result = attack.run(model, digits, torch.Generator().manual_seed(seed))
+        assert "reused_reconstructions_of" not in result.details

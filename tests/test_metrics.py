@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from bench.metrics.reconstruction import PSNR_CAP_DB
+from bench.metrics.reconstruction import PSNR_CAP_DB, mean_interval, per_image_metrics
 from bench.metrics import (
     client_flops_per_sample,
     count_parameters,
@@ -84,6 +84,28 @@ def test_metrics_are_symmetric_for_images_in_range():
     forward, backward = reconstruction_metrics(a, b), reconstruction_metrics(b, a)
     for key in forward:
         assert forward[key] == pytest.approx(backward[key], abs=1e-5)
+
+
+def test_per_image_metrics_average_to_the_batch_metrics():
+    reconstructed, original = _pair((6, 1, 16, 16), noise=0.2)
+    reconstructed[0] = original[0]  # one perfect image: capped, not infinite
+    per_image = per_image_metrics(reconstructed, original)
+    batch = reconstruction_metrics(reconstructed, original)
+    assert per_image["psnr"].shape == per_image["ssim"].shape == (6,)
+    assert per_image["psnr"][0] == PSNR_CAP_DB
+    assert per_image["psnr"].mean().item() == pytest.approx(batch["psnr"])
+    assert per_image["ssim"].mean().item() == pytest.approx(batch["ssim"], abs=1e-6)
+
+
+def test_mean_interval_is_students_t_over_the_values():
+    values = [10.0, 12.0, 11.0, 15.0]
+    mean, low, high = mean_interval(values)
+    half = 3.182446305284263 * np.std(values, ddof=1) / 2  # t(0.975, 3) x s / sqrt(4)
+    assert mean == pytest.approx(12.0) and low == pytest.approx(12.0 - half) and high == pytest.approx(12.0 + half)
+    assert mean_interval([7.0, 7.0, 7.0]) == (7.0, 7.0, 7.0)
+    assert mean_interval([3.0]) == (3.0, None, None)  # one image: no interval
+    with pytest.raises(ValueError):
+        mean_interval([])
 
 
 @pytest.mark.parametrize("other", [(4, 1, 8, 7), (3, 1, 8, 8), (4, 3, 8, 8), (4, 64)])

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from typing import Optional
+
 import torch
+from scipy import stats
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
@@ -17,6 +21,38 @@ def ssim_kernel_size(height: int, width: int, preferred: int = 11) -> int:
     return max(3, min(preferred, largest_odd))
 
 
+#: fewer images than this per mean: the interval is wide and the mean easily moved by one image (say so)
+SMALL_SAMPLE = 8
+
+
+@torch.no_grad()
+def per_image_metrics(reconstructed: Tensor, original: Tensor) -> dict[str, Tensor]:
+    """PSNR (capped at :data:`PSNR_CAP_DB`) and SSIM of every image of (N, C, H, W) batches in [0, 1]: what
+    :func:`reconstruction_metrics` averages, kept per image for intervals."""
+    if reconstructed.shape != original.shape:
+        raise ValueError(f"shapes differ: reconstructed {tuple(reconstructed.shape)} vs original {tuple(original.shape)}")
+    reconstructed, original = reconstructed.float().clamp(0, 1), original.float()
+    psnr = peak_signal_noise_ratio(reconstructed, original, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    kernel = ssim_kernel_size(*original.shape[-2:])
+    # torchmetrics sizes a Gaussian window from sigma alone (11 for the usual 1.5): scale sigma with the window
+    ssim = structural_similarity_index_measure(reconstructed, original, data_range=1.0, sigma=1.5 * kernel / 11,
+                                               reduction="none")
+    return {"psnr": psnr.clamp(max=PSNR_CAP_DB), "ssim": ssim}
+
+
+def mean_interval(values, confidence: float = 0.95) -> tuple[float, Optional[float], Optional[float]]:
+    """Mean of ``values`` and its two-sided Student-t interval (the images as independent draws); no interval
+    (None, None) for fewer than two values. Equal values give a zero-width interval."""
+    data = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if data.numel() == 0:
+        raise ValueError("mean_interval needs at least one value")
+    mean = data.mean().item()
+    if data.numel() < 2:
+        return mean, None, None
+    half = float(stats.t.ppf(0.5 + confidence / 2, data.numel() - 1)) * data.std(unbiased=True).item() / math.sqrt(data.numel())
+    return mean, mean - half, mean + half
+
+
 @torch.no_grad()
 def reconstruction_metrics(reconstructed: Tensor, original: Tensor) -> dict[str, float]:
     """MSE, mean absolute error, PSNR and SSIM between image batches in [0, 1], averaged over images.
@@ -24,17 +60,11 @@ def reconstruction_metrics(reconstructed: Tensor, original: Tensor) -> dict[str,
     PSNR is computed per image (capped at :data:`PSNR_CAP_DB`) and then averaged, as the papers
     report it; SSIM uses a Gaussian window whose size adapts to small images (:func:`ssim_kernel_size`).
     """
-    if reconstructed.shape != original.shape:
-        raise ValueError(f"shapes differ: reconstructed {tuple(reconstructed.shape)} vs original {tuple(original.shape)}")
+    per_image = per_image_metrics(reconstructed, original)
     reconstructed, original = reconstructed.float().clamp(0, 1), original.float()
-    per_image = (1, 2, 3)
-    psnr = peak_signal_noise_ratio(reconstructed, original, data_range=1.0, reduction="none", dim=per_image)
-    kernel = ssim_kernel_size(*original.shape[-2:])
-    # torchmetrics sizes a Gaussian window from sigma alone (11 for the usual 1.5): scale sigma with the window
-    ssim = structural_similarity_index_measure(reconstructed, original, data_range=1.0, sigma=1.5 * kernel / 11)
     return {
         "mse": (reconstructed - original).square().mean().item(),
         "mae": (reconstructed - original).abs().mean().item(),
-        "psnr": psnr.clamp(max=PSNR_CAP_DB).mean().item(),
-        "ssim": ssim.item(),
+        "psnr": per_image["psnr"].mean().item(),
+        "ssim": per_image["ssim"].mean().item(),
     }
