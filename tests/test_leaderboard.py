@@ -442,3 +442,14 @@ claims:
     verdict = evaluate_claim(claim, [setting("A", 0.9, "one", "two"), setting("B", 0.8, "one"),
                                      setting("B", 0.95, "two")], read)
     assert verdict.status == "partly" and verdict.ours == "0.900 > 0.800; 0.900 vs 0.950"
+
+
+@pytest.mark.parametrize("settings, methods", [(13, 1), (25, 1), (6, 3), (4, 2)])
+def test_every_plotted_setting_has_its_own_style(settings, methods):
+    """No two rows of a plot share colour, marker and fill (13 settings of one method once shared two markers)."""
+    from bench.leaderboard.plots import plot_styles
+
+    method_of = {f"M{m} setting {k}": f"M{m}" for m in range(methods) for k in range(settings)}
+    styles = plot_styles(list(method_of), method_of)
+    assert len({(tuple(c), marker, face if isinstance(face, str) else tuple(face))
+                for c, marker, face in styles.values()}) == len(method_of)

@@ -31,6 +31,30 @@ def _front(experiment: _Experiment) -> set[int]:
     return {indices[i] for i in pareto_front(points, True, family.direction == "higher")}
 
 
+
+def plot_styles(labels: list[str], method_of: dict[str, str]) -> dict[str, tuple]:
+    """label -> (colour, marker, marker face), one distinct style per label: with few labels a colour each and the
+    marker for the method; with many one colour per method and a marker per setting (open markers past 11)."""
+    from matplotlib import colormaps
+
+    names = sorted(set(method_of.values()))
+    palette, markers = colormaps["tab10"], "osD^v<>ph*P"
+    style = {}  # label -> (colour, marker, marker face: the colour, or "none" for an open marker)
+    if len(labels) <= 10:  # few rows: a colour each, the marker says the method
+        for k, label in enumerate(labels):
+            color = palette(k)
+            style[label] = (color, markers[names.index(method_of[label]) % len(markers)], color)
+    else:  # one colour per method, one marker per setting within it (open markers past the 11 filled ones)
+        for name in names:
+            mine = [label for label in labels if method_of[label] == name]
+            base = palette(names.index(name) % 10)
+            for k, label in enumerate(mine):
+                cycle = k // len(markers)  # filled, open, then both again in a darker shade of the method's colour
+                shade = 0.55 ** (cycle // 2)
+                color = (base[0] * shade, base[1] * shade, base[2] * shade, 1.0)
+                style[label] = (color, markers[k % len(markers)], color if cycle % 2 == 0 else "none")
+    return style
+
 def _plot(experiment: _Experiment) -> Optional[bytes]:
     """Utility against each worst-case column, one point per row with seed error bars, the Pareto front drawn."""
     # Figure + the Agg canvas directly, not pyplot: no global backend switch for whoever imported us,
@@ -65,17 +89,7 @@ def _plot(experiment: _Experiment) -> Optional[bytes]:
         return None
     labels = list(dict.fromkeys(names_of[id(row)] for _, points in panels for row, *_ in points))
     method_of = {names_of[id(row)]: row.runs[0].method["name"] for _, points in panels for row, *_ in points}
-    names = sorted(set(method_of.values()))
-    palette, markers = colormaps["tab10"], "osD^v<>ph*P"
-    style = {}
-    if len(labels) <= 10:  # few rows: a colour each, the marker says the method
-        for k, label in enumerate(labels):
-            style[label] = (palette(k), markers[names.index(method_of[label]) % len(markers)])
-    else:  # one colour per method, one marker per setting within it
-        for name in names:
-            mine = [label for label in labels if method_of[label] == name]
-            for k, label in enumerate(mine):
-                style[label] = (palette(names.index(name) % 10), markers[k % len(markers)])
+    style = plot_styles(labels, method_of)
     legend_inches = 0.8 + 0.065 * max(len(label) for label in labels + ["Pareto front"])  # 8 pt text beside the axes
     figure = Figure(figsize=(5.2 * len(panels) + legend_inches, 4.6))
     drew_front = False
@@ -83,9 +97,9 @@ def _plot(experiment: _Experiment) -> Optional[bytes]:
     for p, (family, points) in enumerate(panels):
         axes = figure.add_subplot(1, len(panels), p + 1)
         for row, x, sx, y, sy in points:
-            color, marker = style[names_of[id(row)]]
-            axes.errorbar(x, y, xerr=sx or None, yerr=sy if isinstance(sy, list) else sy or None, fmt=marker, color=color, markersize=7, capsize=3,
-                          elinewidth=1, zorder=3)
+            color, marker, face = style[names_of[id(row)]]
+            axes.errorbar(x, y, xerr=sx or None, yerr=sy if isinstance(sy, list) else sy or None, fmt=marker, color=color,
+                          markerfacecolor=face, markersize=7, capsize=3, elinewidth=1, zorder=3)
         front = pareto_front([(x, y) for _, x, _, y, _ in points], True, family.direction == "higher")
         if len(points) > 1 and front:
             drew_front = True
@@ -107,8 +121,8 @@ def _plot(experiment: _Experiment) -> Optional[bytes]:
                        f"strongest of {len(attacks)} adversaries", fontsize=9)
         axes.grid(True, alpha=0.3)
         axes.margins(x=0.08, y=0.1)
-    handles = [Line2D([], [], linestyle="none", marker=style[label][1], color=style[label][0], markersize=7, label=label)
-               for label in labels]
+    handles = [Line2D([], [], linestyle="none", marker=style[label][1], color=style[label][0], markerfacecolor=style[label][2],
+                      markersize=7, label=label) for label in labels]
     if drew_front:
         handles.append(Line2D([], [], color="0.35", linestyle="--", marker="o", markerfacecolor="none", markersize=11,
                               label="Pareto front"))
