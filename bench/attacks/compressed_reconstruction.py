@@ -25,13 +25,12 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from bench.attacks.base import Attack, AttackResult
 from bench.attacks.feature_inversion import query_client
 from bench.attacks.training import check_budget, fit_decoder, summarise
 from bench.errors import BenchError
-from bench.metrics.reconstruction import PSNR_CAP_DB, reconstruction_metrics, ssim_kernel_size
+from bench.metrics.reconstruction import per_image_metrics, reconstruction_metrics
 from bench.networks.compressive import deepinverse_generator
 from bench.threat_models import Capability, Role, ThreatModel
 
@@ -235,12 +234,11 @@ class ReleasedTrainingData(Attack):
 def per_image_similarity(images: Tensor, originals: Tensor, fsim: bool = False, batch_size: int = 500) -> tuple[Tensor, ...]:
     """Per-image PSNR (capped as in :func:`~bench.metrics.reconstruction_metrics`), SSIM and, with ``fsim``,
     FSIM (FSIMc for colour images, Zhang et al. 2011, from piq), for images in [0, 1]."""
-    images, originals = images.float().clamp(0, 1), originals.float()
-    psnr = peak_signal_noise_ratio(images, originals, data_range=1.0, reduction="none", dim=(1, 2, 3))
-    kernel = ssim_kernel_size(*originals.shape[-2:])
-    ssim = structural_similarity_index_measure(images, originals, data_range=1.0, sigma=1.5 * kernel / 11, reduction="none")
+    scores = per_image_metrics(images, originals)
+    psnr, ssim = scores["psnr"], scores["ssim"]
     if not fsim:
-        return psnr.clamp(max=PSNR_CAP_DB), ssim
+        return psnr, ssim
+    images, originals = images.float().clamp(0, 1), originals.float()
     import piq  # only this metric needs it
 
     chromatic = originals.shape[1] == 3
@@ -248,4 +246,4 @@ def per_image_similarity(images: Tensor, originals: Tensor, fsim: bool = False, 
     feature_similarity = torch.cat([piq.fsim(images[i : i + batch_size], originals[i : i + batch_size], data_range=1.0,
                                              reduction="none", chromatic=chromatic)
                                     for i in range(0, len(images), batch_size)])
-    return psnr.clamp(max=PSNR_CAP_DB), ssim, feature_similarity
+    return psnr, ssim, feature_similarity

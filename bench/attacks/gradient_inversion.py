@@ -38,8 +38,7 @@ from bench.attacks.base import Attack, AttackResult
 from bench.attacks.grouped_models import grouped_network
 from bench.attacks.label_recovery import recover_label_counts, recover_labels
 from bench.errors import BenchError
-from bench.metrics.membership import clopper_pearson
-from bench.metrics.reconstruction import PSNR_CAP_DB, SMALL_SAMPLE, mean_interval, per_image_metrics, reconstruction_metrics
+from bench.metrics.reconstruction import PSNR_CAP_DB, per_image_details, per_image_metrics, reconstruction_metrics
 from bench.threat_models import Role, ThreatModel
 
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
@@ -209,8 +208,8 @@ class GradientInversion(Attack):
         inputs = shared.inputs.detach()
         reconstructions = self.match_order(reconstructions, inputs)
         flat = reconstructions.flatten(0, 1).cpu()
-        metrics = reconstruction_metrics(flat, inputs.flatten(0, 1).cpu())
         per_image = per_image_metrics(flat, inputs.flatten(0, 1).cpu())
+        metrics = reconstruction_metrics(flat, inputs.flatten(0, 1).cpu(), per_image)
         against_original = reconstruction_metrics(flat, originals.flatten(0, 1).cpu())
         metrics["psnr_original"], metrics["ssim_original"] = against_original["psnr"], against_original["ssim"]
         recovered = torch.sort(attack_labels, dim=1).values == torch.sort(true_labels, dim=1).values
@@ -220,7 +219,7 @@ class GradientInversion(Attack):
                    "batching": self.batching,
                    "lpips": "not computed: LPIPS needs pretrained AlexNet/VGG weights, not available offline",
                    **({"reused_reconstructions_of": reused} if reused else {}),
-                   **self.image_intervals(per_image, recovered)}
+                   **per_image_details(per_image, recovered)}
         return AttackResult(metrics, examples=(inputs.flatten(0, 1)[:16].cpu(), flat[:16]), details=details)
 
     #: the last inversion run in this process (model, settings, labels, start, targets, result, attack name, batching)
@@ -243,27 +242,6 @@ class GradientInversion(Attack):
                                              {name: target.clone() for name, target in targets.items()}, result, self.name,
                                              self.batching)
         return result, None
-
-    def image_intervals(self, per_image: dict[str, Tensor], recovered: Tensor) -> dict:
-        """Per-image PSNR / SSIM (against the trained-on image) and labels, 95% Student-t intervals of the mean
-        PSNR / SSIM over images and the Clopper-Pearson interval of the label accuracy: the images of one shared batch come from one optimisation, so at batch size > 1 the
-        interval treats correlated images as independent (narrower than over batches)."""
-        count = per_image["psnr"].numel()
-        details = {"per_image": {"psnr": [round(v, 4) for v in per_image["psnr"].tolist()],
-                                 "ssim": [round(v, 5) for v in per_image["ssim"].tolist()],
-                                 "label_correct": recovered.flatten().tolist()}}
-        intervals = {}
-        for metric, values in (("psnr", per_image["psnr"]), ("ssim", per_image["ssim"])):
-            _, low, high = mean_interval(values)
-            if low is not None:
-                intervals[metric] = [low, high]
-        intervals["label_accuracy"] = list(clopper_pearson(int(recovered.sum()), recovered.numel()))  # a proportion
-        if intervals:
-            details["intervals"] = intervals  # read by the leaderboard (bench.leaderboard.records)
-        if count < SMALL_SAMPLE:
-            details["warning"] = (f"only {count} images: the mean PSNR moves by dB with one image; "
-                                  f"use num_images x batch_size >= {SMALL_SAMPLE}")
-        return details
 
     def target_model(self, module, generator: torch.Generator):
         """The model whose gradients are attacked: the module in eval mode, or a re-initialised copy of it."""

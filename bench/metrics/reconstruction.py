@@ -53,14 +53,41 @@ def mean_interval(values, confidence: float = 0.95) -> tuple[float, Optional[flo
     return mean, mean - half, mean + half
 
 
+def per_image_details(per_image: dict[str, Tensor], label_correct: Optional[Tensor] = None) -> dict:
+    """A record's per-image details: PSNR / SSIM per image, 95% Student-t intervals of their means (read by the
+    leaderboard, ``details.intervals``), the Clopper-Pearson interval of the label accuracy where labels were
+    recovered (a proportion), and a warning under :data:`SMALL_SAMPLE` images. Images reconstructed by one
+    optimisation (a shared batch) are correlated: the interval then treats them as independent (too narrow)."""
+    from bench.metrics.membership import clopper_pearson
+
+    details: dict = {"per_image": {"psnr": [round(v, 4) for v in per_image["psnr"].tolist()],
+                                   "ssim": [round(v, 5) for v in per_image["ssim"].tolist()]}}
+    intervals = {}
+    for metric in ("psnr", "ssim"):
+        _, low, high = mean_interval(per_image[metric])
+        if low is not None:
+            intervals[metric] = [low, high]
+    if label_correct is not None:
+        details["per_image"]["label_correct"] = label_correct.flatten().tolist()
+        intervals["label_accuracy"] = list(clopper_pearson(int(label_correct.sum()), label_correct.numel()))
+    if intervals:
+        details["intervals"] = intervals
+    count = per_image["psnr"].numel()
+    if count < SMALL_SAMPLE:
+        details["warning"] = (f"only {count} images: the mean PSNR moves by dB with one image; "
+                              f"use num_images x batch_size >= {SMALL_SAMPLE}")
+    return details
+
+
 @torch.no_grad()
-def reconstruction_metrics(reconstructed: Tensor, original: Tensor) -> dict[str, float]:
+def reconstruction_metrics(reconstructed: Tensor, original: Tensor,
+                           per_image: Optional[dict[str, Tensor]] = None) -> dict[str, float]:
     """MSE, mean absolute error, PSNR and SSIM between image batches in [0, 1], averaged over images.
 
     PSNR is computed per image (capped at :data:`PSNR_CAP_DB`) and then averaged, as the papers
     report it; SSIM uses a Gaussian window whose size adapts to small images (:func:`ssim_kernel_size`).
     """
-    per_image = per_image_metrics(reconstructed, original)
+    per_image = per_image_metrics(reconstructed, original) if per_image is None else per_image
     reconstructed, original = reconstructed.float().clamp(0, 1), original.float()
     return {
         "mse": (reconstructed - original).square().mean().item(),
