@@ -36,6 +36,7 @@ def make_record(**overrides) -> dict:
         "seed": 0,
         "evaluation_seed": 1234,
         "config": {"model": {}, "data": {}, "trainer": {}},
+        "run": {"world_size": 1, "effective_batch": 32, "precision": "32-true", "config_names": [], "budget": None},
         "utility": {"accuracy": 0.91},
         "privacy": [{"attack": "feature_inversion", "threat_model": "feature_release", "config": {"epochs": 1},
                      "metrics": {"mse": 0.05, "ssim": 0.4}, "directions": {"mse": "higher", "ssim": "lower"},
