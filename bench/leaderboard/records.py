@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from bench.deprecation import current_method_names
+from bench.records import PrivacyEntry, Record
 
 MISSING = "–"
 UTILITY_ONLY = "utility_only"
@@ -66,7 +67,7 @@ def _mapping(value: Any) -> dict:
 
 @dataclass
 class _Entry:
-    """One privacy entry of a record, read defensively."""
+    """One privacy entry of a record, as the tables use it (finite metrics, known directions)."""
 
     attack: str
     threat_model: str
@@ -77,6 +78,8 @@ class _Entry:
     config: dict[str, Any]
     converged: Optional[bool]
     intervals: dict[str, tuple[float, float]]
+    #: "ExceptionType: first line" of an attack that failed after training (no metrics then)
+    error: Optional[str] = None
 
     @property
     def adversary(self) -> bool:
@@ -96,27 +99,20 @@ def _intervals(details: dict) -> dict[str, tuple[float, float]]:
     return found
 
 
-def _entry(raw: dict) -> _Entry:
-    details = _mapping(raw.get("details"))
+def _entry(raw: PrivacyEntry | dict) -> _Entry:
+    entry = raw if isinstance(raw, PrivacyEntry) else PrivacyEntry.model_validate(raw)
+    details = _mapping(entry.details)
     converged = details.get("converged")
-    directions = {str(m): d for m, d in _mapping(raw.get("directions")).items() if d in ("higher", "lower")}
-    metrics = {str(m): v for m, raw_value in _mapping(raw.get("metrics")).items() if (v := _finite(raw_value)) is not None}
-    primary = raw.get("primary_metric") if isinstance(raw.get("primary_metric"), str) else None
-    return _Entry(str(raw["attack"]), str(raw["threat_model"]), "diagnostic" if raw.get("role") == "diagnostic" else "adversary",
-                  metrics, directions, primary, _mapping(raw.get("config")),
-                  converged if isinstance(converged, bool) else None, _intervals(details))
+    metrics = {str(m): v for m, raw_value in entry.metrics.items() if (v := _finite(raw_value)) is not None}
+    return _Entry(entry.attack, entry.threat_model, entry.role, metrics, dict(entry.directions), entry.primary_metric,
+                  _mapping(entry.config), converged if isinstance(converged, bool) else None, _intervals(details),
+                  entry.error)
 
 
 def _arguments(section: Any) -> dict[str, Any]:
     section = _mapping(section)
     arguments = section.get("hparams", section.get("init_args", {}))
     return {str(k): v for k, v in _mapping(arguments).items() if not str(k).startswith("_") and k not in _NOT_A_SETTING}
-
-
-def _precision(value: Any) -> str:
-    """Lightning's precision spellings, one name each (None: the default, 32-true)."""
-    text = "32" if value is None else str(value)
-    return {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}.get(text, text)
 
 
 @dataclass
@@ -137,6 +133,8 @@ class _Run:
     paper: dict[str, Any]
     configs: tuple[str, ...]
     revision: Optional[str]
+    #: the typed record (the dict above is its JSON form, the method under its current names)
+    model: Optional[Record] = None
 
     @property
     def method(self) -> dict:
@@ -150,80 +148,36 @@ class _Run:
         return found
 
 
-def _budget(record: dict) -> Optional[tuple[str, int]]:
-    """The epochs actually trained (records say so since they carry `training`), else the configured budget."""
-    training = _mapping(record.get("training"))
-    if isinstance(training.get("epochs"), int) and not isinstance(training["epochs"], bool):
-        return "epochs", training["epochs"]
-    trainer = _mapping(record["config"].get("trainer"))
-    for key, kind in (("max_epochs", "epochs"), ("max_steps", "steps")):  # Lightning: None or -1 is no limit
-        value = trainer.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return kind, value
-    return None
-
-
-def _world_size(record: dict) -> int:
-    for source in (_mapping(record.get("training")), _mapping(record["config"].get("trainer"))):
-        if isinstance(source.get("world_size"), int) and source["world_size"] > 0:
-            return source["world_size"]
-    trainer = _mapping(record["config"].get("trainer"))
-    devices, nodes = trainer.get("devices"), trainer.get("num_nodes", 1)
-    if isinstance(devices, int) and devices > 0 and isinstance(nodes, int) and nodes > 0:
-        return devices * nodes
-    return 1
-
-
-def _config_names(config: dict) -> tuple[str, ...]:
-    """The shipped config names (or file names) a run was started with."""
-    names = []
-    files = config.get("config")
-    for item in files if isinstance(files, list) else [files] if isinstance(files, str) else []:
-        text = str(item).replace("\\", "/")
-        text = text.split("/bench/configs/", 1)[1] if "/bench/configs/" in text else text.rsplit("/", 1)[-1]
-        names.append(text[:-5] if text.endswith(".yaml") else text)
-    return tuple(names)
-
-
-def _degenerate(record: dict) -> bool:
+def _degenerate(record: Record | dict) -> bool:
+    if isinstance(record, Record):
+        return record.degenerate
     return record.get("degenerate") is True or _mapping(record.get("utility")).get("degenerate") is True
 
 
-def _read(record: dict, path: Path) -> _Run:
-    """Everything the leaderboard needs from a record; TypeError/KeyError/ValueError say it is unusable.
+def _finite_numbers(values: dict[str, Any]) -> dict[str, float]:
+    return {str(k): v for k, raw in values.items() if (v := _finite(raw)) is not None}
+
+
+def _read(record: Record, path: Path) -> _Run:
+    """Everything the leaderboard needs from a (validated) record; the run facts are the record's own.
 
     The method's arguments and network are read under their current names (:mod:`bench.deprecation`): a
     record written before a rename joins the rows of new runs of the same setting.
     """
-    method = current_method_names(_mapping(record["method"]))
-    record = {**record, "method": method}
-    for key in ("name", "label"):
-        if not isinstance(method.get(key), str):
-            raise ValueError(f"method.{key} must be a string")
-    if not isinstance(_mapping(record["dataset"]).get("name"), str):
-        raise ValueError("dataset.name must be a string")
-    if not isinstance(record.get("privacy"), list) or not all(isinstance(e, dict) for e in record["privacy"]):
-        raise ValueError("privacy must be a list of objects")
-    entries = [_entry(raw) for raw in record["privacy"]]
-    utility = {str(k): v for k, raw in _mapping(record.get("utility")).items() if (v := _finite(raw)) is not None}
-    cost = {str(k): v for k, raw in _mapping(record.get("cost")).items() if (v := _finite(raw)) is not None}
+    raw = record.to_dict()
+    raw["method"] = current_method_names(raw["method"])
+    cost = _finite_numbers(record.cost)
     if _PARAMETERS in cost and _NONZERO in cost and _COMPRESSION not in cost:  # records from before the harness said so
         cost[_COMPRESSION] = cost[_PARAMETERS] / max(cost[_NONZERO], 1.0)
-    config = _mapping(record.get("config"))
-    trainer = _mapping(config.get("trainer"))
-    world = _world_size(record)
-    batch = _mapping(_mapping(config.get("data")).get("init_args")).get("batch_size")
-    accumulate = trainer.get("accumulate_grad_batches", 1)
-    accumulate = accumulate if isinstance(accumulate, int) and accumulate > 0 else 1
-    effective = batch * world * accumulate if isinstance(batch, int) and not isinstance(batch, bool) else None
-    experiment = record.get("experiment")
-    declared = method.get("headline_cost")
+    declared = (record.method.model_extra or {}).get("headline_cost")
     declared = tuple(str(k) for k in declared) if isinstance(declared, list) else ()
-    revision = _mapping(record.get("software")).get("git_revision")
-    return _Run(record, path, entries, utility, cost, _budget(record), world, effective,
-                _precision(trainer.get("precision")), experiment if isinstance(experiment, str) and experiment else None,
-                declared, _mapping(record.get("paper")), _config_names(config),
-                revision if isinstance(revision, str) else None)
+    revision = record.software.get("git_revision")
+    facts = record.run
+    budget = (facts.budget.unit, facts.budget.value) if facts.budget is not None else None
+    return _Run(raw, path, [_entry(entry) for entry in record.privacy], _finite_numbers(record.utility), cost, budget,
+                facts.world_size, facts.effective_batch, facts.precision, record.experiment or None, declared,
+                _mapping(record.paper), tuple(facts.config_names), revision if isinstance(revision, str) else None,
+                record)
 
 
 def _safe(text: str) -> str:
