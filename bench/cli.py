@@ -132,6 +132,7 @@ def evaluate_command(argv: list[str]) -> None:
 
     import bench.attacks  # noqa: F401
     from bench.callbacks.privacy_evaluation import PrivacyEvaluation
+    from bench.records import run_facts_from_config
 
     parser = ArgumentParser(prog="bench evaluate", description="Run the privacy harness on a checkpoint written by `bench fit`.",
                             exit_on_error=False)
@@ -153,19 +154,28 @@ def evaluate_command(argv: list[str]) -> None:
     if not isinstance(run_config, dict):
         run_config = {"model": {"class_path": checkpoint["method_class"], "init_args": dict(module.hparams)},
                       "data": {"class_path": checkpoint["datamodule_class"], "init_args": dict(datamodule.hparams)}}
-    evaluation = init.evaluation
+    evaluator = init.evaluation.evaluator()
     trained_with = run_config.get("evaluation").get("attacks") if isinstance(run_config.get("evaluation"), dict) else None
     if trained_with is not None and not isinstance(trained_with, list):
         raise BenchError(f"{args.checkpoint}: run_config.evaluation.attacks must be a list, got {type(trained_with).__name__}")
-    if evaluation.attacks is None and trained_with:
+    if evaluator.attacks is None and trained_with:
         # unless told otherwise, attack the checkpoint exactly as its run was attacked, so the records compare
-        evaluation.attacks = [instantiate_attack(spec, f"{args.checkpoint}: run_config.evaluation.attacks[{index}]")
-                              for index, spec in enumerate(trained_with)]
+        evaluator.attacks = [instantiate_attack(spec, f"{args.checkpoint}: run_config.evaluation.attacks[{index}]")
+                             for index, spec in enumerate(trained_with)]
     epoch = checkpoint.get("epoch")
-    config = {**run_config, "checkpoint": str(Path(args.checkpoint).resolve()),
-              "training": {"epochs": None if epoch is None else epoch + 1, "global_step": checkpoint.get("global_step")},
-              "evaluation": {**plain(args.evaluation), "attacks": [describe_attack(a) for a in evaluation.attacks or []] or None}}
-    evaluation.evaluate_and_record(module, datamodule, config=config)
+    training = {"epochs": None if epoch is None else epoch + 1, "global_step": checkpoint.get("global_step")}
+    config = {**run_config, "checkpoint": str(Path(args.checkpoint).resolve()), "training": training,
+              "evaluation": {**plain(args.evaluation), "attacks": [describe_attack(a) for a in evaluator.attacks or []] or None}}
+    if training["global_step"] == 0 and not evaluator.allow_untrained:  # the checks `bench fit` made before training
+        raise BenchError("the checkpoint is of a model that took no optimizer step, and an untrained model is not "
+                         "a result; --evaluation.allow_untrained true evaluates it anyway")
+    evaluator.check_preconditions(module, datamodule)
+    outcome = evaluator.run(module, datamodule, config=config, training=training,
+                            run=run_facts_from_config(run_config, training))
+    evaluator.refresh_leaderboard(outcome)
+    print(outcome.summary(), flush=True)
+    if not outcome.complete:
+        raise outcome.incomplete_error()
 
 
 # ---------------------------------------------------------------------- bench leaderboard

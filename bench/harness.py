@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import platform
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from bench.datamodules.base import PrivacyDataModule
 from bench.errors import class_path
 from bench.metrics.cost import client_flops_per_sample, count_parameters, released_bytes_per_sample
 from bench.metrics.utility import utility_from_batches
-from bench.records import SCHEMA_VERSION, new_record_id, utc_now
+from bench.records import SCHEMA_VERSION, Record, new_record_id, plain_json, run_facts_from_config, utc_now
 from bench.threat_models import ThreatModel
 
 if TYPE_CHECKING:  # the harness uses the contract only; importing the methods would make it depend on all of them
@@ -114,27 +115,50 @@ def _evaluate(module, datamodule, attacks, seed, was_training, started, clock, b
                     skipped.append({"attack": attack.name, "threat_model": attack.threat_model.value,
                                     "class": class_path(attack), "reason": reason})
                 continue
-            generator = torch.Generator().manual_seed(seed)
-            attack_clock = time.perf_counter()
-            with torch.inference_mode(False), torch.enable_grad():
-                result = attack.run(module, datamodule, generator)
-            if budget_check and attack.budget_args:
-                result.details["budget_check"] = _budget_check(attack, result, module, datamodule, seed)
-            shown = ", ".join(f"{key} {value:.4g}" for key, value in result.metrics.items() if isinstance(value, (int, float)))
-            print(f"bench: attack {attack.name}: {shown} ({time.perf_counter() - attack_clock:.1f} s)", flush=True)
-            privacy.append({"attack": attack.name, "threat_model": attack.threat_model.value,
-                            "role": attack.role.value, "class": class_path(attack),
-                            "config": attack.config(), "metrics": result.metrics,
-                            "directions": dict(attack.metric_directions), "primary_metric": attack.primary_metric,
-                            "details": result.details,
-                            # e.g. an FPR too low for the non-members scored: beside the metrics it qualifies
-                            "warnings": list(result.details.get("warnings", []))})
-            if result.examples is not None:
-                examples[attack.name] = result.examples
+            entry, example = _run_attack(attack, module, datamodule, seed, budget_check)
+            privacy.append(entry)
+            if example is not None:
+                examples[attack.name] = example
     finally:
         module.train(was_training)
     cost["evaluation_seconds"] = round(time.perf_counter() - clock, 3)
     return Evaluation(utility, privacy, cost, examples, started, utc_now(), skipped=skipped)
+
+
+def _run_attack(attack: Attack, module, datamodule, seed: int, budget_check: bool):
+    """One attack's privacy entry (its error instead of metrics if it raised) and its examples, if any."""
+    generator = torch.Generator().manual_seed(seed)
+    attack_clock = time.perf_counter()
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            result = attack.run(module, datamodule, generator)
+        if budget_check and attack.budget_args:
+            result.details["budget_check"] = _budget_check(attack, result, module, datamodule, seed)
+    except Exception as error:  # one attack's failure never costs the others their results
+        entry = _failed_entry(attack, error)
+        print(f"bench: attack {attack.name} FAILED: {entry['error']} ({time.perf_counter() - attack_clock:.1f} s)",
+              file=sys.stderr, flush=True)
+        return entry, None
+    shown = ", ".join(f"{key} {value:.4g}" for key, value in result.metrics.items() if isinstance(value, (int, float)))
+    print(f"bench: attack {attack.name}: {shown} ({time.perf_counter() - attack_clock:.1f} s)", flush=True)
+    entry = {**_entry_of(attack), "metrics": result.metrics, "details": result.details,
+             # e.g. an FPR too low for the non-members scored: beside the metrics it qualifies
+             "warnings": list(result.details.get("warnings", []))}
+    return entry, result.examples
+
+
+def _entry_of(attack: Attack) -> dict[str, Any]:
+    """The privacy entry's description of ``attack`` (what ran, how it is read), without its results."""
+    return {"attack": attack.name, "threat_model": attack.threat_model.value, "role": attack.role.value,
+            "class": class_path(attack), "config": attack.config(), "directions": dict(attack.metric_directions),
+            "primary_metric": attack.primary_metric}
+
+
+def _failed_entry(attack: Attack, error: Exception) -> dict[str, Any]:
+    """The entry of an attack that raised: its error (type and first line), no metrics."""
+    text = str(error).strip()
+    message = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    return {**_entry_of(attack), "metrics": {}, "details": {}, "warnings": [], "error": message[:500]}
 
 
 BUDGET_CHECK_FACTOR = 2
@@ -167,13 +191,21 @@ def git_revision() -> Optional[str]:
 
 
 def build_record(evaluation: Evaluation, module: PrivacyModule, datamodule: PrivacyDataModule, *,
-                 config: dict[str, Any], seed: Optional[int], evaluation_seed: int,
+                 config: dict[str, Any], seed: Optional[int], evaluation_seed: int, run: Optional[dict[str, Any]] = None,
                  paper: Optional[dict[str, Any]] = None, wandb: Optional[dict[str, Any]] = None,
-                 fit_seconds: Optional[float] = None, training: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """The result record of one evaluation (schema in :mod:`bench.records`)."""
+                 fit_seconds: Optional[float] = None, training: Optional[dict[str, Any]] = None,
+                 experiment: Optional[str] = None) -> Record:
+    """The result record of one evaluation (:class:`bench.records.Record`), validated as it is built.
+
+    ``run``: the run facts (:class:`bench.records.RunFacts`: world size, effective batch, precision, config
+    names, budget), from the trainer that ran or the configuration of the checkpoint's run (None: derived from
+    ``config`` and ``training``, as for a schema 1 record).
+    """
+    if run is None:
+        run = run_facts_from_config(config, training)
     cost = dict(evaluation.cost)
     cost["fit_seconds"] = None if fit_seconds is None else round(fit_seconds, 3)
-    return {
+    record = {
         "schema_version": SCHEMA_VERSION,
         "record_id": new_record_id(),
         "created": utc_now(),
@@ -184,6 +216,7 @@ def build_record(evaluation: Evaluation, module: PrivacyModule, datamodule: Priv
         "seed": seed,
         "evaluation_seed": evaluation_seed,
         "training": training,
+        "run": run,
         "config": config,
         "utility": evaluation.utility,
         "privacy": evaluation.privacy,
@@ -195,3 +228,6 @@ def build_record(evaluation: Evaluation, module: PrivacyModule, datamodule: Priv
         "wandb": wandb,
         "artifacts": {},
     }
+    if experiment is not None:
+        record["experiment"] = str(experiment)
+    return Record.parse(plain_json(record))

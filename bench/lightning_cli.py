@@ -162,14 +162,21 @@ def run_lightning_cli(argv: list[str]):
                     callback.defer_summary = True  # printed by after_fit, after W&B's own closing lines
 
         def after_fit(self) -> None:
-            summaries = [callback.summary for callback in self.trainer.callbacks
-                         if isinstance(callback, PrivacyEvaluation) and callback.summary]
-            if summaries and self.trainer.is_global_zero:
-                import wandb
+            # the evaluation callbacks wrote their records; the CLI refreshes the leaderboard and closes the run
+            evaluations = [callback for callback in self.trainer.callbacks
+                           if isinstance(callback, PrivacyEvaluation) and callback.outcome is not None]
+            if not evaluations or not self.trainer.is_global_zero:
+                return
+            for callback in evaluations:
+                callback.evaluator().refresh_leaderboard(callback.outcome)
+            import wandb
 
-                if wandb.run is not None:
-                    wandb.finish()  # its sync hint now, not after our summary at exit
-                print("\n".join(summaries), flush=True)
+            if wandb.run is not None:
+                wandb.finish()  # its sync hint now, not after our summary at exit
+            print("\n".join(callback.outcome.summary() for callback in evaluations), flush=True)
+            incomplete = [callback.outcome for callback in evaluations if not callback.outcome.complete]
+            if incomplete:  # a failed attack or an unwritable records folder: exit 1, after the summary
+                raise incomplete[0].incomplete_error()
 
     # exit_on_error off: a parser error is raised, and `main` prints its one useful line instead of 60 lines of usage
     default_config = {"exit_on_error": False,

@@ -395,6 +395,8 @@ class Record(_Open):
     @classmethod
     def parse(cls, data: Any) -> "Record":
         """The record ``data`` (a dict as JSON holds it; schema 1 is migrated) or a one-line :class:`RecordError`."""
+        if isinstance(data, Record):
+            return data  # validated when it was built
         try:
             return cls.model_validate(data)
         except RecordError:

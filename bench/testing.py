@@ -63,10 +63,10 @@ def check_method_contract(method: type, tmp_path: Path, datamodule: Optional[Any
     """
     import lightning as L
 
-    from bench.callbacks.privacy_evaluation import PrivacyEvaluation
     from bench.checkpoints import load_checkpoint
     from bench.datamodules import Digits
     from bench.modules.base import PrivacyModule
+    from bench.evaluator import Evaluator, fallback_config, run_facts_from_trainer, training_progress
     from bench.records import load_records
 
     name = getattr(method, "__name__", repr(method))
@@ -90,11 +90,18 @@ def check_method_contract(method: type, tmp_path: Path, datamodule: Optional[Any
         _expect(isinstance(module.client_network(), torch.nn.Module), f"{name}.client_network() must be an nn.Module")
 
     attacks = tiny_attacks()
-    evaluation = PrivacyEvaluation(attacks=attacks, records_dir=str(tmp_path / "records"), leaderboard_dir=None)
     trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False, accelerator="cpu",
-                        default_root_dir=tmp_path, callbacks=[evaluation], enable_progress_bar=False,
-                        enable_model_summary=False)
+                        default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, datamodule)
+
+    # the evaluator the callback and `bench evaluate` hand trained methods to, called directly
+    evaluator = Evaluator(attacks=attacks, records_dir=str(tmp_path / "records"))
+    evaluator.check_preconditions(module, datamodule)
+    config = fallback_config(module, datamodule, trainer, evaluator)
+    outcome = evaluator.run(module, datamodule, config=config, training=training_progress(trainer),
+                            run=run_facts_from_trainer(trainer, datamodule, config))
+    failed = {entry.attack: entry.error for entry in outcome.record.failed_attacks}
+    _expect(not failed, f"{name}: attacks failed: {failed}")
 
     loaded = load_records([tmp_path / "records"])
     _expect(loaded.problems == [] and len(loaded.records) == 1, f"{name}: expected one valid record, got {loaded}")

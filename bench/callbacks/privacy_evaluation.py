@@ -1,12 +1,7 @@
-"""Run the evaluation harness when training ends, and leave a record, logs and a leaderboard."""
+"""Run the evaluation when training ends: a thin adapter that hands the trained module to the :class:`Evaluator`."""
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -14,25 +9,27 @@ from typing import Any, Optional
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
-from torch import Tensor
-from torchvision.utils import make_grid, save_image
 
 from bench.attacks.base import Attack
 from bench.datamodules.base import PrivacyDataModule
 from bench.errors import BenchError
-from bench.harness import Evaluation, build_record, default_attacks, evaluate
+from bench.evaluator import (  # noqa: F401  (chance_level as _chance_level: its old name)
+    HARNESS_MIN_POOL_SIZES,
+    Evaluator,
+    Outcome,
+    chance_level as _chance_level,
+    fallback_config,
+    run_facts_from_trainer,
+    training_progress,
+)
 from bench.modules.base import PrivacyModule
-from bench.records import DEFAULT_LEADERBOARD_DIR, DEFAULT_RECORDS_DIR, validate_record, write_record
-
-
-#: the fewest samples per pool any evaluation needs (an attacker trains on its pool, utility is measured on test)
-HARNESS_MIN_POOL_SIZES = {"test": 1, "attacker": 2}
+from bench.records import DEFAULT_LEADERBOARD_DIR, DEFAULT_RECORDS_DIR
 
 
 class PrivacyEvaluation(Callback):
-    """At the end of ``fit``: evaluate the method, write its result record, refresh the leaderboard.
+    """At the end of ``fit``: hand the trained method to the :class:`~bench.evaluator.Evaluator` (evaluate, write
+    its result record, log); outside ``bench fit``, also refresh the leaderboard and print the summary.
 
     Under DDP only global rank 0 evaluates, on the whole test and attacker pools, so the
     numbers do not depend on the number of devices and nothing is written twice.
@@ -73,8 +70,9 @@ class PrivacyEvaluation(Callback):
         #: the full run configuration; ``bench fit`` sets it from the parsed command line
         self.run_config: Optional[dict[str, Any]] = None
         self.last_record_path: Optional[Path] = None
-        #: the closing summary; `bench fit` prints it after the loggers' own closing lines (``defer_summary``)
-        self.summary: Optional[str] = None
+        #: what the last evaluation left (record, path, failed attacks)
+        self.outcome: Optional[Outcome] = None
+        #: `bench fit` refreshes the leaderboard and prints the summary itself, after the loggers' closing lines
         self.defer_summary = False
         self._fit_started: Optional[float] = None
         self._log_dir: Optional[str] = None
@@ -98,21 +96,15 @@ class PrivacyEvaluation(Callback):
         if isinstance(pl_module, PrivacyModule) and isinstance(trainer.datamodule, PrivacyDataModule):
             self.check_preconditions(pl_module, trainer.datamodule)
 
+    def evaluator(self) -> Evaluator:
+        """The evaluator this callback's arguments configure (read now: `bench evaluate` may have changed them)."""
+        return Evaluator(attacks=self.attacks, seed=self.seed, records_dir=self.records_dir,
+                         leaderboard_dir=self.leaderboard_dir, paper=self.paper, experiment=self.experiment,
+                         allow_untrained=self.allow_untrained, budget_check=self.budget_check)
+
     def check_preconditions(self, module: PrivacyModule, datamodule: PrivacyDataModule) -> None:
         """What would make the evaluation fail after the work, checked before it: outputs, pool sizes."""
-        _check_writable(self.records_dir, "--evaluation.records_dir")
-        if self.leaderboard_dir is not None:
-            _check_writable(self.leaderboard_dir, "--evaluation.leaderboard_dir")
-        attacks = [attack for attack in (default_attacks() if self.attacks is None else self.attacks) if attack.applies_to(module)]
-        sizes = datamodule.pool_sizes()
-        for attack in [None, *attacks]:
-            needed = HARNESS_MIN_POOL_SIZES if attack is None else attack.min_pool_sizes
-            short = {pool: (count, sizes.get(pool, 0)) for pool, count in needed.items() if sizes.get(pool, 0) < count}
-            if short:
-                who = "the harness" if attack is None else f"attack {attack.name}"
-                pools = ", ".join(f"{pool} pool {have} (needs {count})" for pool, (count, have) in short.items())
-                raise BenchError(f"{datamodule.name}: {who} cannot run on these pools: {pools}; "
-                                 "raise --data.pool_limit or change --data.fractions")
+        self.evaluator().check_preconditions(module, datamodule)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_started = time.perf_counter()
@@ -141,195 +133,18 @@ class PrivacyEvaluation(Callback):
         fit_seconds = None if self._fit_started is None else time.perf_counter() - self._fit_started
         if self._device is not None:
             pl_module.to(self._device)
-        self.evaluate_and_record(pl_module, trainer.datamodule, trainer=trainer, fit_seconds=fit_seconds)
+        config = self.run_config or fallback_config(pl_module, trainer.datamodule, trainer, self.evaluator())
+        evaluator = self.evaluator()
+        self.outcome = evaluator.run(pl_module, trainer.datamodule, config=config, training=training_progress(trainer),
+                                     run=run_facts_from_trainer(trainer, trainer.datamodule, config),
+                                     fit_seconds=fit_seconds, loggers=list(trainer.loggers), step=trainer.global_step,
+                                     log_dir=self._log_dir)
+        self.last_record_path = self.outcome.path
+        if not self.defer_summary:  # outside `bench fit` (a script): finish here; `bench fit` finishes in after_fit
+            evaluator.refresh_leaderboard(self.outcome)
+            print(self.outcome.summary(), flush=True)  # only rank 0 gets here
 
-    def evaluate_and_record(self, module: PrivacyModule, datamodule: PrivacyDataModule, *,
-                            trainer: Optional[L.Trainer] = None, fit_seconds: Optional[float] = None,
-                            config: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-        """Evaluate, write the record, log to the trainer's loggers and refresh the leaderboard."""
-        training = _training_progress(trainer) if trainer is not None else (config or {}).get("training")
-        untrained = isinstance(training, dict) and training.get("global_step") == 0
-        if trainer is None:  # `bench evaluate`: the checks `bench fit` made before training
-            if untrained and not self.allow_untrained:
-                raise BenchError("the checkpoint is of a model that took no optimizer step, and an untrained model is not "
-                                 "a result; --evaluation.allow_untrained true evaluates it anyway")
-            self.check_preconditions(module, datamodule)
-        attacks = default_attacks() if self.attacks is None else self.attacks
-        if not sys.stderr.isatty():  # a bar's redraws are one line each in a log: the harness prints a line per attack
-            for attack in attacks:
-                if getattr(attack, "progress", False):
-                    attack.progress = False
-        evaluation = evaluate(module, datamodule, attacks, seed=self.seed, budget_check=self.budget_check)
-        evaluation.utility.update(_chance_level(evaluation.utility.get("accuracy"), datamodule, untrained))
-        loggers = list(trainer.loggers) if trainer is not None else []
-        wandb_logger = next((logger for logger in loggers if isinstance(logger, WandbLogger)), None)
-        record = build_record(
-            evaluation, module, datamodule,
-            config=config or self.run_config or _fallback_config(module, datamodule, trainer, self),
-            seed=_training_seed(config or self.run_config), evaluation_seed=self.seed, paper=self.paper,
-            wandb=_wandb_reference(wandb_logger), fit_seconds=fit_seconds, training=training,
-        )
-        if self.experiment is not None:
-            record["experiment"] = str(self.experiment)
-        validate_record(json.loads(json.dumps(record, default=str)))  # a bad record fails before any file is written
-        record["artifacts"] = _save_example_grids(evaluation, Path(self.records_dir) / "artifacts", record["record_id"])
-        record["artifacts"].update(_save_roc_plot(record, Path(self.records_dir) / "artifacts"))
-        path = write_record(record, self.records_dir)
-        self.last_record_path = path
-        _log(loggers, evaluation, record, step=trainer.global_step if trainer is not None else 0)
-        leaderboard = self._refresh_leaderboard() if self.leaderboard_dir is not None else None
-        self.summary = _summary(record, path, leaderboard, self._log_dir if trainer is not None else None)
-        if not self.defer_summary:
-            print(self.summary, flush=True)  # only rank 0 gets here
-        return record
-
-
-    def _refresh_leaderboard(self) -> Optional[Path]:
-        """Regenerate the leaderboard; other records' problems are one line each and never cost this run its summary."""
-        from bench.leaderboard import generate_leaderboard
-
-        try:
-            result = generate_leaderboard([self.records_dir], self.leaderboard_dir)
-        except Exception as error:  # the record is written: a leaderboard problem must not hide it
-            print(f"bench: warning: leaderboard {self.leaderboard_dir} not regenerated ({type(error).__name__}: "
-                  f"{str(error).splitlines()[0] if str(error) else ''}); run `bench leaderboard`", file=sys.stderr, flush=True)
-            return None
-        for file, problem in result.problems:
-            print(f"bench: warning: skipped malformed record {file}: {problem}", file=sys.stderr, flush=True)
-        return result.markdown
-
-
-def _chance_level(accuracy: Optional[float], datamodule: PrivacyDataModule, untrained: bool) -> dict[str, Any]:
-    """The majority-class accuracy on the test pool, and whether the model did no better than it.
-
-    A model within two standard errors of always answering the most frequent class (an untrained or diverged
-    run) learned nothing: its attacks measure nothing either, so its record is marked ``degenerate`` and the
-    leaderboard leaves it out unless asked.
-    """
-    labels = datamodule.pool("test").labels
-    if labels.ndim != 1 or labels.numel() == 0 or accuracy is None:
-        return {"degenerate": untrained}
-    chance = torch.bincount(labels).max().item() / labels.numel()
-    margin = 2 * math.sqrt(chance * (1 - chance) / labels.numel())
-    return {"chance_accuracy": chance, "degenerate": untrained or accuracy <= chance + margin}
-
-
-def _check_writable(directory: str, option: str) -> None:
-    """Create ``directory`` and a file in it now, so that an unwritable one is found before training, not after."""
-    try:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=directory)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as error:
-        raise BenchError(f"{option} {directory} is not writable ({type(error).__name__}: {error.strerror or error}); "
-                         f"choose another with {option}") from error
-
-
-def _training_progress(trainer: L.Trainer) -> dict[str, Any]:
-    """What was actually trained, which a configured budget does not say (early stopping, max_time, limits)."""
-    checkpoint = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
-    return {"epochs": trainer.current_epoch, "global_step": trainer.global_step, "world_size": trainer.world_size,
-            "limit_train_batches": trainer.limit_train_batches, "checkpoint": checkpoint}
-
-
-def _training_seed(config: Optional[dict[str, Any]]) -> Optional[int]:
-    seed = (config or {}).get("seed_everything", os.environ.get("PL_GLOBAL_SEED"))  # the env: set by seed_everything
-    if seed is None or isinstance(seed, bool):  # `seed_everything: true` picks a seed that Lightning records in the env
-        seed = os.environ.get("PL_GLOBAL_SEED")
-    return int(seed) if seed is not None else None
-
-
-def _fallback_config(module: PrivacyModule, datamodule: PrivacyDataModule, trainer: Optional[L.Trainer],
-                     callback: PrivacyEvaluation) -> dict[str, Any]:
-    """The configuration of a run that did not come through ``bench fit`` (e.g. a Python script)."""
-    trainer_config = {}
-    if trainer is not None:
-        trainer_config = {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
-                          "world_size": trainer.world_size, "strategy": type(trainer.strategy).__name__,
-                          "precision": str(trainer.precision)}
-    return {"model": {"class_path": module.describe()["class"], "init_args": dict(module.hparams)},
-            "data": {"class_path": datamodule.describe()["class"], "init_args": dict(datamodule.hparams)},
-            "trainer": trainer_config,
-            "evaluation": {"seed": callback.seed, "attacks": [type(a).__name__ for a in callback.attacks or []] or "all"}}
-
-
-def _wandb_reference(logger: Optional[WandbLogger]) -> Optional[dict[str, Any]]:
-    if logger is None:
-        return None
-    if hasattr(logger, "reference"):
-        return logger.reference()
-    run = logger.experiment
-    return {"project": logger.name, "run_id": getattr(run, "id", None), "url": getattr(run, "url", None)}
-
-
-def _save_roc_plot(record: dict[str, Any], directory: Path) -> dict[str, str]:
-    """One log-log ROC plot of every attack that reported its ROC curve (``details["roc"]``: {fpr, tpr})."""
-    curves = {entry["attack"]: entry["details"]["roc"] for entry in record["privacy"]
-              if isinstance((entry.get("details") or {}).get("roc"), dict)}
-    if not curves:
-        return {}
-    from bench.metrics.membership import plot_roc
-
-    path = plot_roc(curves, directory / f"{record['record_id'][:8]}-roc.png", title=record["method"]["label"])
-    return {"roc": str(path)}
-
-
-def _save_example_grids(evaluation: Evaluation, directory: Path, record_id: str) -> dict[str, str]:
-    """Originals (top row) over reconstructions (bottom row), one PNG per attack that reconstructs."""
-    artifacts = {}
-    for attack, (originals, reconstructions) in evaluation.examples.items():
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{record_id[:8]}-{attack}.png"
-        save_image(_example_grid(originals, reconstructions), path)
-        artifacts[f"{attack}_examples"] = str(path)
-    return artifacts
-
-
-def _example_grid(originals: Tensor, reconstructions: Tensor) -> Tensor:
-    reconstructions = reconstructions.clamp(0, 1).to(originals.dtype)
-    if reconstructions.shape[1] != originals.shape[1]:  # e.g. a grey reconstruction of a colour image
-        reconstructions = reconstructions.expand(-1, originals.shape[1], -1, -1)
-    return make_grid(torch.cat([originals, reconstructions]), nrow=len(originals), padding=1, pad_value=1.0)
-
-
-def _flat_metrics(record: dict[str, Any]) -> dict[str, float]:
-    metrics = {f"eval/{key}": value for key, value in record["utility"].items()}
-    for entry in record["privacy"]:
-        metrics.update({f"eval/{entry['attack']}/{key}": value for key, value in entry["metrics"].items()})
-    metrics.update({f"eval/cost/{key}": value for key, value in record["cost"].items() if isinstance(value, (int, float))})
-    return metrics
-
-
-def _log(loggers, evaluation: Evaluation, record: dict[str, Any], step: int) -> None:
-    metrics = _flat_metrics(record)
-    for logger in loggers:
-        logger.log_metrics(metrics, step=step)
-        if isinstance(logger, WandbLogger) and getattr(logger, "mode", "online") != "disabled":
-            for attack, (originals, reconstructions) in evaluation.examples.items():
-                logger.log_image(key=f"eval/{attack}/examples", images=[_example_grid(originals, reconstructions)],
-                                 caption=["originals (top) and reconstructions (bottom)"])
-            columns = ["record_id", "method", "label", "dataset", "network", "seed"] + list(metrics)
-            row = [record["record_id"], record["method"]["name"], record["method"]["label"], record["dataset"]["name"],
-                   record["method"]["network"], record["seed"]] + list(metrics.values())
-            logger.log_table(key="eval/result_record", columns=columns, data=[row])
-
-
-def _summary(record: dict[str, Any], path: Path, leaderboard: Optional[Path], log_dir: Optional[str]) -> str:
-    parts = [f"accuracy {record['utility']['accuracy']:.4f}"]
-    for entry in record["privacy"]:
-        parts.append(entry["attack"] + " " + " ".join(f"{k} {v:.4g}" for k, v in entry["metrics"].items() if v is not None))
-    lines = [f"\nbench: {record['method']['label']} on {record['dataset']['name']}: " + " | ".join(parts)]
-    if record["utility"].get("degenerate"):
-        lines.append(f"  DEGENERATE: accuracy at chance level ({record['utility'].get('chance_accuracy', 0):.4f} by always "
-                     "answering the most frequent class) or no training: the record is marked degenerate and the "
-                     "leaderboard leaves it out")
-    if log_dir:
-        lines.append(f"  logs and checkpoints: {log_dir}")
-    if record.get("wandb") and record["wandb"].get("dir"):
-        how = "" if record["wandb"]["mode"] == "online" else " (offline; upload with `wandb sync`)"
-        lines.append(f"  W&B run: {record['wandb'].get('url') or Path(record['wandb']['dir']).parent}{how}")
-    lines.append(f"  result record: {path}")
-    if leaderboard is not None:
-        lines.append(f"  leaderboard: {leaderboard}")
-    return "\n".join(lines)
+    @property
+    def summary(self) -> Optional[str]:
+        """The closing summary of the last evaluation (None before one)."""
+        return None if self.outcome is None else self.outcome.summary()
