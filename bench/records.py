@@ -1,7 +1,7 @@
 """Result records: one JSON file per evaluation, a typed :class:`Record`, written atomically, read leniently.
 
-The schema is the :class:`Record` model (exported as JSON Schema in ``docs/record.schema.json``, ``bench schema``
-prints it). A record is validated once when it is built (model construction, which :func:`write_record` does) and
+The schema is the :class:`Record` model, exported as JSON Schema in ``docs/record.schema.json`` (regenerate it
+with ``python -m bench.records``). A record is validated once when it is built (model construction, which :func:`write_record` does) and
 once when it is read (:func:`read_record`); schema 1 records are read through :func:`migrate_v1`, which adds the
 run facts (``run``) that schema 2 records carry from their evaluation.
 
@@ -429,7 +429,7 @@ def _first_problem(error: ValidationError) -> str:
 
 
 def record_schema() -> dict[str, Any]:
-    """The JSON Schema of :class:`Record` (``docs/record.schema.json``; ``bench schema``)."""
+    """The JSON Schema of :class:`Record` (``docs/record.schema.json``; ``python -m bench.records`` prints it)."""
     schema = Record.model_json_schema(by_alias=True)
     schema["$id"] = f"https://bench/record.schema.v{SCHEMA_VERSION}.json"
     return schema
@@ -525,3 +525,7 @@ def load_records(paths: Iterable[str | Path]) -> LoadedRecords:
         loaded.models.append(record)
         loaded.paths.append(file)
     return loaded
+
+
+if __name__ == "__main__":  # python -m bench.records > docs/record.schema.json
+    print(json.dumps(record_schema(), indent=2, sort_keys=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import pytest
@@ -118,3 +119,81 @@ def test_mirror_decoder_falls_back_when_the_client_cannot_be_mirrored(digits):
     # an Identity client has no layer to mirror: the record says which decoder was used instead
     assert evaluation.privacy[0]["details"]["decoder_used"] == "upsampling"
     assert evaluation.privacy[0]["config"]["decoder"] == "mirror"
+
+
+# ----------------------------------------------------------------------------- the evaluator: one failure costs nothing else
+class _Failing(FeatureInversion):
+    """An attack that raises after training, as NasrAttack once did: the other attacks' results must survive."""
+
+    name = "failing_inversion"
+
+    def run(self, module, datamodule, generator):
+        raise RuntimeError("simulated attack failure\nsecond line of the message")
+
+
+def _evaluator(tmp_path, attacks):
+    from bench.evaluator import Evaluator
+
+    return Evaluator(attacks=attacks, records_dir=str(tmp_path / "records"))
+
+
+def _run(evaluator, module, datamodule, log_dir=None):
+    from bench.records import run_facts_from_config
+
+    return evaluator.run(module, datamodule, config={}, training=None, run=run_facts_from_config({}, None), log_dir=log_dir)
+
+
+def test_a_failing_attack_keeps_every_other_attacks_result(digits, tmp_path, capsys):
+    from bench.records import load_records
+
+    outcome = _run(_evaluator(tmp_path, [_attack(epochs=1), _Failing(epochs=1)]), _Releasing(digits.spec), digits)
+    (record,) = load_records([tmp_path / "records"]).models
+    good, failed = record.privacy
+    assert good.attack == "feature_inversion" and good.metrics and good.error is None
+    assert failed.attack == "failing_inversion" and failed.metrics == {}
+    assert failed.error == "RuntimeError: simulated attack failure"
+    assert outcome.failed_attacks == ["failing_inversion"] and not outcome.complete
+    summary = outcome.summary()
+    assert "failing_inversion FAILED: RuntimeError: simulated attack failure" in summary
+    assert "feature_inversion mse" in summary
+    error = str(outcome.incomplete_error())
+    assert "failing_inversion failed" in error and str(outcome.path) in error
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_an_unwritable_records_folder_keeps_the_record_in_the_log_folder(digits, tmp_path, monkeypatch, capsys):
+    import bench.evaluator
+    from bench.records import load_records, write_record
+
+    records = tmp_path / "records"
+
+    def full_disk(record, directory):
+        if Path(directory) == records:
+            raise OSError(28, "No space left on device")
+        return write_record(record, directory)
+
+    monkeypatch.setattr(bench.evaluator, "write_record", full_disk)
+    outcome = _run(_evaluator(tmp_path, [_attack(epochs=1)]), _Releasing(digits.spec), digits, log_dir=str(tmp_path / "logs"))
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "could not be written" in line]
+    assert len(warnings) == 1 and "No space left on device" in warnings[0] and "Traceback" not in err
+    assert outcome.path.parent == tmp_path / "logs" / "fallback-record" and outcome.fallback_from == str(records)
+    assert load_records([outcome.path]).problems == [] and not list(records.glob("*.json"))
+    assert f"result record: {outcome.path} (records folder {records} could not be written)" in outcome.summary()
+    assert not outcome.complete
+
+
+def test_the_run_facts_come_from_the_trainer(tmp_path):
+    import lightning as L
+
+    from bench.evaluator import run_facts_from_trainer
+    from bench.modules import SplitNetwork
+
+    datamodule = Digits(batch_size=8, pool_limit=24)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False, accelerator="cpu",
+                        accumulate_grad_batches=3, precision="bf16-mixed", default_root_dir=tmp_path,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(SplitNetwork(data_spec=datamodule.spec), datamodule)
+    facts = run_facts_from_trainer(trainer, datamodule, {"config": ["/x/bench/configs/dnn/mnist.yaml"]})
+    assert facts == {"world_size": 1, "effective_batch": 24, "precision": "bf16-mixed", "config_names": ["dnn/mnist"],
+                     "budget": {"unit": "epochs", "value": 1}}

@@ -335,3 +335,78 @@ def test_a_bad_record_never_breaks_the_leaderboard_command(tmp_path, capsys):
     warnings = [line for line in captured.err.splitlines() if line.startswith("bench: warning: skipped ")]
     assert len(warnings) == len(expected) and len(captured.err.splitlines()) == len(expected)
     assert "leaderboard of 1 rows" in captured.out
+
+
+# ----------------------------------------------------------------------------- the typed record (schema 2)
+SHIPPED = Path(__file__).resolve().parent.parent / "leaderboard" / "records"
+
+
+def test_every_shipped_schema_1_record_migrates_and_round_trips():
+    from bench.records import Record
+
+    files = sorted(SHIPPED.glob("*.json"))
+    loaded = load_records([SHIPPED])
+    assert loaded.problems == [] and len(loaded.models) == len(files) > 0
+    for path, record in zip(loaded.paths, loaded.models):
+        raw = json.loads(path.read_text())
+        assert raw["schema_version"] == 1 and record.schema_version == SCHEMA_VERSION == 2
+        written = record.to_dict()
+        facts = written.pop("run")
+        assert {**written, "schema_version": 1} == raw, path.name  # nothing lost, nothing added but the run facts
+        assert facts["world_size"] >= 1 and facts["precision"].endswith(("-true", "-mixed"))
+        assert Record.parse(record.to_dict()) == record  # schema 2 reads back to the same record
+
+
+def test_the_migration_derives_the_run_facts_as_the_leaderboard_did():
+    from bench.records import migrate_v1
+
+    record = make_record(schema_version=1)
+    del record["run"]
+    record["config"] = {"config": ["/somewhere/bench/configs/dnn/mnist.yaml", "mine.yaml"],
+                        "data": {"init_args": {"batch_size": 16}},
+                        "trainer": {"devices": 2, "num_nodes": 2, "accumulate_grad_batches": 3, "precision": "bf16",
+                                    "max_steps": 500}}
+    assert migrate_v1(record)["run"] == {"world_size": 4, "effective_batch": 192, "precision": "bf16-mixed",
+                                         "config_names": ["dnn/mnist", "mine"], "budget": {"unit": "steps", "value": 500}}
+    record["training"] = {"epochs": 3, "world_size": 8}
+    facts = migrate_v1(record)["run"]
+    assert facts["world_size"] == 8 and facts["budget"] == {"unit": "epochs", "value": 3}
+
+
+def test_a_schema_2_record_without_run_facts_is_refused():
+    record = make_record()
+    del record["run"]
+    with pytest.raises(RecordError, match="run must be"):
+        validate_record(record)
+    with pytest.raises(RecordError, match="run.world_size"):
+        validate_record(make_record(run={**make_record()["run"], "world_size": "2"}))
+
+
+def test_a_failed_attack_is_an_entry_with_its_error_and_no_metrics(tmp_path):
+    failed = make_record()
+    failed["privacy"].append({"attack": "nasr", "threat_model": "black_box_outputs", "metrics": {}, "directions": {},
+                              "error": "RuntimeError: out of memory"})
+    (record,) = load_records([write_record(failed, tmp_path)]).models
+    assert [entry.attack for entry in record.failed_attacks] == ["nasr"] and record.privacy[0].error is None
+    with pytest.raises(RecordError, match="error"):
+        validate_record(_privacy(error=["not", "a", "line"]))
+
+
+def test_the_documented_json_schema_is_the_models():
+    from bench.records import record_schema
+
+    documented = Path(__file__).resolve().parent.parent / "docs" / "record.schema.json"
+    assert json.loads(documented.read_text()) == record_schema(), "regenerate: python -m bench.records > docs/record.schema.json"
+    assert {"run", "privacy", "method", "schema_version"} <= set(record_schema()["properties"])
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_only_regular_files_are_read_as_records(tmp_path):
+    good = write_record(make_record(), tmp_path)
+    os.mkfifo(tmp_path / "fifo.json")  # reading it would block forever
+    (tmp_path / "zero.json").symlink_to("/dev/zero")  # reading it would never end
+    loaded = load_records([tmp_path])
+    assert loaded.paths == [good]
+    problems = {path.name: message for path, message in loaded.problems}
+    assert set(problems) == {"fifo.json", "zero.json"}
+    assert all("not a regular file" in message and "\n" not in message for message in problems.values())
