@@ -261,7 +261,7 @@ def test_complex_alexnet_fits_and_is_evaluated_on_fake_celeba(tmp_path, unchecke
     # membership inference reads one true class per image: skipped, and the record says why
     assert [(s["attack"], s["threat_model"]) for s in evaluation.skipped] == [("loss_threshold", "black_box_outputs")]
     assert "multilabel" in evaluation.skipped[0]["reason"]
-    record = build_record(evaluation, model, data, config={}, seed=0, evaluation_seed=0)
+    record = build_record(evaluation, model, data, config={}, seed=0, evaluation_seed=0).to_dict()
     validate_record(record)
     assert record["skipped_attacks"] == evaluation.skipped and record["dataset"]["spec"]["task"] == "multilabel"
 
