@@ -197,3 +197,30 @@ def test_the_run_facts_come_from_the_trainer(tmp_path):
     facts = run_facts_from_trainer(trainer, datamodule, {"config": ["/x/bench/configs/dnn/mnist.yaml"]})
     assert facts == {"world_size": 1, "effective_batch": 24, "precision": "bf16-mixed", "config_names": ["dnn/mnist"],
                      "budget": {"unit": "epochs", "value": 1}}
+
+
+def test_bench_fit_with_a_failing_attack_writes_the_record_prints_the_summary_and_exits_1(tmp_path, monkeypatch, capsys):
+    from bench.attacks import LossThreshold
+    from bench.cli import main
+    from bench.records import load_records
+
+    def out_of_memory(self, module, datamodule, generator):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(LossThreshold, "run", out_of_memory)
+    monkeypatch.chdir(tmp_path)
+    attacks = ('[{"class_path": "FeatureInversion", "init_args": {"epochs": 1, "progress": false}}, '
+               '{"class_path": "LossThreshold", "init_args": {"shadow_epochs": 1}}]')
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--model", "SplitNetwork", "--data", "Digits", "--data.pool_limit", "48", "--trainer.max_epochs", "1",
+              "--trainer.limit_train_batches", "2", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+              "--evaluation.attacks", attacks])
+    captured = capsys.readouterr()
+    assert exit_.value.code == 1
+    assert "loss_threshold FAILED: RuntimeError: CUDA out of memory (simulated)" in captured.out
+    errors = [line for line in captured.err.splitlines() if line.startswith("bench: error:")]
+    assert len(errors) == 1 and "loss_threshold failed" in errors[0] and "Traceback" not in captured.err
+    (record,) = load_records([tmp_path / "runs" / "leaderboard" / "records"]).models
+    assert {entry.attack: entry.error for entry in record.privacy} == {
+        "feature_inversion": None, "loss_threshold": "RuntimeError: CUDA out of memory (simulated)"}
+    assert (tmp_path / "runs" / "leaderboard" / "README.md").is_file()  # the CLI refreshed the leaderboard
