@@ -104,15 +104,15 @@ def check_method_contract(method: type, tmp_path: Path, datamodule: Optional[Any
     _expect(not failed, f"{name}: attacks failed: {failed}")
 
     loaded = load_records([tmp_path / "records"])
-    _expect(loaded.problems == [] and len(loaded.records) == 1, f"{name}: expected one valid record, got {loaded}")
-    record = loaded.records[0]
-    _expect(record["method"]["name"] == name, f"the record names {record['method']['name']}, not {name}")
-    _expect(0.0 <= record["utility"]["accuracy"] <= 1.0, f"{name}: accuracy outside [0, 1]")
+    _expect(loaded.problems == [] and len(loaded.models) == 1, f"{name}: expected one valid record, got {loaded}")
+    record = loaded.models[0]
+    _expect(record.method.name == name, f"the record names {record.method.name}, not {name}")
+    _expect(0.0 <= record.utility["accuracy"] <= 1.0, f"{name}: accuracy outside [0, 1]")
     expected = sorted(attack.name for attack in attacks if attack.applies_to(module))
-    attacked = sorted(entry["attack"] for entry in record["privacy"])
+    attacked = sorted(entry.attack for entry in record.privacy)
     _expect(attacked == expected, f"{name} was attacked by {attacked}, expected exactly the applicable attacks {expected}")
-    for entry in record["privacy"]:
-        _expect(bool(entry["metrics"]), f"{name}: attack {entry['attack']} reported no metrics")
+    for entry in record.privacy:
+        _expect(bool(entry.metrics), f"{name}: attack {entry.attack} reported no metrics")
 
     # `bench evaluate` rebuilds the very same model from the checkpoint
     restored, restored_data, _ = load_checkpoint(trainer.checkpoint_callback.best_model_path, device="cpu")
@@ -128,4 +128,4 @@ def check_method_contract(method: type, tmp_path: Path, datamodule: Optional[Any
         expected_logits = module(images)
         torch.manual_seed(0)
         torch.testing.assert_close(restored(images), expected_logits)
-    return record
+    return record.to_dict()
