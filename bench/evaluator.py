@@ -102,13 +102,13 @@ class Evaluator:
             _check_writable(self.leaderboard_dir, "--evaluation.leaderboard_dir")
         attacks = [attack for attack in self._attacks() if attack.applies_to(module)]
         sizes = datamodule.pool_sizes()
-        for attack in [None, *attacks]:
-            needed = HARNESS_MIN_POOL_SIZES if attack is None else attack.min_pool_sizes
-            short = {pool: (count, sizes.get(pool, 0)) for pool, count in needed.items() if sizes.get(pool, 0) < count}
-            if short:
-                who = "the harness" if attack is None else f"attack {attack.name}"
-                pools = ", ".join(f"{pool} pool {have} (needs {count})" for pool, (count, have) in short.items())
-                raise BenchError(f"{datamodule.name}: {who} cannot run on these pools: {pools}; "
+        short = [f"{pool} pool {sizes.get(pool, 0)} (needs {count})" for pool, count in HARNESS_MIN_POOL_SIZES.items()
+                 if sizes.get(pool, 0) < count]
+        problems = [("the harness", ", ".join(short))] if short else []
+        problems += [(f"attack {attack.name}", attack.pool_problem(sizes)) for attack in attacks]
+        for who, problem in problems:
+            if problem:
+                raise BenchError(f"{datamodule.name}: {who} cannot run on these pools: {problem}; "
                                  "raise --data.pool_limit or change --data.fractions")
 
     def _attacks(self) -> list[Attack]:

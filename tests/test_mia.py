@@ -446,6 +446,42 @@ def test_nasr_as_published_learns_from_known_members_and_scores_only_the_others(
     assert result.details["members"] == result.details["nonmembers"] == 64 - 16  # the known ones are not scored
 
 
+def test_nasr_knows_a_share_of_the_smaller_side_so_unbalanced_pools_keep_unknown_queries_on_both(memorised):
+    module, datamodule = memorised
+    attack = NasrAttack(attack_epochs=2)
+    images, labels, is_member = target_queries(datamodule, None, torch.Generator().manual_seed(0))
+    keep = torch.cat([is_member.nonzero().squeeze(1)[:40], (1 - is_member).nonzero().squeeze(1)[:12]])  # 40 vs 12
+    target = query_logits(module, images[keep], 64, module.device)
+    scores, _, details = attack.score(module, datamodule, torch.Generator().manual_seed(0), images[keep], target,
+                                      labels[keep], is_member[keep])
+    assert details["known_members"] == details["known_nonmembers"] == 6  # half of the 12 non-members
+    scored = ~torch.isnan(scores)
+    assert int(is_member[keep][scored].sum()) == 34 and int((1 - is_member[keep][scored]).sum()) == 6
+
+
+@pytest.mark.parametrize("sizes, fraction, ok", [
+    ({"train": 718, "nonmember": 269, "attacker": 269}, 0.5, True),  # the embedded digits' default pools
+    ({"train": 3, "nonmember": 3, "attacker": 10}, 0.5, True),       # 2 known of each, 1 unknown of each
+    ({"train": 3, "nonmember": 3, "attacker": 10}, 0.9, False),      # all known: nothing left to score
+    ({"train": 100, "nonmember": 3, "attacker": 10}, 0.2, False),    # 1 known of each: too few to train h
+])
+def test_nasr_says_before_training_whether_its_known_set_fits_the_pools(sizes, fraction, ok):
+    problem = NasrAttack(known_fraction=fraction).pool_problem(sizes)
+    assert (problem is None) == ok, problem
+
+
+def test_an_attack_that_cannot_run_on_the_pools_stops_the_run_before_training(tmp_path):
+    from bench.callbacks import PrivacyEvaluation
+    from bench.errors import BenchError
+
+    datamodule = Digits(pool_limit=3)
+    datamodule.setup("fit")
+    module = MCMIA(data_spec=datamodule.spec, defense="none")
+    evaluation = PrivacyEvaluation(attacks=[NasrAttack(known_fraction=0.9)], records_dir=str(tmp_path), leaderboard_dir=None)
+    with pytest.raises(BenchError, match="attack nasr cannot run on these pools: knowing 90%"):
+        evaluation.check_preconditions(module, datamodule)
+
+
 # ---------------------------------------------------------------------------- empirical epsilon
 def test_the_epsilon_lower_bound_is_clearly_positive_on_a_memorising_model(memorised):
     module, datamodule = memorised

@@ -100,6 +100,17 @@ class Attack:
                     f"{module.spec.task} targets")
         return None
 
+    def pool_problem(self, sizes: dict[str, int]) -> Optional[str]:
+        """Why this attack cannot run on pools of these ``sizes`` (pool -> samples), or None when it can.
+
+        The harness asks before training, so that an attack never fails for its pools after the work is done. The
+        default checks :attr:`min_pool_sizes`; an attack whose need depends on its configuration (queries it
+        holds out, images per gradient) overrides this and raises the same message at run time.
+        """
+        short = [f"{pool} pool {sizes.get(pool, 0)} (needs {count})" for pool, count in self.min_pool_sizes.items()
+                 if sizes.get(pool, 0) < count]
+        return ", ".join(short) or None
+
     def config(self) -> dict[str, Any]:
         """The attack's init arguments and their values (those that change what it measures)."""
         names = [p for p in inspect.signature(type(self).__init__).parameters

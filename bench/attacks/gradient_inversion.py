@@ -179,13 +179,20 @@ class GradientInversion(Attack):
     def step_size(self) -> float:
         return DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
 
+    def pool_problem(self, sizes: dict[str, int]) -> Optional[str]:
+        needed = self.num_images * self.batch_size
+        if sizes.get("test", 0) < needed:
+            return f"test pool {sizes.get('test', 0)} (needs num_images x batch_size = {needed})"
+        return super().pool_problem(sizes)
+
     # ------------------------------------------------------------------ the harness entry point
     def run(self, module, datamodule, generator: torch.Generator) -> AttackResult:
         model = self.target_model(module, generator)
         images, labels = datamodule.pool("test").tensors()
+        problem = self.pool_problem({"test": len(images)})
+        if problem is not None:
+            raise BenchError(f"{self.name}: {problem}")
         needed = self.num_images * self.batch_size
-        if len(images) < needed:
-            raise BenchError(f"the test pool has {len(images)} images, the attack needs num_images x batch_size = {needed}")
         device = next(model.parameters()).device
         shape = images.shape[1:]
         originals = images[:needed].view(self.num_images, self.batch_size, *shape).to(device)

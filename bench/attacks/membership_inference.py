@@ -269,14 +269,15 @@ def _probabilities(logits: Tensor) -> Tensor:
 class NasrAttack(MembershipInference):
     """Nasr et al.'s attack as published: h(softmax f(x), y) trained on the target's own outputs.
 
-    The attacker knows ``known_fraction`` of the target's members and as many non-members (Nasr
+    The attacker knows ``known_fraction`` of the smaller side of the queries: as many members as non-members (Nasr
     et al.'s adversary holds a subset of the training set D and of reference data D'); h trains
     on the target's outputs for those (with a validation split for its epoch), its decision
     threshold is the best on them, and it is scored on every other query. The record says how many
     were known.
 
     Args:
-        known_fraction: the share of the queried members (and of as many non-members) the attacker knows.
+        known_fraction: the share of the smaller side of the queries (members or non-members) that the attacker
+            knows, as many of each.
         attack_epochs / attack_lr / attack_batch_size: h's training (Adam; lr 0.001 in the paper).
     """
 
@@ -292,12 +293,29 @@ class NasrAttack(MembershipInference):
         self.known_fraction = known_fraction
         self.attack_epochs, self.attack_lr, self.attack_batch_size = attack_epochs, attack_lr, attack_batch_size
 
+    def known_count(self, members: int, nonmembers: int) -> int:
+        """How many members (and as many non-members) the attacker knows: ``known_fraction`` of the smaller side, so
+        that both sides keep unknown queries to score however unbalanced the pools are."""
+        return int(round(self.known_fraction * min(members, nonmembers)))
+
+    def known_set_problem(self, members: int, nonmembers: int) -> Optional[str]:
+        """Why ``members`` and ``nonmembers`` queries are too few to know some and score the others (None: enough)."""
+        count = self.known_count(members, nonmembers)
+        if count < 2 or count >= min(members, nonmembers):
+            return (f"knowing {self.known_fraction:.0%} of min(members {members}, non-members {nonmembers}) queries "
+                    f"is {count} of each (needs at least 2 to train h and 1 unknown of each to score)")
+        return None
+
+    def pool_problem(self, sizes: dict[str, int]) -> Optional[str]:
+        queried = [min(sizes.get(pool, 0), self.max_queries or sizes.get(pool, 0)) for pool in ("train", "nonmember")]
+        return self.known_set_problem(*queried) or super().pool_problem(sizes)
+
     def score(self, module, datamodule, generator, images, target, labels, is_member):
         members, nonmembers = is_member.nonzero().squeeze(1), (1 - is_member).nonzero().squeeze(1)
-        count = int(round(self.known_fraction * len(members)))
-        if count < 2 or count >= min(len(members), len(nonmembers)):
-            raise BenchError(f"NasrAttack: knowing {self.known_fraction:.0%} of {len(members)} members leaves too few known "
-                             f"or unknown queries (members {len(members)}, non-members {len(nonmembers)})")
+        problem = self.known_set_problem(len(members), len(nonmembers))
+        if problem is not None:
+            raise BenchError(f"NasrAttack: {problem}")
+        count = self.known_count(len(members), len(nonmembers))
         known = torch.cat([members[torch.randperm(len(members), generator=generator)[:count]],
                            nonmembers[torch.randperm(len(nonmembers), generator=generator)[:count]]])
         h = _seeded_inference_model(module.spec.num_classes, generator)
