@@ -208,7 +208,7 @@ def configured_method(configured: Any) -> Optional[type]:
 
 def refuse_shadowed_keyword(keyword: str) -> None:
     """``--ckpt_path last`` is Lightning's shorthand, but LightningCLI would also read a file so named here."""
-    if Path(keyword).exists():
+    if Path(keyword).is_file():
         raise BenchError(f"--ckpt_path {keyword}: Lightning reads '{keyword}' as a shorthand, but the working directory "
                          f"holds a file of that name; give it as ./{keyword} to use that file")
 

@@ -491,3 +491,23 @@ def test_python_m_bench_cli_never_runs_a_module_beside_the_checkpoint(tmp_path):
     assert not marker.exists(), "evilmod.py ran"
     assert result.returncode != 0
     assert "evilmod.Evil" in _error_line(result.stdout + result.stderr)
+
+
+def test_a_sweep_point_resumes_only_from_a_checkpoint_naming_registered_classes(tmp_path, monkeypatch):
+    # a requeued or rerun point resumes from its folder's last.ckpt (`python -m bench.cli`, the cwd on sys.path)
+    from bench.sweeps import node_capacity
+    from bench.sweeps.grid import Point
+    from bench.sweeps.node import run_on_node
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    marker = tmp_path / "pwned"
+    (tmp_path / "evilmod.py").write_text(HOSTILE_MODULE.format(marker=str(marker)))
+    point = Point(1, ["fit", *QUICK], {"trainer": {}}, "a" * 64, tmp_path / "point")
+    point.last_checkpoint.parent.mkdir(parents=True)
+    _weights_only_checkpoint(point.last_checkpoint, _splitnetwork_hparams(data_spec={"class_path": "evilmod.Evil"}))
+    (outcome,) = run_on_node([point], node_capacity(jobs=1, gpus=[]), threads=1, resume=True, report=lambda line: None)
+    log = point.log.read_text()
+    assert not marker.exists(), "evilmod.py ran"
+    assert outcome.status == "failed", log[-3000:]
+    assert "hyper_parameters.data_spec.class_path names 'evilmod.Evil'" in _error_line(log)
