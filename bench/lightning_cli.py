@@ -209,12 +209,12 @@ def configured_method(configured: Any) -> Optional[type]:
 def refuse_shadowed_keyword(keyword: str) -> None:
     """``--ckpt_path last`` is Lightning's shorthand, but LightningCLI would also read a file so named here."""
     if Path(keyword).is_file():
-        raise BenchError(f"--ckpt_path {keyword}: Lightning reads '{keyword}' as a shorthand, but the working directory "
-                         f"holds a file of that name; give it as ./{keyword} to use that file")
+        raise BenchError(f"--ckpt_path {keyword}: Lightning reads '{keyword}' as a shorthand, but the working "
+                         f"directory holds a file of that name; give it as ./{keyword} to use that file")
 
 
 def check_resume_checkpoint(path: str, model_class: Optional[type] = None) -> dict[str, Any]:
-    """``--ckpt_path``: a readable Lightning checkpoint naming only registered classes (and ``model_class``'s method)."""
+    """``--ckpt_path``: a readable Lightning checkpoint naming only registered classes (and ``model_class``'s)."""
     raw = read_checkpoint(path)
     check_checkpoint_contents(raw, path, model_class)
     return raw
@@ -261,7 +261,8 @@ def _check_class_keys(node: dict, where: str, path: str, top_kind: Optional[str]
         _registered(path, top_kind, node[key], f"{where}.{key}")  # compared by name, before anything is imported
     top = top_kind is not None
     # the top level's `_instantiator` (Lightning's own) is never followed; anywhere else it has no business
-    unfollowed = [key for key in CLASS_KEYS if key in node and key not in named and not (top and key == "_instantiator")]
+    unfollowed = [key for key in CLASS_KEYS
+                  if key in node and key not in named and not (top and key == "_instantiator")]
     if unfollowed and not named:
         raise BenchError(f"--ckpt_path {path}: {where}.{unfollowed[0]} without a registered class_path; "
                          "a checkpoint may only name registered classes")

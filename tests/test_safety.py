@@ -414,8 +414,8 @@ def test_ckpt_path_hyper_parameters_never_import(subcommand, hparams, hostile, c
 
 
 def test_ckpt_path_bench_metadata_names_only_registered_methods(hostile, capsys):
-    path = _weights_only_checkpoint(hostile.parent / "hostile.ckpt", _splitnetwork_hparams(),
-                                    bench_info={"method_class": EVIL, "datamodule_class": "bench.datamodules.digits.Digits"})
+    info = {"method_class": EVIL, "datamodule_class": "bench.datamodules.digits.Digits"}
+    path = _weights_only_checkpoint(hostile.parent / "hostile.ckpt", _splitnetwork_hparams(), bench_info=info)
     line = _refused(["validate", *QUICK, "--ckpt_path", str(path)], hostile, capsys)
     assert f"bench.method_class names '{EVIL}', not a registered method" in line, line
 
@@ -449,7 +449,8 @@ def test_the_checkpoint_lightning_resolves_last_to_is_checked_as_it_is_loaded(ho
     assert "last.ckpt: hyper_parameters.data_spec.class_path names" in line, line
     torch.save({**raw, "bench": {**raw["bench"], "method_class": "bench.modules.ran.RAN"}}, last)
     line = _refused(["validate", *QUICK, "--ckpt_path", "last"], hostile, capsys)
-    assert "was written by bench.modules.ran.RAN, but this run's --model is bench.modules.split_network.SplitNetwork" in line
+    swapped = "written by bench.modules.ran.RAN, but this run's --model is bench.modules.split_network.SplitNetwork"
+    assert swapped in line, line
 
 
 def test_a_checkpoint_cannot_swap_the_method_typed_on_the_command_line(hostile, capsys):
@@ -460,8 +461,8 @@ def test_a_checkpoint_cannot_swap_the_method_typed_on_the_command_line(hostile, 
     path = _weights_only_checkpoint(hostile.parent / "swap.ckpt", swap, method=RAN)
     for subcommand in ("validate", "fit"):
         line = _refused([subcommand, "--model", "SplitNetwork", *QUICK, "--ckpt_path", str(path)], hostile, capsys)
-        assert (f"was written by {RAN.__module__}.RAN, but this run's --model is bench.modules.split_network.SplitNetwork"
-                in line), line
+        swapped = f"written by {RAN.__module__}.RAN, but this run's --model is bench.modules.split_network.SplitNetwork"
+        assert swapped in line, line
         assert not (hostile.parent / "runs").exists(), "nothing may run"
 
 
