@@ -115,31 +115,29 @@ def run_lightning_cli(argv: list[str]):
                                   apply_on="instantiate")
 
         def _parse_ckpt_path(self) -> None:
-            # LightningCLI applies the checkpoint's hyper-parameters, class path included, to the model's config:
-            # read the file safely first, and let it name only a registered method (nothing new is imported)
-            ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
-            self._checkpoint_methods: list[type] = []
-            if ckpt_path is not None and str(ckpt_path) not in CKPT_PATH_KEYWORDS:
-                self._checkpoint_methods = check_resume_checkpoint(str(ckpt_path))
-                configured = getattr(self.config[self.config.subcommand].get("model"), "class_path", None)
-                try:  # jsonargparse imported the configured class already
-                    configured_class = registry.resolve_class("method", configured) if isinstance(configured, str) else None
-                except BenchError:
-                    configured_class = None
-                for method in self._checkpoint_methods:  # before Lightning applies its hyper-parameters to --model
-                    if configured_class is not None and not issubclass(configured_class, method):
-                        raise BenchError(f"--ckpt_path {ckpt_path} was written by {class_path(method)}, but this run's "
-                                         f"--model is {configured}")
-            super()._parse_ckpt_path()
+            # LightningCLI would apply the checkpoint's hyper-parameters, class paths included, to the parser (which
+            # imports any class path it meets): bench checks the file first and applies only plain values, to the
+            # method the command line chose
+            subcommand = self.config.get("subcommand")
+            ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if ckpt_path is None:
+                return
+            configured = getattr(self.config[subcommand].get("model"), "class_path", None)
+            model_class = configured_method(configured)
+            if str(ckpt_path) in CKPT_PATH_KEYWORDS:
+                refuse_shadowed_keyword(str(ckpt_path))
+                return  # Lightning resolves it when the run starts; the file it picks is checked as it is loaded
+            raw = check_resume_checkpoint(str(ckpt_path), model_class)
+            hparams = resumable_hyper_parameters(raw, model_class)
+            if hparams:
+                self.config = self.parser.parse_object(
+                    {subcommand: {"model": {"class_path": configured, "dict_kwargs": hparams}}}, self.config)
 
         def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
             kwargs = super()._prepare_subcommand_kwargs(subcommand)
             if kwargs.get("ckpt_path") is not None:
-                for method in getattr(self, "_checkpoint_methods", []):
-                    if not isinstance(self.model, method):
-                        raise BenchError(f"--ckpt_path {kwargs['ckpt_path']} was written by {class_path(method)}, "
-                                         f"but this run's --model is {class_path(self.model)}")
                 kwargs["weights_only"] = True  # never unpickle objects from a checkpoint, whatever torch's default
+                check_as_loaded(self.trainer.strategy, type(self.model))
             return kwargs
 
         def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
@@ -195,22 +193,139 @@ def run_lightning_cli(argv: list[str]):
         sys.argv = saved_argv
 
 
-def check_resume_checkpoint(path: str) -> list[type]:
-    """``--ckpt_path`` must be a readable Lightning checkpoint naming only registered methods: those classes."""
+#: keys by which Lightning and jsonargparse choose a class or a function to import
+CLASS_KEYS = ("class_path", "_class_path", "_instantiator", "init_args", "dict_kwargs")
+#: the method's init arguments that are not the checkpoint's to give: linked from --data when the run starts
+LINKED_FROM_DATA = ("data_spec",)
+#: the sections of a checkpoint LightningCLI or Lightning read classes from, and the kind their top level names
+CHECKED_SECTIONS = {"hyper_parameters": "method", "datamodule_hyper_parameters": "datamodule"}
+
+
+def configured_method(configured: Any) -> Optional[type]:
+    """The method class of this run's config (the command line's choice, which jsonargparse imported already)."""
     from bench import registry
 
+    if not isinstance(configured, str):
+        return None
+    try:
+        return registry.resolve_class("method", configured)
+    except BenchError:
+        return None
+
+
+def refuse_shadowed_keyword(keyword: str) -> None:
+    """``--ckpt_path last`` is Lightning's shorthand, but LightningCLI would also read a file so named here."""
+    if Path(keyword).is_file():
+        raise BenchError(f"--ckpt_path {keyword}: Lightning reads '{keyword}' as a shorthand, but the working "
+                         f"directory holds a file of that name; give it as ./{keyword} to use that file")
+
+
+def check_resume_checkpoint(path: str, model_class: Optional[type] = None) -> dict[str, Any]:
+    """``--ckpt_path``: a readable Lightning checkpoint naming only registered classes (and ``model_class``'s)."""
     raw = read_checkpoint(path)
-    hparams = raw.get("hyper_parameters")
-    info = raw.get("bench") if isinstance(raw.get("bench"), dict) else {}
-    named = [value for value in ((hparams or {}).get("_class_path") if isinstance(hparams, dict) else None,
-                                 info.get("method_class")) if value is not None]
-    methods = []
-    for written in named:
-        try:
-            methods.append(registry.resolve_class("method", written))
-        except BenchError as error:
-            raise BenchError(f"--ckpt_path {path} names method class {written}: {error}") from None
+    check_checkpoint_contents(raw, path, model_class)
+    return raw
+
+
+def check_checkpoint_contents(raw: dict[str, Any], path: str, model_class: Optional[type] = None) -> list[type]:
+    """The methods a checkpoint names, once nothing in it names a class that is not registered (nothing is imported).
+
+    Every ``class_path``/``_class_path`` anywhere in its hyper-parameters is looked up among the registered classes by
+    name; a nested ``_instantiator``, ``init_args`` or ``dict_kwargs`` without one is refused. With ``model_class``
+    (the run's method, from the command line) a checkpoint of another method is refused.
+    """
+    for section, kind in CHECKED_SECTIONS.items():
+        values = raw.get(section)
+        if values is not None and not isinstance(values, dict):
+            raise BenchError(f"--ckpt_path {path}: {section} must be a mapping, got {type(values).__name__}")
+        for where, node in _dicts_within(values or {}, section):
+            _check_class_keys(node, where, path, kind if where == section else None)
+    methods = [_registered(path, "method", name, where) for where, name in _written_methods(raw)]
+    for method in methods:
+        if model_class is not None and not issubclass(model_class, method):
+            raise BenchError(f"--ckpt_path {path} was written by {class_path(method)}, but this run's --model is "
+                             f"{class_path(model_class)}")
     return methods
+
+
+def _dicts_within(value: Any, where: str, depth: int = 0):
+    """(location, mapping) for every mapping in ``value``, itself included."""
+    if depth > 64:
+        raise BenchError(f"{where}: nested too deeply")
+    if isinstance(value, dict):
+        yield where, value
+        for key, item in value.items():
+            yield from _dicts_within(item, f"{where}.{key}", depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _dicts_within(item, f"{where}[{index}]", depth + 1)
+
+
+def _check_class_keys(node: dict, where: str, path: str, top_kind: Optional[str]) -> None:
+    """``top_kind``: the kind of class the section's top level names; None for a nested mapping (any kind)."""
+    named = [key for key in ("class_path", "_class_path") if key in node]
+    for key in named:
+        _registered(path, top_kind, node[key], f"{where}.{key}")  # compared by name, before anything is imported
+    top = top_kind is not None
+    # the top level's `_instantiator` (Lightning's own) is never followed; anywhere else it has no business
+    unfollowed = [key for key in CLASS_KEYS
+                  if key in node and key not in named and not (top and key == "_instantiator")]
+    if unfollowed and not named:
+        raise BenchError(f"--ckpt_path {path}: {where}.{unfollowed[0]} without a registered class_path; "
+                         "a checkpoint may only name registered classes")
+
+
+def _written_methods(raw: dict[str, Any]) -> list[tuple[str, Any]]:
+    hparams = raw.get("hyper_parameters") if isinstance(raw.get("hyper_parameters"), dict) else {}
+    info = raw.get("bench") if isinstance(raw.get("bench"), dict) else {}
+    written = [(f"hyper_parameters.{key}", hparams.get(key)) for key in ("_class_path", "class_path")]
+    written.append(("bench.method_class", info.get("method_class")))
+    return [(where, name) for where, name in written if name is not None]
+
+
+def _registered(path: str, kind: Optional[str], name: Any, where: str) -> type:
+    """The registered class ``name`` (of ``kind``, or of any kind), looked up without importing anything."""
+    from bench import registry
+
+    kinds = [kind] if kind else ["method", "datamodule", "attack"]
+    if isinstance(name, str):
+        for each in kinds:
+            try:
+                return registry.resolve_class(each, name)
+            except BenchError:
+                continue
+    what = kind or "method, datamodule or attack"
+    raise BenchError(f"--ckpt_path {path}: {where} names {name!r}, not a registered {what} class; a checkpoint may "
+                     "only name registered classes (a class of your own package is given on the command line)")
+
+
+def resumable_hyper_parameters(raw: dict[str, Any], model_class: Optional[type]) -> dict[str, Any]:
+    """The checkpoint's hyper-parameters that may go to the parser: plain values of ``model_class``'s own arguments."""
+    from bench.checkpoints import accepted_kwargs
+
+    hparams = raw.get("hyper_parameters") or {}
+    if "class_path" in hparams:  # the LightningCLI form {class_path, init_args}
+        hparams = hparams.get("init_args") if isinstance(hparams.get("init_args"), dict) else {}
+    values = {key: value for key, value in hparams.items()
+              if isinstance(key, str) and not key.startswith("_") and key not in (*CLASS_KEYS, *LINKED_FROM_DATA)}
+    return accepted_kwargs(model_class, values) if model_class is not None else {}
+
+
+def check_as_loaded(strategy: Any, model_class: type) -> None:
+    """Check the file Lightning loads (``last``, ``best``, ``hpc`` resolve only then) before the model sees it."""
+    load = strategy.load_checkpoint
+    if getattr(load, "bench_checked", False):
+        return
+
+    def load_checked(checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+        checkpoint = load(checkpoint_path, *args, **kwargs)
+        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+            raise BenchError(f"{checkpoint_path} is not a Lightning checkpoint (no state_dict)")
+        check_checkpoint_contents(checkpoint, str(checkpoint_path), model_class)
+        return checkpoint
+
+    load_checked.bench_checked = True
+    strategy.load_checkpoint = load_checked
 
 
 def plain(namespace: Any) -> Any:

@@ -359,3 +359,141 @@ def test_a_checkpoint_written_by_bench_fit_resumes_through_the_command_line(tmp_
     code, output = run_bench([*quick, "--trainer.max_epochs", "2", "--ckpt_path", str(last)], capsys)
     assert code == 0, output[-3000:]
     assert torch.load(last, weights_only=True)["epoch"] == 1
+
+
+# ----------------------------------------------------------------------------- --ckpt_path never chooses code
+# every route that reads a checkpoint: what it names is only looked up among registered classes, never imported
+QUICK = ["--trainer.logger", "false", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+         "--trainer.limit_val_batches", "1", "--data.pool_limit", "24", "--evaluation.enabled", "false"]
+EVIL = "hostile_module_for_test.Evil"
+
+
+def _weights_only_checkpoint(path: Path, hyper_parameters: dict, bench_info=None, method=SplitNetwork) -> Path:
+    """A plain-data checkpoint of a ``method`` on Digits whose hyper-parameters (and bench metadata) are given."""
+    import lightning
+
+    module = method(data_spec=Digits(pool_limit=24).spec)
+    raw = {"state_dict": module.state_dict(), "hyper_parameters": hyper_parameters, "epoch": 0, "global_step": 1,
+           "pytorch-lightning_version": lightning.__version__}
+    if bench_info is not None:
+        raw["bench"] = bench_info
+    torch.save(raw, path)
+    return path
+
+
+def _refused(args, hostile, capsys) -> str:
+    code, output = run_bench(args, capsys)
+    assert not hostile.exists(), f"a class named by the checkpoint was imported ({hostile.read_text()})"
+    assert code != 0, output[-3000:]
+    return _error_line(output)
+
+
+def _splitnetwork_hparams(**changes) -> dict:
+    return {"_class_path": "bench.modules.SplitNetwork", "network": "lenet5", "lr": 0.003, "weight_decay": 0.0,
+            "_instantiator": "lightning.pytorch.cli.instantiate_module", **changes}
+
+
+HOSTILE_HPARAMS = {
+    "class_path": {"class_path": EVIL},
+    "class_path with init_args": {"class_path": EVIL, "init_args": {"lr": 0.1}},
+    "_class_path": {"_class_path": EVIL, "lr": 0.1},
+    "nested data_spec class_path": _splitnetwork_hparams(data_spec={"class_path": EVIL, "init_args": {}}),
+    "nested class_path in a list": _splitnetwork_hparams(noise=[{"class_path": EVIL}]),
+    "nested _instantiator": _splitnetwork_hparams(data_spec={"_instantiator": "hostile_module_for_test.run"}),
+    "nested init_args": _splitnetwork_hparams(data_spec={"init_args": {"name": "x"}}),
+    "class_path not a string": {"class_path": {"class_path": EVIL}},
+}
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+@pytest.mark.parametrize("hparams", list(HOSTILE_HPARAMS.values()), ids=list(HOSTILE_HPARAMS))
+def test_ckpt_path_hyper_parameters_never_import(subcommand, hparams, hostile, capsys):
+    path = _weights_only_checkpoint(hostile.parent / "hostile.ckpt", hparams)
+    line = _refused([subcommand, *QUICK, "--ckpt_path", str(path)], hostile, capsys)
+    assert "a checkpoint may only name registered classes" in line, line
+
+
+def test_ckpt_path_bench_metadata_names_only_registered_methods(hostile, capsys):
+    info = {"method_class": EVIL, "datamodule_class": "bench.datamodules.digits.Digits"}
+    path = _weights_only_checkpoint(hostile.parent / "hostile.ckpt", _splitnetwork_hparams(), bench_info=info)
+    line = _refused(["validate", *QUICK, "--ckpt_path", str(path)], hostile, capsys)
+    assert f"bench.method_class names '{EVIL}', not a registered method" in line, line
+
+
+def test_datamodule_hyper_parameters_name_only_registered_datamodules(hostile, capsys):
+    path = hostile.parent / "hostile.ckpt"
+    _weights_only_checkpoint(path, _splitnetwork_hparams())
+    raw = torch.load(path, weights_only=True)
+    torch.save({**raw, "datamodule_hyper_parameters": {"_class_path": EVIL}}, path)
+    line = _refused(["validate", *QUICK, "--ckpt_path", str(path)], hostile, capsys)
+    assert "datamodule_hyper_parameters._class_path" in line and "not a registered datamodule" in line, line
+
+
+@pytest.mark.parametrize("keyword", ["last", "best", "hpc"])
+def test_a_file_named_like_a_lightning_shorthand_is_not_read(keyword, hostile, capsys):
+    # LightningCLI reads a file named `last` in the working directory, while the trainer resolves `last` itself
+    _weights_only_checkpoint(hostile.parent / keyword, {"_class_path": EVIL})
+    line = _refused(["fit", *QUICK, "--ckpt_path", keyword], hostile, capsys)
+    assert f"--ckpt_path {keyword}: Lightning reads '{keyword}' as a shorthand" in line, line
+    line = _refused(["fit", *QUICK, "--ckpt_path", f"./{keyword}"], hostile, capsys)  # the file itself: checked
+    assert "not a registered method" in line, line
+
+
+def test_the_checkpoint_lightning_resolves_last_to_is_checked_as_it_is_loaded(hostile, capsys):
+    code, output = run_bench(["fit", *QUICK], capsys)  # runs/checkpoints/last.ckpt of a SplitNetwork
+    assert code == 0, output[-3000:]
+    last = hostile.parent / "runs" / "checkpoints" / "last.ckpt"
+    raw = torch.load(last, weights_only=True)
+    torch.save({**raw, "hyper_parameters": {**raw["hyper_parameters"], "data_spec": {"class_path": EVIL}}}, last)
+    line = _refused(["fit", *QUICK, "--trainer.max_epochs", "2", "--ckpt_path", "last"], hostile, capsys)
+    assert "last.ckpt: hyper_parameters.data_spec.class_path names" in line, line
+    torch.save({**raw, "bench": {**raw["bench"], "method_class": "bench.modules.ran.RAN"}}, last)
+    line = _refused(["validate", *QUICK, "--ckpt_path", "last"], hostile, capsys)
+    swapped = "written by bench.modules.ran.RAN, but this run's --model is bench.modules.split_network.SplitNetwork"
+    assert swapped in line, line
+
+
+def test_a_checkpoint_cannot_swap_the_method_typed_on_the_command_line(hostile, capsys):
+    # Lightning's form {class_path, init_args} of another registered method: the command line's method stays
+    from bench.modules import RAN
+
+    swap = {"class_path": "bench.modules.ran.RAN", "init_args": {}}
+    path = _weights_only_checkpoint(hostile.parent / "swap.ckpt", swap, method=RAN)
+    for subcommand in ("validate", "fit"):
+        line = _refused([subcommand, "--model", "SplitNetwork", *QUICK, "--ckpt_path", str(path)], hostile, capsys)
+        swapped = f"written by {RAN.__module__}.RAN, but this run's --model is bench.modules.split_network.SplitNetwork"
+        assert swapped in line, line
+        assert not (hostile.parent / "runs").exists(), "nothing may run"
+
+
+def test_a_checkpoints_plain_hyper_parameters_still_resume(hostile, capsys):
+    import yaml
+
+    code, output = run_bench(["fit", *QUICK, "--model.lr", "0.0123"], capsys)
+    assert code == 0, output[-3000:]
+    last = hostile.parent / "runs" / "checkpoints" / "last.ckpt"
+    code, output = run_bench(["validate", *QUICK, "--ckpt_path", str(last)], capsys)
+    assert code == 0, output[-3000:]
+    saved = yaml.safe_load((hostile.parent / "runs" / "config.yaml").read_text())
+    assert saved["model"]["init_args"]["lr"] == 0.0123  # read from the checkpoint, as LightningCLI does
+
+
+def test_python_m_bench_cli_in_a_sweep_point_never_runs_a_module_beside_the_checkpoint(tmp_path, monkeypatch):
+    # a requeued or rerun sweep point runs `python -m bench.cli fit ... --ckpt_path <its last.ckpt>`, and `python -m`
+    # puts the working directory on sys.path: a module there is one import away
+    from bench.sweeps import node_capacity
+    from bench.sweeps.grid import Point
+    from bench.sweeps.node import run_on_node
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    marker = tmp_path / "pwned"
+    (tmp_path / "evilmod.py").write_text(HOSTILE_MODULE.format(marker=str(marker)))
+    point = Point(1, ["fit", *QUICK], {"trainer": {}}, "a" * 64, tmp_path / "point")
+    point.last_checkpoint.parent.mkdir(parents=True)
+    _weights_only_checkpoint(point.last_checkpoint, {"class_path": "evilmod.Evil"})
+    (outcome,) = run_on_node([point], node_capacity(jobs=1, gpus=[]), threads=1, resume=True, report=lambda line: None)
+    log = point.log.read_text()
+    assert not marker.exists(), "evilmod.py ran"
+    assert outcome.status == "failed", log[-3000:]
+    assert "hyper_parameters.class_path names 'evilmod.Evil'" in _error_line(log)
