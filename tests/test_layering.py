@@ -92,3 +92,109 @@ def test_every_module_imports_on_its_own():
     ])
     run = subprocess.run([sys.executable, "-c", script], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------- packages
+
+#: what each part of ``bench`` may import (its subpackages and top-level modules, by the first name after ``bench.``),
+#: lazy imports inside functions included. Read upwards: a part may use those listed for it, never the other way,
+#: so the graph stays acyclic. A new dependency is a decision: add it here, where the cycle test checks it.
+ALLOWED_DEPENDENCIES: dict[str, set[str]] = {
+    # foundations: plain data and errors, no torch models
+    "errors": set(),
+    "threat_models": set(),
+    "records": set(),
+    "spec": {"errors"},
+    "deprecation": {"errors"},
+    "loggers": {"errors"},
+    "claims": {"deprecation", "errors"},
+    # building blocks shared by several papers
+    "transforms": {"errors"},
+    "metrics": {"errors", "spec"},
+    "networks": {"deprecation", "errors", "spec"},
+    "batching": {"errors", "networks"},
+    "privacy": {"errors", "networks", "spec"},
+    "training": {"errors", "networks"},
+    "datamodules": {"errors", "spec"},
+    # methods, attacks and the search that serves ATS
+    "modules": {"datamodules", "deprecation", "errors", "metrics", "networks", "privacy", "spec", "threat_models",
+                "training", "transforms"},
+    "attacks": {"batching", "datamodules", "errors", "metrics", "modules", "networks", "spec", "threat_models"},
+    # names -> classes, and what reads checkpoints by those names
+    "registry": {"attacks", "datamodules", "errors", "modules"},
+    "checkpoints": {"errors", "registry"},
+    "ats": {"batching", "errors", "metrics", "networks", "registry", "spec", "transforms"},
+    # the harness and everything that runs it
+    "harness": {"attacks", "datamodules", "errors", "metrics", "modules", "records", "registry", "spec",
+                "threat_models"},
+    "leaderboard": {"claims", "deprecation", "errors", "records", "spec", "threat_models"},
+    "callbacks": {"attacks", "checkpoints", "datamodules", "errors", "harness", "leaderboard", "metrics", "modules",
+                  "records", "registry", "spec", "threat_models", "training"},
+    "lightning_cli": {"attacks", "callbacks", "checkpoints", "datamodules", "deprecation", "errors", "loggers",
+                      "modules", "records", "registry", "spec"},
+    "sweeps": {"errors", "leaderboard", "lightning_cli", "records", "registry"},
+    "testing": {"attacks", "callbacks", "checkpoints", "datamodules", "errors", "modules", "records", "registry",
+                "threat_models"},
+    "cli": {"attacks", "callbacks", "checkpoints", "datamodules", "errors", "leaderboard", "lightning_cli", "loggers",
+            "modules", "networks", "records", "registry", "sweeps"},
+}
+
+
+def _part(module: str) -> str:
+    """``bench.attacks.lira`` -> ``attacks``; ``bench.registry`` -> ``registry``; the root ``bench`` stays ``bench``."""
+    return module.split(".")[1] if "." in module else module
+
+
+def package_graph() -> dict[str, set[str]]:
+    """Which parts of ``bench`` import which, from every import of every module (inside functions too).
+
+    Importing anything runs ``bench/__init__`` first, so the root is no dependency of its own."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = {_part(target) for target in _imports(name, path, modules)}
+        graph.setdefault(_part(name), set()).update(targets - {_part(name), "bench"})
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    finished: set[str] = set()
+
+    def visit(node: str, trail: list[str]) -> list[str] | None:
+        if node in trail:
+            return trail[trail.index(node):] + [node]
+        if node in finished:
+            return None
+        for target in sorted(graph.get(node, ())):
+            found = visit(target, trail + [node])
+            if found:
+                return found
+        finished.add(node)
+        return None
+
+    for node in sorted(graph):
+        found = visit(node, [])
+        if found:
+            return found
+    return None
+
+
+def test_the_package_graph_has_no_cycle_lazy_imports_included():
+    cycle = _cycle(package_graph())
+    assert cycle is None, "package import cycle: " + " -> ".join(cycle)
+
+
+def test_every_package_dependency_is_in_the_allowed_table():
+    graph = package_graph()
+    unlisted = sorted(set(graph) - set(ALLOWED_DEPENDENCIES) - {"bench"})
+    assert not unlisted, f"parts of bench missing from ALLOWED_DEPENDENCIES: {unlisted}"
+    forbidden = sorted(f"{source} -> {target}" for source, targets in graph.items() if source != "bench"
+                       for target in targets - ALLOWED_DEPENDENCIES[source])
+    assert not forbidden, "imports the table does not allow (add them to ALLOWED_DEPENDENCIES if meant): " + \
+        ", ".join(forbidden)
+    assert not graph.get("bench"), f"bench/__init__ imports parts of the package: {graph.get('bench')}"
+
+
+def test_the_allowed_table_itself_has_no_cycle():
+    cycle = _cycle(ALLOWED_DEPENDENCIES)
+    assert cycle is None, "ALLOWED_DEPENDENCIES allows a cycle: " + " -> ".join(cycle)
