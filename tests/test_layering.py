@@ -1,11 +1,16 @@
-"""Layering: every module of the package imports on its own, and no import cycle hides behind a lazy import."""
+"""Layering: every module imports on its own, no import cycle between modules or packages (lazy imports included),
+every dependency between packages is one the table allows, and only the suite's classes (and those the user names)
+are registered."""
 
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bench"
 
@@ -73,25 +78,44 @@ def test_the_import_graph_has_no_cycle_lazy_imports_included():
         assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_every_module_imports_on_its_own():
-    # one interpreter (torch and lightning load once), the package's own modules dropped before each import:
-    # each module is imported as if it came first, which is where a cycle turns into a partial-module ImportError
+@pytest.fixture(scope="module")
+def fresh_imports() -> dict:
+    """One interpreter (torch and lightning load once) importing each module of the package as if it came first.
+
+    The package's own modules are dropped before each import, which is where a cycle turns into a partial-module
+    ImportError; last, ``bench.attacks.shadow_models`` and the method base class, to see which methods they load.
+    """
     script = "\n".join([
-        "import importlib, sys, traceback",
+        "import importlib, json, sys, traceback",
         f"names = {sorted(_modules())!r}",
-        "failures = []",
-        "for name in names:",
+        "def forget():",
         "    for loaded in [m for m in sys.modules if m == 'bench' or m.startswith('bench.')]:",
         "        del sys.modules[loaded]",
+        "failures = []",
+        "for name in names:",
+        "    forget()",
         "    try:",
         "        importlib.import_module(name)",
         "    except Exception:",
         "        failures.append(name + ': ' + traceback.format_exc().strip().splitlines()[-1])",
-        "print('\\n'.join(failures))",
-        "sys.exit(1 if failures else 0)",
+        "forget()",
+        "import bench.attacks.shadow_models",
+        "from bench.modules.base import PrivacyModule",
+        "loaded = sorted(m for m in sys.modules if m.startswith('bench.modules.'))",
+        "print(json.dumps({'failures': failures, 'loaded_with_the_base_class': loaded}))",
     ])
     run = subprocess.run([sys.executable, "-c", script], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_every_module_imports_on_its_own(fresh_imports):
+    assert not fresh_imports["failures"], "\n".join(fresh_imports["failures"])
+
+
+def test_the_method_base_class_imports_without_any_method(fresh_imports):
+    # shadow models (and a user's method) need PrivacyModule, not the suite's 13 methods
+    assert fresh_imports["loaded_with_the_base_class"] == ["bench.modules.base", "bench.modules.lightning_internals"]
 
 
 # ---------------------------------------------------------------------- packages
@@ -198,3 +222,63 @@ def test_every_package_dependency_is_in_the_allowed_table():
 def test_the_allowed_table_itself_has_no_cycle():
     cycle = _cycle(ALLOWED_DEPENDENCIES)
     assert cycle is None, "ALLOWED_DEPENDENCIES allows a cycle: " + " -> ".join(cycle)
+
+
+# ---------------------------------------------------------------------- registration
+
+
+def test_a_subclass_defined_outside_the_suite_is_not_registered(capsys):
+    from bench import registry
+    from bench.cli import main
+    from bench.modules.base import PrivacyModule
+    from bench.threat_models import ThreatModel
+
+    class DefinedInATest(PrivacyModule):
+        threat_models = (ThreatModel.BLACK_BOX_OUTPUTS,)
+
+    assert "DefinedInATest" not in registry.methods()
+    assert DefinedInATest not in registry.methods().values()
+    main(["list"])
+    listing = capsys.readouterr().out
+    assert "DefinedInATest" not in listing and "SplitNetwork" in listing
+
+
+def test_every_concrete_class_of_the_suite_is_listed_in_the_registry():
+    # a suite class that SUITE forgets would silently leave `bench list`; walking the subclasses finds it
+    import bench.attacks  # noqa: F401
+    import bench.datamodules  # noqa: F401
+    from bench import registry
+    from bench.attacks.base import Attack
+    from bench.datamodules.base import PrivacyDataModule
+    from bench.modules import _DEFINED_IN
+    from bench.modules.base import PrivacyModule
+
+    for name in _DEFINED_IN:
+        __import__(f"bench.modules.{_DEFINED_IN[name]}")
+    for kind, base in (("method", PrivacyModule), ("datamodule", PrivacyDataModule), ("attack", Attack)):
+        found, stack = set(), list(base.__subclasses__())
+        while stack:
+            cls = stack.pop()
+            stack.extend(cls.__subclasses__())
+            if cls.__module__.startswith("bench.") and not cls.__dict__.get("abstract", False) \
+                    and not cls.__name__.startswith("_"):
+                found.add(f"{cls.__module__}.{cls.__qualname__}")
+        assert found == {f"{module}.{name}" for name, module in registry.SUITE[kind].items()}, kind
+    assert set(_DEFINED_IN) == set(registry.SUITE["method"])
+
+
+def test_a_class_the_user_names_is_registered_for_later_lookups(tmp_path, monkeypatch):
+    from bench import registry
+
+    (tmp_path / "layering_user_pkg.py").write_text(
+        "from bench.modules.base import PrivacyModule\nfrom bench.threat_models import ThreatModel\n\n\n"
+        "class Mine(PrivacyModule):\n    threat_models = (ThreatModel.BLACK_BOX_OUTPUTS,)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(registry._NAMED, "method", {})
+    try:
+        assert "layering_user_pkg.Mine" not in registry.methods()
+        mine = registry.resolve_class("method", "layering_user_pkg.Mine", allow_import=True)
+        assert registry.lookup("method", "layering_user_pkg.Mine") is mine  # e.g. the checkpoint a fit writes
+        assert registry.methods()["layering_user_pkg.Mine"] is mine
+    finally:
+        sys.modules.pop("layering_user_pkg", None)
