@@ -201,9 +201,20 @@ def resolve_class(kind: str, name: str, allow_import: bool = False) -> type:
         raise BenchError(f"'{name}' is not a {kind}: it must be a subclass of {base.__module__}.{base.__qualname__}")
     if found.__dict__.get("abstract", False):
         raise BenchError(f"'{name}' is an abstract base (abstract = True in its body); give a concrete {kind}")
-    if found not in table.values():
-        _NAMED[kind][f"{found.__module__}.{found.__qualname__}"] = found  # later lookups by that name find it
-    return found
+    return register(kind, found)
+
+
+def register(kind: str, cls: type) -> type:
+    """Register a class the user names (in code, or by dotted path on the command line) for this process.
+
+    Later lookups by its dotted path find it: the checkpoint its fit writes, the records it makes, `bench list`.
+    """
+    base, table = _bases()[kind]
+    if not (isinstance(cls, type) and issubclass(cls, base)) or cls.__dict__.get("abstract", False):
+        raise BenchError(f"{cls!r} is not a concrete {kind}: a subclass of {base.__module__}.{base.__qualname__}")
+    if cls not in table.values():
+        _NAMED[kind][f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return cls
 
 
 def lookup(kind: str, name: str) -> type:
