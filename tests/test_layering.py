@@ -282,3 +282,23 @@ def test_a_class_the_user_names_is_registered_for_later_lookups(tmp_path, monkey
         assert registry.methods()["layering_user_pkg.Mine"] is mine
     finally:
         sys.modules.pop("layering_user_pkg", None)
+
+
+# ---------------------------------------------------------------------- papers
+
+PAPERS = PACKAGE.parent / "docs" / "papers"
+
+
+def test_every_method_of_the_suite_has_its_papers_page_and_every_link_there_resolves():
+    import re
+
+    from bench import registry
+
+    pages = {page: page.read_text() for page in sorted(PAPERS.glob("*.md")) if page.name != "README.md"}
+    index = (PAPERS / "README.md").read_text()
+    assert all(f"]({page.name})" in index for page in pages), "docs/papers/README.md must link every page"
+    for method in registry.SUITE["method"]:
+        assert any(f"`{method}`" in text for text in pages.values()), f"no paper page names {method}"
+    for page, text in {**pages, PAPERS / "README.md": index}.items():
+        for link in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+            assert (page.parent / link).exists(), f"{page.name} links to {link}, which does not exist"
