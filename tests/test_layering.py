@@ -284,6 +284,19 @@ def test_a_class_the_user_names_is_registered_for_later_lookups(tmp_path, monkey
         sys.modules.pop("layering_user_pkg", None)
 
 
+
+def test_a_config_names_the_suites_classes_by_their_short_names(tmp_path, capsys):
+    # bench.modules no longer imports every method, so the command line loads the registered ones before parsing
+    from bench.cli import main
+
+    config = tmp_path / "short.yaml"
+    config.write_text("model:\n  class_path: RAN\ndata:\n  class_path: Digits\n")
+    with pytest.raises(SystemExit) as exit_code:
+        main(["fit", "--config", str(config), "--print_config"])
+    printed = capsys.readouterr()
+    assert exit_code.value.code in (0, None), printed.err
+    assert "class_path: bench.modules.RAN" in printed.out and "class_path: bench.datamodules.Digits" in printed.out
+
 # ---------------------------------------------------------------------- papers
 
 PAPERS = PACKAGE.parent / "docs" / "papers"
