@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import sys
+import weakref
+from collections.abc import MutableMapping
 from pathlib import Path
 
 from bench.errors import BenchError
@@ -69,8 +71,9 @@ SUITE: dict[str, dict[str, str]] = {
     },
 }
 
-#: classes of the user's own packages, registered in this process when the user named them (dotted path -> class)
-_NAMED: dict[str, dict[str, type]] = {kind: {} for kind in SUITE}
+#: classes of the user's own packages, registered in this process when the user named them (dotted path -> class);
+#: weak, so that a class nothing else holds any more (its module dropped) is forgotten
+_NAMED: dict[str, MutableMapping[str, type]] = {kind: weakref.WeakValueDictionary() for kind in SUITE}
 
 
 def _registered(kind: str) -> dict[str, type]:
