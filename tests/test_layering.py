@@ -104,7 +104,8 @@ def fresh_imports() -> dict:
         "loaded = sorted(m for m in sys.modules if m.startswith('bench.modules.'))",
         "print(json.dumps({'failures': failures, 'loaded_with_the_base_class': loaded}))",
     ])
-    run = subprocess.run([sys.executable, "-c", script], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-c", script], cwd=PACKAGE.parent, capture_output=True, text=True,
+                         timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 
