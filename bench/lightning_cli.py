@@ -95,7 +95,6 @@ def run_lightning_cli(argv: list[str]):
     from lightning.pytorch.callbacks import ProgressBar
     from lightning.pytorch.cli import LightningCLI
 
-    import bench.attacks  # noqa: F401  (attack classes become choosable by name)
     from bench import registry
     from bench.callbacks.console import EpochLines, RunConfig
     from bench.callbacks.privacy_evaluation import PrivacyEvaluation
@@ -103,6 +102,8 @@ def run_lightning_cli(argv: list[str]):
     from bench.modules.base import PrivacyModule
 
     quiet_lightning()
+    for kind in (registry.methods, registry.datamodules, registry.attacks):
+        kind()  # imports the suite's classes (registration is explicit): configs may name them by their short names
 
     class BenchCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:

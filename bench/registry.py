@@ -1,56 +1,97 @@
 """What the suite has: methods, DataModules, attacks and shipped configs, found by name.
 
-Methods, DataModules and attacks are the concrete subclasses of their base classes that have
-been imported (a class sets ``abstract = True`` in its own body to stay out of the lists), so a
-new method is registered by defining it in ``bench/modules/`` and importing it there.
+Registration is explicit. The suite's methods, DataModules and attacks are listed in :data:`SUITE` (a new
+method of the suite is added there); a class of the user's own package is registered when the user names it
+by dotted path on the command line (:func:`resolve_class` with ``allow_import``). Defining a subclass
+anywhere else (a test, a notebook) registers nothing: `bench list` and checkpoints never see it.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+import weakref
+from collections.abc import MutableMapping
 from pathlib import Path
-from typing import TypeVar
 
 from bench.errors import BenchError
 
-T = TypeVar("T", bound=type)
 CONFIG_DIR = Path(__file__).parent / "configs"
 #: the pieces shipped experiments are composed from (``compose:``): data, method, attack budget, trainer
 PIECE_DIR = CONFIG_DIR / "pieces"
 SWEEP_DIR = Path(__file__).parent / "sweeps"
 
 
-def _concrete_subclasses(base: T) -> dict[str, T]:
-    found: dict[str, T] = {}
-    stack = list(base.__subclasses__())
-    while stack:
-        cls = stack.pop()
-        stack.extend(cls.__subclasses__())
-        if not cls.__dict__.get("abstract", False) and not cls.__name__.startswith("_"):
-            found[cls.__name__] = cls
-    return dict(sorted(found.items()))
+#: the suite's classes by kind, name -> the module that defines it (fixed here: nothing read from a file adds one)
+SUITE: dict[str, dict[str, str]] = {
+    "method": {
+        "Collaborative": "bench.modules.collaborative",
+        "ComplexNet": "bench.modules.complex_net",
+        "ComplexNetBaseline": "bench.modules.complex_net",
+        "DCM": "bench.modules.dcmg",
+        "DCMG": "bench.modules.dcmg",
+        "DCMGN": "bench.modules.dcmg",
+        "DCMGO": "bench.modules.dcmg",
+        "DPSGD": "bench.modules.mcmia",
+        "MCMIA": "bench.modules.mcmia",
+        "NoisyInput": "bench.modules.noisy_input",
+        "RAN": "bench.modules.ran",
+        "ResizedDNN": "bench.modules.resized_dnn",
+        "SplitNetwork": "bench.modules.split_network",
+    },
+    "datamodule": {
+        "CIFAR10": "bench.datamodules.torchvision_sets",
+        "CIFAR100": "bench.datamodules.torchvision_sets",
+        "CUB200": "bench.datamodules.cub",
+        "CelebA": "bench.datamodules.celeba",
+        "Digits": "bench.datamodules.digits",
+        "FashionMNIST": "bench.datamodules.torchvision_sets",
+        "LocalFolder": "bench.datamodules.folder",
+        "MNIST": "bench.datamodules.torchvision_sets",
+        "SVHN": "bench.datamodules.torchvision_sets",
+    },
+    "attack": {
+        "AffineInversion": "bench.attacks.compressed_reconstruction",
+        "FeatureInversion": "bench.attacks.feature_inversion",
+        "GradientInversion": "bench.attacks.gradient_inversion",
+        "LearnedPhaseInversion": "bench.attacks.phase_inversion",
+        "LiRA": "bench.attacks.lira",
+        "LiRAOnline": "bench.attacks.lira",
+        "LossThreshold": "bench.attacks.membership_inference",
+        "MeasurementDecoder": "bench.attacks.compressed_reconstruction",
+        "NasrAttack": "bench.attacks.membership_inference",
+        "NasrShadow": "bench.attacks.membership_inference",
+        "OwnDecoder": "bench.attacks.own_decoder",
+        "PhaseInversion": "bench.attacks.phase_inversion",
+        "PseudoInverse": "bench.attacks.compressed_reconstruction",
+        "RMIA": "bench.attacks.rmia",
+        "RMIAOnline": "bench.attacks.rmia",
+        "ReleasedTrainingData": "bench.attacks.compressed_reconstruction",
+        "ShokriShadow": "bench.attacks.membership_inference",
+    },
+}
+
+#: classes of the user's own packages, registered in this process when the user named them (dotted path -> class);
+#: weak, so that a class nothing else holds any more (its module dropped) is forgotten
+_NAMED: dict[str, MutableMapping[str, type]] = {kind: weakref.WeakValueDictionary() for kind in SUITE}
+
+
+def _registered(kind: str) -> dict[str, type]:
+    suite = {name: getattr(importlib.import_module(module), name) for name, module in SUITE[kind].items()}
+    return {**dict(sorted(suite.items())), **_NAMED[kind]}
 
 
 def methods() -> dict[str, type]:
-    import bench.modules  # noqa: F401  (registers the shipped methods)
-    from bench.modules.base import PrivacyModule
-
-    return _concrete_subclasses(PrivacyModule)
+    """The suite's methods by name, then those the user named on the command line by dotted path."""
+    return _registered("method")
 
 
 def datamodules() -> dict[str, type]:
-    import bench.datamodules  # noqa: F401
-    from bench.datamodules.base import PrivacyDataModule
-
-    return _concrete_subclasses(PrivacyDataModule)
+    return _registered("datamodule")
 
 
 def attacks() -> dict[str, type]:
-    import bench.attacks  # noqa: F401
-    from bench.attacks.base import Attack
-
-    return _concrete_subclasses(Attack)
+    return _registered("attack")
 
 
 def _yaml_by_name(folder: Path, skip: Path | None = None) -> dict[str, Path]:
@@ -163,7 +204,20 @@ def resolve_class(kind: str, name: str, allow_import: bool = False) -> type:
         raise BenchError(f"'{name}' is not a {kind}: it must be a subclass of {base.__module__}.{base.__qualname__}")
     if found.__dict__.get("abstract", False):
         raise BenchError(f"'{name}' is an abstract base (abstract = True in its body); give a concrete {kind}")
-    return found
+    return register(kind, found)
+
+
+def register(kind: str, cls: type) -> type:
+    """Register a class the user names (in code, or by dotted path on the command line) for this process.
+
+    Later lookups by its dotted path find it: the checkpoint its fit writes, the records it makes, `bench list`.
+    """
+    base, table = _bases()[kind]
+    if not (isinstance(cls, type) and issubclass(cls, base)) or cls.__dict__.get("abstract", False):
+        raise BenchError(f"{cls!r} is not a concrete {kind}: a subclass of {base.__module__}.{base.__qualname__}")
+    if cls not in table.values():
+        _NAMED[kind][f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return cls
 
 
 def lookup(kind: str, name: str) -> type:

@@ -74,8 +74,10 @@ def check_method_contract(method: type, tmp_path: Path, datamodule: Optional[Any
     _expect(bool(method.threat_models), f"{name} declares no threat model: the harness could not attack it")
     unused = unexercised_declarations(method)
     _expect(not unused, f"{name} declares {', '.join(unused)}, which no registered attack exercises")
+    registry.register("method", method)  # the caller names it, as `--model pkg.Class` would: its checkpoint may name it
 
     datamodule = Digits(batch_size=16, pool_limit=48) if datamodule is None else datamodule
+    registry.register("datamodule", type(datamodule))
     datamodule.prepare_data()
     datamodule.setup("fit")
     module = method(data_spec=datamodule.spec)  # every method must be constructible from the data spec alone

@@ -8,7 +8,7 @@ For each network (the 8-layer ConvNet and ResNet-20 on 28x28 one-channel images)
 * vectorized: ``privacy_score`` as the search runs it (``per_sample="statistics"``): one batched forward and
   backward over all (K + 1) x D inputs, each layer's per-sample weight gradients formed a chunk at a time as the
   backward reaches it (convolutions by grouped convolution backward) and reduced at once to their dot products
-  with the target's gradient and their squared norms (``bench.ats.per_sample.gradient_statistics``);
+  with the target's gradient and their squared norms (``bench.batching.per_sample.gradient_statistics``);
 * vmap: ``privacy_score(per_sample="vmap")``, ``torch.func.vmap(grad)``;
 * unfold (``--unfold``): ``privacy_score(per_sample="unfold")``, every per-sample gradient by unfold + batched
   matmul;

@@ -5,7 +5,7 @@ process and one thread setting, every way warmed up first, then alternated ``--r
 (medians):
 
 * batched:    :class:`ShadowModels` with ``vectorize=True``, the copies as ONE grouped network
-              (grouped convolutions, batched matrix products: bench/attacks/grouped_models.py),
+              (grouped convolutions, batched matrix products: bench/batching/grouped_networks.py),
               one forward, backward and optimizer step per batch for all K;
 * vmap:       the same with ``grouped=False``: ``functional_call`` under ``vmap`` (the fallback for
               networks without a grouped form);

@@ -50,7 +50,7 @@ def test_vectorized_privacy_score_equals_the_loop(network, policy, variant, per_
 def test_per_sample_gradients_by_unfold_equal_vmap(network):
     from torch.func import functional_call, grad, vmap
 
-    from bench.ats.per_sample import per_sample_gradients
+    from bench.batching.per_sample import per_sample_gradients
 
     model, (images, labels) = _model(network), _data(6)
     params = {n: p.detach() for n, p in model.named_parameters()}
@@ -88,7 +88,7 @@ def test_gradient_statistics_are_the_dots_and_norms_of_the_per_sample_gradients(
     chunks of one sample up to all: equal to the per-sample gradients of vmap(grad) in float64."""
     from torch.func import functional_call, grad, vmap
 
-    from bench.ats.per_sample import gradient_statistics
+    from bench.batching.per_sample import gradient_statistics
 
     if network == "odd":
         torch.manual_seed(0)

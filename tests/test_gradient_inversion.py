@@ -76,7 +76,7 @@ def test_dummy_gradients_by_unfold_and_grouped_equal_vmap_and_stay_differentiabl
 def test_grouped_batch_norm_is_eval_only_and_shadows_keep_their_forms():
     """The grouped batch-norm is the eval-mode affine map: a training forward says so; without batch_norm=True
     (the shadow models' call) a batch-norm network has no grouped form, as before."""
-    from bench.attacks.grouped_models import grouped_network
+    from bench.batching.grouped_networks import grouped_network
     from bench.datamodules.base import DataSpec
 
     spec = DataSpec("synthetic", (1, 8, 8), 3, (0.5,), (0.25,))

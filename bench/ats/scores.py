@@ -31,7 +31,7 @@ Algorithm 1 keeps the policies with S_acc >= T_acc.
 The vectorized S_pri needs only cosines, so by default it never holds the per-sample gradients: one batched
 forward and backward over every interpolation point and target, each layer's per-sample gradients reduced to
 their dot products with the target's and their squared norms as the backward reaches the layer
-(:func:`bench.ats.per_sample.gradient_statistics`; ``torch.func.vmap`` and unfold + batched matmul are kept
+(:func:`bench.batching.per_sample.gradient_statistics`; ``torch.func.vmap`` and unfold + batched matmul are kept
 as options). The vectorized S_acc takes one backward for a whole Jacobian. The loops compute every gradient
 one by one with ``torch.autograd``, as the authors' code does, and exist to check the vectorized versions and
 to measure the speed-up.
@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from bench.ats.per_sample import Unsupported, gradient_statistics, per_sample_gradients
+from bench.batching.per_sample import Unsupported, gradient_statistics, per_sample_gradients
 from bench.errors import BenchError
 from bench.transforms.policy import Policy
 
@@ -104,7 +104,7 @@ def _grad_sim(along: Sequence[Tensor], reference: Sequence[Tensor], layerwise: b
 
 def _grad_sim_of_statistics(dots: Tensor, squares: Tensor, references: Tensor, layerwise: bool) -> Tensor:
     """:func:`_grad_sim` of every sample against its reference from per-tensor dot products and squared norms
-    ((tensors, M), :func:`bench.ats.per_sample.gradient_statistics`), with ``F.cosine_similarity``'s clamping of
+    ((tensors, M), :func:`bench.batching.per_sample.gradient_statistics`), with ``F.cosine_similarity``'s clamping of
     each norm at ``COSINE_EPS``."""
     if not layerwise:  # one cosine over all parameters together
         dots, squares = dots.sum(0, keepdim=True), squares.sum(0, keepdim=True)
@@ -128,10 +128,11 @@ def privacy_score(model: nn.Module, policy: Optional[Policy], images: Tensor, la
     ``per_sample`` chooses how the per-sample gradients are formed: ``statistics`` (the default: one batched
     forward and backward, each layer's per-sample gradients formed a chunk at a time in a hook during the
     backward -- convolutions by grouped convolution backward -- and reduced at once to their dot products with the
-    target's gradient and their squared norms, all the cosines need: :func:`bench.ats.per_sample.gradient_statistics`;
+    target's gradient and their squared norms, all the cosines need:
+    :func:`bench.batching.per_sample.gradient_statistics`;
     1.2-1.3x the floor of one plain batched forward and backward on the 2-core CPU, ``benchmarks/ats_scores.py``),
     ``vmap`` (``torch.func.vmap(grad)``, any network) or ``unfold`` (every per-sample gradient by unfold + batched
-    matmul: :mod:`bench.ats.per_sample`; slower: it materialises every convolution's unfolded input).
+    matmul: :mod:`bench.batching.per_sample`; slower: it materialises every convolution's unfolded input).
     ``statistics`` and ``unfold`` fall back to ``vmap`` for layers they do not cover.
     ``points`` is K (the reference's ``bin_num``, 20); ``variant`` ``reference`` or ``paper`` (module docstring).
     ``starts`` are the attacker's random starts x0 (default: uniform noise from ``generator``, drawn after

@@ -33,10 +33,10 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
-from bench.ats.per_sample import Unsupported, supported_layers, per_sample_gradients
 from bench.attacks.base import Attack, AttackResult
-from bench.attacks.grouped_models import grouped_network
 from bench.attacks.label_recovery import recover_label_counts, recover_labels
+from bench.batching.grouped_networks import grouped_network
+from bench.batching.per_sample import Unsupported, per_sample_gradients, supported_layers
 from bench.errors import BenchError
 from bench.metrics.reconstruction import PSNR_CAP_DB, per_image_details, per_image_metrics, reconstruction_metrics
 from bench.threat_models import Role, ThreatModel
@@ -105,11 +105,11 @@ class GradientInversion(Attack):
             of the run: ``bench evaluate runs/.../checkpoints/epoch=<e>-*.ckpt`` (configs ``ats/*_paper_ig``
             keep every epoch's checkpoint).
         per_sample: how the dummy gradients of many attacks are formed in one pass: ``grouped`` (the default: the
-            attacks as copies of one grouped network, :mod:`bench.attacks.grouped_models`, each copy's weight
+            attacks as copies of one grouped network, :mod:`bench.batching.grouped_networks`, each copy's weight
             gradient its attack's dummy gradient, a plain double backward of grouped convolutions; where the model
             has such a form and it gives the model's own logits, else ``vmap``), ``vmap`` (``torch.func``; any
             network) or ``unfold`` (activations and output gradients of one batched forward/backward, weight
-            gradients by unfold + batched matmul: ``bench.ats.per_sample``). ``benchmarks/ats_inversion.py``
+            gradients by unfold + batched matmul: ``bench.batching.per_sample``). ``benchmarks/ats_inversion.py``
             times them against the floor. A single attack always takes the plain double backward of its batch.
         progress: show a progress bar.
     """
@@ -337,7 +337,7 @@ class GradientInversion(Attack):
         grouped = None
         if self.per_sample == "grouped" and every_parameter and image_shape is not None and attacks > 1:
             grouped = self._checked_grouped(model, image_shape, attacks, labels.shape[1])
-        # per-sample gradients by unfold + batched matmul where the layers allow (bench.ats.per_sample), else vmap
+        # per-sample gradients by unfold + batched matmul where the layers allow (bench.batching.per_sample), else vmap
         by_unfold = self.per_sample == "unfold" and every_parameter
         if by_unfold:
             try:

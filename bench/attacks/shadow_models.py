@@ -11,7 +11,7 @@ trained on subsets of the attacker pool by one of two recipes:
             target DataModule's training augmentation. One shadow after another.
 ``plain``   cross-entropy with the target's first optimizer, all copies as one batched run: their
             parameters stacked along a leading model dimension, run as ONE grouped network
-            (grouped convolutions, batched matrix products: :mod:`bench.attacks.grouped_models`)
+            (grouped convolutions, batched matrix products: :mod:`bench.batching.grouped_networks`)
             when the network is a plain ``nn.Sequential`` of such layers, otherwise
             ``torch.func.functional_call`` under ``vmap``. This *is* the target's recipe when the
             target trains by plain cross-entropy (automatic optimization, no callbacks, no
@@ -38,9 +38,10 @@ from torch import Tensor
 from torch.func import functional_call, replace_all_batch_norm_modules_, stack_module_state
 from torch.utils.data import DataLoader
 
-from bench.attacks.grouped_models import grouped_network
+from bench.batching.grouped_networks import grouped_network
 from bench.datamodules.base import ImagePool, collate_batch
 from bench.errors import BenchError
+from bench.modules.base import PrivacyModule
 
 RECIPES = ("auto", "target", "plain")
 #: callbacks that watch or save a fit without changing what each step trains (early stopping and timers only say
@@ -131,8 +132,6 @@ def plain_recipe_gap(module, augmented: bool = False) -> Optional[str]:
         return "its training data is augmented"
     if not getattr(module, "automatic_optimization", True):
         return "it optimizes manually (its own training_step)"
-    from bench.modules.base import PrivacyModule  # here: bench.modules imports the attacks' callbacks
-
     default_step = getattr(type(module), "training_step", None) is PrivacyModule.training_step
     if not getattr(module, "plain_training_step", default_step):
         return "its training_step is not plain cross-entropy"

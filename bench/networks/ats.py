@@ -64,7 +64,7 @@ class ConvNet(nn.Module):
 
     def as_sequential(self) -> nn.Sequential:
         """This network's forward as one ``nn.Sequential`` of its own layers (same parameter names): what
-        :func:`bench.attacks.grouped_models.grouped_network` runs many copies of as one network."""
+        :func:`bench.batching.grouped_networks.grouped_network` runs many copies of as one network."""
         return nn.Sequential(OrderedDict(features=self.features, flatten=nn.Flatten(), fc=self.fc))
 
 
