@@ -384,3 +384,15 @@ def test_a_settings_name_never_reads_as_anything_but_text():
         "x.yaml trainer.logger=false flag k=v"
     tricky = settings_name(["fit", "--config", "x.yaml", "--evaluation.attacks", '[{"class_path": "X"}]'])
     assert yaml.safe_load(tricky) == tricky and tricky.startswith("x.yaml evaluation.attacks=")
+
+
+def test_the_slurm_install_hints_name_this_checkout_not_pypi(monkeypatch, capsys):
+    """`bench` on PyPI is another project: every hint installs the checkout's own extra."""
+    from bench.sweeps import slurm
+
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    assert 'pip install -e ".[slurm]"' in capsys.readouterr().out
+    monkeypatch.setitem(sys.modules, "submitit", None)  # not installed: its import fails
+    with pytest.raises(BenchError, match=r'needs submitit: pip install -e "\.\[slurm\]"'):
+        slurm._submitit()

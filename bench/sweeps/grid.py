@@ -214,7 +214,7 @@ class Point:
 
 
 def settings_name(args: Sequence[str]) -> str:
-    """A point's arguments as a short name: ``--config ran/mnist --model.lam 0.5`` becomes ``ran/mnist model.lam=0.5``."""
+    """A point's arguments as a short name: ``--config ran/mnist --model.lam 0.5`` is ``ran/mnist model.lam=0.5``."""
     import yaml
 
     shown = [describe([arg]) for arg in (args[1:] if args and args[0] == "fit" else args)]
