@@ -89,8 +89,8 @@ def test_a_logged_offline_fit_has_no_wandb_tables_and_keeps_the_sync_hint(tmp_pa
     environment = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
     environment.update(WANDB_MODE="offline", HOME=str(tmp_path), NETRC=str(tmp_path / "netrc"))
     attack = '[{"class_path": "FeatureInversion", "init_args": {"epochs": 2, "progress": false}}]'
-    fit = subprocess.run([sys.executable, "-m", "bench.cli", "fit", "--trainer.max_epochs", "2", "--data.pool_limit", "200",
-                          "--evaluation.attacks", attack], cwd=tmp_path, env=environment,
+    fit = subprocess.run([sys.executable, "-m", "bench.cli", "fit", "--trainer.max_epochs", "2",
+                          "--data.pool_limit", "200", "--evaluation.attacks", attack], cwd=tmp_path, env=environment,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)  # stdout: a pipe
     assert fit.returncode == 0, fit.stdout[-3000:]
     wandb_lines = [line for line in fit.stdout.splitlines() if "wandb" in line.lower() and ":" in line]
