@@ -152,3 +152,26 @@ def test_an_explicit_id_and_settings_win_over_bench_defaults(tmp_path, no_wandb_
     assert logger.continue_run(str(tmp_path / "last.ckpt")) is None
     assert logger._wandb_init["id"] == "mine" and logger._wandb_init["settings"] is settings
     assert logger._wandb_init["resume"] == "allow" and "group" not in logger._wandb_init  # None: wandb's default
+
+
+def test_bench_fit_resumed_from_its_checkpoint_continues_its_wandb_run(no_wandb_env, tmp_path, monkeypatch, capsys):
+    import wandb
+
+    from helpers import run_bench
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    tiny = ["fit", "--data.pool_limit", "64", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+            "--evaluation.enabled", "false", "--trainer.enable_model_summary", "false"]
+    code, output = run_bench([*tiny, "--trainer.max_epochs", "1"], capsys)
+    wandb.finish()  # without an evaluation summary nothing finishes the run in this process
+    assert code == 0, output[-2000:]
+    (checkpoint,) = tmp_path.glob("runs/bench/*/checkpoints/last.ckpt")
+    run_id = checkpoint.parent.parent.name  # the W&B run's id names the run's folder
+    code, output = run_bench([*tiny, "--trainer.max_epochs", "2", "--ckpt_path", str(checkpoint)], capsys)
+    wandb.finish()
+    assert code == 0, output[-2000:]
+    assert "bench: epoch 2/2" in output
+    folders = list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
+    assert folders and all(folder.name.endswith(f"-{run_id}") for folder in folders), folders
+    assert list((tmp_path / "runs" / "bench").iterdir()) == [checkpoint.parent.parent]
