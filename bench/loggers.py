@@ -4,7 +4,7 @@
 host answers within a second; otherwise it logs offline into the run folder (upload later with
 ``wandb sync``). ``WANDB_MODE`` in the environment, when set, is the user's explicit choice and wins.
 
-In a log file (stdout not a terminal) W&B is quiet: no run-history and summary tables at the end, whose
+In a log file (stderr not a terminal) W&B is quiet: no run-history and summary tables at the end, whose
 values the run's own summary and record hold; the offline folder and ``wandb sync`` hint are in bench's
 summary. A run resumed from a checkpoint (``bench fit --ckpt_path``) continues the W&B run that wrote it:
 the logger keeps the run's id in ``wandb_run.json`` beside its checkpoints.
@@ -80,7 +80,7 @@ class BenchWandbLogger(WandbLogger):
         # jsonargparse passes every wandb.init argument, unset ones as None: those would override Lightning's
         # own choices (resume="allow") and ours (the settings); wandb.init's defaults are None anyway
         kwargs = {key: value for key, value in kwargs.items() if value is not None}
-        kwargs.setdefault("settings", _quiet_settings(log_file=not sys.stdout.isatty()))
+        kwargs.setdefault("settings", _quiet_settings(log_file=not sys.stderr.isatty()))  # where W&B writes
         super().__init__(project=project, entity=entity, name=name, save_dir=save_dir, tags=tags,
                          log_model=log_model and self.mode == "online", mode=self.mode, **kwargs)
         self._wandb_init.pop("anonymous", None)  # deprecated in W&B; it only warns

@@ -91,7 +91,7 @@ def test_a_logged_offline_fit_has_no_wandb_tables_and_keeps_the_sync_hint(tmp_pa
     attack = '[{"class_path": "FeatureInversion", "init_args": {"epochs": 2, "progress": false}}]'
     fit = subprocess.run([sys.executable, "-m", "bench.cli", "fit", "--trainer.max_epochs", "2",
                           "--data.pool_limit", "200", "--evaluation.attacks", attack], cwd=tmp_path, env=environment,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)  # stdout: a pipe
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)  # not a terminal
     assert fit.returncode == 0, fit.stdout[-3000:]
     wandb_lines = [line for line in fit.stdout.splitlines() if "wandb" in line.lower() and ":" in line]
     for table_text in ("Run history:", "Run summary:", "Find logs at", "▁", "█"):
@@ -175,3 +175,11 @@ def test_bench_fit_resumed_from_its_checkpoint_continues_its_wandb_run(no_wandb_
     folders = list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
     assert folders and all(folder.name.endswith(f"-{run_id}") for folder in folders), folders
     assert list((tmp_path / "runs" / "bench").iterdir()) == [checkpoint.parent.parent]
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_wandb_is_quiet_in_a_log_file_and_as_usual_in_a_terminal(terminal, tmp_path, monkeypatch, no_wandb_env):
+    monkeypatch.setattr(loggers.sys.stderr, "isatty", lambda: terminal)  # W&B writes to stderr
+    logger = loggers.BenchWandbLogger(save_dir=str(tmp_path / "runs"), mode="disabled")
+    settings = logger._wandb_init["settings"]
+    assert settings.quiet is not terminal and settings.console == "off" and not settings.save_code
