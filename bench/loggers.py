@@ -93,9 +93,8 @@ class BenchWandbLogger(WandbLogger):
         if self._experiment is not None or self._wandb_init.get("id") or not ckpt_path or not Path(ckpt_path).is_file():
             return None  # started already, chosen by the user, or a keyword such as `last` (no folder to look in)
         run_id = saved_run_id(Path(ckpt_path).parent)
-        if run_id is not None:
-            self._wandb_init.update(id=run_id, resume="allow")
-            self._id = run_id
+        if run_id is not None:  # resumed as Lightning's resume="allow" (or the user's `resume`) says
+            self._wandb_init["id"] = self._id = run_id
         return run_id
 
     @rank_zero_only

@@ -124,6 +124,7 @@ def test_a_resumed_run_continues_its_offline_wandb_run(no_wandb_env, tmp_path):
 
     resumed = loggers.BenchWandbLogger(save_dir=str(tmp_path / "runs"), mode="offline")
     assert resumed.continue_run(str(checkpoints / "last.ckpt")) == run_id
+    assert resumed._wandb_init["resume"] == "allow"
     try:
         assert resumed.experiment.id == run_id
         assert resumed.experiment.dir.startswith(str(tmp_path / "runs" / "wandb" / "offline-run-"))
