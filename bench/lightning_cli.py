@@ -152,6 +152,9 @@ def run_lightning_cli(argv: list[str]):
             return super()._instantiate_trainer(config, callbacks)
 
         def before_fit(self) -> None:
+            from bench.loggers import continue_runs
+
+            continue_runs(self.trainer.loggers, self.config[self.subcommand].get("ckpt_path"))  # before W&B starts
             checkpoint = self.trainer.checkpoint_callback
             if checkpoint is not None and checkpoint.save_last is None:
                 checkpoint.save_last = True  # checkpoints/last.ckpt, to resume or evaluate without knowing the step

@@ -340,3 +340,59 @@ def test_tiny_sweep_fills_the_leaderboard_with_the_trade_off(tmp_path):
     # one plot per experiment (rows whose attacks ran with different configurations are separate experiments)
     experiments = {row["experiment"] for row in rows}
     assert len(list((tmp_path / "runs" / "leaderboard" / "plots").glob("feature_release__digits_*.png"))) == len(experiments)
+
+
+# ---------------------------------------------------------------------- W&B: a sweep's points, one group
+def test_points_are_grouped_by_sweep_and_named_by_their_settings_in_wandb(tmp_path, monkeypatch):
+    from bench.sweeps.grid import load_points, resolve_config
+
+    monkeypatch.chdir(tmp_path)
+    Path("lr_sweep.yaml").write_text(TWO_POINTS)
+    points = load_points("lr_sweep.yaml", ["--trainer.max_epochs", "1"], tmp_path / "runs")
+    assert [point.wandb_name for point in points] == ["dnn/tiny model.lr=0.003", "dnn/tiny model.lr=0.01"]
+    for point in points:
+        command = point.command(resume=True)
+        assert command[command.index("--trainer.logger.init_args.group") + 1] == "lr_sweep"
+        # what the point's `bench fit` will run with: the command line parses into the logger's group and name
+        logger = resolve_config(command[3:])["trainer"]["logger"]["init_args"]
+        assert (logger["group"], logger["name"]) == ("lr_sweep", point.wandb_name)
+
+
+@pytest.mark.parametrize("logger, expected", [
+    (False, []),
+    ({"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "x"}}, []),
+    ([{"class_path": "bench.loggers.BenchWandbLogger"}], []),  # several loggers: the command line cannot address one
+    ({"class_path": "bench.loggers.BenchWandbLogger", "init_args": {"group": "mine", "name": None}},
+     ["--trainer.logger.init_args.name", "ran/tiny model.lam=0.1"]),
+    ({"class_path": "bench.loggers.BenchWandbLogger", "init_args": {"group": None, "name": None}},
+     ["--trainer.logger.init_args.group", "s", "--trainer.logger.init_args.name", "ran/tiny model.lam=0.1"]),
+])
+def test_wandb_arguments_leave_other_loggers_and_a_users_choices_alone(logger, expected, tmp_path):
+    from bench.registry import CONFIG_DIR
+
+    args = ["fit", "--config", str(CONFIG_DIR / "ran" / "tiny.yaml"), "--model.lam", "0.1", "--seed_everything", "1"]
+    point = Point(1, args, {"trainer": {"logger": logger}}, "a" * 64, tmp_path, shared=2, sweep="s")
+    assert point.wandb_arguments() == expected
+
+
+def test_a_settings_name_never_reads_as_anything_but_text():
+    import yaml
+
+    from bench.sweeps.grid import settings_name
+
+    assert settings_name(["fit", "--config", "x.yaml", "--trainer.logger", "false", "--flag", "--k=v"]) == \
+        "x.yaml trainer.logger=false flag k=v"
+    tricky = settings_name(["fit", "--config", "x.yaml", "--evaluation.attacks", '[{"class_path": "X"}]'])
+    assert yaml.safe_load(tricky) == tricky and tricky.startswith("x.yaml evaluation.attacks=")
+
+
+def test_the_slurm_install_hints_name_this_checkout_not_pypi(monkeypatch, capsys):
+    """`bench` on PyPI is another project: every hint installs the checkout's own extra."""
+    from bench.sweeps import slurm
+
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    assert 'pip install -e ".[slurm]"' in capsys.readouterr().out
+    monkeypatch.setitem(sys.modules, "submitit", None)  # not installed: its import fails
+    with pytest.raises(BenchError, match=r'needs submitit: pip install -e "\.\[slurm\]"'):
+        slurm._submitit()

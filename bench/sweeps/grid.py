@@ -25,6 +25,9 @@ from bench.errors import BenchError
 
 #: where the sweep writes each point's checkpoints (``last.ckpt`` is what a requeued or rerun point resumes from)
 CHECKPOINT_SUBDIR = "checkpoints"
+#: loggers whose points the sweep groups in W&B (by name: nothing from a config file is imported to check it)
+WANDB_LOGGERS = ("bench.loggers.BenchWandbLogger", "lightning.pytorch.loggers.WandbLogger",
+                 "lightning.pytorch.loggers.wandb.WandbLogger")
 
 
 def expand_sweep(path: str) -> list[list[str]]:
@@ -137,10 +140,25 @@ class Point:
     key: str
     run_dir: Path          #: stable across reruns: ``<log dir>/<readable name>-<key prefix>``
     shared: int = 0        #: how many trailing ``args`` the command line added to every point (not shown in labels)
+    sweep: str = ""        #: the sweep's name: the point's W&B group
 
     @property
     def label(self) -> str:
         return describe(self.args[:len(self.args) - self.shared])
+
+    @property
+    def wandb_name(self) -> str:
+        """The point's W&B run name: its config and grid settings, e.g. ``ran/mnist model.lam=0.5``."""
+        return settings_name(self.args[:len(self.args) - self.shared])
+
+    def wandb_arguments(self) -> list[str]:
+        """``--trainer.logger`` group and name for a W&B logger the point's config does not name itself."""
+        logger = (self.config.get("trainer") or {}).get("logger")
+        if not isinstance(logger, dict) or logger.get("class_path") not in WANDB_LOGGERS or not self.sweep:
+            return []  # no logger, several, or another kind: left as the user configured them
+        given = logger.get("init_args") or {}
+        arguments = [] if given.get("group") else ["--trainer.logger.init_args.group", self.sweep]
+        return arguments + ([] if given.get("name") else ["--trainer.logger.init_args.name", self.wandb_name])
 
     @property
     def devices(self) -> int:
@@ -182,7 +200,8 @@ class Point:
         leaderboard per point (the sweep regenerates it once at the end).
         """
         command = [sys.executable, "-m", "bench.cli", *self.args, "--sweep_point", self.key,
-                   "--trainer.default_root_dir", str(self.run_dir)]  # concurrent points never share a log version
+                   "--trainer.default_root_dir", str(self.run_dir),  # concurrent points never share a log version
+                   *self.wandb_arguments()]
         if not regenerate_leaderboard:
             command += ["--evaluation.leaderboard_dir", "null"]
         if self.checkpointing:
@@ -192,6 +211,28 @@ class Point:
         if resume and self.last_checkpoint.exists():
             command += ["--ckpt_path", str(self.last_checkpoint)]
         return command
+
+
+def settings_name(args: Sequence[str]) -> str:
+    """A point's arguments as a short name: ``--config ran/mnist --model.lam 0.5`` is ``ran/mnist model.lam=0.5``."""
+    import yaml
+
+    shown = [describe([arg]) for arg in (args[1:] if args and args[0] == "fit" else args)]
+    words, index = [], 0
+    while index < len(shown):
+        option, value = shown[index], shown[index + 1] if index + 1 < len(shown) else None
+        takes_value = option.startswith("--") and "=" not in option and value is not None and not value.startswith("--")
+        if takes_value:
+            words.append(value if option in ("--config", "-c") else f"{option[2:]}={value}")
+        else:
+            words.append(option.lstrip("-"))
+        index += 2 if takes_value else 1
+    name = " ".join(words)[:128]
+    try:  # the command line reads it as YAML: a name that would read as anything but itself gets plain characters
+        plain = yaml.safe_load(name) == name
+    except yaml.YAMLError:
+        plain = False
+    return name if plain else re.sub(r"[^A-Za-z0-9_.=/, -]+", "_", name)
 
 
 def _folder_name(args: Sequence[str], key: str) -> str:
@@ -211,7 +252,8 @@ def load_points(sweep_path: str, extra_args: Sequence[str], log_dir: Path) -> li
             raise BenchError(f"sweep point {number} ({describe(args)}): {error}") from None
         key = point_key(config)
         grid_args = args[:len(args) - len(extra_args)]
-        points.append(Point(number, args, config, key, log_dir / _folder_name(grid_args, key), len(extra_args)))
+        points.append(Point(number, args, config, key, log_dir / _folder_name(grid_args, key), len(extra_args),
+                            Path(sweep_path).stem))
     keys = [point.key for point in points]
     for point in points:
         if keys.count(point.key) > 1:

@@ -227,7 +227,7 @@ def sweep_command(argv: Sequence[str]) -> SweepResult:
     node.add_argument("--gpus", type=_gpu_list, help="GPUs to use, e.g. 0,1,2,3 (default: every visible GPU)")
     node.add_argument("--per_gpu", type=int, default=1, help="points sharing one GPU (default 1)")
     node.add_argument("--threads", type=int, help="OMP_NUM_THREADS of each point (default: cores // jobs)")
-    cluster = parser.add_argument_group("on SLURM (--launcher slurm; needs `pip install bench[slurm]`)")
+    cluster = parser.add_argument_group('on SLURM (--launcher slurm; needs `pip install -e ".[slurm]"` in bench)')
     cluster.add_argument("--partition", help="SLURM partition")
     cluster.add_argument("--time_min", type=int, default=240, help="time limit of each task in minutes (default 240); "
                          "a task that reaches it is requeued and resumes from its last checkpoint")

@@ -1,4 +1,4 @@
-"""Submit a sweep to SLURM as job arrays through submitit (``pip install bench[slurm]``).
+"""Submit a sweep to SLURM as job arrays through submitit (``pip install -e ".[slurm]"`` in the checkout).
 
 Points with the same shape (devices, nodes) go into one array; each array task runs one ``bench fit``
 in a subprocess. A multi-GPU point runs one task per GPU (``tasks_per_node = devices``): every task
@@ -34,7 +34,8 @@ def _submitit():
     try:
         import submitit
     except ImportError as error:
-        raise BenchError("--launcher slurm needs submitit: pip install 'bench[slurm]' (or pip install submitit)") from error
+        raise BenchError('--launcher slurm needs submitit: pip install -e ".[slurm]" in the bench checkout '
+                         "(or pip install submitit)") from error
     return submitit
 
 
