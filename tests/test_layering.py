@@ -153,14 +153,16 @@ ALLOWED_DEPENDENCIES: dict[str, set[str]] = {
     "harness": {"attacks", "datamodules", "errors", "metrics", "modules", "records", "registry", "spec",
                 "threat_models"},
     "leaderboard": {"claims", "deprecation", "errors", "records", "spec", "threat_models"},
-    "callbacks": {"attacks", "checkpoints", "datamodules", "errors", "harness", "leaderboard", "metrics", "modules",
+    # evaluate -> record -> write -> log, and the leaderboard refresh after a run (never from a callback)
+    "evaluator": {"attacks", "datamodules", "errors", "harness", "leaderboard", "metrics", "modules", "records"},
+    "callbacks": {"attacks", "checkpoints", "datamodules", "errors", "evaluator", "harness", "metrics", "modules",
                   "records", "registry", "spec", "threat_models", "training"},
-    "lightning_cli": {"attacks", "callbacks", "checkpoints", "datamodules", "deprecation", "errors", "loggers",
+    "lightning_cli": {"attacks", "callbacks", "checkpoints", "datamodules", "deprecation", "errors", "evaluator", "loggers",
                       "modules", "records", "registry", "spec"},
     "sweeps": {"errors", "leaderboard", "lightning_cli", "records", "registry"},
-    "testing": {"attacks", "callbacks", "checkpoints", "datamodules", "errors", "modules", "records", "registry",
+    "testing": {"attacks", "callbacks", "checkpoints", "datamodules", "errors", "evaluator", "modules", "records", "registry",
                 "threat_models"},
-    "cli": {"attacks", "callbacks", "checkpoints", "datamodules", "errors", "leaderboard", "lightning_cli", "loggers",
+    "cli": {"attacks", "callbacks", "checkpoints", "datamodules", "errors", "evaluator", "leaderboard", "lightning_cli", "loggers",
             "modules", "networks", "records", "registry", "sweeps"},
 }
 
