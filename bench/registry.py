@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TypeVar
 
-from bench.errors import BenchError
+from bench.errors import BenchError, regular_file
 
 T = TypeVar("T", bound=type)
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -100,7 +100,7 @@ def composed_configs(name_or_path: str) -> list[str]:
 
     def expand(path: str, trail: tuple[str, ...]) -> list[str]:
         try:
-            content = yaml.safe_load(Path(path).read_text())
+            content = yaml.safe_load(regular_file(path, "config").read_text())
         except (OSError, yaml.YAMLError) as error:
             raise BenchError(f"cannot read config {path}: {error}") from error
         pieces = content.get("compose") if isinstance(content, dict) else None
