@@ -28,7 +28,7 @@ class CommandLineParser(argparse.ArgumentParser):
 
 
 def regular_file(path: str | Path, what: str) -> Path:
-    """``path`` if it is a regular file; a FIFO or device is refused without being opened (reading one blocks or never ends)."""
+    """``path`` if it is a regular file; a FIFO or device is refused unopened (reading one blocks or never ends)."""
     path = Path(path)
     try:
         mode = path.stat().st_mode

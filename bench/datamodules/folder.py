@@ -14,7 +14,7 @@ from torch import Tensor
 from bench.datamodules.base import PrivacyDataModule
 from bench.errors import BenchError, regular_file
 
-#: more classes than any dataset here has by far: a label above it is a mistake (1 + the largest label sizes the classifier)
+#: far more classes than any dataset here has: a label past it is a mistake (1 + the largest label sizes the classifier)
 MAX_CLASSES = 100_000
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
@@ -80,8 +80,8 @@ class LocalFolder(PrivacyDataModule):
         self.num_classes = num_classes or int(max(labels.max() for _, labels in sources.values())) + 1
         if self.num_classes > MAX_CLASSES:
             where = f"labels in {Path(data_dir) / labels}" if num_classes is None else "num_classes"
-            raise BenchError(f"{where}: {self.num_classes} classes "
-                             f"{'(1 + the largest label) ' if num_classes is None else ''}is more than {MAX_CLASSES:,}; "
+            derived = "(1 + the largest label) " if num_classes is None else ""
+            raise BenchError(f"{where}: {self.num_classes} classes {derived}is more than {MAX_CLASSES:,}; "
                              "number the classes 0..K-1 in the labels file")
 
     def _read(self) -> dict[str, tuple[Tensor, Tensor]]:
@@ -92,7 +92,8 @@ class LocalFolder(PrivacyDataModule):
                 if images.shape[0] != labels.shape[0]:
                     raise BenchError(f"{self.files[split][0]} holds {images.shape[0]} images but {self.files[split][1]} holds {labels.shape[0]} labels")
                 if images.shape[0] == 0:
-                    raise BenchError(f"{Path(self.data_dir) / self.files[split][0]} holds no images; give a file with at least one")
+                    empty = Path(self.data_dir) / self.files[split][0]
+                    raise BenchError(f"{empty} holds no images; give a file with at least one")
         return self._sources
 
     def _load(self, file_name: str) -> np.ndarray:
@@ -132,7 +133,8 @@ def _check_npy_size(path: Path) -> None:
             shape, _, dtype = read_header(handle)
             offset = handle.tell()
     except (ValueError, OSError, EOFError, SyntaxError) as error:
-        raise BenchError(f"cannot read {path}: truncated or not a .npy file ({str(error).splitlines()[0][:160]})") from None
+        first_line = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise BenchError(f"cannot read {path}: truncated or not a .npy file ({first_line})") from None
     if dtype.hasobject:
         return  # np.load refuses it with its own message (allow_pickle=False)
     promised = int(np.prod(shape, dtype=object)) * dtype.itemsize

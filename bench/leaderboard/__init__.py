@@ -49,7 +49,8 @@ from bench.threat_models import ThreatModel
 from bench.leaderboard.records import (MAX_LINE_CHARS, MAX_TABLE_COLUMNS, NOT_CONVERGED, PARETO,  # noqa: F401 (public)
                                        _THREAT_MODEL_TITLES, LeaderboardResult, _degenerate, _read, pareto_front)
 from bench.leaderboard.experiments import _Experiment, _canonical, _experiments, worst_case  # noqa: F401 (public)
-from bench.leaderboard.tables import _attack_names, _code, _details, _escape, _no_markup, _experiment_intro, _headline, _notes, _row_worst_case, _std
+from bench.leaderboard.tables import (_attack_names, _code, _details, _escape, _experiment_intro, _headline, _no_markup,
+                                      _notes, _row_worst_case, _std)
 from bench.leaderboard.plots import _front, _plot
 from bench.leaderboard.scorecard import _scorecard
 
@@ -70,12 +71,13 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def _output_folder(out_dir: Path) -> None:
     """``out_dir`` is (or can become) a folder: checked before any record is read, so a bad --out costs nothing."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise BenchError(f"leaderboard folder {out_dir} is a file; give a folder (--out) for README.md, leaderboard.csv and plots/")
+        raise BenchError(f"leaderboard folder {out_dir} is a file; give a folder (--out) for README.md, "
+                         "leaderboard.csv and plots/")
     try:
         (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise BenchError(f"cannot create the leaderboard folder {out_dir} ({error.strerror or error}); give a folder you "
-                         "can write to (--out)") from None
+        raise BenchError(f"cannot create the leaderboard folder {out_dir} ({error.strerror or error}); give a folder "
+                         "you can write to (--out)") from None
 
 
 @contextlib.contextmanager
@@ -158,9 +160,9 @@ def _text(value: Any) -> str:
     return "" if value is None else value if isinstance(value, str) else _canonical(value)
 
 
-def _plain(text: str) -> str:
-    """Text from records (a label, a problem naming a value) as text on the page, never markup."""
-    return _no_markup(text).replace("\n", " ")
+def _listed(path: Path, reason: str, locations: list[Path], out_dir: Path) -> str:
+    """A left-out or skipped record as a list item; its reason (a label, a problem naming a value) is text, not markup."""
+    return f"- `{_code(_shown_path(path, locations, out_dir))}`: {_no_markup(reason).replace(chr(10), ' ')}"
 
 
 def _shown_path(path: Path, locations: list[Path], out_dir: Path) -> str:
@@ -250,10 +252,10 @@ def generate_leaderboard(record_locations: Sequence[str | Path], out_dir: str | 
                 lines += _details(experiment)
     if left_out:
         lines += ["## Left out", "", "Runs flagged degenerate are not ranked (`bench leaderboard --include_degenerate` shows them):", ""]
-        lines += [f"- `{_code(_shown_path(path, locations, out_dir))}`: {_plain(reason)}" for path, reason in left_out] + [""]
+        lines += [_listed(path, reason, locations, out_dir) for path, reason in left_out] + [""]
     if problems:
         lines += ["## Skipped", ""]
-        lines += [f"- `{_code(_shown_path(path, locations, out_dir))}`: {_plain(reason)}" for path, reason in problems] + [""]
+        lines += [_listed(path, reason, locations, out_dir) for path, reason in problems] + [""]
     markdown, table = out_dir / "README.md", out_dir / "leaderboard.csv"
     _publish(out_dir, pngs, "\n".join(lines).rstrip("\n").encode() + b"\n", _csv(experiments))
     return LeaderboardResult(markdown, table, plots, problems, sum(len(e.rows) for e in experiments), left_out)

@@ -262,7 +262,8 @@ def _provenance(experiment: _Experiment) -> list[str]:
     lines = []
     if configs:
         lines.append("Produced by `bench fit --config NAME` with " + ", ".join(f"`{_code(c)}`" for c in configs) + ".")
-    lines.append("Revision" + ("s: " if len(revisions) > 1 else ": ") + (", ".join(f"`{_code(r)}`" for r in revisions) or "not recorded") + ".")
+    shown = ", ".join(f"`{_code(r)}`" for r in revisions) or "not recorded"
+    lines.append("Revision" + ("s: " if len(revisions) > 1 else ": ") + shown + ".")
     return lines
 
 
