@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from bench.checkpoints import describe_attack, instantiate_attack, load_checkpoint  # noqa: F401  (bench.cli.load_checkpoint)
-from bench.errors import BenchError
+from bench.errors import BenchError, CommandLineParser, regular_file
 from bench.lightning_cli import (DEFAULTS, LIGHTNING_SUBCOMMANDS, QUICKSTART, add_compose_argument, plain,  # noqa: F401
                                  resolve_names, run_lightning_cli, summarize_argument_error, with_quickstart)
 
@@ -57,6 +57,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             if verbose:
                 print(message, file=sys.stderr)
             sys.exit(2)
+        cause = cause or _user_error(error)
         if cause is None:
             raise
         print(f"bench: error: {cause}", file=sys.stderr)
@@ -64,7 +65,26 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             import traceback
 
             traceback.print_exception(error)
-        sys.exit(1)
+        sys.exit(cause.exit_code)
+
+
+def _user_error(error: BaseException) -> Optional[BenchError]:
+    """Errors of the user's settings or files that arrive as library exceptions, as one line of advice (else None)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from bench.lightning_cli import lightning_refused
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, MisconfigurationException):
+            return lightning_refused(error)
+        if isinstance(error, OSError) and error.filename is not None:
+            # a folder or file the run must write or read: not there, not writable, or a file where a folder must be
+            return BenchError(f"cannot use {error.filename}: {error.strerror or error}; check the path (and its "
+                              "permissions) in the options or config that name it")
+        error = error.__cause__ or error.__context__
+    return None
 
 
 HELP = """usage: bench COMMAND [options]   (bench COMMAND --help for its options)
@@ -103,7 +123,7 @@ def _check_config_files(argv: list[str]) -> None:
             if index + 1 >= len(argv):
                 continue
             value = argv[index + 1]
-        path = Path(registry.resolve_config(value))
+        path = regular_file(registry.resolve_config(value), "config")  # a FIFO would block the read forever
         try:
             yaml.safe_load(path.read_text())
         except yaml.YAMLError as error:
@@ -147,8 +167,9 @@ def evaluate_command(argv: list[str]) -> None:
     parser.add_argument("--data", type=Optional[str], default=None,
                         help="class path of your own DataModule, to import it (default: the checkpoint's, if registered)")
     args = parser.parse_args(resolve_names(argv))
+    device = _evaluation_device(args.device)
     init = parser.instantiate_classes(args)
-    module, datamodule, checkpoint = load_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device,
+    module, datamodule, checkpoint = load_checkpoint(args.checkpoint, data_dir=args.data_dir, device=device,
                                                      method=args.model, datamodule=args.data)
     run_config = checkpoint.get("run_config")
     if not isinstance(run_config, dict):
@@ -178,15 +199,37 @@ def evaluate_command(argv: list[str]) -> None:
         raise outcome.incomplete_error()
 
 
+def _evaluation_device(name: str) -> str:
+    """``--device`` checked before anything is loaded: a GPU this machine lacks is one line, not a driver traceback.
+
+    The checkpoint's tensors are read onto the CPU whatever device wrote them, then moved here."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise BenchError(f"--device {name}: not a device; give cpu, cuda, cuda:1, ... or auto") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise BenchError(f"--device {name}: this machine has no usable GPU; use --device cpu (or auto)")
+        if device.index is not None and device.index >= count:
+            raise BenchError(f"--device {name}: this machine has {count} GPU{'s' if count != 1 else ''} "
+                             f"(cuda:0..cuda:{count - 1})")
+    elif device.type != "cpu" and device.type != "mps":
+        raise BenchError(f"--device {name}: bench evaluates on cpu or cuda; give cpu, cuda, cuda:1, ... or auto")
+    return str(device)
+
+
 # ---------------------------------------------------------------------- bench leaderboard
 def leaderboard_command(argv: list[str]) -> None:
-    import argparse
-
     from bench.leaderboard import generate_leaderboard
 
     from bench.records import DEFAULT_LEADERBOARD_DIR, DEFAULT_RECORDS_DIR
 
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="bench leaderboard", description="Regenerate leaderboard tables and plots from result records.",
         epilog=f"Without arguments: your own results ({DEFAULT_RECORDS_DIR} -> {DEFAULT_LEADERBOARD_DIR}), where `bench fit` "
                "writes them. The leaderboard shipped with the suite: `bench leaderboard --records leaderboard/records`.")

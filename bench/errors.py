@@ -1,8 +1,45 @@
 """The one exception type the CLI turns into a single line of advice and a non-zero exit."""
 
+from __future__ import annotations
+
+import argparse
+import stat
+from pathlib import Path
+from typing import NoReturn
+
 
 class BenchError(Exception):
     """A user-facing error: the message says what was wrong and what to do about it."""
+
+    exit_code = 1
+
+
+class UsageError(BenchError):
+    """A command line the parser refused (exit 2, as argparse and jsonargparse exit)."""
+
+    exit_code = 2
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one ``bench: error:`` line (via :class:`UsageError`), not usage and exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} ({self.prog} --help lists the options)")
+
+
+def regular_file(path: str | Path, what: str) -> Path:
+    """``path`` if it is a regular file; a FIFO or device is refused unopened (reading one blocks or never ends)."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        raise BenchError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "not a regular file")
+        raise BenchError(f"{what} {path} is {kind}, not a regular file; give the path of a file")
+    return path
 
 
 def class_path(obj: object) -> str:

@@ -85,6 +85,9 @@ def quiet_lightning() -> None:
 
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(no_adverts)
+    # "Seed set to 0" comes while the command line is still being checked, before any error about it; the seed
+    # is in the run's config and record
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
     from bench.deprecation import BenchDeprecationWarning
 
@@ -92,6 +95,7 @@ def quiet_lightning() -> None:
 
 
 def run_lightning_cli(argv: list[str]):
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import ProgressBar
     from lightning.pytorch.cli import LightningCLI
 
@@ -142,6 +146,8 @@ def run_lightning_cli(argv: list[str]):
             return kwargs
 
         def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+            if config.get("default_root_dir") is not None:
+                writable_folder(str(config["default_root_dir"]), "--trainer.default_root_dir")
             given = config.get("callbacks") or []
             given = given if isinstance(given, list) else [given]
             if (config.get("enable_progress_bar") is not False and not sys.stderr.isatty()
@@ -149,7 +155,10 @@ def run_lightning_cli(argv: list[str]):
                 # a bar redraws with carriage returns: in a log file or CI, one line per epoch instead
                 config = {**config, "enable_progress_bar": False}
                 callbacks = [*callbacks, EpochLines()]
-            return super()._instantiate_trainer(config, callbacks)
+            try:
+                return super()._instantiate_trainer(config, callbacks)
+            except (MisconfigurationException, ValueError) as error:  # the Trainer's own checks of its arguments
+                raise lightning_refused(error) from error
 
         def before_fit(self) -> None:
             from bench.loggers import continue_runs
@@ -195,6 +204,34 @@ def run_lightning_cli(argv: list[str]):
         )
     finally:
         sys.argv = saved_argv
+
+
+def lightning_refused(error: Exception) -> BenchError:
+    """Lightning's refusal of trainer settings (accelerator, strategy, epochs...) as one line saying what to change."""
+    import torch
+
+    message = " ".join(str(error).split()) or type(error).__name__
+    needs_gpu = any(word in message.lower() for word in ("gpu", "cuda")) and not torch.cuda.is_available()
+    if needs_gpu and "strategy" in message:
+        advice = "that strategy needs a GPU and this machine has none: use --trainer.strategy auto (or ddp) here"
+    elif needs_gpu:
+        advice = "this machine has no usable GPU: use --trainer.accelerator cpu (or auto)"
+    else:
+        advice = "change the --trainer option it names (or the config's trainer: section); bench fit --help lists them"
+    return BenchError(f"Lightning refused the trainer settings: {message} ({advice})")
+
+
+def writable_folder(folder: str, option: str) -> None:
+    """``folder`` exists (made if need be) and takes files, or one error naming the option that chose it."""
+    import tempfile
+
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise BenchError(f"{option} {folder}: cannot write there ({error.strerror or error}); give a folder you can "
+                         "write to") from None
 
 
 #: keys by which Lightning and jsonargparse choose a class or a function to import
@@ -379,7 +416,12 @@ def summarize_argument_error(message: str) -> str:
     given = re.search(r"Given value: (.*)", message)
     if key and expected and given:
         names = " or ".join("null" if name == "NoneType" else name.rsplit(".", 1)[-1] for name in expected)
-        return f"--{key.group(1)}: expected {names}, got {given.group(1).strip()!r}"
+        where, value = key.group(1), given.group(1).strip()
+        # a class's init argument given on its own (--model.lr fast) arrives wrapped in jsonargparse's NestedArg
+        nested = re.fullmatch(r"NestedArg\(key='([^']*)', val=(['\"])(.*)\2\)", value)
+        if nested:
+            where, value = f"{where}.{nested.group(1)}", nested.group(3)
+        return f"--{where}: expected {names}, got {value!r}"
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     return lines[0] if lines else message
 

@@ -14,7 +14,7 @@ import weakref
 from collections.abc import MutableMapping
 from pathlib import Path
 
-from bench.errors import BenchError
+from bench.errors import BenchError, regular_file
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 #: the pieces shipped experiments are composed from (``compose:``): data, method, attack budget, trainer
@@ -141,7 +141,7 @@ def composed_configs(name_or_path: str) -> list[str]:
 
     def expand(path: str, trail: tuple[str, ...]) -> list[str]:
         try:
-            content = yaml.safe_load(Path(path).read_text())
+            content = yaml.safe_load(regular_file(path, "config").read_text())
         except (OSError, yaml.YAMLError) as error:
             raise BenchError(f"cannot read config {path}: {error}") from error
         pieces = content.get("compose") if isinstance(content, dict) else None

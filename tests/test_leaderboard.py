@@ -453,3 +453,77 @@ def test_every_plotted_setting_has_its_own_style(settings, methods):
     styles = plot_styles(list(method_of), method_of)
     assert len({(tuple(c), marker, face if isinstance(face, str) else tuple(face))
                 for c, marker, face in styles.values()}) == len(method_of)
+
+
+def test_record_text_is_shown_on_the_page_never_run_as_html(tmp_path):
+    record = _fixture("digits-dnn-seed0.json")
+    record["method"]["label"] = "<img src=x onerror=alert(1)>DNN"
+    record["experiment"] = "<script>alert(2)</script> `x` [y](javascript:z)"
+    generate_leaderboard([_write(tmp_path / "records", record)], tmp_path / "board", claims=[])
+    page = (tmp_path / "board" / "README.md").read_text()
+    markup = re.sub(r"`[^`\n]*`", "", page)  # in a code span, '<' is shown as it is
+    assert "<img" not in markup and "<script" not in markup, page
+    assert "&lt;img src=x onerror=alert(1)>DNN" in markup and "### &lt;script>alert(2)&lt;/script>" in markup
+    # a backtick in a name cannot end the code span it is shown in and let the rest be markup
+    assert "Experiment `<script>alert(2)</script> 'x' [y](javascript:z)`, as the records name it" in page
+
+
+def _generate_into(records: Path, out: Path) -> None:
+    generate_leaderboard([records], out, claims=[])
+
+
+def test_concurrent_generations_into_one_folder_leave_a_consistent_page(tmp_path):
+    """Two `bench leaderboard` runs with different records into one folder: whichever finishes last, its page is
+    whole and every plot it links exists (they used to delete each other's plots)."""
+    import multiprocessing
+
+    digits = _write(tmp_path / "digits", *(_fixture(name) for name in ("digits-dnn-seed0.json", "digits-noisy.json")))
+    mia = _write(tmp_path / "mia", *(_fixture(name) for name in ("mia-none-seed0.json", "mia-dpsgd.json")))
+    out = tmp_path / "board"
+    context = multiprocessing.get_context("fork")
+    for _ in range(2):
+        workers = [context.Process(target=_generate_into, args=(records, out)) for records in (digits, mia, digits)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(120)
+        assert [worker.exitcode for worker in workers] == [0, 0, 0]
+        page = (out / "README.md").read_text()
+        linked = set(re.findall(r"\]\(plots/([^)]+\.png)\)", page))
+        assert linked and linked == {plot.name for plot in (out / "plots").glob("*.png")}, page
+        assert not list(out.rglob("*.tmp"))
+
+
+def _hold_folder(folder: Path, holding, release) -> None:
+    import fcntl
+
+    handle = os.open(folder, os.O_RDONLY)
+    fcntl.flock(handle, fcntl.LOCK_EX)  # as a generation in the middle of writing holds it
+    holding.set()
+    release.wait(60)
+    os.close(handle)
+
+
+def test_a_generation_waits_while_another_writes_the_folder(tmp_path):
+    """The folder is written by one generation at a time: one started while the folder is held writes nothing."""
+    import multiprocessing
+    import time
+
+    out = tmp_path / "board"
+    out.mkdir()
+    context = multiprocessing.get_context("fork")
+    holding, release = context.Event(), context.Event()
+    # the lock is held by a process of its own: a forked worker would inherit (and so hold) a lock taken here
+    holder = context.Process(target=_hold_folder, args=(out, holding, release))
+    holder.start()
+    assert holding.wait(60)
+    worker = context.Process(target=_generate_into, args=(RECORDS, out))
+    worker.start()
+    try:
+        time.sleep(3)  # long enough to have written the page, had it not waited
+        assert worker.is_alive() and not (out / "README.md").exists() and not list((out / "plots").glob("*.png"))
+    finally:
+        release.set()
+        holder.join(60)
+    worker.join(120)
+    assert worker.exitcode == 0 and (out / "README.md").is_file()

@@ -12,8 +12,10 @@ import torch
 from torch import Tensor
 
 from bench.datamodules.base import PrivacyDataModule
-from bench.errors import BenchError
+from bench.errors import BenchError, regular_file
 
+#: far more classes than any dataset here has: a label past it is a mistake (1 + the largest label sizes the classifier)
+MAX_CLASSES = 100_000
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
@@ -76,6 +78,11 @@ class LocalFolder(PrivacyDataModule):
         first_images = sources["train"][0]
         self.image_shape = tuple(first_images.shape[1:])
         self.num_classes = num_classes or int(max(labels.max() for _, labels in sources.values())) + 1
+        if self.num_classes > MAX_CLASSES:
+            where = f"labels in {Path(data_dir) / labels}" if num_classes is None else "num_classes"
+            derived = "(1 + the largest label) " if num_classes is None else ""
+            raise BenchError(f"{where}: {self.num_classes} classes {derived}is more than {MAX_CLASSES:,}; "
+                             "number the classes 0..K-1 in the labels file")
 
     def _read(self) -> dict[str, tuple[Tensor, Tensor]]:
         if self._sources is None:
@@ -84,13 +91,18 @@ class LocalFolder(PrivacyDataModule):
             for split, (images, labels) in self._sources.items():
                 if images.shape[0] != labels.shape[0]:
                     raise BenchError(f"{self.files[split][0]} holds {images.shape[0]} images but {self.files[split][1]} holds {labels.shape[0]} labels")
+                if images.shape[0] == 0:
+                    empty = Path(self.data_dir) / self.files[split][0]
+                    raise BenchError(f"{empty} holds no images; give a file with at least one")
         return self._sources
 
     def _load(self, file_name: str) -> np.ndarray:
         path = Path(self.data_dir) / file_name
         if not path.exists():
             raise BenchError(f"{path} not found: point data_dir at the folder holding '{file_name}' (this DataModule never downloads)")
+        regular_file(path, "data file")  # a FIFO or device would block the read or never end
         if path.suffix == ".npy":
+            _check_npy_size(path)
             try:
                 array = np.load(path, allow_pickle=False)  # never unpickle: a .npy of objects could run code
             except ValueError as error:
@@ -108,6 +120,28 @@ class LocalFolder(PrivacyDataModule):
 
     def load_sources(self) -> dict[str, tuple[Tensor, Tensor]]:
         return self._read()
+
+
+def _check_npy_size(path: Path) -> None:
+    """The data a .npy header promises is in the file: an absurd shape would otherwise allocate it before reading."""
+    from numpy.lib import format as npy
+
+    try:
+        with open(path, "rb") as handle:
+            version = npy.read_magic(handle)
+            read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            shape, _, dtype = read_header(handle)
+            offset = handle.tell()
+    except (ValueError, OSError, EOFError, SyntaxError) as error:
+        first_line = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise BenchError(f"cannot read {path}: truncated or not a .npy file ({first_line})") from None
+    if dtype.hasobject:
+        return  # np.load refuses it with its own message (allow_pickle=False)
+    promised = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    found = path.stat().st_size - offset
+    if promised != found:
+        raise BenchError(f"{path} is truncated or corrupt: its header promises shape {shape} ({promised:,} bytes of "
+                         f"data), the file holds {found:,}; save it again with numpy.save")
 
 
 def _labels(array: np.ndarray, file_name: str) -> Tensor:

@@ -31,6 +31,7 @@ carries no timestamps: the same records always give the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
@@ -42,12 +43,14 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from bench.claims import ClaimsError, load_claims, shipped_claims
+from bench.errors import BenchError
 from bench.records import load_records
 from bench.threat_models import ThreatModel
 from bench.leaderboard.records import (MAX_LINE_CHARS, MAX_TABLE_COLUMNS, NOT_CONVERGED, PARETO,  # noqa: F401 (public)
                                        _THREAT_MODEL_TITLES, LeaderboardResult, _degenerate, _read, pareto_front)
 from bench.leaderboard.experiments import _Experiment, _canonical, _experiments, worst_case  # noqa: F401 (public)
-from bench.leaderboard.tables import _attack_names, _details, _experiment_intro, _headline, _notes, _row_worst_case, _std
+from bench.leaderboard.tables import (_attack_names, _code, _details, _escape, _experiment_intro, _headline, _no_markup,
+                                      _notes, _row_worst_case, _std)
 from bench.leaderboard.plots import _front, _plot
 from bench.leaderboard.scorecard import _scorecard
 
@@ -63,6 +66,52 @@ def _write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _output_folder(out_dir: Path) -> None:
+    """``out_dir`` is (or can become) a folder: checked before any record is read, so a bad --out costs nothing."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BenchError(f"leaderboard folder {out_dir} is a file; give a folder (--out) for README.md, "
+                         "leaderboard.csv and plots/")
+    try:
+        (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BenchError(f"cannot create the leaderboard folder {out_dir} ({error.strerror or error}); give a folder "
+                         "you can write to (--out)") from None
+
+
+@contextlib.contextmanager
+def _exclusive(folder: Path):
+    """One generation at a time writes into ``folder``: two at once would delete each other's plots."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks here (Windows): each file is still replaced whole
+        yield
+        return
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released on close, also if this process dies
+        yield
+    finally:
+        os.close(handle)
+
+
+def _publish(out_dir: Path, pngs: dict[str, bytes], markdown: bytes, table: bytes) -> None:
+    """Plots first, then the page and CSV, then the plots no page links any more: the page's plots always exist."""
+    plots_dir = out_dir / "plots"
+    try:
+        with _exclusive(out_dir):
+            plots_dir.mkdir(exist_ok=True)
+            for name, png in pngs.items():
+                _write_atomic(plots_dir / name, png)
+            _write_atomic(out_dir / "README.md", markdown)
+            _write_atomic(out_dir / "leaderboard.csv", table)
+            for stale in plots_dir.glob("*.png"):  # plots of experiments that no longer exist
+                if stale.name not in pngs:
+                    stale.unlink(missing_ok=True)
+    except OSError as error:
+        raise BenchError(f"cannot write the leaderboard into {out_dir} ({error.strerror or error}); give a folder you "
+                         "can write to (--out)") from None
 
 
 def _csv(experiments: list[_Experiment]) -> bytes:
@@ -111,6 +160,11 @@ def _text(value: Any) -> str:
     return "" if value is None else value if isinstance(value, str) else _canonical(value)
 
 
+def _listed(path: Path, reason: str, locations: list[Path], out_dir: Path) -> str:
+    """A left-out or skipped record as a list item; its reason (a label, a problem naming a value) is text, not markup."""
+    return f"- `{_code(_shown_path(path, locations, out_dir))}`: {_no_markup(reason).replace(chr(10), ' ')}"
+
+
 def _shown_path(path: Path, locations: list[Path], out_dir: Path) -> str:
     """A problem file's path without machine-specific prefixes, so the README stays reproducible."""
     for base, prefix in [(out_dir, None)] + [(loc, loc.name) for loc in locations if loc.is_dir()]:
@@ -131,7 +185,7 @@ def generate_leaderboard(record_locations: Sequence[str | Path], out_dir: str | 
     """
     out_dir = Path(out_dir)
     plots_dir = out_dir / "plots"
-    plots_dir.mkdir(parents=True, exist_ok=True)
+    _output_folder(out_dir)
     locations = [Path(location) for location in record_locations]
     loaded = load_records(locations)
     problems = list(loaded.problems)
@@ -176,35 +230,32 @@ def generate_leaderboard(record_locations: Sequence[str | Path], out_dir: str | 
     if not experiments:
         lines += ["No records yet. Train and evaluate a method with `bench fit` (see `bench fit --help`): each "
                   "evaluation writes one JSON record; then run `bench leaderboard` again.", ""]
-    plots = []
+    plots, pngs = [], {}
     for threat_model, group in itertools.groupby(experiments, key=lambda e: e.threat_model):
         group = list(group)
         lines += [f"## {_THREAT_MODEL_TITLES.get(threat_model, threat_model)}", ""]
         if threat_model in {t.value for t in ThreatModel}:
             lines += [f"Threat model: {ThreatModel(threat_model).description}.", ""]
         for experiment in group:
-            lines += [f"### {experiment.name}", "", _experiment_intro(experiment), ""]
+            lines += [f"### {_escape(experiment.name)}", "", _experiment_intro(experiment), ""]
             front = _front(experiment)
             lines += _headline(experiment, front) + [""]
             lines += [line for note in _notes(experiment) for line in (note, "")]
             png = _plot(experiment)
             if png is not None:
                 name = f"{experiment.slug}.png"
-                _write_atomic(plots_dir / name, png)
+                pngs[name] = png
                 plots.append(plots_dir / name)
-                lines += [f"![worst-case privacy against utility: {experiment.name}](plots/{name})", ""]
+                alt = _escape(experiment.name).replace("[", "(").replace("]", ")")
+                lines += [f"![worst-case privacy against utility: {alt}](plots/{name})", ""]
             if experiment.attacks or any(run.configs or run.revision for row in experiment.rows for run in row.runs):
                 lines += _details(experiment)
-    for stale in plots_dir.glob("*.png"):  # plots of experiments that no longer exist
-        if stale not in plots:
-            stale.unlink()
     if left_out:
         lines += ["## Left out", "", "Runs flagged degenerate are not ranked (`bench leaderboard --include_degenerate` shows them):", ""]
-        lines += [f"- `{_shown_path(path, locations, out_dir)}`: {reason}" for path, reason in left_out] + [""]
+        lines += [_listed(path, reason, locations, out_dir) for path, reason in left_out] + [""]
     if problems:
         lines += ["## Skipped", ""]
-        lines += [f"- `{_shown_path(path, locations, out_dir)}`: {reason}" for path, reason in problems] + [""]
+        lines += [_listed(path, reason, locations, out_dir) for path, reason in problems] + [""]
     markdown, table = out_dir / "README.md", out_dir / "leaderboard.csv"
-    _write_atomic(markdown, "\n".join(lines).rstrip("\n").encode() + b"\n")
-    _write_atomic(table, _csv(experiments))
+    _publish(out_dir, pngs, "\n".join(lines).rstrip("\n").encode() + b"\n", _csv(experiments))
     return LeaderboardResult(markdown, table, plots, problems, sum(len(e.rows) for e in experiments), left_out)

@@ -9,7 +9,7 @@ from typing import Optional
 from bench.claims import Setting, evaluate_claims
 from bench.leaderboard.records import MISSING, _Run, _entry, _finite, _mapping
 from bench.leaderboard.experiments import _budget_text, _canonical, _setting, worst_case
-from bench.leaderboard.tables import _markdown_table, _number
+from bench.leaderboard.tables import _markdown_table, _number, _escape
 
 
 def _claim_settings(runs: list[_Run], placed: dict[int, set[str]]) -> list[Setting]:
@@ -69,7 +69,7 @@ def _scorecard(claims_files: list, runs: list[_Run], placed: Optional[dict[int, 
         counts = Counter(v.status for v in verdicts)
         summary = ", ".join(f"{counts[s]} {s}" for s in ("yes", "partly", "no", "not run at this scale") if counts[s])
         scales = sorted({scale for v in verdicts for scale in v.scales})
-        measured = f" Ours measured on {'; '.join(scales)}." if scales else ""
+        measured = f" Ours measured on {_escape('; '.join(scales))}." if scales else ""
         lines += [f"### {file.paper}", "", f"{len(verdicts)} claims: {summary}.{measured}", ""]
         body = [[v.claim.claim + (f" ({v.claim.note})" if v.claim.note else ""), v.claim.paper, v.ours or MISSING,
                  f"**{v.status}**" if v.status in ("yes", "no") else v.status] for v in verdicts]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -111,8 +112,20 @@ def _is_best(means: dict[int, float], index: int, higher: bool) -> bool:
     return math.isclose(means[index], target, rel_tol=1e-9, abs_tol=1e-12)
 
 
+def _no_markup(text: str) -> str:
+    """Text from records shown as text, never as HTML: every '<' that could open a tag, comment or declaration (a
+    label `<img src=x onerror=...>`) becomes '&lt;'; a comparison such as '0.55 < 0.65' stays as written."""
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text)
+
+
 def _escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    # and never a table break
+    return _no_markup(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _code(text: str) -> str:
+    """Text from records inside a `code span`: a backtick would end the span and let the rest be markup."""
+    return text.replace("`", "'").replace("\n", " ")
 
 
 def _clip_to(text: str, limit: int) -> str:
@@ -248,8 +261,9 @@ def _provenance(experiment: _Experiment) -> list[str]:
     configs = sorted({name for row in experiment.rows for run in row.runs for name in run.configs})
     lines = []
     if configs:
-        lines.append("Produced by `bench fit --config NAME` with " + ", ".join(f"`{c}`" for c in configs) + ".")
-    lines.append("Revision" + ("s: " if len(revisions) > 1 else ": ") + (", ".join(f"`{r}`" for r in revisions) or "not recorded") + ".")
+        lines.append("Produced by `bench fit --config NAME` with " + ", ".join(f"`{_code(c)}`" for c in configs) + ".")
+    shown = ", ".join(f"`{_code(r)}`" for r in revisions) or "not recorded"
+    lines.append("Revision" + ("s: " if len(revisions) > 1 else ": ") + shown + ".")
     return lines
 
 
@@ -262,13 +276,13 @@ def _details(experiment: _Experiment) -> list[str]:
             continue
         lines += [f"**{title}**", ""]
         for attack, info in attacks.items():
-            primary = f" (primary metric: {info['primary']})" if info["primary"] else ""
-            lines += [f"*{attack}*{primary}: {_escape(_config_text(info))}", ""]
+            primary = f" (primary metric: {_escape(info['primary'])})" if info["primary"] else ""
+            lines += [f"*{_escape(attack)}*{primary}: {_escape(_config_text(info))}", ""]
             lines += _attack_tables(experiment, attack, info)
     settings = [(row.label, experiment.differences[i]) for i, row in enumerate(experiment.rows)
                 if len(experiment.differences[i]) > MAX_CELL_CHARS]
     if settings:
-        lines += ["Settings in full:", ""] + [f"- {_escape(label)}: `{text}`" for label, text in settings] + [""]
+        lines += ["Settings in full:", ""] + [f"- {_escape(label)}: `{_code(text)}`" for label, text in settings] + [""]
     sources = sorted({src for row in experiment.rows for run in row.runs if isinstance(src := run.paper.get("source"), str)})
     if sources:
         lines += ["Paper values from: " + "; ".join(_escape(s) for s in sources) + ".", ""]
@@ -283,7 +297,7 @@ def _experiment_intro(experiment: _Experiment) -> str:
         pool_text = " Pools: " + ", ".join(f"{k} {_number(float(v), True)}" for k, v in sizes.items()
                                           if isinstance(v, (int, float))) + "."
     if experiment.named:
-        return f"Experiment `{experiment.name}`, as the records name it.{pool_text}"
+        return f"Experiment `{_code(experiment.name)}`, as the records name it.{pool_text}"
     if experiment.threat_model == UTILITY_ONLY:
         return f"Same data, training budget, batch, devices and precision.{pool_text}"
     return f"Same data, training budget, batch, devices and precision; each attack with one configuration.{pool_text}"
@@ -295,7 +309,7 @@ def _notes(experiment: _Experiment) -> list[str]:
                       for e in run.entries_of(experiment.threat_model).values() if e.converged is False})
     if flagged:
         notes.append(f"{NOT_CONVERGED} stopped at its maximum budget without converging (its result is a lower bound on "
-                     f"what this attacker can do): {', '.join(flagged)}.")
+                     f"what this attacker can do): {_escape(', '.join(flagged))}.")
     if any(run.paper for row in experiment.rows for run in row.runs):
         notes.append("Paper values in parentheses (sources under the detail).")
     return notes

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from bench.errors import BenchError
+from bench.errors import BenchError, CommandLineParser
 from bench.sweeps import slurm as slurm_launcher
 from bench.sweeps.grid import Point, finished_records, load_points, records_by_key
 from bench.sweeps.node import Outcome, available_cores, run_on_node
@@ -211,7 +211,7 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def sweep_command(argv: Sequence[str]) -> SweepResult:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="bench sweep", allow_abbrev=False,
         description="Run every point of a sweep (one `bench fit` each): several at once on this node, or as SLURM job "
                     "arrays. Points that already have a record with the same settings are skipped (--rerun: run again).",
