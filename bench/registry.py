@@ -78,7 +78,8 @@ _NAMED: dict[str, MutableMapping[str, type]] = {kind: weakref.WeakValueDictionar
 
 def _registered(kind: str) -> dict[str, type]:
     suite = {name: getattr(importlib.import_module(module), name) for name, module in SUITE[kind].items()}
-    return {**dict(sorted(suite.items())), **_NAMED[kind]}
+    # items() skips referents collected while it iterates; `**weak_dict` would raise KeyError on them
+    return {**dict(sorted(suite.items())), **dict(_NAMED[kind].items())}
 
 
 def methods() -> dict[str, type]:
