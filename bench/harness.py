@@ -135,15 +135,18 @@ def _run_attack(attack: Attack, module, datamodule, seed: int, budget_check: boo
         if budget_check and attack.budget_args:
             result.details["budget_check"] = _budget_check(attack, result, module, datamodule, seed)
     except Exception as error:  # one attack's failure never costs the others their results
-        entry = _failed_entry(attack, error)
-        print(f"bench: attack {attack.name} FAILED: {entry['error']} ({time.perf_counter() - attack_clock:.1f} s)",
-              file=sys.stderr, flush=True)
+        seconds = round(time.perf_counter() - attack_clock, 3)
+        entry = {**_failed_entry(attack, error), "seconds": seconds, "device": str(module.device)}
+        print(f"bench: attack {attack.name} FAILED: {entry['error']} ({seconds:.1f} s)", file=sys.stderr, flush=True)
         return entry, None
+    seconds = round(time.perf_counter() - attack_clock, 3)
     shown = ", ".join(f"{key} {value:.4g}" for key, value in result.metrics.items() if isinstance(value, (int, float)))
-    print(f"bench: attack {attack.name}: {shown} ({time.perf_counter() - attack_clock:.1f} s)", flush=True)
+    print(f"bench: attack {attack.name}: {shown} ({seconds:.1f} s)", flush=True)
     entry = {**_entry_of(attack), "metrics": result.metrics, "details": result.details,
              # e.g. an FPR too low for the non-members scored: beside the metrics it qualifies
-             "warnings": list(result.details.get("warnings", []))}
+             "warnings": list(result.details.get("warnings", [])),
+             # the budget check's rerun included: what this attack cost the evaluation
+             "seconds": seconds, "device": str(module.device)}
     return entry, result.examples
 
 

@@ -351,6 +351,10 @@ class PrivacyEntry(_Open):
     warnings: list[Any] = Field(default_factory=list)
     #: "ExceptionType: first line" of an attack that failed after training; its metrics are empty
     error: Optional[str] = None
+    #: the attack's wall time (training its attackers and shadows included) and the device it ran on; absent in
+    #: records written before they were kept
+    seconds: Optional[float] = None
+    device: Optional[str] = None
 
     @property
     def adversary(self) -> bool:
