@@ -23,6 +23,7 @@ from torch import Tensor
 import bench
 from bench import registry
 from bench.attacks.base import Attack
+from bench.attacks.shadow_models import ShadowPool, sharing_shadows
 from bench.datamodules.base import PrivacyDataModule
 from bench.errors import class_path
 from bench.metrics.cost import client_flops_per_sample, count_parameters, released_bytes_per_sample
@@ -108,21 +109,40 @@ def _evaluate(module, datamodule, attacks, seed, was_training, started, clock, b
         utility = test_utility(module, datamodule)
         cost = measure_cost(module, datamodule)
         privacy, examples, skipped = [], {}, []
+        applicable = []
         for attack in attacks:
-            if not attack.applies_to(module):
-                reason = attack.not_applicable_reason(module)
-                if reason is not None:  # of the method's threat models, but not of its task: say so in the record
-                    skipped.append({"attack": attack.name, "threat_model": attack.threat_model.value,
-                                    "class": class_path(attack), "reason": reason})
+            if attack.applies_to(module):
+                applicable.append(attack)
                 continue
-            entry, example = _run_attack(attack, module, datamodule, seed, budget_check)
-            privacy.append(entry)
-            if example is not None:
-                examples[attack.name] = example
+            reason = attack.not_applicable_reason(module)
+            if reason is not None:  # of the method's threat models, but not of its task: say so in the record
+                skipped.append({"attack": attack.name, "threat_model": attack.threat_model.value,
+                                "class": class_path(attack), "reason": reason})
+        shadows = shadow_pool_for(applicable, seed)
+        with sharing_shadows(shadows):
+            for attack in applicable:
+                entry, example = _run_attack(attack, module, datamodule, seed, budget_check)
+                privacy.append(entry)
+                if example is not None:
+                    examples[attack.name] = example
     finally:
         module.train(was_training)
     cost["evaluation_seconds"] = round(time.perf_counter() - clock, 3)
+    if shadows.models_trained:  # each entry's details["shadow_pool"] says which pool it drew from
+        cost["shadow_models_trained"] = shadows.models_trained
+        cost.update({f"shadow_pool_{kind}": size for kind, size in shadows.sizes().items()})
     return Evaluation(utility, privacy, cost, examples, started, utc_now(), skipped=skipped)
+
+
+def shadow_pool_for(attacks: Sequence[Attack], seed: int) -> ShadowPool:
+    """The evaluation's shadow pool, each of its pools sized for the attack that needs most of it."""
+    pool = ShadowPool(seed)
+    for attack in attacks:
+        need = getattr(attack, "shadow_need", None)
+        planned = need() if callable(need) else None
+        if planned is not None:
+            pool.plan(*planned)
+    return pool
 
 
 def _run_attack(attack: Attack, module, datamodule, seed: int, budget_check: bool):

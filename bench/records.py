@@ -33,7 +33,9 @@ Schema (version 2), the keys every record has:
 ``skipped_attacks`` (optional) list of {attack, threat_model, class, reason}: attacks of the method's threat
                     models that do not handle its task (e.g. membership inference on attributes)
 ``cost``            {parameters, nonzero_parameters, released_bytes_per_sample, raw_bytes_per_sample,
-                    client_flops_per_sample, fit_seconds, evaluation_seconds}
+                    client_flops_per_sample, fit_seconds, evaluation_seconds; with membership attacks
+                    shadow_models_trained and shadow_pool_offline / shadow_pool_online: the models of the evaluation's
+                    shared shadow pools}
 ``paper``           null or {metric name: the paper's reported value, "source": where it was reported}
 ``software``        {bench, git_revision, torch, lightning, python}
 ``wandb``           null or {project, entity, run_id, url, mode, dir}

@@ -515,3 +515,44 @@ def test_the_epsilon_lower_bound_never_exceeds_the_accountants_on_a_dp_run():
             result = attack.run(module, datamodule, torch.Generator().manual_seed(seed))
             assert result.details["empirical_epsilon"]["delta"] == module.hparams.delta
             assert 0 <= result.metrics["empirical_epsilon"] <= accountant
+
+
+# ---------------------------------------------------------------------------- one shadow pool per evaluation
+SHARING = [LossThreshold(shadow_epochs=3), ShokriShadow(shadow_models=2, shadow_epochs=3, attack_epochs=5),
+           LiRA(shadow_models=4, shadow_epochs=3), RMIA(reference_models=2, shadow_epochs=3),
+           LiRAOnline(shadow_models=4, shadow_epochs=3), RMIAOnline(reference_models=2, shadow_epochs=3)]
+
+
+@pytest.mark.parametrize("vectorize", [True, False], ids=["batched", "one_at_a_time"])
+def test_attacks_sharing_one_pool_get_the_results_of_their_own_pools_and_the_pool_trains_once(vectorize, monkeypatch):
+    datamodule = RandomLabels(pool_limit=64)
+    torch.manual_seed(0)
+    target = _fit(MCMIA(data_spec=datamodule.spec, defense="none"), datamodule, 2)
+    if not vectorize:  # the target's recipe one model at a time (the path of every defended target)
+        original = ShadowModels.__init__
+        monkeypatch.setattr(ShadowModels, "__init__", lambda self, *args, **kwargs: original(
+            self, *args, **{**kwargs, "vectorize": False}))
+    trained = []
+    original_fit = ShadowModels.fit
+    monkeypatch.setattr(ShadowModels, "fit", lambda self, *args, **kwargs: trained.append(self.count) or original_fit(
+        self, *args, **kwargs))
+    shared = evaluate(target, datamodule, SHARING, seed=3)
+    # sized for the attacks that need most: 4 offline (LiRA) and 4 online (LiRA online), not 1 + 2 + 4 + 2 + 4 + 2
+    assert trained == [4, 4] and shared.cost["shadow_models_trained"] == 8
+    assert shared.cost["shadow_pool_offline"] == 4 and shared.cost["shadow_pool_online"] == 4
+    for attack, entry in zip(SHARING, shared.privacy):
+        alone = evaluate(target, datamodule, [attack], seed=3).privacy[0]
+        assert entry["metrics"] == alone["metrics"], attack.name  # the same first k models: the same numbers
+        pool = entry["details"]["shadow_pool"]
+        assert pool["shared"] and pool["size"] == 4 and pool["used"] == attack.shadow_need()[1]
+        assert pool["kind"] == ("online" if attack.name.endswith("online") else "offline")
+        assert alone["details"]["shadow_pool"]["size"] == pool["used"]  # alone, the attack trained only its own
+
+
+def test_attacks_with_other_shadow_settings_get_other_pools():
+    datamodule = RandomLabels(pool_limit=64)
+    target = MCMIA(data_spec=datamodule.spec, defense="none")
+    evaluation = evaluate(target, datamodule, [LiRA(shadow_models=2, shadow_epochs=2), LiRA(shadow_models=2, shadow_epochs=3),
+                                               LossThreshold(shadow_epochs=2, batch_size=16)])
+    assert evaluation.cost["shadow_models_trained"] == 5  # 2 + 2 + 1: epochs and batch size make other models
+    assert [entry["details"]["shadow_pool"]["size"] for entry in evaluation.privacy] == [2, 2, 1]
