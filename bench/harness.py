@@ -86,11 +86,14 @@ def measure_cost(module: PrivacyModule, datamodule: PrivacyDataModule) -> dict[s
 
 
 def evaluate(module: PrivacyModule, datamodule: PrivacyDataModule, attacks: Optional[Sequence[Attack]] = None,
-             seed: int = 0, budget_check: bool = False) -> Evaluation:
+             seed: int = 0, budget_check: bool = False, shadow_cache: Optional[str | Path] = None) -> Evaluation:
     """Measure utility and cost, and run every attack whose threat model ``module`` declares.
 
     ``budget_check`` reruns every learned attack (one with ``budget_args``) at twice its training
     budget and records, in its ``details["budget_check"]``, the relative change of its primary metric.
+    ``shadow_cache``: a folder where the membership attacks' shadow models are kept, keyed by everything
+    that determines them, for a rerun or another attack setting of the same target to reuse
+    (:class:`~bench.attacks.shadow_models.ShadowCache`); None: trained in every evaluation.
     """
     attacks = default_attacks() if attacks is None else list(attacks)
     was_training = module.training
@@ -101,10 +104,11 @@ def evaluate(module: PrivacyModule, datamodule: PrivacyDataModule, attacks: Opti
     # stochastic releases (noise, random phases) draw from a seeded generator: same checkpoint, same numbers
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        return _evaluate(module, datamodule, attacks, seed, was_training, started, clock, budget_check)
+        return _evaluate(module, datamodule, attacks, seed, was_training, started, clock, budget_check, shadow_cache)
 
 
-def _evaluate(module, datamodule, attacks, seed, was_training, started, clock, budget_check=False) -> Evaluation:
+def _evaluate(module, datamodule, attacks, seed, was_training, started, clock, budget_check=False,
+              shadow_cache=None) -> Evaluation:
     try:
         utility = test_utility(module, datamodule)
         cost = measure_cost(module, datamodule)
@@ -118,7 +122,7 @@ def _evaluate(module, datamodule, attacks, seed, was_training, started, clock, b
             if reason is not None:  # of the method's threat models, but not of its task: say so in the record
                 skipped.append({"attack": attack.name, "threat_model": attack.threat_model.value,
                                 "class": class_path(attack), "reason": reason})
-        shadows = shadow_pool_for(applicable, seed)
+        shadows = shadow_pool_for(applicable, seed, shadow_cache)
         with sharing_shadows(shadows):
             for attack in applicable:
                 entry, example = _run_attack(attack, module, datamodule, seed, budget_check)
@@ -128,15 +132,16 @@ def _evaluate(module, datamodule, attacks, seed, was_training, started, clock, b
     finally:
         module.train(was_training)
     cost["evaluation_seconds"] = round(time.perf_counter() - clock, 3)
-    if shadows.models_trained:  # each entry's details["shadow_pool"] says which pool it drew from
+    if shadows.models_trained or shadows.models_loaded:  # each entry's details["shadow_pool"] says its pool
         cost["shadow_models_trained"] = shadows.models_trained
+        cost["shadow_models_loaded"] = shadows.models_loaded
         cost.update({f"shadow_pool_{kind}": size for kind, size in shadows.sizes().items()})
     return Evaluation(utility, privacy, cost, examples, started, utc_now(), skipped=skipped)
 
 
-def shadow_pool_for(attacks: Sequence[Attack], seed: int) -> ShadowPool:
+def shadow_pool_for(attacks: Sequence[Attack], seed: int, cache_dir: Optional[str | Path] = None) -> ShadowPool:
     """The evaluation's shadow pool, each of its pools sized for the attack that needs most of it."""
-    pool = ShadowPool(seed)
+    pool = ShadowPool(seed, cache_dir=cache_dir)
     for attack in attacks:
         need = getattr(attack, "shadow_need", None)
         planned = need() if callable(need) else None

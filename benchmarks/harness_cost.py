@@ -13,7 +13,8 @@ process with its default attack list, side by side:
   the distinct models are the most any attack needs of each pool (offline, online) per shadow setting, whatever
   the code under test trains.
 
-    OMP_NUM_THREADS=2 python benchmarks/harness_cost.py [--configs dnn/mnist_shared mcmia/mnist_shared_none quickstart]
+    OMP_NUM_THREADS=2 python benchmarks/harness_cost.py [--configs dnn/mnist_shared mcmia/mnist_shared_none quickstart
+        mcmia/mnist_shared_none+mcmia/mia_suite_mnist_shared_core]   (a+b: --config a --config b)
         [--max_epochs 3] [--pool_limit 400] [--shadow_epochs 5] [--attack_epochs 20] [--json out.json]
 
 ``--max_epochs`` caps the target's epochs, ``--pool_limit`` every data pool, ``--shadow_epochs`` and
@@ -193,7 +194,7 @@ def add_floors(attacks: list[AttackCost]) -> dict[str, float]:
 def capped_attacks(config: str, shadow_epochs: Optional[int], attack_epochs: Optional[int]) -> Optional[list]:
     """The config's attack list (its last ``evaluation.attacks`` over its composed files) with budgets capped."""
     attacks = None
-    for path in registry.composed_configs(config):
+    for path in [path for name in config.split("+") for path in registry.composed_configs(name)]:
         listed = ((yaml.safe_load(Path(path).read_text()) or {}).get("evaluation") or {}).get("attacks")
         if listed is not None:
             attacks = copy.deepcopy(listed)
@@ -223,7 +224,7 @@ def run_config(config: str, args, workdir: Path) -> dict[str, Any]:
     from bench.cli import main
 
     records = workdir / "records"
-    argv = ["fit", "--config", config, "--trainer.logger", "false", "--trainer.default_root_dir", str(workdir),
+    argv = ["fit", *[argument for name in config.split("+") for argument in ("--config", name)], "--trainer.logger", "false", "--trainer.default_root_dir", str(workdir),
             "--evaluation.records_dir", str(records), "--evaluation.leaderboard_dir", "null"]
     if args.max_epochs is not None:
         argv += ["--trainer.max_epochs", str(args.max_epochs)]
@@ -286,8 +287,15 @@ def _suite(attacks: list[AttackCost], record: dict[str, Any]) -> dict[str, Any]:
             "membership_over_floor": None if not floor else round(membership_seconds / floor, 2)}
 
 
+def _names_a_model(config: str) -> bool:
+    return any("model" in (yaml.safe_load(Path(path).read_text()) or {}) for path in registry.composed_configs(config))
+
+
 def default_configs() -> list[str]:
-    return sorted(name for name in registry.configs() if "mnist_shared" in name) + ["quickstart"]
+    """Every shipped ``*mnist_shared*`` config and the quickstart; an attack suite (no model of its own) on top of the
+    MCMIA baseline, as its header says to apply it."""
+    names = sorted(name for name in registry.configs() if "mnist_shared" in name)
+    return [name if _names_a_model(name) else f"mcmia/mnist_shared_none+{name}" for name in names] + ["quickstart"]
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
@@ -315,7 +323,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
 
 def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="+", default=None, help="config names (default: every *mnist_shared* and quickstart)")
+    parser.add_argument("--configs", nargs="+", default=None,
+                        help="config names, a+b for two applied in turn (default: every *mnist_shared* and quickstart)")
     parser.add_argument("--max_epochs", type=int, default=None, help="cap the target's epochs")
     parser.add_argument("--pool_limit", type=int, default=None, help="cap every data pool")
     parser.add_argument("--shadow_epochs", type=int, default=None, help="cap every attack's shadow epochs")

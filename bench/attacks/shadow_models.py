@@ -25,10 +25,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import json
 import logging
+import sys
 import warnings
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import lightning as L
@@ -368,6 +371,29 @@ class ShadowModels:
             model._trainer = None  # detached: a shadow's trainer is no part of what the attack keeps
             model.to(self.device).eval()
 
+    def trained_state(self) -> dict[str, Any]:
+        """The copies' trained tensors (stacked when batched), for :class:`ShadowCache`."""
+        if self.vectorize:
+            return {"params": {k: v.detach().cpu() for k, v in self.params.items()},
+                    "buffers": {k: v.detach().cpu() for k, v in self.buffers.items()}}
+        return {"copies": [{k: v.detach().cpu() for k, v in c.state_dict().items()} for c in self.copies]}
+
+    @torch.no_grad()
+    def load_trained_state(self, state: dict[str, Any]) -> None:
+        """Set the copies to a :meth:`trained_state`; raises when its names or shapes are not these copies'."""
+        if self.vectorize:
+            for mine, theirs in ((self.params, state["params"]), (self.buffers, state["buffers"])):
+                if set(mine) != set(theirs) or any(mine[k].shape != theirs[k].shape for k in mine):
+                    raise ValueError("its tensors are not these models'")
+                for k in mine:
+                    mine[k].copy_(theirs[k])
+            return
+        if len(state["copies"]) != self.count:
+            raise ValueError("it holds another number of models")
+        for model, own in zip(self.copies, state["copies"]):
+            model.load_state_dict(own)  # strict: other names or shapes raise
+            model.eval()
+
     @torch.no_grad()
     def logits(self, images: Tensor, batch_size: int = 512) -> Tensor:
         """Every copy's logits on the same ``images``: (count, N, classes), float64 on the CPU."""
@@ -478,11 +504,14 @@ class ShadowPool:
     train in one batched run.
     """
 
-    def __init__(self, seed: int, shared: bool = True) -> None:
+    def __init__(self, seed: int, shared: bool = True, cache_dir: Optional[str | Path] = None) -> None:
         self.seed, self.shared = int(seed), shared
         self._planned: dict[PoolRecipe, int] = {}
         self._pools: dict[tuple[PoolRecipe, str], _Pool] = {}
         self.models_trained = 0
+        #: trained models kept on disk, keyed by everything that determines them (see :class:`ShadowCache`)
+        self.cache = None if cache_dir is None else ShadowCache(Path(cache_dir))
+        self.models_loaded = 0
 
     def plan(self, recipe: PoolRecipe, count: int) -> None:
         """Size the pool of ``recipe`` for an attack that will need ``count`` of its models."""
@@ -511,11 +540,18 @@ class ShadowPool:
         seeds = [derived_seed(self.seed, recipe.kind, "model", m) for m in new]
         chunk = ShadowModels(module, len(new), torch.Generator().manual_seed(seeds[0]), module.device,
                              recipe=recipe.recipe, augmented=augmentation is not None, seeds=seeds)
-        trained = chunk.fit(images, labels, members, recipe.epochs, recipe.batch_size, torch.Generator(),
-                            transform=augmentation)
+        key = None if self.cache is None else cache_key(module, chunk, recipe, pool.data, self.seed, new, augmentation)
+        trained = None if key is None else self.cache.load(key, chunk, members)
+        if trained is None:
+            trained = chunk.fit(images, labels, members, recipe.epochs, recipe.batch_size, torch.Generator(),
+                                transform=augmentation)
+            self.models_trained += len(new)
+            if key is not None:
+                self.cache.save(key, chunk, trained)
+        else:
+            self.models_loaded += len(new)
         pool.chunks.append(chunk)
         pool.trained = trained if pool.trained is None else torch.cat([pool.trained, trained])
-        self.models_trained += len(new)
 
     def sizes(self) -> dict[str, int]:
         """How many models this evaluation trained for each kind of pool (offline, online), for the record's cost."""
@@ -523,6 +559,77 @@ class ShadowPool:
         for pool in self._pools.values():
             sizes[pool.recipe.kind] = sizes.get(pool.recipe.kind, 0) + pool.size
         return sizes
+
+
+# ---------------------------------------------------------------------- reuse across runs
+#: the version of how a pool's models are drawn and trained: a change to it retires every cached model
+POOL_FORMAT = 1
+
+
+def cache_key(module, chunk: ShadowModels, recipe: PoolRecipe, data: str, seed: int, models: range,
+              augmentation) -> dict[str, Any]:
+    """Everything that determines a chunk of a pool's models: the target's class and hyper-parameters, the recipe as
+    resolved (and its callbacks), the data, the evaluation seed, which models, the device kind, the code's version."""
+    import bench
+
+    return {"format": POOL_FORMAT, "bench": bench.__version__, "torch": torch.__version__,
+            "target": f"{type(module).__module__}.{type(module).__qualname__}",
+            "hparams": json.dumps(dict(getattr(module, "hparams", {})), sort_keys=True, default=repr),
+            "recipe": [recipe.kind, recipe.epochs, recipe.batch_size, recipe.recipe, chunk.recipe, chunk.batching],
+            "optimizer": [chunk.optimizer_class.__name__, json.dumps(chunk.optimizer_settings, sort_keys=True, default=repr)],
+            "callbacks": [_callback_identity(factory()) for factory in chunk.callback_factories],
+            "augmentation": None if augmentation is None else repr(augmentation),
+            "data": data, "seed": seed, "models": [models.start, models.stop], "device": chunk.device.type}
+
+
+def _callback_identity(callback) -> str:
+    """A training callback of the recipe as its class and plain settings (its repr may hold an address)."""
+    settings = {k: v for k, v in vars(callback).items() if isinstance(v, (bool, int, float, str, type(None)))}
+    return f"{type(callback).__module__}.{type(callback).__qualname__}{json.dumps(settings, sort_keys=True)}"
+
+
+class ShadowCache:
+    """A folder of trained shadow models, one file per chunk of a pool: ``<SHA-256 of its key>.pt``.
+
+    A file is used only when the key stored in it equals the key asked for, in full, and it loads as plain tensors
+    (``torch.load(weights_only=True)``) of the right shapes; otherwise the chunk is trained again, with one line
+    saying why, and the file replaced.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def path(self, key: dict[str, Any]) -> Path:
+        text = json.dumps(key, sort_keys=True)
+        return self.folder / f"{hashlib.sha256(text.encode()).hexdigest()}.pt"
+
+    def load(self, key: dict[str, Any], chunk: ShadowModels, members: Tensor) -> Optional[Tensor]:
+        """The chunk's trained state from the cache (its models set in place) and the samples they trained on; None:
+        not cached, or not usable (then one line says why)."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            stored = torch.load(path, map_location=chunk.device, weights_only=True)
+            if not isinstance(stored, dict) or stored.get("key") != json.dumps(key, sort_keys=True):
+                raise ValueError("its key is not this pool's")
+            trained = stored["trained"]
+            if not isinstance(trained, Tensor) or trained.shape != members.shape or (trained & ~members.to(trained.device)).any():
+                raise ValueError("its models trained on other samples")
+            chunk.load_trained_state(stored["state"])
+        except Exception as error:  # a file is never trusted: any problem means train again
+            print(f"bench: shadow cache {path} not used ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                  "training those shadow models again", file=sys.stderr, flush=True)
+            return None
+        return trained.cpu()
+
+    def save(self, key: dict[str, Any], chunk: ShadowModels, trained: Tensor) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.path(key)
+        partial = path.with_suffix(".partial")
+        torch.save({"key": json.dumps(key, sort_keys=True), "trained": trained.cpu(), "state": chunk.trained_state()},
+                   partial)
+        partial.replace(path)  # never a half-written entry under the key's name
 
 
 _CURRENT_POOL: ContextVar[Optional[ShadowPool]] = ContextVar("bench_shadow_pool", default=None)
