@@ -330,7 +330,8 @@ def _summary(outcome: Outcome) -> str:
     record = outcome.record
     parts = [f"accuracy {record.utility['accuracy']:.4f}"]
     for entry in record.privacy:
-        took = "" if entry.seconds is None else f" ({entry.seconds:.1f} s{'' if entry.device is None else ', ' + entry.device})"
+        device = "" if entry.device is None else f", {entry.device}"
+        took = "" if entry.seconds is None else f" ({entry.seconds:.1f} s{device})"
         if entry.failed:
             parts.append(f"{entry.attack} FAILED: {entry.error}{took}")
             continue

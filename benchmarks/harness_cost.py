@@ -103,13 +103,14 @@ class Recorder:
         def recorded_loop(model, loss, train, validation, generator, **kwargs):
             report = loop(model, loss, train, validation, generator, **kwargs)
             if self.current is not None:
-                self.current.learners.append({"model": model, "loss": loss, "train": train, "epochs_run": report.epochs_run,
-                                              "batch_size": kwargs["batch_size"], "lr": kwargs["lr"],
-                                              "parameters": kwargs.get("parameters")})
+                self.current.learners.append({"model": model, "loss": loss, "train": train,
+                                              "epochs_run": report.epochs_run, "batch_size": kwargs["batch_size"],
+                                              "lr": kwargs["lr"], "parameters": kwargs.get("parameters")})
             return report
 
         for module in list(sys.modules.values()):
-            if getattr(module, "__name__", "").startswith("bench.") and getattr(module, "train_until_plateau", None) is loop:
+            ours = getattr(module, "__name__", "").startswith("bench.")
+            if ours and getattr(module, "train_until_plateau", None) is loop:
                 stack.enter_context(_patched(module, "train_until_plateau", recorded_loop))
 
 
@@ -224,7 +225,8 @@ def run_config(config: str, args, workdir: Path) -> dict[str, Any]:
     from bench.cli import main
 
     records = workdir / "records"
-    argv = ["fit", *[argument for name in config.split("+") for argument in ("--config", name)], "--trainer.logger", "false", "--trainer.default_root_dir", str(workdir),
+    configs = [argument for name in config.split("+") for argument in ("--config", name)]
+    argv = ["fit", *configs, "--trainer.logger", "false", "--trainer.default_root_dir", str(workdir),
             "--evaluation.records_dir", str(records), "--evaluation.leaderboard_dir", "null"]
     if args.max_epochs is not None:
         argv += ["--trainer.max_epochs", str(args.max_epochs)]
@@ -255,7 +257,8 @@ def run_config(config: str, args, workdir: Path) -> dict[str, Any]:
 
 
 def _row(cost: AttackCost) -> dict[str, Any]:
-    return {"attack": cost.name, "seconds": round(cost.seconds, 2), "device": cost.device, "membership": cost.membership,
+    return {"attack": cost.name, "seconds": round(cost.seconds, 2), "device": cost.device,
+            "membership": cost.membership,
             "floor": None if cost.floor is None else round(cost.floor, 2),
             "ratio": None if not cost.floor else round(cost.seconds / cost.floor, 2),
             "shadow_models_trained": sum(fit["count"] for fit in cost.shadow_fits),

@@ -552,8 +552,9 @@ def test_attacks_sharing_one_pool_get_the_results_of_their_own_pools_and_the_poo
 def test_attacks_with_other_shadow_settings_get_other_pools():
     datamodule = RandomLabels(pool_limit=64)
     target = MCMIA(data_spec=datamodule.spec, defense="none")
-    evaluation = evaluate(target, datamodule, [LiRA(shadow_models=2, shadow_epochs=2), LiRA(shadow_models=2, shadow_epochs=3),
-                                               LossThreshold(shadow_epochs=2, batch_size=16)])
+    attacks = [LiRA(shadow_models=2, shadow_epochs=2), LiRA(shadow_models=2, shadow_epochs=3),
+               LossThreshold(shadow_epochs=2, batch_size=16)]
+    evaluation = evaluate(target, datamodule, attacks)
     assert evaluation.cost["shadow_models_trained"] == 5  # 2 + 2 + 1: epochs and batch size make other models
     assert [entry["details"]["shadow_pool"]["size"] for entry in evaluation.privacy] == [2, 2, 1]
 
@@ -577,7 +578,8 @@ def test_a_rerun_loads_its_shadow_pool_and_gets_the_same_numbers(vectorize, tmp_
     assert again.cost["shadow_models_loaded"] == 2
     assert again.privacy[0]["metrics"] == first.privacy[0]["metrics"]
     # another shadow setting or another evaluation seed is another key: trained, never loaded
-    for other in (_cached_run(target, datamodule, tmp_path, epochs=2), _cached_run(target, datamodule, tmp_path, seed=4)):
+    for other in (_cached_run(target, datamodule, tmp_path, epochs=2),
+                  _cached_run(target, datamodule, tmp_path, seed=4)):
         assert other.cost["shadow_models_trained"] == 2 and other.cost["shadow_models_loaded"] == 0
 
 

@@ -60,7 +60,8 @@ class LiRAOnline(MembershipInference):
         return self.pool_recipe(online=True), self.shadow_models
 
     def score(self, module, datamodule, generator, images, target, labels, is_member):
-        shadows, _, _, members = self.shadows(module, datamodule, generator, self.shadow_models, queries=(images, labels))
+        shadows, _, _, members = self.shadows(module, datamodule, generator, self.shadow_models,
+                                              queries=(images, labels))
         queries = len(images)
         phi = logit_confidence(shadows.logits(images, self.query_batch_size), labels.expand(self.shadow_models, -1))
         inside = members[:, :queries]

@@ -531,7 +531,8 @@ class ShadowPool:
         """Model ``model``'s half of ``size`` samples: a random half (offline), or the half or the complement of its
         pair's (online: models 2p and 2p + 1 split the samples, so every sample is IN half of the models)."""
         stream = model // 2 if kind == "online" else model
-        half = random_halves(1, size, torch.Generator().manual_seed(derived_seed(self.seed, kind, "members", stream)))[0]
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, kind, "members", stream))
+        half = random_halves(1, size, generator)[0]
         return ~half if kind == "online" and model % 2 else half
 
     def _grow(self, pool: _Pool, module, size: int, images: Tensor, labels: Tensor, augmentation) -> None:
@@ -576,7 +577,8 @@ def cache_key(module, chunk: ShadowModels, recipe: PoolRecipe, data: str, seed: 
             "target": f"{type(module).__module__}.{type(module).__qualname__}",
             "hparams": json.dumps(dict(getattr(module, "hparams", {})), sort_keys=True, default=repr),
             "recipe": [recipe.kind, recipe.epochs, recipe.batch_size, recipe.recipe, chunk.recipe, chunk.batching],
-            "optimizer": [chunk.optimizer_class.__name__, json.dumps(chunk.optimizer_settings, sort_keys=True, default=repr)],
+            "optimizer": [chunk.optimizer_class.__name__,
+                          json.dumps(chunk.optimizer_settings, sort_keys=True, default=repr)],
             "callbacks": [_callback_identity(factory()) for factory in chunk.callback_factories],
             "augmentation": None if augmentation is None else repr(augmentation),
             "data": data, "seed": seed, "models": [models.start, models.stop], "device": chunk.device.type}
@@ -614,12 +616,14 @@ class ShadowCache:
             if not isinstance(stored, dict) or stored.get("key") != json.dumps(key, sort_keys=True):
                 raise ValueError("its key is not this pool's")
             trained = stored["trained"]
-            if not isinstance(trained, Tensor) or trained.shape != members.shape or (trained & ~members.to(trained.device)).any():
+            if (not isinstance(trained, Tensor) or trained.shape != members.shape
+                    or (trained & ~members.to(trained.device)).any()):
                 raise ValueError("its models trained on other samples")
             chunk.load_trained_state(stored["state"])
         except Exception as error:  # a file is never trusted: any problem means train again
-            print(f"bench: shadow cache {path} not used ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-                  "training those shadow models again", file=sys.stderr, flush=True)
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0]}" if str(error) else type(error).__name__
+            print(f"bench: shadow cache {path} not used ({reason}); training those shadow models again",
+                  file=sys.stderr, flush=True)
             return None
         return trained.cpu()
 
