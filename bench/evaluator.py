@@ -330,10 +330,13 @@ def _summary(outcome: Outcome) -> str:
     record = outcome.record
     parts = [f"accuracy {record.utility['accuracy']:.4f}"]
     for entry in record.privacy:
+        device = "" if entry.device is None else f", {entry.device}"
+        took = "" if entry.seconds is None else f" ({entry.seconds:.1f} s{device})"
         if entry.failed:
-            parts.append(f"{entry.attack} FAILED: {entry.error}")
+            parts.append(f"{entry.attack} FAILED: {entry.error}{took}")
             continue
-        parts.append(entry.attack + " " + " ".join(f"{k} {v:.4g}" for k, v in entry.metrics.items() if v is not None))
+        metrics = " ".join(f"{k} {v:.4g}" for k, v in entry.metrics.items() if v is not None)
+        parts.append(f"{entry.attack} {metrics}{took}")
     lines = [f"\nbench: {record.method.label} on {record.dataset.name}: " + " | ".join(parts)]
     if record.utility.get("degenerate"):
         lines.append(f"  DEGENERATE: accuracy at chance level ({record.utility.get('chance_accuracy', 0):.4f} by always "

@@ -23,6 +23,7 @@ from torch import Tensor
 import bench
 from bench import registry
 from bench.attacks.base import Attack
+from bench.attacks.shadow_models import ShadowPool, sharing_shadows
 from bench.datamodules.base import PrivacyDataModule
 from bench.errors import class_path
 from bench.metrics.cost import client_flops_per_sample, count_parameters, released_bytes_per_sample
@@ -85,11 +86,14 @@ def measure_cost(module: PrivacyModule, datamodule: PrivacyDataModule) -> dict[s
 
 
 def evaluate(module: PrivacyModule, datamodule: PrivacyDataModule, attacks: Optional[Sequence[Attack]] = None,
-             seed: int = 0, budget_check: bool = False) -> Evaluation:
+             seed: int = 0, budget_check: bool = False, shadow_cache: Optional[str | Path] = None) -> Evaluation:
     """Measure utility and cost, and run every attack whose threat model ``module`` declares.
 
     ``budget_check`` reruns every learned attack (one with ``budget_args``) at twice its training
     budget and records, in its ``details["budget_check"]``, the relative change of its primary metric.
+    ``shadow_cache``: a folder where the membership attacks' shadow models are kept, keyed by everything
+    that determines them, for a rerun or another attack setting of the same target to reuse
+    (:class:`~bench.attacks.shadow_models.ShadowCache`); None: trained in every evaluation.
     """
     attacks = default_attacks() if attacks is None else list(attacks)
     was_training = module.training
@@ -100,29 +104,50 @@ def evaluate(module: PrivacyModule, datamodule: PrivacyDataModule, attacks: Opti
     # stochastic releases (noise, random phases) draw from a seeded generator: same checkpoint, same numbers
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        return _evaluate(module, datamodule, attacks, seed, was_training, started, clock, budget_check)
+        return _evaluate(module, datamodule, attacks, seed, was_training, started, clock, budget_check, shadow_cache)
 
 
-def _evaluate(module, datamodule, attacks, seed, was_training, started, clock, budget_check=False) -> Evaluation:
+def _evaluate(module, datamodule, attacks, seed, was_training, started, clock, budget_check=False,
+              shadow_cache=None) -> Evaluation:
     try:
         utility = test_utility(module, datamodule)
         cost = measure_cost(module, datamodule)
         privacy, examples, skipped = [], {}, []
+        applicable = []
         for attack in attacks:
-            if not attack.applies_to(module):
-                reason = attack.not_applicable_reason(module)
-                if reason is not None:  # of the method's threat models, but not of its task: say so in the record
-                    skipped.append({"attack": attack.name, "threat_model": attack.threat_model.value,
-                                    "class": class_path(attack), "reason": reason})
+            if attack.applies_to(module):
+                applicable.append(attack)
                 continue
-            entry, example = _run_attack(attack, module, datamodule, seed, budget_check)
-            privacy.append(entry)
-            if example is not None:
-                examples[attack.name] = example
+            reason = attack.not_applicable_reason(module)
+            if reason is not None:  # of the method's threat models, but not of its task: say so in the record
+                skipped.append({"attack": attack.name, "threat_model": attack.threat_model.value,
+                                "class": class_path(attack), "reason": reason})
+        shadows = shadow_pool_for(applicable, seed, shadow_cache)
+        with sharing_shadows(shadows):
+            for attack in applicable:
+                entry, example = _run_attack(attack, module, datamodule, seed, budget_check)
+                privacy.append(entry)
+                if example is not None:
+                    examples[attack.name] = example
     finally:
         module.train(was_training)
     cost["evaluation_seconds"] = round(time.perf_counter() - clock, 3)
+    if shadows.models_trained or shadows.models_loaded:  # each entry's details["shadow_pool"] says its pool
+        cost["shadow_models_trained"] = shadows.models_trained
+        cost["shadow_models_loaded"] = shadows.models_loaded
+        cost.update({f"shadow_pool_{kind}": size for kind, size in shadows.sizes().items()})
     return Evaluation(utility, privacy, cost, examples, started, utc_now(), skipped=skipped)
+
+
+def shadow_pool_for(attacks: Sequence[Attack], seed: int, cache_dir: Optional[str | Path] = None) -> ShadowPool:
+    """The evaluation's shadow pool, each of its pools sized for the attack that needs most of it."""
+    pool = ShadowPool(seed, cache_dir=cache_dir)
+    for attack in attacks:
+        need = getattr(attack, "shadow_need", None)
+        planned = need() if callable(need) else None
+        if planned is not None:
+            pool.plan(*planned)
+    return pool
 
 
 def _run_attack(attack: Attack, module, datamodule, seed: int, budget_check: bool):
@@ -135,15 +160,18 @@ def _run_attack(attack: Attack, module, datamodule, seed: int, budget_check: boo
         if budget_check and attack.budget_args:
             result.details["budget_check"] = _budget_check(attack, result, module, datamodule, seed)
     except Exception as error:  # one attack's failure never costs the others their results
-        entry = _failed_entry(attack, error)
-        print(f"bench: attack {attack.name} FAILED: {entry['error']} ({time.perf_counter() - attack_clock:.1f} s)",
-              file=sys.stderr, flush=True)
+        seconds = round(time.perf_counter() - attack_clock, 3)
+        entry = {**_failed_entry(attack, error), "seconds": seconds, "device": str(module.device)}
+        print(f"bench: attack {attack.name} FAILED: {entry['error']} ({seconds:.1f} s)", file=sys.stderr, flush=True)
         return entry, None
+    seconds = round(time.perf_counter() - attack_clock, 3)
     shown = ", ".join(f"{key} {value:.4g}" for key, value in result.metrics.items() if isinstance(value, (int, float)))
-    print(f"bench: attack {attack.name}: {shown} ({time.perf_counter() - attack_clock:.1f} s)", flush=True)
+    print(f"bench: attack {attack.name}: {shown} ({seconds:.1f} s)", flush=True)
     entry = {**_entry_of(attack), "metrics": result.metrics, "details": result.details,
              # e.g. an FPR too low for the non-members scored: beside the metrics it qualifies
-             "warnings": list(result.details.get("warnings", []))}
+             "warnings": list(result.details.get("warnings", [])),
+             # the budget check's rerun included: what this attack cost the evaluation
+             "seconds": seconds, "device": str(module.device)}
     return entry, result.examples
 
 

@@ -33,7 +33,9 @@ Schema (version 2), the keys every record has:
 ``skipped_attacks`` (optional) list of {attack, threat_model, class, reason}: attacks of the method's threat
                     models that do not handle its task (e.g. membership inference on attributes)
 ``cost``            {parameters, nonzero_parameters, released_bytes_per_sample, raw_bytes_per_sample,
-                    client_flops_per_sample, fit_seconds, evaluation_seconds}
+                    client_flops_per_sample, fit_seconds, evaluation_seconds; with membership attacks
+                    shadow_models_trained and shadow_pool_offline / shadow_pool_online: the models of the evaluation's
+                    shared shadow pools}
 ``paper``           null or {metric name: the paper's reported value, "source": where it was reported}
 ``software``        {bench, git_revision, torch, lightning, python}
 ``wandb``           null or {project, entity, run_id, url, mode, dir}
@@ -351,6 +353,10 @@ class PrivacyEntry(_Open):
     warnings: list[Any] = Field(default_factory=list)
     #: "ExceptionType: first line" of an attack that failed after training; its metrics are empty
     error: Optional[str] = None
+    #: the attack's wall time (training its attackers and shadows included) and the device it ran on; absent in
+    #: records written before they were kept
+    seconds: Optional[float] = None
+    device: Optional[str] = None
 
     @property
     def adversary(self) -> bool:

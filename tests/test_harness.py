@@ -161,6 +161,27 @@ def test_a_failing_attack_keeps_every_other_attacks_result(digits, tmp_path, cap
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_every_attack_entry_says_its_wall_time_and_device_and_the_summary_shows_them(digits, tmp_path):
+    from bench.records import load_records
+
+    outcome = _run(_evaluator(tmp_path, [_attack(epochs=1), _Failing(epochs=1)]), _Releasing(digits.spec), digits)
+    (record,) = load_records([tmp_path / "records"]).models
+    good, failed = record.privacy
+    assert good.seconds is not None and good.seconds > 0 and good.device == "cpu"
+    assert failed.seconds is not None and failed.seconds >= 0 and failed.device == "cpu"  # a failure's time counts too
+    assert good.seconds <= record.cost["evaluation_seconds"]
+    summary = outcome.summary()
+    assert f"({good.seconds:.1f} s, cpu)" in summary and f"({failed.seconds:.1f} s, cpu)" in summary
+
+
+def test_a_record_without_attack_times_still_reads():
+    from bench.records import PrivacyEntry
+
+    entry = PrivacyEntry.model_validate({"attack": "lira", "threat_model": "black_box_outputs", "metrics": {},
+                                         "directions": {}})
+    assert entry.seconds is None and entry.device is None
+
+
 def test_an_unwritable_records_folder_keeps_the_record_in_the_log_folder(digits, tmp_path, monkeypatch, capsys):
     import bench.evaluator
     from bench.records import load_records, write_record

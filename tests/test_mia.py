@@ -515,3 +515,92 @@ def test_the_epsilon_lower_bound_never_exceeds_the_accountants_on_a_dp_run():
             result = attack.run(module, datamodule, torch.Generator().manual_seed(seed))
             assert result.details["empirical_epsilon"]["delta"] == module.hparams.delta
             assert 0 <= result.metrics["empirical_epsilon"] <= accountant
+
+
+# ---------------------------------------------------------------------------- one shadow pool per evaluation
+SHARING = [LossThreshold(shadow_epochs=3), ShokriShadow(shadow_models=2, shadow_epochs=3, attack_epochs=5),
+           LiRA(shadow_models=4, shadow_epochs=3), RMIA(reference_models=2, shadow_epochs=3),
+           LiRAOnline(shadow_models=4, shadow_epochs=3), RMIAOnline(reference_models=2, shadow_epochs=3)]
+
+
+@pytest.mark.parametrize("vectorize", [True, False], ids=["batched", "one_at_a_time"])
+def test_attacks_sharing_one_pool_get_the_results_of_their_own_pools_and_the_pool_trains_once(vectorize, monkeypatch):
+    datamodule = RandomLabels(pool_limit=64)
+    torch.manual_seed(0)
+    target = _fit(MCMIA(data_spec=datamodule.spec, defense="none"), datamodule, 2)
+    if not vectorize:  # the target's recipe one model at a time (the path of every defended target)
+        original = ShadowModels.__init__
+        monkeypatch.setattr(ShadowModels, "__init__", lambda self, *args, **kwargs: original(
+            self, *args, **{**kwargs, "vectorize": False}))
+    trained = []
+    original_fit = ShadowModels.fit
+    monkeypatch.setattr(ShadowModels, "fit", lambda self, *args, **kwargs: trained.append(self.count) or original_fit(
+        self, *args, **kwargs))
+    shared = evaluate(target, datamodule, SHARING, seed=3)
+    # sized for the attacks that need most: 4 offline (LiRA) and 4 online (LiRA online), not 1 + 2 + 4 + 2 + 4 + 2
+    assert trained == [4, 4] and shared.cost["shadow_models_trained"] == 8
+    assert shared.cost["shadow_pool_offline"] == 4 and shared.cost["shadow_pool_online"] == 4
+    for attack, entry in zip(SHARING, shared.privacy):
+        alone = evaluate(target, datamodule, [attack], seed=3).privacy[0]
+        assert entry["metrics"] == alone["metrics"], attack.name  # the same first k models: the same numbers
+        pool = entry["details"]["shadow_pool"]
+        assert pool["shared"] and pool["size"] == 4 and pool["used"] == attack.shadow_need()[1]
+        assert pool["kind"] == ("online" if attack.name.endswith("online") else "offline")
+        assert alone["details"]["shadow_pool"]["size"] == pool["used"]  # alone, the attack trained only its own
+
+
+def test_attacks_with_other_shadow_settings_get_other_pools():
+    datamodule = RandomLabels(pool_limit=64)
+    target = MCMIA(data_spec=datamodule.spec, defense="none")
+    attacks = [LiRA(shadow_models=2, shadow_epochs=2), LiRA(shadow_models=2, shadow_epochs=3),
+               LossThreshold(shadow_epochs=2, batch_size=16)]
+    evaluation = evaluate(target, datamodule, attacks)
+    assert evaluation.cost["shadow_models_trained"] == 5  # 2 + 2 + 1: epochs and batch size make other models
+    assert [entry["details"]["shadow_pool"]["size"] for entry in evaluation.privacy] == [2, 2, 1]
+
+
+# ---------------------------------------------------------------------------- the pool kept across runs
+def _cached_run(target, datamodule, cache, epochs=3, seed=3):
+    return evaluate(target, datamodule, [LiRA(shadow_models=2, shadow_epochs=epochs)], seed=seed, shadow_cache=cache)
+
+
+@pytest.mark.parametrize("vectorize", [True, False], ids=["batched", "one_at_a_time"])
+def test_a_rerun_loads_its_shadow_pool_and_gets_the_same_numbers(vectorize, tmp_path, monkeypatch):
+    if not vectorize:
+        original = ShadowModels.__init__
+        monkeypatch.setattr(ShadowModels, "__init__", lambda self, *args, **kwargs: original(
+            self, *args, **{**kwargs, "vectorize": False}))
+    datamodule = RandomLabels(pool_limit=64)
+    target = MCMIA(data_spec=datamodule.spec, defense="none")
+    first = _cached_run(target, datamodule, tmp_path)
+    again = _cached_run(target, datamodule, tmp_path)
+    assert (first.cost["shadow_models_trained"], again.cost["shadow_models_trained"]) == (2, 0)
+    assert again.cost["shadow_models_loaded"] == 2
+    assert again.privacy[0]["metrics"] == first.privacy[0]["metrics"]
+    # another shadow setting or another evaluation seed is another key: trained, never loaded
+    for other in (_cached_run(target, datamodule, tmp_path, epochs=2),
+                  _cached_run(target, datamodule, tmp_path, seed=4)):
+        assert other.cost["shadow_models_trained"] == 2 and other.cost["shadow_models_loaded"] == 0
+
+
+@pytest.mark.parametrize("damage", ["other_key", "not_a_checkpoint"])
+def test_a_cache_entry_with_another_key_or_unreadable_is_retrained_with_one_line(damage, tmp_path, capsys):
+    datamodule = RandomLabels(pool_limit=64)
+    target = MCMIA(data_spec=datamodule.spec, defense="none")
+    uncached = _cached_run(target, datamodule, None)
+    _cached_run(target, datamodule, tmp_path)
+    (entry,) = tmp_path.glob("*.pt")
+    if damage == "other_key":  # another pool's models under this pool's name (copied, or a hash collision)
+        other = tmp_path / "other"
+        _cached_run(target, datamodule, other, seed=4)
+        (other_entry,) = other.glob("*.pt")
+        other_entry.replace(entry)
+    else:
+        entry.write_bytes(b"not a checkpoint")
+    capsys.readouterr()
+    rerun = _cached_run(target, datamodule, tmp_path)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "shadow cache" in line]
+    assert len(lines) == 1 and "training those shadow models again" in lines[0] and "Traceback" not in lines[0]
+    assert rerun.cost["shadow_models_trained"] == 2 and rerun.cost["shadow_models_loaded"] == 0
+    assert rerun.privacy[0]["metrics"] == uncached.privacy[0]["metrics"]  # never the other pool's models
+    assert _cached_run(target, datamodule, tmp_path).cost["shadow_models_loaded"] == 2  # the entry was replaced

@@ -6,7 +6,7 @@ for every queried example.
 
 The attacker holds the candidates it queries (not their membership): its shadows train on random
 halves of the attacker pool together with the candidates, paired so that every sample is in
-exactly half of the shadows (:func:`~bench.attacks.shadow_models.paired_halves`). For each
+exactly half of the shadows (:meth:`~bench.attacks.shadow_models.ShadowPool.membership`). For each
 candidate, the shadows that trained on it give phi_in, the others phi_out (phi: the logit-scaled
 confidence); the score is the log-likelihood ratio of the target's phi under the two Gaussians,
 
@@ -25,7 +25,6 @@ from torch import Tensor
 from torch.distributions import Normal
 
 from bench.attacks.membership_inference import MembershipInference, best_threshold, logit_confidence
-from bench.attacks.shadow_models import paired_halves
 from bench.errors import BenchError
 
 
@@ -57,11 +56,12 @@ class LiRAOnline(MembershipInference):
             raise BenchError(f"LiRAOnline needs an even number (>= 2) of shadow models, half IN and half OUT, got {shadow_models}")
         self.shadow_models, self.fixed_variance = shadow_models, fixed_variance
 
+    def shadow_need(self):
+        return self.pool_recipe(online=True), self.shadow_models
+
     def score(self, module, datamodule, generator, images, target, labels, is_member):
-        pool_images, pool_labels = datamodule.pool("attacker").tensors()
-        data, data_labels = torch.cat([images, pool_images]), torch.cat([labels, pool_labels])
-        members = paired_halves(self.shadow_models, len(data), generator)
-        shadows, _, _, members = self.shadows(module, datamodule, generator, self.shadow_models, data, data_labels, members)
+        shadows, _, _, members = self.shadows(module, datamodule, generator, self.shadow_models,
+                                              queries=(images, labels))
         queries = len(images)
         phi = logit_confidence(shadows.logits(images, self.query_batch_size), labels.expand(self.shadow_models, -1))
         inside = members[:, :queries]
@@ -98,6 +98,9 @@ class LiRA(MembershipInference):
         """z-scores of ``phi`` (N,) against the shadow confidences ``phi_out`` (S, N) where ``out`` (S, N) is True."""
         mean, std = gaussian_statistics(phi_out, out, self.fixed_variance)
         return (phi - mean) / std
+
+    def shadow_need(self):
+        return self.pool_recipe(), self.shadow_models
 
     def score(self, module, datamodule, generator, images, target, labels, is_member):
         shadows, pool_images, pool_labels, members = self.shadows(module, datamodule, generator, self.shadow_models)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.attacks.base import Attack, AttackResult
-from bench.attacks.shadow_models import RECIPES, ShadowModels, random_halves
+from bench.attacks.shadow_models import RECIPES, PooledShadows, PoolRecipe, ShadowPool, current_shadow_pool
 from bench.errors import BenchError
 from bench.metrics.membership import DIRECTIONS, epsilon_lower_bound, membership_report, roc_curve
 from bench.networks.classifiers import InferenceModel
@@ -136,22 +136,32 @@ class MembershipInference(Attack):
         self._shadow_details: dict[str, Any] = {}
         self._shadow_warnings: list[str] = []
 
-    def shadows(self, module, datamodule, generator: torch.Generator, count: int, images: Optional[Tensor] = None,
-                labels: Optional[Tensor] = None, members: Optional[Tensor] = None) -> tuple[ShadowModels, Tensor, Tensor, Tensor]:
-        """``count`` shadows trained on random halves of the attacker pool (or of ``images``): (shadows, images, labels, members)."""
-        if images is None:
-            images, labels = datamodule.pool("attacker").tensors()
+    def pool_recipe(self, online: bool = False) -> PoolRecipe:
+        """The shadow pool this attack's shadows come from (attacks of the same recipe share one per evaluation)."""
+        return PoolRecipe("online" if online else "offline", self.shadow_epochs, self.batch_size, self.shadow_recipe)
+
+    def shadow_need(self) -> Optional[tuple[PoolRecipe, int]]:
+        """The pool this attack draws from and how many of its models it needs (None: it trains no shadows); the
+        harness sizes each evaluation's pools by them."""
+        return None
+
+    def shadows(self, module, datamodule, generator: torch.Generator, count: int,
+                queries: Optional[tuple[Tensor, Tensor]] = None) -> tuple[PooledShadows, Tensor, Tensor, Tensor]:
+        """``count`` shadows trained on random halves of the attacker pool, or (online) on paired halves of the
+        ``queries`` followed by the attacker pool: (shadows, images, labels, members). They are the first models
+        of the evaluation's shared pool (:func:`~bench.attacks.shadow_models.sharing_shadows`), or of a pool of
+        this attack's own, seeded alike, outside one."""
+        images, labels = datamodule.pool("attacker").tensors()
+        if queries is not None:
+            images, labels = torch.cat([queries[0], images]), torch.cat([queries[1], labels])
         if len(images) // 2 < max(2, self.min_shadow_members):
             raise BenchError(f"{self.name}: {len(images)} attacker samples are too few for shadow models (each trains on "
                              f"half: at least {2 * max(2, self.min_shadow_members)} needed); give the attacker pool "
                              "a larger share in --data.fractions or raise --data.pool_limit")
-        if members is None:
-            members = random_halves(count, len(images), generator)
         augmentation = augmentation_of(datamodule)
-        shadows = ShadowModels(module, count, generator, module.device, recipe=self.shadow_recipe,
-                               augmented=augmentation is not None)
-        members = shadows.fit(images, labels, members, self.shadow_epochs, self.batch_size, generator,
-                              transform=augmentation)
+        pool = current_shadow_pool() or ShadowPool(generator.initial_seed(), shared=False)
+        shadows, members = pool.draw(module, self.pool_recipe(online=queries is not None), count, images, labels,
+                                     augmentation)
         self._shadow_details = {**shadows.describe(), "shadow_epochs": self.shadow_epochs}
         trainer = getattr(module, "_trainer", None)
         target_epochs = getattr(trainer, "current_epoch", None) if trainer is not None else None
@@ -213,6 +223,9 @@ class LossThreshold(MembershipInference):
             raise BenchError(f"LossThreshold statistic must be 'loss' or 'confidence', got '{statistic}'")
         super().__init__(shadow_epochs, batch_size, max_queries, query_batch_size, shadow_recipe)
         self.statistic = statistic
+
+    def shadow_need(self):
+        return self.pool_recipe(), 1
 
     def score(self, module, datamodule, generator, images, target, labels, is_member):
         shadows, images, shadow_labels, members = self.shadows(module, datamodule, generator, 1)
@@ -350,6 +363,9 @@ class NasrShadow(MembershipInference):
             raise BenchError(f"NasrShadow: attack_epochs and attack_lr must be positive, got {attack_epochs}, {attack_lr}")
         self.attack_epochs, self.attack_lr, self.attack_batch_size = attack_epochs, attack_lr, attack_batch_size
 
+    def shadow_need(self):
+        return self.pool_recipe(), 1
+
     def score(self, module, datamodule, generator, images, target, labels, is_member):
         shadows, images, shadow_labels, members = self.shadows(module, datamodule, generator, 1)
         h = _seeded_inference_model(module.spec.num_classes, generator)
@@ -406,6 +422,9 @@ class ShokriShadow(MembershipInference):
     def _features(self, logits: Tensor) -> Tensor:
         # Shokri et al.'s prediction vectors (log-probabilities, whose wrong-class entries reach -30, swamp the MLP)
         return _probabilities(logits) if self.per_class else _sorted_probabilities(logits)
+
+    def shadow_need(self):
+        return self.pool_recipe(), self.shadow_models
 
     def score(self, module, datamodule, generator, images, target, labels, is_member):
         shadows, images, shadow_labels, members = self.shadows(module, datamodule, generator, self.shadow_models)

@@ -29,7 +29,6 @@ import torch
 from torch import Tensor
 
 from bench.attacks.membership_inference import MembershipInference, best_threshold, query_logits
-from bench.attacks.shadow_models import paired_halves
 from bench.errors import BenchError
 from bench.metrics.membership import delong_interval
 
@@ -99,14 +98,14 @@ class RMIA(MembershipInference):
         scores = rmia_score(target, p, target[z], p[z], self.gamma)
         return scores[usable], members[0][usable]
 
+    def shadow_need(self):
+        return self.pool_recipe(online=self.online), self.reference_models
+
     def score(self, module, datamodule, generator, images, target, labels, is_member):
-        pool_images, pool_labels = datamodule.pool("attacker").tensors()
         queries = len(images)
         if self.online:
-            data, data_labels = torch.cat([images, pool_images]), torch.cat([labels, pool_labels])
-            members = paired_halves(self.reference_models, len(data), generator)
-            references, _, _, members = self.shadows(module, datamodule, generator, self.reference_models, data,
-                                                     data_labels, members)
+            references, data, data_labels, members = self.shadows(module, datamodule, generator, self.reference_models,
+                                                                  queries=(images, labels))
         else:
             references, data, data_labels, members = self.shadows(module, datamodule, generator, self.reference_models)
             data, data_labels = torch.cat([images, data]), torch.cat([labels, data_labels])
