@@ -4,7 +4,8 @@ from bench.modules.base import PrivacyModule
 from bench.modules.collaborative import Collaborative
 from bench.modules.complex_net import ComplexNet, ComplexNetBaseline
 from bench.modules.dcmg import DCM, DCMG, DCMGN, DCMGO
-from bench.modules.mcmia import DPSGD, MCMIA
+from bench.modules.dpsgd import DPSGD
+from bench.modules.mcmia import MCMIA
 from bench.modules.noisy_input import NoisyInput
 from bench.modules.ran import RAN
 from bench.modules.resized_dnn import ResizedDNN
