@@ -25,6 +25,7 @@ privacy that no accountant here counts (the shipped frontier sweep is such a non
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Iterator, Optional
 
 import torch
@@ -38,6 +39,9 @@ from bench.errors import BenchError
 from bench.modules.base import PrivacyModule
 from bench.networks.registry import Role, build_network, resolve_network
 from bench.threat_models import ThreatModel
+
+# Opacus's full backward hooks on a first layer whose input (the images) needs no gradient: harmless, and said every fit
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect to module outputs")
 
 #: Renyi orders of the accountant: Opacus's defaults reach 63; few steps with large noise need higher ones
 RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [2**k for k in range(6, 13)]
