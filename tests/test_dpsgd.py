@@ -192,3 +192,37 @@ def test_two_ddp_ranks_end_with_equal_weights_under_noise(tmp_path):
     assert max(report["max_weight_difference"] for report in reports) == 0.0
     assert float(module.dp_sample_rate) == 0.5 and int(module.dp_steps) == 2  # 2 ranks x 8 of 32 members, 2 batches a rank
     assert not torch.equal(before, torch.cat([p.detach().flatten() for p in module.parameters()]))
+
+
+# ---------------------------------------------------------------------------- the leaderboard's reference
+def test_dominates_needs_at_least_the_accuracy_and_the_privacy_on_every_shared_metric():
+    from bench.leaderboard.dpsgd import dominates
+
+    defense = (0.90, {"attack_accuracy": (0.60, "lower"), "empirical_epsilon": (1.0, "lower")})
+    assert dominates((0.90, {"attack_accuracy": (0.60, "lower"), "empirical_epsilon": (0.5, "lower")}), defense)
+    assert not dominates((0.89, {"attack_accuracy": (0.50, "lower")}), defense)  # less accurate
+    assert not dominates((0.95, {"attack_accuracy": (0.61, "lower")}), defense)  # less private
+    assert not dominates((0.95, {"canary_auc": (0.5, "lower")}), defense)  # nothing to compare on
+
+
+@pytest.mark.parametrize("dp_accuracy, expected", [(0.8, "no"), (0.99, "yes")])
+def test_the_leaderboard_marks_each_defense_dominated_by_dp_sgd_or_not(tmp_path, dp_accuracy, expected):
+    import csv
+    import shutil
+    from pathlib import Path
+
+    from bench.leaderboard import generate_leaderboard
+
+    records = tmp_path / "records"
+    records.mkdir()
+    fixtures = Path(__file__).parent / "fixtures" / "records"
+    for name in ("mia-dpsgd.json", "mia-none-seed0.json", "mia-pruning.json"):
+        shutil.copy(fixtures / name, records / name)
+    dp = json.loads((records / "mia-dpsgd.json").read_text())
+    dp["utility"]["accuracy"] = dp_accuracy  # 0.99 and its 0.52 worst-case attack accuracy: better on both axes
+    (records / "mia-dpsgd.json").write_text(json.dumps(dp))
+    generate_leaderboard([records], tmp_path / "out")
+    rows = list(csv.DictReader((tmp_path / "out" / "leaderboard.csv").open()))
+    verdicts = {row["method"]: row["dominated_by_dpsgd"] for row in rows}
+    assert verdicts["MCMIA (defense=none)"] == verdicts["MCMIA (defense=pruning)"] == expected
+    assert verdicts["DP-SGD (target_epsilon=3.0)"] == ""
