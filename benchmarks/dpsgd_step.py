@@ -1,4 +1,4 @@
-"""One DP-SGD step, every path side by side: Opacus's hooks, its functorch path, ghost clipping, and bench's old hand-written step.
+"""One DP-SGD step, side by side: Opacus's hooks, functorch and ghost clipping, and bench's old hand-written step.
 
 The same step (cross-entropy of a batch, per-sample clipping to C, Gaussian noise, division by the
 expected batch size, SGD with momentum) on the same network and batch, measured in one process and
@@ -11,8 +11,8 @@ one thread setting, every path warmed up first, then alternated ``--repeats`` ti
 * hand-written: bench's step before issue 25, ``vmap(grad(...))`` over ``functional_call``, clipping,
                 noise and the division by hand (kept here only as the reference it was measured against).
 
-    OMP_NUM_THREADS=1 python benchmarks/dpsgd_step.py [--network lenet5] [--batch_size 64 256] [--steps 10] [--repeats 5]
-        [--device cuda]
+    OMP_NUM_THREADS=1 python benchmarks/dpsgd_step.py [--network lenet5] [--batch_size 64 256] [--steps 10]
+        [--repeats 5] [--device cuda]
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ from torch.func import functional_call, grad, vmap
 from bench.datamodules.base import DataSpec
 from bench.modules.dpsgd import private_network
 
-SPECS = {"lenet5": DataSpec("mnist_sized", (1, 28, 28), 10, (0.1307,), (0.3081,)),
-         "cnn4": DataSpec("cifar_sized", (3, 32, 32), 10, (0.5,) * 3, (0.25,) * 3),
-         "mobilenet_v2": DataSpec("cifar_sized", (3, 32, 32), 10, (0.5,) * 3, (0.25,) * 3)}
+SPECS = {
+    "lenet5": DataSpec("mnist_sized", (1, 28, 28), 10, (0.1307,), (0.3081,)),
+    "cnn4": DataSpec("cifar_sized", (3, 32, 32), 10, (0.5,) * 3, (0.25,) * 3),
+    "mobilenet_v2": DataSpec("cifar_sized", (3, 32, 32), 10, (0.5,) * 3, (0.25,) * 3),
+}
 NOISE, CLIP, LR = 1.0, 1.0, 0.05
 
 
@@ -42,10 +44,16 @@ def opacus_step(network, mode: str, batch_size: int):
 
     ghost = {"max_grad_norm": CLIP, "use_ghost_clipping": True} if mode == "ghost" else {}
     hooks = prepare_module(network, mode, False, batch_first=True, loss_reduction="mean", **ghost)
-    optimizer = get_optimizer_class("flat", False, mode)(torch.optim.SGD(network.parameters(), lr=LR, momentum=0.9),
-                                                         noise_multiplier=NOISE, max_grad_norm=CLIP,
-                                                         expected_batch_size=batch_size, loss_reduction="mean")
-    criterion = DPLossFastGradientClipping(hooks, optimizer, torch.nn.CrossEntropyLoss(), "mean") if mode == "ghost" else None
+    optimizer = get_optimizer_class("flat", False, mode)(
+        torch.optim.SGD(network.parameters(), lr=LR, momentum=0.9),
+        noise_multiplier=NOISE,
+        max_grad_norm=CLIP,
+        expected_batch_size=batch_size,
+        loss_reduction="mean",
+    )
+    criterion = (
+        DPLossFastGradientClipping(hooks, optimizer, torch.nn.CrossEntropyLoss(), "mean") if mode == "ghost" else None
+    )
 
     def step(images, labels):
         optimizer.zero_grad(set_to_none=True)
@@ -88,8 +96,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     device, spec = torch.device(args.device), SPECS[args.network]
-    print(f"{args.network}, {args.steps} steps, median of {args.repeats}, device {device}, "
-          f"{torch.get_num_threads()} threads: ms per step")
+    print(
+        f"{args.network}, {args.steps} steps, median of {args.repeats}, device {device}, "
+        f"{torch.get_num_threads()} threads: ms per step"
+    )
     print(f"{'batch':>6} {'hooks':>9} {'functorch':>10} {'ghost':>9} {'hand-written':>13}")
     for batch_size in args.batch_size:
         images = torch.rand(batch_size, *spec.image_shape, device=device)
@@ -98,7 +108,11 @@ def main() -> None:
         for name in ("hooks", "functorch", "ghost", "hand-written"):
             torch.manual_seed(0)
             network = private_network(args.network, spec)[0].to(device)
-            steps[name] = opacus_step(network, name, batch_size) if name != "hand-written" else hand_written_step(network, batch_size)
+            steps[name] = (
+                opacus_step(network, name, batch_size)
+                if name != "hand-written"
+                else hand_written_step(network, batch_size)
+            )
         times = {name: [] for name in steps}
         for name, step in steps.items():  # warm-up
             step(images, labels)
@@ -113,8 +127,10 @@ def main() -> None:
                     torch.cuda.synchronize()
                 times[name].append((time.perf_counter() - start) / args.steps * 1e3)
         median = {name: statistics.median(values) for name, values in times.items()}
-        print(f"{batch_size:>6} {median['hooks']:>9.2f} {median['functorch']:>10.2f} {median['ghost']:>9.2f} "
-              f"{median['hand-written']:>13.2f}")
+        print(
+            f"{batch_size:>6} {median['hooks']:>9.2f} {median['functorch']:>10.2f} {median['ghost']:>9.2f} "
+            f"{median['hand-written']:>13.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""DP-SGD through Opacus's own pieces inside Lightning: the reference usage, the sampler, the accountant, the refusals."""
+"""DP-SGD through Opacus's own pieces in Lightning: the reference usage, the sampler, the accountant, the refusals."""
 
 from __future__ import annotations
 
@@ -37,18 +37,29 @@ def test_first_steps_equal_opacus_privacy_engine_reference_usage(mode):
 
     datamodule = Digits(batch_size=16, pool_limit=64)
     torch.manual_seed(0)
-    module = _RecordingDPSGD(data_spec=datamodule.spec, noise_multiplier=1.1, max_grad_norm=0.5, lr=0.1,
-                             momentum=0.9, grad_sample_mode=mode)
+    module = _RecordingDPSGD(
+        data_spec=datamodule.spec, noise_multiplier=1.1, max_grad_norm=0.5, lr=0.1, momentum=0.9, grad_sample_mode=mode
+    )
     initial = copy.deepcopy(module.network)
     _trainer(limit_train_batches=3).fit(module, datamodule)
 
     engine = PrivacyEngine(accountant="rdp")
     images, labels = datamodule.pool("train").tensors()
-    reference = engine.make_private(module=initial, optimizer=torch.optim.SGD(initial.parameters(), lr=0.1, momentum=0.9),
-                                    data_loader=DataLoader(TensorDataset(images, labels), batch_size=16),
-                                    noise_multiplier=1.1, max_grad_norm=0.5, poisson_sampling=True,
-                                    grad_sample_mode=mode, **({"criterion": torch.nn.CrossEntropyLoss()} if mode == "ghost" else {}))
-    model, optimizer, loader = (reference[0], reference[1], reference[-1])  # ghost: (model, optimizer, criterion, loader)
+    reference = engine.make_private(
+        module=initial,
+        optimizer=torch.optim.SGD(initial.parameters(), lr=0.1, momentum=0.9),
+        data_loader=DataLoader(TensorDataset(images, labels), batch_size=16),
+        noise_multiplier=1.1,
+        max_grad_norm=0.5,
+        poisson_sampling=True,
+        grad_sample_mode=mode,
+        **({"criterion": torch.nn.CrossEntropyLoss()} if mode == "ghost" else {}),
+    )
+    model, optimizer, loader = (
+        reference[0],
+        reference[1],
+        reference[-1],
+    )  # ghost: (model, optimizer, criterion, loader)
     assert loader.sample_rate == float(module.dp_sample_rate) == module.private_loader.sample_rate
     for batch_images, batch_labels, rng_state in module.recorded:
         optimizer.zero_grad()
@@ -89,7 +100,10 @@ def test_epsilon_is_the_step_hooks_accountant_for_the_poisson_sampler_that_ran(t
     assert report["dp_secure_noise"] == 0 and report["dp_replaced_layers"] == 0
     record = load_records([tmp_path / "records"]).records[0]
     assert record["cost"]["dp_epsilon"] == pytest.approx(module.epsilon())
-    assert record["method"]["dp"]["secure_noise"] is False and "not accounted" in record["method"]["dp"]["tuning_spent_privacy"]
+    assert (
+        record["method"]["dp"]["secure_noise"] is False
+        and "not accounted" in record["method"]["dp"]["tuning_spent_privacy"]
+    )
     restored, _, _ = load_checkpoint(checkpoint.best_model_path, device="cpu")
     assert restored.epsilon() == pytest.approx(module.epsilon())
     assert not any(hasattr(p, "grad_sample") for p in module.network.parameters()), "Opacus's hooks leave with the fit"
@@ -162,6 +176,7 @@ def test_secure_mode_without_torchcsprng_is_one_clear_error():
     pytest.importorskip("opacus")
     try:
         import torchcsprng  # noqa: F401
+
         pytest.skip("torchcsprng is installed")
     except ImportError:
         pass
@@ -169,8 +184,16 @@ def test_secure_mode_without_torchcsprng_is_one_clear_error():
         DPSGD(data_spec=_spec(), noise_multiplier=1.0, secure_mode=True)
 
 
-@pytest.mark.parametrize("kwargs", [{"grad_sample_mode": "ew"}, {"max_grad_norm": 0.0}, {"noise_multiplier": -1.0},
-                                    {"target_epsilon": None}, {"momentum": 1.0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"grad_sample_mode": "ew"},
+        {"max_grad_norm": 0.0},
+        {"noise_multiplier": -1.0},
+        {"target_epsilon": None},
+        {"momentum": 1.0},
+    ],
+)
 def test_bad_settings_fail_with_a_clear_message(kwargs):
     with pytest.raises(BenchError):
         DPSGD(data_spec=_spec(), **kwargs)
@@ -184,13 +207,20 @@ def test_two_ddp_ranks_end_with_equal_weights_under_noise(tmp_path):
     datamodule = Digits(batch_size=8, pool_limit=32)
     module = DPSGD(data_spec=datamodule.spec, noise_multiplier=1.0, lr=0.1)
     before = torch.cat([p.detach().flatten() for p in module.parameters()])
-    trainer = _trainer(devices=2, strategy="ddp_spawn", limit_train_batches=3, limit_val_batches=1,
-                       callbacks=[_ReportRanks(str(tmp_path))])
+    trainer = _trainer(
+        devices=2,
+        strategy="ddp_spawn",
+        limit_train_batches=3,
+        limit_val_batches=1,
+        callbacks=[_ReportRanks(str(tmp_path))],
+    )
     trainer.fit(module, datamodule)
     reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert all(report["world_size"] == 2 for report in reports)
     assert max(report["max_weight_difference"] for report in reports) == 0.0
-    assert float(module.dp_sample_rate) == 0.5 and int(module.dp_steps) == 2  # 2 ranks x 8 of 32 members, 2 batches a rank
+    assert (
+        float(module.dp_sample_rate) == 0.5 and int(module.dp_steps) == 2
+    )  # 2 ranks x 8 of 32 members, 2 batches a rank
     assert not torch.equal(before, torch.cat([p.detach().flatten() for p in module.parameters()]))
 
 

@@ -41,7 +41,9 @@ from bench.networks.registry import Role, build_network, resolve_network
 from bench.threat_models import ThreatModel
 
 # Opacus's full backward hooks on a first layer whose input (the images) needs no gradient: harmless, and said every fit
-warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect to module outputs")
+warnings.filterwarnings(
+    "ignore", message="Full backward hook is firing when gradients are computed with respect to module outputs"
+)
 
 #: Renyi orders of the accountant: Opacus's defaults reach 63; few steps with large noise need higher ones
 RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [2**k for k in range(6, 13)]
@@ -52,7 +54,7 @@ FULL_PRECISIONS = ("32-true", "32", "64-true", "64")
 
 
 def private_network(name: str, spec: DataSpec) -> tuple[torch.nn.Module, list[str]]:
-    """The classifier ``name`` made private by Opacus's ``ModuleValidator.fix``, and what was replaced ("layer: Old -> New").
+    """The classifier ``name`` made private by ``ModuleValidator.fix``, and what was replaced ("layer: Old -> New").
 
     In-place activations become out-of-place too: Opacus's backward hooks cannot see through an in-place
     op on a hooked layer's output (torchvision's MobileNetV2 and ResNet-18 use them).
@@ -65,11 +67,16 @@ def private_network(name: str, spec: DataSpec) -> tuple[torch.nn.Module, list[st
         fixed = ModuleValidator.fix(network)
         problems = ModuleValidator.validate(fixed, strict=False)
         if problems:
-            raise BenchError(f"Opacus cannot make '{name}' private ({problems[0]}); use a network of plain convolutional, "
-                             "linear and normalisation layers (e.g. --model.network lenet5)")
+            raise BenchError(
+                f"Opacus cannot make '{name}' private ({problems[0]}); use a network of plain convolutional, "
+                "linear and normalisation layers (e.g. --model.network lenet5)"
+            )
         before = dict(network.named_modules())
-        replaced = [f"{layer}: {type(before[layer]).__name__} -> {type(module).__name__}" for layer, module in
-                    fixed.named_modules() if layer in before and type(before[layer]) is not type(module)]
+        replaced = [
+            f"{layer}: {type(before[layer]).__name__} -> {type(module).__name__}"
+            for layer, module in fixed.named_modules()
+            if layer in before and type(before[layer]) is not type(module)
+        ]
         network = fixed
     for layer, module in network.named_modules():
         if getattr(module, "inplace", False) is True and len(list(module.children())) == 0:
@@ -79,7 +86,7 @@ def private_network(name: str, spec: DataSpec) -> tuple[torch.nn.Module, list[st
 
 
 class _PerSamplePool(Dataset):
-    """A pool for Opacus's ``DPDataLoader``: its training transform per sample, and an empty Poisson batch of the right shape."""
+    """A pool for Opacus's ``DPDataLoader``: its transform per sample, and empty Poisson batches shaped right."""
 
     def __init__(self, pool) -> None:
         self.pool = pool
@@ -124,10 +131,19 @@ class DPSGD(PrivacyModule):
     label_hparams = ("target_epsilon",)
     headline_cost = ("dp_epsilon",)
 
-    def __init__(self, network: str = "lenet5", lr: float = 0.05, momentum: float = 0.9, max_grad_norm: float = 1.0,
-                 noise_multiplier: Optional[float] = None, target_epsilon: Optional[float] = 6.28, delta: float = 1e-5,
-                 grad_sample_mode: str = "hooks", secure_mode: bool = False,
-                 data_spec: Optional[DataSpec] = None) -> None:
+    def __init__(
+        self,
+        network: str = "lenet5",
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        max_grad_norm: float = 1.0,
+        noise_multiplier: Optional[float] = None,
+        target_epsilon: Optional[float] = 6.28,
+        delta: float = 1e-5,
+        grad_sample_mode: str = "hooks",
+        secure_mode: bool = False,
+        data_spec: Optional[DataSpec] = None,
+    ) -> None:
         self._check_settings(max_grad_norm, delta, noise_multiplier, target_epsilon, momentum, grad_sample_mode)
         if secure_mode:
             _secure_generator()  # refused now, not at fit time, when torchcsprng is missing
@@ -137,8 +153,10 @@ class DPSGD(PrivacyModule):
         self.network, self.replaced_layers = private_network(network, self.spec)
         self.automatic_optimization = False
         # the accountant's inputs, saved with the weights so that a restored model reports its epsilon
-        self.register_buffer("dp_noise_multiplier", torch.tensor(-1.0 if noise_multiplier is None else noise_multiplier,
-                                                                 dtype=torch.float64))
+        self.register_buffer(
+            "dp_noise_multiplier",
+            torch.tensor(-1.0 if noise_multiplier is None else noise_multiplier, dtype=torch.float64),
+        )
         self.register_buffer("dp_sample_rate", torch.tensor(0.0, dtype=torch.float64))
         self.register_buffer("dp_steps", torch.tensor(0, dtype=torch.long))
         self.accountant = None  # Opacus's RDPAccountant, fed by the DPOptimizer's step hook during a fit
@@ -168,11 +186,15 @@ class DPSGD(PrivacyModule):
         super().setup(stage)
         precision = str(self.trainer.precision)
         if stage == "fit" and precision not in FULL_PRECISIONS:
-            raise BenchError(f"DP-SGD trains in full precision (--trainer.precision 32-true), got '{precision}': Opacus's "
-                             "per-sample clipping and noise bypass Lightning's precision plugin (its loss scaling, its autocast)")
+            raise BenchError(
+                f"DP-SGD trains in full precision (--trainer.precision 32-true), got '{precision}': Opacus's "
+                "per-sample clipping and noise bypass Lightning's precision plugin (its loss scaling, its autocast)"
+            )
         if stage == "fit" and self.hparams.grad_sample_mode == "ghost" and self.trainer.world_size > 1:
-            raise BenchError("ghost clipping's two backward passes run in one process only; under DDP use "
-                             "--model.grad_sample_mode hooks")
+            raise BenchError(
+                "ghost clipping's two backward passes run in one process only; under DDP use "
+                "--model.grad_sample_mode hooks"
+            )
 
     def configure_optimizers(self):
         from opacus.accountants import RDPAccountant
@@ -189,29 +211,41 @@ class DPSGD(PrivacyModule):
         if self.dp_noise_multiplier < 0:
             self.dp_noise_multiplier.fill_(self._calibrated_noise(sample_rate))
         secure = _secure_generator() if self.hparams.secure_mode else None
-        sampler_generator = secure or torch.Generator().manual_seed(int(torch.randint(2**62, (1,))) + self.trainer.global_rank)
-        self.private_loader = DPDataLoader(_PerSamplePool(pool), sample_rate=sample_rate, collate_fn=collate_batch,
-                                           generator=sampler_generator, distributed=world > 1)
+        sampler_generator = secure or torch.Generator().manual_seed(
+            int(torch.randint(2**62, (1,))) + self.trainer.global_rank
+        )
+        self.private_loader = DPDataLoader(
+            _PerSamplePool(pool),
+            sample_rate=sample_rate,
+            collate_fn=collate_batch,
+            generator=sampler_generator,
+            distributed=world > 1,
+        )
         ghost = {"max_grad_norm": self.hparams.max_grad_norm, "use_ghost_clipping": True} if mode == "ghost" else {}
         self._grad_sampler = prepare_module(self.network, mode, False, batch_first=True, loss_reduction="mean", **ghost)
         self._probe_hooks(pool)
         optimizer_class = get_optimizer_class(clipping="flat", distributed=world > 1, grad_sample_mode=mode)
-        optimizer = optimizer_class(torch.optim.SGD(self.network.parameters(), lr=self.hparams.lr,
-                                                    momentum=self.hparams.momentum),
-                                    noise_multiplier=float(self.dp_noise_multiplier),
-                                    max_grad_norm=self.hparams.max_grad_norm,
-                                    expected_batch_size=sample_rate * len(pool) / world, loss_reduction="mean",
-                                    generator=secure, secure_mode=bool(self.hparams.secure_mode))
+        optimizer = optimizer_class(
+            torch.optim.SGD(self.network.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum),
+            noise_multiplier=float(self.dp_noise_multiplier),
+            max_grad_norm=self.hparams.max_grad_norm,
+            expected_batch_size=sample_rate * len(pool) / world,
+            loss_reduction="mean",
+            generator=secure,
+            secure_mode=bool(self.hparams.secure_mode),
+        )
         self.accountant = RDPAccountant()
         optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
         if mode == "ghost":
             from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 
-            self._dp_loss = DPLossFastGradientClipping(self._grad_sampler, optimizer, torch.nn.CrossEntropyLoss(), "mean")
+            self._dp_loss = DPLossFastGradientClipping(
+                self._grad_sampler, optimizer, torch.nn.CrossEntropyLoss(), "mean"
+            )
         return optimizer
 
     def _probe_hooks(self, pool) -> None:
-        """One forward and backward through Opacus's hooks on two members, so that a network they cannot serve fails now."""
+        """One forward and backward through Opacus's hooks on two members: a network they cannot serve fails now."""
         images, labels = pool.__getitems__([0, min(1, len(pool) - 1)])
         try:
             with torch.random.fork_rng():
@@ -219,8 +253,10 @@ class DPSGD(PrivacyModule):
         except RuntimeError as error:
             self._grad_sampler.cleanup()
             reason = str(error).split(".")[0]
-            raise BenchError(f"Opacus cannot compute per-sample gradients of '{self.hparams.network}' ({reason}); "
-                             "its forward modifies a hooked layer's output in place: use lenet5, cnn4, vgg16 or mobilenet_v2") from None
+            raise BenchError(
+                f"Opacus cannot compute per-sample gradients of '{self.hparams.network}' ({reason}); "
+                "its forward modifies a hooked layer's output in place: use lenet5, cnn4, vgg16 or mobilenet_v2"
+            ) from None
         self._grad_sampler.set_grad_sample_to_none()
         self.network.zero_grad(set_to_none=True)
 
@@ -230,11 +266,19 @@ class DPSGD(PrivacyModule):
         steps = int(self.trainer.estimated_stepping_batches)
         epsilon, delta = self.hparams.target_epsilon, self.hparams.delta
         try:
-            return get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
-                                        steps=max(steps, 1), accountant="rdp", alphas=RDP_ORDERS)
+            return get_noise_multiplier(
+                target_epsilon=epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=max(steps, 1),
+                accountant="rdp",
+                alphas=RDP_ORDERS,
+            )
         except ValueError as error:
-            raise BenchError(f"DP-SGD cannot reach epsilon {epsilon} at delta {delta} in {steps} steps at sampling rate "
-                             f"{sample_rate:.3g} ({error}); raise target_epsilon or delta, or train fewer steps") from None
+            raise BenchError(
+                f"DP-SGD cannot reach epsilon {epsilon} at delta {delta} in {steps} steps at sampling rate "
+                f"{sample_rate:.3g} ({error}); raise target_epsilon or delta, or train fewer steps"
+            ) from None
 
     def on_fit_end(self) -> None:
         if self._grad_sampler is not None:  # the trained network leaves without Opacus's hooks and per-sample tensors
@@ -269,12 +313,14 @@ class DPSGD(PrivacyModule):
         optimizer.step()
         self.dp_steps.fill_(sum(steps for _, _, steps in self.accountant.history))
         if self.logging_step and len(images):
-            self.log_dict({"train/loss": self.check_finite(loss.detach()), "train/poisson_batch": float(len(images))},
-                          prog_bar=True)
+            self.log_dict(
+                {"train/loss": self.check_finite(loss.detach()), "train/poisson_batch": float(len(images))},
+                prog_bar=True,
+            )
 
     # ------------------------------------------------------------------ the privacy spent
     def epsilon(self, accountant: str = "rdp") -> float:
-        """The epsilon spent so far at ``delta`` by Opacus's ``rdp`` or ``prv`` accountant; 0 before training, inf without noise.
+        """The epsilon spent so far at ``delta`` by Opacus's ``rdp`` or ``prv`` accountant (0 untrained, inf noiseless).
 
         The history is the step hook's (a restored model's: the saved sigma, sampling rate and step count).
         """
@@ -285,8 +331,11 @@ class DPSGD(PrivacyModule):
             return math.inf
         from opacus.accountants import PRVAccountant, RDPAccountant
 
-        history = list(self.accountant.history) if self.accountant is not None and self.accountant.history else \
-            [(sigma, float(self.dp_sample_rate), steps)]
+        history = (
+            list(self.accountant.history)
+            if self.accountant is not None and self.accountant.history
+            else [(sigma, float(self.dp_sample_rate), steps)]
+        )
         if accountant == "prv":
             prv = PRVAccountant()
             prv.history = history
@@ -296,12 +345,17 @@ class DPSGD(PrivacyModule):
         return float(rdp.get_epsilon(self.hparams.delta, alphas=RDP_ORDERS))
 
     def training_report(self) -> dict[str, Any]:
-        report = {**super().training_report(), "dp_delta": self.hparams.delta,
-                  "dp_noise_multiplier": float(self.dp_noise_multiplier), "dp_steps": int(self.dp_steps),
-                  # the cost holds numbers only: the sampler and the accountants are in the names
-                  "dp_sample_rate": float(self.dp_sample_rate), "dp_poisson_steps": int(self.dp_steps),
-                  "dp_secure_noise": int(bool(self.hparams.secure_mode)),
-                  "dp_replaced_layers": len(self.replaced_layers)}
+        report = {
+            **super().training_report(),
+            "dp_delta": self.hparams.delta,
+            "dp_noise_multiplier": float(self.dp_noise_multiplier),
+            "dp_steps": int(self.dp_steps),
+            # the cost holds numbers only: the sampler and the accountants are in the names
+            "dp_sample_rate": float(self.dp_sample_rate),
+            "dp_poisson_steps": int(self.dp_steps),
+            "dp_secure_noise": int(bool(self.hparams.secure_mode)),
+            "dp_replaced_layers": len(self.replaced_layers),
+        }
         for name, key in (("rdp", "dp_epsilon"), ("prv", "dp_epsilon_prv")):
             try:
                 epsilon = self.epsilon(name)
@@ -312,10 +366,15 @@ class DPSGD(PrivacyModule):
 
     def describe(self) -> dict[str, Any]:
         description = super().describe()
-        description["dp"] = {"library": "opacus", "grad_sample_mode": self.hparams.grad_sample_mode,
-                             "sampler": "poisson (DPDataLoader)", "accountant": "rdp (step hook); prv reported",
-                             "secure_noise": bool(self.hparams.secure_mode), "replaced_layers": list(self.replaced_layers),
-                             "tuning_spent_privacy": "not accounted: hyper-parameters tuned on the data are not private"}
+        description["dp"] = {
+            "library": "opacus",
+            "grad_sample_mode": self.hparams.grad_sample_mode,
+            "sampler": "poisson (DPDataLoader)",
+            "accountant": "rdp (step hook); prv reported",
+            "secure_noise": bool(self.hparams.secure_mode),
+            "replaced_layers": list(self.replaced_layers),
+            "tuning_spent_privacy": "not accounted: hyper-parameters tuned on the data are not private",
+        }
         return description
 
 
@@ -324,6 +383,8 @@ def _secure_generator():
     try:
         import torchcsprng
     except ImportError:
-        raise BenchError("DP-SGD's secure_mode draws noise and batches from torchcsprng, which is not installed "
-                         "(pip install torchcsprng, or leave secure_mode false: the record says dp_secure_noise 0)") from None
+        raise BenchError(
+            "DP-SGD's secure_mode draws noise and batches from torchcsprng, which is not installed "
+            "(pip install torchcsprng, or leave secure_mode false: the record says dp_secure_noise 0)"
+        ) from None
     return torchcsprng.create_random_device_generator("/dev/urandom")
