@@ -32,7 +32,7 @@ SUITE: dict[str, dict[str, str]] = {
         "DCMG": "bench.modules.dcmg",
         "DCMGN": "bench.modules.dcmg",
         "DCMGO": "bench.modules.dcmg",
-        "DPSGD": "bench.modules.mcmia",
+        "DPSGD": "bench.modules.dpsgd",
         "MCMIA": "bench.modules.mcmia",
         "NoisyInput": "bench.modules.noisy_input",
         "RAN": "bench.modules.ran",

@@ -182,3 +182,22 @@ def test_collaborative_under_ddp_keeps_weights_and_statistics_in_sync(tmp_path):
     # each rank averaged its two participants; the all-reduce made every update (and batch-norm statistics) global
     assert max(report["max_weight_difference"] for report in reports) == 0.0
     assert max(json.loads((tmp_path / f"buffers{rank}.json").read_text()) for rank in (0, 1)) == 0.0
+
+
+# ---------------------------------------------------------------------------- precision
+def test_bf16_mixed_on_the_cpu_is_refused_before_training(digits):
+    module = Collaborative(network="convnet", width=2, data_spec=digits.spec)
+    module.training_step = lambda *a: pytest.fail("Collaborative trained")
+    with pytest.raises(BenchError, match="full precision") as error:
+        _trainer(max_steps=1, precision="bf16-mixed").fit(module, digits)
+    assert "\n" not in str(error.value)
+
+
+def test_a_loss_scaled_precision_is_refused_before_training(digits):
+    from unittest.mock import MagicMock, PropertyMock, patch
+
+    module = Collaborative(network="convnet", width=2, data_spec=digits.spec)
+    with patch.object(type(module), "trainer", new_callable=PropertyMock) as trainer:
+        trainer.return_value = MagicMock(precision="16-mixed", world_size=1)
+        with pytest.raises(BenchError, match="65,536x too small"):
+            module.setup("fit")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from bench.attacks import LossThreshold
@@ -15,10 +14,9 @@ from bench.callbacks import PrivacyEvaluation
 from bench.cli import load_checkpoint
 from bench.datamodules import Digits
 from bench.errors import BenchError
-from bench.modules.mcmia import DPSGD, MCMIA, RDP_ORDERS
+from bench.modules.mcmia import MCMIA
 from bench.networks.classifiers import InferenceModel
 from bench.networks.registry import Role, build_network, network_names
-from bench.records import load_records
 from helpers import StepRecorder, quiet_trainer as _trainer, synthetic_spec as _spec
 
 
@@ -128,107 +126,7 @@ def test_a_pruned_checkpoint_restores_for_bench_evaluate(tmp_path):
 
 
 # ---------------------------------------------------------------------------- DP-SGD
-def test_per_sample_gradients_match_one_sample_at_a_time():
-    module = DPSGD(data_spec=_spec(), noise_multiplier=1.0)
-    images, labels = torch.rand(3, 1, 8, 8), torch.randint(0, 10, (3,))
-    batched = module.per_sample_gradients(images, labels)
-    for i in range(3):
-        module.zero_grad()
-        F.cross_entropy(module(images[i : i + 1]), labels[i : i + 1]).backward()
-        for name, parameter in module.network.named_parameters():
-            torch.testing.assert_close(batched[name][i], parameter.grad, rtol=1e-4, atol=1e-6)
-
-
-def _clipped_mean_gradients(module, images, labels, max_grad_norm):
-    """The noiseless DP-SGD update direction, computed the naive way: clip each sample's gradient, average."""
-    gradients = module.per_sample_gradients(images, labels)
-    norms = torch.sqrt(sum(g.flatten(1).square().sum(1) for g in gradients.values()))
-    scale = (max_grad_norm / norms).clamp(max=1)
-    return {name: (g * scale.view(-1, *[1] * (g.dim() - 1))).mean(0) for name, g in gradients.items()}
-
-
-def test_dp_sgd_without_noise_steps_with_the_mean_clipped_gradient():
-    datamodule = Digits(batch_size=8, pool_limit=8)
-    module = DPSGD(data_spec=datamodule.spec, noise_multiplier=0.0, max_grad_norm=1e-3, lr=1.0, momentum=0.0)
-    before = {n: p.detach().clone() for n, p in module.network.named_parameters()}
-    clipped = _clipped_mean_gradients(module, *datamodule.pool("train").tensors(), max_grad_norm=1e-3)
-    _trainer(limit_train_batches=1).fit(module, datamodule)
-    for name, parameter in module.network.named_parameters():
-        torch.testing.assert_close(before[name] - parameter.detach(), clipped[name], rtol=1e-3, atol=1e-7)
-
-
-def test_dp_sgd_spends_the_target_epsilon_and_the_record_says_so(tmp_path):
-    datamodule = Digits(batch_size=16, pool_limit=64)
-    module = DPSGD(data_spec=datamodule.spec, target_epsilon=3.0, delta=1e-4)
-    evaluation = PrivacyEvaluation(attacks=[], records_dir=str(tmp_path / "records"), leaderboard_dir=None)
-    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt")
-    _trainer(max_epochs=3, callbacks=[evaluation, checkpoint], enable_checkpointing=True).fit(module, datamodule)
-    assert int(module.dp_steps) == 3 * 4 and float(module.dp_noise_multiplier) > 0
-    assert module.epsilon() == pytest.approx(3.0, rel=0.05)
-    record = load_records([tmp_path / "records"]).records[0]
-    assert record["cost"]["dp_epsilon"] == pytest.approx(module.epsilon())
-    restored, _, _ = load_checkpoint(checkpoint.best_model_path, device="cpu")
-    assert restored.epsilon() == pytest.approx(module.epsilon())
-
-
-def test_the_private_gradient_is_opacus_dp_optimizer_step_to_1e6():
-    """Clipping, per-parameter noise and the expected-batch scaling, against Opacus's GradSampleModule + DPOptimizer."""
-    import copy
-    from opacus import GradSampleModule
-    from opacus.optimizers import DPOptimizer
-
-    module = DPSGD(data_spec=_spec(), noise_multiplier=1.3, max_grad_norm=0.5)
-    images, labels = torch.rand(7, 1, 8, 8), torch.randint(0, 10, (7,))
-    expected_batch = 6.0  # Poisson: the batch drawn (7) is not the batch expected (q x members)
-    reference = GradSampleModule(copy.deepcopy(module.network))
-    optimizer = DPOptimizer(torch.optim.SGD(reference.parameters(), lr=1.0), noise_multiplier=1.3, max_grad_norm=0.5,
-                            expected_batch_size=int(expected_batch))
-    F.cross_entropy(reference(images), labels).backward()
-    torch.manual_seed(5)
-    optimizer.pre_step()  # clip_and_accumulate, add_noise, scale_grad
-    torch.manual_seed(5)
-    summed, _ = module.clipped_sum(images, labels)
-    ours = {name: g / expected_batch for name, g in module.add_noise(summed).items()}
-    for (name, _), parameter in zip(module.network.named_parameters(), reference.parameters()):
-        torch.testing.assert_close(ours[name], parameter.grad, rtol=0, atol=1e-6)
-
-
-def test_dp_sgd_samples_by_poisson_and_reports_both_accountants():
-    from opacus.accountants import PRVAccountant, RDPAccountant
-
-    datamodule = Digits(batch_size=16, pool_limit=64)
-    module = DPSGD(data_spec=datamodule.spec, noise_multiplier=1.0)
-    sizes = []
-    original = module.poisson_batch
-
-    def spy():
-        batch = original()
-        sizes.append(len(batch[0]))
-        return batch
-
-    module.poisson_batch = spy
-    _trainer(max_epochs=3).fit(module, datamodule)
-    assert float(module.dp_sample_rate) == 0.25 and len(sizes) == 12
-    assert len(set(sizes)) > 1, "Poisson batches vary in size (fixed shuffled batches would all be 16)"
-    report = module.training_report()
-    for accountant, key in ((RDPAccountant(), "dp_epsilon"), (PRVAccountant(), "dp_epsilon_prv")):
-        accountant.history = [(1.0, 0.25, 12)]
-        kwargs = {"alphas": RDP_ORDERS} if key == "dp_epsilon" else {}
-        assert report[key] == pytest.approx(accountant.get_epsilon(1e-5, **kwargs))
-    assert report["dp_epsilon_prv"] <= report["dp_epsilon"] + 1e-6  # PRV is the tighter of the two
-
-
-def test_an_unreachable_dp_target_fails_with_one_line_before_training():
-    datamodule = Digits(batch_size=64, pool_limit=64)
-    module = DPSGD(data_spec=datamodule.spec, target_epsilon=1e-6, delta=1e-9)
-    module.training_step = lambda *a: pytest.fail("DP-SGD trained")
-    with pytest.raises(BenchError, match="cannot reach epsilon"):
-        _trainer(max_epochs=50).fit(module, datamodule)
-
-
-def test_dp_sgd_refuses_batch_norm_networks():
-    with pytest.raises(BenchError, match="batch-norm"):
-        DPSGD(data_spec=_spec((3, 32, 32)), network="resnet18")
+# DP-SGD's tests (Opacus's reference usage, the sampler, the accountant, the refusals, DDP) are in test_dpsgd.py.
 
 
 # ---------------------------------------------------------------------------- DDP
@@ -244,25 +142,6 @@ def test_pruning_and_min_max_under_ddp_keep_ranks_identical(tmp_path):
     reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert all(report["world_size"] == 2 for report in reports)
     assert max(report["max_weight_difference"] for report in reports) == 0.0
-
-
-@pytest.mark.slow
-def test_dp_sgd_under_ddp_is_one_step_on_the_global_batch(tmp_path):
-    from test_ddp import _ReportRanks
-
-    # noiseless, so the step is exact: two ranks of 4 members each step as one process on all 8
-    datamodule = Digits(batch_size=4, pool_limit=8)
-    module = DPSGD(data_spec=datamodule.spec, noise_multiplier=0.0, max_grad_norm=1e-3, lr=1.0, momentum=0.0)
-    before = {n: p.detach().clone() for n, p in module.network.named_parameters()}
-    clipped = _clipped_mean_gradients(module, *datamodule.pool("train").tensors(), max_grad_norm=1e-3)
-    trainer = _trainer(devices=2, strategy="ddp_spawn", limit_train_batches=1, limit_val_batches=1,
-                       callbacks=[_ReportRanks(str(tmp_path))])
-    trainer.fit(module, datamodule)
-    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert max(report["max_weight_difference"] for report in reports) == 0.0
-    assert float(module.dp_sample_rate) == 1.0 and int(module.dp_steps) == 1  # 2 ranks x 4 of 8 members
-    for name, parameter in module.network.named_parameters():
-        torch.testing.assert_close(before[name] - parameter.detach(), clipped[name], rtol=1e-3, atol=1e-7)
 
 
 def test_the_deprecated_gamma_and_k_still_work_with_a_warning():

@@ -48,6 +48,7 @@ from bench.records import load_records
 from bench.threat_models import ThreatModel
 from bench.leaderboard.records import (MAX_LINE_CHARS, MAX_TABLE_COLUMNS, NOT_CONVERGED, PARETO,  # noqa: F401 (public)
                                        _THREAT_MODEL_TITLES, LeaderboardResult, _degenerate, _read, pareto_front)
+from bench.leaderboard.dpsgd import dominated_by_dpsgd
 from bench.leaderboard.experiments import _Experiment, _canonical, _experiments, worst_case  # noqa: F401 (public)
 from bench.leaderboard.tables import (_attack_names, _code, _details, _escape, _experiment_intro, _headline, _no_markup,
                                       _notes, _row_worst_case, _std)
@@ -119,6 +120,7 @@ def _csv(experiments: list[_Experiment]) -> bytes:
     columns: dict[str, None] = {}
     lines = []
     for experiment in experiments:
+        dominated = dominated_by_dpsgd(experiment)
         for i, row in enumerate(experiment.rows):
             line: dict[str, Any] = {"threat_model": experiment.threat_model, "experiment": experiment.name,
                                     "dataset": _text(row.setting.get("dataset")), "method": row.label, "network": _text(row.setting.get("network")),
@@ -126,6 +128,7 @@ def _csv(experiments: list[_Experiment]) -> bytes:
             budget = row.setting.get("epochs")
             line["epochs"] = budget[1] if budget and budget[0] == "epochs" else ""
             line["max_steps"] = budget[1] if budget and budget[0] == "steps" else ""
+            line["dominated_by_dpsgd"] = {True: "yes", False: "no"}.get(dominated.get(i), "")
             values: dict[str, list[float]] = {}
             for run in row.runs:
                 for key, value in run.utility.items():
@@ -146,7 +149,7 @@ def _csv(experiments: list[_Experiment]) -> bytes:
                 line[f"{key}_std"] = _std(found) if len(found) > 1 else ""
                 columns[f"{key}_mean"] = columns[f"{key}_std"] = None
             lines.append(line)
-    base = ["threat_model", "experiment", "dataset", "method", "network", "epochs", "max_steps", "seeds"]
+    base = ["threat_model", "experiment", "dataset", "method", "network", "epochs", "max_steps", "seeds", "dominated_by_dpsgd"]
     ordered = sorted(columns, key=lambda c: (not c.startswith("utility."), not c.startswith("worst_case."),
                                              c.startswith("cost."), c))
     buffer = io.StringIO()

@@ -18,7 +18,7 @@ _DEFINED_IN = {
     "DCMG": "dcmg",
     "DCMGN": "dcmg",
     "DCMGO": "dcmg",
-    "DPSGD": "mcmia",
+    "DPSGD": "dpsgd",
     "MCMIA": "mcmia",
     "NoisyInput": "noisy_input",
     "RAN": "ran",

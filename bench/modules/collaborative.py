@@ -187,6 +187,18 @@ class Collaborative(PrivacyModule):
                              f"make --model.participants a multiple of the world size")
         return self.hparams.participants // world_size
 
+    #: the participants' gradients are set by hand: 16-mixed's loss scaler would divide them by its scale (about
+    #: 65,536x too small), and bf16 autocast breaks the vmapped batch norm; full precision only
+    FULL_PRECISIONS = ("32-true", "32", "64-true", "64")
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        precision = str(self.trainer.precision)
+        if stage == "fit" and precision not in self.FULL_PRECISIONS:
+            raise BenchError(f"Collaborative trains in full precision (--trainer.precision 32-true), got '{precision}': it sets "
+                             "the averaged gradients by hand, past Lightning's precision plugin (16-mixed would leave them "
+                             "divided by the loss scale, about 65,536x too small)")
+
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum,
                                     weight_decay=self.hparams.weight_decay)

@@ -11,9 +11,8 @@ as a black box; the adversary sees its output scores. Four variants, selected by
                     mini-batches, then one step of l on min L_cross + gamma * G (Eq. 10-11).
 ``pruning_minmax``  MCMIA-Pruning & Min-Max (Algorithm 1): the Min-Max game with l updated under ADMM.
 
-:class:`DPSGD` is the differential-privacy comparison (Table I): DP-SGD (Abadi et al. 2016) with
-Poisson sampling, Opacus's clipped and noised step (per-sample gradients from ``torch.func``) and the
-privacy spent accounted by Opacus (RDP and PRV) for that sampler.
+:class:`~bench.modules.dpsgd.DPSGD` (re-exported here) is the differential-privacy comparison (Table I): DP-SGD
+through Opacus's own GradSampleModule hooks, DPOptimizer, DPDataLoader and accountant (see :mod:`bench.modules.dpsgd`).
 
 The defender's reference set D' (non-members it may use) is the DataModule's ``val`` pool: the
 ``nonmember`` pool is the evaluation's and the ``attacker`` pool the adversary's.
@@ -21,26 +20,23 @@ The defender's reference set D' (non-members it may use) is the DataModule's ``v
 
 from __future__ import annotations
 
-import math
-from typing import Any, Iterator, Optional, Union
+from typing import Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.func import functional_call, grad, vmap
 
 from bench.datamodules.base import DataSpec
 from bench.deprecation import keep_current_names, renamed_argument
 from bench.errors import BenchError
 from bench.metrics.cost import count_parameters
 from bench.modules.base import PrivacyModule
-from bench.networks.classifiers import InferenceModel, has_batch_norm
+from bench.networks.classifiers import InferenceModel
 from bench.networks.registry import Role, build_network, resolve_network
 from bench.threat_models import ThreatModel
 from bench.training.admm_pruning import ADMMPruning
 
-#: Renyi orders of the accountant: Opacus's defaults reach 63; few steps with large noise need higher ones
-RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [2**k for k in range(6, 13)]
+from bench.modules.dpsgd import DPSGD, RDP_ORDERS  # noqa: F401 - DP-SGD lived here: old imports keep working
 
 
 class MCMIA(PrivacyModule):
@@ -171,183 +167,3 @@ class MCMIA(PrivacyModule):
             self.log_dict({"train/loss": cross_entropy.detach(), "train/gain": gain.detach(),
                            "train/objective": loss.detach()}, prog_bar=True)
         return None
-
-
-class DPSGD(PrivacyModule):
-    """DP-SGD (Abadi et al. 2016): Poisson-sampled batches, per-sample gradients clipped to ``max_grad_norm``, Gaussian noise.
-
-    The step is Opacus's (``DPOptimizer`` over a ``GradSampleModule``, the test checks it to 1e-6):
-    every member joins a step's batch independently with probability q = world size x batch /
-    members (Poisson sampling, the sampler the accountants assume: Opacus's ``DPDataLoader``); the
-    per-sample gradients (``torch.func``: ``vmap(grad(...))``) are clipped to C, summed, noised with
-    N(0, sigma^2 C^2) per parameter and divided by the *expected* batch size q x members. The
-    Lightning batches only clock the steps (one DP step per training batch, as many per epoch as
-    the loader has batches); the members are the DataModule's ``train`` pool. Under DDP, rank r
-    samples the members r, r + world, ... at rate q (together: Poisson at rate q over all members),
-    the ranks' clipped sums are all-reduced and rank 0 alone adds the noise: one DP-SGD step on the
-    global batch.
-
-    The record's cost says the epsilon spent at ``delta`` by Opacus's RDP accountant (``dp_epsilon``,
-    the one the noise is calibrated with) and by its PRV accountant (``dp_epsilon_prv``, tighter),
-    both for the Poisson sampler that ran (``dp_poisson_steps`` steps at ``dp_sample_rate``).
-
-    Args:
-        network: a classifier without batch-norm (``lenet5`` or ``cnn4``): per-sample gradients
-            are undefined across a batch-norm layer.
-        lr / momentum: SGD.
-        max_grad_norm: the clipping norm C.
-        noise_multiplier: sigma (noise std = sigma * C); None: calibrated at fit start so that the
-            whole fit spends ``target_epsilon`` (the paper's MNIST setting: 6.28).
-        target_epsilon / delta: the privacy budget (epsilon, delta).
-    """
-
-    threat_models = (ThreatModel.BLACK_BOX_OUTPUTS,)
-    display_name = "DP-SGD"
-    label_hparams = ("target_epsilon",)
-    headline_cost = ("dp_epsilon",)
-
-    def __init__(self, network: str = "lenet5", lr: float = 0.05, momentum: float = 0.9, max_grad_norm: float = 1.0,
-                 noise_multiplier: Optional[float] = None, target_epsilon: Optional[float] = 6.28, delta: float = 1e-5,
-                 data_spec: Optional[DataSpec] = None) -> None:
-        if max_grad_norm <= 0 or not 0 < delta < 1:
-            raise BenchError(f"need max_grad_norm > 0 and 0 < delta < 1, got {max_grad_norm}, {delta}")
-        if noise_multiplier is None and (target_epsilon is None or target_epsilon <= 0):
-            raise BenchError("give DP-SGD a noise_multiplier or a positive target_epsilon to calibrate it from")
-        if noise_multiplier is not None and noise_multiplier < 0:
-            raise BenchError(f"noise_multiplier must be non-negative, got {noise_multiplier}")
-        if not 0 <= momentum < 1:
-            raise BenchError(f"momentum must lie in [0, 1), got {momentum}")
-        network = resolve_network(network, Role.CLASSIFIER, "DPSGD")
-        super().__init__(data_spec=data_spec, lr=lr)
-        keep_current_names(self.hparams, DPSGD, network=network)
-        self.network = build_network(network, Role.CLASSIFIER, self.spec)
-        if has_batch_norm(self.network):
-            raise BenchError(f"DP-SGD needs per-sample gradients, which batch-norm in '{network}' mixes across the "
-                             "batch; use --model.network lenet5 or cnn4")
-        self.automatic_optimization = False
-        # the accountant's inputs, saved with the weights so that a restored model reports its epsilon
-        self.register_buffer("dp_noise_multiplier", torch.tensor(-1.0 if noise_multiplier is None else noise_multiplier,
-                                                                 dtype=torch.float64))
-        self.register_buffer("dp_sample_rate", torch.tensor(0.0, dtype=torch.float64))
-        self.register_buffer("dp_steps", torch.tensor(0, dtype=torch.long))
-        self._members: Optional[tuple[Tensor, Tensor]] = None
-        self._member_count = 0
-        self._expected_batch = 1.0
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.network(x)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.network.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum)
-
-    def on_fit_start(self) -> None:
-        datamodule = self.trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "pool"):
-            raise BenchError("DPSGD needs a bench PrivacyDataModule: it Poisson-samples the members of its train pool")
-        images, labels = datamodule.pool("train").tensors()
-        members, world, rank = len(images), self.trainer.world_size, self.trainer.global_rank
-        self.dp_sample_rate.fill_(min(1.0, world * datamodule.batch_size / members))
-        self._expected_batch = float(self.dp_sample_rate) * members
-        self._members = (images[rank::world].to(self.device), labels[rank::world].to(self.device))  # this rank's shard
-        self._member_count = members
-        if self.dp_noise_multiplier < 0:
-            from opacus.accountants.utils import get_noise_multiplier
-
-            steps = int(self.trainer.estimated_stepping_batches)
-            try:
-                sigma = get_noise_multiplier(target_epsilon=self.hparams.target_epsilon, target_delta=self.hparams.delta,
-                                             sample_rate=float(self.dp_sample_rate), steps=max(steps, 1), accountant="rdp",
-                                             alphas=RDP_ORDERS)
-            except ValueError as error:
-                raise BenchError(f"DP-SGD cannot reach epsilon {self.hparams.target_epsilon} at delta {self.hparams.delta} "
-                                 f"in {steps} steps at sampling rate {float(self.dp_sample_rate):.3g} ({error}); raise "
-                                 "target_epsilon or delta, or train fewer steps") from None
-            self.dp_noise_multiplier.fill_(sigma)
-
-    def per_sample_gradients(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        """Gradients of every sample's loss: {name: (batch, *parameter shape)}."""
-        params = {name: p.detach() for name, p in self.network.named_parameters()}
-        if len(images) == 0:  # a Poisson batch can be empty
-            return {name: p.new_zeros((0, *p.shape)) for name, p in params.items()}
-        buffers = dict(self.network.named_buffers())
-
-        def loss(params, image, label):
-            logits = functional_call(self.network, (params, buffers), (image.unsqueeze(0),))
-            return F.cross_entropy(logits, label.unsqueeze(0))
-
-        return vmap(grad(loss), in_dims=(None, 0, 0))(params, images, labels)
-
-    def poisson_batch(self) -> tuple[Tensor, Tensor]:
-        """This rank's members, each kept with probability q (Poisson sampling; Opacus's UniformWithReplacementSampler).
-
-        One uniform draw per member of the whole pool, of which this rank reads its shard's: every member's
-        inclusion is independent of every other's, on one rank or many (ranks share the seed).
-        """
-        images, labels = self._members
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        draws = torch.rand(self._member_count, device=images.device)[rank::world]
-        keep = draws < float(self.dp_sample_rate)
-        return images[keep], labels[keep]
-
-    def clipped_sum(self, images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        """sum_i clip_C(g_i) per parameter, and the clip factors (Opacus's: C / (||g_i|| + 1e-6), at most 1)."""
-        gradients = self.per_sample_gradients(images, labels)
-        norms = torch.sqrt(sum(g.flatten(1).square().sum(1) for g in gradients.values()))
-        clip = (self.hparams.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-        return {name: torch.einsum("n,n...->...", clip, g) for name, g in gradients.items()}, clip
-
-    def add_noise(self, summed: dict[str, Tensor]) -> dict[str, Tensor]:
-        """sum + N(0, sigma^2 C^2), drawn per parameter in order from the global RNG, as Opacus's DPOptimizer does."""
-        std = float(self.dp_noise_multiplier) * self.hparams.max_grad_norm
-        return {name: g + torch.normal(mean=0.0, std=std, size=g.shape, device=g.device) for name, g in summed.items()}
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        optimizer = self.optimizers()
-        images, labels = self.poisson_batch()  # the Lightning batch only clocks the step
-        summed, clip = self.clipped_sum(images, labels)
-        if self.trainer.global_rank == 0:  # one draw of the noise for the global batch, whatever the world size
-            summed = self.add_noise(summed)
-        if self.trainer.world_size > 1:  # the gradients are set by hand: DDP's backward hooks never average them
-            summed = {name: self.trainer.strategy.reduce(g, reduce_op="sum") for name, g in summed.items()}
-        gradient = {name: g / self._expected_batch for name, g in summed.items()}  # Opacus: / expected batch size
-        optimizer.zero_grad(set_to_none=True)
-        for name, parameter in self.network.named_parameters():
-            parameter.grad = gradient[name].view_as(parameter)
-        optimizer.step()
-        self.dp_steps += 1
-        if self.logging_step and len(images):
-            with torch.no_grad():
-                loss = F.cross_entropy(self.network(images), labels)
-            self.log_dict({"train/loss": self.check_finite(loss), "train/clipped_fraction": (clip < 1).float().mean(),
-                           "train/poisson_batch": float(len(images))}, prog_bar=True)
-
-    def epsilon(self, accountant: str = "rdp") -> float:
-        """The epsilon spent so far at ``delta`` by Opacus's ``rdp`` or ``prv`` accountant; 0 before training, inf without noise."""
-        steps, sigma = int(self.dp_steps), float(self.dp_noise_multiplier)
-        if steps == 0:
-            return 0.0
-        if sigma <= 0:
-            return math.inf
-        from opacus.accountants import PRVAccountant, RDPAccountant
-
-        history = [(sigma, float(self.dp_sample_rate), steps)]
-        if accountant == "prv":
-            prv = PRVAccountant()
-            prv.history = history
-            return float(prv.get_epsilon(self.hparams.delta))
-        rdp = RDPAccountant()
-        rdp.history = history
-        return float(rdp.get_epsilon(self.hparams.delta, alphas=RDP_ORDERS))
-
-    def training_report(self) -> dict[str, Any]:
-        report = {**super().training_report(), "dp_delta": self.hparams.delta,
-                  "dp_noise_multiplier": float(self.dp_noise_multiplier), "dp_steps": int(self.dp_steps),
-                  # the cost holds numbers only: the sampler and the accountants are in the names
-                  "dp_sample_rate": float(self.dp_sample_rate), "dp_poisson_steps": int(self.dp_steps)}
-        for name, key in (("rdp", "dp_epsilon"), ("prv", "dp_epsilon_prv")):
-            try:
-                epsilon = self.epsilon(name)
-            except (ValueError, RuntimeError):  # the PRV accountant's domain excludes some (sigma, q, steps)
-                epsilon = math.nan
-            report[key] = epsilon if math.isfinite(epsilon) else None
-        return report
