@@ -38,7 +38,9 @@ def read_checkpoint(path: str) -> dict[str, Any]:
         raise BenchError(f"checkpoint {path}: only local files are read (download it first)")
     file = Path(path)
     if not file.is_file():
-        raise BenchError(f"checkpoint {path} not found; `bench fit` writes them under the run folder it prints (checkpoints/*.ckpt)")
+        raise BenchError(
+            f"checkpoint {path} not found; `bench fit` writes them under the run folder it prints (checkpoints/*.ckpt)"
+        )
     try:
         raw = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -46,18 +48,27 @@ def read_checkpoint(path: str) -> dict[str, Any]:
 
         unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
         what = f"it would call {unsafe.group(1)}" if unsafe else "it holds objects other than tensors and plain data"
-        raise BenchError(f"refusing checkpoint {path}: {what} when unpickled; bench loads only weights_only checkpoints") from error
+        raise BenchError(
+            f"refusing checkpoint {path}: {what} when unpickled; bench loads only weights_only checkpoints"
+        ) from error
     except Exception as error:  # torch raises many types for truncated or foreign files
         first = str(error).splitlines()[0].split(". ")[0][:160] if str(error) else ""
-        raise BenchError(f"cannot read checkpoint {path} ({type(error).__name__}: {first}); "
-                         "is it a complete .ckpt written by `bench fit`?") from error
+        raise BenchError(
+            f"cannot read checkpoint {path} ({type(error).__name__}: {first}); "
+            "is it a complete .ckpt written by `bench fit`?"
+        ) from error
     if not isinstance(raw, dict) or not isinstance(raw.get("state_dict"), dict):
         raise BenchError(f"{path} is not a Lightning checkpoint (no state_dict); give a .ckpt written by `bench fit`")
     return raw
 
 
-def load_checkpoint(path: str, data_dir: Optional[str] = None, device: str = "auto", method: Optional[str] = None,
-                    datamodule: Optional[str] = None):
+def load_checkpoint(
+    path: str,
+    data_dir: Optional[str] = None,
+    device: str = "auto",
+    method: Optional[str] = None,
+    datamodule: Optional[str] = None,
+):
     """Rebuild the method and its DataModule from a checkpoint written by ``bench fit``.
 
     The checkpoint's class names are only looked up among the registered classes (nothing is imported
@@ -69,8 +80,14 @@ def load_checkpoint(path: str, data_dir: Optional[str] = None, device: str = "au
 
     raw = read_checkpoint(path)
     info = raw.get("bench")
-    if not isinstance(info, dict) or not isinstance(info.get("datamodule_class"), str) or not isinstance(info.get("method_class"), str):
-        raise BenchError(f"{path} is not a bench checkpoint (no method/datamodule information); train it with `bench fit`")
+    if (
+        not isinstance(info, dict)
+        or not isinstance(info.get("datamodule_class"), str)
+        or not isinstance(info.get("method_class"), str)
+    ):
+        raise BenchError(
+            f"{path} is not a bench checkpoint (no method/datamodule information); train it with `bench fit`"
+        )
 
     def chosen(kind: str, user_choice: Optional[str], written: str) -> type:
         if user_choice is None:
@@ -93,8 +110,12 @@ def load_checkpoint(path: str, data_dir: Optional[str] = None, device: str = "au
     except BenchError:
         raise
     except Exception as error:
-        raise BenchError(f"cannot build {datamodule_cls.__name__} from {path} ({type(error).__name__}: {error})") from error
-    module_hparams = accepted_kwargs(method_cls, plain_kwargs(raw.get("hyper_parameters", {}), f"{path}: hyper_parameters"))
+        raise BenchError(
+            f"cannot build {datamodule_cls.__name__} from {path} ({type(error).__name__}: {error})"
+        ) from error
+    module_hparams = accepted_kwargs(
+        method_cls, plain_kwargs(raw.get("hyper_parameters", {}), f"{path}: hyper_parameters")
+    )
     try:
         # built here rather than with Lightning's load_from_checkpoint, which imports the `_instantiator` a file names
         module = method_cls(**module_hparams)
@@ -103,10 +124,16 @@ def load_checkpoint(path: str, data_dir: Optional[str] = None, device: str = "au
     except BenchError:
         raise
     except Exception as error:
-        raise BenchError(f"cannot restore {method_cls.__name__} from {path} ({type(error).__name__}: {str(error).splitlines()[0][:300]})") from error
+        raise BenchError(
+            f"cannot restore {method_cls.__name__} from {path} ({type(error).__name__}: {str(error).splitlines()[0][:300]})"
+        ) from error
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return module.to(device), built_datamodule, {**info, "epoch": raw.get("epoch"), "global_step": raw.get("global_step")}
+    return (
+        module.to(device),
+        built_datamodule,
+        {**info, "epoch": raw.get("epoch"), "global_step": raw.get("global_step")},
+    )
 
 
 def accepted_kwargs(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:

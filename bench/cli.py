@@ -16,8 +16,17 @@ from typing import Optional, Sequence
 
 from bench.checkpoints import describe_attack, instantiate_attack, load_checkpoint  # noqa: F401  (bench.cli.load_checkpoint)
 from bench.errors import BenchError, CommandLineParser, regular_file
-from bench.lightning_cli import (DEFAULTS, LIGHTNING_SUBCOMMANDS, QUICKSTART, add_compose_argument, plain,  # noqa: F401
-                                 resolve_names, run_lightning_cli, summarize_argument_error, with_quickstart)
+from bench.lightning_cli import (  # noqa: F401
+    DEFAULTS,
+    LIGHTNING_SUBCOMMANDS,
+    QUICKSTART,
+    add_compose_argument,
+    plain,
+    resolve_names,
+    run_lightning_cli,
+    summarize_argument_error,
+    with_quickstart,
+)
 
 COMMANDS = (*LIGHTNING_SUBCOMMANDS, "evaluate", "leaderboard", "list", "sweep")
 
@@ -44,16 +53,22 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             run_lightning_cli(resolve_names(with_quickstart(argv)))
         else:
             close = difflib.get_close_matches(str(command), COMMANDS, n=1)
-            raise BenchError(f"unknown command '{command}'" + (f"; did you mean '{close[0]}'?" if close else "")
-                             + f" commands: {', '.join(COMMANDS)} (bench --help)")
+            raise BenchError(
+                f"unknown command '{command}'"
+                + (f"; did you mean '{close[0]}'?" if close else "")
+                + f" commands: {', '.join(COMMANDS)} (bench --help)"
+            )
     except Exception as error:
         from jsonargparse import ArgumentError
 
         cause = _bench_error_in_chain(error)
         if isinstance(error, ArgumentError) and cause is None:
             message = str(error)
-            print(f"bench: error: {summarize_argument_error(message)}" + ("" if verbose else " (--verbose: the full message)"),
-                  file=sys.stderr)
+            print(
+                f"bench: error: {summarize_argument_error(message)}"
+                + ("" if verbose else " (--verbose: the full message)"),
+                file=sys.stderr,
+            )
             if verbose:
                 print(message, file=sys.stderr)
             sys.exit(2)
@@ -81,8 +96,10 @@ def _user_error(error: BaseException) -> Optional[BenchError]:
             return lightning_refused(error)
         if isinstance(error, OSError) and error.filename is not None:
             # a folder or file the run must write or read: not there, not writable, or a file where a folder must be
-            return BenchError(f"cannot use {error.filename}: {error.strerror or error}; check the path (and its "
-                              "permissions) in the options or config that name it")
+            return BenchError(
+                f"cannot use {error.filename}: {error.strerror or error}; check the path (and its "
+                "permissions) in the options or config that name it"
+            )
         error = error.__cause__ or error.__context__
     return None
 
@@ -154,45 +171,77 @@ def evaluate_command(argv: list[str]) -> None:
     from bench.callbacks.privacy_evaluation import PrivacyEvaluation
     from bench.records import run_facts_from_config
 
-    parser = ArgumentParser(prog="bench evaluate", description="Run the privacy harness on a checkpoint written by `bench fit`.",
-                            exit_on_error=False)
+    parser = ArgumentParser(
+        prog="bench evaluate",
+        description="Run the privacy harness on a checkpoint written by `bench fit`.",
+        exit_on_error=False,
+    )
     parser.add_argument("checkpoint", type=str, help="path of the .ckpt file")
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_class_arguments(PrivacyEvaluation, "evaluation")
     add_compose_argument(parser)
-    parser.add_argument("--data_dir", type=Optional[str], default=None, help="where the dataset lives now (default: as trained)")
+    parser.add_argument(
+        "--data_dir", type=Optional[str], default=None, help="where the dataset lives now (default: as trained)"
+    )
     parser.add_argument("--device", type=str, default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if available)")
-    parser.add_argument("--model", type=Optional[str], default=None,
-                        help="class path of your own method, to import it (default: the checkpoint's, if registered)")
-    parser.add_argument("--data", type=Optional[str], default=None,
-                        help="class path of your own DataModule, to import it (default: the checkpoint's, if registered)")
+    parser.add_argument(
+        "--model",
+        type=Optional[str],
+        default=None,
+        help="class path of your own method, to import it (default: the checkpoint's, if registered)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Optional[str],
+        default=None,
+        help="class path of your own DataModule, to import it (default: the checkpoint's, if registered)",
+    )
     args = parser.parse_args(resolve_names(argv))
     device = _evaluation_device(args.device)
     init = parser.instantiate_classes(args)
-    module, datamodule, checkpoint = load_checkpoint(args.checkpoint, data_dir=args.data_dir, device=device,
-                                                     method=args.model, datamodule=args.data)
+    module, datamodule, checkpoint = load_checkpoint(
+        args.checkpoint, data_dir=args.data_dir, device=device, method=args.model, datamodule=args.data
+    )
     run_config = checkpoint.get("run_config")
     if not isinstance(run_config, dict):
-        run_config = {"model": {"class_path": checkpoint["method_class"], "init_args": dict(module.hparams)},
-                      "data": {"class_path": checkpoint["datamodule_class"], "init_args": dict(datamodule.hparams)}}
+        run_config = {
+            "model": {"class_path": checkpoint["method_class"], "init_args": dict(module.hparams)},
+            "data": {"class_path": checkpoint["datamodule_class"], "init_args": dict(datamodule.hparams)},
+        }
     evaluator = init.evaluation.evaluator()
-    trained_with = run_config.get("evaluation").get("attacks") if isinstance(run_config.get("evaluation"), dict) else None
+    trained_with = (
+        run_config.get("evaluation").get("attacks") if isinstance(run_config.get("evaluation"), dict) else None
+    )
     if trained_with is not None and not isinstance(trained_with, list):
-        raise BenchError(f"{args.checkpoint}: run_config.evaluation.attacks must be a list, got {type(trained_with).__name__}")
+        raise BenchError(
+            f"{args.checkpoint}: run_config.evaluation.attacks must be a list, got {type(trained_with).__name__}"
+        )
     if evaluator.attacks is None and trained_with:
         # unless told otherwise, attack the checkpoint exactly as its run was attacked, so the records compare
-        evaluator.attacks = [instantiate_attack(spec, f"{args.checkpoint}: run_config.evaluation.attacks[{index}]")
-                             for index, spec in enumerate(trained_with)]
+        evaluator.attacks = [
+            instantiate_attack(spec, f"{args.checkpoint}: run_config.evaluation.attacks[{index}]")
+            for index, spec in enumerate(trained_with)
+        ]
     epoch = checkpoint.get("epoch")
     training = {"epochs": None if epoch is None else epoch + 1, "global_step": checkpoint.get("global_step")}
-    config = {**run_config, "checkpoint": str(Path(args.checkpoint).resolve()), "training": training,
-              "evaluation": {**plain(args.evaluation), "attacks": [describe_attack(a) for a in evaluator.attacks or []] or None}}
+    config = {
+        **run_config,
+        "checkpoint": str(Path(args.checkpoint).resolve()),
+        "training": training,
+        "evaluation": {
+            **plain(args.evaluation),
+            "attacks": [describe_attack(a) for a in evaluator.attacks or []] or None,
+        },
+    }
     if training["global_step"] == 0 and not evaluator.allow_untrained:  # the checks `bench fit` made before training
-        raise BenchError("the checkpoint is of a model that took no optimizer step, and an untrained model is not "
-                         "a result; --evaluation.allow_untrained true evaluates it anyway")
+        raise BenchError(
+            "the checkpoint is of a model that took no optimizer step, and an untrained model is not "
+            "a result; --evaluation.allow_untrained true evaluates it anyway"
+        )
     evaluator.check_preconditions(module, datamodule)
-    outcome = evaluator.run(module, datamodule, config=config, training=training,
-                            run=run_facts_from_config(run_config, training))
+    outcome = evaluator.run(
+        module, datamodule, config=config, training=training, run=run_facts_from_config(run_config, training)
+    )
     evaluator.refresh_leaderboard(outcome)
     print(outcome.summary(), flush=True)
     if not outcome.complete:
@@ -216,8 +265,9 @@ def _evaluation_device(name: str) -> str:
         if count == 0:
             raise BenchError(f"--device {name}: this machine has no usable GPU; use --device cpu (or auto)")
         if device.index is not None and device.index >= count:
-            raise BenchError(f"--device {name}: this machine has {count} GPU{'s' if count != 1 else ''} "
-                             f"(cuda:0..cuda:{count - 1})")
+            raise BenchError(
+                f"--device {name}: this machine has {count} GPU{'s' if count != 1 else ''} (cuda:0..cuda:{count - 1})"
+            )
     elif device.type != "cpu" and device.type != "mps":
         raise BenchError(f"--device {name}: bench evaluates on cpu or cuda; give cpu, cuda, cuda:1, ... or auto")
     return str(device)
@@ -226,27 +276,38 @@ def _evaluation_device(name: str) -> str:
 # ---------------------------------------------------------------------- bench leaderboard
 def leaderboard_command(argv: list[str]) -> None:
     from bench.leaderboard import generate_leaderboard
-
     from bench.records import DEFAULT_LEADERBOARD_DIR, DEFAULT_RECORDS_DIR
 
     parser = CommandLineParser(
-        prog="bench leaderboard", description="Regenerate leaderboard tables and plots from result records.",
+        prog="bench leaderboard",
+        description="Regenerate leaderboard tables and plots from result records.",
         epilog=f"Without arguments: your own results ({DEFAULT_RECORDS_DIR} -> {DEFAULT_LEADERBOARD_DIR}), where `bench fit` "
-               "writes them. The leaderboard shipped with the suite: `bench leaderboard --records leaderboard/records`.")
+        "writes them. The leaderboard shipped with the suite: `bench leaderboard --records leaderboard/records`.",
+    )
     parser.add_argument("--records", nargs="+", default=[DEFAULT_RECORDS_DIR], help="record files or folders")
-    parser.add_argument("--out", default=None, help="output folder (README.md, leaderboard.csv, plots/); default: the "
-                                                    "folder holding the records folder (e.g. leaderboard for leaderboard/records)")
-    parser.add_argument("--include_degenerate", action="store_true", help="also rank runs flagged degenerate (at chance accuracy)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output folder (README.md, leaderboard.csv, plots/); default: the "
+        "folder holding the records folder (e.g. leaderboard for leaderboard/records)",
+    )
+    parser.add_argument(
+        "--include_degenerate", action="store_true", help="also rank runs flagged degenerate (at chance accuracy)"
+    )
     args = parser.parse_args(argv)
     missing = [location for location in args.records if not Path(location).exists()]
     if missing:
-        raise BenchError(f"no records at {', '.join(missing)}; `bench fit` writes records to {DEFAULT_RECORDS_DIR} by default")
+        raise BenchError(
+            f"no records at {', '.join(missing)}; `bench fit` writes records to {DEFAULT_RECORDS_DIR} by default"
+        )
     first = Path(args.records[0])
     out = args.out or (first.parent if first.is_dir() and first.name == "records" else DEFAULT_LEADERBOARD_DIR)
     result = generate_leaderboard(args.records, out, include_degenerate=args.include_degenerate)
     for file, problem in result.problems:
         print(f"bench: warning: skipped {file}: {problem}", file=sys.stderr)
-    print(f"bench: leaderboard of {result.rows} rows written to {result.markdown} ({result.csv}, {len(result.plots)} plots)")
+    print(
+        f"bench: leaderboard of {result.rows} rows written to {result.markdown} ({result.csv}, {len(result.plots)} plots)"
+    )
 
 
 # ---------------------------------------------------------------------- bench sweep

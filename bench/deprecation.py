@@ -41,13 +41,18 @@ class BenchDeprecationWarning(DeprecationWarning):
 
 
 def warn_renamed(owner: str, what: str, old: str, new: str, stacklevel: int = 3) -> None:
-    warnings.warn(f"{owner}: {what} `{old}` is deprecated and goes in the next release; use `{new}`",
-                  BenchDeprecationWarning, stacklevel=stacklevel + 1)
+    warnings.warn(
+        f"{owner}: {what} `{old}` is deprecated and goes in the next release; use `{new}`",
+        BenchDeprecationWarning,
+        stacklevel=stacklevel + 1,
+    )
 
 
 def _renamed(owner: type) -> dict[str, str]:
     if not owner.__module__.startswith(SUITE_METHODS) or owner.__name__ not in RENAMED_ARGUMENTS:
-        raise KeyError(f"{owner.__module__}.{owner.__name__} has no renamed arguments in bench.deprecation.RENAMED_ARGUMENTS")
+        raise KeyError(
+            f"{owner.__module__}.{owner.__name__} has no renamed arguments in bench.deprecation.RENAMED_ARGUMENTS"
+        )
     return RENAMED_ARGUMENTS[owner.__name__]
 
 

@@ -70,8 +70,10 @@ class Outcome:
         """The one line `bench fit`/`bench evaluate` end with (exit code 1) when the outcome is not complete."""
         reasons = []
         if self.failed_attacks:
-            reasons.append(f"attack{'s' if len(self.failed_attacks) > 1 else ''} {', '.join(self.failed_attacks)} "
-                           f"failed (the record keeps every other attack's result)")
+            reasons.append(
+                f"attack{'s' if len(self.failed_attacks) > 1 else ''} {', '.join(self.failed_attacks)} "
+                f"failed (the record keeps every other attack's result)"
+            )
         if self.fallback_from is not None:
             reasons.append(f"records folder {self.fallback_from} could not be written")
         return BenchError(f"{'; '.join(reasons)}: record {self.path}")
@@ -81,10 +83,17 @@ class Evaluator:
     """Evaluate a trained method, build its :class:`Record`, write it, log it; arguments as
     :class:`~bench.callbacks.PrivacyEvaluation`'s (which hands them on)."""
 
-    def __init__(self, attacks: Optional[Sequence[Attack]] = None, seed: int = 0,
-                 records_dir: str = DEFAULT_RECORDS_DIR, leaderboard_dir: Optional[str] = None,
-                 paper: Optional[dict[str, Any]] = None, experiment: Optional[str] = None,
-                 allow_untrained: bool = False, budget_check: bool = False) -> None:
+    def __init__(
+        self,
+        attacks: Optional[Sequence[Attack]] = None,
+        seed: int = 0,
+        records_dir: str = DEFAULT_RECORDS_DIR,
+        leaderboard_dir: Optional[str] = None,
+        paper: Optional[dict[str, Any]] = None,
+        experiment: Optional[str] = None,
+        allow_untrained: bool = False,
+        budget_check: bool = False,
+    ) -> None:
         self.attacks = None if attacks is None else list(attacks)
         self.seed = seed
         self.records_dir = records_dir
@@ -102,14 +111,19 @@ class Evaluator:
             _check_writable(self.leaderboard_dir, "--evaluation.leaderboard_dir")
         attacks = [attack for attack in self._attacks() if attack.applies_to(module)]
         sizes = datamodule.pool_sizes()
-        short = [f"{pool} pool {sizes.get(pool, 0)} (needs {count})" for pool, count in HARNESS_MIN_POOL_SIZES.items()
-                 if sizes.get(pool, 0) < count]
+        short = [
+            f"{pool} pool {sizes.get(pool, 0)} (needs {count})"
+            for pool, count in HARNESS_MIN_POOL_SIZES.items()
+            if sizes.get(pool, 0) < count
+        ]
         problems = [("the harness", ", ".join(short))] if short else []
         problems += [(f"attack {attack.name}", attack.pool_problem(sizes)) for attack in attacks]
         for who, problem in problems:
             if problem:
-                raise BenchError(f"{datamodule.name}: {who} cannot run on these pools: {problem}; "
-                                 "raise --data.pool_limit or change --data.fractions")
+                raise BenchError(
+                    f"{datamodule.name}: {who} cannot run on these pools: {problem}; "
+                    "raise --data.pool_limit or change --data.fractions"
+                )
 
     def _attacks(self) -> list[Attack]:
         if self.attacks is None:
@@ -117,9 +131,17 @@ class Evaluator:
         return self.attacks
 
     # ------------------------------------------------------------------ evaluate -> record
-    def evaluate(self, module: PrivacyModule, datamodule: PrivacyDataModule, *, config: dict[str, Any],
-                 training: Optional[dict[str, Any]], run: dict[str, Any], fit_seconds: Optional[float] = None,
-                 wandb: Optional[dict[str, Any]] = None) -> tuple[Record, Evaluation]:
+    def evaluate(
+        self,
+        module: PrivacyModule,
+        datamodule: PrivacyDataModule,
+        *,
+        config: dict[str, Any],
+        training: Optional[dict[str, Any]],
+        run: dict[str, Any],
+        fit_seconds: Optional[float] = None,
+        wandb: Optional[dict[str, Any]] = None,
+    ) -> tuple[Record, Evaluation]:
         """Run the harness and build the record (validated here, once)."""
         attacks = self._attacks()
         if not sys.stderr.isatty():  # a bar's redraws are one line each in a log: the harness prints a line per attack
@@ -129,13 +151,26 @@ class Evaluator:
         untrained = isinstance(training, dict) and training.get("global_step") == 0
         evaluation = evaluate(module, datamodule, attacks, seed=self.seed, budget_check=self.budget_check)
         evaluation.utility.update(chance_level(evaluation.utility.get("accuracy"), datamodule, untrained))
-        record = build_record(evaluation, module, datamodule, config=config, seed=training_seed(config),
-                              evaluation_seed=self.seed, paper=self.paper, wandb=wandb, fit_seconds=fit_seconds,
-                              training=training, run=run, experiment=self.experiment)
+        record = build_record(
+            evaluation,
+            module,
+            datamodule,
+            config=config,
+            seed=training_seed(config),
+            evaluation_seed=self.seed,
+            paper=self.paper,
+            wandb=wandb,
+            fit_seconds=fit_seconds,
+            training=training,
+            run=run,
+            experiment=self.experiment,
+        )
         return record, evaluation
 
     # ------------------------------------------------------------------ write
-    def write(self, record: Record, evaluation: Evaluation, *, fallback_dir: Optional[str] = None) -> tuple[Record, Path, Optional[str]]:
+    def write(
+        self, record: Record, evaluation: Evaluation, *, fallback_dir: Optional[str] = None
+    ) -> tuple[Record, Path, Optional[str]]:
         """Write the artifacts and the record into the records folder; if that fails (read-only, full), into
         ``fallback_dir`` (or a new temporary folder). Returns the record (with its artifacts), its path, and the
         folder that failed (None when none did)."""
@@ -145,8 +180,12 @@ class Evaluator:
             target = Path(fallback_dir) if fallback_dir else Path(tempfile.mkdtemp(prefix="bench-record-"))
             target = target / "fallback-record"
             written, path = self._write_into(record, evaluation, target)
-            print(f"bench: warning: records folder {self.records_dir} could not be written ({type(error).__name__}: "
-                  f"{error.strerror or str(error).splitlines()[0]}); the record is kept at {path}", file=sys.stderr, flush=True)
+            print(
+                f"bench: warning: records folder {self.records_dir} could not be written ({type(error).__name__}: "
+                f"{error.strerror or str(error).splitlines()[0]}); the record is kept at {path}",
+                file=sys.stderr,
+                flush=True,
+            )
             return written, path, self.records_dir
 
     @staticmethod
@@ -157,13 +196,24 @@ class Evaluator:
         return record, write_record(record, directory)
 
     # ------------------------------------------------------------------ all of it
-    def run(self, module: PrivacyModule, datamodule: PrivacyDataModule, *, config: dict[str, Any],
-            training: Optional[dict[str, Any]], run: dict[str, Any], fit_seconds: Optional[float] = None,
-            loggers: Sequence[Any] = (), step: int = 0, log_dir: Optional[str] = None) -> Outcome:
+    def run(
+        self,
+        module: PrivacyModule,
+        datamodule: PrivacyDataModule,
+        *,
+        config: dict[str, Any],
+        training: Optional[dict[str, Any]],
+        run: dict[str, Any],
+        fit_seconds: Optional[float] = None,
+        loggers: Sequence[Any] = (),
+        step: int = 0,
+        log_dir: Optional[str] = None,
+    ) -> Outcome:
         """Evaluate -> record -> write -> log. The leaderboard is refreshed by :meth:`refresh_leaderboard`."""
         wandb = _wandb_reference(next((logger for logger in loggers if _is_wandb(logger)), None))
-        record, evaluation = self.evaluate(module, datamodule, config=config, training=training, run=run,
-                                           fit_seconds=fit_seconds, wandb=wandb)
+        record, evaluation = self.evaluate(
+            module, datamodule, config=config, training=training, run=run, fit_seconds=fit_seconds, wandb=wandb
+        )
         record, path, failed_dir = self.write(record, evaluation, fallback_dir=log_dir)
         _log(loggers, evaluation, record, step=step)
         return Outcome(record, path, evaluation, fallback_from=failed_dir, log_dir=log_dir)
@@ -177,8 +227,12 @@ class Evaluator:
         try:
             result = generate_leaderboard([self.records_dir], self.leaderboard_dir)
         except Exception as error:  # the record is written: a leaderboard problem must not hide it
-            print(f"bench: warning: leaderboard {self.leaderboard_dir} not regenerated ({type(error).__name__}: "
-                  f"{str(error).splitlines()[0] if str(error) else ''}); run `bench leaderboard`", file=sys.stderr, flush=True)
+            print(
+                f"bench: warning: leaderboard {self.leaderboard_dir} not regenerated ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''}); run `bench leaderboard`",
+                file=sys.stderr,
+                flush=True,
+            )
             return None
         for file, problem in result.problems:
             print(f"bench: warning: skipped malformed record {file}: {problem}", file=sys.stderr, flush=True)
@@ -187,18 +241,25 @@ class Evaluator:
 
 
 # ---------------------------------------------------------------------- run facts
-def fallback_config(module: PrivacyModule, datamodule: PrivacyDataModule, trainer: Optional[L.Trainer],
-                     evaluator: Evaluator) -> dict[str, Any]:
+def fallback_config(
+    module: PrivacyModule, datamodule: PrivacyDataModule, trainer: Optional[L.Trainer], evaluator: Evaluator
+) -> dict[str, Any]:
     """The configuration of a run that did not come through ``bench fit`` (e.g. a Python script)."""
     trainer_config = {}
     if trainer is not None:
-        trainer_config = {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
-                          "world_size": trainer.world_size, "strategy": type(trainer.strategy).__name__,
-                          "precision": str(trainer.precision)}
-    return {"model": {"class_path": module.describe()["class"], "init_args": dict(module.hparams)},
-            "data": {"class_path": datamodule.describe()["class"], "init_args": dict(datamodule.hparams)},
-            "trainer": trainer_config,
-            "evaluation": {"seed": evaluator.seed, "attacks": [type(a).__name__ for a in evaluator.attacks or []] or "all"}}
+        trainer_config = {
+            "max_epochs": trainer.max_epochs,
+            "max_steps": trainer.max_steps,
+            "world_size": trainer.world_size,
+            "strategy": type(trainer.strategy).__name__,
+            "precision": str(trainer.precision),
+        }
+    return {
+        "model": {"class_path": module.describe()["class"], "init_args": dict(module.hparams)},
+        "data": {"class_path": datamodule.describe()["class"], "init_args": dict(datamodule.hparams)},
+        "trainer": trainer_config,
+        "evaluation": {"seed": evaluator.seed, "attacks": [type(a).__name__ for a in evaluator.attacks or []] or "all"},
+    }
 
 
 def run_facts_from_trainer(trainer: L.Trainer, datamodule: PrivacyDataModule, config: dict[str, Any]) -> dict[str, Any]:
@@ -209,16 +270,25 @@ def run_facts_from_trainer(trainer: L.Trainer, datamodule: PrivacyDataModule, co
     if batch is None:
         batch = dict(getattr(datamodule, "hparams", {}) or {}).get("batch_size")
     world = int(trainer.world_size)
-    return {"world_size": world, "effective_batch": effective_batch(batch, world, trainer.accumulate_grad_batches),
-            "precision": precision_name(trainer.precision), "config_names": config_names(config),
-            "budget": {"unit": "epochs", "value": int(trainer.current_epoch)}}
+    return {
+        "world_size": world,
+        "effective_batch": effective_batch(batch, world, trainer.accumulate_grad_batches),
+        "precision": precision_name(trainer.precision),
+        "config_names": config_names(config),
+        "budget": {"unit": "epochs", "value": int(trainer.current_epoch)},
+    }
 
 
 def training_progress(trainer: L.Trainer) -> dict[str, Any]:
     """What was actually trained, which a configured budget does not say (early stopping, max_time, limits)."""
     checkpoint = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
-    return {"epochs": trainer.current_epoch, "global_step": trainer.global_step, "world_size": trainer.world_size,
-            "limit_train_batches": trainer.limit_train_batches, "checkpoint": checkpoint}
+    return {
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "world_size": trainer.world_size,
+        "limit_train_batches": trainer.limit_train_batches,
+        "checkpoint": checkpoint,
+    }
 
 
 def training_seed(config: Optional[dict[str, Any]]) -> Optional[int]:
@@ -251,8 +321,10 @@ def _check_writable(directory: str, option: str) -> None:
         os.close(handle)
         os.unlink(probe)
     except OSError as error:
-        raise BenchError(f"{option} {directory} is not writable ({type(error).__name__}: {error.strerror or error}); "
-                         f"choose another with {option}") from error
+        raise BenchError(
+            f"{option} {directory} is not writable ({type(error).__name__}: {error.strerror or error}); "
+            f"choose another with {option}"
+        ) from error
 
 
 # ---------------------------------------------------------------------- artifacts and loggers
@@ -273,7 +345,11 @@ def _wandb_reference(logger: Any) -> Optional[dict[str, Any]]:
 
 def _save_roc_plot(record: Record, directory: Path) -> dict[str, str]:
     """One log-log ROC plot of every attack that reported its ROC curve (``details["roc"]``: {fpr, tpr})."""
-    curves = {entry.attack: entry.details["roc"] for entry in record.privacy if isinstance((entry.details or {}).get("roc"), dict)}
+    curves = {
+        entry.attack: entry.details["roc"]
+        for entry in record.privacy
+        if isinstance((entry.details or {}).get("roc"), dict)
+    }
     if not curves:
         return {}
     from bench.metrics.membership import plot_roc
@@ -318,11 +394,20 @@ def _log(loggers: Sequence[Any], evaluation: Evaluation, record: Record, step: i
         logger.log_metrics(metrics, step=step)
         if _is_wandb(logger) and getattr(logger, "mode", "online") != "disabled":
             for attack, (originals, reconstructions) in evaluation.examples.items():
-                logger.log_image(key=f"eval/{attack}/examples", images=[example_grid(originals, reconstructions)],
-                                 caption=["originals (top) and reconstructions (bottom)"])
+                logger.log_image(
+                    key=f"eval/{attack}/examples",
+                    images=[example_grid(originals, reconstructions)],
+                    caption=["originals (top) and reconstructions (bottom)"],
+                )
             columns = ["record_id", "method", "label", "dataset", "network", "seed"] + list(metrics)
-            row = [record.record_id, record.method.name, record.method.label, record.dataset.name,
-                   record.method.network, record.seed] + list(metrics.values())
+            row = [
+                record.record_id,
+                record.method.name,
+                record.method.label,
+                record.dataset.name,
+                record.method.network,
+                record.seed,
+            ] + list(metrics.values())
             logger.log_table(key="eval/result_record", columns=columns, data=[row])
 
 
@@ -339,12 +424,16 @@ def _summary(outcome: Outcome) -> str:
         parts.append(f"{entry.attack} {metrics}{took}")
     lines = [f"\nbench: {record.method.label} on {record.dataset.name}: " + " | ".join(parts)]
     if record.utility.get("degenerate"):
-        lines.append(f"  DEGENERATE: accuracy at chance level ({record.utility.get('chance_accuracy', 0):.4f} by always "
-                     "answering the most frequent class) or no training: the record is marked degenerate and the "
-                     "leaderboard leaves it out")
+        lines.append(
+            f"  DEGENERATE: accuracy at chance level ({record.utility.get('chance_accuracy', 0):.4f} by always "
+            "answering the most frequent class) or no training: the record is marked degenerate and the "
+            "leaderboard leaves it out"
+        )
     if record.failed_attacks:
-        lines.append(f"  FAILED: {', '.join(outcome.failed_attacks)} (their errors are in the record; the other attacks' "
-                     "results are kept)")
+        lines.append(
+            f"  FAILED: {', '.join(outcome.failed_attacks)} (their errors are in the record; the other attacks' "
+            "results are kept)"
+        )
     if outcome.log_dir:
         lines.append(f"  logs and checkpoints: {outcome.log_dir}")
     if record.wandb and record.wandb.get("dir"):

@@ -57,8 +57,10 @@ def test_utility(module: PrivacyModule, datamodule: PrivacyDataModule) -> dict[s
     """``accuracy`` on the test pool: top-1, or for attribute vectors 1 - the mean attribute error rate, which is
     recorded beside it with every attribute's accuracy (see :func:`bench.metrics.utility.utility_from_batches`)."""
     # the harness runs on one process: no synchronisation with the other DDP ranks
-    batches = ((module(images.to(module.device)), labels.to(module.device))
-               for images, labels in datamodule.pool_dataloader("test"))
+    batches = (
+        (module(images.to(module.device)), labels.to(module.device))
+        for images, labels in datamodule.pool_dataloader("test")
+    )
     return utility_from_batches(batches, module.spec, datamodule.label_names, device=module.device)
 
 
@@ -85,8 +87,14 @@ def measure_cost(module: PrivacyModule, datamodule: PrivacyDataModule) -> dict[s
     return cost
 
 
-def evaluate(module: PrivacyModule, datamodule: PrivacyDataModule, attacks: Optional[Sequence[Attack]] = None,
-             seed: int = 0, budget_check: bool = False, shadow_cache: Optional[str | Path] = None) -> Evaluation:
+def evaluate(
+    module: PrivacyModule,
+    datamodule: PrivacyDataModule,
+    attacks: Optional[Sequence[Attack]] = None,
+    seed: int = 0,
+    budget_check: bool = False,
+    shadow_cache: Optional[str | Path] = None,
+) -> Evaluation:
     """Measure utility and cost, and run every attack whose threat model ``module`` declares.
 
     ``budget_check`` reruns every learned attack (one with ``budget_args``) at twice its training
@@ -107,8 +115,9 @@ def evaluate(module: PrivacyModule, datamodule: PrivacyDataModule, attacks: Opti
         return _evaluate(module, datamodule, attacks, seed, was_training, started, clock, budget_check, shadow_cache)
 
 
-def _evaluate(module, datamodule, attacks, seed, was_training, started, clock, budget_check=False,
-              shadow_cache=None) -> Evaluation:
+def _evaluate(
+    module, datamodule, attacks, seed, was_training, started, clock, budget_check=False, shadow_cache=None
+) -> Evaluation:
     try:
         utility = test_utility(module, datamodule)
         cost = measure_cost(module, datamodule)
@@ -120,8 +129,14 @@ def _evaluate(module, datamodule, attacks, seed, was_training, started, clock, b
                 continue
             reason = attack.not_applicable_reason(module)
             if reason is not None:  # of the method's threat models, but not of its task: say so in the record
-                skipped.append({"attack": attack.name, "threat_model": attack.threat_model.value,
-                                "class": class_path(attack), "reason": reason})
+                skipped.append(
+                    {
+                        "attack": attack.name,
+                        "threat_model": attack.threat_model.value,
+                        "class": class_path(attack),
+                        "reason": reason,
+                    }
+                )
         shadows = shadow_pool_for(applicable, seed, shadow_cache)
         with sharing_shadows(shadows):
             for attack in applicable:
@@ -167,19 +182,30 @@ def _run_attack(attack: Attack, module, datamodule, seed: int, budget_check: boo
     seconds = round(time.perf_counter() - attack_clock, 3)
     shown = ", ".join(f"{key} {value:.4g}" for key, value in result.metrics.items() if isinstance(value, (int, float)))
     print(f"bench: attack {attack.name}: {shown} ({seconds:.1f} s)", flush=True)
-    entry = {**_entry_of(attack), "metrics": result.metrics, "details": result.details,
-             # e.g. an FPR too low for the non-members scored: beside the metrics it qualifies
-             "warnings": list(result.details.get("warnings", [])),
-             # the budget check's rerun included: what this attack cost the evaluation
-             "seconds": seconds, "device": str(module.device)}
+    entry = {
+        **_entry_of(attack),
+        "metrics": result.metrics,
+        "details": result.details,
+        # e.g. an FPR too low for the non-members scored: beside the metrics it qualifies
+        "warnings": list(result.details.get("warnings", [])),
+        # the budget check's rerun included: what this attack cost the evaluation
+        "seconds": seconds,
+        "device": str(module.device),
+    }
     return entry, result.examples
 
 
 def _entry_of(attack: Attack) -> dict[str, Any]:
     """The privacy entry's description of ``attack`` (what ran, how it is read), without its results."""
-    return {"attack": attack.name, "threat_model": attack.threat_model.value, "role": attack.role.value,
-            "class": class_path(attack), "config": attack.config(), "directions": dict(attack.metric_directions),
-            "primary_metric": attack.primary_metric}
+    return {
+        "attack": attack.name,
+        "threat_model": attack.threat_model.value,
+        "role": attack.role.value,
+        "class": class_path(attack),
+        "config": attack.config(),
+        "directions": dict(attack.metric_directions),
+        "primary_metric": attack.primary_metric,
+    }
 
 
 def _failed_entry(attack: Attack, error: Exception) -> dict[str, Any]:
@@ -197,10 +223,16 @@ def _budget_check(attack: Attack, result, module, datamodule, seed: int) -> dict
     rerun = attack.with_budget(BUDGET_CHECK_FACTOR).run(module, datamodule, torch.Generator().manual_seed(seed))
     metric = attack.primary_metric
     value, scaled = result.metrics[metric], rerun.metrics[metric]
-    return {"factor": BUDGET_CHECK_FACTOR, "metric": metric, "value": value, "value_at_factor": scaled,
-            "relative_change": (scaled - value) / abs(value) if value else None,
-            "budget": {name: getattr(attack, name) * BUDGET_CHECK_FACTOR for name in attack.budget_args},
-            "converged": rerun.details.get("converged"), "epochs_run": rerun.details.get("epochs_run")}
+    return {
+        "factor": BUDGET_CHECK_FACTOR,
+        "metric": metric,
+        "value": value,
+        "value_at_factor": scaled,
+        "relative_change": (scaled - value) / abs(value) if value else None,
+        "budget": {name: getattr(attack, name) * BUDGET_CHECK_FACTOR for name in attack.budget_args},
+        "converged": rerun.details.get("converged"),
+        "epochs_run": rerun.details.get("epochs_run"),
+    }
 
 
 def git_revision() -> Optional[str]:
@@ -211,18 +243,33 @@ def git_revision() -> Optional[str]:
         if revision.returncode != 0:
             return None
         # only the code counts: runs rewrite the tracked leaderboard files themselves
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "bench", "pyproject.toml"],
-                               cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "bench", "pyproject.toml"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return revision.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-def build_record(evaluation: Evaluation, module: PrivacyModule, datamodule: PrivacyDataModule, *,
-                 config: dict[str, Any], seed: Optional[int], evaluation_seed: int, run: Optional[dict[str, Any]] = None,
-                 paper: Optional[dict[str, Any]] = None, wandb: Optional[dict[str, Any]] = None,
-                 fit_seconds: Optional[float] = None, training: Optional[dict[str, Any]] = None,
-                 experiment: Optional[str] = None) -> Record:
+def build_record(
+    evaluation: Evaluation,
+    module: PrivacyModule,
+    datamodule: PrivacyDataModule,
+    *,
+    config: dict[str, Any],
+    seed: Optional[int],
+    evaluation_seed: int,
+    run: Optional[dict[str, Any]] = None,
+    paper: Optional[dict[str, Any]] = None,
+    wandb: Optional[dict[str, Any]] = None,
+    fit_seconds: Optional[float] = None,
+    training: Optional[dict[str, Any]] = None,
+    experiment: Optional[str] = None,
+) -> Record:
     """The result record of one evaluation (:class:`bench.records.Record`), validated as it is built.
 
     ``run``: the run facts (:class:`bench.records.RunFacts`: world size, effective batch, precision, config
@@ -251,8 +298,13 @@ def build_record(evaluation: Evaluation, module: PrivacyModule, datamodule: Priv
         "skipped_attacks": evaluation.skipped,
         "cost": cost,
         "paper": paper,
-        "software": {"bench": bench.__version__, "git_revision": git_revision(), "torch": torch.__version__,
-                     "lightning": lightning.__version__, "python": platform.python_version()},
+        "software": {
+            "bench": bench.__version__,
+            "git_revision": git_revision(),
+            "torch": torch.__version__,
+            "lightning": lightning.__version__,
+            "python": platform.python_version(),
+        },
         "wandb": wandb,
         "artifacts": {},
     }

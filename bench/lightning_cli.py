@@ -57,9 +57,11 @@ def resolve_names(argv: list[str]) -> list[str]:
             index += 1
             continue
         elif key in ("--model", "--data") and has_value:
-            if not value.lstrip().startswith(("{", "[")) and not Path(value).suffix in (".yaml", ".yml", ".json"):
+            if not value.lstrip().startswith(("{", "[")) and Path(value).suffix not in (".yaml", ".yml", ".json"):
                 kind = "method" if key == "--model" else "datamodule"
-                cls = registry.resolve_class(kind, value, allow_import=True)  # the user typed it: may be their own package
+                cls = registry.resolve_class(
+                    kind, value, allow_import=True
+                )  # the user typed it: may be their own package
                 value = f"{cls.__module__}.{cls.__qualname__}"
             arg = f"{key}={value}"
         resolved.append(arg)
@@ -69,8 +71,12 @@ def resolve_names(argv: list[str]) -> list[str]:
 
 def add_compose_argument(parser) -> None:
     # `bench` applies a config's pieces before jsonargparse reads it (resolve_names); the key itself stays a record
-    parser.add_argument("--compose", type=Optional[list[str]], default=None,
-                        help="the shipped pieces (or YAML files) a config is composed of, applied before it (see `bench list`)")
+    parser.add_argument(
+        "--compose",
+        type=Optional[list[str]],
+        default=None,
+        help="the shipped pieces (or YAML files) a config is composed of, applied before it (see `bench list`)",
+    )
 
 
 def quiet_lightning() -> None:
@@ -112,12 +118,17 @@ def run_lightning_cli(argv: list[str]):
     class BenchCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_lightning_class_args(PrivacyEvaluation, "evaluation")
-            parser.add_argument("--sweep_point", type=Optional[str], default=None,
-                                help="set by `bench sweep`: the grid point's key, kept in the record so a rerun skips the point")
+            parser.add_argument(
+                "--sweep_point",
+                type=Optional[str],
+                default=None,
+                help="set by `bench sweep`: the grid point's key, kept in the record so a rerun skips the point",
+            )
             add_compose_argument(parser)
             # networks adapt to the dataset: the DataModule's spec is handed to the method
-            parser.link_arguments("data", "model.init_args.data_spec", compute_fn=lambda data: data.spec,
-                                  apply_on="instantiate")
+            parser.link_arguments(
+                "data", "model.init_args.data_spec", compute_fn=lambda data: data.spec, apply_on="instantiate"
+            )
 
         def _parse_ckpt_path(self) -> None:
             # LightningCLI would apply the checkpoint's hyper-parameters, class paths included, to the parser (which
@@ -136,7 +147,8 @@ def run_lightning_cli(argv: list[str]):
             hparams = resumable_hyper_parameters(raw, model_class)
             if hparams:
                 self.config = self.parser.parse_object(
-                    {subcommand: {"model": {"class_path": configured, "dict_kwargs": hparams}}}, self.config)
+                    {subcommand: {"model": {"class_path": configured, "dict_kwargs": hparams}}}, self.config
+                )
 
         def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
             kwargs = super()._prepare_subcommand_kwargs(subcommand)
@@ -150,8 +162,11 @@ def run_lightning_cli(argv: list[str]):
                 writable_folder(str(config["default_root_dir"]), "--trainer.default_root_dir")
             given = config.get("callbacks") or []
             given = given if isinstance(given, list) else [given]
-            if (config.get("enable_progress_bar") is not False and not sys.stderr.isatty()
-                    and not any(isinstance(callback, ProgressBar) for callback in given)):
+            if (
+                config.get("enable_progress_bar") is not False
+                and not sys.stderr.isatty()
+                and not any(isinstance(callback, ProgressBar) for callback in given)
+            ):
                 # a bar redraws with carriage returns: in a log file or CI, one line per epoch instead
                 config = {**config, "enable_progress_bar": False}
                 callbacks = [*callbacks, EpochLines()]
@@ -174,8 +189,11 @@ def run_lightning_cli(argv: list[str]):
 
         def after_fit(self) -> None:
             # the evaluation callbacks wrote their records; the CLI refreshes the leaderboard and closes the run
-            evaluations = [callback for callback in self.trainer.callbacks
-                           if isinstance(callback, PrivacyEvaluation) and callback.outcome is not None]
+            evaluations = [
+                callback
+                for callback in self.trainer.callbacks
+                if isinstance(callback, PrivacyEvaluation) and callback.outcome is not None
+            ]
             if not evaluations or not self.trainer.is_global_zero:
                 return
             for callback in evaluations:
@@ -190,15 +208,24 @@ def run_lightning_cli(argv: list[str]):
                 raise incomplete[0].incomplete_error()
 
     # exit_on_error off: a parser error is raised, and `main` prints its one useful line instead of 60 lines of usage
-    default_config = {"exit_on_error": False,
-                      **{subcommand: {"default_config_files": [str(DEFAULTS)], "exit_on_error": False}
-                         for subcommand in LIGHTNING_SUBCOMMANDS}}
+    default_config = {
+        "exit_on_error": False,
+        **{
+            subcommand: {"default_config_files": [str(DEFAULTS)], "exit_on_error": False}
+            for subcommand in LIGHTNING_SUBCOMMANDS
+        },
+    }
     # LightningCLI reads sys.argv (DDP re-launches the same command line on the other ranks)
     saved_argv, sys.argv = sys.argv, [sys.argv[0] if sys.argv else "bench", *argv]
     try:
         return BenchCLI(
-            PrivacyModule, PrivacyDataModule, subclass_mode_model=True, subclass_mode_data=True,
-            seed_everything_default=0, save_config_callback=RunConfig, save_config_kwargs={"overwrite": True},
+            PrivacyModule,
+            PrivacyDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_callback=RunConfig,
+            save_config_kwargs={"overwrite": True},
             parser_kwargs=default_config,
             auto_configure_optimizers=False,
         )
@@ -230,8 +257,9 @@ def writable_folder(folder: str, option: str) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
-        raise BenchError(f"{option} {folder}: cannot write there ({error.strerror or error}); give a folder you can "
-                         "write to") from None
+        raise BenchError(
+            f"{option} {folder}: cannot write there ({error.strerror or error}); give a folder you can write to"
+        ) from None
 
 
 #: keys by which Lightning and jsonargparse choose a class or a function to import
@@ -257,8 +285,10 @@ def configured_method(configured: Any) -> Optional[type]:
 def refuse_shadowed_keyword(keyword: str) -> None:
     """``--ckpt_path last`` is Lightning's shorthand, but LightningCLI would also read a file so named here."""
     if Path(keyword).is_file():
-        raise BenchError(f"--ckpt_path {keyword}: Lightning reads '{keyword}' as a shorthand, but the working "
-                         f"directory holds a file of that name; give it as ./{keyword} to use that file")
+        raise BenchError(
+            f"--ckpt_path {keyword}: Lightning reads '{keyword}' as a shorthand, but the working "
+            f"directory holds a file of that name; give it as ./{keyword} to use that file"
+        )
 
 
 def check_resume_checkpoint(path: str, model_class: Optional[type] = None) -> dict[str, Any]:
@@ -284,8 +314,10 @@ def check_checkpoint_contents(raw: dict[str, Any], path: str, model_class: Optio
     methods = [_registered(path, "method", name, where) for where, name in _written_methods(raw)]
     for method in methods:
         if model_class is not None and not issubclass(model_class, method):
-            raise BenchError(f"--ckpt_path {path} was written by {class_path(method)}, but this run's --model is "
-                             f"{class_path(model_class)}")
+            raise BenchError(
+                f"--ckpt_path {path} was written by {class_path(method)}, but this run's --model is "
+                f"{class_path(model_class)}"
+            )
     return methods
 
 
@@ -309,11 +341,14 @@ def _check_class_keys(node: dict, where: str, path: str, top_kind: Optional[str]
         _registered(path, top_kind, node[key], f"{where}.{key}")  # compared by name, before anything is imported
     top = top_kind is not None
     # the top level's `_instantiator` (Lightning's own) is never followed; anywhere else it has no business
-    unfollowed = [key for key in CLASS_KEYS
-                  if key in node and key not in named and not (top and key == "_instantiator")]
+    unfollowed = [
+        key for key in CLASS_KEYS if key in node and key not in named and not (top and key == "_instantiator")
+    ]
     if unfollowed and not named:
-        raise BenchError(f"--ckpt_path {path}: {where}.{unfollowed[0]} without a registered class_path; "
-                         "a checkpoint may only name registered classes")
+        raise BenchError(
+            f"--ckpt_path {path}: {where}.{unfollowed[0]} without a registered class_path; "
+            "a checkpoint may only name registered classes"
+        )
 
 
 def _written_methods(raw: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -336,8 +371,10 @@ def _registered(path: str, kind: Optional[str], name: Any, where: str) -> type:
             except BenchError:
                 continue
     what = kind or "method, datamodule or attack"
-    raise BenchError(f"--ckpt_path {path}: {where} names {name!r}, not a registered {what} class; a checkpoint may "
-                     "only name registered classes (a class of your own package is given on the command line)")
+    raise BenchError(
+        f"--ckpt_path {path}: {where} names {name!r}, not a registered {what} class; a checkpoint may "
+        "only name registered classes (a class of your own package is given on the command line)"
+    )
 
 
 def resumable_hyper_parameters(raw: dict[str, Any], model_class: Optional[type]) -> dict[str, Any]:
@@ -347,8 +384,11 @@ def resumable_hyper_parameters(raw: dict[str, Any], model_class: Optional[type])
     hparams = raw.get("hyper_parameters") or {}
     if "class_path" in hparams:  # the LightningCLI form {class_path, init_args}
         hparams = hparams.get("init_args") if isinstance(hparams.get("init_args"), dict) else {}
-    values = {key: value for key, value in hparams.items()
-              if isinstance(key, str) and not key.startswith("_") and key not in (*CLASS_KEYS, *LINKED_FROM_DATA)}
+    values = {
+        key: value
+        for key, value in hparams.items()
+        if isinstance(key, str) and not key.startswith("_") and key not in (*CLASS_KEYS, *LINKED_FROM_DATA)
+    }
     return accepted_kwargs(model_class, values) if model_class is not None else {}
 
 
@@ -399,9 +439,13 @@ def summarize_argument_error(message: str) -> str:
         close = difflib.get_close_matches(option.group(1), accepted, n=3)
         where = f"--{key.group(1)}.{option.group(1)}" if key else option.group(1)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        return (f"{where}: {given_class.group(1).rsplit('.', 1)[-1]} has no argument '{option.group(1)}'{hint} "
-                f"(its arguments: {', '.join(accepted)})")
-    bad_class = re.search(r"(?:Expected a dot import path string: |Import path |No module named |class_path[:=] ?)'?([\w.]+)'?", message)
+        return (
+            f"{where}: {given_class.group(1).rsplit('.', 1)[-1]} has no argument '{option.group(1)}'{hint} "
+            f"(its arguments: {', '.join(accepted)})"
+        )
+    bad_class = re.search(
+        r"(?:Expected a dot import path string: |Import path |No module named |class_path[:=] ?)'?([\w.]+)'?", message
+    )
     if key and bad_class:
         kind = {"model": "method", "data": "datamodule"}.get(key.group(1).split(".")[0], "attack")
         table = {"method": registry.methods, "datamodule": registry.datamodules, "attack": registry.attacks}[kind]()
@@ -437,6 +481,9 @@ def init_arguments(dotted: str) -> list[str]:
     names: list[str] = []
     for klass in cls.__mro__:  # **kwargs reach the base classes' arguments
         if "__init__" in klass.__dict__:
-            names += [p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "args", "kwargs")
-                      and p not in names and p != "data_spec"]
+            names += [
+                p
+                for p in inspect.signature(klass.__init__).parameters
+                if p not in ("self", "args", "kwargs") and p not in names and p != "data_spec"
+            ]
     return names

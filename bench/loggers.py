@@ -72,17 +72,33 @@ class BenchWandbLogger(WandbLogger):
         mode: ``auto``, ``online``, ``offline`` or ``disabled``.
     """
 
-    def __init__(self, project: str = "bench", entity: Optional[str] = None, name: Optional[str] = None,
-                 save_dir: str = "runs", mode: Mode = "auto", tags: Optional[list[str]] = None,
-                 log_model: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        project: str = "bench",
+        entity: Optional[str] = None,
+        name: Optional[str] = None,
+        save_dir: str = "runs",
+        mode: Mode = "auto",
+        tags: Optional[list[str]] = None,
+        log_model: bool = False,
+        **kwargs: Any,
+    ) -> None:
         self.mode = resolve_mode(mode)
         os.makedirs(save_dir, exist_ok=True)
         # jsonargparse passes every wandb.init argument, unset ones as None: those would override Lightning's
         # own choices (resume="allow") and ours (the settings); wandb.init's defaults are None anyway
         kwargs = {key: value for key, value in kwargs.items() if value is not None}
         kwargs.setdefault("settings", _quiet_settings(log_file=not sys.stderr.isatty()))  # where W&B writes
-        super().__init__(project=project, entity=entity, name=name, save_dir=save_dir, tags=tags,
-                         log_model=log_model and self.mode == "online", mode=self.mode, **kwargs)
+        super().__init__(
+            project=project,
+            entity=entity,
+            name=name,
+            save_dir=save_dir,
+            tags=tags,
+            log_model=log_model and self.mode == "online",
+            mode=self.mode,
+            **kwargs,
+        )
         self._wandb_init.pop("anonymous", None)  # deprecated in W&B; it only warns
 
     def continue_run(self, ckpt_path: Optional[str]) -> Optional[str]:
@@ -109,9 +125,14 @@ class BenchWandbLogger(WandbLogger):
     def reference(self) -> dict[str, Any]:
         """What a result record keeps to find this run again."""
         run = self.experiment
-        return {"project": self._project, "entity": getattr(run, "entity", None), "run_id": getattr(run, "id", None),
-                "url": getattr(run, "url", None) if self.mode == "online" else None, "mode": self.mode,
-                "dir": getattr(run, "dir", None) if self.mode != "disabled" else None}
+        return {
+            "project": self._project,
+            "entity": getattr(run, "entity", None),
+            "run_id": getattr(run, "id", None),
+            "url": getattr(run, "url", None) if self.mode == "online" else None,
+            "mode": self.mode,
+            "dir": getattr(run, "dir", None) if self.mode != "disabled" else None,
+        }
 
 
 def saved_run_id(folder: Path) -> Optional[str]:

@@ -123,7 +123,9 @@ def _validate(record: Any) -> None:
     if version > SCHEMA_VERSION:
         raise RecordError(f"schema version {version} is newer than this bench ({SCHEMA_VERSION}); upgrade bench")
     if version not in SUPPORTED_SCHEMA_VERSIONS:
-        raise RecordError(f"schema version {version} is not supported (this bench reads {sorted(SUPPORTED_SCHEMA_VERSIONS)})")
+        raise RecordError(
+            f"schema version {version} is not supported (this bench reads {sorted(SUPPORTED_SCHEMA_VERSIONS)})"
+        )
     method, dataset = record["method"], record["dataset"]
     for key in ("name", "label"):
         _expect(method.get(key), str, f"method.{key}")
@@ -274,7 +276,11 @@ def _budget_v1(training: dict, trainer: dict) -> Optional[dict[str, Any]]:
 def effective_batch(batch_size: Any, world_size: int, accumulate: Any) -> Optional[int]:
     """Samples per optimizer step: the per-device batch times the devices times the accumulated batches."""
     accumulate = _positive_int(accumulate) or 1
-    return batch_size * world_size * accumulate if isinstance(batch_size, int) and not isinstance(batch_size, bool) else None
+    return (
+        batch_size * world_size * accumulate
+        if isinstance(batch_size, int) and not isinstance(batch_size, bool)
+        else None
+    )
 
 
 def run_facts_from_config(config: dict[str, Any], training: Optional[dict[str, Any]]) -> dict[str, Any]:
@@ -283,9 +289,13 @@ def run_facts_from_config(config: dict[str, Any], training: Optional[dict[str, A
     trainer = _mapping(config.get("trainer"))
     world = _world_size_v1(_mapping(training), trainer)
     batch = _mapping(_mapping(config.get("data")).get("init_args")).get("batch_size")
-    return {"world_size": world, "effective_batch": effective_batch(batch, world, trainer.get("accumulate_grad_batches", 1)),
-            "precision": precision_name(trainer.get("precision")), "config_names": config_names(config),
-            "budget": _budget_v1(_mapping(training), trainer)}
+    return {
+        "world_size": world,
+        "effective_batch": effective_batch(batch, world, trainer.get("accumulate_grad_batches", 1)),
+        "precision": precision_name(trainer.get("precision")),
+        "config_names": config_names(config),
+        "budget": _budget_v1(_mapping(training), trainer),
+    }
 
 
 def migrate_v1(record: dict[str, Any]) -> dict[str, Any]:
@@ -484,7 +494,9 @@ def read_record(file: str | Path) -> Record:
         if not stat.S_ISREG(info.st_mode):
             raise RecordError("not a regular file (a FIFO, device or folder named like a record): not read")
         if info.st_size > MAX_RECORD_BYTES:
-            raise RecordError(f"{info.st_size / 2**20:.0f} MiB is larger than any record ({MAX_RECORD_BYTES // 2**20} MiB at most)")
+            raise RecordError(
+                f"{info.st_size / 2**20:.0f} MiB is larger than any record ({MAX_RECORD_BYTES // 2**20} MiB at most)"
+            )
         with open(file, "rb") as stream:  # at most one byte past the limit, whatever the file claims
             data = stream.read(MAX_RECORD_BYTES + 1)
         raw = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)

@@ -96,8 +96,11 @@ def attacks() -> dict[str, type]:
 
 
 def _yaml_by_name(folder: Path, skip: Path | None = None) -> dict[str, Path]:
-    return {path.relative_to(folder).with_suffix("").as_posix(): path for path in sorted(folder.rglob("*.yaml"))
-            if skip is None or skip not in path.parents}
+    return {
+        path.relative_to(folder).with_suffix("").as_posix(): path
+        for path in sorted(folder.rglob("*.yaml"))
+        if skip is None or skip not in path.parents
+    }
 
 
 def configs() -> dict[str, Path]:
@@ -128,7 +131,9 @@ def resolve_config(name_or_path: str, kind: str = "config", relative_to: Path | 
     key = name_or_path[:-5] if name_or_path.endswith(".yaml") else name_or_path
     if key in shipped:
         return str(shipped[key])
-    raise BenchError(f"no {kind} file '{name_or_path}' and no shipped {kind} of that name; `bench list` shows the shipped ones")
+    raise BenchError(
+        f"no {kind} file '{name_or_path}' and no shipped {kind} of that name; `bench list` shows the shipped ones"
+    )
 
 
 def composed_configs(name_or_path: str) -> list[str]:
@@ -167,8 +172,11 @@ def _bases() -> dict[str, tuple[type, dict[str, type]]]:
     from bench.datamodules.base import PrivacyDataModule
     from bench.modules.base import PrivacyModule
 
-    return {"method": (PrivacyModule, methods()), "datamodule": (PrivacyDataModule, datamodules()),
-            "attack": (Attack, attacks())}
+    return {
+        "method": (PrivacyModule, methods()),
+        "datamodule": (PrivacyDataModule, datamodules()),
+        "attack": (Attack, attacks()),
+    }
 
 
 def resolve_class(kind: str, name: str, allow_import: bool = False) -> type:
@@ -190,14 +198,24 @@ def resolve_class(kind: str, name: str, allow_import: bool = False) -> type:
     if isinstance(found, type) and found in table.values():
         return found
     if not (module_name and allow_import):
-        hint = ("; a checkpoint or record may only name those: a class of your own package is given by its dotted "
-                "path on the command line (--model/--data pkg.Class), which imports it") if module_name else ""
-        raise BenchError(f"unknown {kind} '{name}': not a registered {kind} of this bench; available: {', '.join(table)} "
-                         f"(see `bench list`){hint}")
+        hint = (
+            (
+                "; a checkpoint or record may only name those: a class of your own package is given by its dotted "
+                "path on the command line (--model/--data pkg.Class), which imports it"
+            )
+            if module_name
+            else ""
+        )
+        raise BenchError(
+            f"unknown {kind} '{name}': not a registered {kind} of this bench; available: {', '.join(table)} "
+            f"(see `bench list`){hint}"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise BenchError(f"cannot import {kind} '{name}' ({error}); is its package installed or on PYTHONPATH?") from error
+        raise BenchError(
+            f"cannot import {kind} '{name}' ({error}); is its package installed or on PYTHONPATH?"
+        ) from error
     found = getattr(module, attribute, None)
     if found is None:
         raise BenchError(f"module {module_name} has no {attribute}; is '{name}' spelled right?")

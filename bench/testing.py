@@ -33,7 +33,9 @@ def _expect(condition: bool, message: str) -> None:
 def _tiny_budget() -> dict[str, dict[str, Any]]:
     """Attack class name -> its init arguments at the tiny budget (names resolve in the registry only)."""
     entries = yaml.safe_load(TINY_BUDGET.read_text())["evaluation"]["attacks"]
-    return {registry.lookup("attack", entry["class_path"]).__name__: dict(entry.get("init_args") or {}) for entry in entries}
+    return {
+        registry.lookup("attack", entry["class_path"]).__name__: dict(entry.get("init_args") or {}) for entry in entries
+    }
 
 
 def tiny_attacks() -> list[Attack]:
@@ -46,12 +48,21 @@ def tiny_attacks() -> list[Attack]:
 
 def unexercised_declarations(method: type) -> list[str]:
     """The threat models and capabilities ``method`` declares that no registered attack would use."""
-    applicable = [attack for attack in registry.attacks().values()
-                  if attack.threat_model in method.threat_models and set(attack.requires) <= set(method.capabilities)]
-    unused = [f"threat model '{threat.value}'" for threat in method.threat_models
-              if not any(attack.threat_model is threat for attack in applicable)]
-    unused += [f"capability '{capability.value}'" for capability in method.capabilities
-               if not any(capability in attack.requires for attack in applicable)]
+    applicable = [
+        attack
+        for attack in registry.attacks().values()
+        if attack.threat_model in method.threat_models and set(attack.requires) <= set(method.capabilities)
+    ]
+    unused = [
+        f"threat model '{threat.value}'"
+        for threat in method.threat_models
+        if not any(attack.threat_model is threat for attack in applicable)
+    ]
+    unused += [
+        f"capability '{capability.value}'"
+        for capability in method.capabilities
+        if not any(capability in attack.requires for attack in applicable)
+    ]
     return unused
 
 
@@ -65,12 +76,14 @@ def check_method_contract(method: type, tmp_path: Path, datamodule: Optional[Any
 
     from bench.checkpoints import load_checkpoint
     from bench.datamodules import Digits
-    from bench.modules.base import PrivacyModule
     from bench.evaluator import Evaluator, fallback_config, run_facts_from_trainer, training_progress
+    from bench.modules.base import PrivacyModule
     from bench.records import load_records
 
     name = getattr(method, "__name__", repr(method))
-    _expect(isinstance(method, type) and issubclass(method, PrivacyModule), f"{name} is not a subclass of PrivacyModule")
+    _expect(
+        isinstance(method, type) and issubclass(method, PrivacyModule), f"{name} is not a subclass of PrivacyModule"
+    )
     _expect(bool(method.threat_models), f"{name} declares no threat model: the harness could not attack it")
     unused = unexercised_declarations(method)
     _expect(not unused, f"{name} declares {', '.join(unused)}, which no registered attack exercises")
@@ -87,21 +100,36 @@ def check_method_contract(method: type, tmp_path: Path, datamodule: Optional[Any
     if ThreatModel.FEATURE_RELEASE in module.threat_models:
         released = module.release(images)
         _expect(released.shape[0] == 4, f"{name}.release(x) must keep the batch dimension first")
-        _expect(module.predict_from_release(released).shape == (4, classes),
-                f"{name}.predict_from_release(release(x)) must return (batch, {classes}) logits")
+        _expect(
+            module.predict_from_release(released).shape == (4, classes),
+            f"{name}.predict_from_release(release(x)) must return (batch, {classes}) logits",
+        )
         _expect(isinstance(module.client_network(), torch.nn.Module), f"{name}.client_network() must be an nn.Module")
 
     attacks = tiny_attacks()
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False, accelerator="cpu",
-                        default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, datamodule)
 
     # the evaluator the callback and `bench evaluate` hand trained methods to, called directly
     evaluator = Evaluator(attacks=attacks, records_dir=str(tmp_path / "records"))
     evaluator.check_preconditions(module, datamodule)
     config = fallback_config(module, datamodule, trainer, evaluator)
-    outcome = evaluator.run(module, datamodule, config=config, training=training_progress(trainer),
-                            run=run_facts_from_trainer(trainer, datamodule, config))
+    outcome = evaluator.run(
+        module,
+        datamodule,
+        config=config,
+        training=training_progress(trainer),
+        run=run_facts_from_trainer(trainer, datamodule, config),
+    )
     failed = {entry.attack: entry.error for entry in outcome.record.failed_attacks}
     _expect(not failed, f"{name}: attacks failed: {failed}")
 
@@ -112,14 +140,18 @@ def check_method_contract(method: type, tmp_path: Path, datamodule: Optional[Any
     _expect(0.0 <= record.utility["accuracy"] <= 1.0, f"{name}: accuracy outside [0, 1]")
     expected = sorted(attack.name for attack in attacks if attack.applies_to(module))
     attacked = sorted(entry.attack for entry in record.privacy)
-    _expect(attacked == expected, f"{name} was attacked by {attacked}, expected exactly the applicable attacks {expected}")
+    _expect(
+        attacked == expected, f"{name} was attacked by {attacked}, expected exactly the applicable attacks {expected}"
+    )
     for entry in record.privacy:
         _expect(bool(entry.metrics), f"{name}: attack {entry.attack} reported no metrics")
 
     # `bench evaluate` rebuilds the very same model from the checkpoint
     restored, restored_data, _ = load_checkpoint(trainer.checkpoint_callback.best_model_path, device="cpu")
-    _expect(type(restored) is method and type(restored_data) is type(datamodule),
-            f"the checkpoint restores {type(restored).__name__} on {type(restored_data).__name__}")
+    _expect(
+        type(restored) is method and type(restored_data) is type(datamodule),
+        f"the checkpoint restores {type(restored).__name__} on {type(restored_data).__name__}",
+    )
     original_state, restored_state = module.state_dict(), restored.state_dict()
     _expect(original_state.keys() == restored_state.keys(), f"{name}: the restored state has other keys")
     for key in original_state:

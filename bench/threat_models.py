@@ -109,20 +109,28 @@ def check_declarations(cls: type) -> None:
     for threat_model in cls.threat_models:
         missing = [name for name in threat_model.required_methods if getattr(cls, name, None) is None]
         if missing:
-            raise TypeError(f"{cls.__name__} declares threat model '{threat_model.value}' but does not implement {missing}")
+            raise TypeError(
+                f"{cls.__name__} declares threat model '{threat_model.value}' but does not implement {missing}"
+            )
     for capability in cls.capabilities:
         if not isinstance(capability, Capability):
             raise TypeError(f"{cls.__name__}.capabilities must hold Capability members, got {capability!r}")
         if capability.threat_model not in cls.threat_models:
-            raise TypeError(f"{cls.__name__} declares capability '{capability.value}' of threat model "
-                            f"'{capability.threat_model.value}' without declaring that threat model")
+            raise TypeError(
+                f"{cls.__name__} declares capability '{capability.value}' of threat model "
+                f"'{capability.threat_model.value}' without declaring that threat model"
+            )
         missing = [name for name in capability.required_methods if not callable(getattr(cls, name, None))]
         if missing:
             raise TypeError(f"{cls.__name__} declares capability '{capability.value}' but does not implement {missing}")
     for capability in Capability:
-        if capability not in cls.capabilities and any(callable(getattr(cls, name, None)) for name in capability.required_methods):
-            raise TypeError(f"{cls.__name__} defines {list(capability.required_methods)} but does not declare "
-                            f"capability '{capability.value}': add Capability.{capability.name} to its capabilities")
+        if capability not in cls.capabilities and any(
+            callable(getattr(cls, name, None)) for name in capability.required_methods
+        ):
+            raise TypeError(
+                f"{cls.__name__} defines {list(capability.required_methods)} but does not declare "
+                f"capability '{capability.value}': add Capability.{capability.name} to its capabilities"
+            )
 
 
 @dataclass

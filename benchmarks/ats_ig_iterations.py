@@ -33,7 +33,7 @@ def main() -> None:
 
     module, datamodule, _ = load_checkpoint(args.checkpoint, data_dir=args.data_dir, device="cpu")
     datamodule.setup("test")
-    print(f"| iterations | PSNR (dB), mean [95% CI] | per image | SSIM | seconds |\n| --- | --- | --- | --- | --- |")
+    print("| iterations | PSNR (dB), mean [95% CI] | per image | SSIM | seconds |\n| --- | --- | --- | --- | --- |")
     for iterations in args.iterations:
         attack = GradientInversion(iterations=iterations, num_images=args.images, labels=args.labels, progress=False)
         start = time.perf_counter()
@@ -42,8 +42,11 @@ def main() -> None:
         psnr = result.details["per_image"]["psnr"]
         mean, low, high = mean_interval(psnr)
         interval = "" if low is None else f" [{low:.2f}, {high:.2f}]"
-        print(f"| {iterations} | {mean:.2f}{interval} | {' '.join(f'{v:.1f}' for v in psnr)} | "
-              f"{result.metrics['ssim']:.3f} | {seconds:.0f} |", flush=True)
+        print(
+            f"| {iterations} | {mean:.2f}{interval} | {' '.join(f'{v:.1f}' for v in psnr)} | "
+            f"{result.metrics['ssim']:.3f} | {seconds:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -29,13 +29,12 @@ import argparse
 
 import torch
 import torch.nn.functional as F
+from ats_scores import CLOCKS, timed  # this folder: run as python benchmarks/ats_inversion.py
 
 from bench.attacks import GradientInversion
 from bench.attacks.gradient_inversion import total_variation
 from bench.datamodules.base import DataSpec
 from bench.modules import Collaborative
-
-from ats_scores import CLOCKS, timed  # this folder: run as python benchmarks/ats_inversion.py
 
 
 def floor(model, images: torch.Tensor, labels: torch.Tensor, iterations: int) -> None:
@@ -53,8 +52,16 @@ def floor(model, images: torch.Tensor, labels: torch.Tensor, iterations: int) ->
         optimizer.step()
 
 
-def plain_single(model, target: list[torch.Tensor], label: torch.Tensor, start: torch.Tensor, mean, std,
-                 iterations: int, milestones: list[int]) -> torch.Tensor:
+def plain_single(
+    model,
+    target: list[torch.Tensor],
+    label: torch.Tensor,
+    start: torch.Tensor,
+    mean,
+    std,
+    iterations: int,
+    milestones: list[int],
+) -> torch.Tensor:
     """One attack as a plain loop: inversefed's iteration (cosine over all layers + 1e-4 TV, signed Adam, boxed)."""
     z = ((start - mean) / std).clone().requires_grad_(True)
     optimizer = torch.optim.Adam([z], lr=0.1)
@@ -85,8 +92,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=1, help="alternating runs of each; the median is printed")
-    parser.add_argument("--clock", default="wall", choices=sorted(CLOCKS),
-                        help="wall: elapsed time; cpu: this process's CPU time, steadier on a loaded machine (1 thread)")
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=sorted(CLOCKS),
+        help="wall: elapsed time; cpu: this process's CPU time, steadier on a loaded machine (1 thread)",
+    )
     parser.add_argument("--no_unfold", action="store_true", help="skip the per_sample='unfold' column")
     args = parser.parse_args()
     clock = CLOCKS[args.clock]
@@ -103,11 +114,15 @@ def main() -> None:
     shared = module.shared_gradients(images, labels)
     targets = {n: g.detach() for n, g in shared.gradients.items()}
     attack = GradientInversion(iterations=args.iterations, progress=False).set_normalization(spec)
-    unfolded = GradientInversion(iterations=args.iterations, per_sample="unfold", progress=False).set_normalization(spec)
+    unfolded = GradientInversion(iterations=args.iterations, per_sample="unfold", progress=False).set_normalization(
+        spec
+    )
     vmapped = GradientInversion(iterations=args.iterations, per_sample="vmap", progress=False).set_normalization(spec)
     starts = attack.initial_images(most, (1, args.size, args.size), torch.Generator().manual_seed(1)).to(device)
-    print(f"Inverting Gradients, ConvNet width {args.width}, {args.size}x{args.size}, {args.iterations} iterations, "
-          f"device {device}, {args.clock} time, median of {args.repeats}")
+    print(
+        f"Inverting Gradients, ConvNet width {args.width}, {args.size}x{args.size}, {args.iterations} iterations, "
+        f"device {device}, {args.clock} time, median of {args.repeats}"
+    )
 
     def synced(value):  # CUDA runs asynchronously: a time is only a time once the device is done
         if device.type == "cuda":
@@ -117,17 +132,21 @@ def main() -> None:
     def invert(which: slice, on=attack):
         return synced(on.invert(module, {n: t[which] for n, t in targets.items()}, labels[which], starts[which])[0])
 
-    print("| threads | attacks | sequential (s) | batched (s) | batched, vmap (s) | batched, unfold (s) | floor (s) | "
-          "sequential / batched | batched / floor | vmap / floor | pixel difference batched vs sequential: max, median "
-          "| vmap vs sequential: max |")
+    print(
+        "| threads | attacks | sequential (s) | batched (s) | batched, vmap (s) | batched, unfold (s) | floor (s) | "
+        "sequential / batched | batched / floor | vmap / floor | pixel difference batched vs sequential: max, median "
+        "| vmap vs sequential: max |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for threads, count in [(t, c) for t in args.threads for c in args.attacks]:
         torch.set_num_threads(threads)
-        functions = {"sequential": lambda: torch.cat([invert(slice(i, i + 1)) for i in range(count)]),
-                     "batched": lambda: invert(slice(0, count)),
-                     "vmap": lambda: invert(slice(0, count), vmapped),
-                     "unfold": lambda: invert(slice(0, count), unfolded),
-                     "floor": lambda: synced(floor(model, starts[:count], labels[:count], args.iterations))}
+        functions = {
+            "sequential": lambda: torch.cat([invert(slice(i, i + 1)) for i in range(count)]),
+            "batched": lambda: invert(slice(0, count)),
+            "vmap": lambda: invert(slice(0, count), vmapped),
+            "unfold": lambda: invert(slice(0, count), unfolded),
+            "floor": lambda: synced(floor(model, starts[:count], labels[:count], args.iterations)),
+        }
         if args.no_unfold:
             del functions["unfold"]
         result = timed(functions, args.repeats, clock)
@@ -136,10 +155,13 @@ def main() -> None:
         floor_time = result["floor"][0]
         vmap_time, vmap_images = result["vmap"]
         difference = (batched - sequential).abs()
-        print(f"| {threads} | {count} | {sequential_time:.2f} | {batched_time:.2f} | {vmap_time:.2f} | {unfold_time:.2f} | "
-              f"{floor_time:.2f} | {sequential_time / batched_time:.2f}x | {batched_time / floor_time:.2f}x | "
-              f"{vmap_time / floor_time:.2f}x | {difference.max().item():.1e}, {difference.median().item():.1e} | "
-              f"{(vmap_images - sequential).abs().max().item():.1e} |", flush=True)
+        print(
+            f"| {threads} | {count} | {sequential_time:.2f} | {batched_time:.2f} | {vmap_time:.2f} | {unfold_time:.2f} | "
+            f"{floor_time:.2f} | {sequential_time / batched_time:.2f}x | {batched_time / floor_time:.2f}x | "
+            f"{vmap_time / floor_time:.2f}x | {difference.max().item():.1e}, {difference.median().item():.1e} | "
+            f"{(vmap_images - sequential).abs().max().item():.1e} |",
+            flush=True,
+        )
 
     mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
@@ -149,12 +171,30 @@ def main() -> None:
     print()
     for threads in args.threads:
         torch.set_num_threads(threads)
-        single = timed({"bench": lambda: invert(slice(0, 1)),
-                        "plain": lambda: synced(plain_single(model, target, labels[0], starts[0], mean, std, args.iterations,
-                                                             inversefed_milestones(args.iterations)))}, args.repeats, clock)
+        single = timed(
+            {
+                "bench": lambda: invert(slice(0, 1)),
+                "plain": lambda: synced(
+                    plain_single(
+                        model,
+                        target,
+                        labels[0],
+                        starts[0],
+                        mean,
+                        std,
+                        args.iterations,
+                        inversefed_milestones(args.iterations),
+                    )
+                ),
+            },
+            args.repeats,
+            clock,
+        )
         (ours_time, ours), (plain_time, plain) = single["bench"], single["plain"]
-        print(f"one attack, {threads} thread(s): bench {ours_time:.2f} s | plain single-attack loop {plain_time:.2f} s | "
-              f"plain / bench {plain_time / ours_time:.2f}x | max pixel difference {(ours[0] - plain).abs().max().item():.1e}")
+        print(
+            f"one attack, {threads} thread(s): bench {ours_time:.2f} s | plain single-attack loop {plain_time:.2f} s | "
+            f"plain / bench {plain_time / ours_time:.2f}x | max pixel difference {(ours[0] - plain).abs().max().item():.1e}"
+        )
 
 
 if __name__ == "__main__":

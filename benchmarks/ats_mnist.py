@@ -54,10 +54,36 @@ RUNS = {
 }
 DEFAULT_RUNS = [name for name in RUNS if not name.startswith("paper_") or name.startswith("paper_hybrid")]
 #: (column, attack): labels given (the paper's protocol) and recovered from the gradient, batch 1 and 8
-ATTACKS = (("b1 given", "gradient_inversion_labels_given"), ("b1 recovered", "gradient_inversion"),
-           ("b8 given", "gradient_inversion_batch8_labels_given"), ("b8 recovered", "gradient_inversion_batch8"))
-SEARCH = ["--data", "LocalFolder", "--pool_limit", "1000", "--network", "convnet", "--width", "16", "--c_max", "30",
-          "--n", "4", "--images", "8", "--points", "20", "--rounds", "10", "--semi_epochs", "50", "--t_acc", "-12"]
+ATTACKS = (
+    ("b1 given", "gradient_inversion_labels_given"),
+    ("b1 recovered", "gradient_inversion"),
+    ("b8 given", "gradient_inversion_batch8_labels_given"),
+    ("b8 recovered", "gradient_inversion_batch8"),
+)
+SEARCH = [
+    "--data",
+    "LocalFolder",
+    "--pool_limit",
+    "1000",
+    "--network",
+    "convnet",
+    "--width",
+    "16",
+    "--c_max",
+    "30",
+    "--n",
+    "4",
+    "--images",
+    "8",
+    "--points",
+    "20",
+    "--rounds",
+    "10",
+    "--semi_epochs",
+    "50",
+    "--t_acc",
+    "-12",
+]
 
 
 def run(command: list[str]) -> None:
@@ -78,7 +104,11 @@ def psnr_cell(entry: dict) -> str:
     psnr = per_image.get("psnr") or [entry["metrics"]["psnr"]]
     mean, low, high = mean_interval(psnr)
     interval = "" if low is None else f" [{low:.1f}, {high:.1f}]"
-    labels = "" if entry.get("details", {}).get("labels") == "given" else f", labels {entry['metrics']['label_accuracy']:.2f}"
+    labels = (
+        ""
+        if entry.get("details", {}).get("labels") == "given"
+        else f", labels {entry['metrics']['label_accuracy']:.2f}"
+    )
     return f"{mean:.2f}{interval} (n={len(psnr)}) / {entry['metrics']['ssim']:.3f}{labels}"
 
 
@@ -99,26 +129,49 @@ def print_table(records_dir: Path) -> None:
     rows = []
     for record in load_records([records_dir]).records:
         semi = "checkpoint" in record.get("config", {})
-        epochs = (record.get("training") or {}).get("epochs") or (record.get("config", {}).get("training") or {}).get("epochs")
-        rows.append({"label": record["method"]["label"], "semi": semi, "accuracy": record["utility"]["accuracy"],
-                     "stage": (f"semi-trained ({epochs} of {(record['config'].get('trainer') or {}).get('max_epochs')} epochs)"
-                               if semi else f"trained ({epochs} epochs)"),
-                     "attacks": {entry["attack"]: entry for entry in record["privacy"]}})
+        epochs = (record.get("training") or {}).get("epochs") or (record.get("config", {}).get("training") or {}).get(
+            "epochs"
+        )
+        rows.append(
+            {
+                "label": record["method"]["label"],
+                "semi": semi,
+                "accuracy": record["utility"]["accuracy"],
+                "stage": (
+                    f"semi-trained ({epochs} of {(record['config'].get('trainer') or {}).get('max_epochs')} epochs)"
+                    if semi
+                    else f"trained ({epochs} epochs)"
+                ),
+                "attacks": {entry["attack"]: entry for entry in record["privacy"]},
+            }
+        )
     rows.sort(key=lambda r: (r["semi"], r["label"] != "Collaborative (no defense)", r["label"]))
     print("\n| defense | stage | accuracy | " + " | ".join(f"PSNR {c} (dB) / SSIM" for c, _ in ATTACKS) + " |")
     print("| --- | --- | --- |" + " --- |" * len(ATTACKS))
     for row in rows:
-        print(f"| {row['label']} | {row['stage']} | {row['accuracy']:.4f} | "
-              + " | ".join(psnr_cell(row["attacks"].get(a, {})) for _, a in ATTACKS) + " |")
+        print(
+            f"| {row['label']} | {row['stage']} | {row['accuracy']:.4f} | "
+            + " | ".join(psnr_cell(row["attacks"].get(a, {})) for _, a in ATTACKS)
+            + " |"
+        )
     print("\nAgainst no defense at the same stage (PSNR paired by image, mean [95% t interval]):\n")
-    print("| defense | stage | accuracy change (points) | " + " | ".join(f"PSNR change {c} (dB)" for c, _ in ATTACKS) + " |")
+    print(
+        "| defense | stage | accuracy change (points) | "
+        + " | ".join(f"PSNR change {c} (dB)" for c, _ in ATTACKS)
+        + " |"
+    )
     print("| --- | --- | --- |" + " --- |" * len(ATTACKS))
     for row in rows:
-        baseline = next((r for r in rows if r["semi"] == row["semi"] and r["label"] == "Collaborative (no defense)"), None)
+        baseline = next(
+            (r for r in rows if r["semi"] == row["semi"] and r["label"] == "Collaborative (no defense)"), None
+        )
         if baseline is None or baseline is row:
             continue
-        print(f"| {row['label']} | {row['stage']} | {100 * (row['accuracy'] - baseline['accuracy']):+.1f} | "
-              + " | ".join(difference_cell(row["attacks"].get(a, {}), baseline["attacks"].get(a, {})) for _, a in ATTACKS) + " |")
+        print(
+            f"| {row['label']} | {row['stage']} | {100 * (row['accuracy'] - baseline['accuracy']):+.1f} | "
+            + " | ".join(difference_cell(row["attacks"].get(a, {}), baseline["attacks"].get(a, {})) for _, a in ATTACKS)
+            + " |"
+        )
 
 
 def main() -> None:
@@ -137,23 +190,55 @@ def main() -> None:
 
     if args.skip_search:
         written = json.loads(Path(POLICY_FILE).read_text())
-        print(search_summary(written["settings"], written["evaluated"], written["policy"]) + f" (from {POLICY_FILE})", flush=True)
+        print(
+            search_summary(written["settings"], written["evaluated"], written["policy"]) + f" (from {POLICY_FILE})",
+            flush=True,
+        )
     else:
         result = search_main([*SEARCH, "--data_dir", args.mnist, "--output", POLICY_FILE])
         print(search_summary(result.settings, len(result.evaluated), result.hybrid()), flush=True)
 
     if "trained" in args.stages:
         for name in args.runs:
-            run(["fit", "--config", "ats/mnist_shared_paper", "--data.data_dir", args.mnist, "--trainer.logger", "false",
-                 "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root / name),
-                 "--evaluation.records_dir", args.records, "--evaluation.leaderboard_dir", "null", *RUNS[name]])
+            run(
+                [
+                    "fit",
+                    "--config",
+                    "ats/mnist_shared_paper",
+                    "--data.data_dir",
+                    args.mnist,
+                    "--trainer.logger",
+                    "false",
+                    "--trainer.enable_progress_bar",
+                    "false",
+                    "--trainer.default_root_dir",
+                    str(root / name),
+                    "--evaluation.records_dir",
+                    args.records,
+                    "--evaluation.leaderboard_dir",
+                    "null",
+                    *RUNS[name],
+                ]
+            )
     if "semi" in args.stages:
         for name in args.runs:
             semi = sorted((root / name / "checkpoints").glob(f"epoch={SEMI_EPOCH}-*.ckpt"))
             if not semi:
-                raise SystemExit(f"no epoch={SEMI_EPOCH} checkpoint under {root / name / 'checkpoints'}: run the trained stage first")
-            run(["evaluate", str(semi[0]), "--data_dir", args.mnist, "--evaluation.records_dir", args.records,
-                 "--evaluation.leaderboard_dir", "null"])
+                raise SystemExit(
+                    f"no epoch={SEMI_EPOCH} checkpoint under {root / name / 'checkpoints'}: run the trained stage first"
+                )
+            run(
+                [
+                    "evaluate",
+                    str(semi[0]),
+                    "--data_dir",
+                    args.mnist,
+                    "--evaluation.records_dir",
+                    args.records,
+                    "--evaluation.leaderboard_dir",
+                    "null",
+                ]
+            )
     print_table(Path(args.records))
 
 

@@ -36,13 +36,18 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench.ats.scores import (accuracy_score, accuracy_score_loop, interpolation_points, interpolation_steps,
-                              privacy_score, privacy_score_loop)
+from bench.ats.scores import (
+    accuracy_score,
+    accuracy_score_loop,
+    interpolation_points,
+    interpolation_steps,
+    privacy_score,
+    privacy_score_loop,
+)
 from bench.ats.search import keep_freed_memory
 from bench.datamodules.base import DataSpec
 from bench.networks.registry import Role, build_network
 from bench.transforms import parse_policy
-
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
@@ -79,13 +84,25 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--variant", default="reference", choices=["reference", "paper"])
     parser.add_argument("--unfold", action="store_true", help="also time per_sample='unfold'")
-    parser.add_argument("--clock", default="wall", choices=sorted(CLOCKS),
-                        help="wall: elapsed time; cpu: this process's CPU time (user + system, page faults included), "
-                             "steadier than wall time on a machine other jobs load (run at one thread)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"],
-                        help="float64: the values' agreement without float32's rounding (see the docstring)")
-    parser.add_argument("--allocator", default="system", choices=["system", "heap"],
-                        help="heap: glibc keeps freed memory (bench.ats.search's default, keep_freed_memory)")
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=sorted(CLOCKS),
+        help="wall: elapsed time; cpu: this process's CPU time (user + system, page faults included), "
+        "steadier than wall time on a machine other jobs load (run at one thread)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float64"],
+        help="float64: the values' agreement without float32's rounding (see the docstring)",
+    )
+    parser.add_argument(
+        "--allocator",
+        default="system",
+        choices=["system", "heap"],
+        help="heap: glibc keeps freed memory (bench.ats.search's default, keep_freed_memory)",
+    )
     args = parser.parse_args()
     if args.allocator == "heap" and not keep_freed_memory():
         raise SystemExit("--allocator heap needs glibc")
@@ -98,18 +115,29 @@ def main() -> None:
     images = torch.rand(args.images, 1, args.size, args.size, generator=generator).to(device, dtype)
     labels = torch.randint(10, (args.images,), generator=generator).to(device)
     starts = torch.rand(images.shape, generator=generator).to(device, dtype)
-    rounds = torch.rand(10, 10, 1, args.size, args.size, generator=generator).to(device, dtype)  # 10 rounds, one image per class
+    rounds = torch.rand(10, 10, 1, args.size, args.size, generator=generator).to(
+        device, dtype
+    )  # 10 rounds, one image per class
     policy = parse_policy("3-1-7+43-18-18")
     steps, _ = interpolation_steps(args.points, args.variant)
     targets = policy(images, torch.Generator().manual_seed(1))
     floor_inputs = torch.cat([interpolation_points(starts, targets, args.points, args.variant).flatten(0, 1), targets])
     floor_labels = torch.cat([labels.repeat_interleave(len(steps)), labels])
-    print(f"S_pri ({args.variant}): {args.images} images x {len(steps) + 1} gradients ({len(steps)} points + the target), "
-          f"policy {policy}, {args.size}x{args.size}, device {device}, {args.dtype}, {args.clock} time")
+    print(
+        f"S_pri ({args.variant}): {args.images} images x {len(steps) + 1} gradients ({len(steps)} points + the target), "
+        f"policy {policy}, {args.size}x{args.size}, device {device}, {args.dtype}, {args.clock} time"
+    )
     others = ["vmap"] + (["unfold"] if args.unfold else [])
-    print("| network | threads | loop (ms) | vectorized (ms) | " + " | ".join(f"{o} (ms)" for o in others) + " | floor (ms) "
-          "| loop / vectorized | vectorized / floor | " + " | ".join(f"{o} / floor" for o in others) + " | max |value - loop| |")
+    print(
+        "| network | threads | loop (ms) | vectorized (ms) | "
+        + " | ".join(f"{o} (ms)" for o in others)
+        + " | floor (ms) "
+        "| loop / vectorized | vectorized / floor | "
+        + " | ".join(f"{o} / floor" for o in others)
+        + " | max |value - loop| |"
+    )
     print("|" + " --- |" * (9 + 2 * len(others)))
+
     def build(network: str):
         width = args.width if network == "convnet" else args.resnet_width
         torch.manual_seed(0)
@@ -121,33 +149,51 @@ def main() -> None:
             torch.set_num_threads(threads)
 
             def score(function, **kwargs):  # on the transformed images: the policy's cost is not the score's
-                return lambda: float(function(model, None, targets, labels, args.points, starts=starts,
-                                              variant=args.variant, **kwargs))
+                return lambda: float(
+                    function(model, None, targets, labels, args.points, starts=starts, variant=args.variant, **kwargs)
+                )
 
-            functions = {"loop": score(privacy_score_loop), "vectorized": score(privacy_score),
-                         **{o: score(privacy_score, per_sample=o) for o in others},
-                         "floor": lambda: floor(model, floor_inputs, floor_labels)}
+            functions = {
+                "loop": score(privacy_score_loop),
+                "vectorized": score(privacy_score),
+                **{o: score(privacy_score, per_sample=o) for o in others},
+                "floor": lambda: floor(model, floor_inputs, floor_labels),
+            }
             for function in functions.values():  # warm-up
                 function()
             result = timed(functions, args.repeats, clock)
             loop, loop_value = result["loop"]
             fast, bare = result["vectorized"][0], result["floor"][0]
             error = max(abs(result[k][1] - loop_value) for k in ["vectorized", *others])
-            print(f"| {network} (width {width}) | {threads} | {loop * 1e3:.1f} | {fast * 1e3:.1f} | "
-                  + "".join(f"{result[o][0] * 1e3:.1f} | " for o in others)
-                  + f"{bare * 1e3:.1f} | {loop / fast:.2f}x | {fast / bare:.2f}x | "
-                  + "".join(f"{result[o][0] / bare:.2f}x | " for o in others) + f"{error:.1e} |", flush=True)
+            print(
+                f"| {network} (width {width}) | {threads} | {loop * 1e3:.1f} | {fast * 1e3:.1f} | "
+                + "".join(f"{result[o][0] * 1e3:.1f} | " for o in others)
+                + f"{bare * 1e3:.1f} | {loop / fast:.2f}x | {fast / bare:.2f}x | "
+                + "".join(f"{result[o][0] / bare:.2f}x | " for o in others)
+                + f"{error:.1e} |",
+                flush=True,
+            )
     print("\nS_acc (10 rounds x 10 Jacobian rows): vectorized vs loop")
     for network in args.networks:
         model, width = build(network)
         for threads in args.threads:
             torch.set_num_threads(threads)
-            result = timed({"vectorized": lambda: float(accuracy_score(model, policy, rounds, torch.Generator().manual_seed(1))),
-                            "loop": lambda: float(accuracy_score_loop(model, policy, rounds, torch.Generator().manual_seed(1)))},
-                           args.repeats, clock)
+            result = timed(
+                {
+                    "vectorized": lambda: float(
+                        accuracy_score(model, policy, rounds, torch.Generator().manual_seed(1))
+                    ),
+                    "loop": lambda: float(accuracy_score_loop(model, policy, rounds, torch.Generator().manual_seed(1))),
+                },
+                args.repeats,
+                clock,
+            )
             (fast, fast_value), (slow, slow_value) = result["vectorized"], result["loop"]
-            print(f"  {network} (width {width}), {threads} thread(s): vectorized {fast * 1e3:.1f} ms | loop {slow * 1e3:.1f} ms "
-                  f"| x{slow / fast:.2f} | S_acc {fast_value:.4f} vs {slow_value:.4f}", flush=True)
+            print(
+                f"  {network} (width {width}), {threads} thread(s): vectorized {fast * 1e3:.1f} ms | loop {slow * 1e3:.1f} ms "
+                f"| x{slow / fast:.2f} | S_acc {fast_value:.4f} vs {slow_value:.4f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,10 @@ def phase_grid(samples: int = 512, grid: int = 36, shape=(6, 28, 28)) -> None:
 
     torch.testing.assert_close(estimate_phase(critic, released, grid), all_pairs())
     per_angle, pairs = best_of(lambda: estimate_phase(critic, released, grid), 3), best_of(all_pairs, 3)
-    print(f"phase grid ({samples} features {shape}, {grid} angles): all pairs in one batch {pairs * 1e3:.0f} ms, "
-          f"one batch per angle {per_angle * 1e3:.0f} ms, ratio {pairs / per_angle:.2f}")
+    print(
+        f"phase grid ({samples} features {shape}, {grid} angles): all pairs in one batch {pairs * 1e3:.0f} ms, "
+        f"one batch per angle {per_angle * 1e3:.0f} ms, ratio {pairs / per_angle:.2f}"
+    )
 
 
 @torch.no_grad()
@@ -62,12 +64,16 @@ def max_pool(shape=(64, 16, 28, 28)) -> None:
         modulus = windows(f.abs())
         tied = modulus >= modulus.amax(2, keepdim=True) * (1 - pool.tolerance)
         first = tied.int().argmax(2, keepdim=True)
-        return torch.complex(windows(f.real).gather(2, first), windows(f.imag).gather(2, first)).view(n, c, h // 2, w // 2)
+        return torch.complex(windows(f.real).gather(2, first), windows(f.imag).gather(2, first)).view(
+            n, c, h // 2, w // 2
+        )
 
     torch.testing.assert_close(pool(f), argmax_of_mask(), atol=0, rtol=0)
     weighted, argmax = best_of(lambda: pool(f)), best_of(argmax_of_mask)
-    print(f"max-pool by modulus ({shape}): argmax of the tie mask {argmax * 1e3:.1f} ms, "
-          f"max over position weights {weighted * 1e3:.1f} ms, ratio {argmax / weighted:.2f}")
+    print(
+        f"max-pool by modulus ({shape}): argmax of the tie mask {argmax * 1e3:.1f} ms, "
+        f"max over position weights {weighted * 1e3:.1f} ms, ratio {argmax / weighted:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,11 @@ PAPER = {"psnr_max": 6.9300, "ssim_max": 0.2487, "fsim_max": 0.3909}  # Table 2,
 
 def summary(images, originals) -> dict[str, float]:
     values = dict(zip(("psnr", "ssim", "fsim"), per_image_similarity(images, originals, fsim=True)))
-    return {f"{metric}_{statistic}": getattr(v, statistic)().item() for metric, v in values.items() for statistic in ("max", "mean")}
+    return {
+        f"{metric}_{statistic}": getattr(v, statistic)().item()
+        for metric, v in values.items()
+        for statistic in ("max", "mean")
+    }
 
 
 def row(name: str, rate: str, values: dict[str, float]) -> str:
@@ -44,8 +48,10 @@ def main() -> None:
     print(f"training pool: {len(originals)} images; lambda_noise = {args.lam_noise}\n")
     print("| images | m/n | PSNR max (dB) | PSNR mean (dB) | SSIM max | SSIM mean | FSIM max | FSIM mean |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| paper, Table 2 (eta_c alone) | - | {PAPER['psnr_max']:.2f} | - | {PAPER['ssim_max']:.4f} | - | "
-          f"{PAPER['fsim_max']:.4f} | - |")
+    print(
+        f"| paper, Table 2 (eta_c alone) | - | {PAPER['psnr_max']:.2f} | - | {PAPER['ssim_max']:.4f} | - | "
+        f"{PAPER['fsim_max']:.4f} | - |"
+    )
     for rate in (0.05, 0.1, 0.25):
         clock = time.perf_counter()
         module = DCMGN(data_spec=datamodule.spec, measurement_rate=rate, lam_noise=args.lam_noise).eval()

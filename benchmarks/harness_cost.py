@@ -73,8 +73,13 @@ class Recorder:
         run_attack, fit = bench.harness._run_attack, shadow_models.ShadowModels.fit
 
         def timed_attack(attack, module, datamodule, *args, **kwargs):
-            self.current = AttackCost(attack.name, device=str(module.device), module=module,
-                                      membership=attack.threat_model.value == "black_box_outputs", need=_need(attack))
+            self.current = AttackCost(
+                attack.name,
+                device=str(module.device),
+                module=module,
+                membership=attack.threat_model.value == "black_box_outputs",
+                need=_need(attack),
+            )
             started = time.perf_counter()
             try:
                 return run_attack(attack, module, datamodule, *args, **kwargs)
@@ -85,9 +90,18 @@ class Recorder:
 
         def recorded_fit(shadows, images, labels, members, epochs, batch_size, generator, transform=None):
             if self.current is not None:
-                self.current.shadow_fits.append({"count": shadows.count, "recipe": shadows.recipe, "images": images,
-                                                 "labels": labels, "members": members[:1].clone(), "epochs": epochs,
-                                                 "batch_size": batch_size, "transform": transform})
+                self.current.shadow_fits.append(
+                    {
+                        "count": shadows.count,
+                        "recipe": shadows.recipe,
+                        "images": images,
+                        "labels": labels,
+                        "members": members[:1].clone(),
+                        "epochs": epochs,
+                        "batch_size": batch_size,
+                        "transform": transform,
+                    }
+                )
             return fit(shadows, images, labels, members, epochs, batch_size, generator, transform=transform)
 
         stack.enter_context(_patched(bench.harness, "_run_attack", timed_attack))
@@ -103,9 +117,17 @@ class Recorder:
         def recorded_loop(model, loss, train, validation, generator, **kwargs):
             report = loop(model, loss, train, validation, generator, **kwargs)
             if self.current is not None:
-                self.current.learners.append({"model": model, "loss": loss, "train": train,
-                                              "epochs_run": report.epochs_run, "batch_size": kwargs["batch_size"],
-                                              "lr": kwargs["lr"], "parameters": kwargs.get("parameters")})
+                self.current.learners.append(
+                    {
+                        "model": model,
+                        "loss": loss,
+                        "train": train,
+                        "epochs_run": report.epochs_run,
+                        "batch_size": kwargs["batch_size"],
+                        "lr": kwargs["lr"],
+                        "parameters": kwargs.get("parameters"),
+                    }
+                )
             return report
 
         for module in list(sys.modules.values()):
@@ -148,10 +170,25 @@ def one_shadow_seconds(module, fit: dict[str, Any]) -> float:
     """One shadow of the same recipe, data and epochs, trained alone: one target-recipe training."""
     from bench.attacks.shadow_models import ShadowModels
 
-    shadow = ShadowModels(module, 1, torch.Generator().manual_seed(0), module.device, recipe=fit["recipe"],
-                          augmented=fit["transform"] is not None)
-    return _timed(lambda: shadow.fit(fit["images"], fit["labels"], fit["members"], fit["epochs"], fit["batch_size"],
-                                     torch.Generator().manual_seed(1), transform=fit["transform"]))
+    shadow = ShadowModels(
+        module,
+        1,
+        torch.Generator().manual_seed(0),
+        module.device,
+        recipe=fit["recipe"],
+        augmented=fit["transform"] is not None,
+    )
+    return _timed(
+        lambda: shadow.fit(
+            fit["images"],
+            fit["labels"],
+            fit["members"],
+            fit["epochs"],
+            fit["batch_size"],
+            torch.Generator().manual_seed(1),
+            transform=fit["transform"],
+        )
+    )
 
 
 def plain_loop_seconds(learner: dict[str, Any]) -> float:
@@ -217,8 +254,11 @@ def capped_attacks(config: str, shadow_epochs: Optional[int], attack_epochs: Opt
 def _init_parameters(cls) -> dict[str, Any]:
     import inspect
 
-    return {name: parameter.default for name, parameter in inspect.signature(cls.__init__).parameters.items()
-            if parameter.default is not inspect.Parameter.empty and isinstance(parameter.default, int)}
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(cls.__init__).parameters.items()
+        if parameter.default is not inspect.Parameter.empty and isinstance(parameter.default, int)
+    }
 
 
 def run_config(config: str, args, workdir: Path) -> dict[str, Any]:
@@ -226,8 +266,18 @@ def run_config(config: str, args, workdir: Path) -> dict[str, Any]:
 
     records = workdir / "records"
     configs = [argument for name in config.split("+") for argument in ("--config", name)]
-    argv = ["fit", *configs, "--trainer.logger", "false", "--trainer.default_root_dir", str(workdir),
-            "--evaluation.records_dir", str(records), "--evaluation.leaderboard_dir", "null"]
+    argv = [
+        "fit",
+        *configs,
+        "--trainer.logger",
+        "false",
+        "--trainer.default_root_dir",
+        str(workdir),
+        "--evaluation.records_dir",
+        str(records),
+        "--evaluation.leaderboard_dir",
+        "null",
+    ]
     if args.max_epochs is not None:
         argv += ["--trainer.max_epochs", str(args.max_epochs)]
     if args.pool_limit is not None:
@@ -251,18 +301,27 @@ def run_config(config: str, args, workdir: Path) -> dict[str, Any]:
     (record_path,) = sorted(records.rglob("*.json"))
     record = json.loads(record_path.read_text())
     units = add_floors(recorder.attacks)
-    return {"config": config, "fit_seconds": record["cost"].get("fit_seconds"),
-            "target_epochs": (record.get("training") or {}).get("epochs"), "one_shadow_seconds": units,
-            "attacks": [_row(cost) for cost in recorder.attacks], **_suite(recorder.attacks, record)}
+    return {
+        "config": config,
+        "fit_seconds": record["cost"].get("fit_seconds"),
+        "target_epochs": (record.get("training") or {}).get("epochs"),
+        "one_shadow_seconds": units,
+        "attacks": [_row(cost) for cost in recorder.attacks],
+        **_suite(recorder.attacks, record),
+    }
 
 
 def _row(cost: AttackCost) -> dict[str, Any]:
-    return {"attack": cost.name, "seconds": round(cost.seconds, 2), "device": cost.device,
-            "membership": cost.membership,
-            "floor": None if cost.floor is None else round(cost.floor, 2),
-            "ratio": None if not cost.floor else round(cost.seconds / cost.floor, 2),
-            "shadow_models_trained": sum(fit["count"] for fit in cost.shadow_fits),
-            "learner_epochs": [learner["epochs_run"] for learner in cost.learners]}
+    return {
+        "attack": cost.name,
+        "seconds": round(cost.seconds, 2),
+        "device": cost.device,
+        "membership": cost.membership,
+        "floor": None if cost.floor is None else round(cost.floor, 2),
+        "ratio": None if not cost.floor else round(cost.seconds / cost.floor, 2),
+        "shadow_models_trained": sum(fit["count"] for fit in cost.shadow_fits),
+        "learner_epochs": [learner["epochs_run"] for learner in cost.learners],
+    }
 
 
 def _suite(attacks: list[AttackCost], record: dict[str, Any]) -> dict[str, Any]:
@@ -277,17 +336,24 @@ def _suite(attacks: list[AttackCost], record: dict[str, Any]) -> dict[str, Any]:
     unit = [fit_ for cost in membership for fit_ in cost.shadow_fits]
     one = None
     if unit:
-        per_model = [cost.floor / max(1, sum(f["count"] for f in cost.shadow_fits)) for cost in membership
-                     if cost.shadow_fits and not cost.learners and cost.floor]
+        per_model = [
+            cost.floor / max(1, sum(f["count"] for f in cost.shadow_fits))
+            for cost in membership
+            if cost.shadow_fits and not cost.learners and cost.floor
+        ]
         one = min(per_model) if per_model else None
     distinct = sum(needed.values())
     membership_seconds = sum(cost.seconds for cost in membership)
     floor = distinct * one if one else None
-    return {"release_seconds": round(sum(cost.seconds for cost in release), 2),
-            "release_over_fit": round(sum(cost.seconds for cost in release) / fit, 2) if release else None,
-            "membership_seconds": round(membership_seconds, 2), "shadow_models_needed": distinct,
-            "shadow_models_trained": trained, "membership_floor": None if floor is None else round(floor, 2),
-            "membership_over_floor": None if not floor else round(membership_seconds / floor, 2)}
+    return {
+        "release_seconds": round(sum(cost.seconds for cost in release), 2),
+        "release_over_fit": round(sum(cost.seconds for cost in release) / fit, 2) if release else None,
+        "membership_seconds": round(membership_seconds, 2),
+        "shadow_models_needed": distinct,
+        "shadow_models_trained": trained,
+        "membership_floor": None if floor is None else round(floor, 2),
+        "membership_over_floor": None if not floor else round(membership_seconds / floor, 2),
+    }
 
 
 def _names_a_model(config: str) -> bool:
@@ -304,8 +370,10 @@ def default_configs() -> list[str]:
 def print_table(results: list[dict[str, Any]]) -> None:
     print(f"{'config / attack':<44} {'seconds':>9} {'floor':>9} {'ratio':>7}  notes")
     for result in results:
-        print(f"{result['config']:<44} {result['fit_seconds'] or 0:>9.1f} {'':>9} {'':>7}  training "
-              f"({result['target_epochs']} epochs)")
+        print(
+            f"{result['config']:<44} {result['fit_seconds'] or 0:>9.1f} {'':>9} {'':>7}  training "
+            f"({result['target_epochs']} epochs)"
+        )
         for row in result["attacks"]:
             floor = "" if row["floor"] is None else f"{row['floor']:.1f}"
             ratio = "" if row["ratio"] is None else f"{row['ratio']:.2f}"
@@ -316,18 +384,26 @@ def print_table(results: list[dict[str, Any]]) -> None:
                 notes.append(f"learner epochs {row['learner_epochs']}")
             print(f"  {row['attack']:<42} {row['seconds']:>9.1f} {floor:>9} {ratio:>7}  {', '.join(notes)}")
         if result["release_over_fit"] is not None:
-            print(f"  {'= feature release / training':<42} {result['release_seconds']:>9.1f} {'':>9} "
-                  f"{result['release_over_fit']:>7.2f}  (target <= 5)")
+            print(
+                f"  {'= feature release / training':<42} {result['release_seconds']:>9.1f} {'':>9} "
+                f"{result['release_over_fit']:>7.2f}  (target <= 5)"
+            )
         if result["membership_floor"] is not None:
-            print(f"  {'= membership suite / distinct shadows':<42} {result['membership_seconds']:>9.1f} "
-                  f"{result['membership_floor']:>9.1f} {result['membership_over_floor']:>7.2f}  "
-                  f"{result['shadow_models_needed']} needed, {result['shadow_models_trained']} trained (target <= 1.3)")
+            print(
+                f"  {'= membership suite / distinct shadows':<42} {result['membership_seconds']:>9.1f} "
+                f"{result['membership_floor']:>9.1f} {result['membership_over_floor']:>7.2f}  "
+                f"{result['shadow_models_needed']} needed, {result['shadow_models_trained']} trained (target <= 1.3)"
+            )
 
 
 def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="+", default=None,
-                        help="config names, a+b for two applied in turn (default: every *mnist_shared* and quickstart)")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=None,
+        help="config names, a+b for two applied in turn (default: every *mnist_shared* and quickstart)",
+    )
     parser.add_argument("--max_epochs", type=int, default=None, help="cap the target's epochs")
     parser.add_argument("--pool_limit", type=int, default=None, help="cap every data pool")
     parser.add_argument("--shadow_epochs", type=int, default=None, help="cap every attack's shadow epochs")
@@ -340,8 +416,10 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
         with tempfile.TemporaryDirectory(prefix="harness_cost_") as workdir:
             results.append(run_config(config, args, Path(workdir)))
         print(f"done: {config}", file=sys.stderr, flush=True)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}"
+    )
     print_table(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

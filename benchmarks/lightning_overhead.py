@@ -55,9 +55,18 @@ def plain_epoch(module: SplitNetwork, loader) -> float:
 
 def lightning_epoch(module: SplitNetwork, datamodule) -> float:
     timer = EpochTimer()
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        limit_val_batches=0, callbacks=[timer])
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
     trainer.fit(module, datamodule)
     return timer.seconds
 
@@ -66,8 +75,13 @@ def quickstart_cost() -> tuple[float, float]:
     """Wall seconds and peak resident memory (MiB) of `bench fit` with no arguments, in a fresh folder."""
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "bench.cli", "fit", "--trainer.enable_progress_bar", "false"], cwd=folder,
-                       check=True, capture_output=True, env={**os.environ, "WANDB_SILENT": "true"})
+        subprocess.run(
+            [sys.executable, "-m", "bench.cli", "fit", "--trainer.enable_progress_bar", "false"],
+            cwd=folder,
+            check=True,
+            capture_output=True,
+            env={**os.environ, "WANDB_SILENT": "true"},
+        )
         wall = time.perf_counter() - started
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux reports KiB
     return wall, peak_kib / 1024
@@ -75,7 +89,9 @@ def quickstart_cost() -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", choices=["mnist_shared", "digits"], default="mnist_shared" if SHARED_MNIST.exists() else "digits")
+    parser.add_argument(
+        "--data", choices=["mnist_shared", "digits"], default="mnist_shared" if SHARED_MNIST.exists() else "digits"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch_size", type=int, default=128, help="128: the batch size of the MNIST configs")
     parser.add_argument("--skip_quickstart", action="store_true")
@@ -97,10 +113,14 @@ def main() -> None:
         plain.append(plain_epoch(copy.deepcopy(initial), loader))
         lightning.append(lightning_epoch(copy.deepcopy(initial), datamodule))
     steps = len(loader)
-    print(f"data: {args.data}, {len(datamodule.pool('train'))} training images, {steps} steps of {args.batch_size}, "
-          f"{torch.get_num_threads()} threads, {args.repeats} epochs each")
+    print(
+        f"data: {args.data}, {len(datamodule.pool('train'))} training images, {steps} steps of {args.batch_size}, "
+        f"{torch.get_num_threads()} threads, {args.repeats} epochs each"
+    )
     print(f"plain PyTorch epoch: median {statistics.median(plain):.3f} s  ({', '.join(f'{t:.3f}' for t in plain)})")
-    print(f"Lightning epoch:     median {statistics.median(lightning):.3f} s  ({', '.join(f'{t:.3f}' for t in lightning)})")
+    print(
+        f"Lightning epoch:     median {statistics.median(lightning):.3f} s  ({', '.join(f'{t:.3f}' for t in lightning)})"
+    )
     print(f"ratio Lightning / plain: {statistics.median(lightning) / statistics.median(plain):.3f} (target <= 1.10)")
     if not args.skip_quickstart:
         wall, peak = quickstart_cost()

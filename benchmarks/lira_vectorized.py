@@ -27,8 +27,9 @@ from bench.modules import MCMIA
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
 
 
-def run(module, images, labels, queries, query_labels, shadows: int, epochs: int, batch_size: int,
-        vectorize: bool) -> tuple[float, torch.Tensor]:
+def run(
+    module, images, labels, queries, query_labels, shadows: int, epochs: int, batch_size: int, vectorize: bool
+) -> tuple[float, torch.Tensor]:
     started = time.perf_counter()
     models = ShadowModels(module, shadows, torch.Generator().manual_seed(0), torch.device("cpu"), vectorize=vectorize)
     members = random_halves(shadows, len(images), torch.Generator().manual_seed(1))
@@ -48,28 +49,40 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.data == "mnist_shared":
-        datamodule = LocalFolder(data_dir=str(SHARED_MNIST), name="mnist_t10k",
-                                 fractions={"train": 0.02, "val": 0.1, "test": 0.82, "nonmember": 0.02, "attacker": 0.04})
+        datamodule = LocalFolder(
+            data_dir=str(SHARED_MNIST),
+            name="mnist_t10k",
+            fractions={"train": 0.02, "val": 0.1, "test": 0.82, "nonmember": 0.02, "attacker": 0.04},
+        )
     else:
         datamodule = Digits()
     module = MCMIA(data_spec=datamodule.spec, network=args.network, defense="none")
     images, labels = datamodule.pool("attacker").tensors()
     queries, query_labels = datamodule.pool("nonmember").tensors()
-    print(f"{args.shadows} shadow {args.network}s, {args.epochs} epochs on halves of {len(images)} {args.data} images, "
-          f"{len(queries)} queries, {torch.get_num_threads()} thread(s)")
+    print(
+        f"{args.shadows} shadow {args.network}s, {args.epochs} epochs on halves of {len(images)} {args.data} images, "
+        f"{len(queries)} queries, {torch.get_num_threads()} thread(s)"
+    )
 
     times: dict[bool, list[float]] = {True: [], False: []}
     outputs: dict[bool, torch.Tensor] = {}
     for _ in range(args.repeats):
         for vectorize in (True, False):
-            seconds, outputs[vectorize] = run(module, images, labels, queries, query_labels, args.shadows, args.epochs,
-                                              args.batch_size, vectorize)
+            seconds, outputs[vectorize] = run(
+                module, images, labels, queries, query_labels, args.shadows, args.epochs, args.batch_size, vectorize
+            )
             times[vectorize].append(seconds)
     vectorized, sequential = statistics.median(times[True]), statistics.median(times[False])
-    print(f"vectorized (vmap over stacked parameters): {vectorized:.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times[True])})")
-    print(f"one model at a time:                       {sequential:.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times[False])})")
+    print(
+        f"vectorized (vmap over stacked parameters): {vectorized:.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times[True])})"
+    )
+    print(
+        f"one model at a time:                       {sequential:.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times[False])})"
+    )
     print(f"speed-up (sequential / vectorized): {sequential / vectorized:.2f}x")
-    print(f"largest difference in LiRA's confidences between the two: {(outputs[True] - outputs[False]).abs().max():.2e}")
+    print(
+        f"largest difference in LiRA's confidences between the two: {(outputs[True] - outputs[False]).abs().max():.2e}"
+    )
 
 
 if __name__ == "__main__":

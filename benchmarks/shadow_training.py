@@ -44,10 +44,13 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_shadows(count: int, steps: int, batch: int, images, labels, device: torch.device, vectorize: bool,
-                  grouped: bool = True) -> float:
+def timed_shadows(
+    count: int, steps: int, batch: int, images, labels, device: torch.device, vectorize: bool, grouped: bool = True
+) -> float:
     module = MCMIA(data_spec=SPEC, network="lenet5", defense="none")
-    shadows = ShadowModels(module, count, torch.Generator().manual_seed(0), device, vectorize=vectorize, grouped=grouped)
+    shadows = ShadowModels(
+        module, count, torch.Generator().manual_seed(0), device, vectorize=vectorize, grouped=grouped
+    )
     assert shadows.batching == ("sequential" if not vectorize else "grouped" if grouped else "vmap"), shadows.batching
     members = torch.zeros(count, len(images), dtype=torch.bool)
     members[:, : steps * batch] = True  # every copy: `steps` batches of `batch` per epoch
@@ -86,13 +89,20 @@ def main() -> None:
     device = torch.device(args.device)
     generator = torch.Generator().manual_seed(0)
     size = max(args.steps * args.batch_size, max(args.shadows) * args.batch_size)
-    images, labels = torch.rand(size, 1, 28, 28, generator=generator), torch.randint(0, 10, (size,), generator=generator)
-    print(f"LeNet-5 on 28x28 on {device}, {args.steps} steps of batch {args.batch_size}, {torch.get_num_threads()} thread(s), "
-          f"medians of {args.repeats}")
+    images, labels = (
+        torch.rand(size, 1, 28, 28, generator=generator),
+        torch.randint(0, 10, (size,), generator=generator),
+    )
+    print(
+        f"LeNet-5 on 28x28 on {device}, {args.steps} steps of batch {args.batch_size}, {torch.get_num_threads()} thread(s), "
+        f"medians of {args.repeats}"
+    )
     for count in args.shadows:
         ways = {
             "batched": lambda steps: timed_shadows(count, steps, args.batch_size, images, labels, device, True),
-            "vmap": lambda steps: timed_shadows(count, steps, args.batch_size, images, labels, device, True, grouped=False),
+            "vmap": lambda steps: timed_shadows(
+                count, steps, args.batch_size, images, labels, device, True, grouped=False
+            ),
             "sequential": lambda steps: timed_shadows(count, steps, args.batch_size, images, labels, device, False),
             "floor": lambda steps: timed_floor(count, steps, args.batch_size, images, labels, device, False),
             "floor_cl": lambda steps: timed_floor(count, steps, args.batch_size, images, labels, device, True),
@@ -105,10 +115,12 @@ def main() -> None:
                 times[name].append(way(args.steps))
         median = {name: statistics.median(values) for name, values in times.items()}
         floor = min(median["floor"], median["floor_cl"])
-        print(f"K={count:>2}: batched {median['batched']:.3f} s | vmap {median['vmap']:.3f} s | sequential "
-              f"{median['sequential']:.3f} s | floor {floor:.3f} s (contiguous {median['floor']:.3f}, channels-last "
-              f"{median['floor_cl']:.3f}) | batched/floor {median['batched'] / floor:.2f}x | vmap/floor "
-              f"{median['vmap'] / floor:.2f}x | sequential/batched {median['sequential'] / median['batched']:.2f}x")
+        print(
+            f"K={count:>2}: batched {median['batched']:.3f} s | vmap {median['vmap']:.3f} s | sequential "
+            f"{median['sequential']:.3f} s | floor {floor:.3f} s (contiguous {median['floor']:.3f}, channels-last "
+            f"{median['floor_cl']:.3f}) | batched/floor {median['batched'] / floor:.2f}x | vmap/floor "
+            f"{median['vmap'] / floor:.2f}x | sequential/batched {median['sequential'] / median['batched']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -65,9 +65,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="pairs of sweeps, alternating which runs first")
     args = parser.parse_args()
     attacks = json.dumps([{"class_path": "FeatureInversion", "init_args": {"epochs": 5, "progress": False}}])
-    extra = ["--trainer.max_epochs", str(args.epochs), "--data.pool_limit", str(args.pool_limit),
-             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-             "--evaluation.attacks", attacks, "--evaluation.records_dir", "records", "--evaluation.leaderboard_dir", "board"]
+    extra = [
+        "--trainer.max_epochs",
+        str(args.epochs),
+        "--data.pool_limit",
+        str(args.pool_limit),
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--evaluation.attacks",
+        attacks,
+        "--evaluation.records_dir",
+        "records",
+        "--evaluation.leaderboard_dir",
+        "board",
+    ]
     home = Path.cwd()
     load_before = os.getloadavg()[0]
     walls: dict[int, list[float]] = {1: [], 2: []}
@@ -75,14 +90,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-sweep-jobs-") as root:
         for repeat in range(args.repeats):
             # alternate which goes first, so a change in the machine's load does not favour one side
-            for jobs in ((1, 2) if repeat % 2 == 0 else (2, 1)):
+            for jobs in (1, 2) if repeat % 2 == 0 else (2, 1):
                 folder = Path(root) / f"jobs{jobs}-{repeat}"
                 folder.mkdir()
                 os.chdir(folder)
                 try:
                     Path("sweep.yaml").write_text(SWEEP)
                     started = time.perf_counter()
-                    result = launch("sweep.yaml", jobs=jobs, threads=args.threads, extra_args=extra, report=lambda line: None)
+                    result = launch(
+                        "sweep.yaml", jobs=jobs, threads=args.threads, extra_args=extra, report=lambda line: None
+                    )
                     walls[jobs].append(time.perf_counter() - started)
                     if result.failed or len(result.outcomes) != 4:
                         raise SystemExit(f"--jobs {jobs}: {result.summary()}")
@@ -90,24 +107,32 @@ def main() -> None:
                 finally:
                     os.chdir(home)
     threads = args.threads or f"cores // jobs ({available_cores()} cores)"
-    print(f"4-point sweep (DNN on digits, {args.epochs} epochs, pool_limit {args.pool_limit}, feature inversion 5 epochs), "
-          f"OMP_NUM_THREADS: {threads}; 1-minute load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} "
-          f"at the end, on {available_cores()} cores")
+    print(
+        f"4-point sweep (DNN on digits, {args.epochs} epochs, pool_limit {args.pool_limit}, feature inversion 5 epochs), "
+        f"OMP_NUM_THREADS: {threads}; 1-minute load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} "
+        f"at the end, on {available_cores()} cores"
+    )
     for repeat in range(args.repeats):
-        print(f"  repeat {repeat + 1}: --jobs 1 {walls[1][repeat]:7.1f} s, --jobs 2 {walls[2][repeat]:7.1f} s wall: "
-              f"{walls[1][repeat] / walls[2][repeat]:.2f}x")
+        print(
+            f"  repeat {repeat + 1}: --jobs 1 {walls[1][repeat]:7.1f} s, --jobs 2 {walls[2][repeat]:7.1f} s wall: "
+            f"{walls[1][repeat] / walls[2][repeat]:.2f}x"
+        )
     print(f"  speed-up --jobs 2 / --jobs 1 (total wall): {sum(walls[1]) / sum(walls[2]):.2f}x")
     reference = results[1][0]
     others = results[1][1:] + results[2]
     same_points = all(other.keys() == reference.keys() for other in others)
     identical = same_points and all(other == reference for other in others)
-    print(f"  records: {'identical' if identical else 'not identical'} across all {1 + len(others)} sweeps "
-          f"({len(reference)} points each, same keys: {same_points})")
+    print(
+        f"  records: {'identical' if identical else 'not identical'} across all {1 + len(others)} sweeps "
+        f"({len(reference)} points each, same keys: {same_points})"
+    )
     if same_points and not identical:
         utility = max(largest_difference(reference, other, "utility.") for other in others)
         overall = max(largest_difference(reference, other) for other in others)
-        print(f"    largest relative difference: utility {utility:.2e}, all metrics {overall:.2e} "
-              "(thread counts differ between --jobs 1 and 2: float reductions; --threads 1 makes them equal)")
+        print(
+            f"    largest relative difference: utility {utility:.2e}, all metrics {overall:.2e} "
+            "(thread counts differ between --jobs 1 and 2: float reductions; --threads 1 makes them equal)"
+        )
 
 
 if __name__ == "__main__":

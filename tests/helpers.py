@@ -15,8 +15,16 @@ def synthetic_spec(shape=(1, 8, 8), classes=10) -> DataSpec:
 
 def quiet_trainer(**kwargs) -> L.Trainer:
     """A CPU trainer for tiny fits: one epoch, no logger, checkpoints, bars or validation unless asked."""
-    options = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, limit_val_batches=0)
+    options = dict(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     return L.Trainer(**{**options, **kwargs})
 
 
@@ -38,8 +46,11 @@ class StepRecorder:
         parts = {part: getattr(self, part) for part in self.recorded_parts}
         before = {part: [p.detach().clone() for p in net.parameters()] for part, net in parts.items()}
         super().manual_step(optimizer, loss, name, log)
-        changed = frozenset(part for part, net in parts.items()
-                            if any(not torch.equal(a, b) for a, b in zip(before[part], net.parameters())))
+        changed = frozenset(
+            part
+            for part, net in parts.items()
+            if any(not torch.equal(a, b) for a, b in zip(before[part], net.parameters()))
+        )
         self.steps.append((name, changed))
 
 

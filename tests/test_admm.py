@@ -14,9 +14,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench.training.admm_pruning import ADMMPruning, keep_count, project_cardinality
-from bench.networks.pruning import apply_mask, effective_weight, restore_pruning
 from bench.errors import BenchError
+from bench.networks.pruning import apply_mask, effective_weight, restore_pruning
+from bench.training.admm_pruning import ADMMPruning, keep_count, project_cardinality
 
 
 class TinyNet(L.LightningModule):
@@ -24,8 +24,9 @@ class TinyNet(L.LightningModule):
 
     def __init__(self) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 16), nn.ReLU(),
-                                  nn.Linear(16, 3))
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 3)
+        )
 
     def forward(self, x):
         return self.body(x)
@@ -48,8 +49,15 @@ def _loader(n: int = 64) -> DataLoader:
 
 
 def _trainer(tmp_path, callbacks, **kwargs) -> L.Trainer:
-    options = dict(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                   default_root_dir=tmp_path, enable_checkpointing=False)
+    options = dict(
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        enable_checkpointing=False,
+    )
     return L.Trainer(callbacks=callbacks, **{**options, **kwargs})
 
 
@@ -127,10 +135,14 @@ def test_hard_pruning_hits_every_layer_target_and_masks_stay_zero_through_retrai
     for name, fraction in sparsity.items():
         layer = module.get_submodule(name)
         assert _nonzero(module, name) == keep_count(layer.weight_mask.numel(), fraction)
-        assert report[f"sparsity/{name}"] == pytest.approx(1 - keep_count(layer.weight_mask.numel(), fraction) / layer.weight_mask.numel())
+        assert report[f"sparsity/{name}"] == pytest.approx(
+            1 - keep_count(layer.weight_mask.numel(), fraction) / layer.weight_mask.numel()
+        )
         # the masked entries of the trained weight are exactly zero, and the layer computes with them
         assert torch.all(layer.weight[layer.weight_mask == 0] == 0)
-    assert report["pruned_layer_compression"] == pytest.approx(report["pruned_layer_weights"] / report["pruned_layer_nonzero"])
+    assert report["pruned_layer_compression"] == pytest.approx(
+        report["pruned_layer_weights"] / report["pruned_layer_nonzero"]
+    )
 
 
 def _energy_outside_constraint(module, sparsity) -> float:
@@ -146,8 +158,9 @@ def test_admm_drives_the_weights_towards_the_constraint_set(tmp_path):
     regularised.load_state_dict(plain.state_dict())
     _trainer(tmp_path, [], max_epochs=10).fit(plain, _loader())
     # several W-steps per Z/U update: Adam moves W a bounded distance per step, so Z must not run ahead of it
-    admm = ADMMPruning(sparsity=0.8, interval="step", update_every=8, rho=0.1, rho_multiplier=1.5, rho_max=10.0,
-                       admm_updates=1000)
+    admm = ADMMPruning(
+        sparsity=0.8, interval="step", update_every=8, rho=0.1, rho_multiplier=1.5, rho_max=10.0, admm_updates=1000
+    )
     _trainer(tmp_path, [admm], max_epochs=10).fit(regularised, _loader())
     assert admm.phase == "admm" and admm.updates == 5
     # same data, same start: ADMM concentrates the weights on the n_i entries it will keep
@@ -162,7 +175,9 @@ def test_pruning_only_the_named_submodule(tmp_path):
     assert not hasattr(module.body[0], "weight_mask") and not hasattr(module.body[5], "weight_mask")
 
 
-@pytest.mark.parametrize("kwargs", [{"sparsity": 1.0}, {"sparsity": {"nope": 0.5}}, {"rho": 0.0}, {"interval": "batch"}])
+@pytest.mark.parametrize(
+    "kwargs", [{"sparsity": 1.0}, {"sparsity": {"nope": 0.5}}, {"rho": 0.0}, {"interval": "batch"}]
+)
 def test_bad_settings_fail_with_a_clear_message(kwargs):
     with pytest.raises(BenchError):
         admm = ADMMPruning(**kwargs)
@@ -199,7 +214,9 @@ def test_masks_survive_resume_and_retraining_keeps_them_zero(tmp_path):
     resumed_admm = ADMMPruning(sparsity=0.9, interval="step", admm_updates=2)
     resumed = TinyNet()
     # the optimizer's state is restored by position: the resumed module must list its parameters in the same order
-    _trainer(tmp_path, [resumed_admm], max_epochs=3).fit(resumed, _loader(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    _trainer(tmp_path, [resumed_admm], max_epochs=3).fit(
+        resumed, _loader(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt")
+    )
     assert resumed_admm.phase == "retrain"
     for name in LAYERS:
         layer = resumed.get_submodule(name)
@@ -221,12 +238,24 @@ class _ReportMasks(Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         admm = next(c for c in trainer.callbacks if isinstance(c, ADMMPruning))
-        flat = torch.cat([torch.cat([pl_module.get_submodule(n).weight_mask.flatten(), effective_weight(pl_module.get_submodule(n)).flatten()])
-                          for n in LAYERS])
+        flat = torch.cat(
+            [
+                torch.cat(
+                    [
+                        pl_module.get_submodule(n).weight_mask.flatten(),
+                        effective_weight(pl_module.get_submodule(n)).flatten(),
+                    ]
+                )
+                for n in LAYERS
+            ]
+        )
         gathered = [torch.zeros_like(flat) for _ in range(trainer.world_size)]
         dist.all_gather(gathered, flat)
-        report = {"phase": admm.phase, "world_size": trainer.world_size,
-                  "max_difference": max((g - flat).abs().max().item() for g in gathered)}
+        report = {
+            "phase": admm.phase,
+            "world_size": trainer.world_size,
+            "max_difference": max((g - flat).abs().max().item() for g in gathered),
+        }
         Path(self.directory, f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
 

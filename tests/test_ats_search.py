@@ -12,7 +12,7 @@ import torch
 
 from bench.ats import accuracy_score, accuracy_score_loop, privacy_score, privacy_score_loop
 from bench.ats.scores import _score_from_jacobians, class_representatives, interpolation_points, interpolation_steps
-from bench.ats.search import SearchResult, Scored, main, search
+from bench.ats.search import Scored, SearchResult, main, search
 from bench.datamodules.base import DataSpec
 from bench.errors import BenchError
 from bench.networks.registry import Role, build_network
@@ -28,20 +28,40 @@ def _model(name="convnet", width=4, seed=0):
 
 def _data(count, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return torch.rand(count, 1, 8, 8, generator=generator, dtype=torch.float64), torch.randint(10, (count,), generator=generator)
+    return torch.rand(count, 1, 8, 8, generator=generator, dtype=torch.float64), torch.randint(
+        10, (count,), generator=generator
+    )
 
 
 @pytest.mark.parametrize("network", ["convnet", "resnet20"])
 @pytest.mark.parametrize("policy", [None, "3-1-7+43-18-18"])
-@pytest.mark.parametrize("variant, per_sample", [("reference", "statistics"), ("paper", "statistics"), ("reference", "unfold"),
-                                                 ("reference", "vmap"), ("paper", "unfold")])
+@pytest.mark.parametrize(
+    "variant, per_sample",
+    [
+        ("reference", "statistics"),
+        ("paper", "statistics"),
+        ("reference", "unfold"),
+        ("reference", "vmap"),
+        ("paper", "unfold"),
+    ],
+)
 def test_vectorized_privacy_score_equals_the_loop(network, policy, variant, per_sample):
     model, (images, labels) = _model(network), _data(5)
     policy = parse_policy(policy) if policy else None
-    vectorized = privacy_score(model, policy, images, labels, points=4, generator=torch.Generator().manual_seed(1), chunk=7,
-                               variant=variant, per_sample=per_sample)
-    loop = privacy_score_loop(model, policy, images, labels, points=4, generator=torch.Generator().manual_seed(1),
-                              variant=variant)
+    vectorized = privacy_score(
+        model,
+        policy,
+        images,
+        labels,
+        points=4,
+        generator=torch.Generator().manual_seed(1),
+        chunk=7,
+        variant=variant,
+        per_sample=per_sample,
+    )
+    loop = privacy_score_loop(
+        model, policy, images, labels, points=4, generator=torch.Generator().manual_seed(1), variant=variant
+    )
     assert abs(vectorized.item() - loop.item()) < 1e-5
     assert -1 <= vectorized.item() <= 1
 
@@ -57,7 +77,9 @@ def test_per_sample_gradients_by_unfold_equal_vmap(network):
     buffers = dict(model.named_buffers())
 
     def loss(p, x, y):
-        return torch.nn.functional.cross_entropy(functional_call(model, (p, buffers), (x.unsqueeze(0),)), y.unsqueeze(0))
+        return torch.nn.functional.cross_entropy(
+            functional_call(model, (p, buffers), (x.unsqueeze(0),)), y.unsqueeze(0)
+        )
 
     expected = vmap(grad(loss), in_dims=(None, 0, 0))(params, images, labels)
     for ours, (name, theirs) in zip(per_sample_gradients(model, images, labels), expected.items()):
@@ -82,7 +104,7 @@ class _Odd(torch.nn.Module):
 
 
 @pytest.mark.parametrize("network", ["convnet", "resnet20", "odd"])
-@pytest.mark.parametrize("chunk_elements", [1, 100, 10 ** 6])
+@pytest.mark.parametrize("chunk_elements", [1, 100, 10**6])
 def test_gradient_statistics_are_the_dots_and_norms_of_the_per_sample_gradients(network, chunk_elements):
     """Every sample's gradient against its reference's (repeated, unordered, itself), per parameter tensor, in
     chunks of one sample up to all: equal to the per-sample gradients of vmap(grad) in float64."""
@@ -105,7 +127,9 @@ def test_gradient_statistics_are_the_dots_and_norms_of_the_per_sample_gradients(
     buffers = dict(model.named_buffers())
 
     def loss(p, x, y):
-        return torch.nn.functional.cross_entropy(functional_call(model, (p, buffers), (x.unsqueeze(0),)), y.unsqueeze(0))
+        return torch.nn.functional.cross_entropy(
+            functional_call(model, (p, buffers), (x.unsqueeze(0),)), y.unsqueeze(0)
+        )
 
     expected = [g.flatten(1) for g in vmap(grad(loss), in_dims=(None, 0, 0))(params, images, labels).values()]
     dots, squares = gradient_statistics(model, images, labels, references, chunk_elements=chunk_elements)
@@ -119,8 +143,13 @@ def test_gradient_statistics_are_the_dots_and_norms_of_the_per_sample_gradients(
 
 def test_the_statistics_path_falls_back_to_vmap_on_layers_it_does_not_cover():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.GroupNorm(1, 3), torch.nn.Flatten(),
-                                torch.nn.Linear(3 * 6 * 6, 10)).double().eval()
+    model = (
+        torch.nn.Sequential(
+            torch.nn.Conv2d(1, 3, 3), torch.nn.GroupNorm(1, 3), torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 6, 10)
+        )
+        .double()
+        .eval()
+    )
     images, labels = _data(3)
     vectorized = privacy_score(model, None, images, labels, points=4, generator=torch.Generator().manual_seed(1))
     loop = privacy_score_loop(model, None, images, labels, points=4, generator=torch.Generator().manual_seed(1))
@@ -132,7 +161,11 @@ def test_the_reference_privacy_score_is_a_trapezoid_ending_at_the_target():
     assert steps[0] == 0 and steps[-1] == 1 and len(steps) == 21  # bin_num 20: 21 points, the last T(x) itself
     assert weights.sum().item() == pytest.approx(1.0) and weights[0] == weights[-1] == pytest.approx(weights[1] / 2)
     steps, weights = interpolation_steps(10, "paper")
-    assert len(steps) == 10 and steps[-1] == pytest.approx(0.9) and torch.allclose(weights, torch.full((10,), 0.1, dtype=torch.float64))
+    assert (
+        len(steps) == 10
+        and steps[-1] == pytest.approx(0.9)
+        and torch.allclose(weights, torch.full((10,), 0.1, dtype=torch.float64))
+    )
     # a start equal to the target: every point's gradient is the target's, GradSim 1 everywhere, S_pri 1
     model, (images, labels) = _model(), _data(3)
     assert privacy_score(model, None, images, labels, points=4, starts=images).item() == pytest.approx(1.0)
@@ -148,8 +181,10 @@ def test_vectorized_accuracy_score_equals_the_loop(policy, reduction):
     loop = accuracy_score_loop(model, policy, batches, torch.Generator().manual_seed(2), reduction)
     assert abs(vectorized.item() - loop.item()) < 1e-5 * max(1.0, abs(loop.item()))
     rounds = [images[:6], images[6:10]]  # the reference's rounds can hold different numbers of classes
-    assert abs(accuracy_score(model, policy, rounds, torch.Generator().manual_seed(2), reduction).item()
-               - accuracy_score_loop(model, policy, rounds, torch.Generator().manual_seed(2), reduction).item()) < 1e-5 * max(1.0, abs(loop.item()))
+    assert abs(
+        accuracy_score(model, policy, rounds, torch.Generator().manual_seed(2), reduction).item()
+        - accuracy_score_loop(model, policy, rounds, torch.Generator().manual_seed(2), reduction).item()
+    ) < 1e-5 * max(1.0, abs(loop.item()))
 
 
 def _class_blobs(copies=3, seed=0):
@@ -158,8 +193,9 @@ def _class_blobs(copies=3, seed=0):
     images = torch.zeros(copies, 10, 1, 16, 16, dtype=torch.float64)
     for c in range(10):
         row, col = divmod(c, 4)
-        images[:, c, :, 2 + 3 * row : 7 + 3 * row, 2 + 3 * col : 7 + 3 * col] = \
-            0.6 + 0.4 * torch.rand(copies, 1, 5, 5, generator=generator, dtype=torch.float64)
+        images[:, c, :, 2 + 3 * row : 7 + 3 * row, 2 + 3 * col : 7 + 3 * col] = 0.6 + 0.4 * torch.rand(
+            copies, 1, 5, 5, generator=generator, dtype=torch.float64
+        )
     return images
 
 
@@ -211,8 +247,19 @@ def test_accuracy_score_is_eq_10_with_its_sign():
 def test_algorithm_1_keeps_the_n_lowest_privacy_scores_above_the_threshold():
     privacy_model, accuracy_model = _model(seed=0), _model(seed=1)
     (images, labels), (batch, _) = _data(4), _data(16, seed=3)
-    result = search(privacy_model, accuracy_model, images, labels, batch.view(2, 8, 1, 8, 8), c_max=12, n=3, t_acc=-3.0,
-                    points=3, generator=torch.Generator().manual_seed(0), reduction="mean")
+    result = search(
+        privacy_model,
+        accuracy_model,
+        images,
+        labels,
+        batch.view(2, 8, 1, 8, 8),
+        c_max=12,
+        n=3,
+        t_acc=-3.0,
+        points=3,
+        generator=torch.Generator().manual_seed(0),
+        reduction="mean",
+    )
     passed = [e for e in result.evaluated if e.s_acc >= -3.0]
     assert len(result.evaluated) == 12 and all(e.s_pri is None for e in result.evaluated if e.s_acc < -3.0)
     assert len(passed) >= 3 and result.settings["passed_t_acc"] == len(passed)
@@ -221,7 +268,9 @@ def test_algorithm_1_keeps_the_n_lowest_privacy_scores_above_the_threshold():
 
 
 def test_the_hybrid_takes_the_best_policies_without_a_common_transformation():
-    entries = [Scored(parse_policy(p), -1.0, s) for p, s in [("3-1-7", 0.1), ("7-2", 0.2), ("43-18-18", 0.3), ("5", 0.4)]]
+    entries = [
+        Scored(parse_policy(p), -1.0, s) for p, s in [("3-1-7", 0.1), ("7-2", 0.2), ("43-18-18", 0.3), ("5", 0.4)]
+    ]
     assert str(SearchResult(entries, entries, 1.0).hybrid(2)) == "3-1-7+43-18-18"
     assert str(SearchResult(entries, entries, 1.0).hybrid(3)) == "3-1-7+43-18-18+5"
 
@@ -229,9 +278,36 @@ def test_the_hybrid_takes_the_best_policies_without_a_common_transformation():
 @pytest.mark.slow
 def test_the_entry_point_prints_progress_and_writes_a_policy_file_a_config_can_load(tmp_path, capsys):
     output = tmp_path / "policy.json"
-    main(["--data", "Digits", "--pool_limit", "200", "--width", "4", "--c_max", "6", "--n", "2", "--images", "4",
-          "--points", "3", "--rounds", "2", "--acc_window", "40", "--semi_epochs", "2", "--t_acc", "-1000",
-          "--output", str(output), "--allocator", "system"])  # the heap allocator would stay for the whole test run
+    main(
+        [
+            "--data",
+            "Digits",
+            "--pool_limit",
+            "200",
+            "--width",
+            "4",
+            "--c_max",
+            "6",
+            "--n",
+            "2",
+            "--images",
+            "4",
+            "--points",
+            "3",
+            "--rounds",
+            "2",
+            "--acc_window",
+            "40",
+            "--semi_epochs",
+            "2",
+            "--t_acc",
+            "-1000",
+            "--output",
+            str(output),
+            "--allocator",
+            "system",
+        ]
+    )  # the heap allocator would stay for the whole test run
     printed = capsys.readouterr().out
     assert "ats search [6/6]" in printed and "policies/minute" in printed and "passed T_acc" in printed
     content = json.loads(output.read_text())

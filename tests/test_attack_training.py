@@ -3,7 +3,6 @@ state restored, the budget used in the record, and the harness's budget check.""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -31,8 +30,17 @@ def _rise_then_fall(model, batch, generator):
 def test_training_stops_on_a_validation_plateau_and_restores_the_best_state():
     model = _Scalar()
     # Adam under a constant gradient moves w by exactly lr per step: w = 0.5 * epoch, best at epoch 6
-    report = train_until_plateau(model, _rise_then_fall, torch.arange(4), torch.arange(4, 6), torch.Generator().manual_seed(0),
-                                 max_epochs=100, patience=3, batch_size=8, lr=0.5)
+    report = train_until_plateau(
+        model,
+        _rise_then_fall,
+        torch.arange(4),
+        torch.arange(4, 6),
+        torch.Generator().manual_seed(0),
+        max_epochs=100,
+        patience=3,
+        batch_size=8,
+        lr=0.5,
+    )
     assert report.best_epoch == 6 and report.epochs_run == 9, "three epochs without improvement, then stop"
     assert report.converged
     assert model.w.item() == pytest.approx(3.0, abs=1e-4), "the state of the best epoch, not the last"
@@ -42,8 +50,17 @@ def test_training_stops_on_a_validation_plateau_and_restores_the_best_state():
 
 def test_a_run_that_hits_its_maximum_is_not_converged():
     model = _Scalar()
-    report = train_until_plateau(model, _rise_then_fall, torch.arange(4), torch.arange(4, 6), torch.Generator().manual_seed(0),
-                                 max_epochs=4, patience=3, batch_size=8, lr=0.5)
+    report = train_until_plateau(
+        model,
+        _rise_then_fall,
+        torch.arange(4),
+        torch.arange(4, 6),
+        torch.Generator().manual_seed(0),
+        max_epochs=4,
+        patience=3,
+        batch_size=8,
+        lr=0.5,
+    )
     assert (report.epochs_run, report.max_epochs, report.best_epoch) == (4, 4, 4)
     assert not report.converged
     assert model.w.item() == pytest.approx(2.0, abs=1e-4)
@@ -53,12 +70,24 @@ def test_a_decoder_on_unlearnable_targets_stops_early_at_its_best_validation_sta
     torch.manual_seed(0)
     inputs, images = torch.randn(200, 16), torch.rand(200, 1, 4, 4)  # images independent of inputs: only overfitting
     decoder = nn.Sequential(nn.Linear(16, 256), nn.ReLU(), nn.Linear(256, 16), nn.Unflatten(1, (1, 4, 4)))
-    report = fit_decoder(decoder, inputs, images, torch.Generator().manual_seed(0), epochs=500, patience=5, batch_size=20,
-                         lr=1e-2, validation_fraction=0.2, description="test", progress=False)
+    report = fit_decoder(
+        decoder,
+        inputs,
+        images,
+        torch.Generator().manual_seed(0),
+        epochs=500,
+        patience=5,
+        batch_size=20,
+        lr=1e-2,
+        validation_fraction=0.2,
+        description="test",
+        progress=False,
+    )
     assert report.converged and report.epochs_run < 100 and report.epochs_run == report.best_epoch + 5
     _, validation = validation_split(200, 0.2, torch.Generator().manual_seed(0))  # the split fit_decoder drew first
-    restored = validation_loss(decoder, lambda model, batch, _: F.mse_loss(model(inputs[batch]), images[batch]),
-                               validation, 0, 64)
+    restored = validation_loss(
+        decoder, lambda model, batch, _: F.mse_loss(model(inputs[batch]), images[batch]), validation, 0, 64
+    )
     assert restored == pytest.approx(report.validation_loss, rel=1e-5)
     assert not decoder.training
 
@@ -72,7 +101,9 @@ def test_validation_split_is_disjoint_and_keeps_both_sides():
         validation_split(1, 0.1, torch.Generator())
 
 
-@pytest.mark.parametrize("kwargs", [{"patience": 0}, {"epochs": 0}, {"validation_fraction": 1.0}, {"validation_fraction": 0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"patience": 0}, {"epochs": 0}, {"validation_fraction": 1.0}, {"validation_fraction": 0}]
+)
 def test_learned_attacks_reject_budgets_that_cannot_train(kwargs):
     for attack in (FeatureInversion, MeasurementDecoder, PhaseInversion, LearnedPhaseInversion):
         with pytest.raises(BenchError, match="epochs|validation_fraction"):
@@ -92,7 +123,10 @@ def test_records_carry_the_budget_used_and_the_budget_check_reruns_at_twice_the_
     assert check["value"] == evaluation.privacy[0]["metrics"]["mse"]
     assert check["relative_change"] == pytest.approx((check["value_at_factor"] - check["value"]) / check["value"])
     assert attack.epochs == 2, "the rerun is a copy"
-    assert "budget_check" not in evaluate(SplitNetwork(data_spec=datamodule.spec), datamodule, [attack]).privacy[0]["details"]
+    assert (
+        "budget_check"
+        not in evaluate(SplitNetwork(data_spec=datamodule.spec), datamodule, [attack]).privacy[0]["details"]
+    )
     assert PseudoInverse.budget_args == () and FeatureInversion().with_budget(2).epochs == 2 * FeatureInversion().epochs
 
 

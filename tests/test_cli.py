@@ -10,18 +10,30 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from bench.records import load_records
 from helpers import run_bench
 
-TINY = ["--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
-        "--evaluation.attacks", '[{"class_path": "FeatureInversion", "init_args": {"epochs": 2, "progress": false}}]']
+from bench.records import load_records
+
+TINY = [
+    "--trainer.max_epochs",
+    "2",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--evaluation.attacks",
+    '[{"class_path": "FeatureInversion", "init_args": {"epochs": 2, "progress": false}}]',
+]
 
 
 def _bench(args, cwd, **env):
     environment = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **env}
-    return subprocess.run([sys.executable, "-m", "bench.cli", *args], cwd=cwd, env=environment,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
@@ -30,14 +42,21 @@ def test_fit_then_evaluate_then_leaderboard(tmp_path):
     assert fit.returncode == 0, fit.stderr[-3000:]
     # the user's own results folder, not the shipped leaderboard: a clone stays clean
     assert not (tmp_path / "leaderboard").exists()
-    assert "result record: runs/leaderboard/records/" in fit.stdout and "leaderboard: runs/leaderboard/README.md" in fit.stdout
+    assert (
+        "result record: runs/leaderboard/records/" in fit.stdout
+        and "leaderboard: runs/leaderboard/README.md" in fit.stdout
+    )
     assert "W&B run:" in fit.stdout and list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
     # a newcomer's log: one line per epoch and per attack, no adverts, no deprecation noise, the summary last
     log = fit.stdout + fit.stderr
     assert "\r" not in log and "Tip" not in log and "LeafSpec" not in log, log[-3000:]
-    assert [line for line in fit.stdout.splitlines() if line.startswith("bench: epoch ")][-1].startswith("bench: epoch 2/2:")
+    assert [line for line in fit.stdout.splitlines() if line.startswith("bench: epoch ")][-1].startswith(
+        "bench: epoch 2/2:"
+    )
     assert len([line for line in fit.stdout.splitlines() if line.startswith("bench: attack feature_inversion:")]) == 1
-    assert fit.stdout.rstrip().splitlines()[-1].startswith("  leaderboard: ") and "wandb sync" in fit.stderr + fit.stdout
+    assert (
+        fit.stdout.rstrip().splitlines()[-1].startswith("  leaderboard: ") and "wandb sync" in fit.stderr + fit.stdout
+    )
     assert len(log.splitlines()) < 60, log
     (run,) = (tmp_path / "runs" / "bench").iterdir()  # the run's own folder: its config, its checkpoints, last.ckpt
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
@@ -65,7 +84,9 @@ def test_fit_then_evaluate_then_leaderboard(tmp_path):
     assert newest["config"]["checkpoint"] == str(checkpoint.resolve())
     assert newest["privacy"][0]["config"] == older["privacy"][0]["config"]
     assert newest["training"]["epochs"] == older["training"]["epochs"] == 2
-    assert (tmp_path / older["training"]["checkpoint"]).resolve() == checkpoint.resolve()  # the fit record names its checkpoint
+    assert (
+        tmp_path / older["training"]["checkpoint"]
+    ).resolve() == checkpoint.resolve()  # the fit record names its checkpoint
     for key, value in older["privacy"][0]["metrics"].items():
         assert newest["privacy"][0]["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-6)
 
@@ -81,8 +102,21 @@ def test_fit_then_evaluate_then_leaderboard(tmp_path):
 
 @pytest.mark.slow
 def test_fit_with_ddp_from_the_command_line(tmp_path):
-    run = _bench(["fit", *TINY, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
-                  "--trainer.logger", "false"], tmp_path)
+    run = _bench(
+        [
+            "fit",
+            *TINY,
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.logger",
+            "false",
+        ],
+        tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     loaded = load_records([tmp_path / "runs" / "leaderboard" / "records"])
     assert len(loaded.records) == 1, "exactly one record, written by rank 0"
@@ -92,12 +126,21 @@ def test_fit_with_ddp_from_the_command_line(tmp_path):
 def test_list_shows_methods_datamodules_attacks_and_configs(capsys):
     code, output = run_bench(["list"], capsys)
     assert code == 0
-    for expected in ("SplitNetwork", "Digits", "MNIST", "LocalFolder", "FeatureInversion", "quickstart", "feature_release"):
+    for expected in (
+        "SplitNetwork",
+        "Digits",
+        "MNIST",
+        "LocalFolder",
+        "FeatureInversion",
+        "quickstart",
+        "feature_release",
+    ):
         assert expected in output
 
 
-@pytest.mark.parametrize("args", [["--model", "Collaborative"], ["--model", "MCMIA", "--data", "Digits"],
-                                  ["--config", "ran/tiny"]])
+@pytest.mark.parametrize(
+    "args", [["--model", "Collaborative"], ["--model", "MCMIA", "--data", "Digits"], ["--config", "ran/tiny"]]
+)
 def test_a_chosen_method_gets_its_own_defaults_not_the_quickstarts(args, capsys):
     # jsonargparse keeps a class's init arguments when another class is chosen on top of it
     import inspect
@@ -135,20 +178,35 @@ def test_model_and_data_by_short_name(capsys):
     assert code == 0 and "class_path: bench.modules.split_network.SplitNetwork" in output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["fit", "--model", "Nope"], "unknown method 'Nope'"),
-    (["fit", "--data", "Nope"], "unknown datamodule 'Nope'"),
-    (["fit", "--config", "no_such_config"], "no shipped config"),
-    (["fit", "--model.network", "vgg9", "--trainer.logger", "false"], "too small"),
-    (["fit", "--model.network", "resnet9000", "--trainer.logger", "false"], "unknown network"),
-    (["fit", "--model.lr", "-1", "--trainer.logger", "false"], "lr must be positive"),
-    (["fit", "--data", "MNIST", "--data.data_dir", "{tmp}", "--data.download", "false", "--trainer.logger", "false"],
-     "download is off"),
-    (["evaluate", "{tmp}/missing.ckpt"], "not found"),
-    (["evaluate", "{tmp}/corrupt.ckpt"], "cannot read checkpoint"),
-    (["leaderboard", "--records", "{tmp}/nowhere"], "no records"),
-    (["frobnicate"], "unknown command"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fit", "--model", "Nope"], "unknown method 'Nope'"),
+        (["fit", "--data", "Nope"], "unknown datamodule 'Nope'"),
+        (["fit", "--config", "no_such_config"], "no shipped config"),
+        (["fit", "--model.network", "vgg9", "--trainer.logger", "false"], "too small"),
+        (["fit", "--model.network", "resnet9000", "--trainer.logger", "false"], "unknown network"),
+        (["fit", "--model.lr", "-1", "--trainer.logger", "false"], "lr must be positive"),
+        (
+            [
+                "fit",
+                "--data",
+                "MNIST",
+                "--data.data_dir",
+                "{tmp}",
+                "--data.download",
+                "false",
+                "--trainer.logger",
+                "false",
+            ],
+            "download is off",
+        ),
+        (["evaluate", "{tmp}/missing.ckpt"], "not found"),
+        (["evaluate", "{tmp}/corrupt.ckpt"], "cannot read checkpoint"),
+        (["leaderboard", "--records", "{tmp}/nowhere"], "no records"),
+        (["frobnicate"], "unknown command"),
+    ],
+)
 def test_bad_input_gets_one_clear_line_and_no_record(args, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "corrupt.ckpt").write_bytes(b"PK\x03\x04 definitely not a checkpoint")
@@ -179,8 +237,15 @@ def test_nan_loss_stops_with_a_clear_error_and_no_record(tmp_path, monkeypatch):
     module = SplitNetwork(data_spec=datamodule.spec)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(module.classifier[-1], "forward", lambda x: x.sum(1, keepdim=True).expand(-1, 10) * float("nan"))
-        trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            callbacks=[PrivacyEvaluation(records_dir=str(tmp_path / "records"), leaderboard_dir=None)])
-        with pytest.raises(BenchError, match="cross-entropy loss became NaN or infinite by step .*; lower the learning rate"):
+        trainer = L.Trainer(
+            max_epochs=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            callbacks=[PrivacyEvaluation(records_dir=str(tmp_path / "records"), leaderboard_dir=None)],
+        )
+        with pytest.raises(
+            BenchError, match="cross-entropy loss became NaN or infinite by step .*; lower the learning rate"
+        ):
             trainer.fit(module, datamodule)
     assert not list((tmp_path / "records").glob("*.json"))  # the folder was checked for writability before training

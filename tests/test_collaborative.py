@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import quiet_trainer as _trainer
 from lightning.pytorch.callbacks import Callback
 
 from bench.datamodules import Digits
@@ -16,7 +17,6 @@ from bench.errors import BenchError
 from bench.modules import Collaborative
 from bench.modules.collaborative import add_noise, prune_gradients
 from bench.transforms import parse_policy
-from helpers import quiet_trainer as _trainer
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,10 @@ def test_learning_rate_drops_tenfold_at_three_five_and_seven_eighths(digits):
 @pytest.mark.parametrize("ratio", [0.7, 0.95, 0.99])
 def test_gradient_pruning_keeps_the_stated_fraction_of_each_layer(ratio):
     generator = torch.Generator().manual_seed(0)
-    gradients = {"conv": torch.randn(3, 16, 5, 5, 5, generator=generator), "fc": torch.randn(3, 10, 100, generator=generator)}
+    gradients = {
+        "conv": torch.randn(3, 16, 5, 5, 5, generator=generator),
+        "fc": torch.randn(3, 10, 100, generator=generator),
+    }
     pruned = prune_gradients(gradients, ratio)
     for name, gradient in gradients.items():
         per_participant = gradient[0].numel()
@@ -121,11 +124,20 @@ def test_participants_train_on_their_transformed_batch(digits):
     assert torch.equal(plain.eval().shared_gradients(images, labels).inputs, images)
     # the reference's pipeline by default (crop + flip before the policy, its operations); the others on request
     assert module.policy.crop_flip and module.policy.variant == "reference"
-    other = Collaborative(network="convnet", width=2, policy="3-1-7", crop_flip=False, transform_variant="autoaugment",
-                          data_spec=digits.spec).eval()
-    expected = parse_policy("3-1-7", crop_flip=False, variant="autoaugment")(images.flatten(0, 1), torch.Generator().manual_seed(4))
-    torch.testing.assert_close(other.shared_gradients(images, labels, torch.Generator().manual_seed(4)).inputs,
-                               expected.view_as(images))
+    other = Collaborative(
+        network="convnet",
+        width=2,
+        policy="3-1-7",
+        crop_flip=False,
+        transform_variant="autoaugment",
+        data_spec=digits.spec,
+    ).eval()
+    expected = parse_policy("3-1-7", crop_flip=False, variant="autoaugment")(
+        images.flatten(0, 1), torch.Generator().manual_seed(4)
+    )
+    torch.testing.assert_close(
+        other.shared_gradients(images, labels, torch.Generator().manual_seed(4)).inputs, expected.view_as(images)
+    )
     assert other.label == "Collaborative (policy 3-1-7, no crop/flip, autoaugment operations)"
 
 
@@ -137,10 +149,18 @@ def test_a_policy_file_is_resolved_into_the_hyper_parameters(digits, tmp_path):
     assert type(module).fresh_copy(module).policy == module.policy
 
 
-@pytest.mark.parametrize("kwargs, match", [({"participants": 0}, "participants"), ({"defense": "dp"}, "defense"),
-                                           ({"prune_ratio": 1.0}, "prune_ratio"), ({"noise_scale": -1.0}, "noise_scale"),
-                                           ({"policy": "3-99"}, "indices"), ({"network": "vgg9"}, "network"),
-                                           ({"policy": "3", "transform_variant": "pil"}, "variant")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"participants": 0}, "participants"),
+        ({"defense": "dp"}, "defense"),
+        ({"prune_ratio": 1.0}, "prune_ratio"),
+        ({"noise_scale": -1.0}, "noise_scale"),
+        ({"policy": "3-99"}, "indices"),
+        ({"network": "vgg9"}, "network"),
+        ({"policy": "3", "transform_variant": "pil"}, "variant"),
+    ],
+)
 def test_bad_hyper_parameters_say_what_to_do(digits, kwargs, match):
     with pytest.raises(BenchError, match=match):
         Collaborative(data_spec=digits.spec, **kwargs)
@@ -174,8 +194,13 @@ def test_collaborative_under_ddp_keeps_weights_and_statistics_in_sync(tmp_path):
 
     datamodule = Digits(batch_size=8, pool_limit=64)
     module = Collaborative(network="convnet", width=4, participants=4, defense="gaussian", data_spec=datamodule.spec)
-    trainer = _trainer(devices=2, strategy="ddp_spawn", max_epochs=1, limit_val_batches=1,
-                       callbacks=[_ReportRanks(str(tmp_path)), _ReportBuffers(str(tmp_path))])
+    trainer = _trainer(
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=1,
+        limit_val_batches=1,
+        callbacks=[_ReportRanks(str(tmp_path)), _ReportBuffers(str(tmp_path))],
+    )
     trainer.fit(module, datamodule)
     reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert all(report["world_size"] == 2 for report in reports)

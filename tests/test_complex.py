@@ -7,15 +7,28 @@ import math
 
 import pytest
 import torch
+from helpers import StepRecorder
+from helpers import quiet_trainer as _trainer
+from helpers import synthetic_spec as _spec
 
 from bench.datamodules import Digits
 from bench.errors import BenchError
 from bench.modules import ComplexNet, ComplexNetBaseline
 from bench.modules.complex_net import derangement, fake_angles
-from bench.networks.complex import (ComplexAvgPool2d, ComplexConv2d, ComplexDropout, ComplexLinear, ComplexMaxPool2d,
-                                    ComplexNorm, Delta, ResidualBlock, build_modules, real_part_at, rotate)
+from bench.networks.complex import (
+    ComplexAvgPool2d,
+    ComplexConv2d,
+    ComplexDropout,
+    ComplexLinear,
+    ComplexMaxPool2d,
+    ComplexNorm,
+    Delta,
+    ResidualBlock,
+    build_modules,
+    real_part_at,
+    rotate,
+)
 from bench.networks.registry import Role, build_network
-from helpers import StepRecorder, quiet_trainer as _trainer, synthetic_spec as _spec
 
 
 def _modules(name, spec, complex_valued, **options):
@@ -95,7 +108,9 @@ def test_delta_follows_eq_6():
     f = torch.tensor([0.5 + 0j, 3j, -2 + 0j], dtype=torch.complex64).view(1, 3)
     torch.testing.assert_close(Delta(1.0)(f), torch.tensor([[0.25 + 0j, 3j, -2 + 0j]]))  # |f| < c: f |f| / c; else f
     per_channel = torch.tensor([[[[1, 3]], [[2j, 2j]]]], dtype=torch.complex64)  # c_k = E_ij |f_ijk|: 2 and 2
-    torch.testing.assert_close(Delta(None)(per_channel), torch.tensor([[[[0.5, 3]], [[2j, 2j]]]], dtype=torch.complex64))
+    torch.testing.assert_close(
+        Delta(None)(per_channel), torch.tensor([[[[0.5, 3]], [[2j, 2j]]]], dtype=torch.complex64)
+    )
 
 
 def test_norm_follows_eq_7_on_the_batch_and_keeps_running_statistics():
@@ -108,8 +123,16 @@ def test_norm_follows_eq_7_on_the_batch_and_keeps_running_statistics():
     assert torch.allclose(norm.running_power, 0.9 + 0.1 * f.abs().square().mean(dim=(0, 2, 3)))
 
 
-FAMILIES = [("lenet5", (1, 8, 8)), ("lenet5", (3, 32, 32)), ("resnet20_alpha", (3, 16, 16)), ("resnet20_beta", (1, 8, 8)),
-            ("resnet32_alpha", (1, 8, 8)), ("vgg16", (3, 32, 32)), ("alexnet", (3, 32, 32)), ("alexnet", (3, 64, 64))]
+FAMILIES = [
+    ("lenet5", (1, 8, 8)),
+    ("lenet5", (3, 32, 32)),
+    ("resnet20_alpha", (3, 16, 16)),
+    ("resnet20_beta", (1, 8, 8)),
+    ("resnet32_alpha", (1, 8, 8)),
+    ("vgg16", (3, 32, 32)),
+    ("alexnet", (3, 32, 32)),
+    ("alexnet", (3, 64, 64)),
+]
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
@@ -144,8 +167,10 @@ def test_networks_reject_what_they_cannot_build():
         _modules("vgg16", _spec((1, 8, 8)), True)
 
 
-@pytest.mark.parametrize("kwargs", [dict(phases_per_sample=1), dict(n_critic=0), dict(lipschitz="spectral"), dict(clip_value=0.0),
-                                    dict(bank_size=0)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(phases_per_sample=1), dict(n_critic=0), dict(lipschitz="spectral"), dict(clip_value=0.0), dict(bank_size=0)],
+)
 def test_bad_hyper_parameters_are_rejected(kwargs):
     with pytest.raises(BenchError, match=next(iter(kwargs)).split("_")[0]):
         ComplexNet(data_spec=_spec((1, 8, 8)), **kwargs)
@@ -160,8 +185,10 @@ def test_decryption_with_the_true_phase_predicts_the_same_whatever_the_phase():
         a = module.real_features(images)
         b = module.fooling_counterpart(a)
         assert not torch.equal(a, b)
-        logits = [module.decrypt(module.processing(rotate(torch.complex(a, b), theta)), theta)
-                  for theta in (torch.zeros(5), torch.rand(5) * 2 * math.pi, torch.full((5,), 3.0))]
+        logits = [
+            module.decrypt(module.processing(rotate(torch.complex(a, b), theta)), theta)
+            for theta in (torch.zeros(5), torch.rand(5) * 2 * math.pi, torch.full((5,), 3.0))
+        ]
     for other in logits[1:]:
         torch.testing.assert_close(other, logits[0], atol=1e-5, rtol=1e-4)
     # and the released feature is Eq. 2's: de-rotated with its angle, its real part is a, its imaginary part b
@@ -219,7 +246,9 @@ def test_fooling_counterparts_come_from_other_samples_and_fakes_from_nonzero_ang
     fakes = module.fakes(a, b)
     torch.manual_seed(1)
     dtheta = fake_angles(4, 5, torch.device("cpu")).view(3, 5, 1, 1, 1)
-    expected = real_part_at(rotate(torch.complex(a, b).repeat(3, 1, 1, 1), dtheta.flatten()), torch.zeros(15))  # Eq. 8's a'
+    expected = real_part_at(
+        rotate(torch.complex(a, b).repeat(3, 1, 1, 1), dtheta.flatten()), torch.zeros(15)
+    )  # Eq. 8's a'
     torch.testing.assert_close(fakes, expected, atol=1e-5, rtol=1e-5)
 
 

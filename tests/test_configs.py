@@ -29,14 +29,19 @@ def test_shipped_config_parses(name, capsys):
 
 
 def _signature_defaults(function: Any) -> dict[str, Any]:
-    return {p.name: p.default for p in inspect.signature(function).parameters.values() if p.default is not inspect.Parameter.empty}
+    return {
+        p.name: p.default
+        for p in inspect.signature(function).parameters.values()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 def _class_defaults(class_path: str) -> dict[str, Any]:
     """Init-argument defaults of a shipped class, through the ``**kwargs`` its ``__init__`` forwards to its bases."""
     # the suite's classes, and Lightning's own callbacks (e.g. a ModelCheckpoint that keeps every epoch)
-    assert class_path.startswith(("bench.", "lightning.pytorch.callbacks.")), \
+    assert class_path.startswith(("bench.", "lightning.pytorch.callbacks.")), (
         f"shipped configs use the suite's classes and Lightning's callbacks, not {class_path}"
+    )
     module_name, _, name = class_path.rpartition(".")
     defaults: dict[str, Any] = {}
     for cls in getattr(importlib.import_module(module_name), name).__mro__:
@@ -50,14 +55,18 @@ def _section_defaults() -> dict[str, dict[str, Any]]:
 
     from bench.callbacks import PrivacyEvaluation
 
-    return {"trainer": _signature_defaults(L.Trainer.__init__), "evaluation": _signature_defaults(PrivacyEvaluation.__init__),
-            "": {"seed_everything": 0}}  # LightningCLI's seed_everything_default in bench.cli
+    return {
+        "trainer": _signature_defaults(L.Trainer.__init__),
+        "evaluation": _signature_defaults(PrivacyEvaluation.__init__),
+        "": {"seed_everything": 0},
+    }  # LightningCLI's seed_everything_default in bench.cli
 
 
 def _same(value: Any, default: Any) -> bool:
     """YAML's value equals the Python default (a tuple default reads as a list; 1 and 1.0 are the same number)."""
-    return value == (list(default) if isinstance(default, tuple) else default) and \
-        isinstance(value, (int, float)) == isinstance(default, (int, float))
+    return value == (list(default) if isinstance(default, tuple) else default) and isinstance(
+        value, (int, float)
+    ) == isinstance(default, (int, float))
 
 
 def _is_class(value: Any) -> bool:
@@ -79,16 +88,29 @@ def _restated(setting: dict[str, Any], before: dict[str, Any], defaults: dict[st
             class_path = value.get("class_path") or (earlier.get("class_path") if _is_class(earlier) else None)
             assert class_path, f"{path} gives init_args, but no class was chosen before"
             class_defaults = _class_defaults(class_path)
-            carried = {name: argument for name, argument in (earlier.get("init_args") or {}).items()
-                       if name in class_defaults} if _is_class(earlier) else {}
+            carried = (
+                {
+                    name: argument
+                    for name, argument in (earlier.get("init_args") or {}).items()
+                    if name in class_defaults
+                }
+                if _is_class(earlier)
+                else {}
+            )
             found += _restated(value.get("init_args") or {}, carried, class_defaults, f"{path}.")
-            if _is_class(earlier) and earlier.get("class_path") == value.get("class_path") and not value.get("init_args"):
+            if (
+                _is_class(earlier)
+                and earlier.get("class_path") == value.get("class_path")
+                and not value.get("init_args")
+            ):
                 found.append(f"{path} (as its pieces)")
         elif isinstance(value, list) and value and all(_is_class(item) for item in value):
             if value == earlier:
                 found.append(f"{path} (as its pieces)")
             for number, item in enumerate(value):
-                found += _restated(item.get("init_args") or {}, {}, _class_defaults(item["class_path"]), f"{path}[{number}].")
+                found += _restated(
+                    item.get("init_args") or {}, {}, _class_defaults(item["class_path"]), f"{path}[{number}]."
+                )
         elif earlier is not _MISSING:
             if value == earlier:
                 found.append(f"{path} (as its pieces)")
@@ -104,8 +126,10 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
         earlier = merged.get(key)
         if _is_class(value) and _is_class(earlier):
             class_path = value.get("class_path", earlier.get("class_path"))
-            merged[key] = {"class_path": class_path,
-                           "init_args": {**(earlier.get("init_args") or {}), **(value.get("init_args") or {})}}
+            merged[key] = {
+                "class_path": class_path,
+                "init_args": {**(earlier.get("init_args") or {}), **(value.get("init_args") or {})},
+            }
         elif isinstance(value, dict) and isinstance(earlier, dict) and key in ("trainer", "evaluation"):
             merged[key] = _merge(earlier, value)
         else:
@@ -137,10 +161,16 @@ def test_no_shipped_config_restates_a_default_or_its_pieces(name):
 
 def test_the_restatement_check_sees_defaults_and_pieces(tmp_path):
     config = tmp_path / "config.yaml"
-    config.write_text("compose: [ran/tiny]\nmodel:\n  init_args: {lam: 0.5, l1: 0.003, l2: 0.01}\n"
-                      "trainer:\n  max_epochs: 5\n  max_steps: -1\nevaluation:\n  seed: 1\n")
-    assert _restatements(config) == ["model.lam (the default)", "model.l1 (as its pieces)", "trainer.max_epochs (as its pieces)",
-                                     "trainer.max_steps (the default)"]
+    config.write_text(
+        "compose: [ran/tiny]\nmodel:\n  init_args: {lam: 0.5, l1: 0.003, l2: 0.01}\n"
+        "trainer:\n  max_epochs: 5\n  max_steps: -1\nevaluation:\n  seed: 1\n"
+    )
+    assert _restatements(config) == [
+        "model.lam (the default)",
+        "model.l1 (as its pieces)",
+        "trainer.max_epochs (as its pieces)",
+        "trainer.max_steps (the default)",
+    ]
 
 
 def test_compose_applies_pieces_in_order_and_the_file_wins(tmp_path):
@@ -150,11 +180,14 @@ def test_compose_applies_pieces_in_order_and_the_file_wins(tmp_path):
     assert chain == [str(tmp_path / "first.yaml"), str(registry.pieces()["budget/tiny"]), str(tmp_path / "second.yaml")]
 
 
-@pytest.mark.parametrize("content, message", [
-    ("compose: budget/tiny\n", "must be a list"),
-    ("compose: [no/such/piece]\n", "no config file 'no/such/piece'"),
-    ("compose: [self.yaml]\n", "includes self.yaml, which includes"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("compose: budget/tiny\n", "must be a list"),
+        ("compose: [no/such/piece]\n", "no config file 'no/such/piece'"),
+        ("compose: [self.yaml]\n", "includes self.yaml, which includes"),
+    ],
+)
 def test_bad_compose_is_explained(content, message, tmp_path):
     (tmp_path / "self.yaml").write_text(content)
     with pytest.raises(BenchError, match=message):
@@ -165,9 +198,25 @@ def test_bad_compose_is_explained(content, message, tmp_path):
 @pytest.mark.skipif(not SHARED_MNIST.exists(), reason="needs ../shared/datasets/mnist (the real MNIST test set)")
 def test_mnist_shared_config_runs_tiny(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", "dnn/mnist_shared", "--data.data_dir", str(SHARED_MNIST), "--data.pool_limit", "256",
-          "--trainer.max_epochs", "1", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-          "--evaluation.attacks", '[{"class_path": "FeatureInversion", "init_args": {"epochs": 1, "progress": false}}]'])
+    main(
+        [
+            "fit",
+            "--config",
+            "dnn/mnist_shared",
+            "--data.data_dir",
+            str(SHARED_MNIST),
+            "--data.pool_limit",
+            "256",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--evaluation.attacks",
+            '[{"class_path": "FeatureInversion", "init_args": {"epochs": 1, "progress": false}}]',
+        ]
+    )
     record = load_records([tmp_path / "runs" / "leaderboard" / "records"]).records[0]
     assert record["dataset"]["name"] == "mnist_t10k" and record["dataset"]["spec"]["image_shape"] == [1, 28, 28]
     assert record["privacy"][0]["config"]["decoder"] == "mirror"

@@ -23,14 +23,19 @@ def test_method_fits_is_attacked_by_every_applicable_attack_and_restores(name, t
 
 
 def test_every_registered_attack_runs_on_some_shipped_method():
-    applied = {attack.name for attack in tiny_attacks() for method in registry.methods().values()
-               if attack.threat_model in method.threat_models and set(attack.requires) <= set(method.capabilities)}
+    applied = {
+        attack.name
+        for attack in tiny_attacks()
+        for method in registry.methods().values()
+        if attack.threat_model in method.threat_models and set(attack.requires) <= set(method.capabilities)
+    }
     assert applied == {attack.name for attack in tiny_attacks()}
 
 
 def test_a_declaration_no_attack_exercises_fails_the_contract(monkeypatch, tmp_path):
-    without_gradient_attacks = {name: cls for name, cls in registry.attacks().items()
-                                if cls.threat_model is not ThreatModel.GRADIENT_SHARING}
+    without_gradient_attacks = {
+        name: cls for name, cls in registry.attacks().items() if cls.threat_model is not ThreatModel.GRADIENT_SHARING
+    }
     monkeypatch.setattr(registry, "attacks", lambda: without_gradient_attacks)
     collaborative = registry.methods()["Collaborative"]
     assert unexercised_declarations(collaborative) == ["threat model 'gradient_sharing'"]
@@ -55,6 +60,7 @@ def test_declaring_a_threat_model_without_its_methods_fails_at_definition():
     from bench.modules.base import PrivacyModule
 
     with pytest.raises(TypeError, match="release"):
+
         class Incomplete(PrivacyModule):  # noqa: F841
             threat_models = (ThreatModel.FEATURE_RELEASE,)
 
@@ -64,6 +70,7 @@ def test_a_misspelled_capability_method_fails_at_definition():
     from bench.threat_models import Capability
 
     with pytest.raises(TypeError, match="own_reconstruction"):
+
         class Misspelled(SplitNetwork):  # noqa: F841
             capabilities = (Capability.OWN_RECONSTRUCTION,)
 
@@ -75,6 +82,7 @@ def test_a_capability_method_without_its_declaration_fails_at_definition():
     from bench.modules.split_network import SplitNetwork
 
     with pytest.raises(TypeError, match="does not declare capability 'own_reconstruction'"):
+
         class Undeclared(SplitNetwork):  # noqa: F841
             def own_reconstruction(self, released):
                 return released
@@ -85,6 +93,7 @@ def test_a_capability_needs_its_threat_model():
     from bench.threat_models import Capability
 
     with pytest.raises(TypeError, match="without declaring that threat model"):
+
         class Orphan(PrivacyModule):  # noqa: F841
             threat_models = (ThreatModel.BLACK_BOX_OUTPUTS,)
             capabilities = (Capability.MEASUREMENT_MATRIX,)
@@ -107,6 +116,7 @@ def test_an_attack_without_a_role_fails_at_definition():
     from bench.attacks.base import Attack
 
     with pytest.raises(TypeError, match="role"):
+
         class Roleless(Attack):  # noqa: F841
             name = "roleless"
             threat_model = ThreatModel.BLACK_BOX_OUTPUTS

@@ -57,7 +57,9 @@ def _indexed_folder(tmp_path: Path, n: int = 997, test_n: int | None = None, **k
         np.save(tmp_path / "test_images.npy", _indexed_images(test_n, offset=n))
         np.save(tmp_path / "test_labels.npy", (np.arange(n, n + test_n) % 10).astype(np.int64))
         files = {"test_images": "test_images.npy", "test_labels": "test_labels.npy"}
-    return LocalFolder(data_dir=str(tmp_path), images="images.npy", labels="labels.npy", name="indexed", **files, **kwargs)
+    return LocalFolder(
+        data_dir=str(tmp_path), images="images.npy", labels="labels.npy", name="indexed", **files, **kwargs
+    )
 
 
 def _served_indices(datamodule: PrivacyDataModule) -> dict[str, list[int]]:
@@ -65,8 +67,14 @@ def _served_indices(datamodule: PrivacyDataModule) -> dict[str, list[int]]:
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
-    codes = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B, np.dtype(">i4"): 0x0C,
-             np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}
+    codes = {
+        np.dtype(np.uint8): 0x08,
+        np.dtype(np.int8): 0x09,
+        np.dtype(">i2"): 0x0B,
+        np.dtype(">i4"): 0x0C,
+        np.dtype(">f4"): 0x0D,
+        np.dtype(">f8"): 0x0E,
+    }
     header = bytes([0, 0, codes[array.dtype], array.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
     raw = header + array.tobytes()
     path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
@@ -102,7 +110,9 @@ def test_split_indices_are_deterministic_in_the_seed():
     assert any(not torch.equal(first[name], other[name]) for name in SINGLE)
 
 
-@pytest.mark.parametrize("fractions", [{"train": 0.7, "val": 0.4}, {"train": 1.0, "val": 0.01}, {"train": -0.1, "val": 0.5}])
+@pytest.mark.parametrize(
+    "fractions", [{"train": 0.7, "val": 0.4}, {"train": 1.0, "val": 0.01}, {"train": -0.1, "val": 0.5}]
+)
 def test_split_indices_rejects_bad_fractions(fractions):
     with pytest.raises(BenchError, match="fractions"):
         split_indices(100, fractions, seed=0)
@@ -388,8 +398,9 @@ def test_local_folder_reads_idx_files(tmp_path):
     labels = (np.arange(120) % 6).astype(np.uint8)
     _write_idx(tmp_path / "imgs-idx3-ubyte.gz", images)
     _write_idx(tmp_path / "labs-idx1-ubyte", labels)
-    datamodule = LocalFolder(data_dir=str(tmp_path), images="imgs-idx3-ubyte.gz", labels="labs-idx1-ubyte", name="tiny",
-                             seed=0)
+    datamodule = LocalFolder(
+        data_dir=str(tmp_path), images="imgs-idx3-ubyte.gz", labels="labs-idx1-ubyte", name="tiny", seed=0
+    )
     assert datamodule.image_shape == (1, 9, 7) and datamodule.num_classes == 6
     assert datamodule.spec.image_shape == (1, 9, 7)
     train = datamodule.pool("train")

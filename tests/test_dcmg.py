@@ -8,16 +8,22 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import quiet_trainer as _trainer
+from helpers import synthetic_spec as _spec
 
-from bench.attacks import (AffineInversion, FeatureInversion, MeasurementDecoder, OwnDecoder, PseudoInverse,
-                           ReleasedTrainingData)
+from bench.attacks import (
+    AffineInversion,
+    FeatureInversion,
+    MeasurementDecoder,
+    OwnDecoder,
+    PseudoInverse,
+    ReleasedTrainingData,
+)
 from bench.attacks.compressed_reconstruction import per_image_similarity
 from bench.datamodules import Digits
 from bench.errors import BenchError
 from bench.harness import evaluate
 from bench.modules import DCM, DCMG, DCMGN, DCMGO, SplitNetwork
-from helpers import quiet_trainer as _trainer, synthetic_spec as _spec
-
 
 SMALL = {"generator_channels": [8, 4], "generator_kernel": 3, "classifier_channels": [4, 8], "classifier_hidden": 16}
 
@@ -69,18 +75,25 @@ def test_dcmg_n_trains_on_x_noise_and_sends_y_noise():
     torch.testing.assert_close(dcmg_o.release(images), images.flatten(1) @ matrix.T)
     # Eq. 4: the generator's target is x_noise, never x
     x_hat = dcmg_n.own_reconstruction(dcmg_n.release(images))
-    torch.testing.assert_close(dcmg_n.objective(images, labels)["reconstruction"],
-                               (x_hat - noisy).square().flatten(1).sum(1).mean())
+    torch.testing.assert_close(
+        dcmg_n.objective(images, labels)["reconstruction"], (x_hat - noisy).square().flatten(1).sum(1).mean()
+    )
     # apart from the client's noise, the network is DCMG-O's
     state_o, state_n = dcmg_o.state_dict(), dcmg_n.state_dict()
     shared = [key for key in state_o if not key.startswith("client.")]
     assert all(torch.equal(state_o[key], state_n[key]) for key in shared)
-    assert {key for key in state_n if key not in state_o} == {"client.1.bias", "noise.eta_c", "noise.candidates",
-                                                                "noise.key_weights"}
+    assert {key for key in state_n if key not in state_o} == {
+        "client.1.bias",
+        "noise.eta_c",
+        "noise.candidates",
+        "noise.key_weights",
+    }
 
 
-@pytest.mark.parametrize("shape, rate, measurements", [((1, 28, 28), 0.05, 39), ((1, 28, 28), 0.25, 196),
-                                                        ((3, 32, 32), 0.1, 307), ((3, 32, 32), 0.25, 768)])
+@pytest.mark.parametrize(
+    "shape, rate, measurements",
+    [((1, 28, 28), 0.05, 39), ((1, 28, 28), 0.25, 196), ((3, 32, 32), 0.1, 307), ((3, 32, 32), 0.25, 768)],
+)
 @pytest.mark.parametrize("cls", [DCM, DCMGN])
 def test_mnist_svhn_and_cifar_shapes(cls, shape, rate, measurements):
     module = _build(cls, _spec(shape), measurement_rate=rate)
@@ -100,18 +113,25 @@ def test_training_updates_the_server_but_never_a():
     assert set(frozen) == {"client.1.weight", "client.1.bias", "lift.transpose.weight"}
     _trainer(limit_train_batches=2).fit(module, datamodule)
     assert all(torch.equal(frozen[name], p) for name, p in module.named_parameters() if name in frozen)
-    changed = {name.split(".")[0] for name, p in module.named_parameters() if name in learned and not torch.equal(learned[name], p)}
+    changed = {
+        name.split(".")[0]
+        for name, p in module.named_parameters()
+        if name in learned and not torch.equal(learned[name], p)
+    }
     assert changed == {"classifier", "refine"}
 
 
-@pytest.mark.parametrize("cls, arguments, message", [
-    (DCMG, {"measurement_rate": 0.0}, "measurement_rate"),
-    (DCMG, {"measurement_rate": 1.5}, "measurement_rate"),
-    (DCMGO, {"lam": -1.0}, "lam"),
-    (DCMG, {"generator_kernel": 4}, "generator_kernel"),
-    (DCMGN, {"lam_noise": 0.0}, "lam_noise"),
-    (DCMGN, {"measurement_rate": 1.0}, "null space"),
-])
+@pytest.mark.parametrize(
+    "cls, arguments, message",
+    [
+        (DCMG, {"measurement_rate": 0.0}, "measurement_rate"),
+        (DCMG, {"measurement_rate": 1.5}, "measurement_rate"),
+        (DCMGO, {"lam": -1.0}, "lam"),
+        (DCMG, {"generator_kernel": 4}, "generator_kernel"),
+        (DCMGN, {"lam_noise": 0.0}, "lam_noise"),
+        (DCMGN, {"measurement_rate": 1.0}, "null space"),
+    ],
+)
 def test_bad_hyper_parameters_are_rejected(cls, arguments, message):
     with pytest.raises(BenchError, match=message):
         cls(data_spec=_spec((1, 8, 8)), **arguments)
@@ -139,13 +159,21 @@ def test_pseudo_inverse_is_the_least_squares_estimate():
     estimate = released @ torch.linalg.pinv(matrix).T
     torch.testing.assert_close(estimate @ matrix.T, released)
     partial = evaluate(module, datamodule, [PseudoInverse()]).privacy[0]
-    assert partial["metrics"]["mse"] == pytest.approx(F.mse_loss(estimate.float().clamp(0, 1).view_as(images), images).item(), rel=1e-4)
+    assert partial["metrics"]["mse"] == pytest.approx(
+        F.mse_loss(estimate.float().clamp(0, 1).view_as(images), images).item(), rel=1e-4
+    )
 
 
 def test_the_attacks_that_need_a_apply_only_to_methods_that_share_it():
     datamodule = Digits(pool_limit=48)
-    attacks = [FeatureInversion(epochs=1, progress=False), OwnDecoder(), PseudoInverse(),
-               MeasurementDecoder(epochs=1, progress=False), AffineInversion(), ReleasedTrainingData()]
+    attacks = [
+        FeatureInversion(epochs=1, progress=False),
+        OwnDecoder(),
+        PseudoInverse(),
+        MeasurementDecoder(epochs=1, progress=False),
+        AffineInversion(),
+        ReleasedTrainingData(),
+    ]
     applied = {}
     for cls in (DCM, DCMG, DCMGO, DCMGN, SplitNetwork):
         module = _build(cls, datamodule.spec) if cls is not SplitNetwork else SplitNetwork(data_spec=datamodule.spec)
@@ -160,11 +188,21 @@ def test_the_attacks_that_need_a_apply_only_to_methods_that_share_it():
 def test_every_attack_reconstructs_a_released_measurement_vector():
     datamodule = Digits(pool_limit=48)
     module = _build(DCMGN, datamodule.spec, measurement_rate=0.25)
-    attacks = [FeatureInversion(epochs=2, progress=False), FeatureInversion(decoder="upsampling", epochs=2, progress=False),
-               OwnDecoder(), PseudoInverse(), MeasurementDecoder(epochs=2, progress=False)]
+    attacks = [
+        FeatureInversion(epochs=2, progress=False),
+        FeatureInversion(decoder="upsampling", epochs=2, progress=False),
+        OwnDecoder(),
+        PseudoInverse(),
+        MeasurementDecoder(epochs=2, progress=False),
+    ]
     evaluation = evaluate(module, datamodule, attacks)
     assert [entry["attack"] for entry in evaluation.privacy] == [
-        "feature_inversion", "feature_inversion", "own_decoder", "pseudo_inverse", "measurement_decoder"]
+        "feature_inversion",
+        "feature_inversion",
+        "own_decoder",
+        "pseudo_inverse",
+        "measurement_decoder",
+    ]
     # the mirror decoder inverts the client's flatten-and-measure layers, no fall-back needed
     assert [entry["details"].get("decoder_used") for entry in evaluation.privacy[:2]] == ["mirror", "upsampling"]
     for entry in evaluation.privacy:
@@ -191,14 +229,22 @@ def test_affine_inversion_learns_the_offset_of_eq_5_from_queried_pairs():
 def test_released_training_data_scores_what_the_server_receives_for_training():
     datamodule = Digits(pool_limit=64)
     originals = evaluate(_build(DCMGO, datamodule.spec), datamodule, [ReleasedTrainingData()]).privacy[0]["metrics"]
-    assert originals == {"psnr_max": 100.0, "psnr_mean": 100.0, "ssim_max": pytest.approx(1.0), "ssim_mean": pytest.approx(1.0),
-                         "fsim_max": pytest.approx(1.0), "fsim_mean": pytest.approx(1.0)}
+    assert originals == {
+        "psnr_max": 100.0,
+        "psnr_mean": 100.0,
+        "ssim_max": pytest.approx(1.0),
+        "ssim_mean": pytest.approx(1.0),
+        "fsim_max": pytest.approx(1.0),
+        "fsim_mean": pytest.approx(1.0),
+    }
 
     module = _build(DCMGN, datamodule.spec)
     noisy = evaluate(module, datamodule, [ReleasedTrainingData(batch_size=16)]).privacy[0]["metrics"]
     images = datamodule.pool("train").tensors()[0]
     psnr, ssim, fsim = per_image_similarity(module.noise(images), images, fsim=True)
-    assert noisy["psnr_max"] == pytest.approx(psnr.max().item()) and noisy["ssim_mean"] == pytest.approx(ssim.mean().item())
+    assert noisy["psnr_max"] == pytest.approx(psnr.max().item()) and noisy["ssim_mean"] == pytest.approx(
+        ssim.mean().item()
+    )
     assert noisy["fsim_max"] == pytest.approx(fsim.max().item())
     # the paper's Table 2 for MNIST: 6.93 dB and 0.2487 at most (FSIM's multi-scale filters say little on 8x8 digits)
     assert noisy["psnr_max"] < 15 and noisy["ssim_max"] < 0.5
@@ -229,7 +275,13 @@ def test_tiny_config_trains_and_records_every_attack(tmp_path, monkeypatch):
     assert record["method"]["label"] == "DCMG-N (measurement_rate=0.25)"
     assert record["utility"]["accuracy"] > 0.3  # ten classes: chance is 0.1
     attacks = {entry["attack"]: entry["metrics"] for entry in record["privacy"]}
-    assert set(attacks) == {"feature_inversion", "own_decoder", "pseudo_inverse", "measurement_decoder", "affine_inversion",
-                            "released_training_data"}
+    assert set(attacks) == {
+        "feature_inversion",
+        "own_decoder",
+        "pseudo_inverse",
+        "measurement_decoder",
+        "affine_inversion",
+        "released_training_data",
+    }
     assert record["paper"] is None, "the 8x8 digits are no setting of the paper: no paper value beside ours"
     assert attacks["released_training_data"]["psnr_max"] < 15  # x_noise, not the originals

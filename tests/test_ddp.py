@@ -30,9 +30,12 @@ class _ReportRanks(Callback):
         flat = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
         gathered = [torch.zeros_like(flat) for _ in range(trainer.world_size)]
         dist.all_gather(gathered, flat)
-        report = {"rank": trainer.global_rank, "world_size": trainer.world_size,
-                  "max_weight_difference": max((g - flat).abs().max().item() for g in gathered),
-                  "val_accuracy": trainer.callback_metrics["val/accuracy"].item()}
+        report = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "max_weight_difference": max((g - flat).abs().max().item() for g in gathered),
+            "val_accuracy": trainer.callback_metrics["val/accuracy"].item(),
+        }
         Path(self.directory, f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
 
@@ -43,9 +46,18 @@ def test_ddp_spawn_two_processes(tmp_path):
     records = tmp_path / "records"
     attack = FeatureInversion(epochs=2, progress=False)
     trainer = L.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=2, logger=False, default_root_dir=tmp_path,
-        callbacks=[_ReportRanks(str(tmp_path)), PrivacyEvaluation(attacks=[attack], records_dir=str(records), leaderboard_dir=None)],
-        enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=2,
+        logger=False,
+        default_root_dir=tmp_path,
+        callbacks=[
+            _ReportRanks(str(tmp_path)),
+            PrivacyEvaluation(attacks=[attack], records_dir=str(records), leaderboard_dir=None),
+        ],
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(module, datamodule)
 

@@ -8,6 +8,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import quiet_trainer as _trainer
+from helpers import synthetic_spec as _spec
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -18,7 +20,6 @@ from bench.errors import BenchError
 from bench.modules import DPSGD
 from bench.modules.dpsgd import RDP_ORDERS
 from bench.records import load_records
-from helpers import quiet_trainer as _trainer, synthetic_spec as _spec
 
 
 class _RecordingDPSGD(DPSGD):

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from helpers import run_bench
 
 RECORDS = Path(__file__).parent / "fixtures" / "records"
@@ -74,33 +73,57 @@ CASES = {
     # Lightning's refusals of trainer settings
     "accelerator gpu without a GPU": (["fit", "--trainer.accelerator", "gpu"], 1, "use --trainer.accelerator cpu"),
     "strategy fsdp without a GPU": (["fit", "--trainer.strategy", "fsdp"], 1, "use --trainer.strategy auto"),
-    "unwritable default_root_dir": (["fit", "--trainer.default_root_dir", "{tmp}/a_file/runs"], 1,
-                                    "--trainer.default_root_dir {tmp}/a_file/runs: cannot write there"),
+    "unwritable default_root_dir": (
+        ["fit", "--trainer.default_root_dir", "{tmp}/a_file/runs"],
+        1,
+        "--trainer.default_root_dir {tmp}/a_file/runs: cannot write there",
+    ),
     "a word for a number": (["fit", "--model.lr", "fast"], 2, "--model.lr: expected float or null, got 'fast'"),
     # configs that are not regular files are refused, not read
     "FIFO as --config": (["fit", "--config", "fifo.yaml"], 1, "config fifo.yaml is a FIFO (named pipe)"),
     "device as --config": (["fit", "--config", "/dev/zero"], 1, "config /dev/zero is a device"),
     "FIFO as evaluate --config": (["evaluate", "x.ckpt", "--config", "fifo.yaml"], 1, "is a FIFO"),
     # data files
-    ".npy with an absurd header": ([*LOCAL, "--data.images", "absurd.npy", "--data.labels", "labels.npy"], 1,
-                                   "header promises shape (1000000000000000, 8, 8)"),
+    ".npy with an absurd header": (
+        [*LOCAL, "--data.images", "absurd.npy", "--data.labels", "labels.npy"],
+        1,
+        "header promises shape (1000000000000000, 8, 8)",
+    ),
     "zero images": ([*LOCAL, "--data.images", "no_images.npy", "--data.labels", "no_labels.npy"], 1, "holds no images"),
-    "huge labels": ([*LOCAL, "--data.images", "images.npy", "--data.labels", "huge_labels.npy"], 1,
-                    "1000000000001 classes (1 + the largest label) is more than 100,000"),
+    "huge labels": (
+        [*LOCAL, "--data.images", "images.npy", "--data.labels", "huge_labels.npy"],
+        1,
+        "1000000000001 classes (1 + the largest label) is more than 100,000",
+    ),
     "FIFO as a data file": ([*LOCAL, "--data.images", "fifo.npy", "--data.labels", "labels.npy"], 1, "is a FIFO"),
     # bench evaluate on a machine without the device asked for
-    "evaluate --device cuda without a GPU": (["evaluate", "x.ckpt", "--device", "cuda"], 1,
-                                             "--device cuda: this machine has no usable GPU; use --device cpu"),
+    "evaluate --device cuda without a GPU": (
+        ["evaluate", "x.ckpt", "--device", "cuda"],
+        1,
+        "--device cuda: this machine has no usable GPU; use --device cpu",
+    ),
     "evaluate --device not a device": (["evaluate", "x.ckpt", "--device", "gpu0"], 1, "--device gpu0: not a device"),
     # bench leaderboard: its output folder and its arguments
-    "leaderboard --out a file": (["leaderboard", "--records", str(RECORDS), "--out", "a_file"], 1,
-                                 "leaderboard folder a_file is a file"),
-    "leaderboard --out under a file": (["leaderboard", "--records", str(RECORDS), "--out", "a_file/board"], 1,
-                                       "cannot create the leaderboard folder a_file/board"),
-    "leaderboard unknown option": (["leaderboard", "--frobnicate"], 2,
-                                   "bench leaderboard: unrecognized arguments: --frobnicate"),
-    "leaderboard --records without a value": (["leaderboard", "--records"], 2,
-                                              "argument --records: expected at least one"),
+    "leaderboard --out a file": (
+        ["leaderboard", "--records", str(RECORDS), "--out", "a_file"],
+        1,
+        "leaderboard folder a_file is a file",
+    ),
+    "leaderboard --out under a file": (
+        ["leaderboard", "--records", str(RECORDS), "--out", "a_file/board"],
+        1,
+        "cannot create the leaderboard folder a_file/board",
+    ),
+    "leaderboard unknown option": (
+        ["leaderboard", "--frobnicate"],
+        2,
+        "bench leaderboard: unrecognized arguments: --frobnicate",
+    ),
+    "leaderboard --records without a value": (
+        ["leaderboard", "--records"],
+        2,
+        "argument --records: expected at least one",
+    ),
     # bench sweep's arguments
     "sweep without a sweep": (["sweep"], 2, "bench sweep: the following arguments are required: sweep"),
     "sweep bad --slurm_parameters": (["sweep", "x", "--slurm_parameters", "[1]"], 2, "must be a JSON object"),
@@ -122,10 +145,18 @@ def test_bad_input_is_one_error_line(case, workspace, capsys):
 
 def test_lightning_refusal_is_the_only_thing_printed(tmp_path):
     """As a user runs it: Lightning's "Seed set to 0" and its own traceback used to come first."""
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
-                                                                              os.environ.get("PYTHONPATH")]))}
-    run = subprocess.run([sys.executable, "-m", "bench.cli", "fit", "--trainer.max_epochs", "-5"], cwd=tmp_path,
-                         env=environment, capture_output=True, text=True, timeout=120)
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")])),
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.cli", "fit", "--trainer.max_epochs", "-5"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 1 and run.stdout == "", run.stdout + run.stderr
     refusal = "Lightning refused the trainer settings: `max_epochs` must be a non-negative integer"
     line = _assert_one_error_line(run.stderr, refusal)
@@ -146,8 +177,9 @@ def test_a_checkpoint_written_on_a_gpu_is_read_on_the_cpu(tmp_path):
     try:
         torch.save({"state_dict": {"weight": torch.ones(3)}}, tmp_path / "gpu.ckpt")
     finally:
-        serialization._package_registry[:] = [entry for entry in serialization._package_registry
-                                              if entry[1] is not as_if_on_gpu]
+        serialization._package_registry[:] = [
+            entry for entry in serialization._package_registry if entry[1] is not as_if_on_gpu
+        ]
     if NO_GPU:
         with pytest.raises(RuntimeError, match="CUDA"):  # the file really names a GPU
             torch.load(tmp_path / "gpu.ckpt", weights_only=True)

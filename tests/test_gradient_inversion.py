@@ -38,8 +38,9 @@ def test_batched_attacks_equal_the_same_attacks_run_one_by_one(digits, network, 
     batched, batched_distance = attack.invert(module, shared.gradients, labels, init)
     assert attack.batching == batching
     for i in range(3):
-        single, single_distance = attack.invert(module, {n: g[i : i + 1] for n, g in shared.gradients.items()},
-                                                labels[i : i + 1], init[i : i + 1])
+        single, single_distance = attack.invert(
+            module, {n: g[i : i + 1] for n, g in shared.gradients.items()}, labels[i : i + 1], init[i : i + 1]
+        )
         torch.testing.assert_close(batched[i : i + 1], single, rtol=0, atol=1e-10)
         torch.testing.assert_close(batched_distance[i : i + 1], single_distance, rtol=1e-9, atol=1e-12)
     assert not torch.equal(batched, init)  # the attack did move
@@ -62,7 +63,8 @@ def test_dummy_gradients_by_unfold_and_grouped_equal_vmap_and_stay_differentiabl
     for per_sample in ("vmap", "unfold", "grouped"):
         z = dummy.clone().requires_grad_(True)
         objective = GradientInversion(per_sample=per_sample, progress=False).objective(
-            module, shared.gradients, labels, tuple(images.shape[2:]))
+            module, shared.gradients, labels, tuple(images.shape[2:])
+        )
         total, _ = objective(z, None)
         (gradient,) = torch.autograd.grad(total.sum(), z)
         values.append((total.detach(), gradient))
@@ -99,8 +101,15 @@ def test_restarts_keep_each_targets_best_start(digits):
     starts = torch.rand(4, 1, *images.shape[2:], generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     starts[2] = 0.8 * images[0] + 0.1  # the second restart of target 0 starts close to the answer
     best, distance = attack.invert(module, shared.gradients, labels, starts)
-    alone = [attack.invert(module, {n: g[i % 2 : i % 2 + 1] for n, g in shared.gradients.items()}, labels[i % 2 : i % 2 + 1],
-                           starts[i : i + 1])[1] for i in range(4)]
+    alone = [
+        attack.invert(
+            module,
+            {n: g[i % 2 : i % 2 + 1] for n, g in shared.gradients.items()},
+            labels[i % 2 : i % 2 + 1],
+            starts[i : i + 1],
+        )[1]
+        for i in range(4)
+    ]
     assert distance[0] == pytest.approx(min(alone[0], alone[2]).item())
     assert distance[1] == pytest.approx(min(alone[1], alone[3]).item())
 
@@ -158,8 +167,11 @@ def test_inverting_gradients_steps_in_inversefeds_units(digits):
     z = (attack.initial_images(4000, images.shape[2:], torch.Generator().manual_seed(0)) - mean) / std
     assert abs(z.mean().item()) < 0.01 and abs(z.std().item() - 1) < 0.01
     far = torch.full_like(start, 5.0)
-    boxed, _ = GradientInversion(iterations=2, progress=False).set_normalization(digits.spec).invert(
-        module, shared.gradients, labels, far)
+    boxed, _ = (
+        GradientInversion(iterations=2, progress=False)
+        .set_normalization(digits.spec)
+        .invert(module, shared.gradients, labels, far)
+    )
     assert boxed.min() >= 0 and boxed.max() <= 1
 
 
@@ -205,7 +217,9 @@ def test_inverting_gradients_recovers_a_training_image_of_an_untrained_network(d
 
 
 def test_scores_against_the_transformed_and_the_original_image(digits):
-    module = Collaborative(network="convnet", width=4, policy="29", crop_flip=False, data_spec=digits.spec)  # 29: invert
+    module = Collaborative(
+        network="convnet", width=4, policy="29", crop_flip=False, data_spec=digits.spec
+    )  # 29: invert
     attack = GradientInversion(iterations=3, num_images=2, batch_size=8, labels="given", init="black", progress=False)
     result = attack.run(module, digits, torch.Generator().manual_seed(0))
     originals, reconstructions = result.examples
@@ -222,16 +236,26 @@ def test_dlg_with_lbfgs_and_l2_lowers_the_gradient_distance(digits):
     shared, images, labels = _targets(module, digits, count=2)
     attack = GradientInversion(optimizer="lbfgs", distance="l2", tv=0.0, iterations=20, progress=False)
     start = torch.rand(2, 1, *images.shape[2:], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    _, before = GradientInversion(optimizer="lbfgs", distance="l2", tv=0.0, iterations=1, lr=1e-12,
-                                  progress=False).invert(module, shared.gradients, labels, start)
+    _, before = GradientInversion(
+        optimizer="lbfgs", distance="l2", tv=0.0, iterations=1, lr=1e-12, progress=False
+    ).invert(module, shared.gradients, labels, start)
     _, after = attack.invert(module, shared.gradients, labels, start)
     assert (after < before).all()
 
 
-@pytest.mark.parametrize("kwargs, match", [({"optimizer": "rmsprop"}, "optimizer"), ({"distance": "l3"}, "distance"),
-                                           ({"labels": "guess"}, "labels"), ({"init": "white"}, "init"),
-                                           ({"space": "lab"}, "space"), ({"per_sample": "loop"}, "per_sample"),
-                                           ({"iterations": 0}, "at least 1"), ({"model_state": "half"}, "model_state")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"distance": "l3"}, "distance"),
+        ({"labels": "guess"}, "labels"),
+        ({"init": "white"}, "init"),
+        ({"space": "lab"}, "space"),
+        ({"per_sample": "loop"}, "per_sample"),
+        ({"iterations": 0}, "at least 1"),
+        ({"model_state": "half"}, "model_state"),
+    ],
+)
 def test_bad_configuration_says_what_to_do(kwargs, match):
     with pytest.raises(BenchError, match=match):
         GradientInversion(**kwargs)
@@ -267,7 +291,10 @@ def test_recovered_labels_that_are_right_reuse_the_given_label_attack(digits, mo
     assert "reused_reconstructions_of" not in first.details
     monkeypatch.undo()
     # another start (seed), other settings or another model: the attack runs
-    for attack, model, seed in ((recovered, module, 1), (GradientInversion(iterations=3, num_images=2, progress=False), module, 0),
-                                (recovered, Collaborative(network="convnet", width=4, data_spec=digits.spec), 0)):
+    for attack, model, seed in (
+        (recovered, module, 1),
+        (GradientInversion(iterations=3, num_images=2, progress=False), module, 0),
+        (recovered, Collaborative(network="convnet", width=4, data_spec=digits.spec), 0),
+    ):
         result = attack.run(model, digits, torch.Generator().manual_seed(seed))
         assert "reused_reconstructions_of" not in result.details

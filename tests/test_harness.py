@@ -114,8 +114,9 @@ def test_cost_counts_parameters_bytes_and_flops(digits):
 
 def test_mirror_decoder_falls_back_when_the_client_cannot_be_mirrored(digits):
     with pytest.warns(UserWarning, match="falling back"):
-        evaluation = evaluate(_Releasing(digits.spec), digits,
-                              [FeatureInversion(decoder="mirror", epochs=1, progress=False)])
+        evaluation = evaluate(
+            _Releasing(digits.spec), digits, [FeatureInversion(decoder="mirror", epochs=1, progress=False)]
+        )
     # an Identity client has no layer to mirror: the record says which decoder was used instead
     assert evaluation.privacy[0]["details"]["decoder_used"] == "upsampling"
     assert evaluation.privacy[0]["config"]["decoder"] == "mirror"
@@ -140,7 +141,9 @@ def _evaluator(tmp_path, attacks):
 def _run(evaluator, module, datamodule, log_dir=None):
     from bench.records import run_facts_from_config
 
-    return evaluator.run(module, datamodule, config={}, training=None, run=run_facts_from_config({}, None), log_dir=log_dir)
+    return evaluator.run(
+        module, datamodule, config={}, training=None, run=run_facts_from_config({}, None), log_dir=log_dir
+    )
 
 
 def test_a_failing_attack_keeps_every_other_attacks_result(digits, tmp_path, capsys):
@@ -177,8 +180,9 @@ def test_every_attack_entry_says_its_wall_time_and_device_and_the_summary_shows_
 def test_a_record_without_attack_times_still_reads():
     from bench.records import PrivacyEntry
 
-    entry = PrivacyEntry.model_validate({"attack": "lira", "threat_model": "black_box_outputs", "metrics": {},
-                                         "directions": {}})
+    entry = PrivacyEntry.model_validate(
+        {"attack": "lira", "threat_model": "black_box_outputs", "metrics": {}, "directions": {}}
+    )
     assert entry.seconds is None and entry.device is None
 
 
@@ -194,7 +198,9 @@ def test_an_unwritable_records_folder_keeps_the_record_in_the_log_folder(digits,
         return write_record(record, directory)
 
     monkeypatch.setattr(bench.evaluator, "write_record", full_disk)
-    outcome = _run(_evaluator(tmp_path, [_attack(epochs=1)]), _Releasing(digits.spec), digits, log_dir=str(tmp_path / "logs"))
+    outcome = _run(
+        _evaluator(tmp_path, [_attack(epochs=1)]), _Releasing(digits.spec), digits, log_dir=str(tmp_path / "logs")
+    )
     err = capsys.readouterr().err
     warnings = [line for line in err.splitlines() if "could not be written" in line]
     assert len(warnings) == 1 and "No space left on device" in warnings[0] and "Traceback" not in err
@@ -211,16 +217,33 @@ def test_the_run_facts_come_from_the_trainer(tmp_path):
     from bench.modules import SplitNetwork
 
     datamodule = Digits(batch_size=8, pool_limit=24)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False, accelerator="cpu",
-                        accumulate_grad_batches=3, precision="bf16-mixed", default_root_dir=tmp_path,
-                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=0,
+        logger=False,
+        accelerator="cpu",
+        accumulate_grad_batches=3,
+        precision="bf16-mixed",
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     trainer.fit(SplitNetwork(data_spec=datamodule.spec), datamodule)
     facts = run_facts_from_trainer(trainer, datamodule, {"config": ["/x/bench/configs/dnn/mnist.yaml"]})
-    assert facts == {"world_size": 1, "effective_batch": 24, "precision": "bf16-mixed", "config_names": ["dnn/mnist"],
-                     "budget": {"unit": "epochs", "value": 1}}
+    assert facts == {
+        "world_size": 1,
+        "effective_batch": 24,
+        "precision": "bf16-mixed",
+        "config_names": ["dnn/mnist"],
+        "budget": {"unit": "epochs", "value": 1},
+    }
 
 
-def test_bench_fit_with_a_failing_attack_writes_the_record_prints_the_summary_and_exits_1(tmp_path, monkeypatch, capsys):
+def test_bench_fit_with_a_failing_attack_writes_the_record_prints_the_summary_and_exits_1(
+    tmp_path, monkeypatch, capsys
+):
     from bench.attacks import LossThreshold
     from bench.cli import main
     from bench.records import load_records
@@ -230,12 +253,32 @@ def test_bench_fit_with_a_failing_attack_writes_the_record_prints_the_summary_an
 
     monkeypatch.setattr(LossThreshold, "run", out_of_memory)
     monkeypatch.chdir(tmp_path)
-    attacks = ('[{"class_path": "FeatureInversion", "init_args": {"epochs": 1, "progress": false}}, '
-               '{"class_path": "LossThreshold", "init_args": {"shadow_epochs": 1}}]')
+    attacks = (
+        '[{"class_path": "FeatureInversion", "init_args": {"epochs": 1, "progress": false}}, '
+        '{"class_path": "LossThreshold", "init_args": {"shadow_epochs": 1}}]'
+    )
     with pytest.raises(SystemExit) as exit_:
-        main(["fit", "--model", "SplitNetwork", "--data", "Digits", "--data.pool_limit", "48", "--trainer.max_epochs", "1",
-              "--trainer.limit_train_batches", "2", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
-              "--evaluation.attacks", attacks])
+        main(
+            [
+                "fit",
+                "--model",
+                "SplitNetwork",
+                "--data",
+                "Digits",
+                "--data.pool_limit",
+                "48",
+                "--trainer.max_epochs",
+                "1",
+                "--trainer.limit_train_batches",
+                "2",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.logger",
+                "false",
+                "--evaluation.attacks",
+                attacks,
+            ]
+        )
     captured = capsys.readouterr()
     assert exit_.value.code == 1
     assert "loss_threshold FAILED: RuntimeError: CUDA out of memory (simulated)" in captured.out
@@ -243,5 +286,7 @@ def test_bench_fit_with_a_failing_attack_writes_the_record_prints_the_summary_an
     assert len(errors) == 1 and "loss_threshold failed" in errors[0] and "Traceback" not in captured.err
     (record,) = load_records([tmp_path / "runs" / "leaderboard" / "records"]).models
     assert {entry.attack: entry.error for entry in record.privacy} == {
-        "feature_inversion": None, "loss_threshold": "RuntimeError: CUDA out of memory (simulated)"}
+        "feature_inversion": None,
+        "loss_threshold": "RuntimeError: CUDA out of memory (simulated)",
+    }
     assert (tmp_path / "runs" / "leaderboard" / "README.md").is_file()  # the CLI refreshed the leaderboard

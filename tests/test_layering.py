@@ -39,8 +39,11 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
             if isinstance(child, ast.Import):
                 names = [alias.name for alias in child.names]
             elif isinstance(child, ast.ImportFrom):
-                base = ".".join(package[: len(package) - child.level + 1] + [child.module or ""]).strip(".") \
-                    if child.level else child.module or ""
+                base = (
+                    ".".join(package[: len(package) - child.level + 1] + [child.module or ""]).strip(".")
+                    if child.level
+                    else child.module or ""
+                )
                 names = [base] + [f"{base}.{alias.name}" for alias in child.names]
             else:
                 names = []
@@ -63,7 +66,7 @@ def test_the_import_graph_has_no_cycle_lazy_imports_included():
 
     def cycle_from(name: str, trail: list[str]) -> list[str] | None:
         if name in trail:
-            return trail[trail.index(name):] + [name]
+            return trail[trail.index(name) :] + [name]
         if name in done:
             return None
         for target in sorted(graph[name]):
@@ -85,27 +88,30 @@ def fresh_imports() -> dict:
     The package's own modules are dropped before each import, which is where a cycle turns into a partial-module
     ImportError; last, ``bench.attacks.shadow_models`` and the method base class, to see which methods they load.
     """
-    script = "\n".join([
-        "import importlib, json, sys, traceback",
-        f"names = {sorted(_modules())!r}",
-        "def forget():",
-        "    for loaded in [m for m in sys.modules if m == 'bench' or m.startswith('bench.')]:",
-        "        del sys.modules[loaded]",
-        "failures = []",
-        "for name in names:",
-        "    forget()",
-        "    try:",
-        "        importlib.import_module(name)",
-        "    except Exception:",
-        "        failures.append(name + ': ' + traceback.format_exc().strip().splitlines()[-1])",
-        "forget()",
-        "import bench.attacks.shadow_models",
-        "from bench.modules.base import PrivacyModule",
-        "loaded = sorted(m for m in sys.modules if m.startswith('bench.modules.'))",
-        "print(json.dumps({'failures': failures, 'loaded_with_the_base_class': loaded}))",
-    ])
-    run = subprocess.run([sys.executable, "-c", script], cwd=PACKAGE.parent, capture_output=True, text=True,
-                         timeout=300)
+    script = "\n".join(
+        [
+            "import importlib, json, sys, traceback",
+            f"names = {sorted(_modules())!r}",
+            "def forget():",
+            "    for loaded in [m for m in sys.modules if m == 'bench' or m.startswith('bench.')]:",
+            "        del sys.modules[loaded]",
+            "failures = []",
+            "for name in names:",
+            "    forget()",
+            "    try:",
+            "        importlib.import_module(name)",
+            "    except Exception:",
+            "        failures.append(name + ': ' + traceback.format_exc().strip().splitlines()[-1])",
+            "forget()",
+            "import bench.attacks.shadow_models",
+            "from bench.modules.base import PrivacyModule",
+            "loaded = sorted(m for m in sys.modules if m.startswith('bench.modules.'))",
+            "print(json.dumps({'failures': failures, 'loaded_with_the_base_class': loaded}))",
+        ]
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -142,28 +148,96 @@ ALLOWED_DEPENDENCIES: dict[str, set[str]] = {
     "training": {"errors", "networks"},
     "datamodules": {"errors", "spec"},
     # methods, attacks and the search that serves ATS
-    "modules": {"datamodules", "deprecation", "errors", "metrics", "networks", "privacy", "spec", "threat_models",
-                "training", "transforms"},
+    "modules": {
+        "datamodules",
+        "deprecation",
+        "errors",
+        "metrics",
+        "networks",
+        "privacy",
+        "spec",
+        "threat_models",
+        "training",
+        "transforms",
+    },
     "attacks": {"batching", "datamodules", "errors", "metrics", "modules", "networks", "spec", "threat_models"},
     # names -> classes, and what reads checkpoints by those names
     "registry": {"attacks", "datamodules", "errors", "modules"},
     "checkpoints": {"errors", "registry"},
     "ats": {"batching", "errors", "metrics", "networks", "registry", "spec", "transforms"},
     # the harness and everything that runs it
-    "harness": {"attacks", "datamodules", "errors", "metrics", "modules", "records", "registry", "spec",
-                "threat_models"},
+    "harness": {
+        "attacks",
+        "datamodules",
+        "errors",
+        "metrics",
+        "modules",
+        "records",
+        "registry",
+        "spec",
+        "threat_models",
+    },
     "leaderboard": {"claims", "deprecation", "errors", "records", "spec", "threat_models"},
     # evaluate -> record -> write -> log, and the leaderboard refresh after a run (never from a callback)
     "evaluator": {"attacks", "datamodules", "errors", "harness", "leaderboard", "metrics", "modules", "records"},
-    "callbacks": {"attacks", "checkpoints", "datamodules", "errors", "evaluator", "harness", "metrics", "modules",
-                  "records", "registry", "spec", "threat_models", "training"},
-    "lightning_cli": {"attacks", "callbacks", "checkpoints", "datamodules", "deprecation", "errors", "evaluator", "loggers",
-                      "modules", "records", "registry", "spec"},
+    "callbacks": {
+        "attacks",
+        "checkpoints",
+        "datamodules",
+        "errors",
+        "evaluator",
+        "harness",
+        "metrics",
+        "modules",
+        "records",
+        "registry",
+        "spec",
+        "threat_models",
+        "training",
+    },
+    "lightning_cli": {
+        "attacks",
+        "callbacks",
+        "checkpoints",
+        "datamodules",
+        "deprecation",
+        "errors",
+        "evaluator",
+        "loggers",
+        "modules",
+        "records",
+        "registry",
+        "spec",
+    },
     "sweeps": {"errors", "leaderboard", "lightning_cli", "records", "registry"},
-    "testing": {"attacks", "callbacks", "checkpoints", "datamodules", "errors", "evaluator", "modules", "records", "registry",
-                "threat_models"},
-    "cli": {"attacks", "callbacks", "checkpoints", "datamodules", "errors", "evaluator", "leaderboard", "lightning_cli", "loggers",
-            "modules", "networks", "records", "registry", "sweeps"},
+    "testing": {
+        "attacks",
+        "callbacks",
+        "checkpoints",
+        "datamodules",
+        "errors",
+        "evaluator",
+        "modules",
+        "records",
+        "registry",
+        "threat_models",
+    },
+    "cli": {
+        "attacks",
+        "callbacks",
+        "checkpoints",
+        "datamodules",
+        "errors",
+        "evaluator",
+        "leaderboard",
+        "lightning_cli",
+        "loggers",
+        "modules",
+        "networks",
+        "records",
+        "registry",
+        "sweeps",
+    },
 }
 
 
@@ -189,7 +263,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
     def visit(node: str, trail: list[str]) -> list[str] | None:
         if node in trail:
-            return trail[trail.index(node):] + [node]
+            return trail[trail.index(node) :] + [node]
         if node in finished:
             return None
         for target in sorted(graph.get(node, ())):
@@ -215,10 +289,15 @@ def test_every_package_dependency_is_in_the_allowed_table():
     graph = package_graph()
     unlisted = sorted(set(graph) - set(ALLOWED_DEPENDENCIES) - {"bench"})
     assert not unlisted, f"parts of bench missing from ALLOWED_DEPENDENCIES: {unlisted}"
-    forbidden = sorted(f"{source} -> {target}" for source, targets in graph.items() if source != "bench"
-                       for target in targets - ALLOWED_DEPENDENCIES[source])
-    assert not forbidden, "imports the table does not allow (add them to ALLOWED_DEPENDENCIES if meant): " + \
-        ", ".join(forbidden)
+    forbidden = sorted(
+        f"{source} -> {target}"
+        for source, targets in graph.items()
+        if source != "bench"
+        for target in targets - ALLOWED_DEPENDENCIES[source]
+    )
+    assert not forbidden, "imports the table does not allow (add them to ALLOWED_DEPENDENCIES if meant): " + ", ".join(
+        forbidden
+    )
     assert not graph.get("bench"), f"bench/__init__ imports parts of the package: {graph.get('bench')}"
 
 
@@ -263,8 +342,11 @@ def test_every_concrete_class_of_the_suite_is_listed_in_the_registry():
         while stack:
             cls = stack.pop()
             stack.extend(cls.__subclasses__())
-            if cls.__module__.startswith("bench.") and not cls.__dict__.get("abstract", False) \
-                    and not cls.__name__.startswith("_"):
+            if (
+                cls.__module__.startswith("bench.")
+                and not cls.__dict__.get("abstract", False)
+                and not cls.__name__.startswith("_")
+            ):
                 found.add(f"{cls.__module__}.{cls.__qualname__}")
         assert found == {f"{module}.{name}" for name, module in registry.SUITE[kind].items()}, kind
     assert set(_DEFINED_IN) == set(registry.SUITE["method"])
@@ -275,7 +357,8 @@ def test_a_class_the_user_names_is_registered_for_later_lookups(tmp_path, monkey
 
     (tmp_path / "layering_user_pkg.py").write_text(
         "from bench.modules.base import PrivacyModule\nfrom bench.threat_models import ThreatModel\n\n\n"
-        "class Mine(PrivacyModule):\n    threat_models = (ThreatModel.BLACK_BOX_OUTPUTS,)\n")
+        "class Mine(PrivacyModule):\n    threat_models = (ThreatModel.BLACK_BOX_OUTPUTS,)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(registry._NAMED, "method", {})
     try:
@@ -285,7 +368,6 @@ def test_a_class_the_user_names_is_registered_for_later_lookups(tmp_path, monkey
         assert registry.methods()["layering_user_pkg.Mine"] is mine
     finally:
         sys.modules.pop("layering_user_pkg", None)
-
 
 
 def test_a_config_names_the_suites_classes_by_their_short_names(tmp_path, capsys):
@@ -299,6 +381,7 @@ def test_a_config_names_the_suites_classes_by_their_short_names(tmp_path, capsys
     printed = capsys.readouterr()
     assert exit_code.value.code in (0, None), printed.err
     assert "class_path: bench.modules.RAN" in printed.out and "class_path: bench.datamodules.Digits" in printed.out
+
 
 # ---------------------------------------------------------------------- papers
 

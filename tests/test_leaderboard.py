@@ -83,8 +83,11 @@ def test_page_order_scorecard_first_then_threat_models_and_experiments(board):
     text = result.markdown.read_text()
     headings = [line for line in text.splitlines() if line.startswith("## ") or line.startswith("### ")]
     assert headings[0] == "## Scorecard: the papers' claims, as our records measure them"
-    assert headings.index("## black_box_outputs") < headings.index("## feature_release") < headings.index(
-        "## Utility only (no privacy evaluation)")
+    assert (
+        headings.index("## black_box_outputs")
+        < headings.index("## feature_release")
+        < headings.index("## Utility only (no privacy evaluation)")
+    )
     # two experiments of feature release (digits and mnist differ in data), one named experiment of black-box outputs
     assert "### fixture_mia" in headings and "### digits, 20 epochs" in headings and "### mnist, 20 epochs" in headings
 
@@ -119,8 +122,15 @@ def test_worst_case_is_per_seed_then_averaged_and_names_every_winner(board):
 def test_cost_columns_come_from_what_records_declare(board):
     result, _ = board
     rows = _headline(result.markdown.read_text(), "fixture_mia")
-    assert list(rows["MCMIA (defense=none)"]) == ["Method", "Accuracy", "Worst-case attack_accuracy ↓", "Params",
-                                                  "Compression (×)", "dp_epsilon", "Seeds"]
+    assert list(rows["MCMIA (defense=none)"]) == [
+        "Method",
+        "Accuracy",
+        "Worst-case attack_accuracy ↓",
+        "Params",
+        "Compression (×)",
+        "dp_epsilon",
+        "Seeds",
+    ]
     assert rows["DP-SGD (target_epsilon=3.0)"]["dp_epsilon"] == "2.98"  # method.headline_cost
     assert rows["MCMIA (defense=none)"]["dp_epsilon"] == "–"
     assert rows["MCMIA (defense=pruning)"]["Compression (×)"] == "15.0"
@@ -164,7 +174,9 @@ def test_an_attack_with_many_metrics_is_split_into_tables_within_the_limit(tmp_p
     result = generate_leaderboard([_write(tmp_path / "records", record)], tmp_path / "out", claims=[])
     tables = _tables(result.markdown.read_text(), "digits, 20 epochs")
     detail_headers = [h for t in tables[1:] for h in t[0] if h not in ("Method", "Seeds")]
-    assert sorted(detail_headers) == sorted(f"{m} {'↑' if d == 'higher' else '↓'}" for m, d in entry["directions"].items())
+    assert sorted(detail_headers) == sorted(
+        f"{m} {'↑' if d == 'higher' else '↓'}" for m, d in entry["directions"].items()
+    )
     assert all(len(t[0]) <= MAX_TABLE_COLUMNS for t in tables)
 
 
@@ -184,10 +196,13 @@ def test_claims_files_are_validated_before_anything_is_evaluated():
     good = CLAIMS.read_text()
     assert len(parse_claims(good).claims) == 4
     bad = {
-        "op: \"<\"": ("op: \"==\"", "op must be one of"),
-        "value: utility.accuracy}\n      op: \">=\"": ("value: __import__('os').system}\n      op: \">=\"", "value must be"),
+        'op: "<"': ('op: "=="', "op must be one of"),
+        'value: utility.accuracy}\n      op: ">="': (
+            "value: __import__('os').system}\n      op: \">=\"",
+            "value must be",
+        ),
         "paper: 0.966": ("paper: [1, 2]", "paper must be a string or a number"),
-        "    note: \"one half holds\"": ("    note: \"x\"\n    run: python -c 1", "unknown key(s) ['run']"),
+        '    note: "one half holds"': ('    note: "x"\n    run: python -c 1', "unknown key(s) ['run']"),
     }
     for old, (new, message) in bad.items():
         assert old in good
@@ -225,7 +240,8 @@ def test_runs_differing_in_world_size_batch_or_precision_are_separate_rows(tmp_p
     assert sorted(row["Setting"] for row in rows) == [
         'effective_batch=32, precision="16-mixed", world_size=1',
         'effective_batch=32, precision="32-true", world_size=1',
-        'effective_batch=64, precision="32-true", world_size=2']
+        'effective_batch=64, precision="32-true", world_size=2',
+    ]
     # without a name, the derived experiment keys on them too: separate tables
     for record in (single, ddp):
         record.pop("experiment")
@@ -239,8 +255,10 @@ def test_records_attacked_differently_never_share_an_experiment(tmp_path):
     second["privacy"][0]["config"] = {**second["privacy"][0]["config"], "epochs": 2}
     result = generate_leaderboard([_write(tmp_path / "records", first, second)], tmp_path / "out", claims=[])
     headings = [line for line in result.markdown.read_text().splitlines() if line.startswith("### digits")]
-    assert headings == ["### digits, 20 epochs · feature_inversion.epochs=2",
-                        "### digits, 20 epochs · feature_inversion.epochs=30"]
+    assert headings == [
+        "### digits, 20 epochs · feature_inversion.epochs=2",
+        "### digits, 20 epochs · feature_inversion.epochs=30",
+    ]
 
 
 def test_methods_facing_different_attacks_still_share_an_experiment(board):
@@ -257,7 +275,9 @@ def test_degenerate_runs_are_left_out_by_default(board, tmp_path):
     assert "`records/mia-degenerate.json`: MCMIA (defense=minmax): flagged degenerate" in text
     assert [path.name for path, _ in result.left_out] == ["mia-degenerate.json"]
     shown = generate_leaderboard([RECORDS], tmp_path / "all", claims=[], include_degenerate=True)
-    assert "MCMIA (defense=minmax) (degenerate)" in _headline(shown.markdown.read_text(), "fixture_mia")  # marked as such
+    assert "MCMIA (defense=minmax) (degenerate)" in _headline(
+        shown.markdown.read_text(), "fixture_mia"
+    )  # marked as such
     # the record-level flag counts as well as the utility one
     record = _fixture("mia-degenerate.json")
     record["utility"].pop("degenerate")
@@ -278,15 +298,19 @@ def test_a_weaker_adversary_that_did_not_converge_flags_the_verdict_too(tmp_path
     # feature_inversion lost to affine_inversion, but with more budget it might have won: the verdict may be optimistic
     next(e for e in ran["privacy"] if e["attack"] == "feature_inversion")["details"] = {"converged": False}
     result = generate_leaderboard([_write(tmp_path / "records", ran)], tmp_path / "out", claims=[])
-    assert _headline(result.markdown.read_text(), "digits, 20 epochs")["RAN (lam=0.5)"]["Worst-case mse ↑"] == \
-        "0.0350 affine_inversion ⚠"
+    assert (
+        _headline(result.markdown.read_text(), "digits, 20 epochs")["RAN (lam=0.5)"]["Worst-case mse ↑"]
+        == "0.0350 affine_inversion ⚠"
+    )
 
 
 def test_csv_has_one_line_per_row_with_worst_case_and_setting(board):
     result, _ = board
     with result.csv.open() as stream:
         lines = list(csv.DictReader(stream))
-    assert result.rows == len(lines) == 8  # digits 3, mnist 1, fixture_mia 3 (the degenerate run left out), utility only 1
+    assert (
+        result.rows == len(lines) == 8
+    )  # digits 3, mnist 1, fixture_mia 3 (the degenerate run left out), utility only 1
     pruning = next(line for line in lines if line["method"] == "MCMIA (defense=pruning)")
     assert pruning["worst_case.attack_accuracy_attack"] == "loss_threshold"
     assert float(pruning["worst_case.attack_accuracy_mean"]) == pytest.approx(0.55)
@@ -298,8 +322,11 @@ def test_csv_has_one_line_per_row_with_worst_case_and_setting(board):
 def test_one_plot_per_experiment_embedded_and_readable(board):
     result, out = board
     names = sorted(path.name for path in result.plots)
-    assert names == ["black_box_outputs__fixture_mia.png", "feature_release__digits_20_epochs.png",
-                     "feature_release__mnist_20_epochs.png"]
+    assert names == [
+        "black_box_outputs__fixture_mia.png",
+        "feature_release__digits_20_epochs.png",
+        "feature_release__mnist_20_epochs.png",
+    ]
     text = result.markdown.read_text()
     for path in result.plots:
         assert path.parent == out / "plots" and path.read_bytes()[:8] == PNG_MAGIC
@@ -316,7 +343,9 @@ def test_pareto_front_is_marked_in_the_headline(board):
 
 def test_malformed_record_is_reported_not_fatal(board):
     result, _ = board
-    assert [(path.name, reason) for path, reason in result.problems] == [("malformed-missing-utility.json", "missing key 'utility'")]
+    assert [(path.name, reason) for path, reason in result.problems] == [
+        ("malformed-missing-utility.json", "missing key 'utility'")
+    ]
     text = result.markdown.read_text()
     assert "## Skipped" in text and "malformed-missing-utility.json`: missing key 'utility'" in text
 
@@ -392,14 +421,19 @@ def test_pareto_front_matches_naive_on_random_points():
 
 
 def test_an_experiment_named_in_the_config_reaches_the_record_and_names_the_table(tmp_path):
+    from helpers import quiet_trainer
+
     from bench.callbacks import PrivacyEvaluation
     from bench.datamodules import Digits
     from bench.modules import SplitNetwork
-    from helpers import quiet_trainer
 
     datamodule = Digits(pool_limit=32, batch_size=16)
-    evaluation = PrivacyEvaluation(attacks=[], records_dir=str(tmp_path / "records"),
-                                   leaderboard_dir=str(tmp_path / "board"), experiment="digits_smoke")
+    evaluation = PrivacyEvaluation(
+        attacks=[],
+        records_dir=str(tmp_path / "records"),
+        leaderboard_dir=str(tmp_path / "board"),
+        experiment="digits_smoke",
+    )
     quiet_trainer(callbacks=[evaluation]).fit(SplitNetwork(data_spec=datamodule.spec), datamodule)
     record = json.loads(evaluation.last_record_path.read_text())
     assert record["experiment"] == "digits_smoke"
@@ -421,13 +455,13 @@ def test_derived_experiments_on_other_pools_get_their_own_names_and_plots(tmp_pa
 def test_a_claim_compares_numbers_within_the_experiments_both_sides_were_measured_in():
     from bench.claims import Setting, evaluate_claim
 
-    claim = parse_claims('''
+    claim = parse_claims("""
 paper: Fixture
 claims:
   - claim: A is more accurate than B
     paper: "Table 1"
     check: {left: {method: A, value: utility.accuracy}, op: ">", right: {method: B, value: utility.accuracy}}
-''').claims[0]
+""").claims[0]
 
     def setting(method, accuracy, *tables):
         return Setting(method, method, "digits", "", {}, ({"utility": {"accuracy": accuracy}},), "", frozenset(tables))
@@ -436,11 +470,14 @@ claims:
         return record["utility"]["accuracy"]
 
     # B was also measured in a second experiment without A: only the shared experiment's B compares with A
-    verdict = evaluate_claim(claim, [setting("A", 0.9, "one"), setting("B", 0.8, "one"), setting("B", 0.95, "two")], read)
+    verdict = evaluate_claim(
+        claim, [setting("A", 0.9, "one"), setting("B", 0.8, "one"), setting("B", 0.95, "two")], read
+    )
     assert verdict.status == "yes" and verdict.ours == "0.900 > 0.800"
     # measured together in two experiments that disagree: partly, each experiment's numbers shown
-    verdict = evaluate_claim(claim, [setting("A", 0.9, "one", "two"), setting("B", 0.8, "one"),
-                                     setting("B", 0.95, "two")], read)
+    verdict = evaluate_claim(
+        claim, [setting("A", 0.9, "one", "two"), setting("B", 0.8, "one"), setting("B", 0.95, "two")], read
+    )
     assert verdict.status == "partly" and verdict.ours == "0.900 > 0.800; 0.900 vs 0.950"
 
 
@@ -451,8 +488,9 @@ def test_every_plotted_setting_has_its_own_style(settings, methods):
 
     method_of = {f"M{m} setting {k}": f"M{m}" for m in range(methods) for k in range(settings)}
     styles = plot_styles(list(method_of), method_of)
-    assert len({(tuple(c), marker, face if isinstance(face, str) else tuple(face))
-                for c, marker, face in styles.values()}) == len(method_of)
+    assert len(
+        {(tuple(c), marker, face if isinstance(face, str) else tuple(face)) for c, marker, face in styles.values()}
+    ) == len(method_of)
 
 
 def test_record_text_is_shown_on_the_page_never_run_as_html(tmp_path):

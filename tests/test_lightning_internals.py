@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from helpers import quiet_trainer
 from lightning.pytorch.strategies import DDPStrategy
 
 from bench.datamodules import Digits
 from bench.modules import SplitNetwork
 from bench.modules.lightning_internals import loggers_write_this_step, search_unused_parameters
-from helpers import quiet_trainer
 
 
 def test_search_unused_parameters_sets_the_ddp_keyword_and_keeps_a_users_choice():

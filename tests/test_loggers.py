@@ -17,7 +17,9 @@ def no_wandb_env(monkeypatch, tmp_path):
 
 
 def test_auto_without_credentials_is_offline_and_asks_no_network(no_wandb_env, monkeypatch):
-    monkeypatch.setattr(loggers, "_reachable", lambda *a, **k: pytest.fail("must not touch the network without credentials"))
+    monkeypatch.setattr(
+        loggers, "_reachable", lambda *a, **k: pytest.fail("must not touch the network without credentials")
+    )
     assert loggers.resolve_mode("auto") == "offline"
 
 
@@ -71,8 +73,15 @@ def test_training_losses_reach_the_loggers_every_log_every_n_steps(tmp_path):
     for method, key in ((SplitNetwork, "train/loss"), (RAN, "train/O_a")):
         datamodule = Digits(batch_size=32, pool_limit=320)  # 10 batches an epoch
         logger = CSVLogger(tmp_path, name=method.__name__)
-        trainer = L.Trainer(max_epochs=2, log_every_n_steps=4, logger=logger, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1)
+        trainer = L.Trainer(
+            max_epochs=2,
+            log_every_n_steps=4,
+            logger=logger,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=1,
+        )
         trainer.fit(method(data_spec=datamodule.spec), datamodule)
         rows = [row for row in csv.DictReader(open(logger.log_dir + "/metrics.csv")) if row.get(key)]
         # 20 batches, a row every 4 of them: values are only ever logged when they will be written
@@ -89,9 +98,26 @@ def test_a_logged_offline_fit_has_no_wandb_tables_and_keeps_the_sync_hint(tmp_pa
     environment = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
     environment.update(WANDB_MODE="offline", HOME=str(tmp_path), NETRC=str(tmp_path / "netrc"))
     attack = '[{"class_path": "FeatureInversion", "init_args": {"epochs": 2, "progress": false}}]'
-    fit = subprocess.run([sys.executable, "-m", "bench.cli", "fit", "--trainer.max_epochs", "2",
-                          "--data.pool_limit", "200", "--evaluation.attacks", attack], cwd=tmp_path, env=environment,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)  # not a terminal
+    fit = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.cli",
+            "fit",
+            "--trainer.max_epochs",
+            "2",
+            "--data.pool_limit",
+            "200",
+            "--evaluation.attacks",
+            attack,
+        ],
+        cwd=tmp_path,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )  # not a terminal
     assert fit.returncode == 0, fit.stdout[-3000:]
     wandb_lines = [line for line in fit.stdout.splitlines() if "wandb" in line.lower() and ":" in line]
     for table_text in ("Run history:", "Run summary:", "Find logs at", "▁", "█"):
@@ -148,8 +174,9 @@ def test_an_explicit_id_and_settings_win_over_bench_defaults(tmp_path, no_wandb_
     (tmp_path / loggers.RUN_FILE).write_text('{"id": "saved1"}')
     (tmp_path / "last.ckpt").write_bytes(b"")
     settings = wandb.Settings(quiet=False)
-    logger = loggers.BenchWandbLogger(save_dir=str(tmp_path / "runs"), mode="disabled", id="mine", settings=settings,
-                                      resume=None, group=None)
+    logger = loggers.BenchWandbLogger(
+        save_dir=str(tmp_path / "runs"), mode="disabled", id="mine", settings=settings, resume=None, group=None
+    )
     assert logger.continue_run(str(tmp_path / "last.ckpt")) is None
     assert logger._wandb_init["id"] == "mine" and logger._wandb_init["settings"] is settings
     assert logger._wandb_init["resume"] == "allow" and "group" not in logger._wandb_init  # None: wandb's default
@@ -157,13 +184,23 @@ def test_an_explicit_id_and_settings_win_over_bench_defaults(tmp_path, no_wandb_
 
 def test_bench_fit_resumed_from_its_checkpoint_continues_its_wandb_run(no_wandb_env, tmp_path, monkeypatch, capsys):
     import wandb
-
     from helpers import run_bench
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    tiny = ["fit", "--data.pool_limit", "64", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
-            "--evaluation.enabled", "false", "--trainer.enable_model_summary", "false"]
+    tiny = [
+        "fit",
+        "--data.pool_limit",
+        "64",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+        "--evaluation.enabled",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+    ]
     code, output = run_bench([*tiny, "--trainer.max_epochs", "1"], capsys)
     wandb.finish()  # without an evaluation summary nothing finishes the run in this process
     assert code == 0, output[-2000:]

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import StepRecorder
+from helpers import quiet_trainer as _trainer
+from helpers import synthetic_spec as _spec
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from bench.attacks import LossThreshold
@@ -17,7 +20,6 @@ from bench.errors import BenchError
 from bench.modules.mcmia import MCMIA
 from bench.networks.classifiers import InferenceModel
 from bench.networks.registry import Role, build_network, network_names
-from helpers import StepRecorder, quiet_trainer as _trainer, synthetic_spec as _spec
 
 
 # ---------------------------------------------------------------------------- networks
@@ -26,7 +28,9 @@ def test_every_classifier_adapts_to_the_data(name):
     shape = (1, 28, 28) if name == "lenet5" else (3, 32, 32)
     network = build_network(name, Role.CLASSIFIER, _spec(shape, classes=7)).eval()
     assert network(torch.rand(2, *shape)).shape == (2, 7)
-    assert all(m.training for m in build_network(name, Role.CLASSIFIER, _spec(shape, classes=7)).modules()), "built in training mode"
+    assert all(m.training for m in build_network(name, Role.CLASSIFIER, _spec(shape, classes=7)).modules()), (
+        "built in training mode"
+    )
 
 
 def test_lenet5_on_mnist_has_the_papers_60k_weights():
@@ -80,8 +84,16 @@ def test_gain_is_eq_1_and_minmax_weight_zero_is_plain_cross_entropy():
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("kwargs", [{"defense": "prune"}, {"minmax_weight": -1.0}, {"inference_steps": 0}, {"network": "alexnet"},
-                                    {"defense": "pruning", "sparsity": 1.0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"defense": "prune"},
+        {"minmax_weight": -1.0},
+        {"inference_steps": 0},
+        {"network": "alexnet"},
+        {"defense": "pruning", "sparsity": 1.0},
+    ],
+)
 def test_bad_settings_fail_with_a_clear_message(kwargs):
     with pytest.raises(BenchError):
         MCMIA(data_spec=_spec(), **kwargs)
@@ -91,10 +103,12 @@ def test_bad_settings_fail_with_a_clear_message(kwargs):
 @pytest.mark.parametrize("defense", ["pruning", "pruning_minmax"])
 def test_pruned_variants_reach_the_sparsity_and_report_it(defense, tmp_path):
     datamodule = Digits(batch_size=32, pool_limit=128)
-    module = MCMIA(data_spec=datamodule.spec, defense=defense, sparsity=0.9, interval="step", update_every=2,
-                   admm_updates=2)
-    evaluation = PrivacyEvaluation(attacks=[LossThreshold(shadow_epochs=2)], records_dir=str(tmp_path),
-                                   leaderboard_dir=None)
+    module = MCMIA(
+        data_spec=datamodule.spec, defense=defense, sparsity=0.9, interval="step", update_every=2, admm_updates=2
+    )
+    evaluation = PrivacyEvaluation(
+        attacks=[LossThreshold(shadow_epochs=2)], records_dir=str(tmp_path), leaderboard_dir=None
+    )
     _trainer(max_epochs=2, callbacks=[evaluation]).fit(module, datamodule)
     layers = [m for m in module.network.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     for layer in layers:
@@ -103,13 +117,16 @@ def test_pruned_variants_reach_the_sparsity_and_report_it(defense, tmp_path):
     if defense == "pruning_minmax":
         assert not any(hasattr(m, "weight_mask") for m in module.inference.modules()), "h is never pruned"
     record = json.loads(evaluation.last_record_path.read_text())
-    assert Path(record["artifacts"]["roc"]).stat().st_size > 1000, "the attacks' ROC curves are plotted beside the record"
+    assert Path(record["artifacts"]["roc"]).stat().st_size > 1000, (
+        "the attacks' ROC curves are plotted beside the record"
+    )
     cost = record["cost"]
     assert cost["parameters"] == sum(p.numel() for p in module.network.parameters())  # the deployed network
     assert cost["compression_ratio"] == pytest.approx(cost["parameters"] / cost["nonzero_parameters"])
     assert cost["compression_ratio"] > 5
-    assert {key for key in cost if key.startswith("sparsity/")} == {f"sparsity/network.{n}" for n, m in
-                                                                    module.network.named_modules() if m in layers}
+    assert {key for key in cost if key.startswith("sparsity/")} == {
+        f"sparsity/network.{n}" for n, m in module.network.named_modules() if m in layers
+    }
 
 
 def test_a_pruned_checkpoint_restores_for_bench_evaluate(tmp_path):
@@ -136,8 +153,9 @@ def test_pruning_and_min_max_under_ddp_keep_ranks_identical(tmp_path):
 
     datamodule = Digits(batch_size=32, pool_limit=128)
     module = MCMIA(data_spec=datamodule.spec, defense="pruning_minmax", interval="step", update_every=1, admm_updates=1)
-    trainer = _trainer(devices=2, strategy="ddp_spawn", max_epochs=2, limit_val_batches=1,
-                       callbacks=[_ReportRanks(str(tmp_path))])
+    trainer = _trainer(
+        devices=2, strategy="ddp_spawn", max_epochs=2, limit_val_batches=1, callbacks=[_ReportRanks(str(tmp_path))]
+    )
     trainer.fit(module, datamodule)
     reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert all(report["world_size"] == 2 for report in reports)

@@ -10,14 +10,14 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from bench.metrics.reconstruction import PSNR_CAP_DB, mean_interval, per_image_metrics
 from bench.metrics import (
     client_flops_per_sample,
     count_parameters,
-    released_bytes_per_sample,
     reconstruction_metrics,
+    released_bytes_per_sample,
     ssim_kernel_size,
 )
+from bench.metrics.reconstruction import PSNR_CAP_DB, mean_interval, per_image_metrics
 
 
 def _pair(shape, noise, seed=0):
@@ -116,8 +116,20 @@ def test_shape_mismatch_raises(other):
 
 @pytest.mark.parametrize(
     "size, expected",
-    [((8, 8), 7), ((28, 28), 11), ((32, 32), 11), ((5, 5), 5), ((3, 3), 3), ((4, 4), 3), ((11, 11), 11), ((12, 12), 11),
-     ((10, 10), 9), ((8, 28), 7), ((28, 6), 5), ((64, 64), 11)],
+    [
+        ((8, 8), 7),
+        ((28, 28), 11),
+        ((32, 32), 11),
+        ((5, 5), 5),
+        ((3, 3), 3),
+        ((4, 4), 3),
+        ((11, 11), 11),
+        ((12, 12), 11),
+        ((10, 10), 9),
+        ((8, 28), 7),
+        ((28, 6), 5),
+        ((64, 64), 11),
+    ],
 )
 def test_ssim_kernel_size(size, expected):
     kernel = ssim_kernel_size(*size)
@@ -161,7 +173,8 @@ def test_count_parameters_counts_torch_pruned_weights_as_zero():
 
 
 @pytest.mark.parametrize(
-    "dtype, bytes_per_element", [(torch.float32, 4), (torch.complex64, 8), (torch.float16, 2), (torch.float64, 8), (torch.uint8, 1)]
+    "dtype, bytes_per_element",
+    [(torch.float32, 4), (torch.complex64, 8), (torch.float16, 2), (torch.float64, 8), (torch.uint8, 1)],
 )
 @pytest.mark.parametrize("shape", [(7, 16, 4, 4), (3, 37), (1, 2, 3)])
 def test_released_bytes_per_sample(dtype, bytes_per_element, shape):

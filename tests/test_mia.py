@@ -8,9 +8,14 @@ import lightning as L
 import pytest
 import torch
 
-from bench.attacks import LiRA, LiRAOnline, LossThreshold, NasrAttack, NasrShadow, RMIA, RMIAOnline, ShokriShadow
-from bench.attacks.membership_inference import (best_threshold, logit_confidence, query_logits, target_queries,
-                                                true_class_log_probability)
+from bench.attacks import RMIA, LiRA, LiRAOnline, LossThreshold, NasrAttack, NasrShadow, RMIAOnline, ShokriShadow
+from bench.attacks.membership_inference import (
+    best_threshold,
+    logit_confidence,
+    query_logits,
+    target_queries,
+    true_class_log_probability,
+)
 from bench.attacks.shadow_models import ShadowModels, random_halves
 from bench.datamodules import Digits
 from bench.datamodules.base import DataSpec, PrivacyDataModule
@@ -38,15 +43,31 @@ class RandomLabels(PrivacyDataModule):
 
 
 # the defaults of the quickstart-sized attacks, smaller where a test needs no more
-ATTACKS = [LossThreshold(shadow_epochs=40), LossThreshold(statistic="confidence", shadow_epochs=40),
-           NasrAttack(), NasrShadow(shadow_epochs=40), ShokriShadow(shadow_epochs=40, per_class=False), ShokriShadow(shadow_epochs=40),
-           LiRA(shadow_models=6, shadow_epochs=40), LiRAOnline(shadow_models=6, shadow_epochs=40),
-           RMIA(shadow_epochs=40), RMIAOnline(reference_models=6, shadow_epochs=40)]
+ATTACKS = [
+    LossThreshold(shadow_epochs=40),
+    LossThreshold(statistic="confidence", shadow_epochs=40),
+    NasrAttack(),
+    NasrShadow(shadow_epochs=40),
+    ShokriShadow(shadow_epochs=40, per_class=False),
+    ShokriShadow(shadow_epochs=40),
+    LiRA(shadow_models=6, shadow_epochs=40),
+    LiRAOnline(shadow_models=6, shadow_epochs=40),
+    RMIA(shadow_epochs=40),
+    RMIAOnline(reference_models=6, shadow_epochs=40),
+]
 
 
 def _fit(module, datamodule, epochs):
-    trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, limit_val_batches=0)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     trainer.fit(module, datamodule)
     return module
 
@@ -84,9 +105,10 @@ def test_tpr_at_low_fpr_reads_the_roc_curve():
 
 
 def test_low_fpr_report_gives_the_achieved_fpr_the_threshold_and_exact_intervals():
-    from bench.metrics.membership import clopper_pearson, delong_interval, membership_report
     from scipy import stats
     from sklearn.metrics import roc_auc_score
+
+    from bench.metrics.membership import clopper_pearson, delong_interval, membership_report
 
     generator = torch.Generator().manual_seed(0)
     members = torch.tensor([1] * 300 + [0] * 1200)
@@ -113,7 +135,7 @@ def test_low_fpr_report_gives_the_achieved_fpr_the_threshold_and_exact_intervals
     assert tied["tpr_at_1pct_fpr"]["threshold"] is None and tied["tpr_at_1pct_fpr"]["achieved_fpr"] == 0.0
     auc, low, high = delong_interval(scores, members)
     assert auc == pytest.approx(roc_auc_score(members.numpy(), scores.numpy()), abs=1e-12) and low < auc < high
-    assert clopper_pearson(0, 10) == (0.0, pytest.approx(1 - 0.025 ** 0.1))
+    assert clopper_pearson(0, 10) == (0.0, pytest.approx(1 - 0.025**0.1))
 
 
 def test_no_exact_zero_tpr_from_ties_on_a_memorising_model(memorised):
@@ -163,8 +185,9 @@ def test_vectorized_shadow_training_matches_training_one_model_at_a_time():
     members = random_halves(3, len(images), torch.Generator().manual_seed(0))
     outputs = []
     for vectorize, grouped, batching in ((True, True, "grouped"), (True, False, "vmap"), (False, True, "sequential")):
-        shadows = ShadowModels(target, 3, torch.Generator().manual_seed(1), torch.device("cpu"), vectorize=vectorize,
-                               grouped=grouped)
+        shadows = ShadowModels(
+            target, 3, torch.Generator().manual_seed(1), torch.device("cpu"), vectorize=vectorize, grouped=grouped
+        )
         assert shadows.batching == batching and shadows.describe()["shadow_batching"] == batching
         shadows.fit(images, labels, members, epochs=3, batch_size=16, generator=torch.Generator().manual_seed(2))
         outputs.append(shadows.logits(images))
@@ -184,7 +207,10 @@ def test_grouped_shadows_are_the_separate_models_and_step_like_them(network):
     alone = ShadowModels(target, 3, torch.Generator().manual_seed(1), torch.device("cpu"), vectorize=False)
     assert (grouped.batching, alone.batching) == ("grouped", "sequential")
     generator = torch.Generator().manual_seed(0)
-    images, labels = torch.rand(24, *spec.image_shape, generator=generator), torch.randint(0, 10, (24,), generator=generator)
+    images, labels = (
+        torch.rand(24, *spec.image_shape, generator=generator),
+        torch.randint(0, 10, (24,), generator=generator),
+    )
     untrained = grouped.logits(images)
     torch.testing.assert_close(untrained, alone.logits(images), rtol=1e-5, atol=1e-5)
     members = random_halves(3, len(images), generator)
@@ -207,6 +233,7 @@ def test_grouped_shadows_are_the_separate_models_and_step_like_them(network):
 
 def test_grouped_shadows_only_where_the_forward_is_the_network():
     """A network without a grouped form, or a forward that is more than its Sequential, trains under vmap instead."""
+
     class Doubled(MCMIA):
         def forward(self, x):
             return 2 * self.network(x)
@@ -216,7 +243,9 @@ def test_grouped_shadows_only_where_the_forward_is_the_network():
         shadows = ShadowModels(module, 2, torch.Generator().manual_seed(0), torch.device("cpu"))
         assert shadows.batching == "vmap"
         probe = torch.rand(4, *spec.image_shape)
-        torch.testing.assert_close(shadows.logits(probe)[1].float(), shadows.copies[1].eval()(probe), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            shadows.logits(probe)[1].float(), shadows.copies[1].eval()(probe), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_shadows_are_built_like_the_target():
@@ -226,7 +255,8 @@ def test_shadows_are_built_like_the_target():
     assert shadows.optimizer_class is torch.optim.Adam and shadows.optimizer_settings["lr"] == 0.007
     # stacked copies of every parameter of the target (batch-norm running statistics are not used under vmap)
     assert {name: tuple(p.shape[1:]) for name, p in shadows.params.items()} == {
-        name: tuple(p.shape) for name, p in target.named_parameters()}
+        name: tuple(p.shape) for name, p in target.named_parameters()
+    }
 
 
 # ---------------------------------------------------------------------------- the attacks
@@ -281,14 +311,27 @@ def test_the_attacks_apply_to_every_classifier_that_shows_its_outputs():
     evaluation = evaluate(SplitNetwork(data_spec=datamodule.spec), datamodule, [attack])
     assert [entry["attack"] for entry in evaluation.privacy] == ["loss_threshold"]
     entry = evaluation.privacy[0]
-    assert set(entry["metrics"]) == {"attack_accuracy", "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "empirical_epsilon"}
+    assert set(entry["metrics"]) == {
+        "attack_accuracy",
+        "auc",
+        "tpr_at_1pct_fpr",
+        "tpr_at_0.1pct_fpr",
+        "empirical_epsilon",
+    }
     # 32 non-members resolve neither 1% nor 0.1% FPR: the record says so beside the numbers
     assert len(entry["warnings"]) == 2 and "1,000" in entry["warnings"][1]
     assert entry["details"]["shadow_recipe"] == "plain" and entry["details"]["shadow_count"] == 1
 
 
-@pytest.mark.parametrize("make", [lambda: LiRA(shadow_models=1), lambda: LossThreshold(statistic="entropy"),
-                                  lambda: NasrAttack(attack_lr=0), lambda: ShokriShadow(max_queries=0)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: LiRA(shadow_models=1),
+        lambda: LossThreshold(statistic="entropy"),
+        lambda: NasrAttack(attack_lr=0),
+        lambda: ShokriShadow(max_queries=0),
+    ],
+)
 def test_bad_attack_settings_fail_with_a_clear_message(make):
     from bench.errors import BenchError
 
@@ -312,8 +355,14 @@ def test_the_attacker_never_trains_on_members_or_nonmembers(monkeypatch):
     assert len(seen) == 1 and torch.equal(seen[0], datamodule.pool("attacker").tensors()[0])
 
 
-@pytest.mark.parametrize("name", sorted(n for n, cls in __import__("bench").registry.methods().items()
-                                        if ThreatModel.BLACK_BOX_OUTPUTS in cls.threat_models))
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        n
+        for n, cls in __import__("bench").registry.methods().items()
+        if ThreatModel.BLACK_BOX_OUTPUTS in cls.threat_models
+    ),
+)
 def test_every_classifier_of_the_suite_can_be_attacked(name):
     """Through the contract only: shadows from fresh_copy(), vectorized where the network allows it."""
     from bench import registry
@@ -332,7 +381,9 @@ def _defended(kind):
     datamodule = RandomLabels(pool_limit=64)
     torch.manual_seed(0)
     if kind == "pruned":
-        module = MCMIA(data_spec=datamodule.spec, defense="pruning", lr=3e-3, sparsity=0.9, admm_updates=3, update_every=5)
+        module = MCMIA(
+            data_spec=datamodule.spec, defense="pruning", lr=3e-3, sparsity=0.9, admm_updates=3, update_every=5
+        )
     else:
         module = DPSGD(data_spec=datamodule.spec, noise_multiplier=0.5, lr=0.1, max_grad_norm=1.0)
     return _fit(module, datamodule, epochs=40), datamodule
@@ -344,12 +395,22 @@ def test_shadows_of_a_defended_target_train_by_its_recipe(kind):
     shadows = ShadowModels(module, 2, torch.Generator().manual_seed(0), torch.device("cpu"))
     assert shadows.recipe == "target" and not shadows.vectorize and shadows.recipe_gap
     images, labels = datamodule.pool("attacker").tensors()
-    shadows.fit(images, labels, random_halves(2, len(images), torch.Generator().manual_seed(1)), epochs=20,
-                batch_size=16, generator=torch.Generator().manual_seed(2))
+    shadows.fit(
+        images,
+        labels,
+        random_halves(2, len(images), torch.Generator().manual_seed(1)),
+        epochs=20,
+        batch_size=16,
+        generator=torch.Generator().manual_seed(2),
+    )
     for shadow in shadows.copies:
         if kind == "pruned":  # ADMM then masked retraining, exactly as sparse as the target
             assert shadow.training_report() == pytest.approx(module.training_report())
-            assert all(v == pytest.approx(0.9, abs=2e-3) for k, v in shadow.training_report().items() if k.startswith("sparsity/"))
+            assert all(
+                v == pytest.approx(0.9, abs=2e-3)
+                for k, v in shadow.training_report().items()
+                if k.startswith("sparsity/")
+            )
         else:  # DP-SGD's clipping and noise, its noise multiplier and Poisson-sampled steps
             assert float(shadow.dp_noise_multiplier) == float(module.dp_noise_multiplier) and int(shadow.dp_steps) > 0
 
@@ -362,8 +423,12 @@ def test_target_recipe_shadows_attack_a_defended_model_at_least_as_well_as_plain
     Tolerance: one query of 64 on each side (1/64 ~ 0.016), for a threshold that lands one sample off."""
     module, datamodule = _defended(kind)
     for seed in (0, 1):
-        results = {recipe: evaluate(module, datamodule, [LossThreshold(shadow_epochs=40, shadow_recipe=recipe)],
-                                    seed=seed).privacy[0] for recipe in ("target", "plain")}
+        results = {
+            recipe: evaluate(
+                module, datamodule, [LossThreshold(shadow_epochs=40, shadow_recipe=recipe)], seed=seed
+            ).privacy[0]
+            for recipe in ("target", "plain")
+        }
         assert results["target"]["details"]["shadow_recipe"] == "target"
         assert results["target"]["metrics"]["auc"] == results["plain"]["metrics"]["auc"]
         assert results["target"]["metrics"]["attack_accuracy"] >= results["plain"]["metrics"]["attack_accuracy"] - 0.02
@@ -371,11 +436,13 @@ def test_target_recipe_shadows_attack_a_defended_model_at_least_as_well_as_plain
 
 def test_plain_targets_keep_the_batched_shadows():
     datamodule = Digits(pool_limit=32)
-    shadows = ShadowModels(MCMIA(data_spec=datamodule.spec, defense="none"), 2, torch.Generator().manual_seed(0),
-                           torch.device("cpu"))
+    shadows = ShadowModels(
+        MCMIA(data_spec=datamodule.spec, defense="none"), 2, torch.Generator().manual_seed(0), torch.device("cpu")
+    )
     assert shadows.recipe == "plain" and shadows.vectorize and shadows.recipe_gap is None
-    minmax = ShadowModels(MCMIA(data_spec=datamodule.spec, defense="minmax"), 2, torch.Generator().manual_seed(0),
-                          torch.device("cpu"))
+    minmax = ShadowModels(
+        MCMIA(data_spec=datamodule.spec, defense="minmax"), 2, torch.Generator().manual_seed(0), torch.device("cpu")
+    )
     assert minmax.recipe == "target" and "manual" in minmax.recipe_gap
 
 
@@ -383,16 +450,26 @@ def test_the_harness_at_the_end_of_fit_keeps_plain_targets_batched_and_rebuilds_
     """Bookkeeping callbacks (checkpoints, early stopping, the evaluation itself) are no part of the recipe; a training
     callback the Trainer had is: shadows get a fresh copy of it."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
     from bench.callbacks import PrivacyEvaluation
     from bench.training.admm_pruning import ADMMPruning
 
     datamodule = Digits(pool_limit=32)
     for extra, recipe in (([], "plain"), ([ADMMPruning(sparsity=0.5, submodule="network", admm_updates=1)], "target")):
-        evaluation = PrivacyEvaluation(attacks=[LossThreshold(shadow_epochs=2)], records_dir=str(tmp_path), leaderboard_dir=None)
-        trainer = L.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                            accelerator="cpu", limit_val_batches=1, num_sanity_val_steps=0, default_root_dir=str(tmp_path),
-                            callbacks=[ModelCheckpoint(dirpath=tmp_path), EarlyStopping("val/loss", patience=5), evaluation,
-                                       *extra])
+        evaluation = PrivacyEvaluation(
+            attacks=[LossThreshold(shadow_epochs=2)], records_dir=str(tmp_path), leaderboard_dir=None
+        )
+        trainer = L.Trainer(
+            max_epochs=2,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+            limit_val_batches=1,
+            num_sanity_val_steps=0,
+            default_root_dir=str(tmp_path),
+            callbacks=[ModelCheckpoint(dirpath=tmp_path), EarlyStopping("val/loss", patience=5), evaluation, *extra],
+        )
         trainer.fit(MCMIA(data_spec=datamodule.spec, defense="none"), datamodule)
         record = json.loads(evaluation.last_record_path.read_text())
         assert record["privacy"][0]["details"]["shadow_recipe"] == recipe
@@ -415,6 +492,7 @@ def test_an_augmenting_target_gets_shadows_trained_on_its_augmentation(monkeypat
 
 def test_a_recipe_that_cannot_be_rebuilt_fails_before_any_shadow_trains():
     from lightning.pytorch.callbacks import Callback
+
     from bench.errors import BenchError
 
     class Stateful(Callback):
@@ -452,19 +530,23 @@ def test_nasr_knows_a_share_of_the_smaller_side_so_unbalanced_pools_keep_unknown
     images, labels, is_member = target_queries(datamodule, None, torch.Generator().manual_seed(0))
     keep = torch.cat([is_member.nonzero().squeeze(1)[:40], (1 - is_member).nonzero().squeeze(1)[:12]])  # 40 vs 12
     target = query_logits(module, images[keep], 64, module.device)
-    scores, _, details = attack.score(module, datamodule, torch.Generator().manual_seed(0), images[keep], target,
-                                      labels[keep], is_member[keep])
+    scores, _, details = attack.score(
+        module, datamodule, torch.Generator().manual_seed(0), images[keep], target, labels[keep], is_member[keep]
+    )
     assert details["known_members"] == details["known_nonmembers"] == 6  # half of the 12 non-members
     scored = ~torch.isnan(scores)
     assert int(is_member[keep][scored].sum()) == 34 and int((1 - is_member[keep][scored]).sum()) == 6
 
 
-@pytest.mark.parametrize("sizes, fraction, ok", [
-    ({"train": 718, "nonmember": 269, "attacker": 269}, 0.5, True),  # the embedded digits' default pools
-    ({"train": 3, "nonmember": 3, "attacker": 10}, 0.5, True),       # 2 known of each, 1 unknown of each
-    ({"train": 3, "nonmember": 3, "attacker": 10}, 0.9, False),      # all known: nothing left to score
-    ({"train": 100, "nonmember": 3, "attacker": 10}, 0.2, False),    # 1 known of each: too few to train h
-])
+@pytest.mark.parametrize(
+    "sizes, fraction, ok",
+    [
+        ({"train": 718, "nonmember": 269, "attacker": 269}, 0.5, True),  # the embedded digits' default pools
+        ({"train": 3, "nonmember": 3, "attacker": 10}, 0.5, True),  # 2 known of each, 1 unknown of each
+        ({"train": 3, "nonmember": 3, "attacker": 10}, 0.9, False),  # all known: nothing left to score
+        ({"train": 100, "nonmember": 3, "attacker": 10}, 0.2, False),  # 1 known of each: too few to train h
+    ],
+)
 def test_nasr_says_before_training_whether_its_known_set_fits_the_pools(sizes, fraction, ok):
     problem = NasrAttack(known_fraction=fraction).pool_problem(sizes)
     assert (problem is None) == ok, problem
@@ -477,7 +559,9 @@ def test_an_attack_that_cannot_run_on_the_pools_stops_the_run_before_training(tm
     datamodule = Digits(pool_limit=3)
     datamodule.setup("fit")
     module = MCMIA(data_spec=datamodule.spec, defense="none")
-    evaluation = PrivacyEvaluation(attacks=[NasrAttack(known_fraction=0.9)], records_dir=str(tmp_path), leaderboard_dir=None)
+    evaluation = PrivacyEvaluation(
+        attacks=[NasrAttack(known_fraction=0.9)], records_dir=str(tmp_path), leaderboard_dir=None
+    )
     with pytest.raises(BenchError, match="attack nasr cannot run on these pools: knowing 90%"):
         evaluation.check_preconditions(module, datamodule)
 
@@ -496,7 +580,7 @@ def test_the_epsilon_lower_bound_holds_its_confidence_on_scores_of_a_known_epsil
 
     epsilon, generator = 1.0, torch.Generator().manual_seed(0)
     members = torch.tensor([1] * 5000 + [0] * 5000)
-    keep = torch.rand(10000, generator=generator) < torch.e ** epsilon / (1 + torch.e ** epsilon)
+    keep = torch.rand(10000, generator=generator) < torch.e**epsilon / (1 + torch.e**epsilon)
     scores = torch.where(keep, members, 1 - members).double()
     bounds = [epsilon_lower_bound(scores, members, 0.0, torch.Generator().manual_seed(s))["epsilon"] for s in range(5)]
     assert all(0.7 < b <= epsilon for b in bounds), bounds
@@ -518,9 +602,14 @@ def test_the_epsilon_lower_bound_never_exceeds_the_accountants_on_a_dp_run():
 
 
 # ---------------------------------------------------------------------------- one shadow pool per evaluation
-SHARING = [LossThreshold(shadow_epochs=3), ShokriShadow(shadow_models=2, shadow_epochs=3, attack_epochs=5),
-           LiRA(shadow_models=4, shadow_epochs=3), RMIA(reference_models=2, shadow_epochs=3),
-           LiRAOnline(shadow_models=4, shadow_epochs=3), RMIAOnline(reference_models=2, shadow_epochs=3)]
+SHARING = [
+    LossThreshold(shadow_epochs=3),
+    ShokriShadow(shadow_models=2, shadow_epochs=3, attack_epochs=5),
+    LiRA(shadow_models=4, shadow_epochs=3),
+    RMIA(reference_models=2, shadow_epochs=3),
+    LiRAOnline(shadow_models=4, shadow_epochs=3),
+    RMIAOnline(reference_models=2, shadow_epochs=3),
+]
 
 
 @pytest.mark.parametrize("vectorize", [True, False], ids=["batched", "one_at_a_time"])
@@ -530,12 +619,18 @@ def test_attacks_sharing_one_pool_get_the_results_of_their_own_pools_and_the_poo
     target = _fit(MCMIA(data_spec=datamodule.spec, defense="none"), datamodule, 2)
     if not vectorize:  # the target's recipe one model at a time (the path of every defended target)
         original = ShadowModels.__init__
-        monkeypatch.setattr(ShadowModels, "__init__", lambda self, *args, **kwargs: original(
-            self, *args, **{**kwargs, "vectorize": False}))
+        monkeypatch.setattr(
+            ShadowModels,
+            "__init__",
+            lambda self, *args, **kwargs: original(self, *args, **{**kwargs, "vectorize": False}),
+        )
     trained = []
     original_fit = ShadowModels.fit
-    monkeypatch.setattr(ShadowModels, "fit", lambda self, *args, **kwargs: trained.append(self.count) or original_fit(
-        self, *args, **kwargs))
+    monkeypatch.setattr(
+        ShadowModels,
+        "fit",
+        lambda self, *args, **kwargs: trained.append(self.count) or original_fit(self, *args, **kwargs),
+    )
     shared = evaluate(target, datamodule, SHARING, seed=3)
     # sized for the attacks that need most: 4 offline (LiRA) and 4 online (LiRA online), not 1 + 2 + 4 + 2 + 4 + 2
     assert trained == [4, 4] and shared.cost["shadow_models_trained"] == 8
@@ -552,8 +647,11 @@ def test_attacks_sharing_one_pool_get_the_results_of_their_own_pools_and_the_poo
 def test_attacks_with_other_shadow_settings_get_other_pools():
     datamodule = RandomLabels(pool_limit=64)
     target = MCMIA(data_spec=datamodule.spec, defense="none")
-    attacks = [LiRA(shadow_models=2, shadow_epochs=2), LiRA(shadow_models=2, shadow_epochs=3),
-               LossThreshold(shadow_epochs=2, batch_size=16)]
+    attacks = [
+        LiRA(shadow_models=2, shadow_epochs=2),
+        LiRA(shadow_models=2, shadow_epochs=3),
+        LossThreshold(shadow_epochs=2, batch_size=16),
+    ]
     evaluation = evaluate(target, datamodule, attacks)
     assert evaluation.cost["shadow_models_trained"] == 5  # 2 + 2 + 1: epochs and batch size make other models
     assert [entry["details"]["shadow_pool"]["size"] for entry in evaluation.privacy] == [2, 2, 1]
@@ -568,8 +666,11 @@ def _cached_run(target, datamodule, cache, epochs=3, seed=3):
 def test_a_rerun_loads_its_shadow_pool_and_gets_the_same_numbers(vectorize, tmp_path, monkeypatch):
     if not vectorize:
         original = ShadowModels.__init__
-        monkeypatch.setattr(ShadowModels, "__init__", lambda self, *args, **kwargs: original(
-            self, *args, **{**kwargs, "vectorize": False}))
+        monkeypatch.setattr(
+            ShadowModels,
+            "__init__",
+            lambda self, *args, **kwargs: original(self, *args, **{**kwargs, "vectorize": False}),
+        )
     datamodule = RandomLabels(pool_limit=64)
     target = MCMIA(data_spec=datamodule.spec, defense="none")
     first = _cached_run(target, datamodule, tmp_path)
@@ -578,8 +679,10 @@ def test_a_rerun_loads_its_shadow_pool_and_gets_the_same_numbers(vectorize, tmp_
     assert again.cost["shadow_models_loaded"] == 2
     assert again.privacy[0]["metrics"] == first.privacy[0]["metrics"]
     # another shadow setting or another evaluation seed is another key: trained, never loaded
-    for other in (_cached_run(target, datamodule, tmp_path, epochs=2),
-                  _cached_run(target, datamodule, tmp_path, seed=4)):
+    for other in (
+        _cached_run(target, datamodule, tmp_path, epochs=2),
+        _cached_run(target, datamodule, tmp_path, seed=4),
+    ):
         assert other.cost["shadow_models_trained"] == 2 and other.cost["shadow_models_loaded"] == 0
 
 

@@ -52,18 +52,25 @@ def write_fake_celeba(root: Path, splits: list[int], size: tuple[int, int] = (20
     names = [f"{i + 1:06d}.jpg" for i in range(len(splits))]
     codes = [attribute_code(i) for i in range(len(splits))]
     for name in names:
-        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(folder / "img_align_celeba" / name)
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
+            folder / "img_align_celeba" / name
+        )
     sign = lambda bit: "1" if bit else "-1"  # noqa: E731  (the file's {-1, 1})
     (folder / "list_attr_celeba.txt").write_text(
-        f"{len(names)}\n" + " ".join(ATTRIBUTES) + " \n"
-        + "".join(f"{name}  " + "  ".join(sign(b) for b in code) + "\n" for name, code in zip(names, codes)))
+        f"{len(names)}\n"
+        + " ".join(ATTRIBUTES)
+        + " \n"
+        + "".join(f"{name}  " + "  ".join(sign(b) for b in code) + "\n" for name, code in zip(names, codes))
+    )
     (folder / "list_eval_partition.txt").write_text("".join(f"{name} {split}\n" for name, split in zip(names, splits)))
     (folder / "identity_CelebA.txt").write_text("".join(f"{name} {i % 3 + 1}\n" for i, name in enumerate(names)))
     (folder / "list_bbox_celeba.txt").write_text(
-        f"{len(names)}\nimage_id x_1 y_1 width height\n" + "".join(f"{name} 1 2 10 12\n" for name in names))
+        f"{len(names)}\nimage_id x_1 y_1 width height\n" + "".join(f"{name} 1 2 10 12\n" for name in names)
+    )
     (folder / "list_landmarks_align_celeba.txt").write_text(
         f"{len(names)}\nlefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y\n"
-        + "".join(f"{name} " + " ".join(["5"] * 10) + "\n" for name in names))
+        + "".join(f"{name} " + " ".join(["5"] * 10) + "\n" for name in names)
+    )
     return codes
 
 
@@ -141,13 +148,19 @@ def write_fake_cub(root: Path, count: int = 10) -> list[dict]:
     (archive / "images.txt").write_text("".join(f"{r['id']} {r['path']}\n" for r in rows))
     (archive / "image_class_labels.txt").write_text("".join(f"{r['id']} {r['label']}\n" for r in rows))
     (archive / "train_test_split.txt").write_text("".join(f"{r['id']} {int(r['train'])}\n" for r in rows))
-    (archive / "bounding_boxes.txt").write_text("".join(f"{r['id']} " + " ".join(f"{v:.1f}" for v in r["box"]) + "\n" for r in rows))
+    (archive / "bounding_boxes.txt").write_text(
+        "".join(f"{r['id']} " + " ".join(f"{v:.1f}" for v in r["box"]) + "\n" for r in rows)
+    )
     return rows
 
 
 def test_cub_crops_every_image_to_its_box_and_keeps_the_official_split(tmp_path):
     rows = write_fake_cub(tmp_path)
-    data = CUB200(data_dir=str(tmp_path), image_size=8, fractions={"train": 0.5, "val": 1 / 6, "nonmember": 1 / 6, "attacker": 1 / 6})
+    data = CUB200(
+        data_dir=str(tmp_path),
+        image_size=8,
+        fractions={"train": 0.5, "val": 1 / 6, "nonmember": 1 / 6, "attacker": 1 / 6},
+    )
     sources = data.load_sources()
     for split, is_training in (("train", True), ("test", False)):
         images, labels = sources[split]
@@ -224,7 +237,9 @@ def test_every_method_learns_attributes_or_refuses_them_in_one_line(name):
     method = registry.methods()[name]
     data = _DigitAttributes(batch_size=32, pool_limit=400)
     if "multilabel" not in method.tasks:
-        with pytest.raises(BenchError, match=f"{name} trains on multiclass targets, but digit_attributes has multilabel"):
+        with pytest.raises(
+            BenchError, match=f"{name} trains on multiclass targets, but digit_attributes has multilabel"
+        ):
             method(data_spec=data.spec)
         return
     torch.manual_seed(0)
@@ -246,9 +261,11 @@ def test_complex_alexnet_fits_and_is_evaluated_on_fake_celeba(tmp_path, unchecke
     model = ComplexNet(network="alexnet", n_critic=1, data_spec=data.spec)
     assert model.decryption[-1].out_features == 40
     quiet_trainer(max_epochs=1).fit(model, datamodule=data)
-    attacks = [FeatureInversion(decoder="upsampling", epochs=1, batch_size=4, progress=False),
-               PhaseInversion(decoder="upsampling", epochs=1, critic_epochs=1, grid=8, batch_size=4, progress=False),
-               LossThreshold(shadow_epochs=1)]
+    attacks = [
+        FeatureInversion(decoder="upsampling", epochs=1, batch_size=4, progress=False),
+        PhaseInversion(decoder="upsampling", epochs=1, critic_epochs=1, grid=8, batch_size=4, progress=False),
+        LossThreshold(shadow_epochs=1),
+    ]
     evaluation = evaluate(model, data, attacks)
     utility = evaluation.utility
     assert utility["accuracy"] == pytest.approx(1 - utility["mean_attribute_error"])
@@ -273,7 +290,11 @@ def test_the_complex_papers_baseline_trains_on_attributes(tmp_path, unchecked):
     before = [p.detach().clone() for p in model.parameters()]
     quiet_trainer(max_epochs=1).fit(model, datamodule=data)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    assert set(evaluate(model, data, []).utility) >= {"accuracy", "mean_attribute_error", "attribute_accuracy/Attribute_0"}
+    assert set(evaluate(model, data, []).utility) >= {
+        "accuracy",
+        "mean_attribute_error",
+        "attribute_accuracy/Attribute_0",
+    }
 
 
 @pytest.mark.slow
@@ -283,11 +304,31 @@ def test_the_tiny_celeba_config_runs_through_the_cli_and_the_leaderboard(tmp_pat
 
     write_fake_celeba(tmp_path / "data", SPLITS)
     monkeypatch.chdir(tmp_path)
-    attacks = ('[{"class_path": "FeatureInversion", "init_args": {"decoder": "upsampling", "epochs": 1, "progress": false}},'
-               ' {"class_path": "LossThreshold", "init_args": {"shadow_epochs": 1}}]')
-    main(["fit", "--config", "complex/alexnet_celeba_tiny", "--data.download", "false", "--data.num_workers", "0",
-          "--data.batch_size", "6", "--trainer.max_epochs", "1", "--trainer.logger", "false",
-          "--trainer.enable_progress_bar", "false", "--evaluation.attacks", attacks])
+    attacks = (
+        '[{"class_path": "FeatureInversion", "init_args": {"decoder": "upsampling", "epochs": 1, "progress": false}},'
+        ' {"class_path": "LossThreshold", "init_args": {"shadow_epochs": 1}}]'
+    )
+    main(
+        [
+            "fit",
+            "--config",
+            "complex/alexnet_celeba_tiny",
+            "--data.download",
+            "false",
+            "--data.num_workers",
+            "0",
+            "--data.batch_size",
+            "6",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--evaluation.attacks",
+            attacks,
+        ]
+    )
     record = load_records([tmp_path / "runs" / "leaderboard" / "records"]).records[0]
     assert record["dataset"]["name"] == "celeba" and record["dataset"]["spec"]["task"] == "multilabel"
     assert record["utility"]["accuracy"] == pytest.approx(1 - record["utility"]["mean_attribute_error"])
@@ -308,13 +349,38 @@ def test_the_cub_config_reads_the_archive_through_the_cli(tmp_path, monkeypatch)
 
     rows = write_fake_cub(tmp_path / "data", count=12)
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", "complex/vgg16_cub200", "--data.image_size", "32", "--data.num_workers", "0",
-          "--data.batch_size", "4", "--data.fractions", '{"train": 0.5, "val": 0.125, "nonmember": 0.125, "attacker": 0.25}',
-          "--model.n_critic", "1", "--trainer.max_epochs", "1", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-          "--evaluation.attacks", '[{"class_path": "FeatureInversion", "init_args": {"decoder": "upsampling", "epochs": 1, "progress": false}}]',
-          "--evaluation.leaderboard_dir", "null"])
+    main(
+        [
+            "fit",
+            "--config",
+            "complex/vgg16_cub200",
+            "--data.image_size",
+            "32",
+            "--data.num_workers",
+            "0",
+            "--data.batch_size",
+            "4",
+            "--data.fractions",
+            '{"train": 0.5, "val": 0.125, "nonmember": 0.125, "attacker": 0.25}',
+            "--model.n_critic",
+            "1",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--evaluation.attacks",
+            '[{"class_path": "FeatureInversion", "init_args": {"decoder": "upsampling", "epochs": 1, "progress": false}}]',
+            "--evaluation.leaderboard_dir",
+            "null",
+        ]
+    )
     record = load_records([tmp_path / "runs" / "leaderboard" / "records"]).records[0]
     assert record["dataset"]["name"] == "cub200" and record["dataset"]["spec"]["task"] == "multiclass"
     assert record["dataset"]["pool_sizes"]["test"] == sum(not r["train"] for r in rows)
     # one class per image: top-1 accuracy, no attribute entries (beside it only the chance-level check)
-    assert set(record["utility"]) - {"degenerate", "chance_accuracy"} == {"accuracy"} and record["paper"]["accuracy"] == 0.215
+    assert (
+        set(record["utility"]) - {"degenerate", "chance_accuracy"} == {"accuracy"}
+        and record["paper"]["accuracy"] == 0.215
+    )

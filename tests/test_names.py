@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import synthetic_spec
 from torch import nn
 
 from bench import registry as bench_registry
@@ -22,7 +23,6 @@ from bench.leaderboard import generate_leaderboard
 from bench.networks.complex import build_modules
 from bench.networks.registry import ARCHITECTURES, Role, build_network, network_names, resolve_network
 from bench.records import load_records
-from helpers import synthetic_spec
 
 RECORDS = Path(__file__).parent / "fixtures" / "records"
 CIFAR = synthetic_spec((3, 32, 32))
@@ -45,30 +45,53 @@ def _layers(built, role: Role) -> list[nn.Module]:
 
 
 def _shapes(built, role: Role) -> list[tuple[str, tuple[int, ...]]]:
-    return [(type(layer).__name__, tuple(p.shape)) for layer in _layers(built, role) for p in layer.parameters(recurse=False)]
+    return [
+        (type(layer).__name__, tuple(p.shape))
+        for layer in _layers(built, role)
+        for p in layer.parameters(recurse=False)
+    ]
 
 
 def _examples() -> list[tuple[str, Role]]:
-    return [(name, role) for architecture in ARCHITECTURES for role in architecture.roles
-            for name in _FAMILY_EXAMPLES.get(architecture.name, [architecture.name])]
+    return [
+        (name, role)
+        for architecture in ARCHITECTURES
+        for role in architecture.roles
+        for name in _FAMILY_EXAMPLES.get(architecture.name, [architecture.name])
+    ]
 
 
 # ---------------------------------------------------------------------------- the registry
-@pytest.mark.parametrize(("name", "role"), [(n, r) for n, r in _examples() if re.match(r"^[a-z]+(\d+)(?:_|$)", n)],
-                         ids=lambda v: getattr(v, "value", v))
+@pytest.mark.parametrize(
+    ("name", "role"),
+    [(n, r) for n, r in _examples() if re.match(r"^[a-z]+(\d+)(?:_|$)", n)],
+    ids=lambda v: getattr(v, "value", v),
+)
 def test_a_depth_in_a_name_is_the_number_of_weight_layers_in_every_role(name, role):
     # LeNet-5, VGG-16, ResNet-20: convolutions (not the ResNets' 1x1 shortcut projections) and fully-connected layers
     depth = int(re.match(r"^[a-z]+(\d+)", name).group(1))
     built = build_network(name, role, CIFAR)
-    weight_layers = [layer for layer in _layers(built, role)
-                     if isinstance(layer, nn.Linear) or (isinstance(layer, nn.Conv2d) and layer.kernel_size != (1, 1))]
+    weight_layers = [
+        layer
+        for layer in _layers(built, role)
+        if isinstance(layer, nn.Linear) or (isinstance(layer, nn.Conv2d) and layer.kernel_size != (1, 1))
+    ]
     assert len(weight_layers) == depth
 
 
 def test_every_method_builds_its_default_network_under_its_current_name():
     methods = {name: cls for name, cls in _suite_methods().items() if "network" in inspect.signature(cls).parameters}
-    assert {"SplitNetwork", "RAN", "NoisyInput", "ResizedDNN", "MCMIA", "DPSGD", "ComplexNet", "ComplexNetBaseline",
-            "Collaborative"} <= set(methods)
+    assert {
+        "SplitNetwork",
+        "RAN",
+        "NoisyInput",
+        "ResizedDNN",
+        "MCMIA",
+        "DPSGD",
+        "ComplexNet",
+        "ComplexNetBaseline",
+        "Collaborative",
+    } <= set(methods)
     registered = {name for role in Role for name in network_names(role)}
     for name, cls in methods.items():
         default = inspect.signature(cls).parameters["network"].default
@@ -79,9 +102,11 @@ def test_every_method_builds_its_default_network_under_its_current_name():
         assert module.hparams["network"] == default
 
 
-@pytest.mark.parametrize(("old", "new", "role"), [(old, new, role) for old, new in RENAMED_NETWORKS.items()
-                                                  for role in Role if new in network_names(role)],
-                         ids=lambda v: getattr(v, "value", v))
+@pytest.mark.parametrize(
+    ("old", "new", "role"),
+    [(old, new, role) for old, new in RENAMED_NETWORKS.items() for role in Role if new in network_names(role)],
+    ids=lambda v: getattr(v, "value", v),
+)
 def test_a_retired_network_name_warns_and_builds_the_same_architecture(old, new, role):
     with pytest.warns(BenchDeprecationWarning, match=f"network `{old}` is deprecated.*use `{new}`"):
         torch.manual_seed(0)
@@ -108,7 +133,9 @@ def test_an_unknown_network_gets_one_line_listing_the_valid_names(role):
 def test_a_network_of_another_role_says_which_roles_it_has_before_building_anything(monkeypatch):
     from bench.modules import RAN
 
-    monkeypatch.setattr("bench.modules.base.PrivacyModule.__init__", lambda *a, **k: pytest.fail("built before checking"))
+    monkeypatch.setattr(
+        "bench.modules.base.PrivacyModule.__init__", lambda *a, **k: pytest.fail("built before checking")
+    )
     with pytest.raises(BenchError, match="RAN: network 'cnn4' is defined as classifier only; .*lenet5, vgg9, vgg16$"):
         RAN(network="cnn4", data_spec=synthetic_spec((1, 8, 8)))
 
@@ -145,9 +172,27 @@ def test_a_renamed_argument_gives_the_same_method_under_its_old_name_and_records
 def test_old_names_in_a_config_still_run_and_the_record_says_the_new_ones(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.warns(BenchDeprecationWarning) as caught:
-        main(["fit", "--model", "RAN", "--model.k", "2", "--model.network", "lenet", "--data.pool_limit", "64",
-              "--trainer.max_steps", "1", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-              "--evaluation.attacks", "[]"])
+        main(
+            [
+                "fit",
+                "--model",
+                "RAN",
+                "--model.k",
+                "2",
+                "--model.network",
+                "lenet",
+                "--data.pool_limit",
+                "64",
+                "--trainer.max_steps",
+                "1",
+                "--trainer.logger",
+                "false",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--evaluation.attacks",
+                "[]",
+            ]
+        )
     messages = [str(warning.message) for warning in caught]
     assert any("`k` is deprecated" in m and "`stage_pairs`" in m for m in messages), messages
     assert any("network `lenet` is deprecated" in m and "`lenet5`" in m for m in messages), messages
@@ -160,8 +205,9 @@ def test_old_names_in_a_config_still_run_and_the_record_says_the_new_ones(tmp_pa
 def _ran_record(record_id: str, seed: int, hparams: dict, network: str) -> dict:
     record = copy.deepcopy(json.loads((RECORDS / "digits-ran.json").read_text()))
     record.update(record_id=record_id, seed=seed)
-    record["method"].update({"class": "bench.modules.ran.RAN", "name": "RAN", "network": network,
-                             "hparams": {"lam": 0.5, **hparams}})
+    record["method"].update(
+        {"class": "bench.modules.ran.RAN", "name": "RAN", "network": network, "hparams": {"lam": 0.5, **hparams}}
+    )
     return record
 
 
@@ -188,7 +234,9 @@ def test_a_record_from_before_the_renames_joins_the_row_of_a_new_run_of_the_same
 def test_records_of_other_packages_keep_their_names():
     method = {"class": "mypkg.methods.Mine", "network": "lenet", "hparams": {"k": 3, "network": "lenet"}}
     assert current_method_names(method) == method
-    suite = current_method_names({"class": "bench.modules.RAN", "network": "vgg", "hparams": {"k": 3, "network": "vgg"}})
+    suite = current_method_names(
+        {"class": "bench.modules.RAN", "network": "vgg", "hparams": {"k": 3, "network": "vgg"}}
+    )
     assert suite == {"class": "bench.modules.RAN", "network": "vgg9", "hparams": {"stage_pairs": 3, "network": "vgg9"}}
 
 

@@ -93,7 +93,9 @@ def test_mirror_decoder_gives_back_the_image_shape_in_unit_range(family, spec_na
 
 
 def test_mirror_decoder_inverts_a_hand_written_encoder_with_odd_sizes():
-    encoder = nn.Sequential(nn.Conv2d(3, 5, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(5 * 4 * 4, 12))
+    encoder = nn.Sequential(
+        nn.Conv2d(3, 5, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(5 * 4 * 4, 12)
+    )
     decoder = mirror_decoder(encoder, (3, 17, 15))
     with torch.no_grad():
         output = decoder(encoder(torch.rand(2, 3, 17, 15)))

@@ -38,7 +38,10 @@ def test_every_eta_r_lies_in_the_null_space_of_a(shape, rate, lam_noise):
     # line 14: each eta_r is scaled to [-1, 1], reaching one of the ends
     torch.testing.assert_close(eta_r.abs().amax(1), torch.ones(64, dtype=torch.float64))
     # so are the candidates R, and they lie in the null space too
-    assert torch.all((matrix.double() @ noise.candidates.double()).norm(dim=0) <= 1e-5 * torch.linalg.matrix_norm(matrix.double(), ord=2))
+    assert torch.all(
+        (matrix.double() @ noise.candidates.double()).norm(dim=0)
+        <= 1e-5 * torch.linalg.matrix_norm(matrix.double(), ord=2)
+    )
     torch.testing.assert_close(noise.candidates.abs().amax(0), torch.ones(noise.groups))
 
 
@@ -60,8 +63,9 @@ def test_measurements_of_x_noise_differ_from_those_of_x_by_eq_5s_constant(shape,
 def test_x_noise_stays_in_the_unit_interval_even_for_extreme_images(lam_noise):
     shape = (1, 28, 28)
     _, noise = _noise(shape, 0.1, lam_noise)
-    images = torch.cat([torch.zeros(1, *shape), torch.ones(1, *shape), _images(30, shape),
-                        (_images(30, shape, seed=1) > 0.5).float()])
+    images = torch.cat(
+        [torch.zeros(1, *shape), torch.ones(1, *shape), _images(30, shape), (_images(30, shape, seed=1) > 0.5).float()]
+    )
     noisy = noise(images)
     assert noisy.shape == images.shape
     assert noisy.min() >= 0 and noisy.max() <= 1
@@ -116,12 +120,15 @@ def test_the_same_seed_gives_the_same_noise():
         torch.testing.assert_close(buffer, dict(second.named_buffers())[name], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("arguments, message", [
-    ({"lam_noise": 0.0}, "lam_noise"),
-    ({"p": 0.0}, "p "),
-    ({"p": 1.5}, "p "),
-    ({"groups": 10_000}, "groups"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"lam_noise": 0.0}, "lam_noise"),
+        ({"p": 0.0}, "p "),
+        ({"p": 1.5}, "p "),
+        ({"groups": 10_000}, "groups"),
+    ],
+)
 def test_bad_hyper_parameters_are_rejected(arguments, message):
     matrix = gaussian_measurement_matrix(10, 64, seed=0)
     with pytest.raises(BenchError, match=message):

@@ -68,12 +68,18 @@ def test_a_user_package_method_resolves_only_when_the_user_names_it(mypkg):
         registry.resolve_class("method", "otherpkg.Method")
 
 
-@pytest.mark.parametrize("name, message", [
-    ("mypkg.NotAMethod", "'mypkg.NotAMethod' is not a method: it must be a subclass of bench.modules.base.PrivacyModule"),
-    ("mypkg.Missing", "module mypkg has no Missing"),
-    ("nosuchpkg.MyMethod", "cannot import method 'nosuchpkg.MyMethod' .*PYTHONPATH"),
-    ("bench.modules.base.PrivacyModule", "abstract base"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        (
+            "mypkg.NotAMethod",
+            "'mypkg.NotAMethod' is not a method: it must be a subclass of bench.modules.base.PrivacyModule",
+        ),
+        ("mypkg.Missing", "module mypkg has no Missing"),
+        ("nosuchpkg.MyMethod", "cannot import method 'nosuchpkg.MyMethod' .*PYTHONPATH"),
+        ("bench.modules.base.PrivacyModule", "abstract base"),
+    ],
+)
 def test_what_is_not_a_method_is_refused_in_one_line(mypkg, name, message, capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--model", name, "--print_config"])
@@ -93,12 +99,39 @@ def test_a_user_package_method_passes_the_contract_test(mypkg, tmp_path):
 def test_bench_fit_runs_a_method_from_a_user_package(mypkg):
     out = mypkg / "run"
     environment = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": os.pathsep.join([str(mypkg), str(REPOSITORY)])}
-    fit = subprocess.run([sys.executable, "-m", "bench.cli", "fit", "--config", "budget/tiny",
-                          "--model", "mypkg.MyMethod", "--data", "Digits", "--data.pool_limit", "48",
-                          "--trainer.max_epochs", "1", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-                          "--trainer.default_root_dir", str(out / "runs"), "--evaluation.records_dir", str(out / "records"),
-                          "--evaluation.leaderboard_dir", str(out / "leaderboard")],
-                         cwd=mypkg, env=environment, capture_output=True, text=True, timeout=300)
+    fit = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.cli",
+            "fit",
+            "--config",
+            "budget/tiny",
+            "--model",
+            "mypkg.MyMethod",
+            "--data",
+            "Digits",
+            "--data.pool_limit",
+            "48",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.default_root_dir",
+            str(out / "runs"),
+            "--evaluation.records_dir",
+            str(out / "records"),
+            "--evaluation.leaderboard_dir",
+            str(out / "leaderboard"),
+        ],
+        cwd=mypkg,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert fit.returncode == 0, fit.stderr[-3000:]
     record = load_records([out / "records"]).records[0]
     assert record["method"]["class"] == "mypkg.MyMethod"

@@ -7,6 +7,7 @@ import math
 import lightning as L
 import pytest
 import torch
+from helpers import synthetic_spec
 from torch import nn
 
 from bench.attacks import DECODERS, FeatureInversion, LearnedPhaseInversion, PhaseInversion
@@ -17,14 +18,17 @@ from bench.harness import evaluate
 from bench.modules import ComplexNet, ComplexNetBaseline, SplitNetwork
 from bench.networks.complex import rotate
 from bench.networks.unet import UNetDecoder
-from helpers import synthetic_spec
 
 
 def test_angle_error_is_wrapped_to_zero_pi():
     true = torch.tensor([0.1, 0.0, 3.0, 6.0, 1.0])
     estimated = torch.tensor([2 * math.pi - 0.1, math.pi, 3.0 + 4 * math.pi, 0.2, 1.0 + math.pi + 0.5])
-    torch.testing.assert_close(angle_error(estimated, true), torch.tensor([0.2, math.pi, 0.0, 2 * math.pi - 5.8, math.pi - 0.5]),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        angle_error(estimated, true),
+        torch.tensor([0.2, math.pi, 0.0, 2 * math.pi - 5.8, math.pi - 0.5]),
+        atol=1e-5,
+        rtol=0,
+    )
     random = angle_error(torch.rand(100_000) * 2 * math.pi, torch.rand(100_000) * 2 * math.pi)
     assert random.min() >= 0 and random.max() <= math.pi
     assert random.mean().item() == pytest.approx(math.pi / 2, abs=0.01)  # a blind guess
@@ -60,8 +64,14 @@ class _NoFooling(ComplexNet):
 
 
 def _fit(module, datamodule, epochs=5):
-    L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-              accelerator="cpu").fit(module, datamodule)
+    L.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    ).fit(module, datamodule)
     return module
 
 
@@ -69,7 +79,9 @@ def test_the_phase_is_found_without_a_fooling_counterpart_and_hidden_with_one():
     torch.manual_seed(0)
     datamodule = Digits(batch_size=64)
     attack = PhaseInversion(epochs=15, critic_epochs=15, progress=False)
-    exposed = evaluate(_fit(_NoFooling(data_spec=datamodule.spec, lr=3e-3, n_critic=1), datamodule), datamodule, [attack])
+    exposed = evaluate(
+        _fit(_NoFooling(data_spec=datamodule.spec, lr=3e-3, n_critic=1), datamodule), datamodule, [attack]
+    )
     (entry,) = exposed.privacy
     assert entry["attack"] == "phase_inversion"
     metrics = entry["metrics"]
@@ -80,7 +92,9 @@ def test_the_phase_is_found_without_a_fooling_counterpart_and_hidden_with_one():
     assert metrics["server_accuracy"] < exposed.utility["accuracy"] - 0.2
 
     torch.manual_seed(0)
-    hidden = evaluate(_fit(ComplexNet(data_spec=datamodule.spec, lr=3e-3, n_critic=1), datamodule), datamodule, [attack])
+    hidden = evaluate(
+        _fit(ComplexNet(data_spec=datamodule.spec, lr=3e-3, n_critic=1), datamodule), datamodule, [attack]
+    )
     assert hidden.privacy[0]["metrics"]["angle_error"] > metrics["angle_error"] + 0.2
     assert 0 <= hidden.privacy[0]["metrics"]["angle_error"] <= math.pi
     assert set(hidden.privacy[0]["metrics"]) == set(PhaseInversion.metric_directions)
@@ -98,15 +112,19 @@ def test_the_attack_applies_only_to_methods_that_expose_their_real_features():
         PhaseInversion(grid=1)
 
 
-@pytest.mark.parametrize(("released_shape", "image_shape"), [((12, 8, 8), (1, 8, 8)), ((6, 14, 14), (1, 28, 28)),
-                                                             ((32, 16, 16), (3, 32, 32)), ((5, 7, 9), (3, 20, 24))])
+@pytest.mark.parametrize(
+    ("released_shape", "image_shape"),
+    [((12, 8, 8), (1, 8, 8)), ((6, 14, 14), (1, 28, 28)), ((32, 16, 16), (3, 32, 32)), ((5, 7, 9), (3, 20, 24))],
+)
 def test_unet_decoder_maps_any_released_shape_to_the_image(released_shape, image_shape):
     decoder = UNetDecoder(released_shape, image_shape, width=8, convs_per_block=2)
     out = decoder(torch.randn(2, *released_shape))
     assert out.shape == (2, *image_shape) and out.min() >= 0 and out.max() <= 1
     # the paper's revision: six convolutions per block, as many levels as the image allows (at most four)
     paper = DECODERS["unet"](None, released_shape, image_shape)
-    assert all(sum(isinstance(layer, nn.Conv2d) for layer in block) == 6 for block in [paper.stem, *paper.down, *paper.up])
+    assert all(
+        sum(isinstance(layer, nn.Conv2d) for layer in block) == 6 for block in [paper.stem, *paper.down, *paper.up]
+    )
     assert len(paper.down) == min(4, int(math.log2(min(image_shape[1:]) // 4)))
 
 
@@ -117,27 +135,58 @@ def test_dec_x_with_the_unet_reads_complex_releases_as_two_real_channels():
     assert result.privacy[0]["details"]["decoder_used"] == "unet"
 
 
-
 @pytest.mark.slow
 def test_tiny_config_runs_both_inversion_strategies_and_both_phase_estimators(tmp_path, monkeypatch):
     from bench.cli import main
     from bench.records import load_records
 
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", "complex/tiny", "--data.pool_limit", "96", "--trainer.max_epochs", "1", "--trainer.logger", "false",
-          "--trainer.enable_progress_bar", "false", "--evaluation.leaderboard_dir", "null"])
+    main(
+        [
+            "fit",
+            "--config",
+            "complex/tiny",
+            "--data.pool_limit",
+            "96",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--evaluation.leaderboard_dir",
+            "null",
+        ]
+    )
     record = load_records([tmp_path / "runs" / "leaderboard" / "records"]).records[0]
     assert record["method"]["name"] == "ComplexNet"
     entries = {entry["attack"]: entry for entry in record["privacy"]}
     assert set(entries) == {"feature_inversion", "phase_inversion", "learned_phase_inversion"}  # both phase estimators
-    assert entries["feature_inversion"]["details"]["decoder_used"] == entries["phase_inversion"]["details"]["decoder_used"] == "unet_small"
+    assert (
+        entries["feature_inversion"]["details"]["decoder_used"]
+        == entries["phase_inversion"]["details"]["decoder_used"]
+        == "unet_small"
+    )
     assert 0 <= entries["phase_inversion"]["metrics"]["angle_error"] <= math.pi
-    assert set(record["artifacts"]) == {"feature_inversion_examples", "phase_inversion_examples", "learned_phase_inversion_examples"}
+    assert set(record["artifacts"]) == {
+        "feature_inversion_examples",
+        "phase_inversion_examples",
+        "learned_phase_inversion_examples",
+    }
 
 
 def _fit_estimator(released, theta, epochs=20):
-    return fit_phase_estimator(released, theta, torch.Generator().manual_seed(0), epochs=epochs, patience=10,
-                               validation_fraction=0.2, batch_size=64, lr=1e-2, width=8)
+    return fit_phase_estimator(
+        released,
+        theta,
+        torch.Generator().manual_seed(0),
+        epochs=epochs,
+        patience=10,
+        validation_fraction=0.2,
+        batch_size=64,
+        lr=1e-2,
+        width=8,
+    )
 
 
 def test_the_learned_estimator_reads_the_phase_off_a_constant_background():
@@ -170,8 +219,14 @@ def test_both_phase_attacks_report_the_angle_and_the_budget_of_each_learner():
     datamodule = Digits(pool_limit=128)
     module = ComplexNet(data_spec=datamodule.spec)  # untrained: the encoder's biases give the background a constant c
     common = dict(decoder="upsampling", epochs=2, patience=10, batch_size=32, progress=False)
-    evaluation = evaluate(module, datamodule, [PhaseInversion(critic_epochs=2, **common),
-                                               LearnedPhaseInversion(estimator_epochs=30, estimator_lr=1e-2, **common)])
+    evaluation = evaluate(
+        module,
+        datamodule,
+        [
+            PhaseInversion(critic_epochs=2, **common),
+            LearnedPhaseInversion(estimator_epochs=30, estimator_lr=1e-2, **common),
+        ],
+    )
     dprime, learned = evaluation.privacy
     assert (dprime["attack"], learned["attack"]) == ("phase_inversion", "learned_phase_inversion")
     assert set(dprime["details"]["training"]) == {"decoder", "critic"}
@@ -197,8 +252,11 @@ def test_both_phase_attacks_share_one_decoder_fit_without_changing_either_result
 
     fits = []
     fit = feature_inversion.FeatureInversion._fit_decoder
-    monkeypatch.setattr(feature_inversion.FeatureInversion, "_fit_decoder",
-                        lambda self, *args: fits.append(self.epochs) or fit(self, *args))
+    monkeypatch.setattr(
+        feature_inversion.FeatureInversion,
+        "_fit_decoder",
+        lambda self, *args: fits.append(self.epochs) or fit(self, *args),
+    )
     torch.manual_seed(0)
     datamodule = Digits(pool_limit=48)
     module = ComplexNet(data_spec=datamodule.spec)

@@ -7,14 +7,16 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import StepRecorder
+from helpers import quiet_trainer as _trainer
+from helpers import synthetic_spec as _spec
 
 from bench.datamodules import Digits
 from bench.errors import BenchError
 from bench.modules import RAN, NoisyInput
-from bench.modules.resized_dnn import ResizedDNN
 from bench.modules.noisy_input import LaplaceNoise
 from bench.modules.ran import reconstruction_error
-from helpers import StepRecorder, quiet_trainer as _trainer, synthetic_spec as _spec
+from bench.modules.resized_dnn import ResizedDNN
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 
@@ -59,8 +61,10 @@ def test_lambda_outside_the_unit_interval_is_rejected(lam):
         RAN(data_spec=_spec((1, 8, 8)), lam=lam)
 
 
-@pytest.mark.parametrize(("network", "shape"), [("lenet5", shape) for shape in SHAPES]
-                         + [("vgg9", shape) for shape in SHAPES if shape[1] >= 16])  # vgg9's 4 poolings need 16x16
+@pytest.mark.parametrize(
+    ("network", "shape"),
+    [("lenet5", shape) for shape in SHAPES] + [("vgg9", shape) for shape in SHAPES if shape[1] >= 16],
+)  # vgg9's 4 poolings need 16x16
 def test_decoder_mirrors_the_encoder_back_to_the_input_shape(shape, network):
     module = RAN(data_spec=_spec(shape), network=network).eval()
     images = torch.rand(2, *shape)

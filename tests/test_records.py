@@ -29,18 +29,36 @@ def make_record(**overrides) -> dict:
         "schema_version": SCHEMA_VERSION,
         "record_id": new_record_id(),
         "created": utc_now(),
-        "method": {"name": "SplitNetwork", "class": "bench.modules.SplitNetwork", "label": "Split (lenet)", "network": "lenet",
-                   "threat_models": ["feature_release"], "hparams": {"lr": 0.01}},
-        "dataset": {"name": "digits", "class": "bench.datamodules.Digits", "seed": 0,
-                    "pool_sizes": {"train": 718, "val": 179, "test": 359, "nonmember": 269, "attacker": 269}, "spec": {}},
+        "method": {
+            "name": "SplitNetwork",
+            "class": "bench.modules.SplitNetwork",
+            "label": "Split (lenet)",
+            "network": "lenet",
+            "threat_models": ["feature_release"],
+            "hparams": {"lr": 0.01},
+        },
+        "dataset": {
+            "name": "digits",
+            "class": "bench.datamodules.Digits",
+            "seed": 0,
+            "pool_sizes": {"train": 718, "val": 179, "test": 359, "nonmember": 269, "attacker": 269},
+            "spec": {},
+        },
         "seed": 0,
         "evaluation_seed": 1234,
         "config": {"model": {}, "data": {}, "trainer": {}},
         "run": {"world_size": 1, "effective_batch": 32, "precision": "32-true", "config_names": [], "budget": None},
         "utility": {"accuracy": 0.91},
-        "privacy": [{"attack": "feature_inversion", "threat_model": "feature_release", "config": {"epochs": 1},
-                     "metrics": {"mse": 0.05, "ssim": 0.4}, "directions": {"mse": "higher", "ssim": "lower"},
-                     "primary_metric": "ssim"}],
+        "privacy": [
+            {
+                "attack": "feature_inversion",
+                "threat_model": "feature_release",
+                "config": {"epochs": 1},
+                "metrics": {"mse": 0.05, "ssim": 0.4},
+                "directions": {"mse": "higher", "ssim": "lower"},
+                "primary_metric": "ssim",
+            }
+        ],
         "cost": {"parameters": 1000, "nonzero_parameters": 990, "released_bytes_per_sample": 256, "fit_seconds": 1.5},
         "paper": None,
         "software": {"bench": "0.1.0", "torch": "2", "lightning": "2", "python": "3"},
@@ -82,8 +100,9 @@ def test_load_records_accepts_files_and_folders_and_ignores_missing_paths(tmp_pa
 def test_non_json_values_are_serialised(tmp_path):
     np = pytest.importorskip("numpy")
     torch = pytest.importorskip("torch")
-    record = make_record(utility={"accuracy": np.float32(0.5), "top5": torch.tensor(0.75)},
-                         artifacts={"grid": tmp_path / "grid.png"})
+    record = make_record(
+        utility={"accuracy": np.float32(0.5), "top5": torch.tensor(0.75)}, artifacts={"grid": tmp_path / "grid.png"}
+    )
     record["config"]["shape"] = (1, 8, 8)
     write_record(record, tmp_path)
     loaded = load_records([tmp_path]).records[0]
@@ -279,7 +298,9 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     directory = tmp_path / "shared"
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
-    processes = [context.Process(target=_write_many, args=(str(directory), writer, per_writer)) for writer in range(writers)]
+    processes = [
+        context.Process(target=_write_many, args=(str(directory), writer, per_writer)) for writer in range(writers)
+    ]
     for process in processes:
         process.start()
     for process in processes:
@@ -293,23 +314,34 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     by_writer = {}
     for record in loaded.records:
         by_writer.setdefault(record["utility"]["writer"], []).append(record["utility"]["accuracy"])
-    assert {w: sorted(v) for w, v in by_writer.items()} == {w: [i / per_writer for i in range(per_writer)] for w in range(writers)}
+    assert {w: sorted(v) for w, v in by_writer.items()} == {
+        w: [i / per_writer for i in range(per_writer)] for w in range(writers)
+    }
     assert [name for name in _everything_in(directory) if not name.endswith(".json") or name.startswith(".")] == []
 
 
 def _hostile_files(directory: Path) -> dict[str, str]:
     """Record files that once crashed the leaderboard, by name -> a word of the expected problem."""
-    (directory / "hparams_null.json").write_text(json.dumps(make_record(method={**make_record()["method"], "hparams": None})))
+    (directory / "hparams_null.json").write_text(
+        json.dumps(make_record(method={**make_record()["method"], "hparams": None}))
+    )
     (directory / "nested.json").write_text("[" * 100_000 + "]" * 100_000)
-    nested_inside = json.dumps(make_record(artifacts={"deep": 0})).replace('"deep": 0', '"deep": ' + "[" * 50_000 + "]" * 50_000)
+    nested_inside = json.dumps(make_record(artifacts={"deep": 0})).replace(
+        '"deep": 0', '"deep": ' + "[" * 50_000 + "]" * 50_000
+    )
     (directory / "nested_inside.json").write_text(nested_inside)
     (directory / "version0.json").write_text(json.dumps(make_record(schema_version=0)))
     (directory / "nan.json").write_text(json.dumps(make_record(utility={"accuracy": float("nan")})))
     with (directory / "huge.json").open("wb") as huge:  # sparse: no disk is used
         huge.truncate(MAX_RECORD_BYTES + 1)
-    return {"hparams_null.json": "method.hparams", "nested.json": "nested too deeply",
-            "nested_inside.json": "nested too deeply", "version0.json": "not supported", "nan.json": "NaN",
-            "huge.json": "larger than any record"}
+    return {
+        "hparams_null.json": "method.hparams",
+        "nested.json": "nested too deeply",
+        "nested_inside.json": "nested too deeply",
+        "version0.json": "not supported",
+        "nan.json": "NaN",
+        "huge.json": "larger than any record",
+    }
 
 
 def test_hostile_record_files_are_one_line_problems(tmp_path):
@@ -320,7 +352,10 @@ def test_hostile_record_files_are_one_line_problems(tmp_path):
     problems = {path.name: message for path, message in loaded.problems}
     assert set(problems) == set(expected)
     for name, word in expected.items():
-        assert word in problems[name] and "\n" not in problems[name] and len(problems[name]) < 300, (name, problems[name])
+        assert word in problems[name] and "\n" not in problems[name] and len(problems[name]) < 300, (
+            name,
+            problems[name],
+        )
 
 
 def test_a_bad_record_never_breaks_the_leaderboard_command(tmp_path, capsys):
@@ -362,12 +397,18 @@ def test_the_migration_derives_the_run_facts_as_the_leaderboard_did():
 
     record = make_record(schema_version=1)
     del record["run"]
-    record["config"] = {"config": ["/somewhere/bench/configs/dnn/mnist.yaml", "mine.yaml"],
-                        "data": {"init_args": {"batch_size": 16}},
-                        "trainer": {"devices": 2, "num_nodes": 2, "accumulate_grad_batches": 3, "precision": "bf16",
-                                    "max_steps": 500}}
-    assert migrate_v1(record)["run"] == {"world_size": 4, "effective_batch": 192, "precision": "bf16-mixed",
-                                         "config_names": ["dnn/mnist", "mine"], "budget": {"unit": "steps", "value": 500}}
+    record["config"] = {
+        "config": ["/somewhere/bench/configs/dnn/mnist.yaml", "mine.yaml"],
+        "data": {"init_args": {"batch_size": 16}},
+        "trainer": {"devices": 2, "num_nodes": 2, "accumulate_grad_batches": 3, "precision": "bf16", "max_steps": 500},
+    }
+    assert migrate_v1(record)["run"] == {
+        "world_size": 4,
+        "effective_batch": 192,
+        "precision": "bf16-mixed",
+        "config_names": ["dnn/mnist", "mine"],
+        "budget": {"unit": "steps", "value": 500},
+    }
     record["training"] = {"epochs": 3, "world_size": 8}
     facts = migrate_v1(record)["run"]
     assert facts["world_size"] == 8 and facts["budget"] == {"unit": "epochs", "value": 3}
@@ -384,8 +425,15 @@ def test_a_schema_2_record_without_run_facts_is_refused():
 
 def test_a_failed_attack_is_an_entry_with_its_error_and_no_metrics(tmp_path):
     failed = make_record()
-    failed["privacy"].append({"attack": "nasr", "threat_model": "black_box_outputs", "metrics": {}, "directions": {},
-                              "error": "RuntimeError: out of memory"})
+    failed["privacy"].append(
+        {
+            "attack": "nasr",
+            "threat_model": "black_box_outputs",
+            "metrics": {},
+            "directions": {},
+            "error": "RuntimeError: out of memory",
+        }
+    )
     (record,) = load_records([write_record(failed, tmp_path)]).models
     assert [entry.attack for entry in record.failed_attacks] == ["nasr"] and record.privacy[0].error is None
     with pytest.raises(RecordError, match="error"):
@@ -396,7 +444,9 @@ def test_the_documented_json_schema_is_the_models():
     from bench.records import record_schema
 
     documented = Path(__file__).resolve().parent.parent / "docs" / "record.schema.json"
-    assert json.loads(documented.read_text()) == record_schema(), "regenerate: python -m bench.records > docs/record.schema.json"
+    assert json.loads(documented.read_text()) == record_schema(), (
+        "regenerate: python -m bench.records > docs/record.schema.json"
+    )
     assert {"run", "privacy", "method", "schema_version"} <= set(record_schema()["properties"])
 
 

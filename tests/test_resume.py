@@ -18,8 +18,10 @@ from bench.datamodules import Digits
 
 METHODS = sorted(registry.methods())
 #: variants whose own random streams the defaults do not exercise: Min-Max's member and reference batches
-VARIANTS = {"MCMIA-minmax": ("MCMIA", {"defense": "minmax", "k": 2}),
-            "MCMIA-pruning_minmax": ("MCMIA", {"defense": "pruning_minmax", "k": 2})}
+VARIANTS = {
+    "MCMIA-minmax": ("MCMIA", {"defense": "minmax", "k": 2}),
+    "MCMIA-pruning_minmax": ("MCMIA", {"defense": "pruning_minmax", "k": 2}),
+}
 
 
 class _StopAfterFirstEpoch(Callback):
@@ -34,16 +36,25 @@ def _fit(method, root, ckpt_path=None, interrupt=False, **hparams):
     datamodule = Digits(batch_size=16, pool_limit=48)
     module = method(data_spec=datamodule.spec, **hparams)
     checkpoints = ModelCheckpoint(dirpath=root / "checkpoints", save_last=True)
-    trainer = L.Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=1, num_sanity_val_steps=1,
-                        logger=False, accelerator="cpu", default_root_dir=root,
-                        callbacks=[checkpoints] + ([_StopAfterFirstEpoch()] if interrupt else []),
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        num_sanity_val_steps=1,
+        logger=False,
+        accelerator="cpu",
+        default_root_dir=root,
+        callbacks=[checkpoints] + ([_StopAfterFirstEpoch()] if interrupt else []),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, datamodule, ckpt_path=ckpt_path)
     return module, checkpoints, trainer
 
 
-@pytest.mark.parametrize("name, hparams", [(name, {}) for name in METHODS] + list(VARIANTS.values()),
-                         ids=METHODS + list(VARIANTS))
+@pytest.mark.parametrize(
+    "name, hparams", [(name, {}) for name in METHODS] + list(VARIANTS.values()), ids=METHODS + list(VARIANTS)
+)
 def test_resume_reproduces_the_straight_run(name, hparams, tmp_path):
     method = registry.methods()[name]
     straight, _, _ = _fit(method, tmp_path / "straight", **hparams)
@@ -73,7 +84,9 @@ def test_a_batch_stream_resumes_where_it_was():
         assert torch.equal(actual[0], expected[0]) and torch.equal(actual[1], expected[1])
     first_pass = torch.cat([labels for _, labels in batches[:7]])
     assert sorted(first_pass.tolist()) == sorted(pool.labels.tolist())  # a pass serves every sample once
-    assert not torch.equal(torch.cat([b[1] for b in batches[:7]]), torch.cat([b[1] for b in batches[7:14]]))  # reshuffled
+    assert not torch.equal(
+        torch.cat([b[1] for b in batches[:7]]), torch.cat([b[1] for b in batches[7:14]])
+    )  # reshuffled
 
 
 def test_a_malformed_random_state_is_one_clear_error():

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_bench
 
 from bench.datamodules import Digits
 from bench.errors import BenchError
 from bench.modules import SplitNetwork
-from helpers import run_bench
 
 # a module whose import alone leaves the marker: naming it in a file must not be enough to import it
 HOSTILE_MODULE = """
@@ -48,14 +48,26 @@ def _checkpoint(tmp_path: Path, *, bench_info=None, hparams=None, run_config=Non
     """A checkpoint as `bench fit` writes it (the parts `bench evaluate` reads), with fields overridden."""
     datamodule = Digits(pool_limit=24, batch_size=8)
     module = SplitNetwork(data_spec=datamodule.spec)
-    info = {"method_class": "bench.modules.split_network.SplitNetwork", "datamodule_class": "bench.datamodules.digits.Digits",
-            "datamodule_hparams": dict(datamodule.hparams), "bench_version": "0"}
+    info = {
+        "method_class": "bench.modules.split_network.SplitNetwork",
+        "datamodule_class": "bench.datamodules.digits.Digits",
+        "datamodule_hparams": dict(datamodule.hparams),
+        "bench_version": "0",
+    }
     info.update(bench_info or {})
     if run_config is not None:
         info["run_config"] = run_config
     path = tmp_path / "model.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": {**dict(module.hparams), **(hparams or {})},
-                "bench": info, "epoch": 1, "global_step": global_step}, path)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": {**dict(module.hparams), **(hparams or {})},
+            "bench": info,
+            "epoch": 1,
+            "global_step": global_step,
+        },
+        path,
+    )
     return path
 
 
@@ -76,15 +88,27 @@ SHELL = {"args": ["touch", "pwned"]}
 EVALUATE = ["--evaluation.attacks", "[]", "--evaluation.leaderboard_dir", "null", "--device", "cpu"]
 
 
-@pytest.mark.parametrize("route", [
-    {"bench_info": {"datamodule_class": "subprocess.run", "datamodule_hparams": SHELL}},
-    {"bench_info": {"method_class": "subprocess.run"}},
-    {"bench_info": {"datamodule_class": "os.system", "datamodule_hparams": {"command": "touch pwned"}}},
-    {"bench_info": {"datamodule_class": "hostile_module_for_test.Evil"}},
-    {"bench_info": {"method_class": "hostile_module_for_test.Evil"}},
-    {"bench_info": {"datamodule_class": "bench.datamodules.base.PrivacyDataModule"}},  # imported, but not a registered class
-], ids=["datamodule=subprocess.run", "method=subprocess.run", "datamodule=os.system", "datamodule=new module",
-        "method=new module", "abstract base"])
+@pytest.mark.parametrize(
+    "route",
+    [
+        {"bench_info": {"datamodule_class": "subprocess.run", "datamodule_hparams": SHELL}},
+        {"bench_info": {"method_class": "subprocess.run"}},
+        {"bench_info": {"datamodule_class": "os.system", "datamodule_hparams": {"command": "touch pwned"}}},
+        {"bench_info": {"datamodule_class": "hostile_module_for_test.Evil"}},
+        {"bench_info": {"method_class": "hostile_module_for_test.Evil"}},
+        {
+            "bench_info": {"datamodule_class": "bench.datamodules.base.PrivacyDataModule"}
+        },  # imported, but not a registered class
+    ],
+    ids=[
+        "datamodule=subprocess.run",
+        "method=subprocess.run",
+        "datamodule=os.system",
+        "datamodule=new module",
+        "method=new module",
+        "abstract base",
+    ],
+)
 def test_evaluate_builds_only_registered_classes(route, hostile, capsys):
     path = _checkpoint(hostile.parent, **route)
     code, output = run_bench(["evaluate", str(path), *EVALUATE], capsys)
@@ -93,11 +117,15 @@ def test_evaluate_builds_only_registered_classes(route, hostile, capsys):
     assert not hostile.exists(), "a class named by the checkpoint was imported or called"
 
 
-@pytest.mark.parametrize("attack", [
-    {"class_path": "subprocess.run", "init_args": SHELL},
-    {"class_path": "hostile_module_for_test.Evil"},
-    {"class_path": "hostile_module_for_test.run", "init_args": {}},
-], ids=["subprocess.run", "new module", "function of a new module"])
+@pytest.mark.parametrize(
+    "attack",
+    [
+        {"class_path": "subprocess.run", "init_args": SHELL},
+        {"class_path": "hostile_module_for_test.Evil"},
+        {"class_path": "hostile_module_for_test.run", "init_args": {}},
+    ],
+    ids=["subprocess.run", "new module", "function of a new module"],
+)
 def test_evaluate_attacks_only_with_registered_attacks_named_by_the_checkpoint(attack, hostile, capsys):
     path = _checkpoint(hostile.parent, run_config={"evaluation": {"attacks": [attack]}})
     code, output = run_bench(["evaluate", str(path), "--evaluation.leaderboard_dir", "null", "--device", "cpu"], capsys)
@@ -127,7 +155,9 @@ def test_ckpt_path_never_unpickles_objects(subcommand, hostile, capsys, monkeypa
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     path = hostile.parent / "hostile.ckpt"
     torch.save({"state_dict": {}, "payload": _Payload(hostile)}, path)
-    code, output = run_bench([subcommand, "--trainer.logger", "false", "--trainer.max_epochs", "1", "--ckpt_path", str(path)], capsys)
+    code, output = run_bench(
+        [subcommand, "--trainer.logger", "false", "--trainer.max_epochs", "1", "--ckpt_path", str(path)], capsys
+    )
     assert code == 1
     assert "refusing checkpoint" in _error_line(output)
     assert not hostile.exists()
@@ -147,24 +177,31 @@ def test_the_registry_never_imports_a_path_it_was_not_allowed_to(hostile):
 
 
 def test_records_never_choose_code(hostile):
-    from bench.leaderboard import generate_leaderboard
     from test_records import make_record
+
+    from bench.leaderboard import generate_leaderboard
     from bench.records import write_record
 
     record = make_record()
     record["method"]["class"] = "hostile_module_for_test.Evil"
-    record["config"] = {"model": {"class_path": "hostile_module_for_test.Evil", "init_args": {}},
-                        "evaluation": {"attacks": [{"class_path": "subprocess.run", "init_args": SHELL}]}}
+    record["config"] = {
+        "model": {"class_path": "hostile_module_for_test.Evil", "init_args": {}},
+        "evaluation": {"attacks": [{"class_path": "subprocess.run", "init_args": SHELL}]},
+    }
     write_record(record, hostile.parent / "records")
     result = generate_leaderboard([hostile.parent / "records"], hostile.parent / "board")
     assert result.rows == 1 and not hostile.exists()
 
 
-@pytest.mark.parametrize("hparams", [{"_class_path": "hostile_module_for_test.Evil"}, {"_class_path": "subprocess.run", **SHELL}])
+@pytest.mark.parametrize(
+    "hparams", [{"_class_path": "hostile_module_for_test.Evil"}, {"_class_path": "subprocess.run", **SHELL}]
+)
 def test_ckpt_path_cannot_choose_the_model_class(hparams, hostile, capsys):
     # LightningCLI turns the checkpoint's hyper_parameters._class_path into the model's class_path
     path = _checkpoint(hostile.parent, hparams=hparams)
-    code, output = run_bench(["fit", "--trainer.logger", "false", "--trainer.max_epochs", "1", "--ckpt_path", str(path)], capsys)
+    code, output = run_bench(
+        ["fit", "--trainer.logger", "false", "--trainer.max_epochs", "1", "--ckpt_path", str(path)], capsys
+    )
     assert code == 1 and "not a registered method" in _error_line(output)
     assert not hostile.exists()
 
@@ -178,9 +215,20 @@ def _fit(tmp_path, *, datamodule=None, module=None, evaluation=None, **trainer_o
 
     datamodule = datamodule or Digits(pool_limit=24, batch_size=8)
     module = module or SplitNetwork(data_spec=datamodule.spec)
-    evaluation = evaluation or PrivacyEvaluation(attacks=[], records_dir=str(tmp_path / "records"), leaderboard_dir=None)
-    options = dict(max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                   enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0)
+    evaluation = evaluation or PrivacyEvaluation(
+        attacks=[], records_dir=str(tmp_path / "records"), leaderboard_dir=None
+    )
+    options = dict(
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+    )
     trainer = L.Trainer(**{**options, **trainer_options}, callbacks=[evaluation])
     trainer.fit(module, datamodule)
     return trainer, evaluation
@@ -191,26 +239,37 @@ def test_an_unwritable_output_folder_fails_before_training(option, tmp_path):
     from bench.callbacks import PrivacyEvaluation
 
     (tmp_path / "a_file").write_text("not a folder")
-    folders = {"records_dir": str(tmp_path / "records"), "leaderboard_dir": str(tmp_path / "board"),
-               option: str(tmp_path / "a_file" / "out")}
+    folders = {
+        "records_dir": str(tmp_path / "records"),
+        "leaderboard_dir": str(tmp_path / "board"),
+        option: str(tmp_path / "a_file" / "out"),
+    }
     module = SplitNetwork(data_spec=Digits(pool_limit=24).spec)
     with pytest.raises(BenchError, match=f"--evaluation.{option} .* is not writable"):
         _fit(tmp_path, module=module, evaluation=PrivacyEvaluation(attacks=[], **folders))
     assert module.global_step == 0, "the check must come before training"
 
 
-@pytest.mark.parametrize("attacker_share, attacks, message", [
-    (0.001, [], "the harness cannot run on these pools: attacker pool 1 \\(needs 2\\)"),
-    (0.002, ["LossThreshold"], "attack loss_threshold cannot run on these pools: attacker pool 3 \\(needs 4\\)"),
-])
+@pytest.mark.parametrize(
+    "attacker_share, attacks, message",
+    [
+        (0.001, [], "the harness cannot run on these pools: attacker pool 1 \\(needs 2\\)"),
+        (0.002, ["LossThreshold"], "attack loss_threshold cannot run on these pools: attacker pool 3 \\(needs 4\\)"),
+    ],
+)
 def test_too_small_pools_fail_before_training(attacker_share, attacks, message, tmp_path):
     from bench import registry
     from bench.callbacks import PrivacyEvaluation
 
-    datamodule = Digits(batch_size=8, fractions={"train": 0.5, "val": 0.1, "test": 0.2, "nonmember": 0.1, "attacker": attacker_share})
+    datamodule = Digits(
+        batch_size=8, fractions={"train": 0.5, "val": 0.1, "test": 0.2, "nonmember": 0.1, "attacker": attacker_share}
+    )
     module = SplitNetwork(data_spec=datamodule.spec)
-    evaluation = PrivacyEvaluation(attacks=[registry.attacks()[name]() for name in attacks],
-                                   records_dir=str(tmp_path / "records"), leaderboard_dir=None)
+    evaluation = PrivacyEvaluation(
+        attacks=[registry.attacks()[name]() for name in attacks],
+        records_dir=str(tmp_path / "records"),
+        leaderboard_dir=None,
+    )
     with pytest.raises(BenchError, match=message):
         _fit(tmp_path, datamodule=datamodule, module=module, evaluation=evaluation)
     assert module.global_step == 0
@@ -223,7 +282,9 @@ def test_zero_epochs_is_refused_unless_asked(tmp_path):
     with pytest.raises(BenchError, match="--trainer.max_epochs 0: the model would not train"):
         _fit(tmp_path, max_epochs=0)
     assert not list((tmp_path / "records").glob("*.json"))
-    evaluation = PrivacyEvaluation(attacks=[], records_dir=str(tmp_path / "records"), leaderboard_dir=None, allow_untrained=True)
+    evaluation = PrivacyEvaluation(
+        attacks=[], records_dir=str(tmp_path / "records"), leaderboard_dir=None, allow_untrained=True
+    )
     _fit(tmp_path, max_epochs=0, evaluation=evaluation)
     (record,) = load_records([tmp_path / "records"]).records
     assert record["training"]["global_step"] == 0 and record["utility"]["degenerate"] is True
@@ -254,8 +315,9 @@ def test_the_chance_level_rule():
 def test_a_bad_record_in_the_folder_never_costs_a_run_its_record_or_summary(tmp_path, capsys):
     import json
 
-    from bench.callbacks import PrivacyEvaluation
     from test_records import make_record
+
+    from bench.callbacks import PrivacyEvaluation
 
     records = tmp_path / "records"
     records.mkdir()
@@ -290,31 +352,83 @@ def _bad_inputs(tmp: Path) -> None:
 
 LOCAL = ["fit", "--data", "LocalFolder", "--data.data_dir", "{tmp}", "--trainer.logger", "false"]
 BAD_INPUT = {
-    ".npy of objects": ([*LOCAL, "--data.images", "objects.npy", "--data.labels", "labels.npy"], 1, "holds Python objects"),
-    "truncated .npy": ([*LOCAL, "--data.images", "truncated.npy", "--data.labels", "labels.npy"], 1, "truncated or not a .npy"),
-    "float labels": ([*LOCAL, "--data.images", "images.npy", "--data.labels", "float_labels.npy"], 1, "non-negative integers"),
+    ".npy of objects": (
+        [*LOCAL, "--data.images", "objects.npy", "--data.labels", "labels.npy"],
+        1,
+        "holds Python objects",
+    ),
+    "truncated .npy": (
+        [*LOCAL, "--data.images", "truncated.npy", "--data.labels", "labels.npy"],
+        1,
+        "truncated or not a .npy",
+    ),
+    "float labels": (
+        [*LOCAL, "--data.images", "images.npy", "--data.labels", "float_labels.npy"],
+        1,
+        "non-negative integers",
+    ),
     "--ckpt_path missing": (["fit", "--trainer.logger", "false", "--ckpt_path", "{tmp}/missing.ckpt"], 1, "not found"),
-    "--ckpt_path truncated": (["fit", "--trainer.logger", "false", "--ckpt_path", "{tmp}/truncated.ckpt"], 1, "cannot read checkpoint"),
-    "--ckpt_path not Lightning": (["fit", "--trainer.logger", "false", "--ckpt_path", "{tmp}/plain.ckpt"], 1,
-                                  "not a Lightning checkpoint"),
-    "--ckpt_path hostile pickle": (["fit", "--trainer.logger", "false", "--ckpt_path", "{tmp}/hostile.ckpt"], 1, "refusing checkpoint"),
-    "--ckpt_path URL": (["fit", "--trainer.logger", "false", "--ckpt_path", "http://example.com/x.ckpt"], 1, "only local files"),
-    "--ckpt_path of another method": (["fit", "--model", "RAN", "--trainer.logger", "false", "--ckpt_path", "{tmp}/model.ckpt"], 1,
-                                      "was written by bench.modules.split_network.SplitNetwork, but this run's --model is "
-                                      "bench.modules.ran.RAN"),
+    "--ckpt_path truncated": (
+        ["fit", "--trainer.logger", "false", "--ckpt_path", "{tmp}/truncated.ckpt"],
+        1,
+        "cannot read checkpoint",
+    ),
+    "--ckpt_path not Lightning": (
+        ["fit", "--trainer.logger", "false", "--ckpt_path", "{tmp}/plain.ckpt"],
+        1,
+        "not a Lightning checkpoint",
+    ),
+    "--ckpt_path hostile pickle": (
+        ["fit", "--trainer.logger", "false", "--ckpt_path", "{tmp}/hostile.ckpt"],
+        1,
+        "refusing checkpoint",
+    ),
+    "--ckpt_path URL": (
+        ["fit", "--trainer.logger", "false", "--ckpt_path", "http://example.com/x.ckpt"],
+        1,
+        "only local files",
+    ),
+    "--ckpt_path of another method": (
+        ["fit", "--model", "RAN", "--trainer.logger", "false", "--ckpt_path", "{tmp}/model.ckpt"],
+        1,
+        "was written by bench.modules.split_network.SplitNetwork, but this run's --model is bench.modules.ran.RAN",
+    ),
     "evaluate hostile pickle": (["evaluate", "{tmp}/hostile.ckpt"], 1, "refusing checkpoint"),
-    "misspelled --model.lrr": (["fit", "--model.lrr", "0.1"], 2, "SplitNetwork has no argument 'lrr'; did you mean lr?"),
-    "misspelled RAN key": (["fit", "--model", "RAN", "--model.lamm", "0.1"], 2, "RAN has no argument 'lamm'; did you mean lam?"),
-    "unknown attack class": (["fit", "--evaluation.attacks", '[{"class_path": "FeatureInvertion"}]'], 2,
-                             "unknown attack class 'FeatureInvertion'; did you mean FeatureInversion"),
+    "misspelled --model.lrr": (
+        ["fit", "--model.lrr", "0.1"],
+        2,
+        "SplitNetwork has no argument 'lrr'; did you mean lr?",
+    ),
+    "misspelled RAN key": (
+        ["fit", "--model", "RAN", "--model.lamm", "0.1"],
+        2,
+        "RAN has no argument 'lamm'; did you mean lam?",
+    ),
+    "unknown attack class": (
+        ["fit", "--evaluation.attacks", '[{"class_path": "FeatureInvertion"}]'],
+        2,
+        "unknown attack class 'FeatureInvertion'; did you mean FeatureInversion",
+    ),
     "wrong type": (["fit", "--trainer.max_epochs", "abc"], 2, "--trainer.max_epochs: expected int or null, got 'abc'"),
     "unknown option": (["fit", "--trainer.maxepochs", "3"], 2, "unrecognized arguments: --trainer.maxepochs"),
     "YAML syntax error": (["fit", "--config", "{tmp}/broken.yaml"], 1, "broken.yaml, line 4, column 1: not valid YAML"),
     "zero epochs": (["fit", "--trainer.max_epochs", "0", "--trainer.logger", "false"], 1, "the model would not train"),
-    "attacker pool of 1": (["fit", "--data.fractions", '{"train": 0.5, "val": 0.1, "test": 0.2, "nonmember": 0.1, "attacker": 0.001}',
-                            "--trainer.logger", "false"], 1, "attacker pool 1 (needs 2)"),
-    "unwritable records_dir": (["fit", "--evaluation.records_dir", "{tmp}/images.npy/records", "--trainer.logger", "false"], 1,
-                               "--evaluation.records_dir {tmp}/images.npy/records is not writable"),
+    "attacker pool of 1": (
+        [
+            "fit",
+            "--data.fractions",
+            '{"train": 0.5, "val": 0.1, "test": 0.2, "nonmember": 0.1, "attacker": 0.001}',
+            "--trainer.logger",
+            "false",
+        ],
+        1,
+        "attacker pool 1 (needs 2)",
+    ),
+    "unwritable records_dir": (
+        ["fit", "--evaluation.records_dir", "{tmp}/images.npy/records", "--trainer.logger", "false"],
+        1,
+        "--evaluation.records_dir {tmp}/images.npy/records is not writable",
+    ),
     "misspelled command": (["fitt"], 1, "unknown command 'fitt'; did you mean 'fit'?"),
 }
 
@@ -343,15 +457,30 @@ def test_help_lists_every_command(capsys):
     for args in ([], ["--help"], ["-h"]):
         code, output = run_bench(args, capsys)
         assert code == 0
-        listed = [line.split()[0] for line in output.splitlines() if line.startswith("  ") and not line.strip().startswith("-")]
+        listed = [
+            line.split()[0]
+            for line in output.splitlines()
+            if line.startswith("  ") and not line.strip().startswith("-")
+        ]
         assert listed == list(COMMANDS)
         assert set(COMMANDS) == {"fit", "validate", "test", "predict", "evaluate", "leaderboard", "list", "sweep"}
 
 
 def test_a_checkpoint_written_by_bench_fit_resumes_through_the_command_line(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    quick = ["fit", "--trainer.logger", "false", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
-             "--data.pool_limit", "24", "--evaluation.enabled", "false"]
+    quick = [
+        "fit",
+        "--trainer.logger",
+        "false",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+        "--data.pool_limit",
+        "24",
+        "--evaluation.enabled",
+        "false",
+    ]
     code, output = run_bench([*quick, "--trainer.max_epochs", "1"], capsys)
     assert code == 0, output[-3000:]
     last = tmp_path / "runs" / "checkpoints" / "last.ckpt"
@@ -363,8 +492,20 @@ def test_a_checkpoint_written_by_bench_fit_resumes_through_the_command_line(tmp_
 
 # ----------------------------------------------------------------------------- --ckpt_path never chooses code
 # every route that reads a checkpoint: what it names is only looked up among registered classes, never imported
-QUICK = ["--trainer.logger", "false", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
-         "--trainer.limit_val_batches", "1", "--data.pool_limit", "24", "--evaluation.enabled", "false"]
+QUICK = [
+    "--trainer.logger",
+    "false",
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.limit_train_batches",
+    "1",
+    "--trainer.limit_val_batches",
+    "1",
+    "--data.pool_limit",
+    "24",
+    "--evaluation.enabled",
+    "false",
+]
 EVIL = "hostile_module_for_test.Evil"
 
 
@@ -373,8 +514,13 @@ def _weights_only_checkpoint(path: Path, hyper_parameters: dict, bench_info=None
     import lightning
 
     module = method(data_spec=Digits(pool_limit=24).spec)
-    raw = {"state_dict": module.state_dict(), "hyper_parameters": hyper_parameters, "epoch": 0, "global_step": 1,
-           "pytorch-lightning_version": lightning.__version__}
+    raw = {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": hyper_parameters,
+        "epoch": 0,
+        "global_step": 1,
+        "pytorch-lightning_version": lightning.__version__,
+    }
     if bench_info is not None:
         raw["bench"] = bench_info
     torch.save(raw, path)
@@ -389,8 +535,14 @@ def _refused(args, hostile, capsys) -> str:
 
 
 def _splitnetwork_hparams(**changes) -> dict:
-    return {"_class_path": "bench.modules.SplitNetwork", "network": "lenet5", "lr": 0.003, "weight_decay": 0.0,
-            "_instantiator": "lightning.pytorch.cli.instantiate_module", **changes}
+    return {
+        "_class_path": "bench.modules.SplitNetwork",
+        "network": "lenet5",
+        "lr": 0.003,
+        "weight_decay": 0.0,
+        "_instantiator": "lightning.pytorch.cli.instantiate_module",
+        **changes,
+    }
 
 
 HOSTILE_HPARAMS = {

@@ -60,8 +60,11 @@ def test_every_tiny_config_runs_as_shipped(config, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("method", sorted(registry.methods()))
 def test_every_method_runs_on_the_default_data_with_every_attack(method, tmp_path, monkeypatch):
-    record = _run(["fit", "--model", method, "--data", "Digits", "--trainer.max_epochs", "2", "--config", "budget/tiny"],
-                  tmp_path, monkeypatch)
+    record = _run(
+        ["fit", "--model", method, "--data", "Digits", "--trainer.max_epochs", "2", "--config", "budget/tiny"],
+        tmp_path,
+        monkeypatch,
+    )
     method_class = registry.methods()[method]
     from bench.testing import tiny_attacks
 

@@ -23,10 +23,28 @@ from bench.sweeps.slots import release, take
 
 ATTACKS = json.dumps([{"class_path": "FeatureInversion", "init_args": {"epochs": 1, "progress": False}}])
 #: a training of two batches, one cheap attack, records and leaderboard in the working folder
-TINY = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
-        "--data.pool_limit", "64", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false", "--evaluation.attacks", ATTACKS,
-        "--evaluation.records_dir", "records", "--evaluation.leaderboard_dir", "board"]
+TINY = [
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.limit_train_batches",
+    "2",
+    "--trainer.limit_val_batches",
+    "1",
+    "--data.pool_limit",
+    "64",
+    "--trainer.logger",
+    "false",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--evaluation.attacks",
+    ATTACKS,
+    "--evaluation.records_dir",
+    "records",
+    "--evaluation.leaderboard_dir",
+    "board",
+]
 TWO_POINTS = "runs:\n  - config: dnn/tiny\n    grid:\n      model.lr: [0.003, 0.01]\n"
 
 
@@ -46,13 +64,16 @@ def test_grid_points_become_command_line_overrides():
     assert len(commands) == 1 + 5 + 5 + 5
 
 
-@pytest.mark.parametrize("content, message", [
-    ("runs: []", "non-empty list"),
-    ("runs:\n  - grid: {model.lam: [0.1]}", "needs a `config`"),
-    ("runs:\n  - config: ran/tiny\n    grid: {model.lam: []}", "non-empty list of values"),
-    ("runs:\n  - config: no/such/config", "no config file"),
-    ("runs: [", "cannot read sweep"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("runs: []", "non-empty list"),
+        ("runs:\n  - grid: {model.lam: [0.1]}", "needs a `config`"),
+        ("runs:\n  - config: ran/tiny\n    grid: {model.lam: []}", "non-empty list of values"),
+        ("runs:\n  - config: no/such/config", "no config file"),
+        ("runs: [", "cannot read sweep"),
+    ],
+)
 def test_bad_sweeps_are_explained(content, message, tmp_path):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(content)
@@ -63,8 +84,11 @@ def test_bad_sweeps_are_explained(content, message, tmp_path):
 def test_bad_point_arguments_fail_before_anything_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("sweep.yaml").write_text(TWO_POINTS)
-    with pytest.raises(BenchError, match=r"sweep point 1 \(--config dnn/tiny --model.lr 0.003 --model.no_such_option 1\): "
-                                        r"invalid arguments: --model.no_such_option: SplitNetwork has no argument 'no_such_option'"):
+    with pytest.raises(
+        BenchError,
+        match=r"sweep point 1 \(--config dnn/tiny --model.lr 0.003 --model.no_such_option 1\): "
+        r"invalid arguments: --model.no_such_option: SplitNetwork has no argument 'no_such_option'",
+    ):
         launch("sweep.yaml", extra_args=["--model.no_such_option", "1"], report=lambda line: None)
     assert not Path("runs").exists()
 
@@ -88,7 +112,9 @@ def test_point_key_is_the_resolved_settings(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     base = point_key(resolve_config(["fit", "--config", "dnn/tiny"]))
-    assert point_key(resolve_config(["fit", "--config", "dnn/tiny", "--model.lr", "0.003"])) == base  # the config's value
+    assert (
+        point_key(resolve_config(["fit", "--config", "dnn/tiny", "--model.lr", "0.003"])) == base
+    )  # the config's value
     assert point_key(resolve_config(["fit", "--config", "dnn/tiny", "--model.lr", "0.004"])) != base
     edited = tmp_path / "tiny.yaml"
     edited.write_text(registry.configs()["dnn/tiny"].read_text().replace("max_epochs: 5", "max_epochs: 6"))
@@ -130,10 +156,15 @@ def test_jobs_cap_the_gpus_and_first_fit_lets_small_points_pass_a_big_one():
     assert next_start([2], capacity) is None
 
 
-@pytest.mark.parametrize("jobs, gpus, per_gpu, message", [
-    (0, [], 1, "at least 1"), (5, ["0", "1"], 2, "more than 2 GPU"), (None, ["0", "0"], 1, "twice"),
-    (None, ["0"], 0, "per_gpu"),
-])
+@pytest.mark.parametrize(
+    "jobs, gpus, per_gpu, message",
+    [
+        (0, [], 1, "at least 1"),
+        (5, ["0", "1"], 2, "more than 2 GPU"),
+        (None, ["0", "0"], 1, "twice"),
+        (None, ["0"], 0, "per_gpu"),
+    ],
+)
 def test_bad_node_options_are_explained(jobs, gpus, per_gpu, message):
     with pytest.raises(BenchError, match=message):
         node_capacity(jobs, gpus, per_gpu)
@@ -167,16 +198,21 @@ class _FakePoint(Point):
 
 
 def _fake(number, code, tmp_path, devices=1):
-    point = _FakePoint(number, ["fit", f"point{number}"], {"trainer": {"devices": devices}}, f"{number:064d}",
-                       tmp_path / f"p{number}")
+    point = _FakePoint(
+        number, ["fit", f"point{number}"], {"trainer": {"devices": devices}}, f"{number:064d}", tmp_path / f"p{number}"
+    )
     point.code = code
     return point
 
 
 def test_points_run_at_once_and_a_failure_stops_nothing(tmp_path):
     sleep = "import os, time; time.sleep(0.5); print('threads', os.environ['OMP_NUM_THREADS'])"
-    points = [_fake(1, sleep, tmp_path), _fake(2, "raise SystemExit(3)", tmp_path), _fake(3, sleep, tmp_path),
-              _fake(4, sleep, tmp_path, devices=2)]
+    points = [
+        _fake(1, sleep, tmp_path),
+        _fake(2, "raise SystemExit(3)", tmp_path),
+        _fake(3, sleep, tmp_path),
+        _fake(4, sleep, tmp_path, devices=2),
+    ]
     lines = []
     outcomes = run_on_node(points, node_capacity(jobs=2, gpus=[]), threads=1, resume=True, report=lines.append)
     assert [o.status for o in outcomes] == ["done", "failed", "done", "done"]
@@ -208,8 +244,10 @@ def test_an_interrupted_point_resumes_from_its_last_checkpoint(tmp_path):
 def _metrics(records_dir: Path) -> dict[str, tuple]:
     loaded = load_records([records_dir])
     assert not loaded.problems
-    return {record["config"]["sweep_point"]: (record["utility"], [(e["attack"], e["metrics"]) for e in record["privacy"]])
-            for record in loaded.records}
+    return {
+        record["config"]["sweep_point"]: (record["utility"], [(e["attack"], e["metrics"]) for e in record["privacy"]])
+        for record in loaded.records
+    }
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +261,11 @@ def two_sweeps(tmp_path_factory):
             Path("sweep.yaml").write_text(TWO_POINTS)
             lines = []
             # one thread each in both: a different thread count changes float reductions in the last digits
-            results[jobs] = (folder, launch("sweep.yaml", jobs=jobs, threads=1, extra_args=TINY, report=lines.append), lines)
+            results[jobs] = (
+                folder,
+                launch("sweep.yaml", jobs=jobs, threads=1, extra_args=TINY, report=lines.append),
+                lines,
+            )
     return results
 
 
@@ -266,19 +308,49 @@ def test_rerunning_skips_recorded_points_and_a_failed_point_stops_nothing(two_sw
 def test_slurm_dry_run_shows_the_arrays(tmp_path, monkeypatch, capsys):
     pytest.importorskip("submitit")
     monkeypatch.chdir(tmp_path)
-    Path("sweep.yaml").write_text("runs:\n  - config: dnn/tiny\n    grid: {model.lr: [0.003, 0.01]}\n"
-                                  "  - config: ran/tiny\n    grid: {trainer.devices: [2], trainer.strategy: [ddp]}\n")
-    main(["sweep", "sweep.yaml", "--launcher", "slurm", "--dry_run", "--partition", "gpu", "--time_min", "90",
-          "--mem_gb", "32", "--cpus_per_task", "8", "--slurm_parameters", '{"account": "proj"}'])
+    Path("sweep.yaml").write_text(
+        "runs:\n  - config: dnn/tiny\n    grid: {model.lr: [0.003, 0.01]}\n"
+        "  - config: ran/tiny\n    grid: {trainer.devices: [2], trainer.strategy: [ddp]}\n"
+    )
+    main(
+        [
+            "sweep",
+            "sweep.yaml",
+            "--launcher",
+            "slurm",
+            "--dry_run",
+            "--partition",
+            "gpu",
+            "--time_min",
+            "90",
+            "--mem_gb",
+            "32",
+            "--cpus_per_task",
+            "8",
+            "--slurm_parameters",
+            '{"account": "proj"}',
+        ]
+    )
     out = capsys.readouterr().out
     arrays = out.split("bench sweep: would submit an array of ")[1:]
     assert [array.split(" task")[0] for array in arrays] == ["2", "1"]
     single, ddp = arrays
-    for flag in ("--partition=gpu", "--time=90", "--mem=32GB", "--cpus-per-task=8", "--account=proj", "--signal=USR2@120"):
+    for flag in (
+        "--partition=gpu",
+        "--time=90",
+        "--mem=32GB",
+        "--cpus-per-task=8",
+        "--account=proj",
+        "--signal=USR2@120",
+    ):
         assert f"#SBATCH {flag}" in single and f"#SBATCH {flag}" in ddp
-    assert "#SBATCH --array=0-1%2" in single and "#SBATCH --ntasks-per-node=1" in single and "--gpus-per-node=1" in single
+    assert (
+        "#SBATCH --array=0-1%2" in single and "#SBATCH --ntasks-per-node=1" in single and "--gpus-per-node=1" in single
+    )
     # a 2-GPU point: one task per GPU, Lightning's SLURMEnvironment makes them one DDP group
-    assert "#SBATCH --ntasks-per-node=2" in ddp and "#SBATCH --gpus-per-node=2" in ddp and "#SBATCH --array=0-0%1" in ddp
+    assert (
+        "#SBATCH --ntasks-per-node=2" in ddp and "#SBATCH --gpus-per-node=2" in ddp and "#SBATCH --array=0-0%1" in ddp
+    )
     assert "task 0: point 3: " in ddp and "--trainer.devices 2" in ddp and "--sweep_point" in ddp
     assert not Path("runs/sweeps/sweep/submitit").exists()
 
@@ -296,7 +368,9 @@ def test_a_preempted_task_requeues_from_its_last_checkpoint(tmp_path):
     submitit = pytest.importorskip("submitit")
     from bench.sweeps.slurm import PointTask
 
-    task = PointTask(["python", "-m", "bench.cli", "fit"], str(tmp_path / "last.ckpt"), str(tmp_path / "fit.log"), str(tmp_path))
+    task = PointTask(
+        ["python", "-m", "bench.cli", "fit"], str(tmp_path / "last.ckpt"), str(tmp_path / "fit.log"), str(tmp_path)
+    )
     assert isinstance(task, submitit.helpers.Checkpointable)
     assert task.checkpoint().function.command == task.command  # nothing saved yet: start over
     (tmp_path / "last.ckpt").write_bytes(b"")
@@ -318,28 +392,60 @@ def test_slurm_path_through_submitits_debug_executor(tmp_path, monkeypatch):
     assert json.loads(outcome.record.read_text())["config"]["sweep_point"] == outcome.point.key
     assert outcome.point.last_checkpoint.exists()  # what a requeued task would resume from
     assert result.leaderboards == [Path("board/README.md")]
-    assert launch("sweep.yaml", launcher="slurm", cluster="debug", extra_args=TINY,
-                  report=lines.append).outcomes[0].status == "skipped"
+    assert (
+        launch("sweep.yaml", launcher="slurm", cluster="debug", extra_args=TINY, report=lines.append).outcomes[0].status
+        == "skipped"
+    )
 
 
 # ---------------------------------------------------------------------- the shipped tiny sweep
 @pytest.mark.slow
 def test_tiny_sweep_fills_the_leaderboard_with_the_trade_off(tmp_path):
     attacks = '[{"class_path": "FeatureInversion", "init_args": {"epochs": 2, "progress": false}}, {"class_path": "OwnDecoder"}]'
-    run = subprocess.run([sys.executable, "-m", "bench.cli", "sweep", "ran_tiny", "--jobs", "2", "--trainer.max_epochs", "6",
-                          "--data.pool_limit", "300", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-                          "--evaluation.attacks", attacks], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.cli",
+            "sweep",
+            "ran_tiny",
+            "--jobs",
+            "2",
+            "--trainer.max_epochs",
+            "6",
+            "--data.pool_limit",
+            "300",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--evaluation.attacks",
+            attacks,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "5 done, 0 failed, 0 skipped" in run.stdout
     rows = list(csv.DictReader((tmp_path / "runs" / "leaderboard" / "leaderboard.csv").open()))
     methods = {row["method"] for row in rows}
-    assert methods == {"DNN", "RAN (lam=0.1)", "RAN (lam=0.9)", "Noisy (noise_factor=0.5)", "DNN(resized) (noise_factor=0.5)"}
+    assert methods == {
+        "DNN",
+        "RAN (lam=0.1)",
+        "RAN (lam=0.9)",
+        "Noisy (noise_factor=0.5)",
+        "DNN(resized) (noise_factor=0.5)",
+    }
     # RAN's own decoder is reported beside the separately trained one
     ran = next(row for row in rows if row["method"] == "RAN (lam=0.1)")
     assert ran["own_decoder.mse_mean"] and ran["feature_inversion.mse_mean"]
     # one plot per experiment (rows whose attacks ran with different configurations are separate experiments)
     experiments = {row["experiment"] for row in rows}
-    assert len(list((tmp_path / "runs" / "leaderboard" / "plots").glob("feature_release__digits_*.png"))) == len(experiments)
+    assert len(list((tmp_path / "runs" / "leaderboard" / "plots").glob("feature_release__digits_*.png"))) == len(
+        experiments
+    )
 
 
 # ---------------------------------------------------------------------- W&B: a sweep's points, one group
@@ -358,15 +464,25 @@ def test_points_are_grouped_by_sweep_and_named_by_their_settings_in_wandb(tmp_pa
         assert (logger["group"], logger["name"]) == ("lr_sweep", point.wandb_name)
 
 
-@pytest.mark.parametrize("logger, expected", [
-    (False, []),
-    ({"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "x"}}, []),
-    ([{"class_path": "bench.loggers.BenchWandbLogger"}], []),  # several loggers: the command line cannot address one
-    ({"class_path": "bench.loggers.BenchWandbLogger", "init_args": {"group": "mine", "name": None}},
-     ["--trainer.logger.init_args.name", "ran/tiny model.lam=0.1"]),
-    ({"class_path": "bench.loggers.BenchWandbLogger", "init_args": {"group": None, "name": None}},
-     ["--trainer.logger.init_args.group", "s", "--trainer.logger.init_args.name", "ran/tiny model.lam=0.1"]),
-])
+@pytest.mark.parametrize(
+    "logger, expected",
+    [
+        (False, []),
+        ({"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "x"}}, []),
+        (
+            [{"class_path": "bench.loggers.BenchWandbLogger"}],
+            [],
+        ),  # several loggers: the command line cannot address one
+        (
+            {"class_path": "bench.loggers.BenchWandbLogger", "init_args": {"group": "mine", "name": None}},
+            ["--trainer.logger.init_args.name", "ran/tiny model.lam=0.1"],
+        ),
+        (
+            {"class_path": "bench.loggers.BenchWandbLogger", "init_args": {"group": None, "name": None}},
+            ["--trainer.logger.init_args.group", "s", "--trainer.logger.init_args.name", "ran/tiny model.lam=0.1"],
+        ),
+    ],
+)
 def test_wandb_arguments_leave_other_loggers_and_a_users_choices_alone(logger, expected, tmp_path):
     from bench.registry import CONFIG_DIR
 
@@ -380,8 +496,10 @@ def test_a_settings_name_never_reads_as_anything_but_text():
 
     from bench.sweeps.grid import settings_name
 
-    assert settings_name(["fit", "--config", "x.yaml", "--trainer.logger", "false", "--flag", "--k=v"]) == \
-        "x.yaml trainer.logger=false flag k=v"
+    assert (
+        settings_name(["fit", "--config", "x.yaml", "--trainer.logger", "false", "--flag", "--k=v"])
+        == "x.yaml trainer.logger=false flag k=v"
+    )
     tricky = settings_name(["fit", "--config", "x.yaml", "--evaluation.attacks", '[{"class_path": "X"}]'])
     assert yaml.safe_load(tricky) == tricky and tricky.startswith("x.yaml evaluation.attacks=")
 

@@ -28,7 +28,12 @@ def test_every_transformation_keeps_shape_dtype_and_range(shape):
 
 def test_the_library_is_table_5_on_autoaugments_scale():
     assert len(LIBRARY) == 50
-    assert [(t.operation, t.level) for t in LIBRARY[:4]] == [("invert", 7), ("contrast", 6), ("rotate", 2), ("translateX", 9)]
+    assert [(t.operation, t.level) for t in LIBRARY[:4]] == [
+        ("invert", 7),
+        ("contrast", 6),
+        ("rotate", 2),
+        ("translateX", 9),
+    ]
     assert (LIBRARY[18].operation, LIBRARY[18].level, LIBRARY[43].operation) == ("contrast", 7, "translateY")
     assert LIBRARY[3].magnitude == pytest.approx(150 / 331) and LIBRARY[2].magnitude == pytest.approx(30 * 2 / 9)
     assert MAGNITUDES["posterize"][0] == 8 and MAGNITUDES["posterize"][-1] == 4
@@ -37,20 +42,31 @@ def test_the_library_is_table_5_on_autoaugments_scale():
 # The reference's definitions (gaow0007/ATSPrivacy, autoaugment.py: SubPolicy), written out here as facts: its
 # magnitude ranges, and each operation as the PIL call it makes (rotation: counter-clockwise by +m, composited
 # over grey 128; shears bicubic; translations nearest; enhance factors 1 +- m; fill black).
-REFERENCE_RANGES = {"shearX": np.linspace(0, 0.3, 10), "shearY": np.linspace(0, 0.3, 10),
-                    "translateX": np.linspace(0, 150 / 331, 10), "translateY": np.linspace(0, 150 / 331, 10),
-                    "rotate": np.linspace(0, 30, 10), "color": np.linspace(0.0, 0.5, 10),
-                    "posterize": np.round(np.linspace(8, 4, 10), 0).astype(int), "solarize": np.linspace(256, 0, 10),
-                    "contrast": np.linspace(0.0, 0.5, 10), "sharpness": np.linspace(0.0, 0.5, 10),
-                    "brightness": np.linspace(0.0, 0.5, 10)}
+REFERENCE_RANGES = {
+    "shearX": np.linspace(0, 0.3, 10),
+    "shearY": np.linspace(0, 0.3, 10),
+    "translateX": np.linspace(0, 150 / 331, 10),
+    "translateY": np.linspace(0, 150 / 331, 10),
+    "rotate": np.linspace(0, 30, 10),
+    "color": np.linspace(0.0, 0.5, 10),
+    "posterize": np.round(np.linspace(8, 4, 10), 0).astype(int),
+    "solarize": np.linspace(256, 0, 10),
+    "contrast": np.linspace(0.0, 0.5, 10),
+    "sharpness": np.linspace(0.0, 0.5, 10),
+    "brightness": np.linspace(0.0, 0.5, 10),
+}
 
 
 def _reference_render(image, operation, level, sign):
     from PIL import Image, ImageEnhance, ImageOps
 
     m = REFERENCE_RANGES[operation][level] if operation in REFERENCE_RANGES else 0
-    affine = {"shearX": (1, m * sign, 0, 0, 1, 0), "shearY": (1, 0, 0, m * sign, 1, 0),
-              "translateX": (1, 0, m * image.size[0] * sign, 0, 1, 0), "translateY": (1, 0, 0, 0, 1, m * image.size[1] * sign)}
+    affine = {
+        "shearX": (1, m * sign, 0, 0, 1, 0),
+        "shearY": (1, 0, 0, m * sign, 1, 0),
+        "translateX": (1, 0, m * image.size[0] * sign, 0, 1, 0),
+        "translateY": (1, 0, 0, 0, 1, m * image.size[1] * sign),
+    }
     if operation.startswith("shear"):
         return image.transform(image.size, Image.AFFINE, affine[operation], Image.BICUBIC, fillcolor=0)
     if operation.startswith("translate"):
@@ -58,15 +74,21 @@ def _reference_render(image, operation, level, sign):
     if operation == "rotate":
         turned = image.convert("RGBA").rotate(m)
         return Image.composite(turned, Image.new("RGBA", turned.size, (128,) * 4), turned).convert(image.mode)
-    enhance = {"color": ImageEnhance.Color, "contrast": ImageEnhance.Contrast, "sharpness": ImageEnhance.Sharpness,
-               "brightness": ImageEnhance.Brightness}
+    enhance = {
+        "color": ImageEnhance.Color,
+        "contrast": ImageEnhance.Contrast,
+        "sharpness": ImageEnhance.Sharpness,
+        "brightness": ImageEnhance.Brightness,
+    }
     if operation in enhance:
         return enhance[operation](image).enhance(1 + m * sign)
     if operation == "posterize":
         return ImageOps.posterize(image, int(m))
     if operation == "solarize":
         return ImageOps.solarize(image, m)
-    return {"autocontrast": ImageOps.autocontrast, "equalize": ImageOps.equalize, "invert": ImageOps.invert}[operation](image)
+    return {"autocontrast": ImageOps.autocontrast, "equalize": ImageOps.equalize, "invert": ImageOps.invert}[operation](
+        image
+    )
 
 
 def _fixed_image():
@@ -91,8 +113,11 @@ def test_every_operation_renders_as_the_reference_defines_it(transformation):
     image = torch.from_numpy(pixels.copy()).double().div(255).view(1, 1, 28, 28)
     for sign in (1, -1):
         ours = transformation(image, torch.tensor([sign]))[0, 0] * 255
-        reference = torch.from_numpy(np.asarray(_reference_render(Image.fromarray(pixels, "L"), transformation.operation,
-                                                                   transformation.level, sign)).astype(np.float64))
+        reference = torch.from_numpy(
+            np.asarray(
+                _reference_render(Image.fromarray(pixels, "L"), transformation.operation, transformation.level, sign)
+            ).astype(np.float64)
+        )
         difference = (ours - reference).abs()
         assert difference.max() <= TOLERANCE.get(transformation.operation, 0.5), (sign, difference.max())
         if transformation.operation.startswith("shear"):
@@ -108,13 +133,17 @@ def test_the_reference_magnitudes_shifts_and_factors():
     assert torch.equal(shifted[..., :15], image[..., 13:]) and torch.equal(shifted[..., 15:], torch.zeros(1, 1, 28, 13))
     assert pil_shift(LIBRARY[21].magnitude * 28) == 7 and pil_shift(LIBRARY[3].magnitude * 32) == 15
     # the enhance family tops out at a factor 1.5 (reference), 1.9 (AutoAugment)
-    assert MAGNITUDES["brightness"][9] == pytest.approx(0.5) and MAGNITUDES_BY_VARIANT["autoaugment"]["brightness"][9] == pytest.approx(0.9)
+    assert MAGNITUDES["brightness"][9] == pytest.approx(0.5) and MAGNITUDES_BY_VARIANT["autoaugment"]["brightness"][
+        9
+    ] == pytest.approx(0.9)
     torch.testing.assert_close(LIBRARY[15](image, torch.tensor([1])), (1.5 * image).clamp(0, 1))
     torch.testing.assert_close(LIBRARY[15](image, torch.tensor([-1])), 0.5 * image)
     torch.testing.assert_close(LIBRARY[15](image, torch.tensor([1]), "autoaugment"), (1.9 * image).clamp(0, 1))
     # rotation: one direction whatever the sign in the reference; both in AutoAugment
     assert torch.equal(LIBRARY[2](image, torch.tensor([1])), LIBRARY[2](image, torch.tensor([-1])))
-    assert not torch.equal(LIBRARY[2](image, torch.tensor([1]), "autoaugment"), LIBRARY[2](image, torch.tensor([-1]), "autoaugment"))
+    assert not torch.equal(
+        LIBRARY[2](image, torch.tensor([1]), "autoaugment"), LIBRARY[2](image, torch.tensor([-1]), "autoaugment")
+    )
     # its uncovered corners are grey 128 in the reference, black in AutoAugment
     corner = LIBRARY[2](torch.ones(1, 1, 28, 28), torch.tensor([1]))[0, 0, 0, 0]
     assert corner.item() == pytest.approx(128 / 255, abs=1e-6)
@@ -134,7 +163,9 @@ def test_a_policy_first_crops_with_padding_4_and_flips_as_the_reference_pipeline
     assert found == len(images)
     moved = (restored - images).abs().flatten(1).amax(1) > 0
     assert 40 < moved.sum() <= 64  # most draws move or mirror the image (1/162 keep it)
-    torch.testing.assert_close(parse_policy("29", crop_flip=False)(images, torch.Generator().manual_seed(3)), 1 - images)
+    torch.testing.assert_close(
+        parse_policy("29", crop_flip=False)(images, torch.Generator().manual_seed(3)), 1 - images
+    )
 
 
 def test_policies_parse_print_and_reject_bad_strings():

@@ -72,7 +72,9 @@ def _check_variant(variant: str) -> None:
         raise BenchError(f"unknown privacy-score variant '{variant}'; choose one of {list(SCORE_VARIANTS)}")
 
 
-def interpolation_steps(points: int, variant: str = "reference", dtype=torch.float64, device=None) -> tuple[Tensor, Tensor]:
+def interpolation_steps(
+    points: int, variant: str = "reference", dtype=torch.float64, device=None
+) -> tuple[Tensor, Tensor]:
     """The steps i of x'(i) and their quadrature weights (summing to 1): j / K for j = 0..K with trapezoid
     weights (reference), or j / K for j < K with weights 1 / K (Eq. 7)."""
     _check_variant(variant)
@@ -98,7 +100,9 @@ def _grad_sim(along: Sequence[Tensor], reference: Sequence[Tensor], layerwise: b
     parameter tensors of each one's cosine (the reference's ``cal_dis(..., 'cos')`` averaged over layers) or one
     cosine over all parameters together (Eq. 5 as printed)."""
     if layerwise:
-        return torch.stack([F.cosine_similarity(a, r, dim=-1, eps=COSINE_EPS) for a, r in zip(along, reference)]).mean(0)
+        return torch.stack([F.cosine_similarity(a, r, dim=-1, eps=COSINE_EPS) for a, r in zip(along, reference)]).mean(
+            0
+        )
     return F.cosine_similarity(torch.cat(list(along), -1), torch.cat(list(reference), -1), dim=-1, eps=COSINE_EPS)
 
 
@@ -119,10 +123,18 @@ def _starts(images: Tensor, starts: Optional[Tensor], generator: Optional[torch.
     return starts
 
 
-def privacy_score(model: nn.Module, policy: Optional[Policy], images: Tensor, labels: Tensor,
-                  points: int = REFERENCE_POINTS, starts: Optional[Tensor] = None,
-                  generator: Optional[torch.Generator] = None, chunk: int = 256, variant: str = "reference",
-                  per_sample: str = "statistics") -> Tensor:
+def privacy_score(
+    model: nn.Module,
+    policy: Optional[Policy],
+    images: Tensor,
+    labels: Tensor,
+    points: int = REFERENCE_POINTS,
+    starts: Optional[Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    chunk: int = 256,
+    variant: str = "reference",
+    per_sample: str = "statistics",
+) -> Tensor:
     """S_pri on ``model`` (put in eval mode) for ``images`` (D, C, H, W) with ``labels`` (D,): float64.
 
     ``per_sample`` chooses how the per-sample gradients are formed: ``statistics`` (the default: one batched
@@ -192,9 +204,16 @@ def privacy_score(model: nn.Module, policy: Optional[Policy], images: Tensor, la
     return total / len(images)
 
 
-def privacy_score_loop(model: nn.Module, policy: Optional[Policy], images: Tensor, labels: Tensor,
-                       points: int = REFERENCE_POINTS, starts: Optional[Tensor] = None,
-                       generator: Optional[torch.Generator] = None, variant: str = "reference") -> Tensor:
+def privacy_score_loop(
+    model: nn.Module,
+    policy: Optional[Policy],
+    images: Tensor,
+    labels: Tensor,
+    points: int = REFERENCE_POINTS,
+    starts: Optional[Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    variant: str = "reference",
+) -> Tensor:
     """:func:`privacy_score` as the authors' code computes it: one image and one interpolation point at a time
     (batch 1, one backward per point)."""
     model.eval()
@@ -218,7 +237,9 @@ def privacy_score_loop(model: nn.Module, policy: Optional[Policy], images: Tenso
 
 def _check_reduction(reduction: str) -> None:
     if reduction not in REDUCTIONS:
-        raise BenchError(f"unknown S_acc reduction '{reduction}'; choose 'sum' (the reference's scale) or 'mean' (Eq. 10 as printed)")
+        raise BenchError(
+            f"unknown S_acc reduction '{reduction}'; choose 'sum' (the reference's scale) or 'mean' (Eq. 10 as printed)"
+        )
 
 
 def _score_of_round(jacobian: Tensor, reduction: str) -> Tensor:
@@ -249,7 +270,9 @@ def input_jacobians(model: nn.Module, images: Tensor) -> Tensor:
     return gradient.flatten(1)
 
 
-def _transformed_rounds(policy: Optional[Policy], batches: Batches, generator: Optional[torch.Generator]) -> list[Tensor]:
+def _transformed_rounds(
+    policy: Optional[Policy], batches: Batches, generator: Optional[torch.Generator]
+) -> list[Tensor]:
     rounds = list(batches)
     if not rounds:
         raise BenchError("S_acc needs at least one round of images")
@@ -258,8 +281,13 @@ def _transformed_rounds(policy: Optional[Policy], batches: Batches, generator: O
     return list(transformed.split(sizes))
 
 
-def accuracy_score(model: nn.Module, policy: Optional[Policy], batches: Batches,
-                   generator: Optional[torch.Generator] = None, reduction: str = "sum") -> Tensor:
+def accuracy_score(
+    model: nn.Module,
+    policy: Optional[Policy],
+    batches: Batches,
+    generator: Optional[torch.Generator] = None,
+    reduction: str = "sum",
+) -> Tensor:
     """S_acc of Eq. 10 on the randomly initialised ``model``, averaged over rounds: ``batches`` is (R, N, C, H, W)
     or a list of (N_r, C, H, W) rounds (:func:`class_representatives` gives the reference's)."""
     _check_reduction(reduction)
@@ -268,8 +296,13 @@ def accuracy_score(model: nn.Module, policy: Optional[Policy], batches: Batches,
     return _score_from_jacobians(rows, reduction)
 
 
-def accuracy_score_loop(model: nn.Module, policy: Optional[Policy], batches: Batches,
-                        generator: Optional[torch.Generator] = None, reduction: str = "sum") -> Tensor:
+def accuracy_score_loop(
+    model: nn.Module,
+    policy: Optional[Policy],
+    batches: Batches,
+    generator: Optional[torch.Generator] = None,
+    reduction: str = "sum",
+) -> Tensor:
     """:func:`accuracy_score`, one sample's Jacobian row and one round at a time."""
     _check_reduction(reduction)
     model.eval()
@@ -284,15 +317,18 @@ def accuracy_score_loop(model: nn.Module, policy: Optional[Policy], batches: Bat
     return torch.stack(scores).mean()
 
 
-def class_representatives(images: Tensor, labels: Tensor, rounds: int = 10, window: int = REFERENCE_WINDOW,
-                          offset: int = REFERENCE_OFFSET) -> list[Tensor]:
+def class_representatives(
+    images: Tensor, labels: Tensor, rounds: int = 10, window: int = REFERENCE_WINDOW, offset: int = REFERENCE_OFFSET
+) -> list[Tensor]:
     """The reference's S_acc rounds: round r takes the first image of every label among images
     [offset + r window, offset + (r + 1) window) (``accuracy_metric``), so N = the labels present there
     (all 10 on MNIST-like data, about 63 of CIFAR-100's 100)."""
     needed = offset + rounds * window
     if len(images) < needed:
-        raise BenchError(f"S_acc's {rounds} rounds of {window} images from index {offset} need {needed} images, "
-                         f"got {len(images)}; lower --rounds or --acc_window")
+        raise BenchError(
+            f"S_acc's {rounds} rounds of {window} images from index {offset} need {needed} images, "
+            f"got {len(images)}; lower --rounds or --acc_window"
+        )
     batches = []
     for r in range(rounds):
         lo = offset + r * window

@@ -26,8 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.ats.scores import (REFERENCE_OFFSET, REFERENCE_POINTS, REFERENCE_WINDOW, Batches, accuracy_score,
-                              accuracy_score_loop, class_representatives, privacy_score, privacy_score_loop)
+from bench.ats.scores import (
+    REFERENCE_OFFSET,
+    REFERENCE_POINTS,
+    REFERENCE_WINDOW,
+    Batches,
+    accuracy_score,
+    accuracy_score_loop,
+    class_representatives,
+    privacy_score,
+    privacy_score_loop,
+)
 from bench.errors import BenchError
 from bench.transforms.policy import Policy, random_policy
 
@@ -60,23 +69,44 @@ class SearchResult:
         return Policy(chosen)
 
     def to_json(self, hybrid_size: int = 2) -> dict:
-        return {"policy": str(self.hybrid(hybrid_size)),
-                "policies": [{"policy": str(s.policy), "s_pri": s.s_pri, "s_acc": s.s_acc} for s in self.selected],
-                "evaluated": len(self.evaluated), "seconds": round(self.seconds, 3),
-                "policies_per_minute": round(self.policies_per_minute, 3), "settings": self.settings}
+        return {
+            "policy": str(self.hybrid(hybrid_size)),
+            "policies": [{"policy": str(s.policy), "s_pri": s.s_pri, "s_acc": s.s_acc} for s in self.selected],
+            "evaluated": len(self.evaluated),
+            "seconds": round(self.seconds, 3),
+            "policies_per_minute": round(self.policies_per_minute, 3),
+            "settings": self.settings,
+        }
 
 
-def search(privacy_model: nn.Module, accuracy_model: nn.Module, images: Tensor, labels: Tensor, batches: Batches, *,
-           c_max: int = 1500, n: int = 10, t_acc: float = -12.0, points: int = REFERENCE_POINTS, max_length: int = 3,
-           generator: Optional[torch.Generator] = None, vectorized: bool = True, reduction: str = "sum",
-           score_variant: str = "reference", crop_flip: bool = True, transform_variant: str = "reference",
-           progress: Optional[Callable[[int, Scored, list[Scored]], None]] = None) -> SearchResult:
+def search(
+    privacy_model: nn.Module,
+    accuracy_model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    batches: Batches,
+    *,
+    c_max: int = 1500,
+    n: int = 10,
+    t_acc: float = -12.0,
+    points: int = REFERENCE_POINTS,
+    max_length: int = 3,
+    generator: Optional[torch.Generator] = None,
+    vectorized: bool = True,
+    reduction: str = "sum",
+    score_variant: str = "reference",
+    crop_flip: bool = True,
+    transform_variant: str = "reference",
+    progress: Optional[Callable[[int, Scored, list[Scored]], None]] = None,
+) -> SearchResult:
     """Algorithm 1. ``images``/``labels`` score S_pri on ``privacy_model`` (M^s); ``batches`` (R, N, C, H, W, or a
     list of rounds: :func:`bench.ats.scores.class_representatives`) score S_acc on ``accuracy_model`` (M^r), on
     the scale ``reduction`` (``sum``: the reference's, where the paper's T_acc apply). Stops after ``c_max``
     policies even when fewer than ``n`` passed T_acc."""
     if c_max < 1 or n < 1 or points < 1 or max_length < 1:
-        raise BenchError(f"c_max, n, points and max_length must be at least 1, got {c_max}, {n}, {points}, {max_length}")
+        raise BenchError(
+            f"c_max, n, points and max_length must be at least 1, got {c_max}, {n}, {points}, {max_length}"
+        )
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     score_pri = privacy_score if vectorized else privacy_score_loop
     score_acc = accuracy_score if vectorized else accuracy_score_loop
@@ -85,11 +115,14 @@ def search(privacy_model: nn.Module, accuracy_model: nn.Module, images: Tensor, 
     started = time.perf_counter()
     for i in range(c_max):
         policy = random_policy(generator, max_length, crop_flip, transform_variant)  # line 2
-        entry = Scored(policy, float(score_acc(accuracy_model, policy, batches, generator, reduction)))  # line 3, Eq. 10
+        entry = Scored(
+            policy, float(score_acc(accuracy_model, policy, batches, generator, reduction))
+        )  # line 3, Eq. 10
         if entry.s_acc >= t_acc:  # line 4
             # lines 5-11 (S_pri is computed for the first n too: line 9 compares against them)
-            entry.s_pri = float(score_pri(privacy_model, policy, images, labels, points, generator=generator,
-                                          variant=score_variant))  # Eq. 7
+            entry.s_pri = float(
+                score_pri(privacy_model, policy, images, labels, points, generator=generator, variant=score_variant)
+            )  # Eq. 7
             if len(selected) < n:
                 selected.append(entry)
             else:
@@ -102,15 +135,34 @@ def search(privacy_model: nn.Module, accuracy_model: nn.Module, images: Tensor, 
     selected.sort(key=lambda s: s.s_pri)
     sizes = [len(b) for b in batches]
     passed = sum(1 for e in evaluated if e.s_acc >= t_acc)
-    settings = {"c_max": c_max, "n": n, "t_acc": t_acc, "passed_t_acc": passed, "points": points,
-                "max_length": max_length, "images": len(images), "rounds": len(sizes), "rows_per_round": sizes,
-                "s_acc_reduction": reduction, "s_pri_variant": score_variant, "crop_flip": crop_flip,
-                "transform_variant": transform_variant, "vectorized": vectorized}
+    settings = {
+        "c_max": c_max,
+        "n": n,
+        "t_acc": t_acc,
+        "passed_t_acc": passed,
+        "points": points,
+        "max_length": max_length,
+        "images": len(images),
+        "rounds": len(sizes),
+        "rows_per_round": sizes,
+        "s_acc_reduction": reduction,
+        "s_pri_variant": score_variant,
+        "crop_flip": crop_flip,
+        "transform_variant": transform_variant,
+        "vectorized": vectorized,
+    }
     return SearchResult(selected, evaluated, time.perf_counter() - started, settings)
 
 
-def semi_train(model: nn.Module, images: Tensor, labels: Tensor, epochs: int = 50, batch_size: int = 128,
-               lr: float = 0.1, generator: Optional[torch.Generator] = None) -> nn.Module:
+def semi_train(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    epochs: int = 50,
+    batch_size: int = 128,
+    lr: float = 0.1,
+    generator: Optional[torch.Generator] = None,
+) -> nn.Module:
     """M^s: ``model`` trained for ``epochs`` on a small subset (the paper: 10% of the training set, 50 epochs),
     with the collaborative training's SGD (momentum 0.9, weight decay 5e-4)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
@@ -153,30 +205,52 @@ def keep_freed_memory() -> bool:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.ats.search", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.ats.search",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--data", default="Digits", help="a DataModule's short name (bench list)")
     parser.add_argument("--data_dir", default=None, help="the DataModule's data_dir")
     parser.add_argument("--pool_limit", type=int, default=None, help="cap every pool (quick runs)")
-    parser.add_argument("--network", default="convnet", help="a gradient-sharing target of bench.networks.registry "
-                        "(convnet, resnet20)")
+    parser.add_argument(
+        "--network", default="convnet", help="a gradient-sharing target of bench.networks.registry (convnet, resnet20)"
+    )
     parser.add_argument("--width", type=int, default=None, help="network width (default: the paper's)")
     parser.add_argument("--c_max", type=int, default=1500, help="policies sampled (C_max)")
     parser.add_argument("--n", type=int, default=10, help="policies kept (top-n by S_pri)")
-    parser.add_argument("--t_acc", type=float, default=-12.0,
-                        help="accuracy threshold T_acc on the --acc_reduction scale (appendix A, on the sum scale: -10 and "
-                             "-12 on F-MNIST, -80 and -85 on CIFAR-100; with N = 10 classes S_acc <= -10, so -10 keeps none)")
-    parser.add_argument("--acc_reduction", default="sum", choices=["sum", "mean"],
-                        help="S_acc's scale: the reference's sum over one image per class, or Eq. 10's 1/N mean over --batch_size")
-    parser.add_argument("--score_variant", default="reference", choices=["reference", "paper"],
-                        help="S_pri: the reference's layer-mean cosine and trapezoid, or Eq. 5-7 as printed")
+    parser.add_argument(
+        "--t_acc",
+        type=float,
+        default=-12.0,
+        help="accuracy threshold T_acc on the --acc_reduction scale (appendix A, on the sum scale: -10 and "
+        "-12 on F-MNIST, -80 and -85 on CIFAR-100; with N = 10 classes S_acc <= -10, so -10 keeps none)",
+    )
+    parser.add_argument(
+        "--acc_reduction",
+        default="sum",
+        choices=["sum", "mean"],
+        help="S_acc's scale: the reference's sum over one image per class, or Eq. 10's 1/N mean over --batch_size",
+    )
+    parser.add_argument(
+        "--score_variant",
+        default="reference",
+        choices=["reference", "paper"],
+        help="S_pri: the reference's layer-mean cosine and trapezoid, or Eq. 5-7 as printed",
+    )
     parser.add_argument("--transform_variant", default="reference", choices=["reference", "autoaugment"])
     parser.add_argument("--no_crop_flip", action="store_true", help="policies without the reference's crop and flip")
-    parser.add_argument("--points", type=int, default=REFERENCE_POINTS, help="interpolation intervals K (the reference's bin_num)")
+    parser.add_argument(
+        "--points", type=int, default=REFERENCE_POINTS, help="interpolation intervals K (the reference's bin_num)"
+    )
     parser.add_argument("--images", type=int, default=100, help="images S_pri is averaged over (validation pool)")
     parser.add_argument("--rounds", type=int, default=10, help="S_acc rounds")
-    parser.add_argument("--acc_window", type=int, default=REFERENCE_WINDOW,
-                        help="sum scale: each round takes one image per class from this many validation images")
+    parser.add_argument(
+        "--acc_window",
+        type=int,
+        default=REFERENCE_WINDOW,
+        help="sum scale: each round takes one image per class from this many validation images",
+    )
     parser.add_argument("--batch_size", type=int, default=128, help="mean scale: S_acc mini-batch size")
     parser.add_argument("--semi_fraction", type=float, default=0.1, help="share of the training pool M^s trains on")
     parser.add_argument("--semi_epochs", type=int, default=50, help="M^s's epochs")
@@ -184,9 +258,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--hybrid_size", type=int, default=2, help="policies in the written hybrid")
     parser.add_argument("--loop", action="store_true", help="score with the per-image loops instead of torch.func")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--allocator", default="heap", choices=["heap", "system"],
-                        help="heap: glibc keeps freed memory for reuse (faster on the CPU, keeps the peak heap: "
-                             "keep_freed_memory); system: glibc's defaults")
+    parser.add_argument(
+        "--allocator",
+        default="heap",
+        choices=["heap", "system"],
+        help="heap: glibc keeps freed memory for reuse (faster on the CPU, keeps the peak heap: "
+        "keep_freed_memory); system: glibc's defaults",
+    )
     parser.add_argument("--output", default="policies/ats_policy.json", help="the policy file to write")
     return parser
 
@@ -209,11 +287,20 @@ def main(argv: Optional[Sequence[str]] = None) -> SearchResult:
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     train_images, train_labels = datamodule.pool("train").tensors()
-    subset = torch.randperm(len(train_images), generator=generator)[: max(2, int(args.semi_fraction * len(train_images)))]
+    subset = torch.randperm(len(train_images), generator=generator)[
+        : max(2, int(args.semi_fraction * len(train_images)))
+    ]
     print(f"ats search: training M^s on {len(subset)} images for {args.semi_epochs} epochs", flush=True)
-    privacy_model = semi_train(build_network(args.network, Role.COLLABORATIVE, datamodule.spec, width=args.width), train_images[subset],
-                               train_labels[subset], args.semi_epochs, generator=generator)
-    accuracy_model = build_network(args.network, Role.COLLABORATIVE, datamodule.spec, width=args.width).eval()  # M^r: never trained
+    privacy_model = semi_train(
+        build_network(args.network, Role.COLLABORATIVE, datamodule.spec, width=args.width),
+        train_images[subset],
+        train_labels[subset],
+        args.semi_epochs,
+        generator=generator,
+    )
+    accuracy_model = build_network(
+        args.network, Role.COLLABORATIVE, datamodule.spec, width=args.width
+    ).eval()  # M^r: never trained
     # S_pri on validation images (the attack's targets are test images, as the paper keeps its first 100 apart)
     val_images, val_labels = datamodule.pool("val").tensors()
     pick = torch.randperm(len(val_images), generator=generator)[: args.images]
@@ -226,30 +313,61 @@ def main(argv: Optional[Sequence[str]] = None) -> SearchResult:
         if args.batch_size > len(train_images):
             raise BenchError(f"--batch_size {args.batch_size} exceeds the {len(train_images)} training images")
         # each round's mini-batch without repeats: a repeated image makes two Jacobian rows equal (a zero eigenvalue)
-        batches = torch.stack([train_images[torch.randperm(len(train_images), generator=generator)[: args.batch_size]]
-                               for _ in range(args.rounds)])
+        batches = torch.stack(
+            [
+                train_images[torch.randperm(len(train_images), generator=generator)[: args.batch_size]]
+                for _ in range(args.rounds)
+            ]
+        )
 
     def progress(i: int, entry: Scored, selected: list[Scored]) -> None:
         s_pri = "filtered" if entry.s_pri is None else f"S_pri {entry.s_pri:.4f}"
         best = ", ".join(f"{s.policy}" for s in sorted(selected, key=lambda s: s.s_pri)[:3])
-        print(f"ats search [{i + 1}/{args.c_max}] {str(entry.policy):<9} S_acc {entry.s_acc:9.3f} {s_pri:<15} best: {best}",
-              flush=True)
+        print(
+            f"ats search [{i + 1}/{args.c_max}] {str(entry.policy):<9} S_acc {entry.s_acc:9.3f} {s_pri:<15} best: {best}",
+            flush=True,
+        )
 
-    result = search(privacy_model, accuracy_model, val_images[pick], val_labels[pick], batches, c_max=args.c_max, n=args.n,
-                    t_acc=args.t_acc, points=args.points, max_length=args.max_length, generator=generator,
-                    vectorized=not args.loop, reduction=args.acc_reduction, score_variant=args.score_variant,
-                    crop_flip=not args.no_crop_flip, transform_variant=args.transform_variant, progress=progress)
+    result = search(
+        privacy_model,
+        accuracy_model,
+        val_images[pick],
+        val_labels[pick],
+        batches,
+        c_max=args.c_max,
+        n=args.n,
+        t_acc=args.t_acc,
+        points=args.points,
+        max_length=args.max_length,
+        generator=generator,
+        vectorized=not args.loop,
+        reduction=args.acc_reduction,
+        score_variant=args.score_variant,
+        crop_flip=not args.no_crop_flip,
+        transform_variant=args.transform_variant,
+        progress=progress,
+    )
     if not result.selected:
         raise BenchError(f"no policy reached T_acc = {args.t_acc}; lower --t_acc (see the S_acc values printed above)")
     content = result.to_json(args.hybrid_size)
-    content["settings"].update(data=args.data, network=args.network, width=args.width, seed=args.seed,
-                               semi_fraction=args.semi_fraction, semi_epochs=args.semi_epochs)
+    content["settings"].update(
+        data=args.data,
+        network=args.network,
+        width=args.width,
+        seed=args.seed,
+        semi_fraction=args.semi_fraction,
+        semi_epochs=args.semi_epochs,
+    )
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(content, indent=2) + "\n")
-    print(f"ats search: {result.settings['passed_t_acc']} of {len(result.evaluated)} policies passed T_acc = {args.t_acc}")
-    print(f"ats search: {len(result.evaluated)} policies in {result.seconds:.1f} s ({result.policies_per_minute:.1f} "
-          f"policies/minute, {'loop' if args.loop else 'vectorized'} scores); hybrid {content['policy']} -> {output}")
+    print(
+        f"ats search: {result.settings['passed_t_acc']} of {len(result.evaluated)} policies passed T_acc = {args.t_acc}"
+    )
+    print(
+        f"ats search: {len(result.evaluated)} policies in {result.seconds:.1f} s ({result.policies_per_minute:.1f} "
+        f"policies/minute, {'loop' if args.loop else 'vectorized'} scores); hybrid {content['policy']} -> {output}"
+    )
     return result
 
 

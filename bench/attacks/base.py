@@ -69,16 +69,22 @@ class Attack:
         if not isinstance(cls.threat_model, ThreatModel):
             raise TypeError(f"attack {cls.__name__}.threat_model must be a ThreatModel, got {cls.threat_model!r}")
         if cls.primary_metric not in cls.metric_directions:
-            raise TypeError(f"attack {cls.__name__}: primary_metric '{cls.primary_metric}' has no entry in metric_directions")
+            raise TypeError(
+                f"attack {cls.__name__}: primary_metric '{cls.primary_metric}' has no entry in metric_directions"
+            )
         bad = {metric: way for metric, way in cls.metric_directions.items() if way not in ("higher", "lower")}
         if bad:
             raise TypeError(f"attack {cls.__name__}: metric_directions must be 'higher' or 'lower', got {bad}")
         if not cls.tasks or any(task not in TASKS for task in cls.tasks):
-            raise TypeError(f"attack {cls.__name__}.tasks must be a non-empty subset of {list(TASKS)}, got {cls.tasks!r}")
+            raise TypeError(
+                f"attack {cls.__name__}.tasks must be a non-empty subset of {list(TASKS)}, got {cls.tasks!r}"
+            )
         for capability in cls.requires:
             if not isinstance(capability, Capability) or capability.threat_model is not cls.threat_model:
-                raise TypeError(f"attack {cls.__name__} requires {capability!r}, which is not a capability of "
-                                f"threat model '{cls.threat_model.value}'")
+                raise TypeError(
+                    f"attack {cls.__name__} requires {capability!r}, which is not a capability of "
+                    f"threat model '{cls.threat_model.value}'"
+                )
 
     def applies_to(self, module: "PrivacyModule") -> bool:
         """Whether the harness runs this attack on ``module`` (a method class: its declarations only)."""
@@ -96,8 +102,10 @@ class Attack:
         """Why an attack of ``module``'s threat models does not apply to it (None: it applies, or the method
         never offered what it needs, which is no news for the record)."""
         if self._offered_by(module) and not self._handles(module):
-            return (f"{self.name} handles {' or '.join(self.tasks)} targets; {module.spec.name} has "
-                    f"{module.spec.task} targets")
+            return (
+                f"{self.name} handles {' or '.join(self.tasks)} targets; {module.spec.name} has "
+                f"{module.spec.task} targets"
+            )
         return None
 
     def pool_problem(self, sizes: dict[str, int]) -> Optional[str]:
@@ -107,14 +115,20 @@ class Attack:
         default checks :attr:`min_pool_sizes`; an attack whose need depends on its configuration (queries it
         holds out, images per gradient) overrides this and raises the same message at run time.
         """
-        short = [f"{pool} pool {sizes.get(pool, 0)} (needs {count})" for pool, count in self.min_pool_sizes.items()
-                 if sizes.get(pool, 0) < count]
+        short = [
+            f"{pool} pool {sizes.get(pool, 0)} (needs {count})"
+            for pool, count in self.min_pool_sizes.items()
+            if sizes.get(pool, 0) < count
+        ]
         return ", ".join(short) or None
 
     def config(self) -> dict[str, Any]:
         """The attack's init arguments and their values (those that change what it measures)."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters
-                 if p != "self" and p not in self.presentation_args]
+        names = [
+            p
+            for p in inspect.signature(type(self).__init__).parameters
+            if p != "self" and p not in self.presentation_args
+        ]
         return {name: getattr(self, name) for name in names if hasattr(self, name)}
 
     def with_budget(self, factor: int) -> "Attack":

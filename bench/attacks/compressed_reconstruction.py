@@ -76,9 +76,11 @@ class PseudoInverse(_KnowsMatrix):
         matrix = module.measurement_matrix().detach().double()
         pseudo_inverse = torch.linalg.pinv(matrix).to(released.dtype)  # n x m, in double for a well-conditioned solve
         reconstructed = (released.flatten(1) @ pseudo_inverse.T).view_as(images)
-        return AttackResult(reconstruction_metrics(reconstructed, images),
-                            examples=(images[:16].cpu(), reconstructed[:16].clamp(0, 1).cpu()),
-                            details={"test_samples": len(images), "measurements": matrix.shape[0]})
+        return AttackResult(
+            reconstruction_metrics(reconstructed, images),
+            examples=(images[:16].cpu(), reconstructed[:16].clamp(0, 1).cpu()),
+            details={"test_samples": len(images), "measurements": matrix.shape[0]},
+        )
 
 
 class MeasurementDecoder(_KnowsMatrix):
@@ -107,10 +109,19 @@ class MeasurementDecoder(_KnowsMatrix):
     name = "measurement_decoder"
     budget_args = ("epochs", "patience")
 
-    def __init__(self, channels: Sequence[int] = (32, 16), kernel_size: int = 5, epochs: int = 1000, patience: int = 20,
-                 validation_fraction: float = 0.1, batch_size: int = 64, lr: float = 1e-3,
-                 max_attacker_samples: Optional[int] = None, max_test_samples: Optional[int] = None,
-                 progress: bool = True) -> None:
+    def __init__(
+        self,
+        channels: Sequence[int] = (32, 16),
+        kernel_size: int = 5,
+        epochs: int = 1000,
+        patience: int = 20,
+        validation_fraction: float = 0.1,
+        batch_size: int = 64,
+        lr: float = 1e-3,
+        max_attacker_samples: Optional[int] = None,
+        max_test_samples: Optional[int] = None,
+        progress: bool = True,
+    ) -> None:
         if batch_size < 1 or lr <= 0:
             raise BenchError(f"measurement_decoder needs batch_size >= 1 and lr > 0, got {batch_size} and {lr}")
         check_budget(self.name, epochs, patience, validation_fraction)
@@ -135,17 +146,34 @@ class MeasurementDecoder(_KnowsMatrix):
             torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
             decoder = deepinverse_generator(matrix.cpu(), own_images.shape[1:], self.channels, self.kernel_size)
         decoder = decoder.to(device)
-        report = fit_decoder(decoder, own_measurements, own_images, generator, epochs=self.epochs, batch_size=self.batch_size,
-                             lr=self.lr, patience=self.patience, validation_fraction=self.validation_fraction,
-                             description=self.name, progress=self.progress)
+        report = fit_decoder(
+            decoder,
+            own_measurements,
+            own_images,
+            generator,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            patience=self.patience,
+            validation_fraction=self.validation_fraction,
+            description=self.name,
+            progress=self.progress,
+        )
 
         images, released = _test_images_and_releases(self, module, datamodule)
         with torch.no_grad():
-            reconstructed = torch.cat([decoder(released[i : i + self.batch_size]) for i in range(0, len(released), self.batch_size)])
-        return AttackResult(reconstruction_metrics(reconstructed, images),
-                            examples=(images[:16].cpu(), reconstructed[:16].clamp(0, 1).cpu()),
-                            details={"attacker_samples": len(own_images), "test_samples": len(images),
-                                     **summarise({"decoder": report}, "decoder")})
+            reconstructed = torch.cat(
+                [decoder(released[i : i + self.batch_size]) for i in range(0, len(released), self.batch_size)]
+            )
+        return AttackResult(
+            reconstruction_metrics(reconstructed, images),
+            examples=(images[:16].cpu(), reconstructed[:16].clamp(0, 1).cpu()),
+            details={
+                "attacker_samples": len(own_images),
+                "test_samples": len(images),
+                **summarise({"decoder": report}, "decoder"),
+            },
+        )
 
 
 class AffineInversion(_KnowsMatrix):
@@ -162,8 +190,13 @@ class AffineInversion(_KnowsMatrix):
 
     name = "affine_inversion"
 
-    def __init__(self, ridge: float = 1e-6, batch_size: int = 256, max_attacker_samples: Optional[int] = None,
-                 max_test_samples: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        ridge: float = 1e-6,
+        batch_size: int = 256,
+        max_attacker_samples: Optional[int] = None,
+        max_test_samples: Optional[int] = None,
+    ) -> None:
         if ridge < 0 or batch_size < 1:
             raise BenchError(f"affine_inversion needs ridge >= 0 and batch_size >= 1, got {ridge}, {batch_size}")
         self.ridge = ridge
@@ -185,9 +218,11 @@ class AffineInversion(_KnowsMatrix):
         images, released = _test_images_and_releases(self, module, datamodule)
         released = released.flatten(1).double()
         reconstructed = (released @ weights[:-1] + weights[-1]).float().view_as(images)
-        return AttackResult(reconstruction_metrics(reconstructed, images),
-                            examples=(images[:16].cpu(), reconstructed[:16].clamp(0, 1).cpu()),
-                            details={"attacker_samples": len(own_images), "test_samples": len(images)})
+        return AttackResult(
+            reconstruction_metrics(reconstructed, images),
+            examples=(images[:16].cpu(), reconstructed[:16].clamp(0, 1).cpu()),
+            details={"attacker_samples": len(own_images), "test_samples": len(images)},
+        )
 
 
 class ReleasedTrainingData(Attack):
@@ -205,7 +240,9 @@ class ReleasedTrainingData(Attack):
 
     name = "released_training_data"
     threat_model = ThreatModel.FEATURE_RELEASE
-    metric_directions = {f"{metric}_{statistic}": "lower" for metric in ("psnr", "ssim", "fsim") for statistic in ("max", "mean")}
+    metric_directions = {
+        f"{metric}_{statistic}": "lower" for metric in ("psnr", "ssim", "fsim") for statistic in ("max", "mean")
+    }
     primary_metric = "psnr_max"
     role = Role.ADVERSARY  # the server holds these images: scoring them needs nothing the server lacks
     requires = (Capability.RELEASED_TRAINING_IMAGES,)
@@ -220,18 +257,30 @@ class ReleasedTrainingData(Attack):
     def run(self, module, datamodule, generator: torch.Generator) -> AttackResult:
         images, _ = datamodule.pool("train").tensors()
         images = images[: self.max_samples].to(module.device)
-        released = torch.cat([module.released_training_images(images[i : i + self.batch_size])
-                              for i in range(0, len(images), self.batch_size)])
+        released = torch.cat(
+            [
+                module.released_training_images(images[i : i + self.batch_size])
+                for i in range(0, len(images), self.batch_size)
+            ]
+        )
         similarity = dict(zip(("psnr", "ssim", "fsim"), per_image_similarity(released, images, fsim=True)))
-        metrics = {f"{metric}_{statistic}": getattr(values, statistic)().item()
-                   for metric, values in similarity.items() for statistic in ("max", "mean")}
+        metrics = {
+            f"{metric}_{statistic}": getattr(values, statistic)().item()
+            for metric, values in similarity.items()
+            for statistic in ("max", "mean")
+        }
         most_similar = similarity["psnr"].argsort(descending=True)[:16].cpu()
-        return AttackResult(metrics, examples=(images[most_similar].cpu(), released[most_similar].clamp(0, 1).cpu()),
-                            details={"train_samples": len(images)})
+        return AttackResult(
+            metrics,
+            examples=(images[most_similar].cpu(), released[most_similar].clamp(0, 1).cpu()),
+            details={"train_samples": len(images)},
+        )
 
 
 @torch.no_grad()
-def per_image_similarity(images: Tensor, originals: Tensor, fsim: bool = False, batch_size: int = 500) -> tuple[Tensor, ...]:
+def per_image_similarity(
+    images: Tensor, originals: Tensor, fsim: bool = False, batch_size: int = 500
+) -> tuple[Tensor, ...]:
     """Per-image PSNR (capped as in :func:`~bench.metrics.reconstruction_metrics`), SSIM and, with ``fsim``,
     FSIM (FSIMc for colour images, Zhang et al. 2011, from piq), for images in [0, 1]."""
     scores = per_image_metrics(images, originals)
@@ -243,7 +292,16 @@ def per_image_similarity(images: Tensor, originals: Tensor, fsim: bool = False, 
 
     chromatic = originals.shape[1] == 3
     # FSIM's phase congruency works on 2-D spectra of whole batches: batches bound its memory
-    feature_similarity = torch.cat([piq.fsim(images[i : i + batch_size], originals[i : i + batch_size], data_range=1.0,
-                                             reduction="none", chromatic=chromatic)
-                                    for i in range(0, len(images), batch_size)])
+    feature_similarity = torch.cat(
+        [
+            piq.fsim(
+                images[i : i + batch_size],
+                originals[i : i + batch_size],
+                data_range=1.0,
+                reduction="none",
+                chromatic=chromatic,
+            )
+            for i in range(0, len(images), batch_size)
+        ]
+    )
     return psnr, ssim, feature_similarity

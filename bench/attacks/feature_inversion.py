@@ -35,8 +35,9 @@ DECODERS: dict[str, Callable[[nn.Module, Sequence[int], Sequence[int]], nn.Modul
     # the complex-valued networks paper's decoder (section 4.1): a U-Net with six convolutions per block
     "unet": lambda client, released_shape, image_shape: unet_decoder(released_shape, image_shape),
     # the original U-Net's two convolutions per block, narrower: the same decoder at a CPU's budget
-    "unet_small": lambda client, released_shape, image_shape: unet_decoder(released_shape, image_shape, width=16,
-                                                                           convs_per_block=2),
+    "unet_small": lambda client, released_shape, image_shape: unet_decoder(
+        released_shape, image_shape, width=16, convs_per_block=2
+    ),
 }
 
 
@@ -68,7 +69,9 @@ def _digest(*parts: Any) -> str:
 @torch.no_grad()
 def query_client(release: Callable[[Tensor], Tensor], images: Tensor, batch_size: int, device: torch.device) -> Tensor:
     """Black-box queries: the released tensors of ``images``, computed in batches."""
-    outputs = [released_as_real(release(images[i : i + batch_size].to(device))) for i in range(0, len(images), batch_size)]
+    outputs = [
+        released_as_real(release(images[i : i + batch_size].to(device))) for i in range(0, len(images), batch_size)
+    ]
     return torch.cat(outputs)
 
 
@@ -78,8 +81,10 @@ def _check_decoder(decoder: nn.Module, released: Tensor, image_shape: Sequence[i
         with torch.no_grad():
             shape = tuple(decoder.eval()(released).shape[1:])
     except RuntimeError as error:
-        raise BenchError(f"the decoder does not take released tensors of shape {tuple(released.shape[1:])} "
-                         f"({str(error).splitlines()[0]})") from error
+        raise BenchError(
+            f"the decoder does not take released tensors of shape {tuple(released.shape[1:])} "
+            f"({str(error).splitlines()[0]})"
+        ) from error
     finally:
         decoder.train()
     if shape != tuple(image_shape):
@@ -120,9 +125,18 @@ class FeatureInversion(Attack):
     primary_metric = "mse"
     budget_args = ("epochs", "patience")
 
-    def __init__(self, decoder: str = "mirror", epochs: int = 1000, patience: int = 20, validation_fraction: float = 0.1,
-                 batch_size: int = 64, lr: float = 1e-3, max_attacker_samples: Optional[int] = None,
-                 max_test_samples: Optional[int] = None, progress: bool = True) -> None:
+    def __init__(
+        self,
+        decoder: str = "mirror",
+        epochs: int = 1000,
+        patience: int = 20,
+        validation_fraction: float = 0.1,
+        batch_size: int = 64,
+        lr: float = 1e-3,
+        max_attacker_samples: Optional[int] = None,
+        max_test_samples: Optional[int] = None,
+        progress: bool = True,
+    ) -> None:
         if decoder not in DECODERS:
             raise BenchError(f"unknown decoder '{decoder}' for {self.name}; choose one of {sorted(DECODERS)}")
         if batch_size < 1 or lr <= 0:
@@ -159,11 +173,24 @@ class FeatureInversion(Attack):
         two fits with the same key train the same decoder, to the same state.
         """
         client = module.client_network()
-        return _digest(self.decoder, self.epochs, self.patience, self.validation_fraction, self.batch_size, self.lr,
-                       str(inputs.device), repr(client), *client.state_dict().values(), inputs, images,
-                       generator.get_state())
+        return _digest(
+            self.decoder,
+            self.epochs,
+            self.patience,
+            self.validation_fraction,
+            self.batch_size,
+            self.lr,
+            str(inputs.device),
+            repr(client),
+            *client.state_dict().values(),
+            inputs,
+            images,
+            generator.get_state(),
+        )
 
-    def train_decoder(self, module, inputs: Tensor, images: Tensor, generator: torch.Generator) -> tuple[nn.Module, str, TrainingReport]:
+    def train_decoder(
+        self, module, inputs: Tensor, images: Tensor, generator: torch.Generator
+    ) -> tuple[nn.Module, str, TrainingReport]:
         """Build the decoder (initial weights from ``generator``) and train it on (inputs, images) to its plateau.
 
         A decoder already fitted with the same key (:meth:`_fit_key`; e.g. by the other phase attack of the same
@@ -183,15 +210,26 @@ class FeatureInversion(Attack):
             _FITTED_DECODERS.popitem(last=False)
         return decoder, decoder_used, dataclasses.replace(report)
 
-    def _fit_decoder(self, module, inputs: Tensor, images: Tensor, generator: torch.Generator) -> tuple[nn.Module, str, TrainingReport]:
+    def _fit_decoder(
+        self, module, inputs: Tensor, images: Tensor, generator: torch.Generator
+    ) -> tuple[nn.Module, str, TrainingReport]:
         with torch.random.fork_rng(devices=[]):  # the decoder's initial weights follow the harness's seed
             torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
             decoder, decoder_used = self.build_decoder(module, inputs[:2].cpu(), images.shape[1:])
         decoder = decoder.to(inputs.device)
-        report = fit_decoder(decoder, inputs, images.to(inputs.device), generator, epochs=self.epochs,
-                             batch_size=self.batch_size, lr=self.lr, patience=self.patience,
-                             validation_fraction=self.validation_fraction, description=f"{self.name} decoder",
-                             progress=self.progress)
+        report = fit_decoder(
+            decoder,
+            inputs,
+            images.to(inputs.device),
+            generator,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            patience=self.patience,
+            validation_fraction=self.validation_fraction,
+            description=f"{self.name} decoder",
+            progress=self.progress,
+        )
         return decoder, decoder_used, report
 
     @torch.no_grad()
@@ -212,6 +250,12 @@ class FeatureInversion(Attack):
         reconstructed = self.decode(decoder, test_released)
         test_images = test_images.to(device)
         metrics = reconstruction_metrics(reconstructed, test_images)
-        details = {"decoder_used": decoder_used, "attacker_samples": len(train_images), "test_samples": len(test_images),
-                   **summarise({"decoder": report}, "decoder")}
-        return AttackResult(metrics=metrics, examples=(test_images[:16].cpu(), reconstructed[:16].cpu()), details=details)
+        details = {
+            "decoder_used": decoder_used,
+            "attacker_samples": len(train_images),
+            "test_samples": len(test_images),
+            **summarise({"decoder": report}, "decoder"),
+        }
+        return AttackResult(
+            metrics=metrics, examples=(test_images[:16].cpu(), reconstructed[:16].cpu()), details=details
+        )

@@ -56,8 +56,9 @@ def inversefed_milestones(iterations: int) -> list[int]:
     return sorted({max(1, int(iterations // d)) for d in MILESTONE_DIVISORS})
 
 
-def gradient_distance(dummy: dict[str, Tensor], target: dict[str, Tensor], distance: str,
-                      target_norm: Optional[Tensor] = None) -> Tensor:
+def gradient_distance(
+    dummy: dict[str, Tensor], target: dict[str, Tensor], distance: str, target_norm: Optional[Tensor] = None
+) -> Tensor:
     """d(dummy, target) per attack for (A, *shape) gradients: 1 - cosine over all layers together, or L2 / L1.
     ``target_norm``: the targets' norms over all layers (A,), where the caller has them (they do not change)."""
     names = list(target)
@@ -118,31 +119,56 @@ class GradientInversion(Attack):
     threat_model = ThreatModel.GRADIENT_SHARING
     role = Role.ADVERSARY
     tasks = ("multiclass",)  # iDLG's label recovery and the matched cross-entropy gradient need one class per image
-    metric_directions = {"psnr": "lower", "ssim": "lower", "mse": "higher", "psnr_original": "lower",
-                         "ssim_original": "lower", "label_accuracy": "lower"}
+    metric_directions = {
+        "psnr": "lower",
+        "ssim": "lower",
+        "mse": "higher",
+        "psnr_original": "lower",
+        "ssim_original": "lower",
+        "label_accuracy": "lower",
+    }
     primary_metric = "psnr"
 
-    def __init__(self, optimizer: str = "adam", distance: str = "cosine", iterations: int = 200,
-                 lr: Optional[float] = None, tv: float = 1e-4, restarts: int = 1, num_images: int = 4,
-                 batch_size: int = 1, labels: str = "recover", init: Optional[str] = None, signed: bool = True,
-                 model_state: str = "trained", space: str = "normalized", per_sample: str = "grouped",
-                 progress: bool = True) -> None:
+    def __init__(
+        self,
+        optimizer: str = "adam",
+        distance: str = "cosine",
+        iterations: int = 200,
+        lr: Optional[float] = None,
+        tv: float = 1e-4,
+        restarts: int = 1,
+        num_images: int = 4,
+        batch_size: int = 1,
+        labels: str = "recover",
+        init: Optional[str] = None,
+        signed: bool = True,
+        model_state: str = "trained",
+        space: str = "normalized",
+        per_sample: str = "grouped",
+        progress: bool = True,
+    ) -> None:
         if optimizer not in OPTIMIZERS:
             raise BenchError(f"unknown optimizer '{optimizer}'; choose one of {list(OPTIMIZERS)}")
         if distance not in DISTANCES:
             raise BenchError(f"unknown distance '{distance}'; choose one of {list(DISTANCES)}")
         if iterations < 1 or restarts < 1 or num_images < 1 or batch_size < 1:
-            raise BenchError(f"iterations, restarts, num_images and batch_size must be at least 1, got "
-                             f"{iterations}, {restarts}, {num_images}, {batch_size}")
+            raise BenchError(
+                f"iterations, restarts, num_images and batch_size must be at least 1, got "
+                f"{iterations}, {restarts}, {num_images}, {batch_size}"
+            )
         if lr is not None and lr <= 0:
             raise BenchError(f"lr must be positive, got {lr}")
         if tv < 0:
             raise BenchError(f"tv (total-variation weight) must be non-negative, got {tv}")
         if labels not in LABELS:
-            raise BenchError(f"labels must be one of {list(LABELS)} (recover: iDLG, or LLG's counts at batch size > 1), got '{labels}'")
+            raise BenchError(
+                f"labels must be one of {list(LABELS)} (recover: iDLG, or LLG's counts at batch size > 1), got '{labels}'"
+            )
         if per_sample not in PER_SAMPLE:
-            raise BenchError(f"per_sample must be one of {list(PER_SAMPLE)} (grouped: one grouped network, else vmap), "
-                             f"got '{per_sample}'")
+            raise BenchError(
+                f"per_sample must be one of {list(PER_SAMPLE)} (grouped: one grouped network, else vmap), "
+                f"got '{per_sample}'"
+            )
         if space not in SPACES:
             raise BenchError(f"space must be 'normalized' (inversefed's) or 'pixel', got '{space}'")
         init = init if init is not None else ("gaussian" if space == "normalized" else "random")
@@ -221,12 +247,19 @@ class GradientInversion(Attack):
         metrics["psnr_original"], metrics["ssim_original"] = against_original["psnr"], against_original["ssim"]
         recovered = torch.sort(attack_labels, dim=1).values == torch.sort(true_labels, dim=1).values
         metrics["label_accuracy"] = recovered.float().mean().item()
-        details = {"final_distance": losses.mean().item(), "images": needed, "model_state": self.model_state,
-                   "space": self.space, "init": self.init, "labels": labels_mode, "milestones": inversefed_milestones(self.iterations),
-                   "batching": self.batching,
-                   "lpips": "not computed: LPIPS needs pretrained AlexNet/VGG weights, not available offline",
-                   **({"reused_reconstructions_of": reused} if reused else {}),
-                   **per_image_details(per_image, recovered)}
+        details = {
+            "final_distance": losses.mean().item(),
+            "images": needed,
+            "model_state": self.model_state,
+            "space": self.space,
+            "init": self.init,
+            "labels": labels_mode,
+            "milestones": inversefed_milestones(self.iterations),
+            "batching": self.batching,
+            "lpips": "not computed: LPIPS needs pretrained AlexNet/VGG weights, not available offline",
+            **({"reused_reconstructions_of": reused} if reused else {}),
+            **per_image_details(per_image, recovered),
+        }
         return AttackResult(metrics, examples=(inputs.flatten(0, 1)[:16].cpu(), flat[:16]), details=details)
 
     #: the last inversion run in this process (model, settings, labels, start, targets, result, attack name, batching)
@@ -236,18 +269,41 @@ class GradientInversion(Attack):
         """:meth:`invert`, unless the attack run just before this one on the same model had the same targets,
         labels, start and settings (labels given, then recovered, and recovered right): the optimisation would be
         the same, so its result is reused (the record names that attack). Returns ((images, distances), name or None)."""
-        settings = (self.optimizer, self.distance, self.iterations, self.step_size, self.tv, self.restarts, self.signed,
-                    self.space, self.per_sample, self.batch_size)
+        settings = (
+            self.optimizer,
+            self.distance,
+            self.iterations,
+            self.step_size,
+            self.tv,
+            self.restarts,
+            self.signed,
+            self.space,
+            self.per_sample,
+            self.batch_size,
+        )
         last = GradientInversion._last_inversion
-        if (last is not None and last[0]() is model and last[1] == settings and torch.equal(last[2], labels)
-                and torch.equal(last[3], init) and last[4].keys() == targets.keys()
-                and all(torch.equal(last[4][name], target) for name, target in targets.items())):
+        if (
+            last is not None
+            and last[0]() is model
+            and last[1] == settings
+            and torch.equal(last[2], labels)
+            and torch.equal(last[3], init)
+            and last[4].keys() == targets.keys()
+            and all(torch.equal(last[4][name], target) for name, target in targets.items())
+        ):
             self.batching = last[7]
             return last[5], last[6]
         result = self.invert(model, targets, labels, init)
-        GradientInversion._last_inversion = (weakref.ref(model), settings, labels.clone(), init.clone(),
-                                             {name: target.clone() for name, target in targets.items()}, result, self.name,
-                                             self.batching)
+        GradientInversion._last_inversion = (
+            weakref.ref(model),
+            settings,
+            labels.clone(),
+            init.clone(),
+            {name: target.clone() for name, target in targets.items()},
+            result,
+            self.name,
+            self.batching,
+        )
         return result, None
 
     def target_model(self, module, generator: torch.Generator):
@@ -272,7 +328,9 @@ class GradientInversion(Attack):
         """(1, 1, C, 1, 1) mean and std of the optimisation space (0 and 1 in pixel space)."""
         normalization = getattr(self, "_normalization", None)
         if self.space == "pixel" or normalization is None:
-            return torch.zeros((), dtype=like.dtype, device=like.device), torch.ones((), dtype=like.dtype, device=like.device)
+            return torch.zeros((), dtype=like.dtype, device=like.device), torch.ones(
+                (), dtype=like.dtype, device=like.device
+            )
         return normalization[0].to(like), normalization[1].to(like)
 
     def initial_images(self, count: int, shape, generator: torch.Generator) -> Tensor:
@@ -289,7 +347,9 @@ class GradientInversion(Attack):
         return torch.rand(count, self.batch_size, *shape, generator=generator)
 
     # ------------------------------------------------------------------ the optimisation
-    def invert(self, model: nn.Module, targets: dict[str, Tensor], labels: Tensor, init: Tensor) -> tuple[Tensor, Tensor]:
+    def invert(
+        self, model: nn.Module, targets: dict[str, Tensor], labels: Tensor, init: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Reconstruct every target from ``init`` (restarts x targets, B, C, H, W, in pixel units); keep each
         target's best restart. Call :meth:`set_normalization` first to optimise in a normalised space.
 
@@ -320,8 +380,13 @@ class GradientInversion(Attack):
         self._normalization = self._spec_normalization(spec)
         return self
 
-    def objective(self, model: nn.Module, targets: dict[str, Tensor], labels: Tensor,
-                  image_shape: Optional[tuple[int, ...]] = None) -> Callable:
+    def objective(
+        self,
+        model: nn.Module,
+        targets: dict[str, Tensor],
+        labels: Tensor,
+        image_shape: Optional[tuple[int, ...]] = None,
+    ) -> Callable:
         """(z, which) -> (per-attack objective, per-attack gradient distance) for images z in the optimisation
         space (x = z std + mean); ``which`` picks attacks (None: all). ``image_shape`` (C, H, W) lets the attacks
         run as one grouped network (``per_sample="grouped"``); the path taken is ``objective.batching``."""
@@ -331,8 +396,11 @@ class GradientInversion(Attack):
         names = [name for name, _ in model.named_parameters()]
         leaves = {name: p.detach().requires_grad_(True) for name, p in params.items()}
         every_parameter = not model.training and set(names) == set(targets)
-        own_parameters = [p for p in model.parameters()] if every_parameter and all(
-            p.requires_grad for p in model.parameters()) else None
+        own_parameters = (
+            [p for p in model.parameters()]
+            if every_parameter and all(p.requires_grad for p in model.parameters())
+            else None
+        )
         attacks = labels.shape[0]
         grouped = None
         if self.per_sample == "grouped" and every_parameter and image_shape is not None and attacks > 1:
@@ -363,7 +431,9 @@ class GradientInversion(Attack):
                         grads = torch.autograd.grad(loss_value, own_parameters, create_graph=differentiable)
                         dummy = {n: g.unsqueeze(0) for n, g in zip(names, grads)}
                     else:
-                        loss_value = F.cross_entropy(functional_call(model, (leaves, buffers), (x[0],)), labels[chosen][0])
+                        loss_value = F.cross_entropy(
+                            functional_call(model, (leaves, buffers), (x[0],)), labels[chosen][0]
+                        )
                         grads = torch.autograd.grad(loss_value, list(leaves.values()), create_graph=differentiable)
                         dummy = {n: g.unsqueeze(0) for n, g in zip(leaves, grads)}
             elif grouped is not None and x.shape[0] == attacks:
@@ -371,7 +441,9 @@ class GradientInversion(Attack):
                 with torch.enable_grad():
                     logits = forward(copies, copied_buffers, x, False)
                     # each attack's loss is its batch's mean cross-entropy: copy a's weight gradient is attack a's
-                    summed = F.cross_entropy(logits.flatten(0, 1), labels[chosen].flatten(), reduction="sum") / x.shape[1]
+                    summed = (
+                        F.cross_entropy(logits.flatten(0, 1), labels[chosen].flatten(), reduction="sum") / x.shape[1]
+                    )
                     grads = torch.autograd.grad(summed, list(copies.values()), create_graph=differentiable)
                 dummy = dict(zip(copies, grads))
             elif by_unfold:
@@ -386,8 +458,9 @@ class GradientInversion(Attack):
             return total, distance
 
         evaluate.box = ((0 - mean) / std, (1 - mean) / std)  # inversefed's boxed constraint
-        evaluate.batching = ("single" if attacks == 1 else "grouped" if grouped is not None
-                             else "unfold" if by_unfold else "vmap")
+        evaluate.batching = (
+            "single" if attacks == 1 else "grouped" if grouped is not None else "unfold" if by_unfold else "vmap"
+        )
         return evaluate
 
     @staticmethod
@@ -397,8 +470,10 @@ class GradientInversion(Attack):
         forward = grouped_network(model, tuple(image_shape), batch_norm=True, channels_last=False)
         if isinstance(forward, str):
             return None
-        copies = {n: p.detach().unsqueeze(0).repeat(attacks, *[1] * p.ndim).requires_grad_(True)
-                  for n, p in model.named_parameters()}
+        copies = {
+            n: p.detach().unsqueeze(0).repeat(attacks, *[1] * p.ndim).requires_grad_(True)
+            for n, p in model.named_parameters()
+        }
         copied_buffers = {n: b.unsqueeze(0).repeat(attacks, *[1] * b.ndim) for n, b in model.named_buffers()}
         parameter = next(model.parameters())
         probe = torch.rand(attacks, batch, *image_shape, generator=torch.Generator().manual_seed(0)).to(parameter)
@@ -421,8 +496,12 @@ class GradientInversion(Attack):
             optimizer = torch.optim.SGD([images], lr=self.step_size, momentum=0.9)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, inversefed_milestones(self.iterations), gamma=0.1)
         low, high = objective.box
-        for _ in tqdm(range(self.iterations), desc=f"{self.name} ({self.optimizer}+{self.distance})",
-                      disable=not self.progress, leave=False):
+        for _ in tqdm(
+            range(self.iterations),
+            desc=f"{self.name} ({self.optimizer}+{self.distance})",
+            disable=not self.progress,
+            leave=False,
+        ):
             optimizer.zero_grad(set_to_none=True)
             total, _ = objective(images, None)
             # attacks are independent: the sum's gradient is each attack's own; with respect to the images only
@@ -438,8 +517,9 @@ class GradientInversion(Attack):
 
     def _lbfgs(self, objective: Callable, init: Tensor, index: int) -> tuple[Tensor]:
         images = init.clone().requires_grad_(True)
-        optimizer = torch.optim.LBFGS([images], lr=self.step_size, max_iter=self.iterations, history_size=100,
-                                      line_search_fn="strong_wolfe")
+        optimizer = torch.optim.LBFGS(
+            [images], lr=self.step_size, max_iter=self.iterations, history_size=100, line_search_fn="strong_wolfe"
+        )
         which = slice(index, index + 1)
 
         def closure():
@@ -461,7 +541,12 @@ class GradientInversion(Attack):
             return reconstructions
         matched = reconstructions.clone()
         for attack in range(reconstructions.shape[0]):
-            mse = (reconstructions[attack].unsqueeze(1).clamp(0, 1) - inputs[attack].unsqueeze(0)).square().flatten(2).mean(2)
+            mse = (
+                (reconstructions[attack].unsqueeze(1).clamp(0, 1) - inputs[attack].unsqueeze(0))
+                .square()
+                .flatten(2)
+                .mean(2)
+            )
             psnr = (-10 * torch.log10(mse.clamp_min(10 ** (-PSNR_CAP_DB / 10)))).cpu().numpy()
             rows, cols = linear_sum_assignment(-psnr)
             matched[attack, torch.as_tensor(cols)] = reconstructions[attack, torch.as_tensor(rows)]

@@ -12,8 +12,10 @@ def _last_layer_rows(gradients: dict[str, Tensor], num_classes: int) -> Tensor:
     """(A, classes) row sums of the last layer's weight gradient: (1/B) sum_i (p_ic - y_ic) sum(h_i)."""
     last = [g for g in gradients.values() if g.ndim == 3 and g.shape[1] == num_classes]
     if not last:
-        raise BenchError("cannot recover labels: no (classes, features) weight gradient in the shared gradient; "
-                         "give the labels instead (labels: given)")
+        raise BenchError(
+            "cannot recover labels: no (classes, features) weight gradient in the shared gradient; "
+            "give the labels instead (labels: given)"
+        )
     return last[-1].sum(-1)
 
 

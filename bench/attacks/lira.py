@@ -49,19 +49,30 @@ class LiRAOnline(MembershipInference):
 
     name = "lira_online"
 
-    def __init__(self, shadow_models: int = 8, fixed_variance: bool = True, shadow_epochs: int = 30, batch_size: int = 32,
-                 max_queries: Optional[int] = None, query_batch_size: int = 512, shadow_recipe: str = "auto") -> None:
+    def __init__(
+        self,
+        shadow_models: int = 8,
+        fixed_variance: bool = True,
+        shadow_epochs: int = 30,
+        batch_size: int = 32,
+        max_queries: Optional[int] = None,
+        query_batch_size: int = 512,
+        shadow_recipe: str = "auto",
+    ) -> None:
         super().__init__(shadow_epochs, batch_size, max_queries, query_batch_size, shadow_recipe)
         if shadow_models < 2 or shadow_models % 2:
-            raise BenchError(f"LiRAOnline needs an even number (>= 2) of shadow models, half IN and half OUT, got {shadow_models}")
+            raise BenchError(
+                f"LiRAOnline needs an even number (>= 2) of shadow models, half IN and half OUT, got {shadow_models}"
+            )
         self.shadow_models, self.fixed_variance = shadow_models, fixed_variance
 
     def shadow_need(self):
         return self.pool_recipe(online=True), self.shadow_models
 
     def score(self, module, datamodule, generator, images, target, labels, is_member):
-        shadows, _, _, members = self.shadows(module, datamodule, generator, self.shadow_models,
-                                              queries=(images, labels))
+        shadows, _, _, members = self.shadows(
+            module, datamodule, generator, self.shadow_models, queries=(images, labels)
+        )
         queries = len(images)
         phi = logit_confidence(shadows.logits(images, self.query_batch_size), labels.expand(self.shadow_models, -1))
         inside = members[:, :queries]
@@ -69,8 +80,11 @@ class LiRAOnline(MembershipInference):
         mu_out, sigma_out = gaussian_statistics(phi, ~inside, self.fixed_variance)
         observed = logit_confidence(target, labels)
         scores = Normal(mu_in, sigma_in).log_prob(observed) - Normal(mu_out, sigma_out).log_prob(observed)
-        return scores, 0.0, {"shadow_models": self.shadow_models,
-                             "in_per_query": [int(inside.sum(0).min()), int(inside.sum(0).max())]}
+        return (
+            scores,
+            0.0,
+            {"shadow_models": self.shadow_models, "in_per_query": [int(inside.sum(0).min()), int(inside.sum(0).max())]},
+        )
 
 
 class LiRA(MembershipInference):
@@ -87,8 +101,16 @@ class LiRA(MembershipInference):
 
     name = "lira"
 
-    def __init__(self, shadow_models: int = 8, fixed_variance: bool = True, shadow_epochs: int = 30, batch_size: int = 32,
-                 max_queries: Optional[int] = None, query_batch_size: int = 512, shadow_recipe: str = "auto") -> None:
+    def __init__(
+        self,
+        shadow_models: int = 8,
+        fixed_variance: bool = True,
+        shadow_epochs: int = 30,
+        batch_size: int = 32,
+        max_queries: Optional[int] = None,
+        query_batch_size: int = 512,
+        shadow_recipe: str = "auto",
+    ) -> None:
         super().__init__(shadow_epochs, batch_size, max_queries, query_batch_size, shadow_recipe)
         if shadow_models < 2:
             raise BenchError(f"LiRA fits a Gaussian to shadow models: it needs at least 2, got {shadow_models}")

@@ -48,7 +48,9 @@ AUDIT_DELTA = 1e-5
 @torch.no_grad()
 def query_logits(model, images: Tensor, batch_size: int, device: torch.device) -> Tensor:
     """The black-box queries: ``model``'s logits on ``images``, batched, returned in float64 on the CPU."""
-    return torch.cat([model(images[i : i + batch_size].to(device)).double().cpu() for i in range(0, len(images), batch_size)])
+    return torch.cat(
+        [model(images[i : i + batch_size].to(device)).double().cpu() for i in range(0, len(images), batch_size)]
+    )
 
 
 def logit_confidence(logits: Tensor, labels: Tensor) -> Tensor:
@@ -120,8 +122,14 @@ class MembershipInference(Attack):
     tasks = ("multiclass",)  # loss, confidence and per-class attack models all read one true class per image
     min_pool_sizes = {"attacker": 4, "train": 1, "nonmember": 1}  # shadows train on halves of the attacker pool
 
-    def __init__(self, shadow_epochs: int = 30, batch_size: int = 32, max_queries: Optional[int] = None,
-                 query_batch_size: int = 512, shadow_recipe: str = "auto") -> None:
+    def __init__(
+        self,
+        shadow_epochs: int = 30,
+        batch_size: int = 32,
+        max_queries: Optional[int] = None,
+        query_batch_size: int = 512,
+        shadow_recipe: str = "auto",
+    ) -> None:
         if shadow_epochs < 1 or batch_size < 1 or query_batch_size < 1:
             raise BenchError(f"{type(self).__name__}: shadow_epochs, batch_size and query_batch_size must be positive")
         if max_queries is not None and max_queries < 1:
@@ -145,8 +153,14 @@ class MembershipInference(Attack):
         harness sizes each evaluation's pools by them."""
         return None
 
-    def shadows(self, module, datamodule, generator: torch.Generator, count: int,
-                queries: Optional[tuple[Tensor, Tensor]] = None) -> tuple[PooledShadows, Tensor, Tensor, Tensor]:
+    def shadows(
+        self,
+        module,
+        datamodule,
+        generator: torch.Generator,
+        count: int,
+        queries: Optional[tuple[Tensor, Tensor]] = None,
+    ) -> tuple[PooledShadows, Tensor, Tensor, Tensor]:
         """``count`` shadows trained on random halves of the attacker pool, or (online) on paired halves of the
         ``queries`` followed by the attacker pool: (shadows, images, labels, members). They are the first models
         of the evaluation's shared pool (:func:`~bench.attacks.shadow_models.sharing_shadows`), or of a pool of
@@ -155,20 +169,25 @@ class MembershipInference(Attack):
         if queries is not None:
             images, labels = torch.cat([queries[0], images]), torch.cat([queries[1], labels])
         if len(images) // 2 < max(2, self.min_shadow_members):
-            raise BenchError(f"{self.name}: {len(images)} attacker samples are too few for shadow models (each trains on "
-                             f"half: at least {2 * max(2, self.min_shadow_members)} needed); give the attacker pool "
-                             "a larger share in --data.fractions or raise --data.pool_limit")
+            raise BenchError(
+                f"{self.name}: {len(images)} attacker samples are too few for shadow models (each trains on "
+                f"half: at least {2 * max(2, self.min_shadow_members)} needed); give the attacker pool "
+                "a larger share in --data.fractions or raise --data.pool_limit"
+            )
         augmentation = augmentation_of(datamodule)
         pool = current_shadow_pool() or ShadowPool(generator.initial_seed(), shared=False)
-        shadows, members = pool.draw(module, self.pool_recipe(online=queries is not None), count, images, labels,
-                                     augmentation)
+        shadows, members = pool.draw(
+            module, self.pool_recipe(online=queries is not None), count, images, labels, augmentation
+        )
         self._shadow_details = {**shadows.describe(), "shadow_epochs": self.shadow_epochs}
         trainer = getattr(module, "_trainer", None)
         target_epochs = getattr(trainer, "current_epoch", None) if trainer is not None else None
         if isinstance(target_epochs, int) and target_epochs != self.shadow_epochs:
             # a schedule over epochs (ADMM pruning, a noise calibration for a budget) plays out differently
-            self._shadow_warnings = [f"{self.name}: shadows trained {self.shadow_epochs} epochs, the target "
-                                     f"{target_epochs}; set shadow_epochs to the target's for its recipe"]
+            self._shadow_warnings = [
+                f"{self.name}: shadows trained {self.shadow_epochs} epochs, the target "
+                f"{target_epochs}; set shadow_epochs to the target's for its recipe"
+            ]
         return shadows, images, labels, members
 
     #: the fewest samples a shadow may train on
@@ -186,13 +205,20 @@ class MembershipInference(Attack):
         audit = epsilon_lower_bound(scores, is_member, delta, generator)
         metrics["empirical_epsilon"] = audit["epsilon"]
         details.update(self._shadow_details)
-        details.update(report, empirical_epsilon=audit, members=int(is_member.sum()),
-                       nonmembers=int((1 - is_member).sum()), threshold=threshold, roc=roc_curve(scores, is_member),
-                       warnings=self._shadow_warnings + warnings)
+        details.update(
+            report,
+            empirical_epsilon=audit,
+            members=int(is_member.sum()),
+            nonmembers=int((1 - is_member).sum()),
+            threshold=threshold,
+            roc=roc_curve(scores, is_member),
+            warnings=self._shadow_warnings + warnings,
+        )
         return AttackResult(metrics, details=details)
 
-    def score(self, module, datamodule, generator, images: Tensor, target: Tensor, labels: Tensor,
-              is_member: Tensor) -> tuple[Tensor, float, dict[str, Any]]:
+    def score(
+        self, module, datamodule, generator, images: Tensor, target: Tensor, labels: Tensor, is_member: Tensor
+    ) -> tuple[Tensor, float, dict[str, Any]]:
         """Membership scores of the queries (``images``, whose logits from the target are ``target``), higher:
         member; NaN for queries the attack does not score (it was told their membership); the decision
         threshold; details. ``is_member`` is the truth: only an attack whose threat model grants known
@@ -217,8 +243,15 @@ class LossThreshold(MembershipInference):
 
     name = "loss_threshold"
 
-    def __init__(self, statistic: str = "loss", shadow_epochs: int = 30, batch_size: int = 32,
-                 max_queries: Optional[int] = None, query_batch_size: int = 512, shadow_recipe: str = "auto") -> None:
+    def __init__(
+        self,
+        statistic: str = "loss",
+        shadow_epochs: int = 30,
+        batch_size: int = 32,
+        max_queries: Optional[int] = None,
+        query_batch_size: int = 512,
+        shadow_recipe: str = "auto",
+    ) -> None:
         if statistic not in ("loss", "confidence"):
             raise BenchError(f"LossThreshold statistic must be 'loss' or 'confidence', got '{statistic}'")
         super().__init__(shadow_epochs, batch_size, max_queries, query_batch_size, shadow_recipe)
@@ -234,8 +267,16 @@ class LossThreshold(MembershipInference):
         return _attack_score(target, labels, self.statistic), threshold, {}
 
 
-def train_attack_model(model: nn.Module, inputs: tuple[Tensor, ...], targets: Tensor, epochs: int, batch_size: int,
-                       lr: float, generator: torch.Generator, validation_fraction: float = 0.2) -> tuple[nn.Module, dict[str, Any]]:
+def train_attack_model(
+    model: nn.Module,
+    inputs: tuple[Tensor, ...],
+    targets: Tensor,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+    validation_fraction: float = 0.2,
+) -> tuple[nn.Module, dict[str, Any]]:
     """Binary cross-entropy training of an attack model ``model(*inputs) -> logit`` (Adam), to convergence on its own
     validation split: ``validation_fraction`` of the samples are held out and the epoch with the lowest validation
     loss is kept (all samples train when there are too few to hold any out)."""
@@ -264,8 +305,11 @@ def train_attack_model(model: nn.Module, inputs: tuple[Tensor, ...], targets: Te
                 best_loss, best_state, best_epoch = validation, copy.deepcopy(model.state_dict()), epoch + 1
     if best_state is not None:
         model.load_state_dict(best_state)
-    return model.eval(), {"attack_model_epochs": best_epoch, "attack_model_validation": held,
-                          "attack_model_validation_loss": None if best_state is None else best_loss}
+    return model.eval(), {
+        "attack_model_epochs": best_epoch,
+        "attack_model_validation": held,
+        "attack_model_validation_loss": None if best_state is None else best_loss,
+    }
 
 
 def _seeded_inference_model(num_classes: int, generator: torch.Generator) -> nn.Module:
@@ -296,13 +340,22 @@ class NasrAttack(MembershipInference):
 
     name = "nasr"
 
-    def __init__(self, known_fraction: float = 0.5, attack_epochs: int = 100, attack_lr: float = 1e-3,
-                 attack_batch_size: int = 64, max_queries: Optional[int] = None, query_batch_size: int = 512) -> None:
+    def __init__(
+        self,
+        known_fraction: float = 0.5,
+        attack_epochs: int = 100,
+        attack_lr: float = 1e-3,
+        attack_batch_size: int = 64,
+        max_queries: Optional[int] = None,
+        query_batch_size: int = 512,
+    ) -> None:
         super().__init__(max_queries=max_queries, query_batch_size=query_batch_size)
         if not 0 < known_fraction < 1:
             raise BenchError(f"NasrAttack: known_fraction must lie in (0, 1), got {known_fraction}")
         if attack_epochs < 1 or attack_lr <= 0:
-            raise BenchError(f"NasrAttack: attack_epochs and attack_lr must be positive, got {attack_epochs}, {attack_lr}")
+            raise BenchError(
+                f"NasrAttack: attack_epochs and attack_lr must be positive, got {attack_epochs}, {attack_lr}"
+            )
         self.known_fraction = known_fraction
         self.attack_epochs, self.attack_lr, self.attack_batch_size = attack_epochs, attack_lr, attack_batch_size
 
@@ -315,8 +368,10 @@ class NasrAttack(MembershipInference):
         """Why ``members`` and ``nonmembers`` queries are too few to know some and score the others (None: enough)."""
         count = self.known_count(members, nonmembers)
         if count < 2 or count >= min(members, nonmembers):
-            return (f"knowing {self.known_fraction:.0%} of min(members {members}, non-members {nonmembers}) queries "
-                    f"is {count} of each (needs at least 2 to train h and 1 unknown of each to score)")
+            return (
+                f"knowing {self.known_fraction:.0%} of min(members {members}, non-members {nonmembers}) queries "
+                f"is {count} of each (needs at least 2 to train h and 1 unknown of each to score)"
+            )
         return None
 
     def pool_problem(self, sizes: dict[str, int]) -> Optional[str]:
@@ -329,20 +384,34 @@ class NasrAttack(MembershipInference):
         if problem is not None:
             raise BenchError(f"NasrAttack: {problem}")
         count = self.known_count(len(members), len(nonmembers))
-        known = torch.cat([members[torch.randperm(len(members), generator=generator)[:count]],
-                           nonmembers[torch.randperm(len(nonmembers), generator=generator)[:count]]])
+        known = torch.cat(
+            [
+                members[torch.randperm(len(members), generator=generator)[:count]],
+                nonmembers[torch.randperm(len(nonmembers), generator=generator)[:count]],
+            ]
+        )
         h = _seeded_inference_model(module.spec.num_classes, generator)
         probabilities = _probabilities(target)
-        _, training = train_attack_model(h, (probabilities[known], labels[known]), is_member[known], self.attack_epochs,
-                                         self.attack_batch_size, self.attack_lr, generator)
+        _, training = train_attack_model(
+            h,
+            (probabilities[known], labels[known]),
+            is_member[known],
+            self.attack_epochs,
+            self.attack_batch_size,
+            self.attack_lr,
+            generator,
+        )
         with torch.no_grad():  # h's logit, not its sigmoid: float32 sigmoids of confident members tie at 1.0
             scores = h(probabilities, labels).double()
         # the decision threshold: the best on the queries the attacker knows (h at its validation epoch need not be
         # calibrated at logit 0)
         threshold = best_threshold(scores[known], is_member[known])
         scores[known] = float("nan")  # the known queries are the attacker's training data, not its test
-        return scores, threshold, {"known_fraction": self.known_fraction, "known_members": count, "known_nonmembers": count,
-                             **training}
+        return (
+            scores,
+            threshold,
+            {"known_fraction": self.known_fraction, "known_members": count, "known_nonmembers": count, **training},
+        )
 
 
 class NasrShadow(MembershipInference):
@@ -355,12 +424,22 @@ class NasrShadow(MembershipInference):
 
     name = "nasr_shadow"
 
-    def __init__(self, attack_epochs: int = 100, attack_lr: float = 1e-3, attack_batch_size: int = 64,
-                 shadow_epochs: int = 30, batch_size: int = 32, max_queries: Optional[int] = None,
-                 query_batch_size: int = 512, shadow_recipe: str = "auto") -> None:
+    def __init__(
+        self,
+        attack_epochs: int = 100,
+        attack_lr: float = 1e-3,
+        attack_batch_size: int = 64,
+        shadow_epochs: int = 30,
+        batch_size: int = 32,
+        max_queries: Optional[int] = None,
+        query_batch_size: int = 512,
+        shadow_recipe: str = "auto",
+    ) -> None:
         super().__init__(shadow_epochs, batch_size, max_queries, query_batch_size, shadow_recipe)
         if attack_epochs < 1 or attack_lr <= 0:
-            raise BenchError(f"NasrShadow: attack_epochs and attack_lr must be positive, got {attack_epochs}, {attack_lr}")
+            raise BenchError(
+                f"NasrShadow: attack_epochs and attack_lr must be positive, got {attack_epochs}, {attack_lr}"
+            )
         self.attack_epochs, self.attack_lr, self.attack_batch_size = attack_epochs, attack_lr, attack_batch_size
 
     def shadow_need(self):
@@ -369,8 +448,15 @@ class NasrShadow(MembershipInference):
     def score(self, module, datamodule, generator, images, target, labels, is_member):
         shadows, images, shadow_labels, members = self.shadows(module, datamodule, generator, 1)
         h = _seeded_inference_model(module.spec.num_classes, generator)
-        _, training = train_attack_model(h, (_probabilities(shadows.logits(images)[0]), shadow_labels), members[0],
-                                         self.attack_epochs, self.attack_batch_size, self.attack_lr, generator)
+        _, training = train_attack_model(
+            h,
+            (_probabilities(shadows.logits(images)[0]), shadow_labels),
+            members[0],
+            self.attack_epochs,
+            self.attack_batch_size,
+            self.attack_lr,
+            generator,
+        )
         with torch.no_grad():
             scores = h(_probabilities(target), labels).double()
         return scores, 0.0, training
@@ -410,9 +496,18 @@ class ShokriShadow(MembershipInference):
 
     name = "shokri"
 
-    def __init__(self, shadow_models: int = 4, per_class: bool = True, attack_epochs: int = 100, attack_lr: float = 1e-3,
-                 shadow_epochs: int = 30, batch_size: int = 32, max_queries: Optional[int] = None,
-                 query_batch_size: int = 512, shadow_recipe: str = "auto") -> None:
+    def __init__(
+        self,
+        shadow_models: int = 4,
+        per_class: bool = True,
+        attack_epochs: int = 100,
+        attack_lr: float = 1e-3,
+        shadow_epochs: int = 30,
+        batch_size: int = 32,
+        max_queries: Optional[int] = None,
+        query_batch_size: int = 512,
+        shadow_recipe: str = "auto",
+    ) -> None:
         super().__init__(shadow_epochs, batch_size, max_queries, query_batch_size, shadow_recipe)
         if shadow_models < 1 or attack_epochs < 1 or attack_lr <= 0:
             raise BenchError("ShokriShadow: shadow_models, attack_epochs and attack_lr must be positive")
@@ -433,8 +528,15 @@ class ShokriShadow(MembershipInference):
         with torch.random.fork_rng():
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
             attack = _PerClassMLP(module.spec.num_classes, module.spec.num_classes if self.per_class else 1)
-        _, training = train_attack_model(attack, (features, shadow_labels.repeat(self.shadow_models)), members.flatten(),
-                                         self.attack_epochs, 64, self.attack_lr, generator)
+        _, training = train_attack_model(
+            attack,
+            (features, shadow_labels.repeat(self.shadow_models)),
+            members.flatten(),
+            self.attack_epochs,
+            64,
+            self.attack_lr,
+            generator,
+        )
         with torch.no_grad():
             scores = attack(self._features(target), labels).double()  # the logit: P(member) >= 0.5 where it is >= 0
         return scores, 0.0, training

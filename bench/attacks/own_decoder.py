@@ -40,7 +40,14 @@ class OwnDecoder(Attack):
         images, _ = datamodule.pool("test").tensors()
         images = images[: self.max_test_samples].to(module.device)
         released = query_client(module.release, images, self.batch_size, module.device)
-        reconstructed = torch.cat([module.own_reconstruction(released[i : i + self.batch_size])
-                                   for i in range(0, len(released), self.batch_size)])
-        return AttackResult(reconstruction_metrics(reconstructed, images),
-                            examples=(images[:16].cpu(), reconstructed[:16].cpu()), details={"test_samples": len(images)})
+        reconstructed = torch.cat(
+            [
+                module.own_reconstruction(released[i : i + self.batch_size])
+                for i in range(0, len(released), self.batch_size)
+            ]
+        )
+        return AttackResult(
+            reconstruction_metrics(reconstructed, images),
+            examples=(images[:16].cpu(), reconstructed[:16].cpu()),
+            details={"test_samples": len(images)},
+        )

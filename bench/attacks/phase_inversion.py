@@ -59,8 +59,14 @@ def phase_critic(feature_shape: Sequence[int], width: int = 32) -> nn.Sequential
     """D': two strided convolutions and a linear score."""
     channels, height, width_px = feature_shape
     size = (math.ceil(math.ceil(height / 2) / 2), math.ceil(math.ceil(width_px / 2) / 2))
-    return nn.Sequential(nn.Conv2d(channels, width, 3, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(width, width, 3, 2, 1), nn.LeakyReLU(0.2),
-                         nn.Flatten(), nn.Linear(width * size[0] * size[1], 1))
+    return nn.Sequential(
+        nn.Conv2d(channels, width, 3, 2, 1),
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(width, width, 3, 2, 1),
+        nn.LeakyReLU(0.2),
+        nn.Flatten(),
+        nn.Linear(width * size[0] * size[1], 1),
+    )
 
 
 @torch.no_grad()
@@ -98,9 +104,16 @@ class PhaseEstimator(nn.Module):
         self.refine = None
         if len(released_shape) == 3:
             self.refine = nn.Sequential(
-                nn.Conv2d(2 * released_shape[0], width, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(width, width, 3, 2, 1),
-                nn.LeakyReLU(0.2), nn.Conv2d(width, width, 3, 2, 1), nn.LeakyReLU(0.2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                nn.Linear(width, 2))
+                nn.Conv2d(2 * released_shape[0], width, 3, 1, 1),
+                nn.LeakyReLU(0.2),
+                nn.Conv2d(width, width, 3, 2, 1),
+                nn.LeakyReLU(0.2),
+                nn.Conv2d(width, width, 3, 2, 1),
+                nn.LeakyReLU(0.2),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(width, 2),
+            )
             nn.init.zeros_(self.refine[-1].weight)
             nn.init.zeros_(self.refine[-1].bias)
 
@@ -126,9 +139,20 @@ def _cosine_loss(z: Tensor, theta: Tensor) -> Tensor:
     return 1 - (z * torch.polar(torch.ones_like(theta), -theta)).real / z.abs().clamp_min(1e-12)
 
 
-def fit_phase_estimator(released: Tensor, theta: Tensor, generator: torch.Generator, *, epochs: int, patience: int,
-                        validation_fraction: float, batch_size: int, lr: float, width: int = 32, description: str = "phase estimator",
-                        progress: bool = False) -> tuple[PhaseEstimator, TrainingReport]:
+def fit_phase_estimator(
+    released: Tensor,
+    theta: Tensor,
+    generator: torch.Generator,
+    *,
+    epochs: int,
+    patience: int,
+    validation_fraction: float,
+    batch_size: int,
+    lr: float,
+    width: int = 32,
+    description: str = "phase estimator",
+    progress: bool = False,
+) -> tuple[PhaseEstimator, TrainingReport]:
     """Fit :class:`PhaseEstimator` on the attacker's own (release, theta) pairs, to the validation plateau.
 
     Loss: 1 - cos(theta_hat - theta) of both stages (stage 1's own term trains the linear read-out directly).
@@ -143,8 +167,19 @@ def fit_phase_estimator(released: Tensor, theta: Tensor, generator: torch.Genera
         first, second = model(released[batch])
         return (_cosine_loss(first, theta[batch]) + _cosine_loss(second, theta[batch])).mean()
 
-    report = train_until_plateau(estimator, loss, train, validation, generator, max_epochs=epochs, patience=patience,
-                                 batch_size=batch_size, lr=lr, description=description, progress=progress)
+    report = train_until_plateau(
+        estimator,
+        loss,
+        train,
+        validation,
+        generator,
+        max_epochs=epochs,
+        patience=patience,
+        batch_size=batch_size,
+        lr=lr,
+        description=description,
+        progress=progress,
+    )
     return estimator, report
 
 
@@ -159,14 +194,30 @@ class _PhaseAttack(Attack):
     threat_model = ThreatModel.FEATURE_RELEASE
     role = Role.ADVERSARY
     requires = (Capability.PHASE_QUERIES,)
-    metric_directions = {"mse": "higher", "mae": "higher", "psnr": "lower", "ssim": "lower", "angle_error": "higher",
-                         "server_accuracy": "lower"}
+    metric_directions = {
+        "mse": "higher",
+        "mae": "higher",
+        "psnr": "lower",
+        "ssim": "lower",
+        "angle_error": "higher",
+        "server_accuracy": "lower",
+    }
     primary_metric = "mse"
     #: the estimator's name in ``details["training"]``
     estimator_name: ClassVar[str]
 
-    def _init_common(self, decoder: str, epochs: int, patience: int, validation_fraction: float, lr: float, batch_size: int,
-                     max_attacker_samples: Optional[int], max_test_samples: Optional[int], progress: bool) -> None:
+    def _init_common(
+        self,
+        decoder: str,
+        epochs: int,
+        patience: int,
+        validation_fraction: float,
+        lr: float,
+        batch_size: int,
+        max_attacker_samples: Optional[int],
+        max_test_samples: Optional[int],
+        progress: bool,
+    ) -> None:
         if decoder not in DECODERS:
             raise BenchError(f"unknown decoder '{decoder}' for {self.name}; choose one of {sorted(DECODERS)}")
         if batch_size < 1 or lr <= 0:
@@ -177,8 +228,9 @@ class _PhaseAttack(Attack):
         self.max_attacker_samples, self.max_test_samples = max_attacker_samples, max_test_samples
         self.progress = progress
 
-    def fit_estimator(self, real: Tensor, released: Tensor, theta: Tensor,
-                      generator: torch.Generator) -> tuple[Callable[[Tensor], Tensor], TrainingReport]:
+    def fit_estimator(
+        self, real: Tensor, released: Tensor, theta: Tensor, generator: torch.Generator
+    ) -> tuple[Callable[[Tensor], Tensor], TrainingReport]:
         raise TypeError(f"{type(self).__name__} must implement fit_estimator()")
 
     @torch.no_grad()
@@ -206,25 +258,40 @@ class _PhaseAttack(Attack):
 
         # dec first: it depends only on the (a, image) pairs, the decoder's budget and the generator's state,
         # which both phase attacks share in an evaluation, so the second one reuses the first one's fit
-        inverter = FeatureInversion(self.decoder, self.epochs, self.patience, self.validation_fraction, self.batch_size,
-                                    self.lr, progress=self.progress)
+        inverter = FeatureInversion(
+            self.decoder,
+            self.epochs,
+            self.patience,
+            self.validation_fraction,
+            self.batch_size,
+            self.lr,
+            progress=self.progress,
+        )
         decoder, decoder_used, decoder_report = inverter.train_decoder(module, train_a, train_images, generator)
         estimate, estimator_report = self.fit_estimator(train_a, train_x, train_theta, generator)
         estimated = estimate(test_x)
         with torch.no_grad():
             reconstructed = inverter.decode(decoder, real_part_at(test_x, estimated))
             with_true_phase = inverter.decode(decoder, real_part_at(test_x, test_theta))
-            server_logits = torch.cat([module.predict_from_release(test_x[i : i + self.batch_size])
-                                       for i in range(0, len(test_x), self.batch_size)])
+            server_logits = torch.cat(
+                [
+                    module.predict_from_release(test_x[i : i + self.batch_size])
+                    for i in range(0, len(test_x), self.batch_size)
+                ]
+            )
         test_images = test_images.to(device)
         metrics = reconstruction_metrics(reconstructed, test_images)
         metrics["angle_error"] = angle_error(estimated, test_theta).mean().item()
         # top-1, or for attribute vectors the fraction of attributes right (the utility's accuracy)
         metrics["server_accuracy"] = predictions_correct(server_logits, test_labels, module.spec).mean().item()
-        details = {"decoder_used": decoder_used, "attacker_samples": len(train_images), "test_samples": len(test_images),
-                   # the same decoder given the true phase: what the phase hides
-                   "true_phase_mae": reconstruction_metrics(with_true_phase, test_images)["mae"],
-                   **summarise({"decoder": decoder_report, self.estimator_name: estimator_report}, "decoder")}
+        details = {
+            "decoder_used": decoder_used,
+            "attacker_samples": len(train_images),
+            "test_samples": len(test_images),
+            # the same decoder given the true phase: what the phase hides
+            "true_phase_mae": reconstruction_metrics(with_true_phase, test_images)["mae"],
+            **summarise({"decoder": decoder_report, self.estimator_name: estimator_report}, "decoder"),
+        }
         return AttackResult(metrics, examples=(test_images[:16].cpu(), reconstructed[:16].cpu()), details=details)
 
 
@@ -251,14 +318,36 @@ class PhaseInversion(_PhaseAttack):
     estimator_name = "critic"
     budget_args = ("epochs", "patience", "critic_epochs")
 
-    def __init__(self, decoder: str = "mirror", epochs: int = 1000, patience: int = 20, validation_fraction: float = 0.1,
-                 lr: float = 1e-3, critic_epochs: int = 200, critic_lr: float = 1e-3, grid: int = 36, batch_size: int = 64,
-                 max_attacker_samples: Optional[int] = None, max_test_samples: Optional[int] = None,
-                 progress: bool = True) -> None:
-        self._init_common(decoder, epochs, patience, validation_fraction, lr, batch_size, max_attacker_samples,
-                          max_test_samples, progress)
+    def __init__(
+        self,
+        decoder: str = "mirror",
+        epochs: int = 1000,
+        patience: int = 20,
+        validation_fraction: float = 0.1,
+        lr: float = 1e-3,
+        critic_epochs: int = 200,
+        critic_lr: float = 1e-3,
+        grid: int = 36,
+        batch_size: int = 64,
+        max_attacker_samples: Optional[int] = None,
+        max_test_samples: Optional[int] = None,
+        progress: bool = True,
+    ) -> None:
+        self._init_common(
+            decoder,
+            epochs,
+            patience,
+            validation_fraction,
+            lr,
+            batch_size,
+            max_attacker_samples,
+            max_test_samples,
+            progress,
+        )
         if critic_epochs < 1 or critic_lr <= 0:
-            raise BenchError(f"phase_inversion needs critic_epochs >= 1 and critic_lr > 0, got {critic_epochs} and {critic_lr}")
+            raise BenchError(
+                f"phase_inversion needs critic_epochs >= 1 and critic_lr > 0, got {critic_epochs} and {critic_lr}"
+            )
         if grid < 2:
             raise BenchError(f"grid (angles tried per sample) must be at least 2, got {grid}")
         self.critic_epochs, self.critic_lr, self.grid = critic_epochs, critic_lr, grid
@@ -278,9 +367,19 @@ class PhaseInversion(_PhaseAttack):
             targets = torch.cat([torch.ones(len(batch)), torch.zeros(len(batch))]).to(scores.device)
             return F.binary_cross_entropy_with_logits(scores.squeeze(1), targets)
 
-        report = train_until_plateau(critic, loss, train, validation, generator, max_epochs=self.critic_epochs,
-                                     patience=self.patience, batch_size=self.batch_size, lr=self.critic_lr,
-                                     description=f"{self.name} critic", progress=self.progress)
+        report = train_until_plateau(
+            critic,
+            loss,
+            train,
+            validation,
+            generator,
+            max_epochs=self.critic_epochs,
+            patience=self.patience,
+            batch_size=self.batch_size,
+            lr=self.critic_lr,
+            description=f"{self.name} critic",
+            progress=self.progress,
+        )
         return (lambda x: estimate_phase(critic, x, self.grid)), report
 
 
@@ -309,20 +408,51 @@ class LearnedPhaseInversion(_PhaseAttack):
     estimator_name = "estimator"
     budget_args = ("epochs", "patience", "estimator_epochs")
 
-    def __init__(self, decoder: str = "mirror", epochs: int = 1000, patience: int = 20, validation_fraction: float = 0.1,
-                 lr: float = 1e-3, estimator_epochs: int = 500, estimator_lr: float = 1e-3, estimator_width: int = 32,
-                 batch_size: int = 64, max_attacker_samples: Optional[int] = None, max_test_samples: Optional[int] = None,
-                 progress: bool = True) -> None:
-        self._init_common(decoder, epochs, patience, validation_fraction, lr, batch_size, max_attacker_samples,
-                          max_test_samples, progress)
+    def __init__(
+        self,
+        decoder: str = "mirror",
+        epochs: int = 1000,
+        patience: int = 20,
+        validation_fraction: float = 0.1,
+        lr: float = 1e-3,
+        estimator_epochs: int = 500,
+        estimator_lr: float = 1e-3,
+        estimator_width: int = 32,
+        batch_size: int = 64,
+        max_attacker_samples: Optional[int] = None,
+        max_test_samples: Optional[int] = None,
+        progress: bool = True,
+    ) -> None:
+        self._init_common(
+            decoder,
+            epochs,
+            patience,
+            validation_fraction,
+            lr,
+            batch_size,
+            max_attacker_samples,
+            max_test_samples,
+            progress,
+        )
         if estimator_epochs < 1 or estimator_lr <= 0 or estimator_width < 1:
-            raise BenchError(f"learned_phase_inversion needs estimator_epochs >= 1, estimator_lr > 0 and estimator_width >= 1, "
-                             f"got {estimator_epochs}, {estimator_lr} and {estimator_width}")
+            raise BenchError(
+                f"learned_phase_inversion needs estimator_epochs >= 1, estimator_lr > 0 and estimator_width >= 1, "
+                f"got {estimator_epochs}, {estimator_lr} and {estimator_width}"
+            )
         self.estimator_epochs, self.estimator_lr, self.estimator_width = estimator_epochs, estimator_lr, estimator_width
 
     def fit_estimator(self, real, released, theta, generator):
-        estimator, report = fit_phase_estimator(released, theta, generator, epochs=self.estimator_epochs,
-                                                patience=self.patience, validation_fraction=self.validation_fraction,
-                                                batch_size=self.batch_size, lr=self.estimator_lr, width=self.estimator_width,
-                                                description=f"{self.name} estimator", progress=self.progress)
+        estimator, report = fit_phase_estimator(
+            released,
+            theta,
+            generator,
+            epochs=self.estimator_epochs,
+            patience=self.patience,
+            validation_fraction=self.validation_fraction,
+            batch_size=self.batch_size,
+            lr=self.estimator_lr,
+            width=self.estimator_width,
+            description=f"{self.name} estimator",
+            progress=self.progress,
+        )
         return estimator.angles, report

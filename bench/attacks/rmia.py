@@ -76,15 +76,28 @@ class RMIA(MembershipInference):
     name = "rmia"
     online = False
 
-    def __init__(self, reference_models: int = 4, gamma: float = 1.0, offline_a: Optional[float] = None,
-                 population: int = 2000, shadow_epochs: int = 30, batch_size: int = 32, max_queries: Optional[int] = None,
-                 query_batch_size: int = 512, shadow_recipe: str = "auto") -> None:
+    def __init__(
+        self,
+        reference_models: int = 4,
+        gamma: float = 1.0,
+        offline_a: Optional[float] = None,
+        population: int = 2000,
+        shadow_epochs: int = 30,
+        batch_size: int = 32,
+        max_queries: Optional[int] = None,
+        query_batch_size: int = 512,
+        shadow_recipe: str = "auto",
+    ) -> None:
         super().__init__(shadow_epochs, batch_size, max_queries, query_batch_size, shadow_recipe)
         if reference_models < 2 or (self.online and reference_models % 2):
-            raise BenchError(f"{type(self).__name__} needs {'an even number of ' if self.online else ''}reference models "
-                             f">= 2 (one plays the target to calibrate), got {reference_models}")
+            raise BenchError(
+                f"{type(self).__name__} needs {'an even number of ' if self.online else ''}reference models "
+                f">= 2 (one plays the target to calibrate), got {reference_models}"
+            )
         if gamma <= 0 or population < 2:
-            raise BenchError(f"{type(self).__name__}: gamma must be positive and population >= 2, got {gamma}, {population}")
+            raise BenchError(
+                f"{type(self).__name__}: gamma must be positive and population >= 2, got {gamma}, {population}"
+            )
         if offline_a is not None and not 0 <= offline_a <= 1:
             raise BenchError(f"RMIA: offline_a must lie in [0, 1], got {offline_a}")
         self.reference_models, self.gamma, self.population = reference_models, gamma, population
@@ -104,28 +117,37 @@ class RMIA(MembershipInference):
     def score(self, module, datamodule, generator, images, target, labels, is_member):
         queries = len(images)
         if self.online:
-            references, data, data_labels, members = self.shadows(module, datamodule, generator, self.reference_models,
-                                                                  queries=(images, labels))
+            references, data, data_labels, members = self.shadows(
+                module, datamodule, generator, self.reference_models, queries=(images, labels)
+            )
         else:
             references, data, data_labels, members = self.shadows(module, datamodule, generator, self.reference_models)
             data, data_labels = torch.cat([images, data]), torch.cat([labels, data_labels])
             members = torch.cat([torch.zeros(self.reference_models, queries, dtype=torch.bool), members], 1)
-        probabilities = true_class_probability(references.logits(data, self.query_batch_size), data_labels)  # (S, Q + P)
+        probabilities = true_class_probability(
+            references.logits(data, self.query_batch_size), data_labels
+        )  # (S, Q + P)
         pool = torch.arange(queries, len(data))
         z = pool[torch.randperm(len(pool), generator=generator)[: self.population]]
         # the offline a: one reference model as the target, the others as its references, on the attacker pool
         rotated = [torch.roll(torch.arange(self.reference_models), -m) for m in range(self.reference_models)]
         a = None
-        details = {"reference_models": self.reference_models, "gamma": self.gamma, "population": len(z),
-                   "mode": "online" if self.online else "offline"}
+        details = {
+            "reference_models": self.reference_models,
+            "gamma": self.gamma,
+            "population": len(z),
+            "mode": "online" if self.online else "offline",
+        }
         if not self.online:
             a = self.offline_a
             if a is None:
+
                 def simulated_auc(candidate: float) -> float:
                     aucs = []
                     for order in rotated[: min(2, self.reference_models)]:
-                        scores, truth = self._simulate(probabilities[order][:, pool], members[order][:, pool], z - queries,
-                                                       candidate)
+                        scores, truth = self._simulate(
+                            probabilities[order][:, pool], members[order][:, pool], z - queries, candidate
+                        )
                         aucs.append(delong_interval(scores, truth)[0] if 0 < truth.sum() < len(truth) else 0.5)
                     return sum(aucs) / len(aucs)
 
@@ -141,8 +163,9 @@ class RMIA(MembershipInference):
         p_x = population_probability(probabilities[:, :queries], members[:, :queries], a)
         p_z = population_probability(probabilities[:, z], members[:, z], a)
         p_target = true_class_probability(target, labels)
-        p_z_target = true_class_probability(query_logits(module, data[z], self.query_batch_size, module.device),
-                                            data_labels[z])
+        p_z_target = true_class_probability(
+            query_logits(module, data[z], self.query_batch_size, module.device), data_labels[z]
+        )
         scores = rmia_score(p_target, p_x, p_z_target, p_z, self.gamma)
         return scores, threshold, details
 
@@ -153,8 +176,25 @@ class RMIAOnline(RMIA):
     name = "rmia_online"
     online = True
 
-    def __init__(self, reference_models: int = 8, gamma: float = 1.0, population: int = 2000, shadow_epochs: int = 30,
-                 batch_size: int = 32, max_queries: Optional[int] = None, query_batch_size: int = 512,
-                 shadow_recipe: str = "auto") -> None:
-        super().__init__(reference_models, gamma, None, population, shadow_epochs, batch_size, max_queries,
-                         query_batch_size, shadow_recipe)
+    def __init__(
+        self,
+        reference_models: int = 8,
+        gamma: float = 1.0,
+        population: int = 2000,
+        shadow_epochs: int = 30,
+        batch_size: int = 32,
+        max_queries: Optional[int] = None,
+        query_batch_size: int = 512,
+        shadow_recipe: str = "auto",
+    ) -> None:
+        super().__init__(
+            reference_models,
+            gamma,
+            None,
+            population,
+            shadow_epochs,
+            batch_size,
+            max_queries,
+            query_batch_size,
+            shadow_recipe,
+        )

@@ -37,8 +37,16 @@ from typing import Any, Callable, Optional, Sequence
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import (Checkpoint, DeviceStatsMonitor, EarlyStopping, LearningRateMonitor, ModelSummary,
-                                         ProgressBar, ThroughputMonitor, Timer)
+from lightning.pytorch.callbacks import (
+    Checkpoint,
+    DeviceStatsMonitor,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelSummary,
+    ProgressBar,
+    ThroughputMonitor,
+    Timer,
+)
 from lightning.pytorch.cli import SaveConfigCallback
 from torch import Tensor
 from torch.func import functional_call, replace_all_batch_norm_modules_, stack_module_state
@@ -52,8 +60,17 @@ from bench.modules.base import PrivacyModule
 RECIPES = ("auto", "target", "plain")
 #: callbacks that watch or save a fit without changing what each step trains (early stopping and timers only say
 #: when a fit ends: shadows train the attack's ``shadow_epochs``)
-BOOKKEEPING = (Checkpoint, DeviceStatsMonitor, EarlyStopping, LearningRateMonitor, ModelSummary, ProgressBar,
-               SaveConfigCallback, ThroughputMonitor, Timer)
+BOOKKEEPING = (
+    Checkpoint,
+    DeviceStatsMonitor,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelSummary,
+    ProgressBar,
+    SaveConfigCallback,
+    ThroughputMonitor,
+    Timer,
+)
 
 
 def _first_optimizer(module) -> tuple[type, dict[str, Any]]:
@@ -123,9 +140,11 @@ def recipe_callbacks(module) -> list[Callable[[], Any]]:
         elif not callback.state_dict():
             factories.append(lambda callback=callback: copy.deepcopy(callback))
         else:
-            raise BenchError(f"the target was trained with the callback {type(callback).__name__}, which holds state and has "
-                             "no fresh_copy(): shadow models cannot be trained by the target's recipe; give it a "
-                             "fresh_copy() or declare it in the module's configure_callbacks(), or use recipe='plain'")
+            raise BenchError(
+                f"the target was trained with the callback {type(callback).__name__}, which holds state and has "
+                "no fresh_copy(): shadow models cannot be trained by the target's recipe; give it a "
+                "fresh_copy() or declare it in the module's configure_callbacks(), or use recipe='plain'"
+            )
     return factories
 
 
@@ -176,9 +195,11 @@ class _ShadowData(L.LightningDataModule):
         pixels = (images * 255).round().to(torch.uint8).cpu()  # the pools' images are uint8 / 255: exact
         labels = labels.cpu()
         inside, outside = members.nonzero().squeeze(1), (~members).nonzero().squeeze(1)
-        self._pools = {"train": ImagePool(pixels[inside], labels[inside], transform),
-                       "val": ImagePool(pixels[outside], labels[outside]),
-                       "nonmember": ImagePool(pixels[outside], labels[outside])}
+        self._pools = {
+            "train": ImagePool(pixels[inside], labels[inside], transform),
+            "val": ImagePool(pixels[outside], labels[outside]),
+            "nonmember": ImagePool(pixels[outside], labels[outside]),
+        }
         self.batch_size = self.eval_batch_size = batch_size
 
     def pool(self, name: str) -> ImagePool:
@@ -187,8 +208,9 @@ class _ShadowData(L.LightningDataModule):
         return self._pools[name]
 
     def pool_dataloader(self, name: str, shuffle: bool = False, batch_size: Optional[int] = None) -> DataLoader:
-        return DataLoader(self.pool(name), batch_size=batch_size or self.batch_size, shuffle=shuffle,
-                          collate_fn=collate_batch)
+        return DataLoader(
+            self.pool(name), batch_size=batch_size or self.batch_size, shuffle=shuffle, collate_fn=collate_batch
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self.pool_dataloader("train", shuffle=True)
@@ -216,9 +238,18 @@ class ShadowModels:
         augmented: the target trained on augmented data (then its recipe is not the plain one).
     """
 
-    def __init__(self, module, count: int, generator: torch.Generator, device: torch.device,
-                 vectorize: bool | str = "auto", recipe: str = "auto", augmented: bool = False,
-                 grouped: bool = True, seeds: Optional[Sequence[int]] = None) -> None:
+    def __init__(
+        self,
+        module,
+        count: int,
+        generator: torch.Generator,
+        device: torch.device,
+        vectorize: bool | str = "auto",
+        recipe: str = "auto",
+        augmented: bool = False,
+        grouped: bool = True,
+        seeds: Optional[Sequence[int]] = None,
+    ) -> None:
         if count < 1:
             raise BenchError(f"an attack needs at least one shadow model, got {count}")
         if recipe not in RECIPES:
@@ -265,8 +296,13 @@ class ShadowModels:
 
     def describe(self) -> dict[str, Any]:
         """How the shadows were trained, for the record."""
-        return {"shadow_recipe": self.recipe, "shadow_count": self.count, "vectorized_shadows": self.vectorize,
-                "shadow_batching": self.batching, "why_not_plain": self.recipe_gap}
+        return {
+            "shadow_recipe": self.recipe,
+            "shadow_count": self.count,
+            "vectorized_shadows": self.vectorize,
+            "shadow_batching": self.batching,
+            "why_not_plain": self.recipe_gap,
+        }
 
     def _checked_grouped(self, image_shape: tuple[int, ...]) -> Optional[Callable]:
         """The copies' grouped forward if the network has one and it gives every copy's own logits on a probe."""
@@ -308,8 +344,16 @@ class ShadowModels:
 
         return torch.vmap(one, randomness="different")(self.params, self.buffers, x)
 
-    def fit(self, images: Tensor, labels: Tensor, members: Tensor, epochs: int, batch_size: int,
-            generator: torch.Generator, transform=None) -> Tensor:
+    def fit(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        members: Tensor,
+        epochs: int,
+        batch_size: int,
+        generator: torch.Generator,
+        transform=None,
+    ) -> Tensor:
         """Train copy m on ``images[members[m]]`` for ``epochs`` epochs; returns the (count, N) mask each copy trained on.
 
         The plain recipe gives every copy the same number of samples (the smallest member set: larger
@@ -336,7 +380,9 @@ class ShadowModels:
                 if self.vectorize:
                     logits = self._forward(x, train=True)
                     # sum over copies of each copy's mean loss: each copy gets its own gradient
-                    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1).sum()
+                    loss = (
+                        F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1).sum()
+                    )
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -352,18 +398,27 @@ class ShadowModels:
         """Each copy's member rows (count, size) in a fresh random order: from its own generator when it has one."""
         if self._own_generators is None:
             return rows.gather(1, torch.rand(rows.shape, generator=generator).argsort(1))
-        return torch.stack([row[torch.rand(len(row), generator=own).argsort()]
-                            for row, own in zip(rows, self._own_generators)])
+        return torch.stack(
+            [row[torch.rand(len(row), generator=own).argsort()] for row, own in zip(rows, self._own_generators)]
+        )
 
     def _fit_by_recipe(self, images, labels, members, epochs, batch_size, generator, transform) -> None:
         accelerator = "gpu" if self.device.type == "cuda" else "cpu"
         generators = self._own_generators or [generator] * self.count
         for model, member, own in zip(self.copies, members, generators):
             data = _ShadowData(images, labels, member, batch_size, transform)
-            trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
-                                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                                num_sanity_val_steps=0, limit_val_batches=0,
-                                callbacks=[factory() for factory in self.callback_factories])
+            trainer = L.Trainer(
+                max_epochs=epochs,
+                accelerator=accelerator,
+                devices=1,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                num_sanity_val_steps=0,
+                limit_val_batches=0,
+                callbacks=[factory() for factory in self.callback_factories],
+            )
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), _quiet_lightning():
                 torch.manual_seed(int(torch.randint(2**31, (1,), generator=own)))
                 trainer.fit(model, data)
@@ -373,8 +428,10 @@ class ShadowModels:
     def trained_state(self) -> dict[str, Any]:
         """The copies' trained tensors (stacked when batched), for :class:`ShadowCache`."""
         if self.vectorize:
-            return {"params": {k: v.detach().cpu() for k, v in self.params.items()},
-                    "buffers": {k: v.detach().cpu() for k, v in self.buffers.items()}}
+            return {
+                "params": {k: v.detach().cpu() for k, v in self.params.items()},
+                "buffers": {k: v.detach().cpu() for k, v in self.buffers.items()},
+            }
         return {"copies": [{k: v.detach().cpu() for k, v in c.state_dict().items()} for c in self.copies]}
 
     @torch.no_grad()
@@ -414,7 +471,9 @@ def paired_halves(count: int, size: int, generator: torch.Generator) -> Tensor:
     the second of a pair). ``count`` must be even.
     """
     if count < 2 or count % 2:
-        raise BenchError(f"online attacks pair IN and OUT shadows: they need an even number of shadows >= 2, got {count}")
+        raise BenchError(
+            f"online attacks pair IN and OUT shadows: they need an even number of shadows >= 2, got {count}"
+        )
     halves = random_halves(count // 2, size, generator)
     return torch.stack([halves, ~halves], dim=1).flatten(0, 1)
 
@@ -516,8 +575,9 @@ class ShadowPool:
         """Size the pool of ``recipe`` for an attack that will need ``count`` of its models."""
         self._planned[recipe] = max(self._planned.get(recipe, 0), count)
 
-    def draw(self, module, recipe: PoolRecipe, count: int, images: Tensor, labels: Tensor,
-             augmentation=None) -> tuple[PooledShadows, Tensor]:
+    def draw(
+        self, module, recipe: PoolRecipe, count: int, images: Tensor, labels: Tensor, augmentation=None
+    ) -> tuple[PooledShadows, Tensor]:
         """The pool's first ``count`` models on ``images`` and the (count, N) masks of the samples they trained on."""
         fingerprint = data_fingerprint(images, labels)
         pool = self._pools.setdefault((recipe, fingerprint), _Pool(recipe, fingerprint))
@@ -538,13 +598,21 @@ class ShadowPool:
         recipe, new = pool.recipe, range(pool.size, size)
         members = torch.stack([self.membership(recipe.kind, m, len(images)) for m in new])
         seeds = [derived_seed(self.seed, recipe.kind, "model", m) for m in new]
-        chunk = ShadowModels(module, len(new), torch.Generator().manual_seed(seeds[0]), module.device,
-                             recipe=recipe.recipe, augmented=augmentation is not None, seeds=seeds)
+        chunk = ShadowModels(
+            module,
+            len(new),
+            torch.Generator().manual_seed(seeds[0]),
+            module.device,
+            recipe=recipe.recipe,
+            augmented=augmentation is not None,
+            seeds=seeds,
+        )
         key = None if self.cache is None else cache_key(module, chunk, recipe, pool.data, self.seed, new, augmentation)
         trained = None if key is None else self.cache.load(key, chunk, members)
         if trained is None:
-            trained = chunk.fit(images, labels, members, recipe.epochs, recipe.batch_size, torch.Generator(),
-                                transform=augmentation)
+            trained = chunk.fit(
+                images, labels, members, recipe.epochs, recipe.batch_size, torch.Generator(), transform=augmentation
+            )
             self.models_trained += len(new)
             if key is not None:
                 self.cache.save(key, chunk, trained)
@@ -566,21 +634,31 @@ class ShadowPool:
 POOL_FORMAT = 1
 
 
-def cache_key(module, chunk: ShadowModels, recipe: PoolRecipe, data: str, seed: int, models: range,
-              augmentation) -> dict[str, Any]:
+def cache_key(
+    module, chunk: ShadowModels, recipe: PoolRecipe, data: str, seed: int, models: range, augmentation
+) -> dict[str, Any]:
     """Everything that determines a chunk of a pool's models: the target's class and hyper-parameters, the recipe as
     resolved (and its callbacks), the data, the evaluation seed, which models, the device kind, the code's version."""
     import bench
 
-    return {"format": POOL_FORMAT, "bench": bench.__version__, "torch": torch.__version__,
-            "target": f"{type(module).__module__}.{type(module).__qualname__}",
-            "hparams": json.dumps(dict(getattr(module, "hparams", {})), sort_keys=True, default=repr),
-            "recipe": [recipe.kind, recipe.epochs, recipe.batch_size, recipe.recipe, chunk.recipe, chunk.batching],
-            "optimizer": [chunk.optimizer_class.__name__,
-                          json.dumps(chunk.optimizer_settings, sort_keys=True, default=repr)],
-            "callbacks": [_callback_identity(factory()) for factory in chunk.callback_factories],
-            "augmentation": None if augmentation is None else repr(augmentation),
-            "data": data, "seed": seed, "models": [models.start, models.stop], "device": chunk.device.type}
+    return {
+        "format": POOL_FORMAT,
+        "bench": bench.__version__,
+        "torch": torch.__version__,
+        "target": f"{type(module).__module__}.{type(module).__qualname__}",
+        "hparams": json.dumps(dict(getattr(module, "hparams", {})), sort_keys=True, default=repr),
+        "recipe": [recipe.kind, recipe.epochs, recipe.batch_size, recipe.recipe, chunk.recipe, chunk.batching],
+        "optimizer": [
+            chunk.optimizer_class.__name__,
+            json.dumps(chunk.optimizer_settings, sort_keys=True, default=repr),
+        ],
+        "callbacks": [_callback_identity(factory()) for factory in chunk.callback_factories],
+        "augmentation": None if augmentation is None else repr(augmentation),
+        "data": data,
+        "seed": seed,
+        "models": [models.start, models.stop],
+        "device": chunk.device.type,
+    }
 
 
 def _callback_identity(callback) -> str:
@@ -615,14 +693,20 @@ class ShadowCache:
             if not isinstance(stored, dict) or stored.get("key") != json.dumps(key, sort_keys=True):
                 raise ValueError("its key is not this pool's")
             trained = stored["trained"]
-            if (not isinstance(trained, Tensor) or trained.shape != members.shape
-                    or (trained & ~members.to(trained.device)).any()):
+            if (
+                not isinstance(trained, Tensor)
+                or trained.shape != members.shape
+                or (trained & ~members.to(trained.device)).any()
+            ):
                 raise ValueError("its models trained on other samples")
             chunk.load_trained_state(stored["state"])
         except Exception as error:  # a file is never trusted: any problem means train again
             reason = f"{type(error).__name__}: {str(error).splitlines()[0]}" if str(error) else type(error).__name__
-            print(f"bench: shadow cache {path} not used ({reason}); training those shadow models again",
-                  file=sys.stderr, flush=True)
+            print(
+                f"bench: shadow cache {path} not used ({reason}); training those shadow models again",
+                file=sys.stderr,
+                flush=True,
+            )
             return None
         return trained.cpu()
 
@@ -630,8 +714,9 @@ class ShadowCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
         partial = path.with_suffix(".partial")
-        torch.save({"key": json.dumps(key, sort_keys=True), "trained": trained.cpu(), "state": chunk.trained_state()},
-                   partial)
+        torch.save(
+            {"key": json.dumps(key, sort_keys=True), "trained": trained.cpu(), "state": chunk.trained_state()}, partial
+        )
         partial.replace(path)  # never a half-written entry under the key's name
 
 

@@ -48,25 +48,43 @@ class TrainingReport:
 def check_budget(name: str, epochs: int, patience: int, validation_fraction: float) -> None:
     """One clear line for a budget that cannot train (before any query is made)."""
     if epochs < 1 or patience < 1:
-        raise BenchError(f"{name} needs epochs (the maximum budget) >= 1 and patience >= 1, got {epochs} and {patience}")
+        raise BenchError(
+            f"{name} needs epochs (the maximum budget) >= 1 and patience >= 1, got {epochs} and {patience}"
+        )
     if not 0 < validation_fraction < 1:
-        raise BenchError(f"{name}: validation_fraction is the share of the attacker pool held out to decide when "
-                         f"training has converged; it must lie in (0, 1), got {validation_fraction}")
+        raise BenchError(
+            f"{name}: validation_fraction is the share of the attacker pool held out to decide when "
+            f"training has converged; it must lie in (0, 1), got {validation_fraction}"
+        )
 
 
 def validation_split(count: int, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """A random (train, validation) split of ``range(count)``, at least one sample on each side."""
     if count < 2:
-        raise BenchError(f"a learned attacker needs at least 2 attacker samples (one to train, one to validate), got {count}")
+        raise BenchError(
+            f"a learned attacker needs at least 2 attacker samples (one to train, one to validate), got {count}"
+        )
     order = torch.randperm(count, generator=generator)
     held_out = min(max(1, round(count * fraction)), count - 1)
     return order[held_out:], order[:held_out]
 
 
-def train_until_plateau(model: nn.Module, loss: LossFunction, train: Tensor, validation: Tensor, generator: torch.Generator,
-                        *, max_epochs: int, patience: int, batch_size: int, lr: float, min_delta: float = 1e-3,
-                        description: str = "attacker", progress: bool = False,
-                        parameters: Optional[Sequence[nn.Parameter]] = None) -> TrainingReport:
+def train_until_plateau(
+    model: nn.Module,
+    loss: LossFunction,
+    train: Tensor,
+    validation: Tensor,
+    generator: torch.Generator,
+    *,
+    max_epochs: int,
+    patience: int,
+    batch_size: int,
+    lr: float,
+    min_delta: float = 1e-3,
+    description: str = "attacker",
+    progress: bool = False,
+    parameters: Optional[Sequence[nn.Parameter]] = None,
+) -> TrainingReport:
     """Adam on ``loss`` over mini-batches of ``train`` indices; early stopping on the mean loss of ``validation``.
 
     An epoch improves when its validation loss is below ``best - min_delta * |best|``. The model ends
@@ -104,9 +122,16 @@ def train_until_plateau(model: nn.Module, loss: LossFunction, train: Tensor, val
             break
     model.load_state_dict(best_state)
     model.eval()
-    return TrainingReport(converged=epochs_run - best_epoch >= patience, epochs_run=epochs_run, max_epochs=max_epochs,
-                          best_epoch=best_epoch, patience=patience, train_samples=len(train),
-                          validation_samples=len(validation), validation_loss=best_loss)
+    return TrainingReport(
+        converged=epochs_run - best_epoch >= patience,
+        epochs_run=epochs_run,
+        max_epochs=max_epochs,
+        best_epoch=best_epoch,
+        patience=patience,
+        train_samples=len(train),
+        validation_samples=len(validation),
+        validation_loss=best_loss,
+    )
 
 
 @torch.no_grad()
@@ -121,9 +146,20 @@ def validation_loss(model: nn.Module, loss: LossFunction, indices: Tensor, seed:
     return total / len(indices)
 
 
-def fit_decoder(decoder: nn.Module, inputs: Tensor, images: Tensor, generator: torch.Generator, *, epochs: int,
-                batch_size: int, lr: float, patience: int, validation_fraction: float, description: str,
-                progress: bool) -> TrainingReport:
+def fit_decoder(
+    decoder: nn.Module,
+    inputs: Tensor,
+    images: Tensor,
+    generator: torch.Generator,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    patience: int,
+    validation_fraction: float,
+    description: str,
+    progress: bool,
+) -> TrainingReport:
     """Train ``decoder`` to map ``inputs`` to ``images`` by MSE, with early stopping on a held-out share.
 
     ``epochs`` is the maximum budget; the decoder's frozen layers stay as they are.
@@ -133,13 +169,27 @@ def fit_decoder(decoder: nn.Module, inputs: Tensor, images: Tensor, generator: t
     def mse(model: nn.Module, batch: Tensor, _: torch.Generator) -> Tensor:
         return F.mse_loss(model(inputs[batch]), images[batch])
 
-    return train_until_plateau(decoder, mse, train, validation, generator, max_epochs=epochs, patience=patience,
-                               batch_size=batch_size, lr=lr, description=description, progress=progress)
+    return train_until_plateau(
+        decoder,
+        mse,
+        train,
+        validation,
+        generator,
+        max_epochs=epochs,
+        patience=patience,
+        batch_size=batch_size,
+        lr=lr,
+        description=description,
+        progress=progress,
+    )
 
 
 def summarise(reports: dict[str, TrainingReport], main: str) -> dict[str, Any]:
     """Record details of an attack's learners: ``converged`` (all of them), the budget of ``main``
     (``epochs_run``, ``max_epochs``) and every learner's report under ``training``."""
-    return {"converged": all(report.converged for report in reports.values()),
-            "epochs_run": reports[main].epochs_run, "max_epochs": reports[main].max_epochs,
-            "training": {name: report.as_details() for name, report in reports.items()}}
+    return {
+        "converged": all(report.converged for report in reports.values()),
+        "epochs_run": reports[main].epochs_run,
+        "max_epochs": reports[main].max_epochs,
+        "training": {name: report.as_details() for name, report in reports.items()},
+    }

@@ -35,8 +35,19 @@ from torch import Tensor, nn
 from bench.networks.layers import Normalize
 
 #: layers that act on each element (or each channel's plane) alone: a batch of K models' channels is the same layer
-ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh,
-               nn.Identity)
+ELEMENTWISE = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Softplus,
+    nn.Hardtanh,
+    nn.Identity,
+)
 POOLING = (nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 Step = Callable[[dict[str, Tensor], dict[str, Tensor], Tensor, bool], Tensor]
@@ -81,8 +92,16 @@ def _conv(name: str, layer: nn.Conv2d) -> Step:
 
     def step(params, buffers, h, train):
         count = params[weight].shape[0]
-        return F.conv2d(h, params[weight].flatten(0, 1), params[bias].flatten() if bias else None, layer.stride,
-                        layer.padding, layer.dilation, layer.groups * count)
+        return F.conv2d(
+            h,
+            params[weight].flatten(0, 1),
+            params[bias].flatten() if bias else None,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups * count,
+        )
+
     return step
 
 
@@ -93,6 +112,7 @@ def _linear(name: str, layer: nn.Linear) -> Step:
         if bias is None:
             return torch.bmm(h, params[weight].transpose(1, 2))
         return torch.baddbmm(params[bias].unsqueeze(1), h, params[weight].transpose(1, 2))
+
     return step
 
 
@@ -101,6 +121,7 @@ def _normalize(name: str) -> Step:
         # stacked (K, 1, C, 1, 1) -> (1, K * C, 1, 1): the channel blocks of the grouped images
         mean, std = buffers[f"{name}mean"], buffers[f"{name}std"]
         return (h - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)
+
     return step
 
 
@@ -114,6 +135,7 @@ def _batch_norm(name: str, layer: nn.BatchNorm2d) -> Step:
         if layer.affine:
             shift = shift + params[f"{name}bias"]
         return h * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+
     return step
 
 
@@ -122,8 +144,9 @@ def _flatten(h: Tensor, count: int) -> Tensor:
     return h.reshape(batch, count, -1).transpose(0, 1)  # (K, B, C * H * W), each model's C, H, W order
 
 
-def grouped_network(module: nn.Module, image_shape: tuple[int, ...], batch_norm: bool = False,
-                    channels_last: bool = True) -> Union[Callable, str]:
+def grouped_network(
+    module: nn.Module, image_shape: tuple[int, ...], batch_norm: bool = False, channels_last: bool = True
+) -> Union[Callable, str]:
     """The grouped forward of ``module``'s copies (params, buffers, x (K, B, *image_shape), train) -> (K, B, classes),
     or why it has none (its forward is no ``nn.Sequential`` of the layers above).
 

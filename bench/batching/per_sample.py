@@ -90,7 +90,9 @@ def per_sample_gradients(model: nn.Module, inputs: Tensor, labels: Tensor, creat
     for layer, delta in zip(layers, deltas):
         a = recorded[layer][0][0]
         if isinstance(layer, nn.Conv2d):
-            unfolded = F.unfold(a, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
+            unfolded = F.unfold(
+                a, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride
+            )
             delta = delta.flatten(2)  # (M, C_out, L)
             by_parameter[id(layer.weight)] = torch.bmm(delta, unfolded.transpose(1, 2)).flatten(1)
             if layer.bias is not None:
@@ -113,7 +115,7 @@ def per_sample_gradients(model: nn.Module, inputs: Tensor, labels: Tensor, creat
 #: how many elements of per-sample convolution weight gradients one grouped convolution backward forms at once
 #: (each sample one group): small enough to stay in cache, large enough that one call amortises its overhead
 #: on small layers (``benchmarks/ats_scores.py``)
-CONV_CHUNK_ELEMENTS = 2 ** 21
+CONV_CHUNK_ELEMENTS = 2**21
 #: parameter tensors up to this size have their per-sample dot products formed against a gathered copy of the
 #: references' gradients in one call; larger ones by one matrix-vector product per reference (no copy)
 SMALL = 1024
@@ -129,20 +131,33 @@ def _conv_weight_gradients(layer: nn.Conv2d, a: Tensor, delta: Tensor, grouped: 
         weight = layer.weight
         grouped[count] = weight.new_zeros(()).expand(count * weight.shape[0], *weight.shape[1:])
     _, gradient, _ = torch.ops.aten.convolution_backward(
-        delta.reshape(1, -1, *delta.shape[2:]), a.reshape(1, -1, *a.shape[2:]), grouped[count], None,
-        layer.stride, layer.padding, layer.dilation, False, [0, 0], count, [False, True, False])
+        delta.reshape(1, -1, *delta.shape[2:]),
+        a.reshape(1, -1, *a.shape[2:]),
+        grouped[count],
+        None,
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        False,
+        [0, 0],
+        count,
+        [False, True, False],
+    )
     return gradient.view(count, -1)
 
 
 def _as_slice(index: Tensor):
     """``index`` as a slice where it is a run of consecutive integers (indexing by a slice does not copy)."""
-    if len(index) and bool((index == torch.arange(int(index[0]), int(index[0]) + len(index), device=index.device)).all()):
+    if len(index) and bool(
+        (index == torch.arange(int(index[0]), int(index[0]) + len(index), device=index.device)).all()
+    ):
         return slice(int(index[0]), int(index[0]) + len(index))
     return index
 
 
-def gradient_statistics(model: nn.Module, inputs: Tensor, labels: Tensor, references: Tensor,
-                        chunk_elements: int = CONV_CHUNK_ELEMENTS) -> tuple[Tensor, Tensor]:
+def gradient_statistics(
+    model: nn.Module, inputs: Tensor, labels: Tensor, references: Tensor, chunk_elements: int = CONV_CHUNK_ELEMENTS
+) -> tuple[Tensor, Tensor]:
     """Per parameter tensor, each sample's gradient (of its own cross-entropy) dotted with the gradient of the
     sample ``references[i]``, and its own squared norm: two (tensors, M) tables, tensors in ``model.parameters()``
     order -- all a cosine between two samples' gradients needs; the per-sample gradients themselves are never
@@ -167,7 +182,9 @@ def gradient_statistics(model: nn.Module, inputs: Tensor, labels: Tensor, refere
     is_reference[unique] = True
     unique_at, own_slots = _as_slice(unique), slot[unique]
     # the other samples by reference (a dot product with one vector is a matrix-vector product: no gathered copies)
-    dependents = [(r, _as_slice((slot == r).logical_and(~is_reference).nonzero().flatten())) for r in range(len(unique))]
+    dependents = [
+        (r, _as_slice((slot == r).logical_and(~is_reference).nonzero().flatten())) for r in range(len(unique))
+    ]
     dependents = [(r, members) for r, members in dependents if not isinstance(members, Tensor) or len(members)]
     dots: dict[int, Tensor] = {}
     squares: dict[int, Tensor] = {}
@@ -226,8 +243,17 @@ def gradient_statistics(model: nn.Module, inputs: Tensor, labels: Tensor, refere
             statistics_of = lambda t: t.detach().repeat(count)  # noqa: E731
             shape = (1, -1, *a.shape[2:])
             _, gamma, beta = torch.ops.aten.native_batch_norm_backward(
-                delta.reshape(shape), a.reshape(shape), statistics_of(layer.weight), statistics_of(layer.running_mean),
-                statistics_of(layer.running_var), None, None, False, layer.eps, [False, True, True])
+                delta.reshape(shape),
+                a.reshape(shape),
+                statistics_of(layer.weight),
+                statistics_of(layer.running_mean),
+                statistics_of(layer.running_var),
+                None,
+                None,
+                False,
+                layer.eps,
+                [False, True, True],
+            )
             whole(layer.weight, gamma.view(count, -1))
             whole(layer.bias, beta.view(count, -1))
 
@@ -263,5 +289,7 @@ def gradient_statistics(model: nn.Module, inputs: Tensor, labels: Tensor, refere
             dots[id(parameter)], squares[id(parameter)] = small_dots[:, k], small_squares[:, k]
     zeros = inputs.new_zeros(count)  # a layer whose output the loss does not use: gradient 0
     parameters = list(model.parameters())
-    return (torch.stack([dots.get(id(p), zeros) for p in parameters]),
-            torch.stack([squares.get(id(p), zeros) for p in parameters]))
+    return (
+        torch.stack([dots.get(id(p), zeros) for p in parameters]),
+        torch.stack([squares.get(id(p), zeros) for p in parameters]),
+    )

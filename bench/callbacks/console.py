@@ -35,7 +35,10 @@ class EpochLines(Callback):
         shown = ", ".join(f"{key} {float(value):.4g}" for key, value in sorted(metrics.items()))
         seconds = time.perf_counter() - self._started if self._started is not None else float("nan")
         total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
-        print(f"bench: epoch {trainer.current_epoch + 1}{total}: {shown or 'no metrics logged'} ({seconds:.1f} s)", flush=True)
+        print(
+            f"bench: epoch {trainer.current_epoch + 1}{total}: {shown or 'no metrics logged'} ({seconds:.1f} s)",
+            flush=True,
+        )
 
 
 def run_directory(trainer: L.Trainer) -> Path:
@@ -56,7 +59,12 @@ class RunConfig(SaveConfigCallback):
         directory = trainer.strategy.broadcast(str(run_directory(trainer)))
         if trainer.is_global_zero:
             os.makedirs(directory, exist_ok=True)
-            self.parser.save(self.config, os.path.join(directory, self.config_filename), skip_none=False,
-                             overwrite=True, multifile=self.multifile)
+            self.parser.save(
+                self.config,
+                os.path.join(directory, self.config_filename),
+                skip_none=False,
+                overwrite=True,
+                multifile=self.multifile,
+            )
             self.already_saved = True
         self.already_saved = trainer.strategy.broadcast(self.already_saved)

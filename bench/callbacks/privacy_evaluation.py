@@ -14,15 +14,14 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from bench.attacks.base import Attack
 from bench.datamodules.base import PrivacyDataModule
 from bench.errors import BenchError
-from bench.evaluator import (  # noqa: F401  (chance_level as _chance_level: its old name)
-    HARNESS_MIN_POOL_SIZES,
+from bench.evaluator import (
     Evaluator,
     Outcome,
-    chance_level as _chance_level,
     fallback_config,
     run_facts_from_trainer,
     training_progress,
 )
+from bench.evaluator import chance_level as _chance_level  # noqa: F401 (its old name and place)
 from bench.modules.base import PrivacyModule
 from bench.records import DEFAULT_LEADERBOARD_DIR, DEFAULT_RECORDS_DIR
 
@@ -54,10 +53,18 @@ class PrivacyEvaluation(Callback):
     #: reports on training, takes no part in it: shadow models trained by the target's recipe leave it out
     part_of_training_recipe = False
 
-    def __init__(self, attacks: Optional[list[Attack]] = None, seed: int = 0, records_dir: str = DEFAULT_RECORDS_DIR,
-                 leaderboard_dir: Optional[str] = DEFAULT_LEADERBOARD_DIR, paper: Optional[dict[str, Any]] = None,
-                 enabled: bool = True, allow_untrained: bool = False, experiment: Optional[str] = None,
-                 budget_check: bool = False) -> None:
+    def __init__(
+        self,
+        attacks: Optional[list[Attack]] = None,
+        seed: int = 0,
+        records_dir: str = DEFAULT_RECORDS_DIR,
+        leaderboard_dir: Optional[str] = DEFAULT_LEADERBOARD_DIR,
+        paper: Optional[dict[str, Any]] = None,
+        enabled: bool = True,
+        allow_untrained: bool = False,
+        experiment: Optional[str] = None,
+        budget_check: bool = False,
+    ) -> None:
         self.attacks = attacks
         self.seed = seed
         self.records_dir = records_dir
@@ -83,24 +90,38 @@ class PrivacyEvaluation(Callback):
             return
         if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
             # the harness runs the whole model on rank 0: sharded parameters would not be there
-            raise BenchError(f"the privacy evaluation supports single-device and DDP training, not "
-                             f"{type(trainer.strategy).__name__}; use --trainer.strategy ddp or --evaluation.enabled false")
+            raise BenchError(
+                f"the privacy evaluation supports single-device and DDP training, not "
+                f"{type(trainer.strategy).__name__}; use --trainer.strategy ddp or --evaluation.enabled false"
+            )
         if not self.allow_untrained:
-            budget = {"--trainer.max_epochs": trainer.max_epochs, "--trainer.max_steps": trainer.max_steps,
-                      "--trainer.limit_train_batches": trainer.limit_train_batches}
+            budget = {
+                "--trainer.max_epochs": trainer.max_epochs,
+                "--trainer.max_steps": trainer.max_steps,
+                "--trainer.limit_train_batches": trainer.limit_train_batches,
+            }
             zero = [f"{option} {value}" for option, value in budget.items() if value == 0]
             if zero:
-                raise BenchError(f"{', '.join(zero)}: the model would not train, and an untrained model is not a result; "
-                                 "give it a training budget, or --evaluation.allow_untrained true to record it anyway")
+                raise BenchError(
+                    f"{', '.join(zero)}: the model would not train, and an untrained model is not a result; "
+                    "give it a training budget, or --evaluation.allow_untrained true to record it anyway"
+                )
         # every rank checks (the same deterministic facts), so that all of them stop together under DDP
         if isinstance(pl_module, PrivacyModule) and isinstance(trainer.datamodule, PrivacyDataModule):
             self.check_preconditions(pl_module, trainer.datamodule)
 
     def evaluator(self) -> Evaluator:
         """The evaluator this callback's arguments configure (read now: `bench evaluate` may have changed them)."""
-        return Evaluator(attacks=self.attacks, seed=self.seed, records_dir=self.records_dir,
-                         leaderboard_dir=self.leaderboard_dir, paper=self.paper, experiment=self.experiment,
-                         allow_untrained=self.allow_untrained, budget_check=self.budget_check)
+        return Evaluator(
+            attacks=self.attacks,
+            seed=self.seed,
+            records_dir=self.records_dir,
+            leaderboard_dir=self.leaderboard_dir,
+            paper=self.paper,
+            experiment=self.experiment,
+            allow_untrained=self.allow_untrained,
+            budget_check=self.budget_check,
+        )
 
     def check_preconditions(self, module: PrivacyModule, datamodule: PrivacyDataModule) -> None:
         """What would make the evaluation fail after the work, checked before it: outputs, pool sizes."""
@@ -126,8 +147,10 @@ class PrivacyEvaluation(Callback):
             print("bench: fast_dev_run is a smoke test: no evaluation and no record", flush=True)
             return
         if trainer.global_step == 0 and not self.allow_untrained:
-            raise BenchError("the model took no optimizer step (no training batches?), and an untrained model is not a "
-                             "result: no record written; --evaluation.allow_untrained true records it anyway")
+            raise BenchError(
+                "the model took no optimizer step (no training batches?), and an untrained model is not a "
+                "result: no record written; --evaluation.allow_untrained true records it anyway"
+            )
         if not isinstance(pl_module, PrivacyModule) or not isinstance(trainer.datamodule, PrivacyDataModule):
             raise BenchError("the privacy evaluation needs a bench PrivacyModule trained on a bench PrivacyDataModule")
         fit_seconds = None if self._fit_started is None else time.perf_counter() - self._fit_started
@@ -135,10 +158,17 @@ class PrivacyEvaluation(Callback):
             pl_module.to(self._device)
         config = self.run_config or fallback_config(pl_module, trainer.datamodule, trainer, self.evaluator())
         evaluator = self.evaluator()
-        self.outcome = evaluator.run(pl_module, trainer.datamodule, config=config, training=training_progress(trainer),
-                                     run=run_facts_from_trainer(trainer, trainer.datamodule, config),
-                                     fit_seconds=fit_seconds, loggers=list(trainer.loggers), step=trainer.global_step,
-                                     log_dir=self._log_dir)
+        self.outcome = evaluator.run(
+            pl_module,
+            trainer.datamodule,
+            config=config,
+            training=training_progress(trainer),
+            run=run_facts_from_trainer(trainer, trainer.datamodule, config),
+            fit_seconds=fit_seconds,
+            loggers=list(trainer.loggers),
+            step=trainer.global_step,
+            log_dir=self._log_dir,
+        )
         self.last_record_path = self.outcome.path
         if not self.defer_summary:  # outside `bench fit` (a script): finish here; `bench fit` finishes in after_fit
             evaluator.refresh_leaderboard(self.outcome)

@@ -47,7 +47,10 @@ from bench.deprecation import SUITE_METHODS, BenchDeprecationWarning, current_hp
 
 YES, NO, PARTLY, NOT_RUN = "yes", "no", "partly", "not run at this scale"
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
-    "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
 }
 OPERATOR_SIGNS = {"<": "<", "<=": "≤", ">": ">", ">=": "≥"}
 REDUCERS = ("one", "max", "min", "mean")
@@ -130,30 +133,48 @@ def _operand(raw: Any, where: str) -> Operand:
         return Operand(constant=float(raw))
     _keys(raw, _OPERAND_KEYS, {"value"}, where)
     path = raw["value"]
-    _require(isinstance(path, str) and bool(_PATH.match(path)), where,
-             f"value must be utility.KEY, cost.KEY, privacy.ATTACK.METRIC or worst_case.THREAT_MODEL.METRIC, got {path!r}")
+    _require(
+        isinstance(path, str) and bool(_PATH.match(path)),
+        where,
+        f"value must be utility.KEY, cost.KEY, privacy.ATTACK.METRIC or worst_case.THREAT_MODEL.METRIC, got {path!r}",
+    )
     for key in ("method", "label", "dataset", "experiment"):
         _require(raw.get(key) is None or isinstance(raw[key], str), where, f"{key} must be a string")
-    _require(any(raw.get(key) for key in ("method", "label", "experiment")), where,
-             "select records with at least one of method, label or experiment")
+    _require(
+        any(raw.get(key) for key in ("method", "label", "experiment")),
+        where,
+        "select records with at least one of method, label or experiment",
+    )
     where_ = raw.get("where") or {}
     _require(isinstance(where_, dict), where, "where must be a mapping of hyper-parameter: value")
     for key, value in where_.items():
-        _require(value is None or isinstance(value, (str, int, float, bool)), where,
-                 f"where.{key} must be a plain value, got {type(value).__name__}")
+        _require(
+            value is None or isinstance(value, (str, int, float, bool)),
+            where,
+            f"where.{key} must be a plain value, got {type(value).__name__}",
+        )
     if isinstance(raw.get("method"), str):  # records are read under the current names: so are the claims' settings
         current = current_hparams(f"{SUITE_METHODS}{raw['method']}", where_)
         if current != where_:
-            warnings.warn(f"{where}: where {where_} uses deprecated names; write {current}", BenchDeprecationWarning,
-                          stacklevel=2)
+            warnings.warn(
+                f"{where}: where {where_} uses deprecated names; write {current}", BenchDeprecationWarning, stacklevel=2
+            )
             where_ = current
     for key in ("factor", "offset"):
         _require(raw.get(key) is None or _number(raw[key]), where, f"{key} must be a number")
     reduce = raw.get("reduce", "one")
     _require(reduce in REDUCERS, where, f"reduce must be one of {list(REDUCERS)}, got {reduce!r}")
-    return Operand(value=path, method=raw.get("method"), label=raw.get("label"), dataset=raw.get("dataset"),
-                   experiment=raw.get("experiment"), where=tuple(sorted((str(k), v) for k, v in where_.items())),
-                   factor=float(raw.get("factor", 1.0)), offset=float(raw.get("offset", 0.0)), reduce=reduce)
+    return Operand(
+        value=path,
+        method=raw.get("method"),
+        label=raw.get("label"),
+        dataset=raw.get("dataset"),
+        experiment=raw.get("experiment"),
+        where=tuple(sorted((str(k), v) for k, v in where_.items())),
+        factor=float(raw.get("factor", 1.0)),
+        offset=float(raw.get("offset", 0.0)),
+        reduce=reduce,
+    )
 
 
 def _comparison(raw: Any, where: str) -> Comparison:
@@ -180,7 +201,9 @@ def parse_claims(text: str, source: str = "<claims>") -> ClaimsFile:
         _require(raw.get("note") is None or isinstance(raw["note"], str), where, "note must be a string")
         check = raw["check"]
         if isinstance(check, dict) and set(check) == {"all"}:
-            _require(isinstance(check["all"], list) and len(check["all"]) > 0, where, "check.all must be a non-empty list")
+            _require(
+                isinstance(check["all"], list) and len(check["all"]) > 0, where, "check.all must be a non-empty list"
+            )
             comparisons = tuple(_comparison(c, f"{where}.check.all[{i}]") for i, c in enumerate(check["all"]))
         else:
             comparisons = (_comparison(check, f"{where}.check"),)
@@ -202,7 +225,9 @@ def load_claims(path: str | Path) -> ClaimsFile:
 def shipped_claims() -> list[Path]:
     """The claims files that ship with bench (one per paper), in name order."""
     folder = resources.files(__name__)
-    return sorted((Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")), key=lambda p: p.name)
+    return sorted(
+        (Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")), key=lambda p: p.name
+    )
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -248,8 +273,9 @@ class _NotRun(Exception):
         self.ambiguous = ambiguous  # records exist, but the claims file does not say which setting it means
 
 
-def _value(operand: Operand, settings: Sequence[Setting], read: ValueReader,
-           scales: Optional[list[str]] = None) -> tuple[float, str]:
+def _value(
+    operand: Operand, settings: Sequence[Setting], read: ValueReader, scales: Optional[list[str]] = None
+) -> tuple[float, str]:
     """The operand's number and how we show it; raise _NotRun saying why there is none."""
     if operand.constant is not None:
         return operand.constant, _fmt(operand.constant)
@@ -261,13 +287,18 @@ def _value(operand: Operand, settings: Sequence[Setting], read: ValueReader,
         if values:
             means.append(sum(values) / len(values))
             used.append(setting.scale)
-    selector = " ".join(f"{k}={v}" for k, v in (("method", operand.method), ("label", operand.label),
-                                                 ("experiment", operand.experiment)) if v)
+    selector = " ".join(
+        f"{k}={v}"
+        for k, v in (("method", operand.method), ("label", operand.label), ("experiment", operand.experiment))
+        if v
+    )
     if not means:
         raise _NotRun(f"no record of {selector} reports {operand.value}")
     if operand.reduce == "one" and len(means) > 1:
-        raise _NotRun(f"{len(means)} settings of {selector} report {operand.value}: narrow `where` or set `reduce`",
-                      ambiguous=True)
+        raise _NotRun(
+            f"{len(means)} settings of {selector} report {operand.value}: narrow `where` or set `reduce`",
+            ambiguous=True,
+        )
     if scales is not None:
         scales += [scale for scale in used if scale and scale not in scales]
     value = {"one": means[0], "max": max(means), "min": min(means), "mean": sum(means) / len(means)}[operand.reduce]
@@ -287,8 +318,13 @@ def _fmt(value: float) -> str:
 
 def _tables(operand: Operand, settings: Sequence[Setting], read: ValueReader) -> set[str]:
     """The leaderboard tables holding a setting that matches ``operand`` and reports its value."""
-    return set().union(*(setting.tables for setting in settings if _matches(operand, setting)
-                         and any(read(record, operand.value) is not None for record in setting.records)))
+    return set().union(
+        *(
+            setting.tables
+            for setting in settings
+            if _matches(operand, setting) and any(read(record, operand.value) is not None for record in setting.records)
+        )
+    )
 
 
 def _comparable(comparison: Comparison, settings: Sequence[Setting], read: ValueReader) -> list[Sequence[Setting]]:
@@ -321,8 +357,9 @@ def evaluate_claim(claim: Claim, settings: Sequence[Setting], read: ValueReader)
         for holds, left_text, right_text, group_scales in read_in:  # one outcome per experiment it was read in
             outcomes.append(holds)
             scales += [scale for scale in group_scales if scale not in scales]
-            shown.append(f"{left_text} {OPERATOR_SIGNS[comparison.op]} {right_text}" if holds
-                         else f"{left_text} vs {right_text}")
+            shown.append(
+                f"{left_text} {OPERATOR_SIGNS[comparison.op]} {right_text}" if holds else f"{left_text} vs {right_text}"
+            )
     if not outcomes:
         status = NOT_RUN
     elif all(outcomes) and not reasons:
@@ -334,6 +371,7 @@ def evaluate_claim(claim: Claim, settings: Sequence[Setting], read: ValueReader)
     return Verdict(claim, status, "; ".join(shown), reasons, scales)
 
 
-def evaluate_claims(files: Iterable[ClaimsFile], settings: Sequence[Setting],
-                    read: ValueReader) -> list[tuple[ClaimsFile, list[Verdict]]]:
+def evaluate_claims(
+    files: Iterable[ClaimsFile], settings: Sequence[Setting], read: ValueReader
+) -> list[tuple[ClaimsFile, list[Verdict]]]:
     return [(file, [evaluate_claim(claim, settings, read) for claim in file.claims]) for file in files]

@@ -8,6 +8,20 @@ from bench.datamodules.folder import LocalFolder, read_idx
 from bench.datamodules.torchvision_sets import CIFAR10, CIFAR100, MNIST, SVHN, FashionMNIST
 
 __all__ = [
-    "POOLS", "TASKS", "DataSpec", "ImagePool", "PrivacyDataModule", "split_indices", "Digits", "LocalFolder",
-    "read_idx", "MNIST", "FashionMNIST", "CIFAR10", "CIFAR100", "SVHN", "CelebA", "CUB200",
+    "POOLS",
+    "TASKS",
+    "DataSpec",
+    "ImagePool",
+    "PrivacyDataModule",
+    "split_indices",
+    "Digits",
+    "LocalFolder",
+    "read_idx",
+    "MNIST",
+    "FashionMNIST",
+    "CIFAR10",
+    "CIFAR100",
+    "SVHN",
+    "CelebA",
+    "CUB200",
 ]

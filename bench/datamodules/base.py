@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from bench.errors import BenchError, class_path
-from bench.spec import TASKS, DataSpec  # re-exported: DataSpec lived here before bench.spec
+from bench.spec import TASKS, DataSpec  # noqa: F401 (re-exported: they lived here before bench.spec)
 
 POOLS = ("train", "val", "test", "nonmember", "attacker")
 
@@ -48,10 +48,14 @@ class ImagePool(Dataset):
 
     def __init__(self, images: Tensor, labels: Tensor, transform=None) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"ImagePool expects uint8 images of shape (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"ImagePool expects uint8 images of shape (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
         if labels.ndim not in (1, 2) or labels.shape[0] != images.shape[0]:
-            raise ValueError(f"labels must have shape ({images.shape[0]},) (classes) or ({images.shape[0]}, attributes), "
-                             f"got {tuple(labels.shape)}")
+            raise ValueError(
+                f"labels must have shape ({images.shape[0]},) (classes) or ({images.shape[0]}, attributes), "
+                f"got {tuple(labels.shape)}"
+            )
         self.images = images
         self.labels = labels.long()
         self.transform = transform
@@ -88,7 +92,9 @@ def decode_all(dataset: Dataset, num_workers: int = 0, batch_size: int = 256) ->
         raise BenchError(f"{type(dataset).__name__} holds no images")
     images: Optional[Tensor] = None
     targets, start = [], 0
-    for batch_images, batch_targets in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False):
+    for batch_images, batch_targets in DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False
+    ):
         if images is None:
             images = torch.empty((len(dataset), *batch_images.shape[1:]), dtype=batch_images.dtype)
         images[start : start + len(batch_images)] = batch_images
@@ -113,7 +119,9 @@ def split_indices(total: int, fractions: Mapping[str, float], seed: int) -> dict
     if any(f < 0 for f in fractions.values()):
         raise BenchError(f"pool fractions must be non-negative, got {dict(fractions)}")
     if sum(fractions.values()) > 1 + 1e-9:
-        raise BenchError(f"pool fractions must sum to at most 1, got {dict(fractions)} (sum {sum(fractions.values()):.3f})")
+        raise BenchError(
+            f"pool fractions must sum to at most 1, got {dict(fractions)} (sum {sum(fractions.values()):.3f})"
+        )
     order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
     pools, start = {}, 0
     for name, fraction in fractions.items():
@@ -172,7 +180,9 @@ class PrivacyDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise BenchError(f"batch sizes must be at least 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
+            raise BenchError(
+                f"batch sizes must be at least 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}"
+            )
         if num_workers < 0:
             raise BenchError(f"num_workers must be 0 (load in the main process) or more, got {num_workers}")
         if pool_limit is not None and pool_limit < 1:
@@ -237,7 +247,9 @@ class PrivacyDataModule(L.LightningDataModule):
             parts[name] = ((train_images, train_labels), index)
         missing = [pool for pool in POOLS if pool not in parts or parts[pool][1].numel() == 0]
         if missing:
-            raise BenchError(f"{self.name}: pool(s) {missing} would be empty; give them a positive share in `fractions`")
+            raise BenchError(
+                f"{self.name}: pool(s) {missing} would be empty; give them a positive share in `fractions`"
+            )
         limiter = torch.Generator().manual_seed(self.seed + 1)
         for name, ((images, labels), index) in parts.items():
             if self.pool_limit is not None and len(index) > self.pool_limit:
@@ -257,12 +269,18 @@ class PrivacyDataModule(L.LightningDataModule):
                 )
             if self.task == "multilabel":
                 if labels.ndim != 2 or labels.shape[1] != self.num_classes:
-                    raise BenchError(f"{self.name}: the {split} targets have shape {tuple(labels.shape)}, expected "
-                                     f"(N, {self.num_classes}) binary attributes")
+                    raise BenchError(
+                        f"{self.name}: the {split} targets have shape {tuple(labels.shape)}, expected "
+                        f"(N, {self.num_classes}) binary attributes"
+                    )
                 if labels.numel() and not ((labels == 0) | (labels == 1)).all():
-                    raise BenchError(f"{self.name}: attribute targets must be 0 or 1, got values in [{labels.min()}, {labels.max()}]")
+                    raise BenchError(
+                        f"{self.name}: attribute targets must be 0 or 1, got values in [{labels.min()}, {labels.max()}]"
+                    )
             elif labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-                raise BenchError(f"{self.name}: labels must lie in [0, {self.num_classes}), got [{labels.min()}, {labels.max()}]")
+                raise BenchError(
+                    f"{self.name}: labels must lie in [0, {self.num_classes}), got [{labels.min()}, {labels.max()}]"
+                )
 
     # ----------------------------------------------------------------- pools
     def pool(self, name: str) -> ImagePool:
@@ -338,5 +356,10 @@ class PrivacyDataModule(L.LightningDataModule):
 
     def describe(self) -> dict[str, Any]:
         """The dataset part of a result record."""
-        return {"name": self.name, "class": class_path(self), "seed": self.seed,
-                "pool_sizes": self.pool_sizes(), "spec": self.spec.as_dict()}
+        return {
+            "name": self.name,
+            "class": class_path(self),
+            "seed": self.seed,
+            "pool_sizes": self.pool_sizes(),
+            "spec": self.spec.as_dict(),
+        }

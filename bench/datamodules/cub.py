@@ -54,8 +54,15 @@ def read_table(path: Path) -> dict[int, list[str]]:
 class BoxCrops(Dataset):
     """(image cropped to its box and resized, class index) for the given image ids of the archive at ``root``."""
 
-    def __init__(self, root: Path, ids: list[int], paths: dict[int, str], boxes: dict[int, tuple[float, ...]],
-                 labels: dict[int, int], size: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        ids: list[int],
+        paths: dict[int, str],
+        boxes: dict[int, tuple[float, ...]],
+        labels: dict[int, int],
+        size: tuple[int, int],
+    ) -> None:
         self.root, self.ids, self.paths, self.boxes, self.labels, self.size = root, ids, paths, boxes, labels, size
 
     def __len__(self) -> int:
@@ -102,14 +109,22 @@ class CUB200(PrivacyDataModule):
         paths = {i: values[0] for i, values in read_table(root / "images.txt").items()}
         labels = {i: int(values[0]) - 1 for i, values in read_table(root / "image_class_labels.txt").items()}  # 1-based
         training = {i: values[0] == "1" for i, values in read_table(root / "train_test_split.txt").items()}
-        boxes = {i: tuple(float(v) for v in values[:4]) for i, values in read_table(root / "bounding_boxes.txt").items()}
-        missing = [name for name, table in zip(ARCHIVE_FILES[1:], (labels, training, boxes)) if set(table) != set(paths)]
+        boxes = {
+            i: tuple(float(v) for v in values[:4]) for i, values in read_table(root / "bounding_boxes.txt").items()
+        }
+        missing = [
+            name for name, table in zip(ARCHIVE_FILES[1:], (labels, training, boxes)) if set(table) != set(paths)
+        ]
         if missing:
-            raise BenchError(f"cub200: {', '.join(missing)} in {root} do not list the same image ids as images.txt; "
-                             f"re-extract the archive from {SOURCE}")
+            raise BenchError(
+                f"cub200: {', '.join(missing)} in {root} do not list the same image ids as images.txt; "
+                f"re-extract the archive from {SOURCE}"
+            )
         sources = {}
         for split, is_training in (("train", True), ("test", False)):
             ids = sorted(i for i in paths if training[i] == is_training)
-            images, targets = decode_all(BoxCrops(root, ids, paths, boxes, labels, self.image_shape[1:]), self.num_workers)
+            images, targets = decode_all(
+                BoxCrops(root, ids, paths, boxes, labels, self.image_shape[1:]), self.num_workers
+            )
             sources[split] = (images, targets.long())
         return sources

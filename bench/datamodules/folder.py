@@ -16,7 +16,14 @@ from bench.errors import BenchError, regular_file
 
 #: far more classes than any dataset here has: a label past it is a mistake (1 + the largest label sizes the classifier)
 MAX_CLASSES = 100_000
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -35,7 +42,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise BenchError(f"{path} is truncated or corrupt: header promises {expected} bytes of data, found {len(raw) - header}")
+        raise BenchError(
+            f"{path} is truncated or corrupt: header promises {expected} bytes of data, found {len(raw) - header}"
+        )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
 
 
@@ -81,16 +90,22 @@ class LocalFolder(PrivacyDataModule):
         if self.num_classes > MAX_CLASSES:
             where = f"labels in {Path(data_dir) / labels}" if num_classes is None else "num_classes"
             derived = "(1 + the largest label) " if num_classes is None else ""
-            raise BenchError(f"{where}: {self.num_classes} classes {derived}is more than {MAX_CLASSES:,}; "
-                             "number the classes 0..K-1 in the labels file")
+            raise BenchError(
+                f"{where}: {self.num_classes} classes {derived}is more than {MAX_CLASSES:,}; "
+                "number the classes 0..K-1 in the labels file"
+            )
 
     def _read(self) -> dict[str, tuple[Tensor, Tensor]]:
         if self._sources is None:
-            self._sources = {split: (_images_nchw(self._load(images)), _labels(self._load(labels), labels))
-                             for split, (images, labels) in self.files.items()}
+            self._sources = {
+                split: (_images_nchw(self._load(images)), _labels(self._load(labels), labels))
+                for split, (images, labels) in self.files.items()
+            }
             for split, (images, labels) in self._sources.items():
                 if images.shape[0] != labels.shape[0]:
-                    raise BenchError(f"{self.files[split][0]} holds {images.shape[0]} images but {self.files[split][1]} holds {labels.shape[0]} labels")
+                    raise BenchError(
+                        f"{self.files[split][0]} holds {images.shape[0]} images but {self.files[split][1]} holds {labels.shape[0]} labels"
+                    )
                 if images.shape[0] == 0:
                     empty = Path(self.data_dir) / self.files[split][0]
                     raise BenchError(f"{empty} holds no images; give a file with at least one")
@@ -99,7 +114,9 @@ class LocalFolder(PrivacyDataModule):
     def _load(self, file_name: str) -> np.ndarray:
         path = Path(self.data_dir) / file_name
         if not path.exists():
-            raise BenchError(f"{path} not found: point data_dir at the folder holding '{file_name}' (this DataModule never downloads)")
+            raise BenchError(
+                f"{path} not found: point data_dir at the folder holding '{file_name}' (this DataModule never downloads)"
+            )
         regular_file(path, "data file")  # a FIFO or device would block the read or never end
         if path.suffix == ".npy":
             _check_npy_size(path)
@@ -107,14 +124,20 @@ class LocalFolder(PrivacyDataModule):
                 array = np.load(path, allow_pickle=False)  # never unpickle: a .npy of objects could run code
             except ValueError as error:
                 if "allow_pickle" in str(error):
-                    raise BenchError(f"{path} holds Python objects, not numbers; save plain uint8 images and integer "
-                                     "labels (numpy.save of a numeric array)") from None
-                raise BenchError(f"cannot read {path}: truncated or not a .npy file ({str(error).splitlines()[0][:160]})") from None
+                    raise BenchError(
+                        f"{path} holds Python objects, not numbers; save plain uint8 images and integer "
+                        "labels (numpy.save of a numeric array)"
+                    ) from None
+                raise BenchError(
+                    f"cannot read {path}: truncated or not a .npy file ({str(error).splitlines()[0][:160]})"
+                ) from None
             except (OSError, EOFError) as error:
                 raise BenchError(f"cannot read {path}: truncated or corrupt ({error})") from None
             if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
-                raise BenchError(f"{path} holds {getattr(array, 'dtype', type(array).__name__)} data; images must be uint8 "
-                                 "and labels integers")
+                raise BenchError(
+                    f"{path} holds {getattr(array, 'dtype', type(array).__name__)} data; images must be uint8 "
+                    "and labels integers"
+                )
             return array
         return read_idx(path)
 
@@ -140,14 +163,18 @@ def _check_npy_size(path: Path) -> None:
     promised = int(np.prod(shape, dtype=object)) * dtype.itemsize
     found = path.stat().st_size - offset
     if promised != found:
-        raise BenchError(f"{path} is truncated or corrupt: its header promises shape {shape} ({promised:,} bytes of "
-                         f"data), the file holds {found:,}; save it again with numpy.save")
+        raise BenchError(
+            f"{path} is truncated or corrupt: its header promises shape {shape} ({promised:,} bytes of "
+            f"data), the file holds {found:,}; save it again with numpy.save"
+        )
 
 
 def _labels(array: np.ndarray, file_name: str) -> Tensor:
     if array.ndim != 1 or array.dtype.kind not in "iu" or (array.size and array.min() < 0):
-        raise BenchError(f"labels in {file_name} must be a 1-D array of non-negative integers, got {array.dtype} "
-                         f"of shape {array.shape}")
+        raise BenchError(
+            f"labels in {file_name} must be a 1-D array of non-negative integers, got {array.dtype} "
+            f"of shape {array.shape}"
+        )
     return torch.from_numpy(array.astype(np.int64))
 
 

@@ -83,7 +83,7 @@ class BatchStream:
             self._order = seeded_order(len(self.pool), self.seed, self.salt, self.passes)
         start = self.position * self.batch_size
         self.position += 1
-        return self.pool.__getitems__(self._order[start:start + self.batch_size].tolist())
+        return self.pool.__getitems__(self._order[start : start + self.batch_size].tolist())
 
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "passes": self.passes, "position": self.position}

@@ -44,16 +44,35 @@ import numpy as np
 
 from bench.claims import ClaimsError, load_claims, shipped_claims
 from bench.errors import BenchError
+from bench.leaderboard.dpsgd import dominated_by_dpsgd
+from bench.leaderboard.experiments import _canonical, _Experiment, _experiments, worst_case  # noqa: F401 (public)
+from bench.leaderboard.plots import _front, _plot
+from bench.leaderboard.records import (  # noqa: F401 (public)
+    _THREAT_MODEL_TITLES,
+    MAX_LINE_CHARS,
+    MAX_TABLE_COLUMNS,
+    NOT_CONVERGED,
+    PARETO,
+    LeaderboardResult,
+    _degenerate,
+    _read,
+    pareto_front,
+)
+from bench.leaderboard.scorecard import _scorecard
+from bench.leaderboard.tables import (
+    _attack_names,
+    _code,
+    _details,
+    _escape,
+    _experiment_intro,
+    _headline,
+    _no_markup,
+    _notes,
+    _row_worst_case,
+    _std,
+)
 from bench.records import load_records
 from bench.threat_models import ThreatModel
-from bench.leaderboard.records import (MAX_LINE_CHARS, MAX_TABLE_COLUMNS, NOT_CONVERGED, PARETO,  # noqa: F401 (public)
-                                       _THREAT_MODEL_TITLES, LeaderboardResult, _degenerate, _read, pareto_front)
-from bench.leaderboard.dpsgd import dominated_by_dpsgd
-from bench.leaderboard.experiments import _Experiment, _canonical, _experiments, worst_case  # noqa: F401 (public)
-from bench.leaderboard.tables import (_attack_names, _code, _details, _escape, _experiment_intro, _headline, _no_markup,
-                                      _notes, _row_worst_case, _std)
-from bench.leaderboard.plots import _front, _plot
-from bench.leaderboard.scorecard import _scorecard
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -72,13 +91,16 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def _output_folder(out_dir: Path) -> None:
     """``out_dir`` is (or can become) a folder: checked before any record is read, so a bad --out costs nothing."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise BenchError(f"leaderboard folder {out_dir} is a file; give a folder (--out) for README.md, "
-                         "leaderboard.csv and plots/")
+        raise BenchError(
+            f"leaderboard folder {out_dir} is a file; give a folder (--out) for README.md, leaderboard.csv and plots/"
+        )
     try:
         (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise BenchError(f"cannot create the leaderboard folder {out_dir} ({error.strerror or error}); give a folder "
-                         "you can write to (--out)") from None
+        raise BenchError(
+            f"cannot create the leaderboard folder {out_dir} ({error.strerror or error}); give a folder "
+            "you can write to (--out)"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -111,8 +133,10 @@ def _publish(out_dir: Path, pngs: dict[str, bytes], markdown: bytes, table: byte
                 if stale.name not in pngs:
                     stale.unlink(missing_ok=True)
     except OSError as error:
-        raise BenchError(f"cannot write the leaderboard into {out_dir} ({error.strerror or error}); give a folder you "
-                         "can write to (--out)") from None
+        raise BenchError(
+            f"cannot write the leaderboard into {out_dir} ({error.strerror or error}); give a folder you "
+            "can write to (--out)"
+        ) from None
 
 
 def _csv(experiments: list[_Experiment]) -> bytes:
@@ -122,9 +146,15 @@ def _csv(experiments: list[_Experiment]) -> bytes:
     for experiment in experiments:
         dominated = dominated_by_dpsgd(experiment)
         for i, row in enumerate(experiment.rows):
-            line: dict[str, Any] = {"threat_model": experiment.threat_model, "experiment": experiment.name,
-                                    "dataset": _text(row.setting.get("dataset")), "method": row.label, "network": _text(row.setting.get("network")),
-                                    "seeds": len(row.runs), "setting": row.key}
+            line: dict[str, Any] = {
+                "threat_model": experiment.threat_model,
+                "experiment": experiment.name,
+                "dataset": _text(row.setting.get("dataset")),
+                "method": row.label,
+                "network": _text(row.setting.get("network")),
+                "seeds": len(row.runs),
+                "setting": row.key,
+            }
             budget = row.setting.get("epochs")
             line["epochs"] = budget[1] if budget and budget[0] == "epochs" else ""
             line["max_steps"] = budget[1] if budget and budget[0] == "steps" else ""
@@ -149,9 +179,20 @@ def _csv(experiments: list[_Experiment]) -> bytes:
                 line[f"{key}_std"] = _std(found) if len(found) > 1 else ""
                 columns[f"{key}_mean"] = columns[f"{key}_std"] = None
             lines.append(line)
-    base = ["threat_model", "experiment", "dataset", "method", "network", "epochs", "max_steps", "seeds", "dominated_by_dpsgd"]
-    ordered = sorted(columns, key=lambda c: (not c.startswith("utility."), not c.startswith("worst_case."),
-                                             c.startswith("cost."), c))
+    base = [
+        "threat_model",
+        "experiment",
+        "dataset",
+        "method",
+        "network",
+        "epochs",
+        "max_steps",
+        "seeds",
+        "dominated_by_dpsgd",
+    ]
+    ordered = sorted(
+        columns, key=lambda c: (not c.startswith("utility."), not c.startswith("worst_case."), c.startswith("cost."), c)
+    )
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, base + ordered + ["setting"], restval="", lineterminator="\n")
     writer.writeheader()
@@ -179,8 +220,13 @@ def _shown_path(path: Path, locations: list[Path], out_dir: Path) -> str:
     return path.name
 
 
-def generate_leaderboard(record_locations: Sequence[str | Path], out_dir: str | Path, title: str = "bench leaderboard",
-                         claims: Optional[Sequence[str | Path]] = None, include_degenerate: bool = False) -> LeaderboardResult:
+def generate_leaderboard(
+    record_locations: Sequence[str | Path],
+    out_dir: str | Path,
+    title: str = "bench leaderboard",
+    claims: Optional[Sequence[str | Path]] = None,
+    include_degenerate: bool = False,
+) -> LeaderboardResult:
     """Read the records under ``record_locations``; write README.md, leaderboard.csv and plots/ into ``out_dir``.
 
     ``claims``: claims files for the scorecard (None: the ones bench ships; [] for none).
@@ -204,7 +250,7 @@ def generate_leaderboard(record_locations: Sequence[str | Path], out_dir: str | 
             continue
         runs.append(run)
     claims_files = []
-    for claims_path in (shipped_claims() if claims is None else [Path(c) for c in claims]):
+    for claims_path in shipped_claims() if claims is None else [Path(c) for c in claims]:
         try:
             claims_files.append(load_claims(claims_path))
         except ClaimsError as error:
@@ -212,9 +258,16 @@ def generate_leaderboard(record_locations: Sequence[str | Path], out_dir: str | 
     experiments = _experiments(runs)
     count = len(loaded.models)
     remarks = ([f"{len(problems)} skipped (see the end)"] if problems else []) + (
-        [f"{len(left_out)} degenerate run{'s' if len(left_out) != 1 else ''} left out"] if left_out else [])
-    lines = [f"# {title}", "", f"Generated by `bench leaderboard` from {count} record{'s' if count != 1 else ''}"
-             + (": " + ", ".join(remarks) if remarks else "") + ".", ""]
+        [f"{len(left_out)} degenerate run{'s' if len(left_out) != 1 else ''} left out"] if left_out else []
+    )
+    lines = [
+        f"# {title}",
+        "",
+        f"Generated by `bench leaderboard` from {count} record{'s' if count != 1 else ''}"
+        + (": " + ", ".join(remarks) if remarks else "")
+        + ".",
+        "",
+    ]
     # which experiments (tables) each run sits in: a claim compares numbers from one experiment where it can
     placed: dict[int, set[str]] = {}
     for experiment in experiments:
@@ -223,16 +276,22 @@ def generate_leaderboard(record_locations: Sequence[str | Path], out_dir: str | 
                 placed.setdefault(id(run), set()).add(f"{experiment.threat_model}: {experiment.name}")
     lines += _scorecard(claims_files, runs, placed)
     if any(e.families for e in experiments):
-        lines += ["How to read the tables: one table per experiment (rows that may be ranked against each other). "
-                  "*Worst-case*: the best any adversary of the threat model achieved on the attacks' primary metric "
-                  "(diagnostics never count), taken per seed and then averaged (mean ± std over seeds; [low, high]: "
-                  f"the record's interval for a single seed), with the attack that achieved it. ↑/↓: higher/lower is "
-                  f"more private. {PARETO}: on the privacy-utility Pareto front. Bold: the best in its column. "
-                  f"{NOT_CONVERGED}: the attack stopped at its maximum budget without converging. Per-attack "
-                  "results, diagnostics and the configs that produced each experiment are under its detail.", ""]
+        lines += [
+            "How to read the tables: one table per experiment (rows that may be ranked against each other). "
+            "*Worst-case*: the best any adversary of the threat model achieved on the attacks' primary metric "
+            "(diagnostics never count), taken per seed and then averaged (mean ± std over seeds; [low, high]: "
+            f"the record's interval for a single seed), with the attack that achieved it. ↑/↓: higher/lower is "
+            f"more private. {PARETO}: on the privacy-utility Pareto front. Bold: the best in its column. "
+            f"{NOT_CONVERGED}: the attack stopped at its maximum budget without converging. Per-attack "
+            "results, diagnostics and the configs that produced each experiment are under its detail.",
+            "",
+        ]
     if not experiments:
-        lines += ["No records yet. Train and evaluate a method with `bench fit` (see `bench fit --help`): each "
-                  "evaluation writes one JSON record; then run `bench leaderboard` again.", ""]
+        lines += [
+            "No records yet. Train and evaluate a method with `bench fit` (see `bench fit --help`): each "
+            "evaluation writes one JSON record; then run `bench leaderboard` again.",
+            "",
+        ]
     plots, pngs = [], {}
     for threat_model, group in itertools.groupby(experiments, key=lambda e: e.threat_model):
         group = list(group)
@@ -254,7 +313,12 @@ def generate_leaderboard(record_locations: Sequence[str | Path], out_dir: str | 
             if experiment.attacks or any(run.configs or run.revision for row in experiment.rows for run in row.runs):
                 lines += _details(experiment)
     if left_out:
-        lines += ["## Left out", "", "Runs flagged degenerate are not ranked (`bench leaderboard --include_degenerate` shows them):", ""]
+        lines += [
+            "## Left out",
+            "",
+            "Runs flagged degenerate are not ranked (`bench leaderboard --include_degenerate` shows them):",
+            "",
+        ]
         lines += [_listed(path, reason, locations, out_dir) for path, reason in left_out] + [""]
     if problems:
         lines += ["## Skipped", ""]

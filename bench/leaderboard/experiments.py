@@ -9,8 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-
-from bench.leaderboard.records import UTILITY_ONLY, _Entry, _NOT_A_SETTING, _Run, _arguments, _finite, _mapping, _safe
+from bench.leaderboard.records import _NOT_A_SETTING, UTILITY_ONLY, _arguments, _Entry, _finite, _mapping, _Run, _safe
 
 
 @dataclass(frozen=True)
@@ -32,15 +31,23 @@ def _attacker_best(values: Sequence[tuple[float, str]], direction: str) -> tuple
     return best, min(attack for value, attack in values if value == best)  # ties: the first attack by name
 
 
-def worst_case(entries: Sequence[_Entry], threat_model: str, metric: str,
-               primary_only: bool = True) -> Optional[tuple[float, str, str]]:
+def worst_case(
+    entries: Sequence[_Entry], threat_model: str, metric: str, primary_only: bool = True
+) -> Optional[tuple[float, str, str]]:
     """(value, attack, direction) of the strongest adversary of ``threat_model`` on ``metric``, or None.
 
     ``primary_only``: only attacks whose primary metric is ``metric`` (the headline); otherwise every
     adversary that reports it (the claims). Raises ValueError when attacks disagree on its direction.
     """
-    candidates = [e for e in entries if e.adversary and e.threat_model == threat_model and metric in e.metrics
-                  and e.directions.get(metric) in ("higher", "lower") and (not primary_only or e.primary == metric)]
+    candidates = [
+        e
+        for e in entries
+        if e.adversary
+        and e.threat_model == threat_model
+        and metric in e.metrics
+        and e.directions.get(metric) in ("higher", "lower")
+        and (not primary_only or e.primary == metric)
+    ]
     if not candidates:
         return None
     directions = {e.directions[metric] for e in candidates}
@@ -91,8 +98,15 @@ def _setting(run: _Run, threat_model: Optional[str]) -> dict[str, Any]:
     setting: dict[str, Any] = {"network": run.method.get("network")}
     setting.update({f"model.{k}": v for k, v in _arguments(run.method).items()})
     setting.update({f"data.{k}": v for k, v in _arguments(run.record["config"].get("data")).items() if k != "seed"})
-    setting.update({"dataset": run.record["dataset"]["name"], "epochs": run.budget, "world_size": run.world_size,
-                    "effective_batch": run.effective_batch, "precision": run.precision})
+    setting.update(
+        {
+            "dataset": run.record["dataset"]["name"],
+            "epochs": run.budget,
+            "world_size": run.world_size,
+            "effective_batch": run.effective_batch,
+            "precision": run.precision,
+        }
+    )
     for attack, entry in sorted(run.entries_of(threat_model).items()):
         setting.update({f"{attack}.{k}": v for k, v in entry.config.items() if k not in _NOT_A_SETTING})
     return setting
@@ -110,8 +124,11 @@ def _derived_groups(runs: list[_Run], threat_model: Optional[str]) -> list[tuple
     """
     groups: list[tuple[dict[str, str], list[_Run]]] = []
     for run in runs:
-        configs = {a: _canonical({k: v for k, v in e.config.items() if k not in _NOT_A_SETTING})
-                   for a, e in run.entries_of(threat_model).items() if e.adversary}
+        configs = {
+            a: _canonical({k: v for k, v in e.config.items() if k not in _NOT_A_SETTING})
+            for a, e in run.entries_of(threat_model).items()
+            if e.adversary
+        }
         for attacks, members in groups:
             if all(attacks.get(a, c) == c for a, c in configs.items()):
                 attacks.update(configs)
@@ -122,8 +139,9 @@ def _derived_groups(runs: list[_Run], threat_model: Optional[str]) -> list[tuple
     return groups
 
 
-def _experiment_name(dataset: str, budget: Optional[tuple[str, int]], world: int, batch: Optional[int],
-                     precision: str) -> str:
+def _experiment_name(
+    dataset: str, budget: Optional[tuple[str, int]], world: int, batch: Optional[int], precision: str
+) -> str:
     parts = [dataset]
     if budget is not None:
         parts.append(_budget_text(budget))
@@ -167,9 +185,14 @@ def _rows(runs: list[_Run], threat_model: Optional[str]) -> list[_Row]:
         seed = run.record.get("seed")
         identity = (seed, _mapping(run.record["dataset"]).get("seed")) if seed is not None else run.record["record_id"]
         keyed.setdefault(key, {})[_canonical(identity)] = run
-    by_seed = lambda r: (not isinstance(r.record.get("seed"), int), r.record.get("seed") if isinstance(r.record.get("seed"), int) else 0,  # noqa: E731
-                         str(r.record["record_id"]))
-    rows = [_Row(settings[key][0], settings[key][1], sorted(found.values(), key=by_seed)) for key, found in keyed.items()]
+
+    def by_seed(run: _Run) -> tuple:
+        seed = run.record.get("seed")
+        return (not isinstance(seed, int), seed if isinstance(seed, int) else 0, str(run.record["record_id"]))
+
+    rows = [
+        _Row(settings[key][0], settings[key][1], sorted(found.values(), key=by_seed)) for key, found in keyed.items()
+    ]
     rows.sort(key=lambda row: (row.label, row.key))
     return rows
 
@@ -183,8 +206,14 @@ def _differences(rows: list[_Row]) -> list[str]:
     for members in siblings.values():
         if len(members) < 2:
             continue
-        varying = sorted({key for i in members for key in rows[i].setting
-                          if len({_canonical(rows[j].setting.get(key)) for j in members}) > 1})
+        varying = sorted(
+            {
+                key
+                for i in members
+                for key in rows[i].setting
+                if len({_canonical(rows[j].setting.get(key)) for j in members}) > 1
+            }
+        )
         for i in members:
             differences[i] = ", ".join(f"{key}={_canonical(rows[i].setting.get(key))}" for key in varying)
     return differences
@@ -195,8 +224,10 @@ def _attack_info(rows: list[_Row], threat_model: str) -> dict[str, dict[str, Any
     for row in rows:
         for run in row.runs:
             for attack, entry in run.entries_of(threat_model).items():
-                info = attacks.setdefault(attack, {"metrics": [], "directions": {}, "primary": entry.primary,
-                                                   "role": entry.role, "configs": set()})
+                info = attacks.setdefault(
+                    attack,
+                    {"metrics": [], "directions": {}, "primary": entry.primary, "role": entry.role, "configs": set()},
+                )
                 info["metrics"] += [m for m in sorted(entry.metrics) if m not in info["metrics"]]
                 for metric, direction in entry.directions.items():
                     info["directions"].setdefault(metric, direction)
@@ -206,8 +237,11 @@ def _attack_info(rows: list[_Row], threat_model: str) -> dict[str, dict[str, Any
 
 def _families(attacks: dict[str, dict[str, Any]]) -> list[_Family]:
     """The worst-case columns: one per (primary metric, direction) of the experiment's adversaries."""
-    counts = Counter(_Family(info["primary"], info["directions"][info["primary"]]) for info in attacks.values()
-                     if info["role"] != "diagnostic" and info["primary"] in info["directions"])
+    counts = Counter(
+        _Family(info["primary"], info["directions"][info["primary"]])
+        for info in attacks.values()
+        if info["role"] != "diagnostic" and info["primary"] in info["directions"]
+    )
     return sorted(counts, key=lambda f: (-counts[f], f.metric, f.direction))
 
 
@@ -220,8 +254,15 @@ def _experiments(runs: list[_Run]) -> list[_Experiment]:
             if run.experiment:
                 named.setdefault((tm, run.experiment), []).append(run)
             else:
-                key = (tm, run.record["dataset"]["name"], _canonical(run.record["dataset"].get("pool_sizes")),
-                       run.budget, run.world_size, run.effective_batch, run.precision)
+                key = (
+                    tm,
+                    run.record["dataset"]["name"],
+                    _canonical(run.record["dataset"].get("pool_sizes")),
+                    run.budget,
+                    run.world_size,
+                    run.effective_batch,
+                    run.precision,
+                )
                 derived.setdefault(key, []).append(run)
     experiments = []
     for (tm, name), members in named.items():
@@ -262,5 +303,3 @@ def _experiment(threat_model: str, name: str, named: bool, runs: list[_Run]) -> 
     rows = _rows(runs, tm)
     attacks = _attack_info(rows, threat_model) if tm else {}
     return _Experiment(threat_model, name, named, rows, _families(attacks), attacks, _differences(rows))
-
-

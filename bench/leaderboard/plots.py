@@ -7,9 +7,8 @@ from typing import Optional
 
 import numpy as np
 
-
-from bench.leaderboard.records import pareto_front
 from bench.leaderboard.experiments import _Experiment
+from bench.leaderboard.records import pareto_front
 from bench.leaderboard.tables import _clip_to, _mean, _row_worst_case, _std, _utility_key
 
 
@@ -29,7 +28,6 @@ def _front(experiment: _Experiment) -> set[int]:
     if len(points) < 2:
         return set()
     return {indices[i] for i in pareto_front(points, True, family.direction == "higher")}
-
 
 
 def plot_styles(labels: list[str], method_of: dict[str, str]) -> dict[str, tuple]:
@@ -55,11 +53,11 @@ def plot_styles(labels: list[str], method_of: dict[str, str]) -> dict[str, tuple
                 style[label] = (color, markers[k % len(markers)], color if cycle % 2 == 0 else "none")
     return style
 
+
 def _plot(experiment: _Experiment) -> Optional[bytes]:
     """Utility against each worst-case column, one point per row with seed error bars, the Pareto front drawn."""
     # Figure + the Agg canvas directly, not pyplot: no global backend switch for whoever imported us,
     # and no pyplot figure registry to leak figures into when called again and again
-    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -69,8 +67,12 @@ def _plot(experiment: _Experiment) -> Optional[bytes]:
     if utility is None or not experiment.families:
         return None
     # one legend entry per row: the label, and what tells rows of the same label apart
-    names_of = {id(row): row.label if not experiment.differences[i] else _clip_to(f"{row.label} ({experiment.differences[i]})", 48)
-                for i, row in enumerate(experiment.rows)}
+    names_of = {
+        id(row): row.label
+        if not experiment.differences[i]
+        else _clip_to(f"{row.label} ({experiment.differences[i]})", 48)
+        for i, row in enumerate(experiment.rows)
+    }
     panels = []
     for family in experiment.families:
         points = []
@@ -80,8 +82,11 @@ def _plot(experiment: _Experiment) -> Optional[bytes]:
             if xs and worst is not None:
                 y = float(np.mean(worst.values))
                 # error bars: the std over seeds, or a single seed's own interval
-                spread = ([[y - worst.interval[0]], [worst.interval[1] - y]] if worst.interval is not None
-                          else _std(worst.values) or 0.0)
+                spread = (
+                    [[y - worst.interval[0]], [worst.interval[1] - y]]
+                    if worst.interval is not None
+                    else _std(worst.values) or 0.0
+                )
                 points.append((row, float(np.mean(xs)), _std(xs) or 0.0, y, spread))
         if points:
             panels.append((family, points))
@@ -98,8 +103,19 @@ def _plot(experiment: _Experiment) -> Optional[bytes]:
         axes = figure.add_subplot(1, len(panels), p + 1)
         for row, x, sx, y, sy in points:
             color, marker, face = style[names_of[id(row)]]
-            axes.errorbar(x, y, xerr=sx or None, yerr=sy if isinstance(sy, list) else sy or None, fmt=marker, color=color,
-                          markerfacecolor=face, markersize=7, capsize=3, elinewidth=1, zorder=3)
+            axes.errorbar(
+                x,
+                y,
+                xerr=sx or None,
+                yerr=sy if isinstance(sy, list) else sy or None,
+                fmt=marker,
+                color=color,
+                markerfacecolor=face,
+                markersize=7,
+                capsize=3,
+                elinewidth=1,
+                zorder=3,
+            )
         front = pareto_front([(x, y) for _, x, _, y, _ in points], True, family.direction == "higher")
         if len(points) > 1 and front:
             drew_front = True
@@ -113,23 +129,47 @@ def _plot(experiment: _Experiment) -> Optional[bytes]:
             axes.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
         if family.direction == "lower":
             axes.invert_yaxis()  # up is always more private
-        attacks = sorted({a for row, *_ in points if (w := _row_worst_case(row, experiment.threat_model, family))
-                          for a in w.attacks})
+        attacks = sorted(
+            {a for row, *_ in points if (w := _row_worst_case(row, experiment.threat_model, family)) for a in w.attacks}
+        )
         axes.set_xlabel(f"{utility} (→ better)")
         axes.set_ylabel(f"worst-case {family.metric} (↑ more private)")
-        axes.set_title(f"strongest of: {', '.join(attacks)}" if len(", ".join(attacks)) < 60 else
-                       f"strongest of {len(attacks)} adversaries", fontsize=9)
+        axes.set_title(
+            f"strongest of: {', '.join(attacks)}"
+            if len(", ".join(attacks)) < 60
+            else f"strongest of {len(attacks)} adversaries",
+            fontsize=9,
+        )
         axes.grid(True, alpha=0.3)
         axes.margins(x=0.08, y=0.1)
-    handles = [Line2D([], [], linestyle="none", marker=style[label][1], color=style[label][0], markerfacecolor=style[label][2],
-                      markersize=7, label=label) for label in labels]
+    handles = [
+        Line2D(
+            [],
+            [],
+            linestyle="none",
+            marker=style[label][1],
+            color=style[label][0],
+            markerfacecolor=style[label][2],
+            markersize=7,
+            label=label,
+        )
+        for label in labels
+    ]
     if drew_front:
-        handles.append(Line2D([], [], color="0.35", linestyle="--", marker="o", markerfacecolor="none", markersize=11,
-                              label="Pareto front"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="0.35",
+                linestyle="--",
+                marker="o",
+                markerfacecolor="none",
+                markersize=11,
+                label="Pareto front",
+            )
+        )
     figure.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     figure.suptitle(f"{experiment.name} ({experiment.threat_model})", fontsize=10)
     figure.tight_layout(rect=(0, 0, 1 - legend_inches / figure.get_figwidth(), 1))
     figure.savefig(buffer := io.BytesIO(), format="png", dpi=100, metadata={"Software": None})
     return buffer.getvalue()
-
-

@@ -22,8 +22,12 @@ MAX_CELL_CHARS = 72
 #: no table line is longer than this (the scorecard's sentences are the longest)
 MAX_LINE_CHARS = 480
 #: harness cost fields (bench.harness.measure_cost), shown in the headline when any row has them
-_RELEASED, _PARAMETERS, _NONZERO, _COMPRESSION = ("released_bytes_per_sample", "parameters", "nonzero_parameters",
-                                                  "compression_ratio")
+_RELEASED, _PARAMETERS, _NONZERO, _COMPRESSION = (
+    "released_bytes_per_sample",
+    "parameters",
+    "nonzero_parameters",
+    "compression_ratio",
+)
 #: hyper-parameters that say where data lives or how fast it loads, not what is measured
 _NOT_A_SETTING = {"data_spec", "network", "data_dir", "download", "num_workers", "eval_batch_size", "progress"}
 NOT_CONVERGED = "⚠"
@@ -41,8 +45,9 @@ class LeaderboardResult:
     left_out: list[tuple[Path, str]] = field(default_factory=list)  # valid records not shown (degenerate runs)
 
 
-def pareto_front(points: Sequence[tuple[float, float]], x_higher_better: bool = True,
-                 y_higher_better: bool = True) -> list[int]:
+def pareto_front(
+    points: Sequence[tuple[float, float]], x_higher_better: bool = True, y_higher_better: bool = True
+) -> list[int]:
     """Indices (ascending) of the points no other point dominates; equal points all stay."""
     sx, sy = (1.0 if x_higher_better else -1.0), (1.0 if y_higher_better else -1.0)
     order = sorted(range(len(points)), key=lambda i: (-sx * points[i][0], -sy * points[i][1]))
@@ -104,9 +109,18 @@ def _entry(raw: PrivacyEntry | dict) -> _Entry:
     details = _mapping(entry.details)
     converged = details.get("converged")
     metrics = {str(m): v for m, raw_value in entry.metrics.items() if (v := _finite(raw_value)) is not None}
-    return _Entry(entry.attack, entry.threat_model, entry.role, metrics, dict(entry.directions), entry.primary_metric,
-                  _mapping(entry.config), converged if isinstance(converged, bool) else None, _intervals(details),
-                  entry.error)
+    return _Entry(
+        entry.attack,
+        entry.threat_model,
+        entry.role,
+        metrics,
+        dict(entry.directions),
+        entry.primary_metric,
+        _mapping(entry.config),
+        converged if isinstance(converged, bool) else None,
+        _intervals(details),
+        entry.error,
+    )
 
 
 def _arguments(section: Any) -> dict[str, Any]:
@@ -174,10 +188,23 @@ def _read(record: Record, path: Path) -> _Run:
     revision = record.software.get("git_revision")
     facts = record.run
     budget = (facts.budget.unit, facts.budget.value) if facts.budget is not None else None
-    return _Run(raw, path, [_entry(entry) for entry in record.privacy], _finite_numbers(record.utility), cost, budget,
-                facts.world_size, facts.effective_batch, facts.precision, record.experiment or None, declared,
-                _mapping(record.paper), tuple(facts.config_names), revision if isinstance(revision, str) else None,
-                record)
+    return _Run(
+        raw,
+        path,
+        [_entry(entry) for entry in record.privacy],
+        _finite_numbers(record.utility),
+        cost,
+        budget,
+        facts.world_size,
+        facts.effective_batch,
+        facts.precision,
+        record.experiment or None,
+        declared,
+        _mapping(record.paper),
+        tuple(facts.config_names),
+        revision if isinstance(revision, str) else None,
+        record,
+    )
 
 
 def _safe(text: str) -> str:

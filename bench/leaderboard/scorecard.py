@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Optional
 
-
 from bench.claims import Setting, evaluate_claims
-from bench.leaderboard.records import MISSING, _Run, _entry, _finite, _mapping
 from bench.leaderboard.experiments import _budget_text, _canonical, _setting, worst_case
-from bench.leaderboard.tables import _markdown_table, _number, _escape
+from bench.leaderboard.records import MISSING, _entry, _finite, _mapping, _Run
+from bench.leaderboard.tables import _escape, _markdown_table, _number
 
 
 def _claim_settings(runs: list[_Run], placed: dict[int, set[str]]) -> list[Setting]:
@@ -17,8 +16,13 @@ def _claim_settings(runs: list[_Run], placed: dict[int, set[str]]) -> list[Setti
     grouped: dict[str, list[_Run]] = {}
     for run in runs:
         threat_models = sorted({e.threat_model for e in run.entries})
-        key = _canonical([run.method["label"], run.experiment, {tm: _setting(run, tm) for tm in threat_models}
-                          or _setting(run, None)])
+        key = _canonical(
+            [
+                run.method["label"],
+                run.experiment,
+                {tm: _setting(run, tm) for tm in threat_models} or _setting(run, None),
+            ]
+        )
         grouped.setdefault(key, []).append(run)
     settings = []
     for key in sorted(grouped):
@@ -27,11 +31,21 @@ def _claim_settings(runs: list[_Run], placed: dict[int, set[str]]) -> list[Setti
         seeds: dict[str, _Run] = {}
         for run in sorted(members, key=lambda r: (str(r.record["created"]), str(r.record["record_id"]))):
             seed = run.record.get("seed")
-            seeds[_canonical((seed, run.record["dataset"].get("seed")) if seed is not None else run.record["record_id"])] = run
-        settings.append(Setting(first.method["name"], first.method["label"], first.record["dataset"]["name"],
-                                first.experiment or "", _mapping(first.method.get("hparams")),
-                                tuple(run.record for run in seeds.values()), _scale(first),
-                                frozenset().union(*(placed.get(id(run), set()) for run in members))))
+            seeds[
+                _canonical((seed, run.record["dataset"].get("seed")) if seed is not None else run.record["record_id"])
+            ] = run
+        settings.append(
+            Setting(
+                first.method["name"],
+                first.method["label"],
+                first.record["dataset"]["name"],
+                first.experiment or "",
+                _mapping(first.method.get("hparams")),
+                tuple(run.record for run in seeds.values()),
+                _scale(first),
+                frozenset().union(*(placed.get(id(run), set()) for run in members)),
+            )
+        )
     return settings
 
 
@@ -39,7 +53,8 @@ def _scale(run: _Run) -> str:
     """What a run trained on and for how long, e.g. 'mnist_t10k (4,000 train, 8 epochs)'."""
     train = _finite(_mapping(run.record["dataset"].get("pool_sizes")).get("train"))
     parts = ([f"{_number(train, True)} train"] if train is not None else []) + (
-        [_budget_text(run.budget)] if run.budget else [])
+        [_budget_text(run.budget)] if run.budget else []
+    )
     return run.record["dataset"]["name"] + (f" ({', '.join(parts)})" if parts else "")
 
 
@@ -62,18 +77,27 @@ def _claim_value(record: dict, path: str) -> Optional[float]:
 def _scorecard(claims_files: list, runs: list[_Run], placed: Optional[dict[int, set[str]]] = None) -> list[str]:
     if not claims_files:
         return []
-    lines = ["## Scorecard: the papers' claims, as our records measure them", "",
-             "Each claim is a comparison of record values stated in `bench/claims/<paper>.yaml`; *ours* shows the "
-             "values compared (mean over seeds). *Not run at this scale*: no record measures it yet.", ""]
+    lines = [
+        "## Scorecard: the papers' claims, as our records measure them",
+        "",
+        "Each claim is a comparison of record values stated in `bench/claims/<paper>.yaml`; *ours* shows the "
+        "values compared (mean over seeds). *Not run at this scale*: no record measures it yet.",
+        "",
+    ]
     for file, verdicts in evaluate_claims(claims_files, _claim_settings(runs, placed or {}), _claim_value):
         counts = Counter(v.status for v in verdicts)
         summary = ", ".join(f"{counts[s]} {s}" for s in ("yes", "partly", "no", "not run at this scale") if counts[s])
         scales = sorted({scale for v in verdicts for scale in v.scales})
         measured = f" Ours measured on {_escape('; '.join(scales))}." if scales else ""
         lines += [f"### {file.paper}", "", f"{len(verdicts)} claims: {summary}.{measured}", ""]
-        body = [[v.claim.claim + (f" ({v.claim.note})" if v.claim.note else ""), v.claim.paper, v.ours or MISSING,
-                 f"**{v.status}**" if v.status in ("yes", "no") else v.status] for v in verdicts]
+        body = [
+            [
+                v.claim.claim + (f" ({v.claim.note})" if v.claim.note else ""),
+                v.claim.paper,
+                v.ours or MISSING,
+                f"**{v.status}**" if v.status in ("yes", "no") else v.status,
+            ]
+            for v in verdicts
+        ]
         lines += _markdown_table(["Claim", "Paper", "Ours", "Reproduced?"], body, left=4, clip=False) + [""]
     return lines
-
-

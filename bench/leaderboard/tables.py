@@ -11,9 +11,21 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-
-from bench.leaderboard.records import MAX_CELL_CHARS, MAX_TABLE_COLUMNS, MISSING, NOT_CONVERGED, PARETO, PRIMARY_UTILITY, UTILITY_ONLY, _COMPRESSION, _NONZERO, _PARAMETERS, _RELEASED, _degenerate
-from bench.leaderboard.experiments import _Experiment, _Family, _Row, _canonical, worst_case
+from bench.leaderboard.experiments import _canonical, _Experiment, _Family, _Row, worst_case
+from bench.leaderboard.records import (
+    _COMPRESSION,
+    _NONZERO,
+    _PARAMETERS,
+    _RELEASED,
+    MAX_CELL_CHARS,
+    MAX_TABLE_COLUMNS,
+    MISSING,
+    NOT_CONVERGED,
+    PARETO,
+    PRIMARY_UTILITY,
+    UTILITY_ONLY,
+    _degenerate,
+)
 
 
 def _number(value: float, count: bool = False) -> str:
@@ -129,17 +141,19 @@ def _code(text: str) -> str:
 
 
 def _clip_to(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _clip(text: str) -> str:
-    return text if len(text) <= MAX_CELL_CHARS else text[:MAX_CELL_CHARS - 1] + "…"
+    return text if len(text) <= MAX_CELL_CHARS else text[: MAX_CELL_CHARS - 1] + "…"
 
 
 def _markdown_table(headers: list[str], rows: list[list[str]], left: int = 1, clip: bool = True) -> list[str]:
     assert len(headers) <= MAX_TABLE_COLUMNS, headers  # callers split wider tables
-    lines = ["| " + " | ".join(_escape(h) for h in headers) + " |",
-             "|" + "|".join([":---"] * left + ["---:"] * (len(headers) - left)) + "|"]
+    lines = [
+        "| " + " | ".join(_escape(h) for h in headers) + " |",
+        "|" + "|".join([":---"] * left + ["---:"] * (len(headers) - left)) + "|",
+    ]
     lines += ["| " + " | ".join(_escape(_clip(cell) if clip else cell) for cell in row) + " |" for row in rows]
     return lines
 
@@ -169,7 +183,9 @@ def _cost_columns(experiment: _Experiment) -> list[_CostColumn]:
     # what methods declare (method.headline_cost), then cost entries the paper reports for the run
     declared = list(dict.fromkeys(k for run in runs for k in run.headline_cost))
     declared += sorted({k for run in runs for k in run.paper if k in run.cost} - set(declared))
-    columns += [_CostColumn(key, key, False) for key in declared if key not in shown and any(key in r.cost for r in runs)]
+    columns += [
+        _CostColumn(key, key, False) for key in declared if key not in shown and any(key in r.cost for r in runs)
+    ]
     return columns
 
 
@@ -177,16 +193,25 @@ def _headline(experiment: _Experiment, front: set[int]) -> list[str]:
     utility = _utility_key(experiment)
     costs = _cost_columns(experiment)
     has_setting = any(experiment.differences)
-    families = experiment.families[:MAX_TABLE_COLUMNS - 4]  # beyond that (not seen yet): in the detail and the CSV
+    families = experiment.families[: MAX_TABLE_COLUMNS - 4]  # beyond that (not seen yet): in the detail and the CSV
     fixed = 1 + has_setting + (utility is not None) + len(families) + 1  # method, setting, utility, worst, seeds
-    costs = costs[:max(0, MAX_TABLE_COLUMNS - fixed)]  # the rest is in the CSV
+    costs = costs[: max(0, MAX_TABLE_COLUMNS - fixed)]  # the rest is in the CSV
     headers = ["Method"] + (["Setting"] if has_setting else []) + ([utility.capitalize()] if utility else [])
     headers += [f"Worst-case {f.metric} {f.arrow}" for f in families]
     headers += [c.header for c in costs] + ["Seeds"]
-    utility_means = {i: m for i, row in enumerate(experiment.rows)
-                     if (m := _mean(row.values(lambda r: r.utility.get(utility)))) is not None} if utility else {}
+    utility_means = (
+        {
+            i: m
+            for i, row in enumerate(experiment.rows)
+            if (m := _mean(row.values(lambda r: r.utility.get(utility)))) is not None
+        }
+        if utility
+        else {}
+    )
     worst = {f: [_row_worst_case(row, experiment.threat_model, f) for row in experiment.rows] for f in families}
-    worst_means = {f: {i: float(np.mean(w.values)) for i, w in enumerate(cells) if w is not None} for f, cells in worst.items()}
+    worst_means = {
+        f: {i: float(np.mean(w.values)) for i, w in enumerate(cells) if w is not None} for f, cells in worst.items()
+    }
     body = []
     for i, row in enumerate(experiment.rows):
         degenerate = " (degenerate)" if any(_degenerate(run.record) for run in row.runs) else ""
@@ -200,7 +225,9 @@ def _headline(experiment: _Experiment, front: set[int]) -> list[str]:
             paper = row.paper(utility)
             cells.append(text if paper is None else f"{text} (paper {_number(paper)})")
         for family in families:
-            cells.append(_worst_case_cell(worst[family][i], _is_best(worst_means[family], i, family.direction == "higher")))
+            cells.append(
+                _worst_case_cell(worst[family][i], _is_best(worst_means[family], i, family.direction == "higher"))
+            )
         for column in costs:
             text = _summary(row.values(lambda r, k=column.key: r.cost.get(k)), column.count, exact=True)
             paper = row.paper(column.key)
@@ -212,8 +239,11 @@ def _headline(experiment: _Experiment, front: set[int]) -> list[str]:
 
 def _attack_tables(experiment: _Experiment, attack: str, info: dict[str, Any]) -> list[str]:
     """One attack's metrics per row, split into tables of at most MAX_TABLE_COLUMNS columns."""
-    rows = [(i, row) for i, row in enumerate(experiment.rows)
-            if any(attack in run.entries_of(experiment.threat_model) for run in row.runs)]
+    rows = [
+        (i, row)
+        for i, row in enumerate(experiment.rows)
+        if any(attack in run.entries_of(experiment.threat_model) for run in row.runs)
+    ]
     metrics = [m for m in info["metrics"]]
     if info["primary"] in metrics:  # the primary metric first
         metrics.remove(info["primary"])
@@ -223,14 +253,23 @@ def _attack_tables(experiment: _Experiment, attack: str, info: dict[str, Any]) -
     per_table = MAX_TABLE_COLUMNS - fixed
     lines = []
     for start in range(0, len(metrics), per_table):
-        chunk = metrics[start:start + per_table]
-        headers = ["Method"] + (["Setting"] if has_setting else []) + [
-            f"{m} {'↑' if info['directions'].get(m) == 'higher' else '↓' if info['directions'].get(m) == 'lower' else ''}".strip()
-            for m in chunk] + ["Seeds"]
+        chunk = metrics[start : start + per_table]
+        headers = (
+            ["Method"]
+            + (["Setting"] if has_setting else [])
+            + [
+                f"{m} {'↑' if info['directions'].get(m) == 'higher' else '↓' if info['directions'].get(m) == 'lower' else ''}".strip()
+                for m in chunk
+            ]
+            + ["Seeds"]
+        )
         body = []
         for i, row in rows:
-            entries = [run.entries_of(experiment.threat_model)[attack] for run in row.runs
-                       if attack in run.entries_of(experiment.threat_model)]
+            entries = [
+                run.entries_of(experiment.threat_model)[attack]
+                for run in row.runs
+                if attack in run.entries_of(experiment.threat_model)
+            ]
             flag = "" if all(e.converged is not False for e in entries) else f" {NOT_CONVERGED}"
             cells = [row.label + flag] + ([experiment.differences[i] or MISSING] if has_setting else [])
             for metric in chunk:
@@ -256,8 +295,14 @@ def _config_text(info: dict[str, Any]) -> str:
 
 
 def _provenance(experiment: _Experiment) -> list[str]:
-    revisions = sorted({run.revision[:7] + ("+dirty" if run.revision.endswith("+dirty") else "")
-                        for row in experiment.rows for run in row.runs if run.revision})
+    revisions = sorted(
+        {
+            run.revision[:7] + ("+dirty" if run.revision.endswith("+dirty") else "")
+            for row in experiment.rows
+            for run in row.runs
+            if run.revision
+        }
+    )
     configs = sorted({name for row in experiment.rows for run in row.runs for name in run.configs})
     lines = []
     if configs:
@@ -271,7 +316,10 @@ def _details(experiment: _Experiment) -> list[str]:
     lines = ["<details><summary>Per-attack detail, diagnostics and provenance</summary>", ""]
     adversaries = {a: i for a, i in experiment.attacks.items() if i["role"] != "diagnostic"}
     diagnostics = {a: i for a, i in experiment.attacks.items() if i["role"] == "diagnostic"}
-    for title, attacks in (("Adversaries", adversaries), ("Diagnostics (the method's own parts; never the verdict)", diagnostics)):
+    for title, attacks in (
+        ("Adversaries", adversaries),
+        ("Diagnostics (the method's own parts; never the verdict)", diagnostics),
+    ):
         if not attacks:
             continue
         lines += [f"**{title}**", ""]
@@ -279,11 +327,16 @@ def _details(experiment: _Experiment) -> list[str]:
             primary = f" (primary metric: {_escape(info['primary'])})" if info["primary"] else ""
             lines += [f"*{_escape(attack)}*{primary}: {_escape(_config_text(info))}", ""]
             lines += _attack_tables(experiment, attack, info)
-    settings = [(row.label, experiment.differences[i]) for i, row in enumerate(experiment.rows)
-                if len(experiment.differences[i]) > MAX_CELL_CHARS]
+    settings = [
+        (row.label, experiment.differences[i])
+        for i, row in enumerate(experiment.rows)
+        if len(experiment.differences[i]) > MAX_CELL_CHARS
+    ]
     if settings:
         lines += ["Settings in full:", ""] + [f"- {_escape(label)}: `{_code(text)}`" for label, text in settings] + [""]
-    sources = sorted({src for row in experiment.rows for run in row.runs if isinstance(src := run.paper.get("source"), str)})
+    sources = sorted(
+        {src for row in experiment.rows for run in row.runs if isinstance(src := run.paper.get("source"), str)}
+    )
     if sources:
         lines += ["Paper values from: " + "; ".join(_escape(s) for s in sources) + ".", ""]
     lines += _provenance(experiment) + ["", "</details>", ""]
@@ -294,8 +347,11 @@ def _experiment_intro(experiment: _Experiment) -> str:
     pools = {_canonical(run.record["dataset"].get("pool_sizes")) for row in experiment.rows for run in row.runs}
     pool_text = ""
     if len(pools) == 1 and isinstance(sizes := json.loads(pools.pop()), dict) and sizes:
-        pool_text = " Pools: " + ", ".join(f"{k} {_number(float(v), True)}" for k, v in sizes.items()
-                                          if isinstance(v, (int, float))) + "."
+        pool_text = (
+            " Pools: "
+            + ", ".join(f"{k} {_number(float(v), True)}" for k, v in sizes.items() if isinstance(v, (int, float)))
+            + "."
+        )
     if experiment.named:
         return f"Experiment `{_code(experiment.name)}`, as the records name it.{pool_text}"
     if experiment.threat_model == UTILITY_ONLY:
@@ -305,13 +361,20 @@ def _experiment_intro(experiment: _Experiment) -> str:
 
 def _notes(experiment: _Experiment) -> list[str]:
     notes = []
-    flagged = sorted({e.attack for row in experiment.rows for run in row.runs
-                      for e in run.entries_of(experiment.threat_model).values() if e.converged is False})
+    flagged = sorted(
+        {
+            e.attack
+            for row in experiment.rows
+            for run in row.runs
+            for e in run.entries_of(experiment.threat_model).values()
+            if e.converged is False
+        }
+    )
     if flagged:
-        notes.append(f"{NOT_CONVERGED} stopped at its maximum budget without converging (its result is a lower bound on "
-                     f"what this attacker can do): {_escape(', '.join(flagged))}.")
+        notes.append(
+            f"{NOT_CONVERGED} stopped at its maximum budget without converging (its result is a lower bound on "
+            f"what this attacker can do): {_escape(', '.join(flagged))}."
+        )
     if any(run.paper for row in experiment.rows for run in row.runs):
         notes.append("Paper values in parentheses (sources under the detail).")
     return notes
-
-

@@ -33,8 +33,13 @@ from torch import Tensor
 #: the FPRs at which the TPR is reported (metric name -> FPR)
 LOW_FPRS = {"tpr_at_1pct_fpr": 0.01, "tpr_at_0.1pct_fpr": 0.001}
 #: metric -> which way means more privacy (all of them: lower)
-DIRECTIONS = {"attack_accuracy": "lower", "auc": "lower", "tpr_at_1pct_fpr": "lower", "tpr_at_0.1pct_fpr": "lower",
-              "empirical_epsilon": "lower"}
+DIRECTIONS = {
+    "attack_accuracy": "lower",
+    "auc": "lower",
+    "tpr_at_1pct_fpr": "lower",
+    "tpr_at_0.1pct_fpr": "lower",
+    "empirical_epsilon": "lower",
+}
 
 
 def _as_arrays(scores: Tensor, is_member: Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +82,9 @@ def delong_interval(scores: Tensor, is_member: Tensor, confidence: float = 0.95)
     return float(auc), float(max(0.0, auc - half)), float(min(1.0, auc + half))
 
 
-def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray, target_fpr: float) -> tuple[float, float, Optional[float]]:
+def tpr_at_fpr(
+    fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray, target_fpr: float
+) -> tuple[float, float, Optional[float]]:
     """The best TPR with FPR <= ``target_fpr`` on the exact ROC: (tpr, achieved fpr, threshold; None: no score reaches it)."""
     allowed = np.nonzero(fpr <= target_fpr + 1e-12)[0]
     best = allowed[np.argmax(tpr[allowed])]
@@ -85,8 +92,9 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray, target_
     return float(tpr[best]), float(fpr[best]), threshold
 
 
-def membership_report(scores: Tensor, is_member: Tensor, threshold: Optional[float] = None,
-                      confidence: float = 0.95) -> tuple[dict[str, float], dict[str, Any], list[str]]:
+def membership_report(
+    scores: Tensor, is_member: Tensor, threshold: Optional[float] = None, confidence: float = 0.95
+) -> tuple[dict[str, float], dict[str, Any], list[str]]:
     """(metrics, details, warnings): accuracy at ``threshold`` (None: left out), AUC, TPR at 1% / 0.1% FPR.
 
     ``details`` holds the AUC's DeLong interval and, for every TPR at x% FPR, the achieved FPR, the
@@ -108,13 +116,20 @@ def membership_report(scores: Tensor, is_member: Tensor, threshold: Optional[flo
     for name, target_fpr in LOW_FPRS.items():
         value, achieved, cut = tpr_at_fpr(fpr, tpr, thresholds, target_fpr)
         metrics[name] = value
-        details[name] = {"target_fpr": target_fpr, "achieved_fpr": achieved, "threshold": cut,
-                         "interval": list(clopper_pearson(round(value * members), members, confidence)),
-                         "members": members, "nonmembers": nonmembers}
+        details[name] = {
+            "target_fpr": target_fpr,
+            "achieved_fpr": achieved,
+            "threshold": cut,
+            "interval": list(clopper_pearson(round(value * members), members, confidence)),
+            "members": members,
+            "nonmembers": nonmembers,
+        }
         needed = math.ceil(1 / target_fpr)
         if nonmembers < needed:
-            warnings.append(f"{name}: {nonmembers} non-members cannot resolve an FPR of {100 * target_fpr:g}% "
-                            f"(it needs at least {needed:,}); the value is the TPR at FPR {achieved:.4g}")
+            warnings.append(
+                f"{name}: {nonmembers} non-members cannot resolve an FPR of {100 * target_fpr:g}% "
+                f"(it needs at least {needed:,}); the value is the TPR at FPR {achieved:.4g}"
+            )
     return metrics, details, warnings
 
 
@@ -129,8 +144,9 @@ def _dp_epsilon(tpr: float, fpr: float, tnr: float, fnr: float, delta: float) ->
     return max([0.0] + bounds)
 
 
-def epsilon_lower_bound(scores: Tensor, is_member: Tensor, delta: float, generator: torch.Generator,
-                        confidence: float = 0.95) -> dict[str, Any]:
+def epsilon_lower_bound(
+    scores: Tensor, is_member: Tensor, delta: float, generator: torch.Generator, confidence: float = 0.95
+) -> dict[str, Any]:
     """An empirical lower bound on epsilon of (epsilon, delta)-DP from membership scores of random canaries.
 
     (epsilon, delta)-DP bounds every test that tells members from non-members: TPR <= e^eps FPR +
@@ -143,8 +159,13 @@ def epsilon_lower_bound(scores: Tensor, is_member: Tensor, delta: float, generat
     values, target = _as_arrays(scores, is_member)
     order = torch.randperm(len(values), generator=generator).numpy()
     select, held = order[: len(order) // 2], order[len(order) // 2 :]
-    result: dict[str, Any] = {"epsilon": 0.0, "threshold": None, "queries": int(len(held)), "confidence": confidence,
-                              "delta": delta}
+    result: dict[str, Any] = {
+        "epsilon": 0.0,
+        "threshold": None,
+        "queries": int(len(held)),
+        "confidence": confidence,
+        "delta": delta,
+    }
     if len(np.unique(target[select])) < 2 or len(np.unique(target[held])) < 2:
         return result
 
@@ -191,8 +212,15 @@ def plot_roc(curves: Mapping[str, Mapping[str, list[float]]], path: str | Path, 
     for name, curve in curves.items():
         axis.plot(curve["fpr"], [max(t, 1e-5) for t in curve["tpr"]], label=name)
     axis.plot([1e-4, 1], [1e-4, 1], "k--", linewidth=0.8, label="chance")
-    axis.set(xscale="log", yscale="log", xlim=(1e-4, 1), ylim=(1e-4, 1.05), xlabel="false-positive rate",
-             ylabel="true-positive rate", title=title)
+    axis.set(
+        xscale="log",
+        yscale="log",
+        xlim=(1e-4, 1),
+        ylim=(1e-4, 1.05),
+        xlabel="false-positive rate",
+        ylabel="true-positive rate",
+        title=title,
+    )
     axis.legend(fontsize=8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

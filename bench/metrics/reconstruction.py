@@ -10,7 +10,6 @@ from scipy import stats
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-
 #: a perfect reconstruction has infinite PSNR; capping it keeps one perfect image from making a mean infinite
 PSNR_CAP_DB = 100.0
 
@@ -30,13 +29,16 @@ def per_image_metrics(reconstructed: Tensor, original: Tensor) -> dict[str, Tens
     """PSNR (capped at :data:`PSNR_CAP_DB`) and SSIM of every image of (N, C, H, W) batches in [0, 1]: what
     :func:`reconstruction_metrics` averages, kept per image for intervals."""
     if reconstructed.shape != original.shape:
-        raise ValueError(f"shapes differ: reconstructed {tuple(reconstructed.shape)} vs original {tuple(original.shape)}")
+        raise ValueError(
+            f"shapes differ: reconstructed {tuple(reconstructed.shape)} vs original {tuple(original.shape)}"
+        )
     reconstructed, original = reconstructed.float().clamp(0, 1), original.float()
     psnr = peak_signal_noise_ratio(reconstructed, original, data_range=1.0, reduction="none", dim=(1, 2, 3))
     kernel = ssim_kernel_size(*original.shape[-2:])
     # torchmetrics sizes a Gaussian window from sigma alone (11 for the usual 1.5): scale sigma with the window
-    ssim = structural_similarity_index_measure(reconstructed, original, data_range=1.0, sigma=1.5 * kernel / 11,
-                                               reduction="none")
+    ssim = structural_similarity_index_measure(
+        reconstructed, original, data_range=1.0, sigma=1.5 * kernel / 11, reduction="none"
+    )
     return {"psnr": psnr.clamp(max=PSNR_CAP_DB), "ssim": ssim}
 
 
@@ -49,7 +51,11 @@ def mean_interval(values, confidence: float = 0.95) -> tuple[float, Optional[flo
     mean = data.mean().item()
     if data.numel() < 2:
         return mean, None, None
-    half = float(stats.t.ppf(0.5 + confidence / 2, data.numel() - 1)) * data.std(unbiased=True).item() / math.sqrt(data.numel())
+    half = (
+        float(stats.t.ppf(0.5 + confidence / 2, data.numel() - 1))
+        * data.std(unbiased=True).item()
+        / math.sqrt(data.numel())
+    )
     return mean, mean - half, mean + half
 
 
@@ -60,8 +66,12 @@ def per_image_details(per_image: dict[str, Tensor], label_correct: Optional[Tens
     optimisation (a shared batch) are correlated: the interval then treats them as independent (too narrow)."""
     from bench.metrics.membership import clopper_pearson
 
-    details: dict = {"per_image": {"psnr": [round(v, 4) for v in per_image["psnr"].tolist()],
-                                   "ssim": [round(v, 5) for v in per_image["ssim"].tolist()]}}
+    details: dict = {
+        "per_image": {
+            "psnr": [round(v, 4) for v in per_image["psnr"].tolist()],
+            "ssim": [round(v, 5) for v in per_image["ssim"].tolist()],
+        }
+    }
     intervals = {}
     for metric in ("psnr", "ssim"):
         _, low, high = mean_interval(per_image[metric])
@@ -74,14 +84,17 @@ def per_image_details(per_image: dict[str, Tensor], label_correct: Optional[Tens
         details["intervals"] = intervals
     count = per_image["psnr"].numel()
     if count < SMALL_SAMPLE:
-        details["warning"] = (f"only {count} images: the mean PSNR moves by dB with one image; "
-                              f"use num_images x batch_size >= {SMALL_SAMPLE}")
+        details["warning"] = (
+            f"only {count} images: the mean PSNR moves by dB with one image; "
+            f"use num_images x batch_size >= {SMALL_SAMPLE}"
+        )
     return details
 
 
 @torch.no_grad()
-def reconstruction_metrics(reconstructed: Tensor, original: Tensor,
-                           per_image: Optional[dict[str, Tensor]] = None) -> dict[str, float]:
+def reconstruction_metrics(
+    reconstructed: Tensor, original: Tensor, per_image: Optional[dict[str, Tensor]] = None
+) -> dict[str, float]:
     """MSE, mean absolute error, PSNR and SSIM between image batches in [0, 1], averaged over images.
 
     PSNR is computed per image (capped at :data:`PSNR_CAP_DB`) and then averaged, as the papers

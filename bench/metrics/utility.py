@@ -62,8 +62,9 @@ def predictions_correct(logits: Tensor, targets: Tensor, spec: DataSpec) -> Tens
     return (logits.argmax(dim=1) == targets).to(torch.float64)
 
 
-def utility_from_batches(batches, spec: DataSpec, label_names: Optional[Sequence[str]] = None,
-                         device: Optional[torch.device] = None) -> dict[str, float]:
+def utility_from_batches(
+    batches, spec: DataSpec, label_names: Optional[Sequence[str]] = None, device: Optional[torch.device] = None
+) -> dict[str, float]:
     """The record's utility from (logits, targets) batches.
 
     multiclass: ``{"accuracy": top-1}``. multilabel: ``{"accuracy": 1 - mean attribute error,

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional
 import lightning as L
 import numpy as np
 import torch
-from torch import Tensor
 from lightning.pytorch.strategies import DDPStrategy
+from torch import Tensor
 from torchmetrics import Metric
 
 import bench
@@ -55,11 +55,18 @@ def random_state() -> dict[str, Any]:
     """The global random states (torch CPU and CUDA, NumPy, Python) as plain data a weights_only checkpoint holds."""
     numpy_state = np.random.get_state()
     python_state = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
-            "numpy": {"name": numpy_state[0], "keys": numpy_state[1].tolist(), "position": int(numpy_state[2]),
-                      "has_gauss": int(numpy_state[3]), "cached_gaussian": float(numpy_state[4])},
-            "python": [python_state[0], list(python_state[1]), python_state[2]]}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+        "numpy": {
+            "name": numpy_state[0],
+            "keys": numpy_state[1].tolist(),
+            "position": int(numpy_state[2]),
+            "has_gauss": int(numpy_state[3]),
+            "cached_gaussian": float(numpy_state[4]),
+        },
+        "python": [python_state[0], list(python_state[1]), python_state[2]],
+    }
 
 
 def set_random_state(state: dict[str, Any]) -> None:
@@ -70,13 +77,22 @@ def set_random_state(state: dict[str, Any]) -> None:
         if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
         numpy_state = state["numpy"]
-        np.random.set_state((numpy_state["name"], np.asarray(numpy_state["keys"], dtype=np.uint32), numpy_state["position"],
-                             numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+        np.random.set_state(
+            (
+                numpy_state["name"],
+                np.asarray(numpy_state["keys"], dtype=np.uint32),
+                numpy_state["position"],
+                numpy_state["has_gauss"],
+                numpy_state["cached_gaussian"],
+            )
+        )
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise BenchError(f"the checkpoint's random state is malformed ({type(error).__name__}: {error}); "
-                         "resume from a checkpoint written by `bench fit`") from None
+        raise BenchError(
+            f"the checkpoint's random state is malformed ({type(error).__name__}: {error}); "
+            "resume from a checkpoint written by `bench fit`"
+        ) from None
 
 
 class PrivacyModule(L.LightningModule):
@@ -115,15 +131,19 @@ class PrivacyModule(L.LightningModule):
     def __init__(self, data_spec: Optional[DataSpec] = None, lr: float = 1e-3, weight_decay: float = 0.0) -> None:
         super().__init__()
         if data_spec is None:
-            raise BenchError(f"{type(self).__name__} needs a data_spec: run it through `bench fit --data ...`, or pass datamodule.spec")
+            raise BenchError(
+                f"{type(self).__name__} needs a data_spec: run it through `bench fit --data ...`, or pass datamodule.spec"
+            )
         if lr <= 0:
             raise BenchError(f"lr must be positive, got {lr}")
         if weight_decay < 0:
             raise BenchError(f"weight_decay must be non-negative, got {weight_decay}")
         self.spec = DataSpec.coerce(data_spec)
         if self.spec.task not in self.tasks:
-            raise BenchError(f"{type(self).__name__} trains on {' or '.join(self.tasks)} targets, but {self.spec.name} has "
-                             f"{self.spec.task} targets; choose a method that supports them (`bench list`)")
+            raise BenchError(
+                f"{type(self).__name__} trains on {' or '.join(self.tasks)} targets, but {self.spec.name} has "
+                f"{self.spec.task} targets; choose a method that supports them (`bench list`)"
+            )
         self.save_hyperparameters()
         self.hparams["data_spec"] = self.spec.as_dict()  # plain types: checkpoints load with weights_only
         # the default optimizer's settings: under LightningCLI hparams hold only the subclass's own arguments
@@ -272,7 +292,9 @@ class PrivacyModule(L.LightningModule):
             info["datamodule_hparams"] = dict(datamodule.hparams)
         # every random stream the run depends on, so that resuming reproduces the straight run
         info["random_state"] = random_state()
-        info["batch_streams"] = {pool: stream.state_dict() for pool, stream in getattr(self, "_batch_streams", {}).items()}
+        info["batch_streams"] = {
+            pool: stream.state_dict() for pool, stream in getattr(self, "_batch_streams", {}).items()
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a model pruned with masks (e.g. by the ADMMPruning callback) saved `weight_orig`/`weight_mask`:

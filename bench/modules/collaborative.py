@@ -35,7 +35,6 @@ from bench.threat_models import SharedGradients, ThreatModel
 from bench.transforms.policy import load_policy
 
 
-
 def prune_gradients(gradients: dict[str, Tensor], ratio: float) -> dict[str, Tensor]:
     """Layer-wise gradient pruning: in every (P, *shape) tensor keep each participant's top (1 - ratio)
     fraction of entries by magnitude (at least one) and zero the rest (Table 3's "Pruning (70%)": ratio 0.7)."""
@@ -49,8 +48,9 @@ def prune_gradients(gradients: dict[str, Tensor], ratio: float) -> dict[str, Ten
     return pruned
 
 
-def add_noise(gradients: dict[str, Tensor], kind: str, scale: float,
-              generator: Optional[torch.Generator] = None) -> dict[str, Tensor]:
+def add_noise(
+    gradients: dict[str, Tensor], kind: str, scale: float, generator: Optional[torch.Generator] = None
+) -> dict[str, Tensor]:
     """Gaussian N(0, scale^2) or Laplacian Laplace(0, scale) noise on every shared gradient entry."""
     noisy = {}
     for name, gradient in gradients.items():
@@ -89,12 +89,25 @@ class Collaborative(PrivacyModule):
     threat_models = (ThreatModel.GRADIENT_SHARING, ThreatModel.BLACK_BOX_OUTPUTS)
     DEFENSES = ("none", "gaussian", "laplacian", "pruning")  # ATS's baselines: gradient noise, gradient pruning
 
-    def __init__(self, network: str = "convnet", width: Optional[int] = None, participants: int = 10,
-                 policy: Optional[str] = None, crop_flip: bool = True, transform_variant: str = "reference",
-                 defense: str = "none", noise_scale: float = 1e-3,
-                 prune_ratio: float = 0.7, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
-                 milestones: tuple[float, ...] = (3 / 8, 5 / 8, 7 / 8), lr_decay_factor: float = 0.1,
-                 data_spec: Optional[DataSpec] = None, gamma: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        network: str = "convnet",
+        width: Optional[int] = None,
+        participants: int = 10,
+        policy: Optional[str] = None,
+        crop_flip: bool = True,
+        transform_variant: str = "reference",
+        defense: str = "none",
+        noise_scale: float = 1e-3,
+        prune_ratio: float = 0.7,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        milestones: tuple[float, ...] = (3 / 8, 5 / 8, 7 / 8),
+        lr_decay_factor: float = 0.1,
+        data_spec: Optional[DataSpec] = None,
+        gamma: Optional[float] = None,
+    ) -> None:
         lr_decay_factor = renamed_argument(Collaborative, "gamma", gamma, lr_decay_factor, default=0.1)
         network = resolve_network(network, Role.COLLABORATIVE, "Collaborative")
         if participants < 1:
@@ -104,12 +117,16 @@ class Collaborative(PrivacyModule):
         if noise_scale < 0:
             raise BenchError(f"noise_scale must be non-negative, got {noise_scale}")
         if not 0.0 <= prune_ratio < 1.0:
-            raise BenchError(f"prune_ratio is the fraction of each layer's gradient set to zero, in [0, 1); got {prune_ratio}")
+            raise BenchError(
+                f"prune_ratio is the fraction of each layer's gradient set to zero, in [0, 1); got {prune_ratio}"
+            )
         if not 0.0 <= momentum < 1.0:
             raise BenchError(f"momentum must lie in [0, 1), got {momentum}")
         if any(not 0.0 < m < 1.0 for m in milestones) or not 0.0 < lr_decay_factor <= 1.0:
-            raise BenchError(f"milestones are fractions of training in (0, 1) and lr_decay_factor lies in (0, 1]; "
-                             f"got {milestones}, {lr_decay_factor}")
+            raise BenchError(
+                f"milestones are fractions of training in (0, 1) and lr_decay_factor lies in (0, 1]; "
+                f"got {milestones}, {lr_decay_factor}"
+            )
         super().__init__(data_spec=data_spec, lr=lr, weight_decay=weight_decay)
         keep_current_names(self.hparams, Collaborative, lr_decay_factor=lr_decay_factor, network=network)
         self.automatic_optimization = False
@@ -138,7 +155,9 @@ class Collaborative(PrivacyModule):
         return f"Collaborative ({', '.join(parts) or 'no defense'})"
 
     # ------------------------------------------------------------------ the contract
-    def shared_gradients(self, images: Tensor, labels: Tensor, generator: Optional[torch.Generator] = None) -> SharedGradients:
+    def shared_gradients(
+        self, images: Tensor, labels: Tensor, generator: Optional[torch.Generator] = None
+    ) -> SharedGradients:
         """What each of P participants shares for its mini-batch: images (P, B, C, H, W), labels (P, B).
 
         Transformation policy, gradient (vectorized over participants), then defense. In training
@@ -146,8 +165,10 @@ class Collaborative(PrivacyModule):
         updated with their mean; in eval mode (the harness) participants do not touch the module.
         """
         if images.ndim != 5 or labels.shape != images.shape[:2]:
-            raise BenchError(f"shared_gradients takes images (P, B, C, H, W) and labels (P, B), got "
-                             f"{tuple(images.shape)} and {tuple(labels.shape)}")
+            raise BenchError(
+                f"shared_gradients takes images (P, B, C, H, W) and labels (P, B), got "
+                f"{tuple(images.shape)} and {tuple(labels.shape)}"
+            )
         participants, batch = images.shape[:2]
         if self.policy is not None:
             images = self.policy(images.flatten(0, 1), generator).view_as(images)
@@ -183,8 +204,10 @@ class Collaborative(PrivacyModule):
     def local_participants(self) -> int:
         world_size = self.trainer.world_size if self._trainer is not None else 1
         if self.hparams.participants % world_size:
-            raise BenchError(f"{self.hparams.participants} participants cannot be shared evenly by {world_size} processes; "
-                             f"make --model.participants a multiple of the world size")
+            raise BenchError(
+                f"{self.hparams.participants} participants cannot be shared evenly by {world_size} processes; "
+                f"make --model.participants a multiple of the world size"
+            )
         return self.hparams.participants // world_size
 
     #: the participants' gradients are set by hand: 16-mixed's loss scaler would divide them by its scale (about
@@ -195,13 +218,19 @@ class Collaborative(PrivacyModule):
         super().setup(stage)
         precision = str(self.trainer.precision)
         if stage == "fit" and precision not in self.FULL_PRECISIONS:
-            raise BenchError(f"Collaborative trains in full precision (--trainer.precision 32-true), got '{precision}': it sets "
-                             "the averaged gradients by hand, past Lightning's precision plugin (16-mixed would leave them "
-                             "divided by the loss scale, about 65,536x too small)")
+            raise BenchError(
+                f"Collaborative trains in full precision (--trainer.precision 32-true), got '{precision}': it sets "
+                "the averaged gradients by hand, past Lightning's precision plugin (16-mixed would leave them "
+                "divided by the loss scale, about 65,536x too small)"
+            )
 
     def configure_optimizers(self):
-        optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum,
-                                    weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.SGD(
+            self.parameters(),
+            lr=self.hparams.lr,
+            momentum=self.hparams.momentum,
+            weight_decay=self.hparams.weight_decay,
+        )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         milestones = sorted({max(1, math.floor(m * total)) for m in self.hparams.milestones})
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=self.hparams.lr_decay_factor)
@@ -214,8 +243,10 @@ class Collaborative(PrivacyModule):
         if per_participant == 0:
             if batch_idx > 0:  # the short remainder at an epoch's end: too few images for one round, so no round
                 return None
-            raise BenchError(f"a batch of {images.shape[0]} cannot be split among {participants} participants; "
-                             f"raise --data.batch_size to a multiple of it")
+            raise BenchError(
+                f"a batch of {images.shape[0]} cannot be split among {participants} participants; "
+                f"raise --data.batch_size to a multiple of it"
+            )
         used = participants * per_participant  # the remainder of a short last batch is left out
         images = images[:used].view(participants, per_participant, *images.shape[1:])
         labels = labels[:used].view(participants, per_participant)

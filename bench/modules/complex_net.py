@@ -56,8 +56,12 @@ def fake_angles(k: int, n: int, device: torch.device) -> Tensor:
 def critic_network(feature_shape: tuple[int, ...], width: int = 64) -> nn.Sequential:
     """D of section 4.1: a convolutional layer and a fully-connected layer, one score per feature map."""
     channels, height, width_px = feature_shape
-    return nn.Sequential(nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.LeakyReLU(0.2), nn.Flatten(),
-                         nn.Linear(width * math.ceil(height / 2) * math.ceil(width_px / 2), 1))
+    return nn.Sequential(
+        nn.Conv2d(channels, width, 3, stride=2, padding=1),
+        nn.LeakyReLU(0.2),
+        nn.Flatten(),
+        nn.Linear(width * math.ceil(height / 2) * math.ceil(width_px / 2), 1),
+    )
 
 
 class ComplexNet(PrivacyModule):
@@ -89,22 +93,39 @@ class ComplexNet(PrivacyModule):
     display_name = "Complex-valued"
     tasks = TASKS  # classes (CIFAR, CUB-200) or CelebA's 40 attributes: the decryption module's last layer is as wide
 
-    def __init__(self, network: str = "lenet5", generator_channels: Optional[int] = None, phases_per_sample: int = 4,
-                 n_critic: int = 5, lipschitz: str = "clip", clip_value: float = 0.01, gp_weight: float = 10.0,
-                 adv_weight: float = 1.0, lr: float = 1e-3, critic_lr: float = 5e-5, weight_decay: float = 0.0,
-                 bank_size: int = 8, encoder_bias: bool = True, data_spec: Optional[DataSpec] = None,
-                 k: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        network: str = "lenet5",
+        generator_channels: Optional[int] = None,
+        phases_per_sample: int = 4,
+        n_critic: int = 5,
+        lipschitz: str = "clip",
+        clip_value: float = 0.01,
+        gp_weight: float = 10.0,
+        adv_weight: float = 1.0,
+        lr: float = 1e-3,
+        critic_lr: float = 5e-5,
+        weight_decay: float = 0.0,
+        bank_size: int = 8,
+        encoder_bias: bool = True,
+        data_spec: Optional[DataSpec] = None,
+        k: Optional[int] = None,
+    ) -> None:
         phases_per_sample = renamed_argument(ComplexNet, "k", k, phases_per_sample, default=4)
         network = resolve_network(network, Role.COMPLEX, "ComplexNet")
         if phases_per_sample < 2:
-            raise BenchError(f"phases_per_sample (k of Eq. 8) must be at least 2, one real and k - 1 fakes, got {phases_per_sample}")
+            raise BenchError(
+                f"phases_per_sample (k of Eq. 8) must be at least 2, one real and k - 1 fakes, got {phases_per_sample}"
+            )
         if n_critic < 1:
             raise BenchError(f"n_critic (critic steps per generator step) must be at least 1, got {n_critic}")
         if lipschitz not in LIPSCHITZ:
             raise BenchError(f"lipschitz must be 'clip' (WGAN) or 'gp' (WGAN-GP), got '{lipschitz}'")
         if clip_value <= 0 or gp_weight < 0 or adv_weight < 0 or critic_lr <= 0:
-            raise BenchError(f"need clip_value > 0, gp_weight >= 0, adv_weight >= 0 and critic_lr > 0, "
-                             f"got {clip_value}, {gp_weight}, {adv_weight}, {critic_lr}")
+            raise BenchError(
+                f"need clip_value > 0, gp_weight >= 0, adv_weight >= 0 and critic_lr > 0, "
+                f"got {clip_value}, {gp_weight}, {adv_weight}, {critic_lr}"
+            )
         if bank_size < 1:
             raise BenchError(f"bank_size must be at least 1, got {bank_size}")
         super().__init__(data_spec=data_spec, lr=lr, weight_decay=weight_decay)
@@ -113,8 +134,9 @@ class ComplexNet(PrivacyModule):
         plans = build_network(network, Role.COMPLEX, self.spec)
         if generator_channels is None:
             generator_channels = encoder_shape(plans, self.spec)[0]
-        modules = build_modules(plans, self.spec, complex_valued=True, generator_channels=generator_channels,
-                                encoder_bias=encoder_bias)
+        modules = build_modules(
+            plans, self.spec, complex_valued=True, generator_channels=generator_channels, encoder_bias=encoder_bias
+        )
         self.encoder, self.processing, self.decryption = modules.encoder, modules.processing, modules.decryption
         self.critic = critic_network(modules.feature_shape)
         self.register_buffer("fooling_bank", torch.zeros(bank_size, *modules.feature_shape))
@@ -218,8 +240,14 @@ class ComplexNet(PrivacyModule):
         self.critic.requires_grad_(True)
         self._remember(a.detach())
         if self.logging_step:
-            self.log_dict({"train/loss": task.detach(), "train/adversarial": adversarial.detach(),
-                           "train/critic": critic_loss.detach()}, prog_bar=True)
+            self.log_dict(
+                {
+                    "train/loss": task.detach(),
+                    "train/adversarial": adversarial.detach(),
+                    "train/critic": critic_loss.detach(),
+                },
+                prog_bar=True,
+            )
 
     @torch.no_grad()
     def _remember(self, a: Tensor) -> None:
@@ -247,11 +275,23 @@ class ComplexNetBaseline(EncoderRelease, PrivacyModule):
 
     threat_models = (ThreatModel.FEATURE_RELEASE, ThreatModel.BLACK_BOX_OUTPUTS)
     tasks = TASKS
-    VARIANTS = {"original": "Original network", "additional_layers": "Network with additional layers", "noisy": "Noisy features"}
+    VARIANTS = {
+        "original": "Original network",
+        "additional_layers": "Network with additional layers",
+        "noisy": "Noisy features",
+    }
 
-    def __init__(self, network: str = "lenet5", variant: str = "original", noise_level: float = 0.5,
-                 generator_channels: Optional[int] = None, lr: float = 1e-3, weight_decay: float = 0.0,
-                 data_spec: Optional[DataSpec] = None, gamma: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        network: str = "lenet5",
+        variant: str = "original",
+        noise_level: float = 0.5,
+        generator_channels: Optional[int] = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        data_spec: Optional[DataSpec] = None,
+        gamma: Optional[float] = None,
+    ) -> None:
         noise_level = renamed_argument(ComplexNetBaseline, "gamma", gamma, noise_level, default=0.5)
         network = resolve_network(network, Role.COMPLEX, "ComplexNetBaseline")
         if variant not in self.VARIANTS:
@@ -263,8 +303,12 @@ class ComplexNetBaseline(EncoderRelease, PrivacyModule):
         plans = build_network(network, Role.COMPLEX, self.spec)
         if variant == "additional_layers" and generator_channels is None:
             generator_channels = encoder_shape(plans, self.spec)[0]
-        modules = build_modules(plans, self.spec, complex_valued=False,
-                                generator_channels=generator_channels if variant == "additional_layers" else None)
+        modules = build_modules(
+            plans,
+            self.spec,
+            complex_valued=False,
+            generator_channels=generator_channels if variant == "additional_layers" else None,
+        )
         self.encoder = modules.encoder
         self.classifier = nn.Sequential(modules.processing, modules.decryption)
 

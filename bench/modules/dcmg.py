@@ -32,8 +32,13 @@ from torch import Tensor, nn
 from bench.datamodules.base import DataSpec
 from bench.errors import BenchError
 from bench.modules.base import PrivacyModule
-from bench.networks.compressive import (Lift, deepinverse_convolutions, gaussian_measurement_matrix, measurement_count,
-                                        measurement_network)
+from bench.networks.compressive import (
+    Lift,
+    deepinverse_convolutions,
+    gaussian_measurement_matrix,
+    measurement_count,
+    measurement_network,
+)
 from bench.networks.registry import Role, build_network
 from bench.privacy.nullspace_noise import NullSpaceNoise
 from bench.threat_models import Capability, ThreatModel
@@ -65,12 +70,25 @@ class CompressiveLearning(PrivacyModule):
     #: whether the server trains a generator x_hat = G(y) (every variant but DCM)
     has_generator: ClassVar[bool] = True
 
-    def __init__(self, measurement_rate: float = 0.1, matrix_seed: int = 0, lam: float = 0.0,
-                 noise: Optional[dict] = None, generator_channels: Sequence[int] = (64, 32), generator_kernel: int = 11,
-                 classifier_channels: Sequence[int] = (32, 64), classifier_hidden: int = 1024, dropout: float = 0.5,
-                 lr: float = 1e-3, weight_decay: float = 0.0, data_spec: Optional[DataSpec] = None) -> None:
+    def __init__(
+        self,
+        measurement_rate: float = 0.1,
+        matrix_seed: int = 0,
+        lam: float = 0.0,
+        noise: Optional[dict] = None,
+        generator_channels: Sequence[int] = (64, 32),
+        generator_kernel: int = 11,
+        classifier_channels: Sequence[int] = (32, 64),
+        classifier_hidden: int = 1024,
+        dropout: float = 0.5,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        data_spec: Optional[DataSpec] = None,
+    ) -> None:
         if lam < 0:
-            raise BenchError(f"lam (lambda of Eq. 2) must be non-negative, got {lam}; the paper uses 0 (DCMG) and 1e5 (DCMG-O, DCMG-N)")
+            raise BenchError(
+                f"lam (lambda of Eq. 2) must be non-negative, got {lam}; the paper uses 0 (DCMG) and 1e5 (DCMG-O, DCMG-N)"
+            )
         if lam > 0 and not self.has_generator:
             raise BenchError("a reconstruction weight needs a generator; DCM has none")
         super().__init__(data_spec=data_spec, lr=lr, weight_decay=weight_decay)
@@ -87,10 +105,19 @@ class CompressiveLearning(PrivacyModule):
             self.client = measurement_network(matrix * scale, self.noise.measurement_offset(matrix) * scale)
         self.lift = Lift(matrix, self.spec.image_shape)  # the server's fixed A^T layer
         # the classifier is built before the generator: every variant draws the same classifier from the same seed
-        self.classifier = build_network("lenet_tfslim", Role.COMPRESSIVE, self.spec, channels=classifier_channels,
-                                        hidden=classifier_hidden, dropout=dropout)
-        self.refine = (deepinverse_convolutions(self.spec.image_shape[0], generator_channels, generator_kernel)
-                       if self.has_generator else nn.Identity())
+        self.classifier = build_network(
+            "lenet_tfslim",
+            Role.COMPRESSIVE,
+            self.spec,
+            channels=classifier_channels,
+            hidden=classifier_hidden,
+            dropout=dropout,
+        )
+        self.refine = (
+            deepinverse_convolutions(self.spec.image_shape[0], generator_channels, generator_kernel)
+            if self.has_generator
+            else nn.Identity()
+        )
 
     def _keep_own_hparams(self) -> None:
         """Record only the variant's own arguments: DCM has no generator widths, DCMG no lambda to set."""
@@ -171,12 +198,28 @@ class DCM(CompressiveLearning):
 
     has_generator = False
 
-    def __init__(self, measurement_rate: float = 0.1, matrix_seed: int = 0, classifier_channels: Sequence[int] = (32, 64),
-                 classifier_hidden: int = 1024, dropout: float = 0.5, lr: float = 1e-3, weight_decay: float = 0.0,
-                 data_spec: Optional[DataSpec] = None) -> None:
-        super().__init__(measurement_rate=measurement_rate, matrix_seed=matrix_seed, lam=0.0,
-                         classifier_channels=classifier_channels, classifier_hidden=classifier_hidden, dropout=dropout,
-                         lr=lr, weight_decay=weight_decay, data_spec=data_spec)
+    def __init__(
+        self,
+        measurement_rate: float = 0.1,
+        matrix_seed: int = 0,
+        classifier_channels: Sequence[int] = (32, 64),
+        classifier_hidden: int = 1024,
+        dropout: float = 0.5,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        data_spec: Optional[DataSpec] = None,
+    ) -> None:
+        super().__init__(
+            measurement_rate=measurement_rate,
+            matrix_seed=matrix_seed,
+            lam=0.0,
+            classifier_channels=classifier_channels,
+            classifier_hidden=classifier_hidden,
+            dropout=dropout,
+            lr=lr,
+            weight_decay=weight_decay,
+            data_spec=data_spec,
+        )
 
 
 class DCMG(_WithGenerator):
@@ -185,13 +228,32 @@ class DCMG(_WithGenerator):
     Args: see :class:`CompressiveLearning`.
     """
 
-    def __init__(self, measurement_rate: float = 0.1, matrix_seed: int = 0, generator_channels: Sequence[int] = (64, 32),
-                 generator_kernel: int = 11, classifier_channels: Sequence[int] = (32, 64), classifier_hidden: int = 1024,
-                 dropout: float = 0.5, lr: float = 1e-3, weight_decay: float = 0.0, data_spec: Optional[DataSpec] = None) -> None:
-        super().__init__(measurement_rate=measurement_rate, matrix_seed=matrix_seed, lam=0.0,
-                         generator_channels=generator_channels, generator_kernel=generator_kernel,
-                         classifier_channels=classifier_channels, classifier_hidden=classifier_hidden, dropout=dropout,
-                         lr=lr, weight_decay=weight_decay, data_spec=data_spec)
+    def __init__(
+        self,
+        measurement_rate: float = 0.1,
+        matrix_seed: int = 0,
+        generator_channels: Sequence[int] = (64, 32),
+        generator_kernel: int = 11,
+        classifier_channels: Sequence[int] = (32, 64),
+        classifier_hidden: int = 1024,
+        dropout: float = 0.5,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        data_spec: Optional[DataSpec] = None,
+    ) -> None:
+        super().__init__(
+            measurement_rate=measurement_rate,
+            matrix_seed=matrix_seed,
+            lam=0.0,
+            generator_channels=generator_channels,
+            generator_kernel=generator_kernel,
+            classifier_channels=classifier_channels,
+            classifier_hidden=classifier_hidden,
+            dropout=dropout,
+            lr=lr,
+            weight_decay=weight_decay,
+            data_spec=data_spec,
+        )
 
 
 class DCMGO(_WithGenerator):
@@ -204,14 +266,33 @@ class DCMGO(_WithGenerator):
     display_name = "DCMG-O"
     capabilities = (*_WithGenerator.capabilities, Capability.RELEASED_TRAINING_IMAGES)
 
-    def __init__(self, measurement_rate: float = 0.1, matrix_seed: int = 0, lam: float = 1e5,
-                 generator_channels: Sequence[int] = (64, 32), generator_kernel: int = 11,
-                 classifier_channels: Sequence[int] = (32, 64), classifier_hidden: int = 1024, dropout: float = 0.5,
-                 lr: float = 1e-3, weight_decay: float = 0.0, data_spec: Optional[DataSpec] = None) -> None:
-        super().__init__(measurement_rate=measurement_rate, matrix_seed=matrix_seed, lam=lam,
-                         generator_channels=generator_channels, generator_kernel=generator_kernel,
-                         classifier_channels=classifier_channels, classifier_hidden=classifier_hidden, dropout=dropout,
-                         lr=lr, weight_decay=weight_decay, data_spec=data_spec)
+    def __init__(
+        self,
+        measurement_rate: float = 0.1,
+        matrix_seed: int = 0,
+        lam: float = 1e5,
+        generator_channels: Sequence[int] = (64, 32),
+        generator_kernel: int = 11,
+        classifier_channels: Sequence[int] = (32, 64),
+        classifier_hidden: int = 1024,
+        dropout: float = 0.5,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        data_spec: Optional[DataSpec] = None,
+    ) -> None:
+        super().__init__(
+            measurement_rate=measurement_rate,
+            matrix_seed=matrix_seed,
+            lam=lam,
+            generator_channels=generator_channels,
+            generator_kernel=generator_kernel,
+            classifier_channels=classifier_channels,
+            classifier_hidden=classifier_hidden,
+            dropout=dropout,
+            lr=lr,
+            weight_decay=weight_decay,
+            data_spec=data_spec,
+        )
 
     def released_training_images(self, images: Tensor) -> Tensor:
         """The training images as the server receives them: the originals."""
@@ -233,16 +314,38 @@ class DCMGN(_WithGenerator):
     display_name = "DCMG-N"
     capabilities = (*_WithGenerator.capabilities, Capability.RELEASED_TRAINING_IMAGES)
 
-    def __init__(self, measurement_rate: float = 0.1, matrix_seed: int = 0, lam: float = 1e5, lam_noise: float = 2.0,
-                 p: float = 0.5, groups: Optional[int] = None, noise_seed: int = 1,
-                 generator_channels: Sequence[int] = (64, 32), generator_kernel: int = 11,
-                 classifier_channels: Sequence[int] = (32, 64), classifier_hidden: int = 1024, dropout: float = 0.5,
-                 lr: float = 1e-3, weight_decay: float = 0.0, data_spec: Optional[DataSpec] = None) -> None:
-        super().__init__(measurement_rate=measurement_rate, matrix_seed=matrix_seed, lam=lam,
-                         noise={"lam_noise": lam_noise, "p": p, "groups": groups, "seed": noise_seed},
-                         generator_channels=generator_channels, generator_kernel=generator_kernel,
-                         classifier_channels=classifier_channels, classifier_hidden=classifier_hidden, dropout=dropout,
-                         lr=lr, weight_decay=weight_decay, data_spec=data_spec)
+    def __init__(
+        self,
+        measurement_rate: float = 0.1,
+        matrix_seed: int = 0,
+        lam: float = 1e5,
+        lam_noise: float = 2.0,
+        p: float = 0.5,
+        groups: Optional[int] = None,
+        noise_seed: int = 1,
+        generator_channels: Sequence[int] = (64, 32),
+        generator_kernel: int = 11,
+        classifier_channels: Sequence[int] = (32, 64),
+        classifier_hidden: int = 1024,
+        dropout: float = 0.5,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        data_spec: Optional[DataSpec] = None,
+    ) -> None:
+        super().__init__(
+            measurement_rate=measurement_rate,
+            matrix_seed=matrix_seed,
+            lam=lam,
+            noise={"lam_noise": lam_noise, "p": p, "groups": groups, "seed": noise_seed},
+            generator_channels=generator_channels,
+            generator_kernel=generator_kernel,
+            classifier_channels=classifier_channels,
+            classifier_hidden=classifier_hidden,
+            dropout=dropout,
+            lr=lr,
+            weight_decay=weight_decay,
+            data_spec=data_spec,
+        )
 
     def training_target(self, images: Tensor) -> Tensor:
         return self.noise(images)  # Eq. 4: the generator learns x_noise, never x

@@ -31,12 +31,11 @@ from bench.deprecation import keep_current_names, renamed_argument
 from bench.errors import BenchError
 from bench.metrics.cost import count_parameters
 from bench.modules.base import PrivacyModule
+from bench.modules.dpsgd import DPSGD, RDP_ORDERS  # noqa: F401 - DP-SGD lived here: old imports keep working
 from bench.networks.classifiers import InferenceModel
 from bench.networks.registry import Role, build_network, resolve_network
 from bench.threat_models import ThreatModel
 from bench.training.admm_pruning import ADMMPruning
-
-from bench.modules.dpsgd import DPSGD, RDP_ORDERS  # noqa: F401 - DP-SGD lived here: old imports keep working
 
 
 class MCMIA(PrivacyModule):
@@ -63,23 +62,44 @@ class MCMIA(PrivacyModule):
     label_hparams = ("defense",)
     DEFENSES = ("none", "pruning", "minmax", "pruning_minmax")
 
-    def __init__(self, network: str = "lenet5", defense: str = "pruning", lr: float = 1e-3, weight_decay: float = 0.0,
-                 sparsity: Union[float, dict[str, float]] = 0.9, admm_updates: int = 10, update_every: int = 1,
-                 interval: str = "epoch", rho: float = 1e-3, rho_multiplier: float = 1.3, rho_max: float = 1.0,
-                 minmax_weight: float = 1.0, inference_steps: int = 1, attack_lr: float = 1e-3,
-                 data_spec: Optional[DataSpec] = None, gamma: Optional[float] = None, k: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        network: str = "lenet5",
+        defense: str = "pruning",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        sparsity: Union[float, dict[str, float]] = 0.9,
+        admm_updates: int = 10,
+        update_every: int = 1,
+        interval: str = "epoch",
+        rho: float = 1e-3,
+        rho_multiplier: float = 1.3,
+        rho_max: float = 1.0,
+        minmax_weight: float = 1.0,
+        inference_steps: int = 1,
+        attack_lr: float = 1e-3,
+        data_spec: Optional[DataSpec] = None,
+        gamma: Optional[float] = None,
+        k: Optional[int] = None,
+    ) -> None:
         minmax_weight = renamed_argument(MCMIA, "gamma", gamma, minmax_weight, default=1.0)
         inference_steps = renamed_argument(MCMIA, "k", k, inference_steps, default=1)
         network = resolve_network(network, Role.CLASSIFIER, "MCMIA")
         if defense not in self.DEFENSES:
             raise BenchError(f"defense must be one of {self.DEFENSES}, got '{defense}'")
         if minmax_weight < 0:
-            raise BenchError(f"minmax_weight (gamma of Eq. 10, the weight of the adversary's gain) must be non-negative, got {minmax_weight}")
+            raise BenchError(
+                f"minmax_weight (gamma of Eq. 10, the weight of the adversary's gain) must be non-negative, got {minmax_weight}"
+            )
         if inference_steps < 1 or attack_lr <= 0:
-            raise BenchError(f"inference_steps (steps of h per classifier step) must be >= 1 and attack_lr positive, "
-                             f"got {inference_steps}, {attack_lr}")
+            raise BenchError(
+                f"inference_steps (steps of h per classifier step) must be >= 1 and attack_lr positive, "
+                f"got {inference_steps}, {attack_lr}"
+            )
         super().__init__(data_spec=data_spec, lr=lr, weight_decay=weight_decay)
-        keep_current_names(self.hparams, MCMIA, minmax_weight=minmax_weight, inference_steps=inference_steps, network=network)
+        keep_current_names(
+            self.hparams, MCMIA, minmax_weight=minmax_weight, inference_steps=inference_steps, network=network
+        )
         self.network = build_network(network, Role.CLASSIFIER, self.spec)
         self.minmax = defense in ("minmax", "pruning_minmax")
         self.pruning = defense in ("pruning", "pruning_minmax")
@@ -94,11 +114,19 @@ class MCMIA(PrivacyModule):
     def _admm(self):
         sparsity = self.hparams.sparsity
         if isinstance(sparsity, dict):
-            sparsity = {name if name.startswith("network.") else f"network.{name}": value for name, value in sparsity.items()}
-        return ADMMPruning(sparsity=sparsity, submodule="network", rho=self.hparams.rho,
-                           rho_multiplier=self.hparams.rho_multiplier, rho_max=self.hparams.rho_max,
-                           update_every=self.hparams.update_every, interval=self.hparams.interval,
-                           admm_updates=self.hparams.admm_updates)
+            sparsity = {
+                name if name.startswith("network.") else f"network.{name}": value for name, value in sparsity.items()
+            }
+        return ADMMPruning(
+            sparsity=sparsity,
+            submodule="network",
+            rho=self.hparams.rho,
+            rho_multiplier=self.hparams.rho_multiplier,
+            rho_max=self.hparams.rho_max,
+            update_every=self.hparams.update_every,
+            interval=self.hparams.interval,
+            admm_updates=self.hparams.admm_updates,
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.network(x)
@@ -112,7 +140,9 @@ class MCMIA(PrivacyModule):
         return not self.minmax
 
     def configure_optimizers(self):
-        classifier = torch.optim.Adam(self.network.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        classifier = torch.optim.Adam(
+            self.network.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
         if not self.minmax:
             return classifier
         return [classifier, torch.optim.Adam(self.inference.parameters(), lr=self.hparams.attack_lr)]
@@ -129,13 +159,17 @@ class MCMIA(PrivacyModule):
         if self.minmax:
             datamodule = self.trainer.datamodule
             if datamodule is None or not hasattr(datamodule, "pool_dataloader"):
-                raise BenchError("the Min-Max game draws member and reference mini-batches from a bench PrivacyDataModule; "
-                                 "train MCMIA with one (e.g. --data Digits)")
+                raise BenchError(
+                    "the Min-Max game draws member and reference mini-batches from a bench PrivacyDataModule; "
+                    "train MCMIA with one (e.g. --data Digits)"
+                )
             # resumable streams: a resumed fit continues the straight run's member and reference batches
             self._members = self.batch_stream("train", datamodule.batch_size)
             self._reference = self.batch_stream("val", datamodule.batch_size)
 
-    def gain(self, member_logits: Tensor, member_labels: Tensor, reference_logits: Tensor, reference_labels: Tensor) -> Tensor:
+    def gain(
+        self, member_logits: Tensor, member_labels: Tensor, reference_logits: Tensor, reference_labels: Tensor
+    ) -> Tensor:
         """Eq. 1, G_f(h) = 1/2 E_D[log h(x, y, f(x))] + 1/2 E_D'[log(1 - h(x, y, f(x)))]."""
         h_member = self.inference(member_logits.softmax(-1), member_labels)
         h_reference = self.inference(reference_logits.softmax(-1), reference_labels)
@@ -164,6 +198,8 @@ class MCMIA(PrivacyModule):
         self.manual_step(classifier_optimizer, loss, "classifier")
         self.inference.requires_grad_(True)
         if self.logging_step:
-            self.log_dict({"train/loss": cross_entropy.detach(), "train/gain": gain.detach(),
-                           "train/objective": loss.detach()}, prog_bar=True)
+            self.log_dict(
+                {"train/loss": cross_entropy.detach(), "train/gain": gain.detach(), "train/objective": loss.detach()},
+                prog_bar=True,
+            )
         return None

@@ -11,11 +11,11 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from bench.spec import TASKS, DataSpec
+from bench.deprecation import keep_current_names
 from bench.errors import BenchError
 from bench.modules.base import PrivacyModule
-from bench.deprecation import keep_current_names
 from bench.networks.registry import Role, build_network, resolve_network
+from bench.spec import TASKS, DataSpec
 from bench.threat_models import ThreatModel
 
 
@@ -49,8 +49,14 @@ class NoisyInput(PrivacyModule):
     tasks = TASKS  # the default training step's loss follows the data spec (classes or attributes)
     label_hparams = ("noise_factor",)
 
-    def __init__(self, network: str = "lenet5", noise_factor: float = 0.5, lr: float = 1e-3,
-                 weight_decay: float = 0.0, data_spec: Optional[DataSpec] = None) -> None:
+    def __init__(
+        self,
+        network: str = "lenet5",
+        noise_factor: float = 0.5,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        data_spec: Optional[DataSpec] = None,
+    ) -> None:
         if noise_factor < 0:
             raise BenchError(f"noise_factor must be non-negative, got {noise_factor}")
         network = resolve_network(network, Role.SPLIT, "NoisyInput")

@@ -23,13 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.spec import TASKS, DataSpec
 from bench.deprecation import keep_current_names, renamed_argument
 from bench.errors import BenchError
 from bench.modules.base import PrivacyModule
 from bench.modules.split_network import EncoderRelease
 from bench.networks.decoders import mirror_decoder
 from bench.networks.registry import Role, build_network, resolve_network
+from bench.spec import TASKS, DataSpec
 from bench.threat_models import Capability, ThreatModel
 
 
@@ -55,14 +55,25 @@ class RAN(EncoderRelease, PrivacyModule):
     capabilities = (Capability.OWN_RECONSTRUCTION,)
     label_hparams = ("lam",)
 
-    def __init__(self, network: str = "lenet5", lam: float = 0.5, stage_pairs: int = 3, l1: float = 1e-3, l2: float = 1e-3,
-                 l3: float = 1e-3, data_spec: Optional[DataSpec] = None, k: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        network: str = "lenet5",
+        lam: float = 0.5,
+        stage_pairs: int = 3,
+        l1: float = 1e-3,
+        l2: float = 1e-3,
+        l3: float = 1e-3,
+        data_spec: Optional[DataSpec] = None,
+        k: Optional[int] = None,
+    ) -> None:
         stage_pairs = renamed_argument(RAN, "k", k, stage_pairs, default=3)
         network = resolve_network(network, Role.SPLIT, "RAN")
         if not 0.0 <= lam <= 1.0:
             raise BenchError(f"lam (lambda of Eq. 4) must lie in [0, 1], got {lam}")
         if stage_pairs < 1:
-            raise BenchError(f"stage_pairs (the paper's k: stage pairs per adversarial step) must be at least 1, got {stage_pairs}")
+            raise BenchError(
+                f"stage_pairs (the paper's k: stage pairs per adversarial step) must be at least 1, got {stage_pairs}"
+            )
         if min(l1, l2, l3) <= 0:
             raise BenchError(f"learning rates l1, l2, l3 must be positive, got {l1}, {l2}, {l3}")
         super().__init__(data_spec=data_spec, lr=l1)

@@ -16,13 +16,13 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from bench.spec import TASKS, DataSpec
+from bench.deprecation import keep_current_names
 from bench.errors import BenchError
 from bench.modules.base import PrivacyModule
 from bench.modules.noisy_input import LaplaceNoise
-from bench.deprecation import keep_current_names
 from bench.networks.registry import Role, build_network, resolve_network
 from bench.networks.split import mlp_classifier
+from bench.spec import TASKS, DataSpec
 from bench.threat_models import ThreatModel
 
 
@@ -43,8 +43,15 @@ class ResizedDNN(PrivacyModule):
     display_name = "DNN(resized)"
     label_hparams = ("noise_factor",)
 
-    def __init__(self, network: str = "lenet5", components: int = 32, noise_factor: float = 0.5,
-                 pretrain_fraction: float = 0.5, lr: float = 1e-3, data_spec: Optional[DataSpec] = None) -> None:
+    def __init__(
+        self,
+        network: str = "lenet5",
+        components: int = 32,
+        noise_factor: float = 0.5,
+        pretrain_fraction: float = 0.5,
+        lr: float = 1e-3,
+        data_spec: Optional[DataSpec] = None,
+    ) -> None:
         if components < 1:
             raise BenchError(f"components must be at least 1, got {components}")
         if noise_factor < 0:
@@ -82,8 +89,10 @@ class ResizedDNN(PrivacyModule):
 
     # ------------------------------------------------------------------ two phases
     def configure_optimizers(self):
-        return [torch.optim.Adam([*self.encoder.parameters(), *self.classifier.parameters()], lr=self.hparams.lr),
-                torch.optim.Adam(self.reduced_classifier.parameters(), lr=self.hparams.lr)]
+        return [
+            torch.optim.Adam([*self.encoder.parameters(), *self.classifier.parameters()], lr=self.hparams.lr),
+            torch.optim.Adam(self.reduced_classifier.parameters(), lr=self.hparams.lr),
+        ]
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
@@ -114,12 +123,18 @@ class ResizedDNN(PrivacyModule):
         datamodule = self.trainer.datamodule
         was_training = self.encoder.training
         self.encoder.eval()
-        features = torch.cat([self.encoder(images.to(self.device)).flatten(1)
-                              for images, _ in datamodule.pool_dataloader("train", batch_size=datamodule.eval_batch_size)])
+        features = torch.cat(
+            [
+                self.encoder(images.to(self.device)).flatten(1)
+                for images, _ in datamodule.pool_dataloader("train", batch_size=datamodule.eval_batch_size)
+            ]
+        )
         self.encoder.train(was_training)
         components = self.hparams.components
         if features.shape[0] < components:
-            raise BenchError(f"PCA needs at least {components} training samples, the train pool has {features.shape[0]}")
+            raise BenchError(
+                f"PCA needs at least {components} training samples, the train pool has {features.shape[0]}"
+            )
         mean = features.mean(0)
         _, singular_values, axes = torch.linalg.svd(features - mean, full_matrices=False)
         axes = axes[:components]

@@ -11,10 +11,10 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from bench.spec import TASKS, DataSpec
-from bench.modules.base import PrivacyModule
 from bench.deprecation import keep_current_names
+from bench.modules.base import PrivacyModule
 from bench.networks.registry import Role, build_network, resolve_network
+from bench.spec import TASKS, DataSpec
 from bench.threat_models import ThreatModel
 
 
@@ -50,8 +50,9 @@ class SplitNetwork(EncoderRelease, PrivacyModule):
     display_name = "DNN"
     tasks = TASKS  # the default training step's loss follows the data spec (classes or attributes)
 
-    def __init__(self, network: str = "lenet5", lr: float = 1e-3, weight_decay: float = 0.0,
-                 data_spec: Optional[DataSpec] = None) -> None:
+    def __init__(
+        self, network: str = "lenet5", lr: float = 1e-3, weight_decay: float = 0.0, data_spec: Optional[DataSpec] = None
+    ) -> None:
         network = resolve_network(network, Role.SPLIT, "SplitNetwork")
         super().__init__(data_spec=data_spec, lr=lr, weight_decay=weight_decay)
         keep_current_names(self.hparams, SplitNetwork, network=network)

@@ -14,9 +14,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from bench.spec import DataSpec
 from bench.errors import BenchError
 from bench.networks.layers import Normalize
+from bench.spec import DataSpec
 
 
 def _checked_width(width: Optional[int], paper_width: int) -> int:
@@ -80,8 +80,9 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU()
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(out_channels))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))

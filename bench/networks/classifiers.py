@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from torchvision import models
 
-from bench.spec import DataSpec
 from bench.errors import BenchError
 from bench.networks.layers import Normalize
+from bench.spec import DataSpec
 
 
 def _flat_width(features: nn.Module, spec: DataSpec) -> int:
@@ -35,12 +35,22 @@ def lenet5(spec: DataSpec) -> nn.Sequential:
     pool_twice = min(height, width) >= 16
     features = nn.Sequential(
         Normalize(spec.mean, spec.std),
-        nn.Conv2d(channels, 6, 5, padding=padding), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Conv2d(6, 16, 5, padding=0 if pool_twice else 2), nn.ReLU(), nn.AvgPool2d(2) if pool_twice else nn.Identity(),
+        nn.Conv2d(channels, 6, 5, padding=padding),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(6, 16, 5, padding=0 if pool_twice else 2),
+        nn.ReLU(),
+        nn.AvgPool2d(2) if pool_twice else nn.Identity(),
         nn.Flatten(),
     )
-    return nn.Sequential(*features, nn.Linear(_flat_width(features, spec), 120), nn.ReLU(),
-                         nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, spec.num_classes))
+    return nn.Sequential(
+        *features,
+        nn.Linear(_flat_width(features, spec), 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, spec.num_classes),
+    )
 
 
 def cnn4(spec: DataSpec) -> nn.Sequential:
@@ -48,12 +58,17 @@ def cnn4(spec: DataSpec) -> nn.Sequential:
     channels = spec.image_shape[0]
     features = nn.Sequential(
         Normalize(spec.mean, spec.std),
-        nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(channels, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
         nn.Flatten(),
     )
-    return nn.Sequential(*features, nn.Linear(_flat_width(features, spec), 128), nn.ReLU(),
-                         nn.Linear(128, spec.num_classes))
+    return nn.Sequential(
+        *features, nn.Linear(_flat_width(features, spec), 128), nn.ReLU(), nn.Linear(128, spec.num_classes)
+    )
 
 
 def vgg16(spec: DataSpec) -> nn.Sequential:
@@ -65,8 +80,15 @@ def vgg16(spec: DataSpec) -> nn.Sequential:
         raise BenchError(f"VGG-16 pools five times: it needs images of at least 32x32, got {spec.image_shape[1:]}")
     features = nn.Sequential(Normalize(spec.mean, spec.std), net.features, nn.Flatten())
     width = _flat_width(features, spec)
-    head = nn.Sequential(nn.Linear(width, 512), nn.ReLU(inplace=True), nn.Dropout(0.5),
-                         nn.Linear(512, 512), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(512, spec.num_classes))
+    head = nn.Sequential(
+        nn.Linear(width, 512),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Linear(512, 512),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Linear(512, spec.num_classes),
+    )
     return nn.Sequential(*features, *head)
 
 
@@ -102,8 +124,9 @@ class InferenceModel(nn.Module):
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.prediction = nn.Sequential(nn.Linear(num_classes, 1024), nn.ReLU(), nn.Linear(1024, 512), nn.ReLU(),
-                                        nn.Linear(512, 64), nn.ReLU())
+        self.prediction = nn.Sequential(
+            nn.Linear(num_classes, 1024), nn.ReLU(), nn.Linear(1024, 512), nn.ReLU(), nn.Linear(512, 64), nn.ReLU()
+        )
         self.label = nn.Sequential(nn.Linear(num_classes, 512), nn.ReLU(), nn.Linear(512, 64), nn.ReLU())
         self.combined = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 1))
         for layer in self.modules():

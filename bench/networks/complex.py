@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.spec import DataSpec
 from bench.errors import BenchError
 from bench.networks.layers import Normalize
+from bench.spec import DataSpec
 
 
 def _both_parts(fn, f: Tensor) -> Tensor:
@@ -48,9 +48,13 @@ def real_part_at(f: Tensor, theta: Tensor) -> Tensor:
 class ComplexConv2d(nn.Module):
     """Convolution without bias (section 3.1): w * (e^{i theta} f) = e^{i theta} (w * f)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: Optional[int] = None) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: Optional[int] = None
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2 if padding is None else padding, bias=False)
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, kernel_size // 2 if padding is None else padding, bias=False
+        )
 
     def forward(self, f: Tensor) -> Tensor:
         return _both_parts(self.conv, f)
@@ -129,7 +133,9 @@ class ComplexMaxPool2d(nn.Module):
     hence Eq. 5, does not depend on the angle, as a plain argmax of |f| would.
     """
 
-    def __init__(self, kernel_size: int, stride: Optional[int] = None, padding: int = 0, tolerance: float = 1e-5) -> None:
+    def __init__(
+        self, kernel_size: int, stride: Optional[int] = None, padding: int = 0, tolerance: float = 1e-5
+    ) -> None:
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride or kernel_size, padding
         self.tolerance = tolerance
@@ -202,13 +208,22 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.out_channels, self.stride = out_channels, stride
         if complex_valued:
-            self.body = nn.Sequential(ComplexConv2d(in_channels, out_channels, 3, stride), ComplexNorm(out_channels), Delta(c),
-                                      ComplexConv2d(out_channels, out_channels, 3), ComplexNorm(out_channels))
+            self.body = nn.Sequential(
+                ComplexConv2d(in_channels, out_channels, 3, stride),
+                ComplexNorm(out_channels),
+                Delta(c),
+                ComplexConv2d(out_channels, out_channels, 3),
+                ComplexNorm(out_channels),
+            )
             self.act: nn.Module = Delta(c)
         else:
-            self.body = nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False), nn.BatchNorm2d(out_channels),
-                                      nn.ReLU(inplace=True), nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False),
-                                      nn.BatchNorm2d(out_channels))
+            self.body = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False),
+                nn.BatchNorm2d(out_channels),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
             self.act = nn.ReLU(inplace=True)
 
     def forward(self, f: Tensor) -> Tensor:
@@ -222,8 +237,14 @@ class ResidualBlock(nn.Module):
 Step = tuple
 
 
-def _build(steps: Sequence[Step], in_shape: Sequence[int], complex_valued: bool, c: Optional[float],
-           num_classes: int, bias: bool = True) -> tuple[nn.Sequential, tuple[int, ...]]:
+def _build(
+    steps: Sequence[Step],
+    in_shape: Sequence[int],
+    complex_valued: bool,
+    c: Optional[float],
+    num_classes: int,
+    bias: bool = True,
+) -> tuple[nn.Sequential, tuple[int, ...]]:
     """Build ``steps`` on inputs of ``in_shape`` (C, H, W); returns the network and its output shape.
 
     ``bias=False`` drops the biases of the real-valued convolutions and fully-connected layers."""
@@ -234,20 +255,33 @@ def _build(steps: Sequence[Step], in_shape: Sequence[int], complex_valued: bool,
         followed_by_norm = index + 1 < len(steps) and steps[index + 1][0] == "norm"
         if kind == "conv":
             _, out, kernel, stride = step
-            layer = (ComplexConv2d(shape[0], out, kernel, stride) if complex_valued
-                     else nn.Conv2d(shape[0], out, kernel, stride, kernel // 2, bias=bias and not followed_by_norm))
+            layer = (
+                ComplexConv2d(shape[0], out, kernel, stride)
+                if complex_valued
+                else nn.Conv2d(shape[0], out, kernel, stride, kernel // 2, bias=bias and not followed_by_norm)
+            )
         elif kind == "act":
             layer = Delta(c) if complex_valued else nn.ReLU(inplace=True)
         elif kind == "norm":
-            layer = ComplexNorm(shape[0]) if complex_valued else (nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d)(shape[0])
+            layer = (
+                ComplexNorm(shape[0])
+                if complex_valued
+                else (nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d)(shape[0])
+            )
         elif kind == "max":
             _, kernel, stride = step
             if min(shape[1:]) < kernel:
-                raise BenchError(f"a {shape[1]}x{shape[2]} feature map is too small for this network's {kernel}x{kernel} pooling; "
-                                 f"pick a network for smaller inputs (e.g. --model.network lenet5)")
+                raise BenchError(
+                    f"a {shape[1]}x{shape[2]} feature map is too small for this network's {kernel}x{kernel} pooling; "
+                    f"pick a network for smaller inputs (e.g. --model.network lenet5)"
+                )
             layer = ComplexMaxPool2d(kernel, stride) if complex_valued else nn.MaxPool2d(kernel, stride)
         elif kind == "gap":
-            layer = nn.Sequential(ComplexAvgPool2d(), nn.Flatten()) if complex_valued else nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            layer = (
+                nn.Sequential(ComplexAvgPool2d(), nn.Flatten())
+                if complex_valued
+                else nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            )
         elif kind == "flat":
             layer = nn.Flatten()
         elif kind == "fc":
@@ -287,10 +321,23 @@ class ComplexFamily:
 
 def lenet5_plans(spec: DataSpec) -> ComplexFamily:
     # encryption: the first convolution (section 4.1); decryption: the softmax (in the loss)
-    return ComplexFamily(encoder=[("conv", 6, 5, 1), ("act",)],
-                         processing=[("max", 2, 2), ("conv", 16, 5, 1), ("act",), ("max", 2, 2), ("flat",),
-                                     ("fc", 120), ("act",), ("fc", 84), ("act",), ("fc", None)],
-                         decryption=[], c=None)
+    return ComplexFamily(
+        encoder=[("conv", 6, 5, 1), ("act",)],
+        processing=[
+            ("max", 2, 2),
+            ("conv", 16, 5, 1),
+            ("act",),
+            ("max", 2, 2),
+            ("flat",),
+            ("fc", 120),
+            ("act",),
+            ("fc", 84),
+            ("act",),
+            ("fc", None),
+        ],
+        decryption=[],
+        c=None,
+    )
 
 
 def resnet_plans(spec: DataSpec, depth: int, variant: str) -> ComplexFamily:
@@ -317,9 +364,12 @@ def vgg16_plans(spec: DataSpec) -> ComplexFamily:
     hidden = 4096 if min(spec.image_shape[1:]) >= 64 else 512  # VGG's head, scaled down for CIFAR-sized inputs
     # encryption: every layer before the last feature map of the third block (56x56 at 224x224)
     split = 2 * 2 + 1 + 2 * 2 + 1 + 2 * 2
-    return ComplexFamily(encoder=steps[:split], processing=steps[split:] + [("flat",)],
-                         decryption=[("fc", hidden), ("act",), ("drop", 0.5), ("fc", hidden), ("act",), ("drop", 0.5), ("fc", None)],
-                         c=None)
+    return ComplexFamily(
+        encoder=steps[:split],
+        processing=steps[split:] + [("flat",)],
+        decryption=[("fc", hidden), ("act",), ("drop", 0.5), ("fc", hidden), ("act",), ("drop", 0.5), ("fc", None)],
+        c=None,
+    )
 
 
 def alexnet_plans(spec: DataSpec) -> ComplexFamily:
@@ -328,10 +378,12 @@ def alexnet_plans(spec: DataSpec) -> ComplexFamily:
     else:  # CIFAR-sized: the common small-image AlexNet
         first, pool, hidden = ("conv", 64, 5, 1), ("max", 2, 2), 1024
     # encryption: the first three convolutions (section 4.1); decryption: the fully-connected layers
-    return ComplexFamily(encoder=[first, ("act",), pool, ("conv", 192, 5, 1), ("act",), pool, ("conv", 384, 3, 1), ("act",)],
-                         processing=[("conv", 256, 3, 1), ("act",), ("conv", 256, 3, 1), ("act",), pool, ("flat",)],
-                         decryption=[("drop", 0.5), ("fc", hidden), ("act",), ("drop", 0.5), ("fc", hidden), ("act",), ("fc", None)],
-                         c=None)
+    return ComplexFamily(
+        encoder=[first, ("act",), pool, ("conv", 192, 5, 1), ("act",), pool, ("conv", 384, 3, 1), ("act",)],
+        processing=[("conv", 256, 3, 1), ("act",), ("conv", 256, 3, 1), ("act",), pool, ("flat",)],
+        decryption=[("drop", 0.5), ("fc", hidden), ("act",), ("drop", 0.5), ("fc", hidden), ("act",), ("fc", None)],
+        c=None,
+    )
 
 
 @dataclass
@@ -349,8 +401,13 @@ def encoder_shape(plans: ComplexFamily, spec: DataSpec) -> tuple[int, ...]:
     return _build(plans.encoder, spec.image_shape, False, None, spec.num_classes)[1]
 
 
-def build_modules(plans: ComplexFamily, spec: DataSpec, complex_valued: bool, generator_channels: Optional[int] = None,
-                  encoder_bias: bool = True) -> SplitModules:
+def build_modules(
+    plans: ComplexFamily,
+    spec: DataSpec,
+    complex_valued: bool,
+    generator_channels: Optional[int] = None,
+    encoder_bias: bool = True,
+) -> SplitModules:
     """The network of ``plans`` adapted to ``spec``, split into its three modules.
 
     ``complex_valued`` builds the processing module from the equivariant layers above (the encoder
@@ -361,8 +418,10 @@ def build_modules(plans: ComplexFamily, spec: DataSpec, complex_valued: bool, ge
     w * (x - m) = w * x - m sum(w)), so a blank (zero) image region maps to a zero feature.
     """
     if not encoder_bias and any(step[0] in ("norm", "res") for step in plans.encoder):
-        raise BenchError("a bias-free encoder is defined for plain convolutional encoders (lenet5, vgg16, alexnet); "
-                         "this network's encoder has batch-norm, whose shift is a learned bias")
+        raise BenchError(
+            "a bias-free encoder is defined for plain convolutional encoders (lenet5, vgg16, alexnet); "
+            "this network's encoder has batch-norm, whose shift is a learned bias"
+        )
     encoder, shape = _build(plans.encoder, spec.image_shape, False, None, spec.num_classes, bias=encoder_bias)
     mean = spec.mean if encoder_bias else [0.0] * len(spec.mean)
     encoder = nn.Sequential(Normalize(mean, spec.std), *encoder)

@@ -17,8 +17,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from bench.spec import DataSpec
 from bench.errors import BenchError
+from bench.spec import DataSpec
 
 
 def measurement_count(rate: float, signal_size: int) -> int:
@@ -65,7 +65,9 @@ class Lift(nn.Module):
         return self.transpose(y.flatten(1)).view(-1, *self.image_shape)
 
 
-def deepinverse_convolutions(image_channels: int, channels: Sequence[int] = (64, 32), kernel_size: int = 11) -> nn.Sequential:
+def deepinverse_convolutions(
+    image_channels: int, channels: Sequence[int] = (64, 32), kernel_size: int = 11
+) -> nn.Sequential:
     """DeepInverse's layers after the lift: same-size convolutions with ReLUs, no pooling, a linear last layer.
 
     DeepInverse's widths are 64 and 32 with 11x11 kernels; smaller ones keep CPU runs short.
@@ -83,8 +85,9 @@ def deepinverse_convolutions(image_channels: int, channels: Sequence[int] = (64,
     return nn.Sequential(*layers)
 
 
-def deepinverse_generator(matrix: Tensor, image_shape: Sequence[int], channels: Sequence[int] = (64, 32),
-                          kernel_size: int = 11) -> nn.Sequential:
+def deepinverse_generator(
+    matrix: Tensor, image_shape: Sequence[int], channels: Sequence[int] = (64, 32), kernel_size: int = 11
+) -> nn.Sequential:
     """The whole DeepInverse network: the fixed A^T lift, then :func:`deepinverse_convolutions`."""
     return nn.Sequential(Lift(matrix, image_shape), *deepinverse_convolutions(image_shape[0], channels, kernel_size))
 
@@ -107,26 +110,37 @@ class PixelNorm(nn.Module):
         return self.norm(x.flatten(1)).view(-1, *self.image_shape)
 
 
-def lenet_classifier(spec: DataSpec, channels: Sequence[int] = (32, 64), hidden: int = 1024,
-                     dropout: float = 0.5) -> nn.Sequential:
+def lenet_classifier(
+    spec: DataSpec, channels: Sequence[int] = (32, 64), hidden: int = 1024, dropout: float = 0.5
+) -> nn.Sequential:
     """TF-slim's LeNet: 5x5 convolutions (32, 64) each with 2x2 max-pooling, a hidden layer with dropout, the logits.
 
     It starts with a :class:`PixelNorm`, as every input it gets is a server-side estimate of the image.
     """
     if len(channels) != 2 or min(channels) < 1 or hidden < 1:
-        raise BenchError(f"the LeNet classifier takes two positive channel widths and a positive hidden width, "
-                         f"got classifier_channels={list(channels)}, classifier_hidden={hidden}")
+        raise BenchError(
+            f"the LeNet classifier takes two positive channel widths and a positive hidden width, "
+            f"got classifier_channels={list(channels)}, classifier_hidden={hidden}"
+        )
     if not 0.0 <= dropout < 1.0:
         raise BenchError(f"dropout must lie in [0, 1), got {dropout}")
     in_channels, height, width = spec.image_shape
     if min(height, width) < 4:
-        raise BenchError(f"the LeNet classifier pools twice by 2x2 and needs images of at least 4x4, got {height}x{width}")
+        raise BenchError(
+            f"the LeNet classifier pools twice by 2x2 and needs images of at least 4x4, got {height}x{width}"
+        )
     first, second = (int(c) for c in channels)
     return nn.Sequential(
         PixelNorm(spec.image_shape),
-        nn.Conv2d(in_channels, first, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.Conv2d(first, second, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(in_channels, first, 5, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(first, second, 5, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(second * (height // 4) * (width // 4), hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+        nn.Linear(second * (height // 4) * (width // 4), hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
         nn.Linear(hidden, spec.num_classes),
     )

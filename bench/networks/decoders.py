@@ -17,7 +17,17 @@ from torch import Tensor, nn
 from bench.errors import BenchError
 from bench.networks.layers import Normalize
 
-_SHAPE_PRESERVING = (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Dropout, nn.Identity, Normalize)
+_SHAPE_PRESERVING = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Dropout,
+    nn.Identity,
+    Normalize,
+)
 
 
 def _record_shapes(encoder: nn.Sequential, image_shape: Sequence[int]) -> list[tuple[int, ...]]:
@@ -48,7 +58,9 @@ def _flatten_sequential(module: nn.Sequential) -> nn.Sequential:
 def mirror_decoder(encoder: nn.Module, image_shape: Sequence[int]) -> nn.Sequential:
     """The encoder reversed layer by layer; ends in a sigmoid (images in [0, 1])."""
     if not isinstance(encoder, nn.Sequential):
-        raise BenchError(f"the mirror decoder needs an nn.Sequential encoder, got {type(encoder).__name__}; use decoder='upsampling'")
+        raise BenchError(
+            f"the mirror decoder needs an nn.Sequential encoder, got {type(encoder).__name__}; use decoder='upsampling'"
+        )
     encoder = _flatten_sequential(encoder)
     shapes = _record_shapes(encoder, image_shape)
     inverse: list[nn.Module] = []
@@ -59,7 +71,9 @@ def mirror_decoder(encoder: nn.Module, image_shape: Sequence[int]) -> nn.Sequent
             output_padding = tuple(
                 in_shape[1 + d] - ((out_shape[1 + d] - 1) * stride[d] - 2 * padding[d] + kernel[d]) for d in range(2)
             )
-            inverse.append(nn.ConvTranspose2d(layer.out_channels, layer.in_channels, kernel, stride, padding, output_padding))
+            inverse.append(
+                nn.ConvTranspose2d(layer.out_channels, layer.in_channels, kernel, stride, padding, output_padding)
+            )
             inverse.append(("activation", in_shape[0]))  # placeholder, resolved below
         elif isinstance(layer, nn.Linear):
             inverse.append(nn.Linear(layer.out_features, layer.in_features))
@@ -91,12 +105,24 @@ def upsampling_decoder(released_shape: Sequence[int], image_shape: Sequence[int]
     channels, height, width_px = image_shape
     stages = max(0, int(math.log2(max(1, min(height, width_px) // 4))))
     coarse = (math.ceil(height / 2**stages), math.ceil(width_px / 2**stages))
-    layers: list[nn.Module] = [nn.Flatten(), nn.Linear(int(torch.Size(released_shape).numel()), width * coarse[0] * coarse[1]),
-                               nn.ReLU(inplace=True), nn.Unflatten(1, (width, *coarse))]
+    layers: list[nn.Module] = [
+        nn.Flatten(),
+        nn.Linear(int(torch.Size(released_shape).numel()), width * coarse[0] * coarse[1]),
+        nn.ReLU(inplace=True),
+        nn.Unflatten(1, (width, *coarse)),
+    ]
     for _ in range(stages):
-        layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, width, 3, padding=1),
-                   nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
-    layers += [nn.Upsample(size=(height, width_px), mode="nearest"), nn.Conv2d(width, channels, 3, padding=1), nn.Sigmoid()]
+        layers += [
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        ]
+    layers += [
+        nn.Upsample(size=(height, width_px), mode="nearest"),
+        nn.Conv2d(width, channels, 3, padding=1),
+        nn.Sigmoid(),
+    ]
     return nn.Sequential(*layers)
 
 

@@ -34,7 +34,8 @@ from typing import Any, Callable, Mapping, Optional
 
 from bench.deprecation import RENAMED_NETWORKS, warn_renamed
 from bench.errors import BenchError
-from bench.networks import ats, classifiers, complex as complex_plans, compressive, split
+from bench.networks import ats, classifiers, compressive, split
+from bench.networks import complex as complex_plans
 from bench.spec import DataSpec
 
 
@@ -89,31 +90,52 @@ class Architecture:
 
 
 ARCHITECTURES: tuple[Architecture, ...] = (
-    Architecture("lenet5", "LeNet-5", {
-        Role.SPLIT: functools.partial(split.split_network, split.LENET5),
-        Role.CLASSIFIER: classifiers.lenet5,
-        Role.COMPLEX: complex_plans.lenet5_plans,
-    }),
-    Architecture("vgg9", "VGG-11's first four blocks with a 3-layer head (9 weight layers)", {
-        Role.SPLIT: functools.partial(split.split_network, split.VGG9),
-    }),
-    Architecture("vgg16", "VGG-16", {
-        Role.SPLIT: functools.partial(split.split_network, split.VGG16),
-        Role.CLASSIFIER: classifiers.vgg16,
-        Role.COMPLEX: complex_plans.vgg16_plans,
-    }),
+    Architecture(
+        "lenet5",
+        "LeNet-5",
+        {
+            Role.SPLIT: functools.partial(split.split_network, split.LENET5),
+            Role.CLASSIFIER: classifiers.lenet5,
+            Role.COMPLEX: complex_plans.lenet5_plans,
+        },
+    ),
+    Architecture(
+        "vgg9",
+        "VGG-11's first four blocks with a 3-layer head (9 weight layers)",
+        {
+            Role.SPLIT: functools.partial(split.split_network, split.VGG9),
+        },
+    ),
+    Architecture(
+        "vgg16",
+        "VGG-16",
+        {
+            Role.SPLIT: functools.partial(split.split_network, split.VGG16),
+            Role.CLASSIFIER: classifiers.vgg16,
+            Role.COMPLEX: complex_plans.vgg16_plans,
+        },
+    ),
     Architecture("alexnet", "AlexNet", {Role.COMPLEX: complex_plans.alexnet_plans}),
     Architecture("resnet18", "ResNet-18 (3x3 stride-1 stem)", {Role.CLASSIFIER: classifiers.resnet18}),
     Architecture("resnet20", "ResNet-20", {Role.COLLABORATIVE: ats.ResNet20}),
-    Architecture("resnet<6n+2>_<alpha|beta>", "ResNet-(6n+2) split at alpha or beta (e.g. resnet56_alpha)", {
-        Role.COMPLEX: lambda spec, depth, variant: complex_plans.resnet_plans(spec, int(depth), variant),
-    }, pattern=r"resnet(\d+)_(alpha|beta)"),
+    Architecture(
+        "resnet<6n+2>_<alpha|beta>",
+        "ResNet-(6n+2) split at alpha or beta (e.g. resnet56_alpha)",
+        {
+            Role.COMPLEX: lambda spec, depth, variant: complex_plans.resnet_plans(spec, int(depth), variant),
+        },
+        pattern=r"resnet(\d+)_(alpha|beta)",
+    ),
     Architecture("mobilenet_v2", "MobileNetV2 (stride-1 stem)", {Role.CLASSIFIER: classifiers.mobilenet_v2}),
     Architecture("cnn4", "the 4-layer CNN of the DP comparison", {Role.CLASSIFIER: classifiers.cnn4}),
     Architecture("convnet", "the 8-layer ConvNet of Geiping et al.", {Role.COLLABORATIVE: ats.ConvNet}),
-    Architecture("lenet_tfslim", "TF-slim's LeNet (32 and 64 channels, 1024 hidden units)", {
-        Role.COMPRESSIVE: compressive.lenet_classifier,
-    }),
+    Architecture(
+        "lenet_tfslim",
+        "TF-slim's LeNet (32 and 64 channels, 1024 hidden units)",
+        {
+            Role.COMPRESSIVE: compressive.lenet_classifier,
+        },
+    ),
 )
 
 

@@ -14,9 +14,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from bench.spec import DataSpec
 from bench.errors import BenchError
 from bench.networks.layers import Normalize
+from bench.spec import DataSpec
 
 POOL = "M"
 
@@ -35,13 +35,18 @@ def conv_encoder(spec: DataSpec, plan: Sequence[int | str], kernel_size: int = 3
         if step == POOL:
             layers.append(nn.MaxPool2d(2))
         else:
-            layers += [nn.Conv2d(channels, int(step), kernel_size, padding=kernel_size // 2),
-                       nn.BatchNorm2d(int(step)), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(channels, int(step), kernel_size, padding=kernel_size // 2),
+                nn.BatchNorm2d(int(step)),
+                nn.ReLU(inplace=True),
+            ]
             channels = int(step)
     return nn.Sequential(*layers)
 
 
-def mlp_classifier(in_shape: Sequence[int], hidden: Sequence[int], num_classes: int, dropout: float = 0.0) -> nn.Sequential:
+def mlp_classifier(
+    in_shape: Sequence[int], hidden: Sequence[int], num_classes: int, dropout: float = 0.0
+) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Flatten()]
     width = int(torch.Size(in_shape).numel())
     for size in hidden:
@@ -69,8 +74,9 @@ LENET5 = SplitPlan((6, POOL, 16, POOL), 5, (120, 84))
 #: VGG-11's first four blocks (six 3x3 convolutions) and VGG's head scaled to CIFAR: nine weight layers
 VGG9 = SplitPlan((64, POOL, 128, POOL, 256, 256, POOL, 512, 512, POOL), 3, (512, 512), 0.5)
 #: VGG-16's thirteen 3x3 convolutions (RAN's network for CIFAR) and the same head: sixteen weight layers
-VGG16 = SplitPlan((64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL, 512, 512, 512, POOL), 3,
-                  (512, 512), 0.5)
+VGG16 = SplitPlan(
+    (64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL, 512, 512, 512, POOL), 3, (512, 512), 0.5
+)
 
 
 def split_network(plan: SplitPlan, spec: DataSpec) -> tuple[nn.Sequential, nn.Sequential]:

@@ -19,8 +19,11 @@ from torch import Tensor, nn
 def _block(in_channels: int, out_channels: int, convs: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for index in range(convs):
-        layers += [nn.Conv2d(in_channels if index == 0 else out_channels, out_channels, 3, padding=1, bias=False),
-                   nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(in_channels if index == 0 else out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        ]
     return nn.Sequential(*layers)
 
 
@@ -34,8 +37,14 @@ class UNetDecoder(nn.Module):
         max_levels: levels below the top (the original U-Net's 4); fewer when the image is small.
     """
 
-    def __init__(self, released_shape: Sequence[int], image_shape: Sequence[int], width: int = 32, convs_per_block: int = 6,
-                 max_levels: int = 4) -> None:
+    def __init__(
+        self,
+        released_shape: Sequence[int],
+        image_shape: Sequence[int],
+        width: int = 32,
+        convs_per_block: int = 6,
+        max_levels: int = 4,
+    ) -> None:
         super().__init__()
         channels, height, width_px = image_shape
         self.size = (height, width_px)
@@ -43,13 +52,18 @@ class UNetDecoder(nn.Module):
         widths = [width * 2**level for level in range(levels + 1)]
         self.stem = _block(released_shape[0], widths[0], convs_per_block)
         self.down = nn.ModuleList(_block(widths[level], widths[level + 1], convs_per_block) for level in range(levels))
-        self.up = nn.ModuleList(_block(widths[level + 1] + widths[level], widths[level], convs_per_block)
-                                for level in reversed(range(levels)))
+        self.up = nn.ModuleList(
+            _block(widths[level + 1] + widths[level], widths[level], convs_per_block)
+            for level in reversed(range(levels))
+        )
         self.head = nn.Conv2d(widths[0], channels, 1)
 
     def forward(self, released: Tensor) -> Tensor:
-        f = released if tuple(released.shape[-2:]) == self.size else F.interpolate(released, size=self.size, mode="bilinear",
-                                                                                     align_corners=False)
+        f = (
+            released
+            if tuple(released.shape[-2:]) == self.size
+            else F.interpolate(released, size=self.size, mode="bilinear", align_corners=False)
+        )
         skips = [self.stem(f)]
         for block in self.down:
             skips.append(block(F.max_pool2d(skips[-1], 2)))

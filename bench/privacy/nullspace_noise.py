@@ -61,8 +61,9 @@ class NullSpaceNoise(nn.Module):
         seed: draws eta_c, the shuffle of Z's columns and the per-image choice of R's columns.
     """
 
-    def __init__(self, matrix: Tensor, lam_noise: float = 2.0, p: float = 0.5, groups: Optional[int] = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, matrix: Tensor, lam_noise: float = 2.0, p: float = 0.5, groups: Optional[int] = None, seed: int = 0
+    ) -> None:
         super().__init__()
         if matrix.ndim != 2:
             raise BenchError(f"the measurement matrix must be 2-D (m x n), got shape {tuple(matrix.shape)}")
@@ -77,7 +78,9 @@ class NullSpaceNoise(nn.Module):
             raise BenchError(f"A ({m} x {n}) has no null space, so eta_r cannot exist; use a measurement rate below 1")
         groups = max(1, round(math.sqrt(n - m))) if groups is None else int(groups)
         if not 1 <= groups <= d:
-            raise BenchError(f"groups (c of Algorithm 1) must lie in [1, {d}] (the null space's dimension), got {groups}")
+            raise BenchError(
+                f"groups (c of Algorithm 1) must lie in [1, {d}] (the null space's dimension), got {groups}"
+            )
         self.lam_noise, self.p, self.groups, self.seed = float(lam_noise), float(p), groups, int(seed)
         #: k = c * p columns of R make one eta_r (at least one)
         self.columns_per_sample = max(1, math.floor(groups * p))
@@ -87,7 +90,9 @@ class NullSpaceNoise(nn.Module):
         eta_c = signs * rng.uniform(0.9, 1.0, size=n)  # line 1
         basis = basis[:, rng.permutation(d)]  # line 3
         basis = basis / np.abs(basis).max(axis=0, keepdims=True)  # lines 4-6
-        candidates = np.stack([basis[:, part].sum(axis=1) for part in np.array_split(np.arange(d), groups)], axis=1)  # line 8
+        candidates = np.stack(
+            [basis[:, part].sum(axis=1) for part in np.array_split(np.arange(d), groups)], axis=1
+        )  # line 8
         candidates = candidates / np.abs(candidates).max(axis=0, keepdims=True)  # line 9
         self.register_buffer("eta_c", torch.from_numpy(eta_c).float())
         self.register_buffer("candidates", torch.from_numpy(candidates).float())
@@ -130,5 +135,7 @@ class NullSpaceNoise(nn.Module):
         return noisy.view_as(images)
 
     def extra_repr(self) -> str:
-        return (f"n={self.eta_c.numel()}, lam_noise={self.lam_noise}, p={self.p}, groups={self.groups}, "
-                f"columns_per_sample={self.columns_per_sample}, seed={self.seed}")
+        return (
+            f"n={self.eta_c.numel()}, lam_noise={self.lam_noise}, p={self.p}, groups={self.groups}, "
+            f"columns_per_sample={self.columns_per_sample}, seed={self.seed}"
+        )

@@ -14,5 +14,19 @@ from bench.sweeps.node import Outcome
 from bench.sweeps.slots import Capacity, assign, next_start, node_capacity
 from bench.sweeps.slurm import SlurmOptions
 
-__all__ = ["Capacity", "Outcome", "Point", "SlurmOptions", "SweepResult", "assign", "expand_sweep", "finished_records", "launch",
-           "next_start", "node_capacity", "point_key", "resolve_config", "sweep_command"]
+__all__ = [
+    "Capacity",
+    "Outcome",
+    "Point",
+    "SlurmOptions",
+    "SweepResult",
+    "assign",
+    "expand_sweep",
+    "finished_records",
+    "launch",
+    "next_start",
+    "node_capacity",
+    "point_key",
+    "resolve_config",
+    "sweep_command",
+]

@@ -26,8 +26,11 @@ from bench.errors import BenchError
 #: where the sweep writes each point's checkpoints (``last.ckpt`` is what a requeued or rerun point resumes from)
 CHECKPOINT_SUBDIR = "checkpoints"
 #: loggers whose points the sweep groups in W&B (by name: nothing from a config file is imported to check it)
-WANDB_LOGGERS = ("bench.loggers.BenchWandbLogger", "lightning.pytorch.loggers.WandbLogger",
-                 "lightning.pytorch.loggers.wandb.WandbLogger")
+WANDB_LOGGERS = (
+    "bench.loggers.BenchWandbLogger",
+    "lightning.pytorch.loggers.WandbLogger",
+    "lightning.pytorch.loggers.wandb.WandbLogger",
+)
 
 
 def expand_sweep(path: str) -> list[list[str]]:
@@ -66,11 +69,9 @@ def resolve_config(args: Sequence[str]) -> dict[str, Any]:
     ``evaluation.records_dir`` as #10 or a user's config sets it, and bad arguments before anything runs.
     """
     import yaml
-
-    from bench.lightning_cli import resolve_names, run_lightning_cli, summarize_argument_error
-
     from jsonargparse import ArgumentError
 
+    from bench.lightning_cli import resolve_names, run_lightning_cli, summarize_argument_error
 
     printed, errors = io.StringIO(), io.StringIO()
     try:
@@ -125,8 +126,10 @@ def device_count(devices: Any, where: str) -> int:
     if isinstance(devices, int):
         return max(devices, 1)
     if isinstance(devices, (list, tuple)):
-        raise BenchError(f"{where} asks for the devices {list(devices)} by id; under `bench sweep` give a count "
-                         f"(--trainer.devices {len(devices)}): the sweep chooses the GPUs and sets CUDA_VISIBLE_DEVICES")
+        raise BenchError(
+            f"{where} asks for the devices {list(devices)} by id; under `bench sweep` give a count "
+            f"(--trainer.devices {len(devices)}): the sweep chooses the GPUs and sets CUDA_VISIBLE_DEVICES"
+        )
     raise BenchError(f"{where}: cannot read trainer.devices={devices!r}; give a count")
 
 
@@ -134,22 +137,22 @@ def device_count(devices: Any, where: str) -> int:
 class Point:
     """One grid point: its ``bench fit`` arguments, resolved configuration, key and run folder."""
 
-    number: int            #: 1-based position in the sweep (for messages only; the key identifies the point)
-    args: list[str]        #: ``fit --config ... --key value ...`` as the sweep file and the command line give them
+    number: int  #: 1-based position in the sweep (for messages only; the key identifies the point)
+    args: list[str]  #: ``fit --config ... --key value ...`` as the sweep file and the command line give them
     config: dict[str, Any]
     key: str
-    run_dir: Path          #: stable across reruns: ``<log dir>/<readable name>-<key prefix>``
-    shared: int = 0        #: how many trailing ``args`` the command line added to every point (not shown in labels)
-    sweep: str = ""        #: the sweep's name: the point's W&B group
+    run_dir: Path  #: stable across reruns: ``<log dir>/<readable name>-<key prefix>``
+    shared: int = 0  #: how many trailing ``args`` the command line added to every point (not shown in labels)
+    sweep: str = ""  #: the sweep's name: the point's W&B group
 
     @property
     def label(self) -> str:
-        return describe(self.args[:len(self.args) - self.shared])
+        return describe(self.args[: len(self.args) - self.shared])
 
     @property
     def wandb_name(self) -> str:
         """The point's W&B run name: its config and grid settings, e.g. ``ran/mnist model.lam=0.5``."""
-        return settings_name(self.args[:len(self.args) - self.shared])
+        return settings_name(self.args[: len(self.args) - self.shared])
 
     def wandb_arguments(self) -> list[str]:
         """``--trainer.logger`` group and name for a W&B logger the point's config does not name itself."""
@@ -162,7 +165,9 @@ class Point:
 
     @property
     def devices(self) -> int:
-        return device_count((self.config.get("trainer") or {}).get("devices", "auto"), f"sweep point {self.number} ({self.label})")
+        return device_count(
+            (self.config.get("trainer") or {}).get("devices", "auto"), f"sweep point {self.number} ({self.label})"
+        )
 
     @property
     def num_nodes(self) -> int:
@@ -199,14 +204,24 @@ class Point:
         ``last.ckpt`` into the point's own folder (so a requeued or rerun point resumes from it), and no
         leaderboard per point (the sweep regenerates it once at the end).
         """
-        command = [sys.executable, "-m", "bench.cli", *self.args, "--sweep_point", self.key,
-                   "--trainer.default_root_dir", str(self.run_dir),  # concurrent points never share a log version
-                   *self.wandb_arguments()]
+        command = [
+            sys.executable,
+            "-m",
+            "bench.cli",
+            *self.args,
+            "--sweep_point",
+            self.key,
+            "--trainer.default_root_dir",
+            str(self.run_dir),  # concurrent points never share a log version
+            *self.wandb_arguments(),
+        ]
         if not regenerate_leaderboard:
             command += ["--evaluation.leaderboard_dir", "null"]
         if self.checkpointing:
-            checkpoint = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                          "init_args": {"dirpath": str(self.run_dir / CHECKPOINT_SUBDIR), "save_last": "link"}}
+            checkpoint = {
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {"dirpath": str(self.run_dir / CHECKPOINT_SUBDIR), "save_last": "link"},
+            }
             command.append("--trainer.callbacks+=" + json.dumps(checkpoint))
         if resume and self.last_checkpoint.exists():
             command += ["--ckpt_path", str(self.last_checkpoint)]
@@ -251,14 +266,25 @@ def load_points(sweep_path: str, extra_args: Sequence[str], log_dir: Path) -> li
         except BenchError as error:
             raise BenchError(f"sweep point {number} ({describe(args)}): {error}") from None
         key = point_key(config)
-        grid_args = args[:len(args) - len(extra_args)]
-        points.append(Point(number, args, config, key, log_dir / _folder_name(grid_args, key), len(extra_args),
-                            Path(sweep_path).stem))
+        grid_args = args[: len(args) - len(extra_args)]
+        points.append(
+            Point(
+                number,
+                args,
+                config,
+                key,
+                log_dir / _folder_name(grid_args, key),
+                len(extra_args),
+                Path(sweep_path).stem,
+            )
+        )
     keys = [point.key for point in points]
     for point in points:
         if keys.count(point.key) > 1:
-            raise BenchError(f"sweep point {point.number} ({point.label}) has the same settings as another point; "
-                             "remove the duplicate from the sweep")
+            raise BenchError(
+                f"sweep point {point.number} ({point.label}) has the same settings as another point; "
+                "remove the duplicate from the sweep"
+            )
     return points
 
 
@@ -273,7 +299,9 @@ def records_by_key(points: Sequence[Point]) -> dict[str, list[Path]]:
     wanted = {point.key for point in points}
     loaded = load_records(sorted({point.records_dir for point in points}))
     found: dict[str, list[Path]] = {}
-    for record, path in sorted(zip(loaded.records, loaded.paths), key=lambda pair: (pair[0].get("created") or "", str(pair[1]))):
+    for record, path in sorted(
+        zip(loaded.records, loaded.paths), key=lambda pair: (pair[0].get("created") or "", str(pair[1]))
+    ):
         config = record.get("config") or {}
         key = config.get("sweep_point")
         if key in wanted and "checkpoint" not in config:

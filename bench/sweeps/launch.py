@@ -44,13 +44,20 @@ class SweepResult:
         return [outcome for outcome in self.outcomes if outcome.status == "failed"]
 
     def summary(self) -> str:
-        parts = [f"{self.count(status)} {status}" for status in ("done", "failed", "skipped", "submitted") if self.count(status)
-                 or status in ("done", "failed", "skipped")]
+        parts = [
+            f"{self.count(status)} {status}"
+            for status in ("done", "failed", "skipped", "submitted")
+            if self.count(status) or status in ("done", "failed", "skipped")
+        ]
         count = len(self.outcomes)
-        lines = [f"bench sweep {self.name}: {count} point{'s' if count != 1 else ''}: {', '.join(parts)}; "
-                 f"wall time {self.wall_seconds:.0f} s"]
-        lines += [f"  failed: point {o.point.number} ({o.point.label}), exit {o.returncode}; log: {o.point.log}"
-                  for o in self.failed]
+        lines = [
+            f"bench sweep {self.name}: {count} point{'s' if count != 1 else ''}: {', '.join(parts)}; "
+            f"wall time {self.wall_seconds:.0f} s"
+        ]
+        lines += [
+            f"  failed: point {o.point.number} ({o.point.label}), exit {o.returncode}; log: {o.point.log}"
+            for o in self.failed
+        ]
         lines += [f"  leaderboard: {path}" for path in self.leaderboards]
         return "\n".join(lines)
 
@@ -99,10 +106,23 @@ def _supersede(outcomes: Sequence[Outcome], before: dict[str, list[Path]]) -> No
             shutil.move(str(old), target / old.name)
 
 
-def launch(sweep: str, *, jobs: Optional[int] = None, gpus: Optional[Sequence[str]] = None, per_gpu: int = 1,
-           threads: Optional[int] = None, launcher: str = "local", rerun: bool = False, dry_run: bool = False,
-           log_dir: Optional[str] = None, extra_args: Sequence[str] = (), slurm: Optional[slurm_launcher.SlurmOptions] = None,
-           cluster: str = "slurm", wait: bool = False, report: Callable[[str], None] = print) -> SweepResult:
+def launch(
+    sweep: str,
+    *,
+    jobs: Optional[int] = None,
+    gpus: Optional[Sequence[str]] = None,
+    per_gpu: int = 1,
+    threads: Optional[int] = None,
+    launcher: str = "local",
+    rerun: bool = False,
+    dry_run: bool = False,
+    log_dir: Optional[str] = None,
+    extra_args: Sequence[str] = (),
+    slurm: Optional[slurm_launcher.SlurmOptions] = None,
+    cluster: str = "slurm",
+    wait: bool = False,
+    report: Callable[[str], None] = print,
+) -> SweepResult:
     """Run (or submit) every point of a sweep.
 
     Args:
@@ -135,19 +155,25 @@ def launch(sweep: str, *, jobs: Optional[int] = None, gpus: Optional[Sequence[st
     todo = [point for point in points if point not in skipped]
     outcomes = [Outcome(point, "skipped", record=before[point.key][-1]) for point in skipped]
     for outcome in outcomes:
-        report(f"bench sweep [{outcome.point.number}/{len(points)}] skip (recorded in {outcome.record}): {outcome.point.label}")
+        report(
+            f"bench sweep [{outcome.point.number}/{len(points)}] skip (recorded in {outcome.record}): {outcome.point.label}"
+        )
     resume = not rerun
 
     if launcher == "local":
         threads = threads or max(1, available_cores() // capacity.budget)
         if dry_run:
             for point in todo:
-                report(f"bench sweep [{point.number}/{len(points)}] would run on {point.devices} slot(s) with "
-                       f"OMP_NUM_THREADS={threads}: {shlex.join(['bench', *point.command(resume=resume)[3:]])}")
+                report(
+                    f"bench sweep [{point.number}/{len(points)}] would run on {point.devices} slot(s) with "
+                    f"OMP_NUM_THREADS={threads}: {shlex.join(['bench', *point.command(resume=resume)[3:]])}"
+                )
             return SweepResult(name, outcomes, time.perf_counter() - started, dry_run=True)
         where = "CPU" if None in capacity.free else f"GPU(s) {','.join(capacity.free)} x {per_gpu}"
-        report(f"bench sweep {name}: {len(todo)} point(s) to run, {capacity.budget} at once on {where}, "
-               f"OMP_NUM_THREADS={threads}; logs under {folder}")
+        report(
+            f"bench sweep {name}: {len(todo)} point(s) to run, {capacity.budget} at once on {where}, "
+            f"OMP_NUM_THREADS={threads}; logs under {folder}"
+        )
         outcomes += run_on_node(todo, capacity, threads, resume, report)
     else:
         options = slurm or slurm_launcher.SlurmOptions()
@@ -158,10 +184,14 @@ def launch(sweep: str, *, jobs: Optional[int] = None, gpus: Optional[Sequence[st
         if not todo:
             return _finish(name, outcomes, points, started, report, regenerate=False)
         pairs = leaderboard_pairs(points)
-        jobs_, leaderboard_job = slurm_launcher.submit(todo, options, f"bench-{name}", submitit_folder, resume, cluster, pairs)
-        report(f"bench sweep {name}: submitted {len(jobs_)} point(s): jobs {', '.join(sorted({str(j.job_id).split('_')[0] for _, j in jobs_}))}"
-               + (f"; leaderboard job {leaderboard_job.job_id} runs after them" if leaderboard_job else "")
-               + f"; logs under {folder}")
+        jobs_, leaderboard_job = slurm_launcher.submit(
+            todo, options, f"bench-{name}", submitit_folder, resume, cluster, pairs
+        )
+        report(
+            f"bench sweep {name}: submitted {len(jobs_)} point(s): jobs {', '.join(sorted({str(j.job_id).split('_')[0] for _, j in jobs_}))}"
+            + (f"; leaderboard job {leaderboard_job.job_id} runs after them" if leaderboard_job else "")
+            + f"; logs under {folder}"
+        )
         if cluster == "slurm" and not wait:
             outcomes += [Outcome(point, "submitted", job_id=str(job.job_id)) for point, job in jobs_]
             return _finish(name, outcomes, points, started, report, regenerate=False)
@@ -170,7 +200,9 @@ def launch(sweep: str, *, jobs: Optional[int] = None, gpus: Optional[Sequence[st
                 job.result()
                 outcomes.append(Outcome(point, "done", job_id=str(job.job_id)))
             except Exception as error:  # submitit re-raises the task's failure
-                report(f"bench sweep [{point.number}/{len(points)}] FAILED: {point.label}: {str(error).strip().splitlines()[-1]}")
+                report(
+                    f"bench sweep [{point.number}/{len(points)}] FAILED: {point.label}: {str(error).strip().splitlines()[-1]}"
+                )
                 outcomes.append(Outcome(point, "failed", job_id=str(job.job_id)))
         if leaderboard_job is not None:
             leaderboard_job.result()
@@ -183,8 +215,14 @@ def launch(sweep: str, *, jobs: Optional[int] = None, gpus: Optional[Sequence[st
     return _finish(name, outcomes, points, started, report, regenerate=True)
 
 
-def _finish(name: str, outcomes: list[Outcome], points: Sequence[Point], started: float,
-            report: Callable[[str], None], regenerate: bool) -> SweepResult:
+def _finish(
+    name: str,
+    outcomes: list[Outcome],
+    points: Sequence[Point],
+    started: float,
+    report: Callable[[str], None],
+    regenerate: bool,
+) -> SweepResult:
     outcomes = sorted(outcomes, key=lambda outcome: outcome.point.number)
     records = finished_records([o.point for o in outcomes if o.status == "done"]) if outcomes else {}
     for outcome in outcomes:
@@ -206,22 +244,30 @@ def _json_object(text: str) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise argparse.ArgumentTypeError(f"not JSON: {error}") from error
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"account\": \"proj\", \"qos\": \"high\"}'")
+        raise argparse.ArgumentTypeError('must be a JSON object, e.g. \'{"account": "proj", "qos": "high"}\'')
     return value
 
 
 def sweep_command(argv: Sequence[str]) -> SweepResult:
     parser = CommandLineParser(
-        prog="bench sweep", allow_abbrev=False,
+        prog="bench sweep",
+        allow_abbrev=False,
         description="Run every point of a sweep (one `bench fit` each): several at once on this node, or as SLURM job "
-                    "arrays. Points that already have a record with the same settings are skipped (--rerun: run again).",
+        "arrays. Points that already have a record with the same settings are skipped (--rerun: run again).",
         epilog="Arguments after the sweep name that are not listed here go to every point's `bench fit`, e.g. "
-               "`bench sweep ran_mnist --jobs 4 --trainer.max_epochs 5`.")
+        "`bench sweep ran_mnist --jobs 4 --trainer.max_epochs 5`.",
+    )
     parser.add_argument("sweep", help="a shipped sweep's name (see `bench list`) or a YAML file")
     parser.add_argument("--dry_run", action="store_true", help="print what would run (or be submitted) and run nothing")
-    parser.add_argument("--rerun", action="store_true", help="also run points that already have a record with their settings")
-    parser.add_argument("--log_dir", help="folder of the points' logs, checkpoints and status (default runs/sweeps/<sweep>)")
-    parser.add_argument("--launcher", choices=LAUNCHERS, default="local", help="this node (default) or SLURM through submitit")
+    parser.add_argument(
+        "--rerun", action="store_true", help="also run points that already have a record with their settings"
+    )
+    parser.add_argument(
+        "--log_dir", help="folder of the points' logs, checkpoints and status (default runs/sweeps/<sweep>)"
+    )
+    parser.add_argument(
+        "--launcher", choices=LAUNCHERS, default="local", help="this node (default) or SLURM through submitit"
+    )
     node = parser.add_argument_group("on this node (--launcher local)")
     node.add_argument("--jobs", type=int, help="points at once (default: one per GPU x --per_gpu; 1 on a CPU machine)")
     node.add_argument("--gpus", type=_gpu_list, help="GPUs to use, e.g. 0,1,2,3 (default: every visible GPU)")
@@ -229,24 +275,62 @@ def sweep_command(argv: Sequence[str]) -> SweepResult:
     node.add_argument("--threads", type=int, help="OMP_NUM_THREADS of each point (default: cores // jobs)")
     cluster = parser.add_argument_group('on SLURM (--launcher slurm; needs `pip install -e ".[slurm]"` in bench)')
     cluster.add_argument("--partition", help="SLURM partition")
-    cluster.add_argument("--time_min", type=int, default=240, help="time limit of each task in minutes (default 240); "
-                         "a task that reaches it is requeued and resumes from its last checkpoint")
-    cluster.add_argument("--gpus_per_task", type=int, default=1, help="GPUs per task, one task per device of a point (default 1; 0: CPU nodes)")
+    cluster.add_argument(
+        "--time_min",
+        type=int,
+        default=240,
+        help="time limit of each task in minutes (default 240); "
+        "a task that reaches it is requeued and resumes from its last checkpoint",
+    )
+    cluster.add_argument(
+        "--gpus_per_task",
+        type=int,
+        default=1,
+        help="GPUs per task, one task per device of a point (default 1; 0: CPU nodes)",
+    )
     cluster.add_argument("--cpus_per_task", type=int, help="CPUs per task (also each point's OMP_NUM_THREADS)")
     cluster.add_argument("--mem_gb", type=float, help="memory per node in GB")
     cluster.add_argument("--array_parallelism", type=int, help="at most this many tasks of an array at once")
-    cluster.add_argument("--slurm_parameters", type=_json_object, default={},
-                         help="other sbatch parameters submitit knows, as JSON: '{\"account\": \"proj\", \"qos\": \"high\"}'")
-    cluster.add_argument("--cluster", choices=slurm_launcher.CLUSTERS, default="slurm",
-                         help="submitit executor: slurm (default); local or debug run the same tasks on this machine")
+    cluster.add_argument(
+        "--slurm_parameters",
+        type=_json_object,
+        default={},
+        help='other sbatch parameters submitit knows, as JSON: \'{"account": "proj", "qos": "high"}\'',
+    )
+    cluster.add_argument(
+        "--cluster",
+        choices=slurm_launcher.CLUSTERS,
+        default="slurm",
+        help="submitit executor: slurm (default); local or debug run the same tasks on this machine",
+    )
     cluster.add_argument("--wait", action="store_true", help="wait for the arrays to finish, then summarise")
     args, extra = parser.parse_known_args(list(argv))
-    options = slurm_launcher.SlurmOptions(partition=args.partition, time_min=args.time_min, gpus_per_task=args.gpus_per_task,
-                                          cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
-                                          array_parallelism=args.array_parallelism, parameters=args.slurm_parameters)
-    result = launch(args.sweep, jobs=args.jobs, gpus=args.gpus, per_gpu=args.per_gpu, threads=args.threads,
-                    launcher=args.launcher, rerun=args.rerun, dry_run=args.dry_run, log_dir=args.log_dir,
-                    extra_args=extra, slurm=options, cluster=args.cluster, wait=args.wait)
+    options = slurm_launcher.SlurmOptions(
+        partition=args.partition,
+        time_min=args.time_min,
+        gpus_per_task=args.gpus_per_task,
+        cpus_per_task=args.cpus_per_task,
+        mem_gb=args.mem_gb,
+        array_parallelism=args.array_parallelism,
+        parameters=args.slurm_parameters,
+    )
+    result = launch(
+        args.sweep,
+        jobs=args.jobs,
+        gpus=args.gpus,
+        per_gpu=args.per_gpu,
+        threads=args.threads,
+        launcher=args.launcher,
+        rerun=args.rerun,
+        dry_run=args.dry_run,
+        log_dir=args.log_dir,
+        extra_args=extra,
+        slurm=options,
+        cluster=args.cluster,
+        wait=args.wait,
+    )
     if result.failed:
-        raise BenchError(f"{len(result.failed)} of {len(result.outcomes)} sweep points failed; their logs are listed above")
+        raise BenchError(
+            f"{len(result.failed)} of {len(result.outcomes)} sweep points failed; their logs are listed above"
+        )
     return result

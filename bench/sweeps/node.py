@@ -28,12 +28,12 @@ class Outcome:
 
     point: Point
     status: str
-    started: Optional[float] = None   #: time.time() when its process started
+    started: Optional[float] = None  #: time.time() when its process started
     ended: Optional[float] = None
     returncode: Optional[int] = None
     slots: list[Gpu] = field(default_factory=list)
-    record: Optional[Path] = None     #: its result record (the existing one for a skipped point)
-    job_id: Optional[str] = None      #: the SLURM job (array task) that runs it
+    record: Optional[Path] = None  #: its result record (the existing one for a skipped point)
+    job_id: Optional[str] = None  #: the SLURM job (array task) that runs it
 
     @property
     def seconds(self) -> Optional[float]:
@@ -83,29 +83,40 @@ def run_point(point: Point, slots: Sequence[Gpu], threads: int, resume: bool) ->
         log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')}\n$ " + " ".join(command) + "\n\n")
         log.flush()
         try:
-            returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=point_environment(slots, threads)).returncode
+            returncode = subprocess.run(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=point_environment(slots, threads),
+            ).returncode
         except OSError as error:  # the interpreter vanished, too many processes, ...
             log.write(f"\nbench sweep: could not start the point: {error}\n")
             returncode = -1
     ended = time.time()
     status = "done" if returncode == 0 else "failed"
-    write_status(point, status=status, started=started, ended=ended, returncode=returncode, slots=list(slots),
-                 command=command)
+    write_status(
+        point, status=status, started=started, ended=ended, returncode=returncode, slots=list(slots), command=command
+    )
     return Outcome(point, status, started, ended, returncode, list(slots))
 
 
-def run_on_node(points: Sequence[Point], capacity: Capacity, threads: int, resume: bool,
-                report: Callable[[str], None] = print) -> list[Outcome]:
+def run_on_node(
+    points: Sequence[Point], capacity: Capacity, threads: int, resume: bool, report: Callable[[str], None] = print
+) -> list[Outcome]:
     """Run ``points`` with at most ``capacity`` in use at once; a failed point does not stop the others."""
     for point in points:
         if point.num_nodes > 1:
-            raise BenchError(f"sweep point {point.number} ({point.label}) asks for trainer.num_nodes={point.num_nodes}; "
-                             "run it with --launcher slurm")
+            raise BenchError(
+                f"sweep point {point.number} ({point.label}) asks for trainer.num_nodes={point.num_nodes}; "
+                "run it with --launcher slurm"
+            )
         if not fits_ever(point.devices, capacity):
             where = f"{len(capacity.free)} GPU(s)" if None not in capacity.free else "this CPU machine"
-            raise BenchError(f"sweep point {point.number} ({point.label}) needs {point.devices} devices, more than the "
-                             f"{capacity.budget} slot(s) on {where}; raise --jobs (or give more --gpus)")
+            raise BenchError(
+                f"sweep point {point.number} ({point.label}) needs {point.devices} devices, more than the "
+                f"{capacity.budget} slot(s) on {where}; raise --jobs (or give more --gpus)"
+            )
     total = max((point.number for point in points), default=0)
     waiting, running, outcomes = list(points), {}, []
     with ThreadPoolExecutor(max_workers=max(capacity.budget, 1)) as pool:
@@ -129,8 +140,10 @@ def run_on_node(points: Sequence[Point], capacity: Capacity, threads: int, resum
                 if outcome.status == "done":
                     report(f"bench sweep [{point.number}/{total}] done in {outcome.seconds:.0f} s: {point.label}")
                 else:
-                    report(f"bench sweep [{point.number}/{total}] FAILED (exit {outcome.returncode}) after "
-                           f"{outcome.seconds:.0f} s: {point.label}\n{_tail(point.log)}  full log: {point.log}")
+                    report(
+                        f"bench sweep [{point.number}/{total}] FAILED (exit {outcome.returncode}) after "
+                        f"{outcome.seconds:.0f} s: {point.label}\n{_tail(point.log)}  full log: {point.log}"
+                    )
     return sorted(outcomes, key=lambda outcome: outcome.point.number)
 
 

@@ -34,8 +34,10 @@ def node_capacity(jobs: Optional[int], gpus: Sequence[str], per_gpu: int = 1) ->
     if jobs < 1:
         raise BenchError(f"--jobs must be at least 1, not {jobs}")
     if most is not None and jobs > most:
-        raise BenchError(f"--jobs {jobs} is more than {len(gpus)} GPU(s) x --per_gpu {per_gpu} = {most} slots; "
-                         "raise --per_gpu to share GPUs")
+        raise BenchError(
+            f"--jobs {jobs} is more than {len(gpus)} GPU(s) x --per_gpu {per_gpu} = {most} slots; "
+            "raise --per_gpu to share GPUs"
+        )
     return Capacity({gpu: per_gpu for gpu in gpus} if gpus else {None: jobs}, jobs)
 
 
@@ -54,8 +56,9 @@ def assign(devices: int, capacity: Capacity) -> Optional[list[Gpu]]:
         return None
     if list(capacity.free) == [None]:
         return [None] * devices if capacity.free[None] >= devices else None
-    order = sorted((gpu for gpu, room in capacity.free.items() if room > 0),
-                   key=lambda gpu: -capacity.free[gpu])  # sorted() is stable: ties keep the given order
+    order = sorted(
+        (gpu for gpu, room in capacity.free.items() if room > 0), key=lambda gpu: -capacity.free[gpu]
+    )  # sorted() is stable: ties keep the given order
     return order[:devices] if len(order) >= devices else None
 
 

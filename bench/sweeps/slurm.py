@@ -34,8 +34,9 @@ def _submitit():
     try:
         import submitit
     except ImportError as error:
-        raise BenchError('--launcher slurm needs submitit: pip install -e ".[slurm]" in the bench checkout '
-                         "(or pip install submitit)") from error
+        raise BenchError(
+            '--launcher slurm needs submitit: pip install -e ".[slurm]" in the bench checkout (or pip install submitit)'
+        ) from error
     return submitit
 
 
@@ -55,8 +56,13 @@ class SlurmOptions:
 
     def native(self, name: str, devices: int, nodes: int, count: int) -> dict[str, Any]:
         """submitit's SlurmExecutor parameters for an array of ``count`` points of this shape."""
-        params: dict[str, Any] = {"job_name": name, "time": self.time_min, "nodes": nodes, "ntasks_per_node": devices,
-                                  "signal_delay_s": self.signal_delay_s}
+        params: dict[str, Any] = {
+            "job_name": name,
+            "time": self.time_min,
+            "nodes": nodes,
+            "ntasks_per_node": devices,
+            "signal_delay_s": self.signal_delay_s,
+        }
         if self.gpus_per_task:
             params["gpus_per_node"] = devices * self.gpus_per_task
         if self.partition:
@@ -64,15 +70,23 @@ class SlurmOptions:
         if self.cpus_per_task:
             params["cpus_per_task"] = self.cpus_per_task
         if self.mem_gb:
-            params["mem"] = f"{int(self.mem_gb)}GB" if self.mem_gb == int(self.mem_gb) else f"{int(self.mem_gb * 1024)}MB"
+            params["mem"] = (
+                f"{int(self.mem_gb)}GB" if self.mem_gb == int(self.mem_gb) else f"{int(self.mem_gb * 1024)}MB"
+            )
         params["array_parallelism"] = min(self.array_parallelism or count, count)
         return {**params, **self.parameters}
 
     def generic(self, name: str, devices: int, nodes: int, count: int) -> dict[str, Any]:
         """The same for submitit's AutoExecutor (``local``/``debug`` clusters take the generic ones)."""
-        return {"name": name, "timeout_min": self.time_min, "nodes": nodes, "tasks_per_node": devices,
-                "gpus_per_node": devices * self.gpus_per_task, "cpus_per_task": self.cpus_per_task,
-                "mem_gb": self.mem_gb}
+        return {
+            "name": name,
+            "timeout_min": self.time_min,
+            "nodes": nodes,
+            "tasks_per_node": devices,
+            "gpus_per_node": devices * self.gpus_per_task,
+            "cpus_per_task": self.cpus_per_task,
+            "mem_gb": self.mem_gb,
+        }
 
 
 class PointTask(Checkpointable):
@@ -97,8 +111,9 @@ class PointTask(Checkpointable):
         with log.open("a") as stream:
             stream.write("$ " + " ".join(command) + "\n\n")
             stream.flush()
-            returncode = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=env, cwd=self.cwd).returncode
+            returncode = subprocess.run(
+                command, stdout=stream, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=self.cwd
+            ).returncode
         if returncode != 0:
             raise RuntimeError(f"bench fit exited with {returncode}; log: {log}")
         return returncode
@@ -113,7 +128,7 @@ class PointTask(Checkpointable):
         command = list(self.command)
         if "--ckpt_path" in command:  # an earlier requeue: resume from the newest checkpoint, not the old one
             at = command.index("--ckpt_path")
-            del command[at:at + 2]
+            del command[at : at + 2]
         if Path(self.cwd, self.checkpoint_path).exists():
             command += ["--ckpt_path", self.checkpoint_path]
         return PointTask(command, self.checkpoint_path, self.log, self.cwd, self.threads)
@@ -123,7 +138,9 @@ def regenerate_leaderboards(pairs: Sequence[tuple[Sequence[str], str]], cwd: str
     """The sweep's last job: each leaderboard folder from its records folders (run after the arrays end)."""
     from bench.leaderboard import generate_leaderboard
 
-    return [str(generate_leaderboard([Path(cwd, d) for d in records], Path(cwd, out)).markdown) for records, out in pairs]
+    return [
+        str(generate_leaderboard([Path(cwd, d) for d in records], Path(cwd, out)).markdown) for records, out in pairs
+    ]
 
 
 def groups(points: Sequence[Point]) -> dict[tuple[int, int], list[Point]]:
@@ -135,12 +152,20 @@ def groups(points: Sequence[Point]) -> dict[tuple[int, int], list[Point]]:
 
 
 def tasks_for(points: Sequence[Point], resume: bool, cwd: str, threads: Optional[int]) -> list[PointTask]:
-    return [PointTask(point.command(resume=resume), str(point.last_checkpoint), str(point.log), cwd, threads)
-            for point in points]
+    return [
+        PointTask(point.command(resume=resume), str(point.last_checkpoint), str(point.log), cwd, threads)
+        for point in points
+    ]
 
 
-def dry_run(points: Sequence[Point], options: SlurmOptions, name: str, folder: Path, resume: bool,
-            report: Callable[[str], None] = print) -> None:
+def dry_run(
+    points: Sequence[Point],
+    options: SlurmOptions,
+    name: str,
+    folder: Path,
+    resume: bool,
+    report: Callable[[str], None] = print,
+) -> None:
     """Print the sbatch script of every array and each task's command, submitting nothing."""
     from submitit.slurm.slurm import _make_sbatch_string
 
@@ -148,14 +173,25 @@ def dry_run(points: Sequence[Point], options: SlurmOptions, name: str, folder: P
     for (devices, nodes), members in groups(points).items():
         params = options.native(name, devices, nodes, len(members))
         script = _make_sbatch_string(command=submit, folder=folder, map_count=len(members), **params)
-        report(f"bench sweep: would submit an array of {len(members)} task(s) ({devices} device(s) x {nodes} node(s) each):")
+        report(
+            f"bench sweep: would submit an array of {len(members)} task(s) ({devices} device(s) x {nodes} node(s) each):"
+        )
         report("\n".join("    " + line for line in script.splitlines() if line.startswith("#SBATCH")))
-        for index, (point, task) in enumerate(zip(members, tasks_for(members, resume, os.getcwd(), options.cpus_per_task))):
+        for index, (point, task) in enumerate(
+            zip(members, tasks_for(members, resume, os.getcwd(), options.cpus_per_task))
+        ):
             report(f"  task {index}: point {point.number}: {shlex.join(task.command)}")
 
 
-def submit(points: Sequence[Point], options: SlurmOptions, name: str, folder: Path, resume: bool, cluster: str,
-           leaderboards: Sequence[tuple[Sequence[str], str]]):
+def submit(
+    points: Sequence[Point],
+    options: SlurmOptions,
+    name: str,
+    folder: Path,
+    resume: bool,
+    cluster: str,
+    leaderboards: Sequence[tuple[Sequence[str], str]],
+):
     """Submit one array per shape (and, on SLURM, a leaderboard job after them); return the jobs and that job."""
     submitit = _submitit()
     if cluster not in CLUSTERS:
@@ -167,25 +203,37 @@ def submit(points: Sequence[Point], options: SlurmOptions, name: str, folder: Pa
             try:
                 executor = submitit.SlurmExecutor(folder=folder)
             except RuntimeError as error:  # no srun: not a SLURM machine
-                raise BenchError(f"cannot submit to SLURM here ({error}); `--dry_run` shows what would be submitted, "
-                                 "`--launcher local` runs the sweep on this machine") from error
+                raise BenchError(
+                    f"cannot submit to SLURM here ({error}); `--dry_run` shows what would be submitted, "
+                    "`--launcher local` runs the sweep on this machine"
+                ) from error
             try:
                 executor.update_parameters(**options.native(name, devices, nodes, len(members)))
             except ValueError as error:
                 raise BenchError(f"bad SLURM parameter: {str(error).splitlines()[0]}") from error
         else:
             executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
-            executor.update_parameters(**{key: value for key, value in options.generic(name, devices, nodes, len(members)).items()
-                                          if value is not None})
+            executor.update_parameters(
+                **{
+                    key: value
+                    for key, value in options.generic(name, devices, nodes, len(members)).items()
+                    if value is not None
+                }
+            )
         submitted = executor.submit_array(tasks_for(members, resume, cwd, options.cpus_per_task))
         jobs += list(zip(members, submitted))
     leaderboard_job = None
     if cluster == "slurm" and leaderboards and jobs:
         arrays = sorted({str(job.job_id).split("_")[0] for _, job in jobs})
         executor = submitit.SlurmExecutor(folder=folder)
-        executor.update_parameters(job_name=f"{name}-leaderboard", time=30, nodes=1, ntasks_per_node=1,
-                                   **({"partition": options.partition} if options.partition else {}),
-                                   dependency="afterany:" + ":".join(arrays), **{key: value for key, value in options.parameters.items()
-                                                                                if key in ("account", "qos")})
+        executor.update_parameters(
+            job_name=f"{name}-leaderboard",
+            time=30,
+            nodes=1,
+            ntasks_per_node=1,
+            **({"partition": options.partition} if options.partition else {}),
+            dependency="afterany:" + ":".join(arrays),
+            **{key: value for key, value in options.parameters.items() if key in ("account", "qos")},
+        )
         leaderboard_job = executor.submit(regenerate_leaderboards, list(leaderboards), cwd)
     return jobs, leaderboard_job

@@ -71,15 +71,25 @@ class ADMMPruning(Callback):
         admm_updates: Z/U updates before hard pruning; then masked retraining to the end of fit.
     """
 
-    def __init__(self, sparsity: Union[float, dict[str, float]] = 0.9, submodule: Optional[str] = None,
-                 rho: float = 1e-3, rho_multiplier: float = 1.3, rho_max: float = 1.0, update_every: int = 1,
-                 interval: str = "epoch", admm_updates: int = 10) -> None:
+    def __init__(
+        self,
+        sparsity: Union[float, dict[str, float]] = 0.9,
+        submodule: Optional[str] = None,
+        rho: float = 1e-3,
+        rho_multiplier: float = 1.3,
+        rho_max: float = 1.0,
+        update_every: int = 1,
+        interval: str = "epoch",
+        admm_updates: int = 10,
+    ) -> None:
         fractions = sparsity.values() if isinstance(sparsity, dict) else [sparsity]
         if any(not 0.0 <= float(f) < 1.0 for f in fractions):
             raise BenchError(f"sparsity must lie in [0, 1) (the fraction of weights pruned), got {sparsity}")
         if rho <= 0 or rho_max < rho or rho_multiplier < 1:
-            raise BenchError(f"need 0 < rho <= rho_max and rho_multiplier >= 1, got rho={rho}, rho_max={rho_max}, "
-                             f"rho_multiplier={rho_multiplier}")
+            raise BenchError(
+                f"need 0 < rho <= rho_max and rho_multiplier >= 1, got rho={rho}, rho_max={rho_max}, "
+                f"rho_multiplier={rho_multiplier}"
+            )
         if interval not in ("epoch", "step"):
             raise BenchError(f"interval must be 'epoch' or 'step', got '{interval}'")
         if update_every < 1 or admm_updates < 0:
@@ -103,9 +113,16 @@ class ADMMPruning(Callback):
 
     def fresh_copy(self) -> "ADMMPruning":
         """The same schedule from its start (shadow models trained by a pruned target's recipe get their own)."""
-        return type(self)(sparsity=self.sparsity, submodule=self.submodule, rho=self.initial_rho,
-                          rho_multiplier=self.rho_multiplier, rho_max=self.rho_max, update_every=self.update_every,
-                          interval=self.interval, admm_updates=self.admm_updates)
+        return type(self)(
+            sparsity=self.sparsity,
+            submodule=self.submodule,
+            rho=self.initial_rho,
+            rho_multiplier=self.rho_multiplier,
+            rho_max=self.rho_max,
+            update_every=self.update_every,
+            interval=self.interval,
+            admm_updates=self.admm_updates,
+        )
 
     # ------------------------------------------------------------------ layers and targets
     def layers(self, module: nn.Module) -> dict[str, nn.Module]:
@@ -113,8 +130,9 @@ class ADMMPruning(Callback):
         if isinstance(self.sparsity, dict):
             unknown = set(self.sparsity) - set(found)
             if unknown:
-                raise BenchError(f"ADMMPruning: no convolutional or linear layer(s) {sorted(unknown)}; "
-                                 f"layers are {sorted(found)}")
+                raise BenchError(
+                    f"ADMMPruning: no convolutional or linear layer(s) {sorted(unknown)}; layers are {sorted(found)}"
+                )
             found = {name: layer for name, layer in found.items() if name in self.sparsity}
         if not found:
             raise BenchError(f"ADMMPruning: {type(module).__name__} has no convolutional or linear layer to prune")
@@ -133,8 +151,10 @@ class ADMMPruning(Callback):
         if self.phase == "retrain":  # resumed after hard pruning: the masks came back with the weights
             missing = [name for name, layer in self._layers.items() if not is_masked(layer)]
             if missing:
-                raise BenchError(f"ADMMPruning resumed in the retrain phase but layers {missing} have no mask; "
-                                 "restore the module with bench.networks.pruning.restore_pruning first")
+                raise BenchError(
+                    f"ADMMPruning resumed in the retrain phase but layers {missing} have no mask; "
+                    "restore the module with bench.networks.pruning.restore_pruning first"
+                )
             return
         if self.admm_updates == 0:
             self.hard_prune()
@@ -166,8 +186,14 @@ class ADMMPruning(Callback):
         if self.interval == "epoch" and self.phase == "admm":
             self._tick()
         if trainer.loggers:
-            pl_module.log_dict({"admm/rho": float(self.rho), "admm/phase": float(PHASES.index(self.phase)),
-                                "admm/residual": self.residual()}, sync_dist=False)
+            pl_module.log_dict(
+                {
+                    "admm/rho": float(self.rho),
+                    "admm/phase": float(PHASES.index(self.phase)),
+                    "admm/residual": self.residual(),
+                },
+                sync_dist=False,
+            )
 
     # ------------------------------------------------------------------ ADMM
     def _tick(self) -> None:
@@ -206,7 +232,9 @@ class ADMMPruning(Callback):
         """sum_i ||W_i - Z_i||^2 / sum_i ||W_i||^2: how far the weights still are from the constraint set."""
         if self.phase != "admm" or not self.Z:
             return 0.0
-        gap = sum(float((current_weight(layer).detach() - self.Z[n]).square().sum()) for n, layer in self._layers.items())
+        gap = sum(
+            float((current_weight(layer).detach() - self.Z[n]).square().sum()) for n, layer in self._layers.items()
+        )
         norm = sum(float(current_weight(layer).detach().square().sum()) for layer in self._layers.values())
         return gap / max(norm, 1e-12)
 
@@ -217,14 +245,24 @@ class ADMMPruning(Callback):
         total = sum(effective_weight(layer).numel() for layer in layers.values())
         nonzero = sum(int(torch.count_nonzero(effective_weight(layer))) for layer in layers.values())
         report = {f"sparsity/{name}": sparsity(layer) for name, layer in layers.items()}
-        report.update({"pruned_layer_weights": total, "pruned_layer_nonzero": nonzero,
-                       "pruned_layer_compression": total / max(nonzero, 1)})
+        report.update(
+            {
+                "pruned_layer_weights": total,
+                "pruned_layer_nonzero": nonzero,
+                "pruned_layer_compression": total / max(nonzero, 1),
+            }
+        )
         return report
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rho": self.rho, "phase": self.phase, "updates": self.updates, "ticks": self.ticks,
-                "Z": {k: v.detach().cpu() for k, v in self.Z.items()},
-                "U": {k: v.detach().cpu() for k, v in self.U.items()}}
+        return {
+            "rho": self.rho,
+            "phase": self.phase,
+            "updates": self.updates,
+            "ticks": self.ticks,
+            "Z": {k: v.detach().cpu() for k, v in self.Z.items()},
+            "U": {k: v.detach().cpu() for k, v in self.U.items()},
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rho, self.phase = float(state_dict["rho"]), str(state_dict["phase"])

@@ -65,14 +65,20 @@ def _magnitudes(enhance_max: float) -> dict[str, list[float]]:
 
 
 #: each variant's magnitude of each operation at levels 0..9
-MAGNITUDES_BY_VARIANT: dict[str, dict[str, list[float]]] = {"reference": _magnitudes(0.5), "autoaugment": _magnitudes(0.9)}
+MAGNITUDES_BY_VARIANT: dict[str, dict[str, list[float]]] = {
+    "reference": _magnitudes(0.5),
+    "autoaugment": _magnitudes(0.9),
+}
 #: the default (reference) magnitudes
 MAGNITUDES = MAGNITUDES_BY_VARIANT["reference"]
 
 _ENHANCE = frozenset({"color", "contrast", "sharpness", "brightness"})
 _GEOMETRIC_SIGNED = frozenset({"shearX", "shearY", "translateX", "translateY"})
 #: operations whose direction is drawn per sample, by variant (the reference never flips the rotation)
-SIGNED_BY_VARIANT = {"reference": _GEOMETRIC_SIGNED | _ENHANCE, "autoaugment": _GEOMETRIC_SIGNED | _ENHANCE | {"rotate"}}
+SIGNED_BY_VARIANT = {
+    "reference": _GEOMETRIC_SIGNED | _ENHANCE,
+    "autoaugment": _GEOMETRIC_SIGNED | _ENHANCE | {"rotate"},
+}
 SIGNED = SIGNED_BY_VARIANT["reference"]
 
 
@@ -92,10 +98,16 @@ def _translate(images: Tensor, shift_x: int, shift_y: int) -> Tensor:
     out = torch.zeros_like(images)
     if abs(shift_x) >= width or abs(shift_y) >= height:
         return out
-    src_y, dst_y = (slice(shift_y, height), slice(0, height - shift_y)) if shift_y >= 0 else \
-        (slice(0, height + shift_y), slice(-shift_y, height))
-    src_x, dst_x = (slice(shift_x, width), slice(0, width - shift_x)) if shift_x >= 0 else \
-        (slice(0, width + shift_x), slice(-shift_x, width))
+    src_y, dst_y = (
+        (slice(shift_y, height), slice(0, height - shift_y))
+        if shift_y >= 0
+        else (slice(0, height + shift_y), slice(-shift_y, height))
+    )
+    src_x, dst_x = (
+        (slice(shift_x, width), slice(0, width - shift_x))
+        if shift_x >= 0
+        else (slice(0, width + shift_x), slice(-shift_x, width))
+    )
     out[..., dst_y, dst_x] = images[..., src_y, src_x]
     return out
 
@@ -195,15 +207,56 @@ class Transformation(NamedTuple):
 
 # Table 5 (= the reference's policy.py, in order): index -> (operation, magnitude level)
 _TABLE_5 = [
-    ("invert", 7), ("contrast", 6), ("rotate", 2), ("translateX", 9), ("sharpness", 1), ("sharpness", 3),
-    ("shearY", 2), ("translateY", 2), ("autocontrast", 5), ("equalize", 2), ("shearY", 5), ("posterize", 5),
-    ("color", 3), ("brightness", 5), ("sharpness", 9), ("brightness", 9), ("equalize", 5), ("equalize", 1),
-    ("contrast", 7), ("sharpness", 5), ("color", 5), ("translateX", 5), ("equalize", 7), ("autocontrast", 8),
-    ("translateY", 3), ("sharpness", 6), ("brightness", 6), ("color", 8), ("solarize", 0), ("invert", 0),
-    ("equalize", 0), ("autocontrast", 0), ("equalize", 8), ("equalize", 4), ("color", 5), ("equalize", 5),
-    ("autocontrast", 4), ("solarize", 4), ("brightness", 3), ("color", 0), ("solarize", 1), ("autocontrast", 0),
-    ("translateY", 3), ("translateY", 4), ("autocontrast", 1), ("solarize", 1), ("equalize", 5), ("invert", 1),
-    ("translateY", 3), ("autocontrast", 1),
+    ("invert", 7),
+    ("contrast", 6),
+    ("rotate", 2),
+    ("translateX", 9),
+    ("sharpness", 1),
+    ("sharpness", 3),
+    ("shearY", 2),
+    ("translateY", 2),
+    ("autocontrast", 5),
+    ("equalize", 2),
+    ("shearY", 5),
+    ("posterize", 5),
+    ("color", 3),
+    ("brightness", 5),
+    ("sharpness", 9),
+    ("brightness", 9),
+    ("equalize", 5),
+    ("equalize", 1),
+    ("contrast", 7),
+    ("sharpness", 5),
+    ("color", 5),
+    ("translateX", 5),
+    ("equalize", 7),
+    ("autocontrast", 8),
+    ("translateY", 3),
+    ("sharpness", 6),
+    ("brightness", 6),
+    ("color", 8),
+    ("solarize", 0),
+    ("invert", 0),
+    ("equalize", 0),
+    ("autocontrast", 0),
+    ("equalize", 8),
+    ("equalize", 4),
+    ("color", 5),
+    ("equalize", 5),
+    ("autocontrast", 4),
+    ("solarize", 4),
+    ("brightness", 3),
+    ("color", 0),
+    ("solarize", 1),
+    ("autocontrast", 0),
+    ("translateY", 3),
+    ("translateY", 4),
+    ("autocontrast", 1),
+    ("solarize", 1),
+    ("equalize", 5),
+    ("invert", 1),
+    ("translateY", 3),
+    ("autocontrast", 1),
 ]
 
 #: the 50 transformations, by index

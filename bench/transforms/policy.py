@@ -58,15 +58,20 @@ class Policy:
         return f"Policy('{self}')"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Policy) and (other.policies, other.crop_flip, other.variant) == \
-            (self.policies, self.crop_flip, self.variant)
+        return isinstance(other, Policy) and (other.policies, other.crop_flip, other.variant) == (
+            self.policies,
+            self.crop_flip,
+            self.variant,
+        )
 
     def __hash__(self) -> int:
         return hash((self.policies, self.crop_flip, self.variant))
 
     def __call__(self, images: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         if images.ndim != 4 or not images.is_floating_point():
-            raise BenchError(f"policies transform float batches (N, C, H, W) in [0, 1], got {images.dtype} {tuple(images.shape)}")
+            raise BenchError(
+                f"policies transform float batches (N, C, H, W) in [0, 1], got {images.dtype} {tuple(images.shape)}"
+            )
         count = images.shape[0]
         # every draw is made for the whole batch up front: the result does not depend on how samples are grouped
         choice = torch.randint(len(self.policies), (count,), generator=generator)
@@ -87,7 +92,9 @@ class Policy:
         return out
 
 
-def random_crop_flip(images: Tensor, generator: Optional[torch.Generator] = None, padding: int = CROP_PADDING) -> Tensor:
+def random_crop_flip(
+    images: Tensor, generator: Optional[torch.Generator] = None, padding: int = CROP_PADDING
+) -> Tensor:
     """torchvision's ``RandomCrop(size, padding)`` (black padding) then ``RandomHorizontalFlip()``, per sample:
     each image is padded by ``padding`` on every side, cut back to its size at an offset drawn uniformly from
     [0, 2 padding] in each direction, and mirrored with probability 1/2."""
@@ -107,12 +114,16 @@ def parse_policy(text: str, crop_flip: bool = True, variant: str = "reference") 
     """``"3-1-7"`` or a hybrid ``"3-1-7+43-18-18"``."""
     compact = str(text).replace(" ", "")
     if not _POLICY.match(compact):
-        raise BenchError(f"cannot read policy '{text}': write library indices joined by '-', hybrids joined by '+' "
-                         f"(e.g. 3-1-7+43-18-18), or give a policy file (.json)")
+        raise BenchError(
+            f"cannot read policy '{text}': write library indices joined by '-', hybrids joined by '+' "
+            f"(e.g. 3-1-7+43-18-18), or give a policy file (.json)"
+        )
     return Policy([[int(i) for i in part.split("-")] for part in compact.split("+")], crop_flip, variant)
 
 
-def load_policy(value: "str | Path | Policy | None", crop_flip: bool = True, variant: str = "reference") -> Optional[Policy]:
+def load_policy(
+    value: "str | Path | Policy | None", crop_flip: bool = True, variant: str = "reference"
+) -> Optional[Policy]:
     """A policy from its string, from a policy file, or None for no transformation (``None``, ``""``, ``"none"``)."""
     if value is None or isinstance(value, Policy):
         return value
@@ -125,13 +136,16 @@ def load_policy(value: "str | Path | Policy | None", crop_flip: bool = True, var
         except (OSError, ValueError) as error:
             raise BenchError(f"cannot read policy file {text}: {error}") from error
         if not isinstance(content, dict) or "policy" not in content:
-            raise BenchError(f"policy file {text} must be a JSON object with a 'policy' string (as bench.ats.search writes)")
+            raise BenchError(
+                f"policy file {text} must be a JSON object with a 'policy' string (as bench.ats.search writes)"
+            )
         return parse_policy(content["policy"], crop_flip, variant)
     return parse_policy(text, crop_flip, variant)
 
 
-def random_policy(generator: torch.Generator, max_length: int = 3, crop_flip: bool = True,
-                  variant: str = "reference") -> Policy:
+def random_policy(
+    generator: torch.Generator, max_length: int = 3, crop_flip: bool = True, variant: str = "reference"
+) -> Policy:
     """A policy of 1 to ``max_length`` transformations drawn uniformly from the library (the search space of 4.4)."""
     length = int(torch.randint(1, max_length + 1, (1,), generator=generator))
     return Policy([torch.randint(len(LIBRARY), (length,), generator=generator).tolist()], crop_flip, variant)
