@@ -161,6 +161,8 @@ class DPSGD(PrivacyModule):
         self.register_buffer("dp_steps", torch.tensor(0, dtype=torch.long))
         self.accountant = None  # Opacus's RDPAccountant, fed by the DPOptimizer's step hook during a fit
         self.private_loader = None  # the DPDataLoader that ran
+        self._sampler_generator: Optional[torch.Generator] = None  # its Poisson draws; saved with checkpoints
+        self._resumed_sampler_state: Optional[Tensor] = None
         self._private_batches: Optional[Iterator] = None
         self._grad_sampler = None
         self._dp_loss = None
@@ -214,6 +216,7 @@ class DPSGD(PrivacyModule):
         sampler_generator = secure or torch.Generator().manual_seed(
             int(torch.randint(2**62, (1,))) + self.trainer.global_rank
         )
+        self._sampler_generator = None if secure is not None else sampler_generator  # a secure one cannot be saved
         self.private_loader = DPDataLoader(
             _PerSamplePool(pool),
             sample_rate=sample_rate,
@@ -279,6 +282,28 @@ class DPSGD(PrivacyModule):
                 f"DP-SGD cannot reach epsilon {epsilon} at delta {delta} in {steps} steps at sampling rate "
                 f"{sample_rate:.3g} ({error}); raise target_epsilon or delta, or train fewer steps"
             ) from None
+
+    # ------------------------------------------------------------------ resuming: the straight run's batches and epsilon
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self._sampler_generator is not None:
+            checkpoint["bench"]["dp_sampler_state"] = self._sampler_generator.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        info = checkpoint.get("bench") if isinstance(checkpoint.get("bench"), dict) else {}
+        state = info.get("dp_sampler_state")
+        self._resumed_sampler_state = state if isinstance(state, Tensor) and state.dtype == torch.uint8 else None
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self._resumed_sampler_state is not None and self._sampler_generator is not None:
+            self._sampler_generator.set_state(self._resumed_sampler_state)  # Poisson draws continue where they were
+            self._resumed_sampler_state = None
+        steps = int(self.dp_steps)
+        if steps and self.accountant is not None and not self.accountant.history:
+            # a resumed fit's accountant starts from the steps already taken, not from zero: its epsilon is the run's
+            self.accountant.history.append((float(self.dp_noise_multiplier), float(self.dp_sample_rate), steps))
 
     def on_fit_end(self) -> None:
         if self._grad_sampler is not None:  # the trained network leaves without Opacus's hooks and per-sample tensors
