@@ -304,6 +304,17 @@ def test_a_weaker_adversary_that_did_not_converge_flags_the_verdict_too(tmp_path
     )
 
 
+def test_an_adversary_that_failed_after_training_marks_the_verdict_it_may_understate(tmp_path):
+    ran = _fixture("digits-ran.json")
+    # affine_inversion (the strongest here) failed: the worst case over the others is only a lower bound on the leakage
+    failed = next(e for e in ran["privacy"] if e["attack"] == "affine_inversion")
+    failed.update(metrics={}, error="RuntimeError: out of memory")
+    text = generate_leaderboard([_write(tmp_path / "records", ran)], tmp_path / "out", claims=[]).markdown.read_text()
+    cell = _headline(text, "digits, 20 epochs")["RAN (lam=0.5)"]["Worst-case mse ↑"]
+    assert cell.endswith("✗ affine_inversion failed") and "affine_inversion" not in cell.split(" ✗")[0]
+    assert "✗ failed after training, so it has no result" in text and "may understate the leakage" in text
+
+
 def test_csv_has_one_line_per_row_with_worst_case_and_setting(board):
     result, _ = board
     with result.csv.open() as stream:

@@ -31,6 +31,8 @@ _RELEASED, _PARAMETERS, _NONZERO, _COMPRESSION = (
 #: hyper-parameters that say where data lives or how fast it loads, not what is measured
 _NOT_A_SETTING = {"data_spec", "network", "data_dir", "download", "num_workers", "eval_batch_size", "progress"}
 NOT_CONVERGED = "⚠"
+#: an adversary that failed after training: no result, so the worst case over the others may understate the leakage
+FAILED = "✗"
 PARETO = "★"
 _THREAT_MODEL_TITLES = {UTILITY_ONLY: "Utility only (no privacy evaluation)"}
 

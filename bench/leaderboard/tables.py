@@ -17,6 +17,7 @@ from bench.leaderboard.records import (
     _NONZERO,
     _PARAMETERS,
     _RELEASED,
+    FAILED,
     MAX_CELL_CHARS,
     MAX_TABLE_COLUMNS,
     MISSING,
@@ -103,6 +104,22 @@ def _attack_names(worst: _WorstCase) -> str:
         return worst.attack
     total = sum(worst.attacks.values())  # seeds disagree on the strongest attack: say how often each won
     return ", ".join(f"{a} {n}/{total}" for a, n in sorted(worst.attacks.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _failed_adversaries(row: _Row, threat_model: str, metric: str) -> list[str]:
+    """Adversaries of ``threat_model`` whose primary metric is ``metric`` and that failed in some run of ``row``."""
+    return sorted(
+        {
+            entry.attack
+            for run in row.runs
+            for entry in run.entries_of(threat_model).values()
+            if entry.adversary and entry.error and entry.primary == metric
+        }
+    )
+
+
+def _failed_mark(failed: list[str]) -> str:
+    return f" {FAILED} {_escape(', '.join(failed))} failed" if failed else ""
 
 
 def _worst_case_cell(worst: Optional[_WorstCase], best: bool) -> str:
@@ -225,9 +242,8 @@ def _headline(experiment: _Experiment, front: set[int]) -> list[str]:
             paper = row.paper(utility)
             cells.append(text if paper is None else f"{text} (paper {_number(paper)})")
         for family in families:
-            cells.append(
-                _worst_case_cell(worst[family][i], _is_best(worst_means[family], i, family.direction == "higher"))
-            )
+            cell = _worst_case_cell(worst[family][i], _is_best(worst_means[family], i, family.direction == "higher"))
+            cells.append(cell + _failed_mark(_failed_adversaries(row, experiment.threat_model, family.metric)))
         for column in costs:
             text = _summary(row.values(lambda r, k=column.key: r.cost.get(k)), column.count, exact=True)
             paper = row.paper(column.key)
@@ -374,6 +390,20 @@ def _notes(experiment: _Experiment) -> list[str]:
         notes.append(
             f"{NOT_CONVERGED} stopped at its maximum budget without converging (its result is a lower bound on "
             f"what this attacker can do): {_escape(', '.join(flagged))}."
+        )
+    failed = sorted(
+        {
+            e.attack
+            for row in experiment.rows
+            for run in row.runs
+            for e in run.entries_of(experiment.threat_model).values()
+            if e.adversary and e.error
+        }
+    )
+    if failed:
+        notes.append(
+            f"{FAILED} failed after training, so it has no result (the record keeps its error); the worst case is over "
+            f"the other attacks and may understate the leakage: {_escape(', '.join(failed))}."
         )
     if any(run.paper for row in experiment.rows for run in row.runs):
         notes.append("Paper values in parentheses (sources under the detail).")
