@@ -283,7 +283,7 @@ class DPSGD(PrivacyModule):
                 f"{sample_rate:.3g} ({error}); raise target_epsilon or delta, or train fewer steps"
             ) from None
 
-    # ------------------------------------------------------------------ resuming: the straight run's batches and epsilon
+    # ------------------------------------------------------------------ resuming: the straight run's batches, epsilon
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         if self._sampler_generator is not None:
