@@ -390,8 +390,9 @@ def _defended(kind):
 
 
 @pytest.mark.parametrize("kind", ["pruned", "dp"])
-def test_shadows_of_a_defended_target_train_by_its_recipe(kind):
+def test_shadows_of_a_defended_target_train_by_its_recipe(kind, caplog):
     module, datamodule = _defended(kind)
+    caplog.clear()
     shadows = ShadowModels(module, 2, torch.Generator().manual_seed(0), torch.device("cpu"))
     assert shadows.recipe == "target" and not shadows.vectorize and shadows.recipe_gap
     images, labels = datamodule.pool("attacker").tensors()
@@ -413,6 +414,8 @@ def test_shadows_of_a_defended_target_train_by_its_recipe(kind):
             )
         else:  # DP-SGD's clipping and noise, its noise multiplier and Poisson-sampled steps
             assert float(shadow.dp_noise_multiplier) == float(module.dp_noise_multiplier) and int(shadow.dp_steps) > 0
+    # K shadow fits print nothing of Lightning's per-Trainer banner into the run's log
+    assert not [r.getMessage() for r in caplog.records if "available" in r.getMessage()], caplog.text
 
 
 @pytest.mark.parametrize("kind", ["pruned", "dp"])

@@ -407,19 +407,20 @@ class ShadowModels:
         generators = self._own_generators or [generator] * self.count
         for model, member, own in zip(self.copies, members, generators):
             data = _ShadowData(images, labels, member, batch_size, transform)
-            trainer = L.Trainer(
-                max_epochs=epochs,
-                accelerator=accelerator,
-                devices=1,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                num_sanity_val_steps=0,
-                limit_val_batches=0,
-                callbacks=[factory() for factory in self.callback_factories],
-            )
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), _quiet_lightning():
+                # built inside the quiet block: a Trainer's construction prints the device banner ("GPU available")
+                trainer = L.Trainer(
+                    max_epochs=epochs,
+                    accelerator=accelerator,
+                    devices=1,
+                    logger=False,
+                    enable_checkpointing=False,
+                    enable_progress_bar=False,
+                    enable_model_summary=False,
+                    num_sanity_val_steps=0,
+                    limit_val_batches=0,
+                    callbacks=[factory() for factory in self.callback_factories],
+                )
                 torch.manual_seed(int(torch.randint(2**31, (1,), generator=own)))
                 trainer.fit(model, data)
             model._trainer = None  # detached: a shadow's trainer is no part of what the attack keeps
