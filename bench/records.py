@@ -1,9 +1,10 @@
 """Result records: one JSON file per evaluation, a typed :class:`Record`, written atomically, read leniently.
 
 The schema is the :class:`Record` model, exported as JSON Schema in ``docs/record.schema.json`` (regenerate it
-with ``python -m bench.records``). A record is validated once when it is built (model construction, which :func:`write_record` does) and
-once when it is read (:func:`read_record`); schema 1 records are read through :func:`migrate_v1`, which adds the
-run facts (``run``) that schema 2 records carry from their evaluation.
+with ``python -m bench.records``). A record is validated once when it is built (model construction,
+which :func:`write_record` does) and once when it is read (:func:`read_record`); schema 1 records are
+read through :func:`migrate_v1`, which adds the run facts (``run``) that schema 2 records carry from
+their evaluation.
 
 Every file is written under a unique name through a temporary file in the same folder and an
 ``os.replace``, so concurrent writers never collide and a reader never sees half a record. A

@@ -1,4 +1,7 @@
-"""The Lightning internals bench relies on (bench/modules/lightning_internals.py) still exist and mean what we assume."""
+"""The Lightning internals bench relies on still exist and mean what we assume.
+
+The list of them: bench/modules/lightning_internals.py.
+"""
 
 from __future__ import annotations
 

@@ -205,7 +205,10 @@ def _text(value: Any) -> str:
 
 
 def _listed(path: Path, reason: str, locations: list[Path], out_dir: Path) -> str:
-    """A left-out or skipped record as a list item; its reason (a label, a problem naming a value) is text, not markup."""
+    """A left-out or skipped record as a list item.
+
+    Its reason (a label, a problem naming a value) is text, not markup.
+    """
     return f"- `{_code(_shown_path(path, locations, out_dir))}`: {_no_markup(reason).replace(chr(10), ' ')}"
 
 
