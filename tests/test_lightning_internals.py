@@ -1,7 +1,4 @@
-"""The Lightning internals bench relies on still exist and mean what we assume.
-
-The list of them: bench/modules/lightning_internals.py.
-"""
+"""The Lightning internals wrapped in bench/modules/lightning_internals.py still exist and mean what we assume."""
 
 from __future__ import annotations
 

@@ -104,8 +104,8 @@ class GradientInversion(Attack):
         model_state: ``trained`` (the evaluated checkpoint) or ``untrained`` (the same network re-initialised
             with the evaluation seed: the stage at which gradients leak most). The paper's semi-trained stage
             (M^s: 10% of the data for 50 epochs, the cost of 5 of F-MNIST's 100 epochs) is an early checkpoint
-            of the run: ``bench evaluate runs/.../checkpoints/epoch=<e>-*.ckpt`` (configs ``ats/*_paper_ig``
-            keep every epoch's checkpoint).
+            of the run: ``bench evaluate runs/.../checkpoints/epoch=<e>-*.ckpt`` (configs
+            ``ats/mnist_shared_paper`` and ``ats/fmnist_convnet_paper`` keep every epoch's checkpoint).
         per_sample: how the dummy gradients of many attacks are formed in one pass: ``grouped`` (the default: the
             attacks as copies of one grouped network, :mod:`bench.batching.grouped_networks`, each copy's weight
             gradient its attack's dummy gradient, a plain double backward of grouped convolutions; where the model
