@@ -125,7 +125,8 @@ def load_checkpoint(
         raise
     except Exception as error:
         raise BenchError(
-            f"cannot restore {method_cls.__name__} from {path} ({type(error).__name__}: {str(error).splitlines()[0][:300]})"
+            f"cannot restore {method_cls.__name__} from {path} "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:300]})"
         ) from error
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -137,7 +138,10 @@ def load_checkpoint(
 
 
 def accepted_kwargs(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments ``cls`` takes (hyper-parameters a base class saved but a subclass fixes are dropped, as Lightning does)."""
+    """The keyword arguments ``cls`` takes.
+
+    Hyper-parameters a base class saved but a subclass fixes are dropped, as Lightning does.
+    """
     import inspect
 
     parameters = inspect.signature(cls.__init__).parameters

@@ -127,7 +127,10 @@ leaderboard (leaderboard/) changes only with --evaluation.records_dir leaderboar
 
 
 def _check_config_files(argv: list[str]) -> None:
-    """A --config file that is not valid YAML: one line naming the file, line and column (jsonargparse says "<unicode string>")."""
+    """A --config file that is not valid YAML: one line naming the file, line and column.
+
+    (jsonargparse would say "<unicode string>".)
+    """
     import yaml
 
     from bench import registry
@@ -281,8 +284,9 @@ def leaderboard_command(argv: list[str]) -> None:
     parser = CommandLineParser(
         prog="bench leaderboard",
         description="Regenerate leaderboard tables and plots from result records.",
-        epilog=f"Without arguments: your own results ({DEFAULT_RECORDS_DIR} -> {DEFAULT_LEADERBOARD_DIR}), where `bench fit` "
-        "writes them. The leaderboard shipped with the suite: `bench leaderboard --records leaderboard/records`.",
+        epilog=f"Without arguments: your own results ({DEFAULT_RECORDS_DIR} -> {DEFAULT_LEADERBOARD_DIR}), "
+        "where `bench fit` writes them. "
+        "The leaderboard shipped with the suite: `bench leaderboard --records leaderboard/records`.",
     )
     parser.add_argument("--records", nargs="+", default=[DEFAULT_RECORDS_DIR], help="record files or folders")
     parser.add_argument(
@@ -306,7 +310,8 @@ def leaderboard_command(argv: list[str]) -> None:
     for file, problem in result.problems:
         print(f"bench: warning: skipped {file}: {problem}", file=sys.stderr)
     print(
-        f"bench: leaderboard of {result.rows} rows written to {result.markdown} ({result.csv}, {len(result.plots)} plots)"
+        f"bench: leaderboard of {result.rows} rows written to {result.markdown} "
+        f"({result.csv}, {len(result.plots)} plots)"
     )
 
 

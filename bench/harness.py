@@ -219,7 +219,10 @@ BUDGET_CHECK_FACTOR = 2
 
 
 def _budget_check(attack: Attack, result, module, datamodule, seed: int) -> dict[str, Any]:
-    """Rerun ``attack`` at twice its budget: a primary metric that still moves means the attacker was not at its plateau."""
+    """Rerun ``attack`` at twice its budget.
+
+    A primary metric that still moves means the attacker was not at its plateau.
+    """
     rerun = attack.with_budget(BUDGET_CHECK_FACTOR).run(module, datamodule, torch.Generator().manual_seed(seed))
     metric = attack.primary_metric
     value, scaled = result.metrics[metric], rerun.metrics[metric]

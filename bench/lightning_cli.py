@@ -102,11 +102,10 @@ def quiet_lightning() -> None:
 
 def run_lightning_cli(argv: list[str]):
     from lightning.fabric.utilities.exceptions import MisconfigurationException
-    from lightning.pytorch.callbacks import ProgressBar
     from lightning.pytorch.cli import LightningCLI
 
     from bench import registry
-    from bench.callbacks.console import EpochLines, RunConfig
+    from bench.callbacks.console import RunConfig
     from bench.callbacks.privacy_evaluation import PrivacyEvaluation
     from bench.datamodules.base import PrivacyDataModule
     from bench.modules.base import PrivacyModule
@@ -131,24 +130,7 @@ def run_lightning_cli(argv: list[str]):
             )
 
         def _parse_ckpt_path(self) -> None:
-            # LightningCLI would apply the checkpoint's hyper-parameters, class paths included, to the parser (which
-            # imports any class path it meets): bench checks the file first and applies only plain values, to the
-            # method the command line chose
-            subcommand = self.config.get("subcommand")
-            ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-            if ckpt_path is None:
-                return
-            configured = getattr(self.config[subcommand].get("model"), "class_path", None)
-            model_class = configured_method(configured)
-            if str(ckpt_path) in CKPT_PATH_KEYWORDS:
-                refuse_shadowed_keyword(str(ckpt_path))
-                return  # Lightning resolves it when the run starts; the file it picks is checked as it is loaded
-            raw = check_resume_checkpoint(str(ckpt_path), model_class)
-            hparams = resumable_hyper_parameters(raw, model_class)
-            if hparams:
-                self.config = self.parser.parse_object(
-                    {subcommand: {"model": {"class_path": configured, "dict_kwargs": hparams}}}, self.config
-                )
+            apply_checkpoint_hyper_parameters(self)
 
         def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
             kwargs = super()._prepare_subcommand_kwargs(subcommand)
@@ -158,54 +140,17 @@ def run_lightning_cli(argv: list[str]):
             return kwargs
 
         def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
-            if config.get("default_root_dir") is not None:
-                writable_folder(str(config["default_root_dir"]), "--trainer.default_root_dir")
-            given = config.get("callbacks") or []
-            given = given if isinstance(given, list) else [given]
-            if (
-                config.get("enable_progress_bar") is not False
-                and not sys.stderr.isatty()
-                and not any(isinstance(callback, ProgressBar) for callback in given)
-            ):
-                # a bar redraws with carriage returns: in a log file or CI, one line per epoch instead
-                config = {**config, "enable_progress_bar": False}
-                callbacks = [*callbacks, EpochLines()]
+            config, callbacks = trainer_arguments(config, callbacks)
             try:
                 return super()._instantiate_trainer(config, callbacks)
             except (MisconfigurationException, ValueError) as error:  # the Trainer's own checks of its arguments
                 raise lightning_refused(error) from error
 
         def before_fit(self) -> None:
-            from bench.loggers import continue_runs
-
-            continue_runs(self.trainer.loggers, self.config[self.subcommand].get("ckpt_path"))  # before W&B starts
-            checkpoint = self.trainer.checkpoint_callback
-            if checkpoint is not None and checkpoint.save_last is None:
-                checkpoint.save_last = True  # checkpoints/last.ckpt, to resume or evaluate without knowing the step
-            for callback in self.trainer.callbacks:
-                if isinstance(callback, PrivacyEvaluation):
-                    callback.run_config = plain(self.config.get(self.subcommand, self.config))
-                    callback.defer_summary = True  # printed by after_fit, after W&B's own closing lines
+            prepare_fit(self)
 
         def after_fit(self) -> None:
-            # the evaluation callbacks wrote their records; the CLI refreshes the leaderboard and closes the run
-            evaluations = [
-                callback
-                for callback in self.trainer.callbacks
-                if isinstance(callback, PrivacyEvaluation) and callback.outcome is not None
-            ]
-            if not evaluations or not self.trainer.is_global_zero:
-                return
-            for callback in evaluations:
-                callback.evaluator().refresh_leaderboard(callback.outcome)
-            import wandb
-
-            if wandb.run is not None:
-                wandb.finish()  # its sync hint now, not after our summary at exit
-            print("\n".join(callback.outcome.summary() for callback in evaluations), flush=True)
-            incomplete = [callback.outcome for callback in evaluations if not callback.outcome.complete]
-            if incomplete:  # a failed attack or an unwritable records folder: exit 1, after the summary
-                raise incomplete[0].incomplete_error()
+            finish_fit(self)
 
     # exit_on_error off: a parser error is raised, and `main` prints its one useful line instead of 60 lines of usage
     default_config = {
@@ -231,6 +176,90 @@ def run_lightning_cli(argv: list[str]):
         )
     finally:
         sys.argv = saved_argv
+
+
+def apply_checkpoint_hyper_parameters(cli) -> None:
+    """``--ckpt_path`` in the CLI's config: the checkpoint's plain hyper-parameters, applied to the method the command
+    line chose.
+
+    LightningCLI would apply the checkpoint's hyper-parameters, class paths included, to the parser (which imports
+    any class path it meets): bench checks the file first and applies only plain values.
+    """
+    subcommand = cli.config.get("subcommand")
+    ckpt_path = cli.config[subcommand].get("ckpt_path") if subcommand else None
+    if ckpt_path is None:
+        return
+    configured = getattr(cli.config[subcommand].get("model"), "class_path", None)
+    model_class = configured_method(configured)
+    if str(ckpt_path) in CKPT_PATH_KEYWORDS:
+        refuse_shadowed_keyword(str(ckpt_path))
+        return  # Lightning resolves it when the run starts; the file it picks is checked as it is loaded
+    raw = check_resume_checkpoint(str(ckpt_path), model_class)
+    hparams = resumable_hyper_parameters(raw, model_class)
+    if hparams:
+        cli.config = cli.parser.parse_object(
+            {subcommand: {"model": {"class_path": configured, "dict_kwargs": hparams}}}, cli.config
+        )
+
+
+def trainer_arguments(config: dict[str, Any], callbacks: list) -> tuple[dict[str, Any], list]:
+    """The Trainer's config and extra callbacks as bench runs it: a writable ``default_root_dir`` (checked here), and
+    one line per epoch instead of a progress bar where stderr is not a terminal."""
+    from lightning.pytorch.callbacks import ProgressBar
+
+    from bench.callbacks.console import EpochLines
+
+    if config.get("default_root_dir") is not None:
+        writable_folder(str(config["default_root_dir"]), "--trainer.default_root_dir")
+    given = config.get("callbacks") or []
+    given = given if isinstance(given, list) else [given]
+    if (
+        config.get("enable_progress_bar") is not False
+        and not sys.stderr.isatty()
+        and not any(isinstance(callback, ProgressBar) for callback in given)
+    ):
+        # a bar redraws with carriage returns: in a log file or CI, one line per epoch instead
+        config = {**config, "enable_progress_bar": False}
+        callbacks = [*callbacks, EpochLines()]
+    return config, callbacks
+
+
+def prepare_fit(cli) -> None:
+    """Before ``fit``: loggers continue a resumed run, ``last.ckpt`` is saved, evaluations know the run's config."""
+    from bench.callbacks.privacy_evaluation import PrivacyEvaluation
+    from bench.loggers import continue_runs
+
+    continue_runs(cli.trainer.loggers, cli.config[cli.subcommand].get("ckpt_path"))  # before W&B starts
+    checkpoint = cli.trainer.checkpoint_callback
+    if checkpoint is not None and checkpoint.save_last is None:
+        checkpoint.save_last = True  # checkpoints/last.ckpt, to resume or evaluate without knowing the step
+    for callback in cli.trainer.callbacks:
+        if isinstance(callback, PrivacyEvaluation):
+            callback.run_config = plain(cli.config.get(cli.subcommand, cli.config))
+            callback.defer_summary = True  # printed by finish_fit, after W&B's own closing lines
+
+
+def finish_fit(cli) -> None:
+    """After ``fit``: the evaluation callbacks wrote their records; refresh the leaderboard and close the run."""
+    from bench.callbacks.privacy_evaluation import PrivacyEvaluation
+
+    evaluations = [
+        callback
+        for callback in cli.trainer.callbacks
+        if isinstance(callback, PrivacyEvaluation) and callback.outcome is not None
+    ]
+    if not evaluations or not cli.trainer.is_global_zero:
+        return
+    for callback in evaluations:
+        callback.evaluator().refresh_leaderboard(callback.outcome)
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()  # its sync hint now, not after our summary at exit
+    print("\n".join(callback.outcome.summary() for callback in evaluations), flush=True)
+    incomplete = [callback.outcome for callback in evaluations if not callback.outcome.complete]
+    if incomplete:  # a failed attack or an unwritable records folder: exit 1, after the summary
+        raise incomplete[0].incomplete_error()
 
 
 def lightning_refused(error: Exception) -> BenchError:

@@ -1,9 +1,10 @@
 """Result records: one JSON file per evaluation, a typed :class:`Record`, written atomically, read leniently.
 
 The schema is the :class:`Record` model, exported as JSON Schema in ``docs/record.schema.json`` (regenerate it
-with ``python -m bench.records``). A record is validated once when it is built (model construction, which :func:`write_record` does) and
-once when it is read (:func:`read_record`); schema 1 records are read through :func:`migrate_v1`, which adds the
-run facts (``run``) that schema 2 records carry from their evaluation.
+with ``python -m bench.records``). A record is validated once when it is built (model construction,
+which :func:`write_record` does) and once when it is read (:func:`read_record`); schema 1 records are
+read through :func:`migrate_v1`, which adds the run facts (``run``) that schema 2 records carry from
+their evaluation.
 
 Every file is written under a unique name through a temporary file in the same folder and an
 ``os.replace``, so concurrent writers never collide and a reader never sees half a record. A
@@ -114,18 +115,36 @@ def _check_structure(record: Any) -> None:
 def _validate(record: Any) -> None:
     if not isinstance(record, dict):
         raise RecordError(f"a record is a JSON object, got {type(record).__name__}")
+    _check_required_keys(record)
+    version = record["schema_version"]
+    _check_schema_version(version)
+    _check_setting(record)
+    _check_results(record)
+    for index, entry in enumerate(record["privacy"]):
+        _check_privacy_entry(entry, f"privacy[{index}]")
+    if version >= 2:
+        _check_run_facts(record.get("run"))
+
+
+def _check_required_keys(record: dict) -> None:
     for key, kind in _REQUIRED.items():
         if key not in record:
             raise RecordError(f"missing key '{key}'")
         if not isinstance(record[key], kind) or isinstance(record[key], bool):
             raise RecordError(f"'{key}' must be {getattr(kind, '__name__', kind)}, got {type(record[key]).__name__}")
-    version = record["schema_version"]
+
+
+def _check_schema_version(version: int) -> None:
     if version > SCHEMA_VERSION:
         raise RecordError(f"schema version {version} is newer than this bench ({SCHEMA_VERSION}); upgrade bench")
     if version not in SUPPORTED_SCHEMA_VERSIONS:
         raise RecordError(
             f"schema version {version} is not supported (this bench reads {sorted(SUPPORTED_SCHEMA_VERSIONS)})"
         )
+
+
+def _check_setting(record: dict) -> None:
+    """What was run: method, dataset, seeds, training, config and paper."""
     method, dataset = record["method"], record["dataset"]
     for key in ("name", "label"):
         _expect(method.get(key), str, f"method.{key}")
@@ -144,33 +163,36 @@ def _validate(record: Any) -> None:
     paper = record.get("paper")
     _expect(paper, (dict, type(None)), "paper")
     _expect((paper or {}).get("source"), (str, type(None)), "paper.source")
+
+
+def _check_results(record: dict) -> None:
+    """Utility, cost and artifacts (the privacy entries are checked one by one)."""
     for section in ("utility", "cost"):
         _check_numbers(record[section], section)
     _expect(record["utility"].get("accuracy"), (int, float, type(None)), "utility.accuracy")
     _expect(record["utility"].get("degenerate", False), bool, "utility.degenerate")
     _expect(record.get("artifacts", {}), dict, "artifacts")
-    for index, entry in enumerate(record["privacy"]):
-        where = f"privacy[{index}]"
-        if not isinstance(entry, dict):
-            raise RecordError(f"{where} must be an object")
-        for key in ("attack", "threat_model", "metrics", "directions"):
-            if key not in entry:
-                raise RecordError(f"{where} is missing '{key}'")
-        for key in ("attack", "threat_model"):
-            _expect(entry[key], str, f"{where}.{key}")
-        _expect(entry.get("primary_metric"), (str, type(None)), f"{where}.primary_metric")
-        _expect(entry.get("config"), (dict, type(None)), f"{where}.config")
-        _check_numbers(entry["metrics"], f"{where}.metrics")
-        if entry.get("role", "adversary") not in ("adversary", "diagnostic"):
-            raise RecordError(f"{where}.role must be 'adversary' or 'diagnostic', got {entry.get('role')!r}")
-        if not isinstance(entry["directions"], dict):
-            raise RecordError(f"{where}.directions must be an object, got {type(entry['directions']).__name__}")
-        bad = {m: d for m, d in entry["directions"].items() if d not in ("higher", "lower")}
-        if bad:
-            raise RecordError(f"{where}.directions must be 'higher' or 'lower', got {bad}")
-        _expect(entry.get("error"), (str, type(None)), f"{where}.error")
-    if version >= 2:
-        _check_run_facts(record.get("run"))
+
+
+def _check_privacy_entry(entry: Any, where: str) -> None:
+    if not isinstance(entry, dict):
+        raise RecordError(f"{where} must be an object")
+    for key in ("attack", "threat_model", "metrics", "directions"):
+        if key not in entry:
+            raise RecordError(f"{where} is missing '{key}'")
+    for key in ("attack", "threat_model"):
+        _expect(entry[key], str, f"{where}.{key}")
+    _expect(entry.get("primary_metric"), (str, type(None)), f"{where}.primary_metric")
+    _expect(entry.get("config"), (dict, type(None)), f"{where}.config")
+    _check_numbers(entry["metrics"], f"{where}.metrics")
+    if entry.get("role", "adversary") not in ("adversary", "diagnostic"):
+        raise RecordError(f"{where}.role must be 'adversary' or 'diagnostic', got {entry.get('role')!r}")
+    if not isinstance(entry["directions"], dict):
+        raise RecordError(f"{where}.directions must be an object, got {type(entry['directions']).__name__}")
+    bad = {m: d for m, d in entry["directions"].items() if d not in ("higher", "lower")}
+    if bad:
+        raise RecordError(f"{where}.directions must be 'higher' or 'lower', got {bad}")
+    _expect(entry.get("error"), (str, type(None)), f"{where}.error")
 
 
 def _check_run_facts(run: Any) -> None:

@@ -156,7 +156,8 @@ def main() -> None:
         vmap_time, vmap_images = result["vmap"]
         difference = (batched - sequential).abs()
         print(
-            f"| {threads} | {count} | {sequential_time:.2f} | {batched_time:.2f} | {vmap_time:.2f} | {unfold_time:.2f} | "
+            f"| {threads} | {count} | {sequential_time:.2f} | {batched_time:.2f} | {vmap_time:.2f} | "
+            f"{unfold_time:.2f} | "
             f"{floor_time:.2f} | {sequential_time / batched_time:.2f}x | {batched_time / floor_time:.2f}x | "
             f"{vmap_time / floor_time:.2f}x | {difference.max().item():.1e}, {difference.median().item():.1e} | "
             f"{(vmap_images - sequential).abs().max().item():.1e} |",
@@ -193,7 +194,8 @@ def main() -> None:
         (ours_time, ours), (plain_time, plain) = single["bench"], single["plain"]
         print(
             f"one attack, {threads} thread(s): bench {ours_time:.2f} s | plain single-attack loop {plain_time:.2f} s | "
-            f"plain / bench {plain_time / ours_time:.2f}x | max pixel difference {(ours[0] - plain).abs().max().item():.1e}"
+            f"plain / bench {plain_time / ours_time:.2f}x | "
+            f"max pixel difference {(ours[0] - plain).abs().max().item():.1e}"
         )
 
 

@@ -93,7 +93,10 @@ def run(command: list[str]) -> None:
 
 
 def search_summary(settings: dict, evaluated: int, hybrid: str) -> str:
-    return f"search: {settings['passed_t_acc']} of {evaluated} candidates passed T_acc = {settings['t_acc']}; hybrid {hybrid}"
+    return (
+        f"search: {settings['passed_t_acc']} of {evaluated} candidates passed T_acc = {settings['t_acc']}; "
+        f"hybrid {hybrid}"
+    )
 
 
 def psnr_cell(entry: dict) -> str:

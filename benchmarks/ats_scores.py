@@ -17,8 +17,9 @@ For each network (the 8-layer ConvNet and ResNet-20 on 28x28 one-channel images)
 
 All score the already transformed images (the policy's own cost is the same for all and not part of the
 score). Times are medians of alternating repeats (``--clock cpu``: CPU time, steadier when other jobs load the
-machine); every value must agree with the loop's within 1e-5 (the last column: the largest difference). In float32 the batched computations round differently from the batch-1 loop (oneDNN
-picks other kernels), and where an activation sits within rounding of a ReLU's kink the gradient jumps: on 2
+machine); every value must agree with the loop's within 1e-5 (the last column: the largest difference).
+In float32 the batched computations round differently from the batch-1 loop (oneDNN picks other
+kernels), and where an activation sits within rounding of a ReLU's kink the gradient jumps: on 2
 images one point's cosine moved by 3e-4 that way, 8e-6 on S_pri, identically for every batched method;
 ``--dtype float64`` shows the agreement without it. ``--variant paper`` times Eq. 7 as printed instead of the
 authors' computation.
@@ -124,7 +125,8 @@ def main() -> None:
     floor_inputs = torch.cat([interpolation_points(starts, targets, args.points, args.variant).flatten(0, 1), targets])
     floor_labels = torch.cat([labels.repeat_interleave(len(steps)), labels])
     print(
-        f"S_pri ({args.variant}): {args.images} images x {len(steps) + 1} gradients ({len(steps)} points + the target), "
+        f"S_pri ({args.variant}): {args.images} images x {len(steps) + 1} gradients "
+        f"({len(steps)} points + the target), "
         f"policy {policy}, {args.size}x{args.size}, device {device}, {args.dtype}, {args.clock} time"
     )
     others = ["vmap"] + (["unfold"] if args.unfold else [])
@@ -190,8 +192,8 @@ def main() -> None:
             )
             (fast, fast_value), (slow, slow_value) = result["vectorized"], result["loop"]
             print(
-                f"  {network} (width {width}), {threads} thread(s): vectorized {fast * 1e3:.1f} ms | loop {slow * 1e3:.1f} ms "
-                f"| x{slow / fast:.2f} | S_acc {fast_value:.4f} vs {slow_value:.4f}",
+                f"  {network} (width {width}), {threads} thread(s): vectorized {fast * 1e3:.1f} ms "
+                f"| loop {slow * 1e3:.1f} ms | x{slow / fast:.2f} | S_acc {fast_value:.4f} vs {slow_value:.4f}",
                 flush=True,
             )
 

@@ -1,4 +1,6 @@
-"""Table 2 of Wang et al. (AAAI 2024) on the real MNIST test set: how much Algorithm 1's noisy images look like the originals.
+"""Table 2 of Wang et al. (AAAI 2024) on the real MNIST test set.
+
+How much Algorithm 1's noisy images look like the originals.
 
 For the training pool of ``dcmg/mnist_shared_*`` (the same pools and lambda_noise = 2), prints the largest
 and the mean PSNR, SSIM and FSIM (piq) between the originals and (a) the images with eta_c alone, as the paper's

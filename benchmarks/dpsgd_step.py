@@ -7,7 +7,8 @@ one thread setting, every path warmed up first, then alternated ``--repeats`` ti
 * hooks:        Opacus's ``GradSampleHooks`` + ``DPOptimizer`` (``DPSGD``'s default, ``grad_sample_mode: hooks``);
 * functorch:    the same with per-sample gradients from ``torch.func`` inside Opacus (``grad_sample_mode: functorch``);
 * ghost:        ghost clipping, per-sample gradient norms then a re-weighted second backward
-                (``GradSampleHooksFastGradientClipping`` + ``DPOptimizerFastGradientClipping``, ``grad_sample_mode: ghost``);
+                (``GradSampleHooksFastGradientClipping`` + ``DPOptimizerFastGradientClipping``,
+                ``grad_sample_mode: ghost``);
 * hand-written: bench's step before issue 25, ``vmap(grad(...))`` over ``functional_call``, clipping,
                 noise and the division by hand (kept here only as the reference it was measured against).
 

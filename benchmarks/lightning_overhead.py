@@ -119,7 +119,8 @@ def main() -> None:
     )
     print(f"plain PyTorch epoch: median {statistics.median(plain):.3f} s  ({', '.join(f'{t:.3f}' for t in plain)})")
     print(
-        f"Lightning epoch:     median {statistics.median(lightning):.3f} s  ({', '.join(f'{t:.3f}' for t in lightning)})"
+        f"Lightning epoch:     median {statistics.median(lightning):.3f} s  "
+        f"({', '.join(f'{t:.3f}' for t in lightning)})"
     )
     print(f"ratio Lightning / plain: {statistics.median(lightning) / statistics.median(plain):.3f} (target <= 1.10)")
     if not args.skip_quickstart:

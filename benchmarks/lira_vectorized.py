@@ -74,10 +74,12 @@ def main() -> None:
             times[vectorize].append(seconds)
     vectorized, sequential = statistics.median(times[True]), statistics.median(times[False])
     print(
-        f"vectorized (vmap over stacked parameters): {vectorized:.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times[True])})"
+        f"vectorized (vmap over stacked parameters): {vectorized:.2f} s  "
+        f"(runs: {', '.join(f'{t:.2f}' for t in times[True])})"
     )
     print(
-        f"one model at a time:                       {sequential:.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times[False])})"
+        f"one model at a time:                       {sequential:.2f} s  "
+        f"(runs: {', '.join(f'{t:.2f}' for t in times[False])})"
     )
     print(f"speed-up (sequential / vectorized): {sequential / vectorized:.2f}x")
     print(

@@ -94,7 +94,8 @@ def main() -> None:
         torch.randint(0, 10, (size,), generator=generator),
     )
     print(
-        f"LeNet-5 on 28x28 on {device}, {args.steps} steps of batch {args.batch_size}, {torch.get_num_threads()} thread(s), "
+        f"LeNet-5 on 28x28 on {device}, {args.steps} steps of batch {args.batch_size}, "
+        f"{torch.get_num_threads()} thread(s), "
         f"medians of {args.repeats}"
     )
     for count in args.shadows:

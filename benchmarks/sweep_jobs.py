@@ -108,7 +108,8 @@ def main() -> None:
                     os.chdir(home)
     threads = args.threads or f"cores // jobs ({available_cores()} cores)"
     print(
-        f"4-point sweep (DNN on digits, {args.epochs} epochs, pool_limit {args.pool_limit}, feature inversion 5 epochs), "
+        f"4-point sweep (DNN on digits, {args.epochs} epochs, pool_limit {args.pool_limit}, "
+        "feature inversion 5 epochs), "
         f"OMP_NUM_THREADS: {threads}; 1-minute load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} "
         f"at the end, on {available_cores()} cores"
     )

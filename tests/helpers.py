@@ -32,8 +32,8 @@ class StepRecorder:
     """Records, for every optimizer step, its name and which of ``recorded_parts`` changed their weights.
 
     For methods whose optimizer steps all go through ``manual_step(optimizer, loss, name)`` (RAN, MCMIA's
-    Min-Max, ComplexNet): ``class _Recording(StepRecorder, RAN): recorded_parts = ("encoder", ...)`` (a leading underscore keeps
-    such test classes out of the registry).
+    Min-Max, ComplexNet): ``class _Recording(StepRecorder, RAN): recorded_parts = ("encoder", ...)``
+    (a leading underscore keeps such test classes out of the registry).
     """
 
     recorded_parts: tuple[str, ...] = ()

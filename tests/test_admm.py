@@ -108,14 +108,14 @@ def test_the_augmented_lagrangian_gradient_equals_adding_the_term_to_the_loss():
     module = TinyNet()
     admm = ADMMPruning(sparsity=0.5, rho=0.3)
     admm._layers = admm.layers(module)
-    admm.Z = {n: torch.randn_like(l.weight) for n, l in admm._layers.items()}
-    admm.U = {n: torch.randn_like(l.weight) for n, l in admm._layers.items()}
+    admm.Z = {n: torch.randn_like(layer.weight) for n, layer in admm._layers.items()}
+    admm.U = {n: torch.randn_like(layer.weight) for n, layer in admm._layers.items()}
     x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))
     optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
 
-    penalty = sum(0.3 / 2 * (l.weight - admm.Z[n] + admm.U[n]).square().sum() for n, l in admm._layers.items())
+    penalty = sum(0.3 / 2 * (layer.weight - admm.Z[n] + admm.U[n]).square().sum() for n, layer in admm._layers.items())
     (F.cross_entropy(module(x), y) + penalty).backward()
-    expected = {n: l.weight.grad.clone() for n, l in admm._layers.items()}
+    expected = {n: layer.weight.grad.clone() for n, layer in admm._layers.items()}
     module.zero_grad()
     F.cross_entropy(module(x), y).backward()
     admm.on_before_optimizer_step(None, module, optimizer)

@@ -74,7 +74,8 @@ def _is_class(value: Any) -> bool:
 
 
 def _restated(setting: dict[str, Any], before: dict[str, Any], defaults: dict[str, Any], where: str) -> list[str]:
-    """Keys of ``setting`` whose value is what ``before`` (the pieces under it) or ``defaults`` (the class) already give.
+    """Keys of ``setting`` whose value is what ``before`` (the pieces under it) or ``defaults`` (the class)
+    already give.
 
     A class node (``class_path``/``init_args``) recurses into its init arguments; without a ``class_path`` it
     adds to the class chosen before it. A class chosen on top of another keeps the arguments of the first that

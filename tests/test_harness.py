@@ -122,7 +122,7 @@ def test_mirror_decoder_falls_back_when_the_client_cannot_be_mirrored(digits):
     assert evaluation.privacy[0]["config"]["decoder"] == "mirror"
 
 
-# ----------------------------------------------------------------------------- the evaluator: one failure costs nothing else
+# ------------------------------------------------------------------ the evaluator: one failure costs nothing else
 class _Failing(FeatureInversion):
     """An attack that raises after training, as NasrAttack once did: the other attacks' results must survive."""
 

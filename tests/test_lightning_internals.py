@@ -1,4 +1,4 @@
-"""The Lightning internals bench relies on (bench/modules/lightning_internals.py) still exist and mean what we assume."""
+"""The Lightning internals wrapped in bench/modules/lightning_internals.py still exist and mean what we assume."""
 
 from __future__ import annotations
 

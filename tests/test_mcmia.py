@@ -40,7 +40,7 @@ def test_lenet5_on_mnist_has_the_papers_60k_weights():
 
 def test_inference_model_has_nasrs_architecture_and_init():
     h = InferenceModel(num_classes=100)
-    widths = [(l.in_features, l.out_features) for l in h.modules() if isinstance(l, torch.nn.Linear)]
+    widths = [(layer.in_features, layer.out_features) for layer in h.modules() if isinstance(layer, torch.nn.Linear)]
     assert widths == [(100, 1024), (1024, 512), (512, 64), (100, 512), (512, 64), (128, 256), (256, 64), (64, 1)]
     assert h.prediction[0].weight.std().item() == pytest.approx(0.01, rel=0.05)
     assert h(torch.rand(3, 100).softmax(1), torch.tensor([0, 5, 99])).shape == (3,)

@@ -68,7 +68,8 @@ def write_fake_celeba(root: Path, splits: list[int], size: tuple[int, int] = (20
         f"{len(names)}\nimage_id x_1 y_1 width height\n" + "".join(f"{name} 1 2 10 12\n" for name in names)
     )
     (folder / "list_landmarks_align_celeba.txt").write_text(
-        f"{len(names)}\nlefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y\n"
+        f"{len(names)}\n"
+        "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y\n"
         + "".join(f"{name} " + " ".join(["5"] * 10) + "\n" for name in names)
     )
     return codes
@@ -218,7 +219,10 @@ def test_a_method_that_trains_on_classes_only_refuses_attributes():
 
 
 class _DigitAttributes(Digits):
-    """The 8x8 digits with three binary attributes of their class instead of the class (a learnable multi-label task)."""
+    """The 8x8 digits with three binary attributes of their class instead of the class.
+
+    A learnable multi-label task.
+    """
 
     name = "digit_attributes"
     task = "multilabel"
@@ -371,7 +375,8 @@ def test_the_cub_config_reads_the_archive_through_the_cli(tmp_path, monkeypatch)
             "--trainer.enable_progress_bar",
             "false",
             "--evaluation.attacks",
-            '[{"class_path": "FeatureInversion", "init_args": {"decoder": "upsampling", "epochs": 1, "progress": false}}]',
+            '[{"class_path": "FeatureInversion", '
+            '"init_args": {"decoder": "upsampling", "epochs": 1, "progress": false}}]',
             "--evaluation.leaderboard_dir",
             "null",
         ]

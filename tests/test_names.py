@@ -247,7 +247,8 @@ def test_a_claim_that_selects_a_setting_by_a_retired_name_selects_it_by_the_new_
 claims:
   - claim: noisy features at gamma 1.0
     paper: 1
-    check: {left: {method: ComplexNetBaseline, where: {gamma: 1.0, network: lenet}, value: utility.accuracy}, op: ">", right: 0}
+    check: {left: {method: ComplexNetBaseline, where: {gamma: 1.0, network: lenet}, value: utility.accuracy},
+            op: ">", right: 0}
 """
     with pytest.warns(BenchDeprecationWarning, match="deprecated names"):
         claims = parse_claims(text)

@@ -401,7 +401,10 @@ def test_slurm_path_through_submitits_debug_executor(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------- the shipped tiny sweep
 @pytest.mark.slow
 def test_tiny_sweep_fills_the_leaderboard_with_the_trade_off(tmp_path):
-    attacks = '[{"class_path": "FeatureInversion", "init_args": {"epochs": 2, "progress": false}}, {"class_path": "OwnDecoder"}]'
+    attacks = (
+        '[{"class_path": "FeatureInversion", "init_args": {"epochs": 2, "progress": false}}, '
+        '{"class_path": "OwnDecoder"}]'
+    )
     run = subprocess.run(
         [
             sys.executable,

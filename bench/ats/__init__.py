@@ -1,4 +1,4 @@
-"""ATS's automatic transformation search: the privacy and accuracy scores (here) and Algorithm 1 (``bench.ats.search``)."""
+"""ATS's automatic transformation search: privacy and accuracy scores (here) and Algorithm 1 (``bench.ats.search``)."""
 
 from bench.ats.scores import (
     accuracy_score,

@@ -1,4 +1,4 @@
-"""Algorithm 1 of ATS (Gao et al., CVPR 2021): random search for privacy-preserving transformation policies.
+r"""Algorithm 1 of ATS (Gao et al., CVPR 2021): random search for privacy-preserving transformation policies.
 
 Sample C_max policies of up to 3 library transformations; drop those whose accuracy score S_acc
 (on a randomly initialised model M^r) is below T_acc; keep the n with the lowest privacy score S_pri
@@ -10,7 +10,8 @@ independent, so a file searched on one dataset is used on another (the paper's t
 Run it (progress is printed for every policy)::
 
     python -m bench.ats.search --data Digits --c_max 50 --output policies/digits.json
-    python -m bench.ats.search --data LocalFolder --data_dir ../shared/datasets/mnist --t_acc -12 --output policies/mnist.json
+    python -m bench.ats.search --data LocalFolder --data_dir ../shared/datasets/mnist --t_acc -12 \
+        --output policies/mnist.json
 """
 
 from __future__ import annotations
@@ -324,7 +325,8 @@ def main(argv: Optional[Sequence[str]] = None) -> SearchResult:
         s_pri = "filtered" if entry.s_pri is None else f"S_pri {entry.s_pri:.4f}"
         best = ", ".join(f"{s.policy}" for s in sorted(selected, key=lambda s: s.s_pri)[:3])
         print(
-            f"ats search [{i + 1}/{args.c_max}] {str(entry.policy):<9} S_acc {entry.s_acc:9.3f} {s_pri:<15} best: {best}",
+            f"ats search [{i + 1}/{args.c_max}] {str(entry.policy):<9} S_acc {entry.s_acc:9.3f} "
+            f"{s_pri:<15} best: {best}",
             flush=True,
         )
 

@@ -9,9 +9,10 @@ Variants, named "optimizer+distance" as in ATS (section 5.1, Table 2): Inverting
 (Geiping et al.; Adam + cosine + total variation 1e-4, signed gradients, learning rate divided by
 10 at 3/8, 5/8, 7/8 of the iterations, images kept in [0, 1]); DLG (Zhu et al.; L-BFGS + L2); and
 LBFGS+cosine, Adam+L1, Adam+L2, SGD+cosine. Labels are recovered from the last layer's gradient
-(iDLG, Zhao et al., or by counts with repeats: bench.attacks.label_recovery) or given. Initialisation is uniform noise or all black (ATS Table 7's adaptive
-attack). Reconstructions are scored by PSNR and SSIM against the image the participant actually
-trained on (the transformed image: the paper's definition) and against the original image.
+(iDLG, Zhao et al., or by counts with repeats: bench.attacks.label_recovery) or given. Initialisation
+is uniform noise or all black (ATS Table 7's adaptive attack). Reconstructions are scored by PSNR and
+SSIM against the image the participant actually trained on (the transformed image: the paper's
+definition) and against the original image.
 
 Many independent attacks (targets x restarts) run as one optimisation: the dummy gradients of all
 of them come from one pass with batch-norm in eval mode (the attacks as copies of one grouped network
@@ -103,8 +104,8 @@ class GradientInversion(Attack):
         model_state: ``trained`` (the evaluated checkpoint) or ``untrained`` (the same network re-initialised
             with the evaluation seed: the stage at which gradients leak most). The paper's semi-trained stage
             (M^s: 10% of the data for 50 epochs, the cost of 5 of F-MNIST's 100 epochs) is an early checkpoint
-            of the run: ``bench evaluate runs/.../checkpoints/epoch=<e>-*.ckpt`` (configs ``ats/*_paper_ig``
-            keep every epoch's checkpoint).
+            of the run: ``bench evaluate runs/.../checkpoints/epoch=<e>-*.ckpt`` (configs
+            ``ats/mnist_shared_paper`` and ``ats/fmnist_convnet_paper`` keep every epoch's checkpoint).
         per_sample: how the dummy gradients of many attacks are formed in one pass: ``grouped`` (the default: the
             attacks as copies of one grouped network, :mod:`bench.batching.grouped_networks`, each copy's weight
             gradient its attack's dummy gradient, a plain double backward of grouped convolutions; where the model
@@ -162,7 +163,8 @@ class GradientInversion(Attack):
             raise BenchError(f"tv (total-variation weight) must be non-negative, got {tv}")
         if labels not in LABELS:
             raise BenchError(
-                f"labels must be one of {list(LABELS)} (recover: iDLG, or LLG's counts at batch size > 1), got '{labels}'"
+                f"labels must be one of {list(LABELS)} (recover: iDLG, or LLG's counts at batch size > 1), "
+                f"got '{labels}'"
             )
         if per_sample not in PER_SAMPLE:
             raise BenchError(
@@ -268,7 +270,8 @@ class GradientInversion(Attack):
     def _invert_or_reuse(self, model, targets: dict[str, Tensor], labels: Tensor, init: Tensor):
         """:meth:`invert`, unless the attack run just before this one on the same model had the same targets,
         labels, start and settings (labels given, then recovered, and recovered right): the optimisation would be
-        the same, so its result is reused (the record names that attack). Returns ((images, distances), name or None)."""
+        the same, so its result is reused (the record names that attack).
+        Returns ((images, distances), name or None)."""
         settings = (
             self.optimizer,
             self.distance,

@@ -84,7 +84,10 @@ def best_threshold(scores: Tensor, is_member: Tensor) -> float:
 
 
 def target_queries(datamodule, max_queries: Optional[int], generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-    """Members (train pool) and non-members (nonmember pool), at most ``max_queries`` of each: images, labels, is_member."""
+    """Members (train pool) and non-members (nonmember pool), at most ``max_queries`` of each.
+
+    Returns images, labels, is_member.
+    """
     parts = []
     for pool, member in (("train", 1), ("nonmember", 0)):
         images, labels = datamodule.pool(pool).tensors()

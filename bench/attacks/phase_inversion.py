@@ -353,7 +353,10 @@ class PhaseInversion(_PhaseAttack):
         self.critic_epochs, self.critic_lr, self.grid = critic_epochs, critic_lr, grid
 
     def fit_estimator(self, real, released, theta, generator):
-        """Logistic D': real features a against Re[x exp(-i theta')] at angles theta' at least one grid step from theta*."""
+        """Logistic D': real features a against Re[x exp(-i theta')].
+
+        The angles theta' are at least one grid step from theta*.
+        """
         train, validation = validation_split(len(real), self.validation_fraction, generator)
         with torch.random.fork_rng(devices=[]):  # initial weights follow the harness's seed
             torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))

@@ -104,7 +104,10 @@ class RMIA(MembershipInference):
         self.offline_a = offline_a
 
     def _simulate(self, probabilities: Tensor, members: Tensor, z: Tensor, a: Optional[float]) -> tuple[Tensor, Tensor]:
-        """Reference model 0 plays the target on the attacker pool: (scores, its membership) where some other model is OUT."""
+        """Reference model 0 plays the target on the attacker pool.
+
+        Returns (scores, its membership) where some other model is OUT.
+        """
         target, others, inside = probabilities[0], probabilities[1:], members[1:]
         usable = (~inside).sum(0) >= 1
         p = population_probability(others, inside, a)

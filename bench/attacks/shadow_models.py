@@ -98,7 +98,10 @@ def _first_optimizer(module) -> tuple[type, dict[str, Any]]:
 
 
 def _schedulers_or_none(module) -> Optional[bool]:
-    """Whether the module's ``configure_optimizers`` returns learning-rate schedulers (None: it needs a Trainer to say)."""
+    """Whether the module's ``configure_optimizers`` returns learning-rate schedulers.
+
+    None: it needs a Trainer to say.
+    """
     try:
         configured = module.configure_optimizers()
     except (RuntimeError, AttributeError):
@@ -188,7 +191,10 @@ def _quiet_lightning():
 
 
 class _ShadowData(L.LightningDataModule):
-    """One shadow's data as the bench pools a method may ask for: its members, and its out-samples as the reference set."""
+    """One shadow's data as the bench pools a method may ask for.
+
+    Its members, and its out-samples as the reference set.
+    """
 
     def __init__(self, images: Tensor, labels: Tensor, members: Tensor, batch_size: int, transform=None) -> None:
         super().__init__()
@@ -217,7 +223,9 @@ class _ShadowData(L.LightningDataModule):
 
 
 class ShadowModels:
-    """``count`` untrained copies of the target (``module.fresh_copy()``), trained by the target's recipe or the plain one.
+    """``count`` untrained copies of the target (``module.fresh_copy()``).
+
+    They are trained by the target's recipe or the plain one.
 
     Plain recipe: parameters of the copies are stacked along a leading model dimension; a forward
     is one grouped network (``grouped=True`` and the network has a grouped form that gives the
@@ -354,7 +362,9 @@ class ShadowModels:
         generator: torch.Generator,
         transform=None,
     ) -> Tensor:
-        """Train copy m on ``images[members[m]]`` for ``epochs`` epochs; returns the (count, N) mask each copy trained on.
+        """Train copy m on ``images[members[m]]`` for ``epochs`` epochs.
+
+        Returns the (count, N) mask each copy trained on.
 
         The plain recipe gives every copy the same number of samples (the smallest member set: larger
         ones lose their last members, which the returned mask leaves out). ``transform``: the target's

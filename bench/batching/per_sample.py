@@ -177,86 +177,7 @@ def gradient_statistics(
     references = torch.as_tensor(references, device=inputs.device)
     if references.shape != (count,) or int(references.min()) < 0 or int(references.max()) >= count:
         raise ValueError(f"references must index the {count} samples, one per sample")
-    unique, slot = torch.unique(references, return_inverse=True)  # slot[i]: where sample i's reference sits in unique
-    is_reference = torch.zeros(count, dtype=torch.bool, device=inputs.device)
-    is_reference[unique] = True
-    unique_at, own_slots = _as_slice(unique), slot[unique]
-    # the other samples by reference (a dot product with one vector is a matrix-vector product: no gathered copies)
-    dependents = [
-        (r, _as_slice((slot == r).logical_and(~is_reference).nonzero().flatten())) for r in range(len(unique))
-    ]
-    dependents = [(r, members) for r, members in dependents if not isinstance(members, Tensor) or len(members)]
-    dots: dict[int, Tensor] = {}
-    squares: dict[int, Tensor] = {}
-
-    def squared_norms(gradients: Tensor) -> Tensor:
-        return torch.linalg.vector_norm(gradients, dim=1).square()
-
-    pending: list[tuple[nn.Parameter, Tensor]] = []  # small tensors' gradients, reduced together at the end
-
-    def whole(parameter: nn.Parameter, gradients: Tensor) -> None:
-        """Every sample's (M, numel) gradients at once."""
-        if gradients.shape[1] <= SMALL:
-            pending.append((parameter, gradients))
-            return
-        dot = gradients.new_empty(count)
-        own = gradients[unique_at]
-        dot[unique_at] = torch.linalg.vecdot(own, own[own_slots])
-        for r, members in dependents:
-            dot[members] = gradients[members] @ own[r]
-        dots[id(parameter)], squares[id(parameter)] = dot, squared_norms(gradients)
-
-    def chunked(parameter: nn.Parameter, form, chunk: int) -> None:
-        """``form(at)``: the (samples, numel) gradients of the samples ``at`` (a slice or an index), the references'
-        first, then each reference's dependents in chunks of at most ``chunk``."""
-        if chunk >= count:
-            whole(parameter, form(slice(0, count)))
-            return
-        dot, square = inputs.new_empty(count), inputs.new_empty(count)
-        own = form(unique_at)
-        dot[unique_at] = torch.linalg.vecdot(own, own[own_slots])
-        square[unique_at] = squared_norms(own)
-        for r, members in dependents:
-            runs = range(members.start, members.stop) if isinstance(members, slice) else members
-            for start in range(0, len(runs), chunk):
-                at = runs[start : start + chunk]
-                at = slice(at.start, at.stop) if isinstance(at, range) else _as_slice(at)
-                gradients = form(at)
-                dot[at] = gradients @ own[r]
-                square[at] = squared_norms(gradients)
-        dots[id(parameter)], squares[id(parameter)] = dot, square
-
-    def statistics(layer: nn.Module, a: Tensor, delta: Tensor) -> None:
-        """The statistics of ``layer``'s parameters from its input ``a`` and the gradient ``delta`` of its output."""
-        if isinstance(layer, nn.Conv2d):
-            chunk, grouped = max(1, chunk_elements // layer.weight.numel()), {}
-            chunked(layer.weight, lambda at: _conv_weight_gradients(layer, a[at], delta[at], grouped), chunk)
-            if layer.bias is not None:
-                whole(layer.bias, delta.sum((2, 3)))
-        elif isinstance(layer, nn.Linear):
-            a, delta = a.reshape(count, -1, a.shape[-1]), delta.reshape(count, -1, delta.shape[-1])
-            whole(layer.weight, torch.bmm(delta.transpose(1, 2), a).flatten(1))
-            if layer.bias is not None:
-                whole(layer.bias, delta.sum(1))
-        elif layer.weight is not None:  # eval-mode batch-norm y = gamma x_hat + beta: sum_p delta x_hat and sum_p delta
-            # per (sample, channel) in one batch-norm backward that takes the samples' channels as one sample's
-            statistics_of = lambda t: t.detach().repeat(count)  # noqa: E731
-            shape = (1, -1, *a.shape[2:])
-            _, gamma, beta = torch.ops.aten.native_batch_norm_backward(
-                delta.reshape(shape),
-                a.reshape(shape),
-                statistics_of(layer.weight),
-                statistics_of(layer.running_mean),
-                statistics_of(layer.running_var),
-                None,
-                None,
-                False,
-                layer.eps,
-                [False, True, True],
-            )
-            whole(layer.weight, gamma.view(count, -1))
-            whole(layer.bias, beta.view(count, -1))
-
+    accumulator = _StatisticsAccumulator(inputs, references, chunk_elements)
     calls = {layer: 0 for layer in layers}
 
     def record(layer, args, output):
@@ -264,7 +185,7 @@ def gradient_statistics(
         held = [args[0].detach()]  # let go of in the hook: the graph keeps its hooks to the end, not their inputs
 
         def on_gradient(delta: Tensor) -> None:
-            statistics(layer, held.pop(), delta.detach())
+            accumulator.add_layer(layer, held.pop(), delta.detach())
 
         output.register_hook(on_gradient)
 
@@ -279,17 +200,131 @@ def gradient_statistics(
     finally:
         for handle in handles:
             handle.remove()
-    if pending:  # one product for all: (M, total) elementwise, then a sum per tensor's segment of the columns
+    accumulator.reduce_pending()
+    return accumulator.tables(list(model.parameters()))
+
+
+def _squared_norms(gradients: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(gradients, dim=1).square()
+
+
+class _StatisticsAccumulator:
+    """The state of one :func:`gradient_statistics` call: per parameter tensor (by ``id``), each sample's gradient
+    dotted with its reference's, and its squared norm, filled in layer by layer as the backward reaches them."""
+
+    def __init__(self, inputs: Tensor, references: Tensor, chunk_elements: int):
+        self.inputs, self.references, self.chunk_elements = inputs, references, chunk_elements
+        self.count = count = inputs.shape[0]
+        unique, slot = torch.unique(
+            references, return_inverse=True
+        )  # slot[i]: where sample i's reference sits in unique
+        is_reference = torch.zeros(count, dtype=torch.bool, device=inputs.device)
+        is_reference[unique] = True
+        self.unique_at, self.own_slots = _as_slice(unique), slot[unique]
+        # the other samples by reference (a dot product with one vector is a matrix-vector product: no gathered copies)
+        dependents = [
+            (r, _as_slice((slot == r).logical_and(~is_reference).nonzero().flatten())) for r in range(len(unique))
+        ]
+        self.dependents = [(r, members) for r, members in dependents if not isinstance(members, Tensor) or len(members)]
+        self.dots: dict[int, Tensor] = {}
+        self.squares: dict[int, Tensor] = {}
+        self.pending: list[tuple[nn.Parameter, Tensor]] = []  # small tensors' gradients, reduced together at the end
+
+    def whole(self, parameter: nn.Parameter, gradients: Tensor) -> None:
+        """Every sample's (M, numel) gradients at once."""
+        if gradients.shape[1] <= SMALL:
+            self.pending.append((parameter, gradients))
+            return
+        dot = gradients.new_empty(self.count)
+        own = gradients[self.unique_at]
+        dot[self.unique_at] = torch.linalg.vecdot(own, own[self.own_slots])
+        for r, members in self.dependents:
+            dot[members] = gradients[members] @ own[r]
+        self.dots[id(parameter)], self.squares[id(parameter)] = dot, _squared_norms(gradients)
+
+    def chunked(self, parameter: nn.Parameter, form, chunk: int) -> None:
+        """``form(at)``: the (samples, numel) gradients of the samples ``at`` (a slice or an index), the references'
+        first, then each reference's dependents in chunks of at most ``chunk``."""
+        if chunk >= self.count:
+            self.whole(parameter, form(slice(0, self.count)))
+            return
+        dot, square = self.inputs.new_empty(self.count), self.inputs.new_empty(self.count)
+        own = form(self.unique_at)
+        dot[self.unique_at] = torch.linalg.vecdot(own, own[self.own_slots])
+        square[self.unique_at] = _squared_norms(own)
+        for r, members in self.dependents:
+            runs = range(members.start, members.stop) if isinstance(members, slice) else members
+            for start in range(0, len(runs), chunk):
+                at = runs[start : start + chunk]
+                at = slice(at.start, at.stop) if isinstance(at, range) else _as_slice(at)
+                gradients = form(at)
+                dot[at] = gradients @ own[r]
+                square[at] = _squared_norms(gradients)
+        self.dots[id(parameter)], self.squares[id(parameter)] = dot, square
+
+    def add_layer(self, layer: nn.Module, a: Tensor, delta: Tensor) -> None:
+        """The statistics of ``layer``'s parameters from its input ``a`` and the gradient ``delta`` of its output."""
+        if isinstance(layer, nn.Conv2d):
+            self._add_conv(layer, a, delta)
+        elif isinstance(layer, nn.Linear):
+            self._add_linear(layer, a, delta)
+        elif layer.weight is not None:
+            self._add_batch_norm(layer, a, delta)
+
+    def _add_conv(self, layer: nn.Conv2d, a: Tensor, delta: Tensor) -> None:
+        chunk, grouped = max(1, self.chunk_elements // layer.weight.numel()), {}
+        self.chunked(layer.weight, lambda at: _conv_weight_gradients(layer, a[at], delta[at], grouped), chunk)
+        if layer.bias is not None:
+            self.whole(layer.bias, delta.sum((2, 3)))
+
+    def _add_linear(self, layer: nn.Linear, a: Tensor, delta: Tensor) -> None:
+        count = self.count
+        a, delta = a.reshape(count, -1, a.shape[-1]), delta.reshape(count, -1, delta.shape[-1])
+        self.whole(layer.weight, torch.bmm(delta.transpose(1, 2), a).flatten(1))
+        if layer.bias is not None:
+            self.whole(layer.bias, delta.sum(1))
+
+    def _add_batch_norm(self, layer: nn.Module, a: Tensor, delta: Tensor) -> None:
+        """Eval-mode batch-norm y = gamma x_hat + beta: sum_p delta x_hat and sum_p delta per (sample, channel), in
+        one batch-norm backward that takes the samples' channels as one sample's."""
+        count = self.count
+        statistics_of = lambda t: t.detach().repeat(count)  # noqa: E731
+        shape = (1, -1, *a.shape[2:])
+        _, gamma, beta = torch.ops.aten.native_batch_norm_backward(
+            delta.reshape(shape),
+            a.reshape(shape),
+            statistics_of(layer.weight),
+            statistics_of(layer.running_mean),
+            statistics_of(layer.running_var),
+            None,
+            None,
+            False,
+            layer.eps,
+            [False, True, True],
+        )
+        self.whole(layer.weight, gamma.view(count, -1))
+        self.whole(layer.bias, beta.view(count, -1))
+
+    def reduce_pending(self) -> None:
+        """The small tensors' statistics in one product for all: (M, total) elementwise, then a sum per tensor's
+        segment of the columns."""
+        if not self.pending:
+            return
+        pending, count, device = self.pending, self.count, self.inputs.device
         gradients = torch.cat([g for _, g in pending], 1)
-        sizes = torch.tensor([g.shape[1] for _, g in pending], device=inputs.device)
-        segments = torch.repeat_interleave(torch.arange(len(pending), device=inputs.device), sizes)
-        small_dots = gradients.new_zeros(count, len(pending)).index_add_(1, segments, gradients * gradients[references])
+        sizes = torch.tensor([g.shape[1] for _, g in pending], device=device)
+        segments = torch.repeat_interleave(torch.arange(len(pending), device=device), sizes)
+        small_dots = gradients.new_zeros(count, len(pending)).index_add_(
+            1, segments, gradients * gradients[self.references]
+        )
         small_squares = gradients.new_zeros(count, len(pending)).index_add_(1, segments, gradients.square())
         for k, (parameter, _) in enumerate(pending):
-            dots[id(parameter)], squares[id(parameter)] = small_dots[:, k], small_squares[:, k]
-    zeros = inputs.new_zeros(count)  # a layer whose output the loss does not use: gradient 0
-    parameters = list(model.parameters())
-    return (
-        torch.stack([dots.get(id(p), zeros) for p in parameters]),
-        torch.stack([squares.get(id(p), zeros) for p in parameters]),
-    )
+            self.dots[id(parameter)], self.squares[id(parameter)] = small_dots[:, k], small_squares[:, k]
+
+    def tables(self, parameters: list[nn.Parameter]) -> tuple[Tensor, Tensor]:
+        """The (tensors, M) dot and squared-norm tables in the order of ``parameters``."""
+        zeros = self.inputs.new_zeros(self.count)  # a layer whose output the loss does not use: gradient 0
+        return (
+            torch.stack([self.dots.get(id(p), zeros) for p in parameters]),
+            torch.stack([self.squares.get(id(p), zeros) for p in parameters]),
+        )

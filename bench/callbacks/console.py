@@ -51,7 +51,10 @@ def run_directory(trainer: L.Trainer) -> Path:
 
 
 class RunConfig(SaveConfigCallback):
-    """LightningCLI's config.yaml, saved in the run's own folder (beside ``checkpoints/``), not overwritten by the next run."""
+    """LightningCLI's config.yaml, saved in the run's own folder (beside ``checkpoints/``).
+
+    It is not overwritten by the next run.
+    """
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.already_saved:

@@ -265,7 +265,8 @@ class PrivacyDataModule(L.LightningDataModule):
         for split, (images, labels) in sources.items():
             if tuple(images.shape[1:]) != tuple(self.image_shape):
                 raise BenchError(
-                    f"{self.name}: the {split} images have shape {tuple(images.shape[1:])}, expected {self.image_shape} (C, H, W)"
+                    f"{self.name}: the {split} images have shape {tuple(images.shape[1:])}, "
+                    f"expected {self.image_shape} (C, H, W)"
                 )
             if self.task == "multilabel":
                 if labels.ndim != 2 or labels.shape[1] != self.num_classes:

@@ -67,7 +67,8 @@ class CelebA(PrivacyDataModule):
             splits = {pool: self._dataset(split) for pool, split in SPLITS.items()}
         except RuntimeError as error:  # torchvision: "Dataset not found or corrupted"
             raise BenchError(
-                f"celeba: no CelebA files (or files that fail torchvision's MD5 check) in data_dir='{self.data_dir}'/celeba "
+                f"celeba: no CelebA files (or files that fail torchvision's MD5 check) "
+                f"in data_dir='{self.data_dir}'/celeba "
                 f"and download is off. Turn download on (bench fit: --data.download true) or point data_dir at the "
                 f"folder that holds celeba/ (bench fit: --data.data_dir, bench evaluate: --data_dir)"
             ) from error

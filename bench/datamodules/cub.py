@@ -99,7 +99,8 @@ class CUB200(PrivacyDataModule):
             if all((root / name).is_file() for name in ARCHIVE_FILES) and (root / "images").is_dir():
                 return root
         raise BenchError(
-            f"cub200: no CUB-200-2011 archive in data_dir='{self.data_dir}' (need images/ and {', '.join(ARCHIVE_FILES)}). "
+            f"cub200: no CUB-200-2011 archive in data_dir='{self.data_dir}' "
+            f"(need images/ and {', '.join(ARCHIVE_FILES)}). "
             f"It is not downloaded for you: get CUB_200_2011.tgz from {SOURCE}, extract it into that folder "
             f"(it creates CUB_200_2011/), or point data_dir there (bench fit: --data.data_dir)"
         )

@@ -104,7 +104,8 @@ class LocalFolder(PrivacyDataModule):
             for split, (images, labels) in self._sources.items():
                 if images.shape[0] != labels.shape[0]:
                     raise BenchError(
-                        f"{self.files[split][0]} holds {images.shape[0]} images but {self.files[split][1]} holds {labels.shape[0]} labels"
+                        f"{self.files[split][0]} holds {images.shape[0]} images "
+                        f"but {self.files[split][1]} holds {labels.shape[0]} labels"
                     )
                 if images.shape[0] == 0:
                     empty = Path(self.data_dir) / self.files[split][0]
@@ -115,7 +116,8 @@ class LocalFolder(PrivacyDataModule):
         path = Path(self.data_dir) / file_name
         if not path.exists():
             raise BenchError(
-                f"{path} not found: point data_dir at the folder holding '{file_name}' (this DataModule never downloads)"
+                f"{path} not found: point data_dir at the folder holding '{file_name}' "
+                "(this DataModule never downloads)"
             )
         regular_file(path, "data file")  # a FIFO or device would block the read or never end
         if path.suffix == ".npy":

@@ -17,7 +17,8 @@ UTILITY_ONLY = "utility_only"
 PRIMARY_UTILITY = "accuracy"
 #: no generated table has more columns than this; wider content is split into several tables
 MAX_TABLE_COLUMNS = 10
-#: no generated cell is longer than this (a setting that says more is cut, and given whole below the table and in the CSV)
+#: no generated cell is longer than this (a setting that says more is cut, and given whole below the table
+#: and in the CSV)
 MAX_CELL_CHARS = 72
 #: no table line is longer than this (the scorecard's sentences are the longest)
 MAX_LINE_CHARS = 480

@@ -253,6 +253,12 @@ def _headline(experiment: _Experiment, front: set[int]) -> list[str]:
     return _markdown_table(headers, body, left=1 + has_setting)
 
 
+def _metric_header(metric: str, direction: Optional[str]) -> str:
+    """The metric's name with an arrow for the better direction (none when the direction is unknown)."""
+    arrow = {"higher": "↑", "lower": "↓"}.get(direction, "")
+    return f"{metric} {arrow}".strip()
+
+
 def _attack_tables(experiment: _Experiment, attack: str, info: dict[str, Any]) -> list[str]:
     """One attack's metrics per row, split into tables of at most MAX_TABLE_COLUMNS columns."""
     rows = [
@@ -273,10 +279,7 @@ def _attack_tables(experiment: _Experiment, attack: str, info: dict[str, Any]) -
         headers = (
             ["Method"]
             + (["Setting"] if has_setting else [])
-            + [
-                f"{m} {'↑' if info['directions'].get(m) == 'higher' else '↓' if info['directions'].get(m) == 'lower' else ''}".strip()
-                for m in chunk
-            ]
+            + [_metric_header(m, info["directions"].get(m)) for m in chunk]
             + ["Seeds"]
         )
         body = []

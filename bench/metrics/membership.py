@@ -85,7 +85,10 @@ def delong_interval(scores: Tensor, is_member: Tensor, confidence: float = 0.95)
 def tpr_at_fpr(
     fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray, target_fpr: float
 ) -> tuple[float, float, Optional[float]]:
-    """The best TPR with FPR <= ``target_fpr`` on the exact ROC: (tpr, achieved fpr, threshold; None: no score reaches it)."""
+    """The best TPR with FPR <= ``target_fpr`` on the exact ROC.
+
+    Returns (tpr, achieved fpr, threshold; None: no score reaches it).
+    """
     allowed = np.nonzero(fpr <= target_fpr + 1e-12)[0]
     best = allowed[np.argmax(tpr[allowed])]
     threshold = float(thresholds[best]) if np.isfinite(thresholds[best]) else None
@@ -192,7 +195,10 @@ def epsilon_lower_bound(
 
 
 def roc_curve(scores: Tensor, is_member: Tensor, points: int = 101) -> dict[str, list[float]]:
-    """The ROC curve at ``points`` FPRs spaced log-uniformly (low FPRs are where attacks differ), for records and plots."""
+    """The ROC curve at ``points`` FPRs spaced log-uniformly, for records and plots.
+
+    Log-uniform: low FPRs are where attacks differ.
+    """
     fpr, tpr, _ = exact_roc(scores, is_member)
     grid = np.logspace(-4, 0, points)
     # the best TPR reachable at FPR <= each grid value: a step function, read off exactly

@@ -70,7 +70,10 @@ def random_state() -> dict[str, Any]:
 
 
 def set_random_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`random_state` saved; a malformed state (a foreign or edited checkpoint) is one clear error."""
+    """Restore what :func:`random_state` saved.
+
+    A malformed state (a foreign or edited checkpoint) is one clear error.
+    """
     try:
         torch.set_rng_state(state["torch"])
         cuda = state.get("cuda") or []
@@ -132,7 +135,8 @@ class PrivacyModule(L.LightningModule):
         super().__init__()
         if data_spec is None:
             raise BenchError(
-                f"{type(self).__name__} needs a data_spec: run it through `bench fit --data ...`, or pass datamodule.spec"
+                f"{type(self).__name__} needs a data_spec: run it through `bench fit --data ...`, "
+                "or pass datamodule.spec"
             )
         if lr <= 0:
             raise BenchError(f"lr must be positive, got {lr}")
@@ -251,8 +255,9 @@ class PrivacyModule(L.LightningModule):
             nonfinite = self.trainer.strategy.reduce_boolean_decision(nonfinite, all=False)
         if nonfinite:
             raise BenchError(
-                f"{type(self).__name__}: the {'/'.join(sorted(self._nonfinite_names))} loss became NaN or infinite by step "
-                f"{self.global_step}; lower the learning rate (now {self.hparams.get('lr')}) or check the input data"
+                f"{type(self).__name__}: the {'/'.join(sorted(self._nonfinite_names))} loss became NaN or infinite "
+                f"by step {self.global_step}; lower the learning rate (now {self.hparams.get('lr')}) "
+                "or check the input data"
             )
 
     # ------------------------------------------------------------------ description

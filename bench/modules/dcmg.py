@@ -87,7 +87,8 @@ class CompressiveLearning(PrivacyModule):
     ) -> None:
         if lam < 0:
             raise BenchError(
-                f"lam (lambda of Eq. 2) must be non-negative, got {lam}; the paper uses 0 (DCMG) and 1e5 (DCMG-O, DCMG-N)"
+                f"lam (lambda of Eq. 2) must be non-negative, got {lam}; "
+                "the paper uses 0 (DCMG) and 1e5 (DCMG-O, DCMG-N)"
             )
         if lam > 0 and not self.has_generator:
             raise BenchError("a reconstruction weight needs a generator; DCM has none")

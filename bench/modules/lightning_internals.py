@@ -1,7 +1,26 @@
-"""The two places the suite reaches into Lightning internals, each because no public API does the job.
+"""Every place the suite reaches into Lightning internals, each because no public API does the job.
 
-Both are pinned by ``tests/test_lightning_internals.py`` against the installed Lightning, so an upgrade that
-moves them fails a test instead of silently logging every step or hanging DDP.
+The two functions here are pinned by ``tests/test_lightning_internals.py`` against the installed Lightning, so
+an upgrade that moves them fails a test instead of silently logging every step or hanging DDP:
+
+* :func:`search_unused_parameters`: ``DDPStrategy._ddp_kwargs``;
+* :func:`loggers_write_this_step`: ``Trainer._logger_connector.should_update_logs``.
+
+The others, elsewhere (not pinned by that test file):
+
+* ``bench/lightning_cli.py``: ``BenchCLI`` overrides three private ``LightningCLI`` methods,
+  ``_parse_ckpt_path`` (a checkpoint's hyper-parameters: the file is checked first, then only plain values are
+  applied), ``_prepare_subcommand_kwargs`` (``weights_only``, and the check of the file Lightning loads) and
+  ``_instantiate_trainer`` (a writable ``default_root_dir``, one line per epoch instead of a progress bar,
+  Lightning's refusals as one error); ``check_as_loaded`` replaces the strategy's ``load_checkpoint`` on the
+  instance, relying on Lightning loading ``--ckpt_path`` through it;
+* ``bench/loggers.py``: ``BenchWandbLogger`` reads and sets ``WandbLogger``'s ``_wandb_init`` (a resumed run's
+  id, the deprecated ``anonymous`` key), ``_experiment``, ``_id`` and ``_project``;
+* ``LightningModule._trainer`` (None when no Trainer is attached, where the public ``trainer`` raises): read in
+  ``bench/modules/base.py``, ``bench/modules/collaborative.py`` and ``bench/attacks/shadow_models.py``, which
+  also detaches a trained shadow copy by setting it to None;
+* ``LightningModule._hparams`` and ``_hparams_initial``: ``bench/modules/dcmg.py`` drops the arguments a variant
+  does not take from both (``_keep_own_hparams``).
 """
 
 from __future__ import annotations

@@ -89,7 +89,8 @@ class MCMIA(PrivacyModule):
             raise BenchError(f"defense must be one of {self.DEFENSES}, got '{defense}'")
         if minmax_weight < 0:
             raise BenchError(
-                f"minmax_weight (gamma of Eq. 10, the weight of the adversary's gain) must be non-negative, got {minmax_weight}"
+                "minmax_weight (gamma of Eq. 10, the weight of the adversary's gain) must be non-negative, "
+                f"got {minmax_weight}"
             )
         if inference_steps < 1 or attack_lr <= 0:
             raise BenchError(

@@ -29,7 +29,10 @@ def measurement_count(rate: float, signal_size: int) -> int:
 
 
 def gaussian_measurement_matrix(m: int, n: int, seed: int) -> Tensor:
-    """A Gaussian random A (m x n) with N(0, 1/m) entries, so that E||A x||^2 = ||x||^2; the same seed gives the same A."""
+    """A Gaussian random A (m x n) with N(0, 1/m) entries, so that E||A x||^2 = ||x||^2.
+
+    The same seed gives the same A.
+    """
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(m, n, generator=generator, dtype=torch.float64).div_(math.sqrt(m)).float()
 
@@ -46,7 +49,9 @@ def frozen_linear(weight: Tensor, bias: Optional[Tensor] = None) -> nn.Linear:
 
 
 def measurement_network(weight: Tensor, bias: Optional[Tensor] = None) -> nn.Sequential:
-    """The client: flatten the image, then y = weight x + bias (Eq. 1 with weight = A; Eq. 5 adds a scale and an offset).
+    """The client: flatten the image, then y = weight x + bias.
+
+    Eq. 1 with weight = A; Eq. 5 adds a scale and an offset.
 
     A plain ``Sequential`` of standard layers, so that the feature-inversion attacker can mirror it.
     """

@@ -101,7 +101,10 @@ def mirror_decoder(encoder: nn.Module, image_shape: Sequence[int]) -> nn.Sequent
 
 
 def upsampling_decoder(released_shape: Sequence[int], image_shape: Sequence[int], width: int = 64) -> nn.Sequential:
-    """A generic decoder from any released tensor shape: a linear map to a coarse grid, then 2x up-sampling convolutions."""
+    """A generic decoder from any released tensor shape.
+
+    A linear map to a coarse grid, then 2x up-sampling convolutions.
+    """
     channels, height, width_px = image_shape
     stages = max(0, int(math.log2(max(1, min(height, width_px) // 4))))
     coarse = (math.ceil(height / 2**stages), math.ceil(width_px / 2**stages))

@@ -257,7 +257,10 @@ def _folder_name(args: Sequence[str], key: str) -> str:
 
 
 def load_points(sweep_path: str, extra_args: Sequence[str], log_dir: Path) -> list[Point]:
-    """Every point of a sweep file with ``extra_args`` added to each, resolved; bad arguments fail here, before any run."""
+    """Every point of a sweep file with ``extra_args`` added to each, resolved.
+
+    Bad arguments fail here, before any run.
+    """
     points = []
     for number, args in enumerate(expand_sweep(sweep_path), 1):
         args = [*args, *extra_args]

@@ -156,7 +156,8 @@ def launch(
     outcomes = [Outcome(point, "skipped", record=before[point.key][-1]) for point in skipped]
     for outcome in outcomes:
         report(
-            f"bench sweep [{outcome.point.number}/{len(points)}] skip (recorded in {outcome.record}): {outcome.point.label}"
+            f"bench sweep [{outcome.point.number}/{len(points)}] skip (recorded in {outcome.record}): "
+            f"{outcome.point.label}"
         )
     resume = not rerun
 
@@ -187,8 +188,9 @@ def launch(
         jobs_, leaderboard_job = slurm_launcher.submit(
             todo, options, f"bench-{name}", submitit_folder, resume, cluster, pairs
         )
+        array_ids = sorted({str(job.job_id).split("_")[0] for _, job in jobs_})
         report(
-            f"bench sweep {name}: submitted {len(jobs_)} point(s): jobs {', '.join(sorted({str(j.job_id).split('_')[0] for _, j in jobs_}))}"
+            f"bench sweep {name}: submitted {len(jobs_)} point(s): jobs {', '.join(array_ids)}"
             + (f"; leaderboard job {leaderboard_job.job_id} runs after them" if leaderboard_job else "")
             + f"; logs under {folder}"
         )
@@ -201,7 +203,8 @@ def launch(
                 outcomes.append(Outcome(point, "done", job_id=str(job.job_id)))
             except Exception as error:  # submitit re-raises the task's failure
                 report(
-                    f"bench sweep [{point.number}/{len(points)}] FAILED: {point.label}: {str(error).strip().splitlines()[-1]}"
+                    f"bench sweep [{point.number}/{len(points)}] FAILED: {point.label}: "
+                    f"{str(error).strip().splitlines()[-1]}"
                 )
                 outcomes.append(Outcome(point, "failed", job_id=str(job.job_id)))
         if leaderboard_job is not None:

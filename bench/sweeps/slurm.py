@@ -174,7 +174,8 @@ def dry_run(
         params = options.native(name, devices, nodes, len(members))
         script = _make_sbatch_string(command=submit, folder=folder, map_count=len(members), **params)
         report(
-            f"bench sweep: would submit an array of {len(members)} task(s) ({devices} device(s) x {nodes} node(s) each):"
+            f"bench sweep: would submit an array of {len(members)} task(s) "
+            f"({devices} device(s) x {nodes} node(s) each):"
         )
         report("\n".join("    " + line for line in script.splitlines() if line.startswith("#SBATCH")))
         for index, (point, task) in enumerate(
