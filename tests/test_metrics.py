@@ -197,3 +197,79 @@ def test_client_flops_are_per_sample_and_leave_no_graph():
     assert flops == conv + linear
     assert client_flops_per_sample(network, torch.rand(1, 1, 8, 8)) == flops
     assert all(p.grad is None for p in network.parameters())
+
+
+# ----------------------------------------------------------------------------- the most exposed images
+def _gallery(count, seed, shape=(1, 8, 8)):
+    return torch.rand(count, *shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_identification_rate_is_one_for_perfect_reconstructions():
+    from bench.metrics.reconstruction import exposure_metrics
+
+    originals, distractors = _gallery(20, 0), _gallery(100, 1)
+    metrics, details = exposure_metrics(originals.clone(), originals, distractors)
+    assert metrics["identification_rate"] == 1.0
+    pixel = details["identification"]["pixel"]
+    assert pixel["low"] > 0.8 and pixel["high"] == 1.0  # 20 of 20: Clopper-Pearson's lower bound 0.83
+    assert details["identification"]["gallery"] == 120 and pixel["chance"] == pytest.approx(1 / 120)
+    assert metrics["share_psnr_above"] == 1.0 and metrics["share_ssim_above"] == 1.0
+    assert metrics["psnr_top_decile"] == PSNR_CAP_DB
+
+
+def test_identification_rate_of_noise_is_at_chance_and_its_interval_covers_it():
+    from bench.metrics.reconstruction import identification_hits, identification_rate
+
+    gallery_size, attacked, rates, covered = 10, 10, [], 0
+    for seed in range(40):
+        gallery = _gallery(gallery_size, 2 * seed)
+        noise = _gallery(attacked, 2 * seed + 1)  # drawn independently of the originals: no information
+        result = identification_rate(identification_hits(noise, gallery), gallery_size)
+        rates.append(result["rate"])
+        covered += result["low"] <= 1 / gallery_size <= result["high"]
+    # 400 guesses at chance 0.1: the mean's standard error is 0.015
+    assert abs(np.mean(rates) - 1 / gallery_size) < 0.05
+    assert covered >= 36  # a 95% interval covers the truth in (about) 38 of 40 runs
+
+
+def test_exposure_metrics_see_half_the_images_intact():
+    """The case a mean hides: half the images perfect, half noise."""
+    from bench.metrics.reconstruction import exposure_examples, exposure_metrics
+
+    originals = _gallery(20, 3)
+    reconstructed = torch.cat([originals[:10], _gallery(10, 4)])
+    metrics, _ = exposure_metrics(reconstructed, originals, _gallery(200, 5))
+    assert 0.5 <= metrics["identification_rate"] <= 0.55 and metrics["share_psnr_above"] == 0.5
+    psnr = per_image_metrics(reconstructed, originals)["psnr"]
+    shown_originals, shown = exposure_examples(originals, reconstructed, psnr, count=4)
+    assert len(shown) == 8 and torch.equal(shown[4:], shown_originals[4:])  # the best four: the intact ones
+
+
+def test_identification_in_a_reference_networks_feature_space():
+    from bench.metrics.reconstruction import exposure_metrics, reference_network
+
+    generator = torch.Generator().manual_seed(6)
+    labels = torch.arange(60) % 3
+    images = (labels.view(-1, 1, 1, 1) / 2 + 0.1 * torch.randn(60, 1, 8, 8, generator=generator)).clamp(0, 1)
+    reference = reference_network(images, labels, epochs=1)
+    assert reference is reference_network(images, labels, epochs=1)  # trained once, shared
+    assert reference_network(images, torch.rand(60)) is None  # no classes: no feature space
+    metrics, details = exposure_metrics(images[:10].clone(), images[:10], images[10:], reference)
+    assert metrics["identification_rate_features"] == 1.0
+    assert details["identification"]["features"]["images"] == 10
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda f: f["identification_hits"](_gallery(5, 0), _gallery(4, 1)), "gallery at least as large"),
+        (lambda f: f["exposure_metrics"](_gallery(3, 0), _gallery(3, 0), psnr_threshold=120.0), "PSNR threshold"),
+        (lambda f: f["exposure_metrics"](_gallery(3, 0), _gallery(3, 0), ssim_threshold=1.5), "SSIM threshold"),
+    ],
+)
+def test_exposure_bad_input_is_one_clear_error(call, message):
+    from bench.errors import BenchError
+    from bench.metrics import reconstruction
+
+    with pytest.raises(BenchError, match=message):
+        call(vars(reconstruction))
