@@ -206,7 +206,7 @@ def test_every_attack_reconstructs_a_released_measurement_vector():
     # the mirror decoder inverts the client's flatten-and-measure layers, no fall-back needed
     assert [entry["details"].get("decoder_used") for entry in evaluation.privacy[:2]] == ["mirror", "upsampling"]
     for entry in evaluation.privacy:
-        assert set(entry["metrics"]) == {"mse", "mae", "psnr", "ssim"}
+        assert {"mse", "mae", "psnr", "ssim"} <= set(entry["metrics"])  # beside the per-image verdicts
         assert all(math.isfinite(value) for value in entry["metrics"].values())
         originals, reconstructions = evaluation.examples[entry["attack"]]
         assert originals.shape == reconstructions.shape

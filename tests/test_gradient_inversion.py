@@ -224,8 +224,10 @@ def test_scores_against_the_transformed_and_the_original_image(digits):
     result = attack.run(module, digits, torch.Generator().manual_seed(0))
     originals, reconstructions = result.examples
     images = digits.pool("test").tensors()[0][:16]
-    torch.testing.assert_close(originals, 1 - images)  # the grid shows what was trained on: the inverted images
-    assert reconstructions.shape == images.shape
+    # the grid shows what was trained on: the inverted images (those nearest the mean PSNR, then the best)
+    inverted = (1 - images).flatten(1)
+    assert all(torch.isclose(inverted, shown).all(dim=1).any() for shown in originals.flatten(1))
+    assert reconstructions.shape == originals.shape
     assert result.metrics["psnr"] != pytest.approx(result.metrics["psnr_original"])
     assert result.metrics["label_accuracy"] == 1.0
 

@@ -290,3 +290,31 @@ def test_bench_fit_with_a_failing_attack_writes_the_record_prints_the_summary_an
         "loss_threshold": "RuntimeError: CUDA out of memory (simulated)",
     }
     assert (tmp_path / "runs" / "leaderboard" / "README.md").is_file()  # the CLI refreshed the leaderboard
+
+
+def test_feature_inversion_reports_the_worst_case_over_decoder_families(digits):
+    attack = FeatureInversion(decoder=["upsampling", "affine"], epochs=3, batch_size=32, lr=3e-3, progress=False)
+    entry = evaluate(_Releasing(digits.spec), digits, [attack]).privacy[0]
+    details, metrics = entry["details"], entry["metrics"]
+    assert details["worst_case_over"] == ["upsampling", "affine"]
+    assert set(details["winners"]) == set(metrics)  # every metric says which family gave it
+    for metric, winner in details["winners"].items():
+        assert metrics[metric] == details["per_decoder"][winner][metric]
+        others = [values[metric] for values in details["per_decoder"].values()]
+        worst = min(others) if FeatureInversion.metric_directions[metric] == "higher" else max(others)
+        assert metrics[metric] == worst
+    # the release is the image itself: even 3 epochs' decoders identify images far above a blind guess
+    pixel = details["identification"]["pixel"]
+    assert metrics["identification_rate"] > 10 * pixel["chance"] and details["identification"]["distractors"] > 0
+    assert pixel["low"] <= pixel["rate"] <= pixel["high"]
+
+
+def test_a_decoder_that_cannot_take_the_release_fails_before_any_training(digits, monkeypatch):
+    from bench.attacks import feature_inversion
+    from bench.errors import BenchError
+
+    monkeypatch.setitem(feature_inversion.DECODERS, "flat", lambda client, released, image: nn.Flatten())
+    monkeypatch.setattr(feature_inversion, "fit_decoder", lambda *args, **kwargs: pytest.fail("a decoder trained"))
+    attack = FeatureInversion(decoder=["upsampling", "flat"], epochs=1, progress=False)
+    with pytest.raises(BenchError, match="the decoder outputs"):
+        attack.run(_Releasing(digits.spec), digits, torch.Generator().manual_seed(0))

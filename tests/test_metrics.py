@@ -273,3 +273,19 @@ def test_exposure_bad_input_is_one_clear_error(call, message):
 
     with pytest.raises(BenchError, match=message):
         call(vars(reconstruction))
+
+
+def test_worst_case_picks_the_winning_decoder_on_each_metric():
+    """Each family wins once: the worst case must find every one, in the defender's direction."""
+    from bench.metrics.reconstruction import worst_case
+
+    directions = {"mse": "higher", "psnr": "lower", "ssim": "lower", "identification_rate": "lower"}
+    per_decoder = {
+        "mirror": {"mse": 0.01, "psnr": 20.0, "ssim": 0.5, "identification_rate": 0.2},
+        "upsampling": {"mse": 0.03, "psnr": 23.0, "ssim": 0.4, "identification_rate": 0.1},
+        "unet_small": {"mse": 0.02, "psnr": 21.0, "ssim": 0.7, "identification_rate": 0.3},
+        "affine": {"mse": 0.04, "psnr": 19.0, "ssim": 0.3, "identification_rate": 0.9},
+    }
+    metrics, winners = worst_case(per_decoder, directions)
+    assert winners == {"mse": "mirror", "psnr": "upsampling", "ssim": "unet_small", "identification_rate": "affine"}
+    assert metrics == {"mse": 0.01, "psnr": 23.0, "ssim": 0.7, "identification_rate": 0.9}

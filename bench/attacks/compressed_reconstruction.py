@@ -30,11 +30,17 @@ from bench.attacks.base import Attack, AttackResult
 from bench.attacks.feature_inversion import query_client
 from bench.attacks.training import check_budget, fit_decoder, summarise
 from bench.errors import BenchError
-from bench.metrics.reconstruction import per_image_metrics, reconstruction_metrics
+from bench.metrics.reconstruction import EXPOSURE_DIRECTIONS, per_image_metrics, score_reconstructions
 from bench.networks.compressive import deepinverse_generator
 from bench.threat_models import Capability, Role, ThreatModel
 
-_RECONSTRUCTION_DIRECTIONS = {"mse": "higher", "mae": "higher", "psnr": "lower", "ssim": "lower"}
+_RECONSTRUCTION_DIRECTIONS = {"mse": "higher", "mae": "higher", "psnr": "lower", "ssim": "lower", **EXPOSURE_DIRECTIONS}
+
+
+def _scored(reconstructed: Tensor, images: Tensor, datamodule, details: dict) -> AttackResult:
+    """The attack's result: mean and per-image verdicts, the typical and best examples, and ``details``."""
+    metrics, exposure, examples = score_reconstructions(reconstructed, images, datamodule)
+    return AttackResult(metrics, examples=examples, details={**details, **exposure})
 
 
 def _test_images_and_releases(attack, module, datamodule) -> tuple[Tensor, Tensor]:
@@ -76,10 +82,8 @@ class PseudoInverse(_KnowsMatrix):
         matrix = module.measurement_matrix().detach().double()
         pseudo_inverse = torch.linalg.pinv(matrix).to(released.dtype)  # n x m, in double for a well-conditioned solve
         reconstructed = (released.flatten(1) @ pseudo_inverse.T).view_as(images)
-        return AttackResult(
-            reconstruction_metrics(reconstructed, images),
-            examples=(images[:16].cpu(), reconstructed[:16].clamp(0, 1).cpu()),
-            details={"test_samples": len(images), "measurements": matrix.shape[0]},
+        return _scored(
+            reconstructed, images, datamodule, {"test_samples": len(images), "measurements": matrix.shape[0]}
         )
 
 
@@ -165,10 +169,11 @@ class MeasurementDecoder(_KnowsMatrix):
             reconstructed = torch.cat(
                 [decoder(released[i : i + self.batch_size]) for i in range(0, len(released), self.batch_size)]
             )
-        return AttackResult(
-            reconstruction_metrics(reconstructed, images),
-            examples=(images[:16].cpu(), reconstructed[:16].clamp(0, 1).cpu()),
-            details={
+        return _scored(
+            reconstructed,
+            images,
+            datamodule,
+            {
                 "attacker_samples": len(own_images),
                 "test_samples": len(images),
                 **summarise({"decoder": report}, "decoder"),
@@ -218,10 +223,8 @@ class AffineInversion(_KnowsMatrix):
         images, released = _test_images_and_releases(self, module, datamodule)
         released = released.flatten(1).double()
         reconstructed = (released @ weights[:-1] + weights[-1]).float().view_as(images)
-        return AttackResult(
-            reconstruction_metrics(reconstructed, images),
-            examples=(images[:16].cpu(), reconstructed[:16].clamp(0, 1).cpu()),
-            details={"attacker_samples": len(own_images), "test_samples": len(images)},
+        return _scored(
+            reconstructed, images, datamodule, {"attacker_samples": len(own_images), "test_samples": len(images)}
         )
 
 

@@ -39,7 +39,14 @@ from bench.attacks.label_recovery import recover_label_counts, recover_labels
 from bench.batching.grouped_networks import grouped_network
 from bench.batching.per_sample import Unsupported, per_sample_gradients, supported_layers
 from bench.errors import BenchError
-from bench.metrics.reconstruction import PSNR_CAP_DB, per_image_details, per_image_metrics, reconstruction_metrics
+from bench.metrics.reconstruction import (
+    EXPOSURE_DIRECTIONS,
+    PSNR_CAP_DB,
+    per_image_details,
+    per_image_metrics,
+    reconstruction_metrics,
+    score_reconstructions,
+)
 from bench.threat_models import Role, ThreatModel
 
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
@@ -127,6 +134,7 @@ class GradientInversion(Attack):
         "psnr_original": "lower",
         "ssim_original": "lower",
         "label_accuracy": "lower",
+        **EXPOSURE_DIRECTIONS,
     }
     primary_metric = "psnr"
 
@@ -244,7 +252,7 @@ class GradientInversion(Attack):
         reconstructions = self.match_order(reconstructions, inputs)
         flat = reconstructions.flatten(0, 1).cpu()
         per_image = per_image_metrics(flat, inputs.flatten(0, 1).cpu())
-        metrics = reconstruction_metrics(flat, inputs.flatten(0, 1).cpu(), per_image)
+        metrics, exposure, examples = score_reconstructions(flat, inputs.flatten(0, 1).cpu(), datamodule, per_image)
         against_original = reconstruction_metrics(flat, originals.flatten(0, 1).cpu())
         metrics["psnr_original"], metrics["ssim_original"] = against_original["psnr"], against_original["ssim"]
         recovered = torch.sort(attack_labels, dim=1).values == torch.sort(true_labels, dim=1).values
@@ -261,8 +269,9 @@ class GradientInversion(Attack):
             "lpips": "not computed: LPIPS needs pretrained AlexNet/VGG weights, not available offline",
             **({"reused_reconstructions_of": reused} if reused else {}),
             **per_image_details(per_image, recovered),
+            **exposure,
         }
-        return AttackResult(metrics, examples=(inputs.flatten(0, 1)[:16].cpu(), flat[:16]), details=details)
+        return AttackResult(metrics, examples=examples, details=details)
 
     #: the last inversion run in this process (model, settings, labels, start, targets, result, attack name, batching)
     _last_inversion: Optional[tuple] = None

@@ -12,7 +12,7 @@ import torch
 
 from bench.attacks.base import Attack, AttackResult
 from bench.attacks.feature_inversion import query_client
-from bench.metrics.reconstruction import reconstruction_metrics
+from bench.metrics.reconstruction import EXPOSURE_DIRECTIONS, score_reconstructions
 from bench.threat_models import Capability, Role, ThreatModel
 
 
@@ -26,7 +26,7 @@ class OwnDecoder(Attack):
 
     name = "own_decoder"
     threat_model = ThreatModel.FEATURE_RELEASE
-    metric_directions = {"mse": "higher", "mae": "higher", "psnr": "lower", "ssim": "lower"}
+    metric_directions = {"mse": "higher", "mae": "higher", "psnr": "lower", "ssim": "lower", **EXPOSURE_DIRECTIONS}
     primary_metric = "mse"
     role = Role.DIAGNOSTIC  # the method's own decoder: the adversary of feature release does not have it
     requires = (Capability.OWN_RECONSTRUCTION,)
@@ -46,8 +46,5 @@ class OwnDecoder(Attack):
                 for i in range(0, len(released), self.batch_size)
             ]
         )
-        return AttackResult(
-            reconstruction_metrics(reconstructed, images),
-            examples=(images[:16].cpu(), reconstructed[:16].cpu()),
-            details={"test_samples": len(images)},
-        )
+        metrics, details, examples = score_reconstructions(reconstructed, images, datamodule)
+        return AttackResult(metrics, examples=examples, details={"test_samples": len(images), **details})

@@ -42,7 +42,7 @@ from bench.attacks.base import Attack, AttackResult
 from bench.attacks.feature_inversion import DECODERS, FeatureInversion
 from bench.attacks.training import TrainingReport, check_budget, summarise, train_until_plateau, validation_split
 from bench.errors import BenchError
-from bench.metrics.reconstruction import reconstruction_metrics
+from bench.metrics.reconstruction import EXPOSURE_DIRECTIONS, reconstruction_metrics, score_reconstructions
 from bench.metrics.utility import predictions_correct
 from bench.networks.complex import real_part_at
 from bench.networks.decoders import released_as_real
@@ -201,6 +201,7 @@ class _PhaseAttack(Attack):
         "ssim": "lower",
         "angle_error": "higher",
         "server_accuracy": "lower",
+        **EXPOSURE_DIRECTIONS,
     }
     primary_metric = "mse"
     #: the estimator's name in ``details["training"]``
@@ -280,7 +281,7 @@ class _PhaseAttack(Attack):
                 ]
             )
         test_images = test_images.to(device)
-        metrics = reconstruction_metrics(reconstructed, test_images)
+        metrics, exposure, examples = score_reconstructions(reconstructed, test_images, datamodule)
         metrics["angle_error"] = angle_error(estimated, test_theta).mean().item()
         # top-1, or for attribute vectors the fraction of attributes right (the utility's accuracy)
         metrics["server_accuracy"] = predictions_correct(server_logits, test_labels, module.spec).mean().item()
@@ -291,8 +292,9 @@ class _PhaseAttack(Attack):
             # the same decoder given the true phase: what the phase hides
             "true_phase_mae": reconstruction_metrics(with_true_phase, test_images)["mae"],
             **summarise({"decoder": decoder_report, self.estimator_name: estimator_report}, "decoder"),
+            **exposure,
         }
-        return AttackResult(metrics, examples=(test_images[:16].cpu(), reconstructed[:16].cpu()), details=details)
+        return AttackResult(metrics, examples=examples, details=details)
 
 
 class PhaseInversion(_PhaseAttack):

@@ -123,6 +123,8 @@ PSNR_THRESHOLD_DB = 20.0
 SSIM_THRESHOLD = 0.5
 #: distractors added to the gallery at most (from the attacker pool): enough that chance is small
 GALLERY_DISTRACTORS = 1000
+#: attacker images the reference network trains on at most (a few seconds on a CPU)
+REFERENCE_SAMPLES = 5000
 #: which way each per-image verdict means *more* privacy (merged into the reconstruction attacks' directions)
 EXPOSURE_DIRECTIONS = {
     "identification_rate": "lower",
@@ -305,8 +307,24 @@ def score_reconstructions(
     if datamodule is not None:
         attacker_images, attacker_labels = datamodule.pool("attacker").tensors()
         distractors = attacker_images[:GALLERY_DISTRACTORS]
-        reference = reference_network(attacker_images, attacker_labels)
+        reference = reference_network(attacker_images[:REFERENCE_SAMPLES], attacker_labels[:REFERENCE_SAMPLES])
     metrics = reconstruction_metrics(reconstructed, originals, per_image)
     exposure, details = exposure_metrics(reconstructed, originals, distractors, reference, per_image)
     details["examples"] = "first row pair: the images nearest the mean PSNR; second: the best-reconstructed"
     return {**metrics, **exposure}, details, exposure_examples(originals, reconstructed, per_image["psnr"])
+
+
+def worst_case(per_candidate: dict[str, dict[str, float]], directions: dict[str, str]) -> tuple[dict, dict]:
+    """The defender's worst case over several attackers (e.g. decoder families): for every metric, the value of the
+    attacker that learned the most (the lowest where "higher" means more privacy, the highest where "lower" does).
+    Returns (metrics, winners: metric -> the attacker that gave it). Metrics without a direction are left out."""
+    metrics, winners = {}, {}
+    for metric, way in directions.items():
+        scored = {name: values[metric] for name, values in per_candidate.items() if metric in values}
+        scored = {name: value for name, value in scored.items() if not math.isnan(value)}
+        if not scored:
+            continue
+        pick = min if way == "higher" else max
+        winners[metric] = pick(scored, key=scored.get)
+        metrics[metric] = scored[winners[metric]]
+    return metrics, winners
