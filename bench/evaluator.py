@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from bench.attacks.base import Attack
 from bench.errors import BenchError
@@ -359,7 +359,8 @@ def _save_roc_plot(record: Record, directory: Path) -> dict[str, str]:
 
 
 def _save_example_grids(evaluation: Evaluation, directory: Path, record_id: str) -> dict[str, str]:
-    """Originals (top row) over reconstructions (bottom row), one PNG per attack that reconstructs."""
+    """One PNG per attack that reconstructs: rows of originals over rows of their reconstructions
+    (:func:`example_grid`)."""
     from torchvision.utils import save_image
 
     artifacts = {}
@@ -371,13 +372,32 @@ def _save_example_grids(evaluation: Evaluation, directory: Path, record_id: str)
     return artifacts
 
 
-def example_grid(originals: Tensor, reconstructions: Tensor) -> Tensor:
+#: the grid shows each image at least this many pixels high (nearest-neighbour upscaling: 8x8 digits stay crisp)
+GRID_IMAGE_PIXELS = 96
+#: images per row of the grid: the reconstruction attacks give the 8 nearest the mean PSNR, then the 8 best
+GRID_COLUMNS = 8
+
+
+def example_grid(originals: Tensor, reconstructions: Tensor, columns: int = GRID_COLUMNS) -> Tensor:
+    """Rows of ``columns`` originals, each above the row of their reconstructions, upscaled nearest-neighbour to
+    at least :data:`GRID_IMAGE_PIXELS` pixels an image; with the reconstruction attacks' examples
+    (:func:`~bench.metrics.reconstruction.exposure_examples`) the first pair of rows shows the images nearest the
+    mean PSNR, the second the best-reconstructed."""
     from torchvision.utils import make_grid
 
     reconstructions = reconstructions.clamp(0, 1).to(originals.dtype)
     if reconstructions.shape[1] != originals.shape[1]:  # e.g. a grey reconstruction of a colour image
         reconstructions = reconstructions.expand(-1, originals.shape[1], -1, -1)
-    return make_grid(torch.cat([originals, reconstructions]), nrow=len(originals), padding=1, pad_value=1.0)
+    scale = max(1, -(-GRID_IMAGE_PIXELS // originals.shape[-2]))
+    if scale > 1:
+        originals = nn.functional.interpolate(originals.float(), scale_factor=scale, mode="nearest")
+        reconstructions = nn.functional.interpolate(reconstructions.float(), scale_factor=scale, mode="nearest")
+    rows = []
+    for start in range(0, len(originals), columns):
+        rows += [originals[start : start + columns], reconstructions[start : start + columns]]
+    columns = min(columns, len(originals))
+    padded = [torch.cat([row, torch.ones_like(row[:1]).expand(columns - len(row), -1, -1, -1)]) for row in rows]
+    return make_grid(torch.cat(padded), nrow=columns, padding=max(2, scale), pad_value=1.0)
 
 
 def _flat_metrics(record: Record) -> dict[str, float]:
@@ -397,7 +417,7 @@ def _log(loggers: Sequence[Any], evaluation: Evaluation, record: Record, step: i
                 logger.log_image(
                     key=f"eval/{attack}/examples",
                     images=[example_grid(originals, reconstructions)],
-                    caption=["originals (top) and reconstructions (bottom)"],
+                    caption=["originals over reconstructions: nearest the mean PSNR, then the best"],
                 )
             columns = ["record_id", "method", "label", "dataset", "network", "seed"] + list(metrics)
             row = [

@@ -318,3 +318,17 @@ def test_a_decoder_that_cannot_take_the_release_fails_before_any_training(digits
     attack = FeatureInversion(decoder=["upsampling", "flat"], epochs=1, progress=False)
     with pytest.raises(BenchError, match="the decoder outputs"):
         attack.run(_Releasing(digits.spec), digits, torch.Generator().manual_seed(0))
+
+
+def test_example_grid_shows_typical_and_best_rows_upscaled():
+    from bench.evaluator import GRID_IMAGE_PIXELS, example_grid
+
+    originals = torch.zeros(16, 1, 8, 8)
+    grid = example_grid(originals, torch.ones(16, 1, 8, 8))
+    scale = GRID_IMAGE_PIXELS // 8
+    padding = scale
+    # 4 rows (typical originals, their reconstructions, best originals, theirs) of 8 images, each 8 * scale pixels
+    assert grid.shape[1:] == (4 * (8 * scale + padding) + padding, 8 * (8 * scale + padding) + padding)
+    column = grid[0, :, padding + 1]  # inside the first image column: black originals, white reconstructions
+    row_height = 8 * scale + padding
+    assert [column[padding + k * row_height + 1].item() for k in range(4)] == [0.0, 1.0, 0.0, 1.0]
