@@ -268,9 +268,10 @@ class GradientInversion(Attack):
             "batching": self.batching,
             "lpips": "not computed: LPIPS needs pretrained AlexNet/VGG weights, not available offline",
             **({"reused_reconstructions_of": reused} if reused else {}),
-            **per_image_details(per_image, recovered),
             **exposure,
+            **per_image_details(per_image, recovered),
         }
+        details["intervals"] = {**details.get("intervals", {}), **exposure["intervals"]}
         return AttackResult(metrics, examples=examples, details=details)
 
     #: the last inversion run in this process (model, settings, labels, start, targets, result, attack name, batching)

@@ -291,6 +291,14 @@ def exposure_metrics(
         identification["features"] = features
     details = {
         "identification": {**identification, "gallery": len(gallery), "distractors": len(gallery) - len(originals)},
+        # read by the leaderboard beside the headline's worst case (``details.intervals``)
+        "intervals": {
+            ("identification_rate" if space == "pixel" else "identification_rate_features"): [
+                found["low"],
+                found["high"],
+            ]
+            for space, found in identification.items()
+        },
         "thresholds": {"psnr_db": psnr_threshold, "ssim": ssim_threshold},
     }
     return metrics, details
