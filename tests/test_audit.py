@@ -238,3 +238,26 @@ def test_bad_input_is_one_line_before_any_shadow_trains(case, trained, user_pack
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bench: error:") and expected in lines[0], lines
     assert not trained_shadows and not list((tmp_path / "records").glob("*.json"))
+
+
+def test_docs_example_runs(tmp_path, monkeypatch):
+    """docs/auditing_a_model.md: its script trains a model outside bench and its `bench audit` line audits it."""
+    import re
+    import runpy
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "auditing_a_model.md").read_text()
+    script = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    command = re.search(r"```bash\n(.*?)```", text, re.S).group(1).strip()
+    (tmp_path / "mynet.py").write_text(script)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "mynet", raising=False)
+    runpy.run_path(str(tmp_path / "mynet.py"), run_name="__main__")
+    argv = shlex.split(command)
+    assert argv[:3] == ["PYTHONPATH=.", "bench", "audit"]
+    main(argv[2:])
+    (record,) = (tmp_path / "runs" / "audit").glob("*.json")
+    data = json.loads(record.read_text())
+    assert data["external"]["factory"] == "mynet:build" and len(data["privacy"]) == 2
+    assert data["utility"]["accuracy"] > 0.8
