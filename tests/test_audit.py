@@ -41,6 +41,16 @@ def broken_recipe(model, dataset):
     raise RuntimeError("out of coffee")
 
 
+RECIPE_CALLS = []
+
+
+def user_recipe(model, dataset):
+    """A user's own training function: plain PyTorch over the whole dataset bench hands it."""
+    RECIPE_CALLS.append(len(dataset))
+    images, labels = zip(*(dataset[i] for i in range(len(dataset))))
+    return train_plain(model.train(), torch.stack(images), torch.stack(labels), epochs=2)
+
+
 def train_plain(network: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int = 30) -> nn.Module:
     """Plain PyTorch, no bench: Adam, cross-entropy, mini-batches of 16 in a seeded order."""
     generator = torch.Generator().manual_seed(1)
@@ -74,6 +84,7 @@ def user_package(monkeypatch):
     """The user's own code, importable as `audit_user_code:NAME` (what they type on the command line)."""
     module = types.ModuleType("audit_user_code")
     module.tiny_network, module.not_a_module, module.broken_recipe = tiny_network, not_a_module, broken_recipe
+    module.user_recipe = user_recipe
     monkeypatch.setitem(sys.modules, module.__name__, module)
     return module
 
@@ -181,6 +192,18 @@ def test_saved_scores_with_reference_models_run_lira(tmp_path):
     metrics = metrics_of(record)
     assert set(metrics) == {"loss_threshold", "lira", "lira_online"}
     assert all(metrics[attack]["auc"] > 0.8 for attack in metrics)
+
+
+def test_shadows_train_by_the_users_recipe(trained, user_package, tmp_path):
+    RECIPE_CALLS.clear()
+    argv = classifier_argv(trained[0])
+    argv[argv.index("--attacks") + 1] = json.dumps([ATTACKS[0]])
+    record = audit([*argv, "--train", "audit_user_code:user_recipe"], tmp_path)
+    # once on the probe of 8 attacker samples, then once for the shadow (on its half of the attacker pool)
+    assert RECIPE_CALLS == [8, MEMBERS // 2]
+    (entry,) = record["privacy"]
+    assert entry["details"]["shadow_recipe"] == "target" and entry.get("error") is None
+    assert record["external"]["recipe"] == "audit_user_code:user_recipe"
 
 
 def bad_scores(folder: Path, **change) -> str:
