@@ -284,3 +284,14 @@ def test_docs_example_runs(tmp_path, monkeypatch):
     data = json.loads(record.read_text())
     assert data["external"]["factory"] == "mynet:build" and len(data["privacy"]) == 2
     assert data["utility"]["accuracy"] > 0.8
+
+
+def test_leaderboard_says_external(trained, user_package, tmp_path):
+    from bench.leaderboard import generate_leaderboard
+
+    argv = classifier_argv(trained[0])
+    argv[argv.index("--attacks") + 1] = json.dumps([ATTACKS[0]])
+    audit(argv, tmp_path / "records")
+    result = generate_leaderboard([str(tmp_path / "records")], tmp_path / "board")
+    assert not result.problems and result.rows == 1
+    assert "audit_user_code:tiny_network (external)" in Path(result.markdown).read_text()

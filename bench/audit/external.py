@@ -144,7 +144,7 @@ class ExternalClassifier(PrivacyModule):
 
     @property
     def label(self) -> str:
-        return f"external ({self.hparams['factory_name']})"
+        return str(self.hparams["factory_name"])  # the leaderboard marks it external
 
     @property
     def network_name(self) -> str:
