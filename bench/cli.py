@@ -28,7 +28,7 @@ from bench.lightning_cli import (  # noqa: F401
     with_quickstart,
 )
 
-COMMANDS = (*LIGHTNING_SUBCOMMANDS, "evaluate", "leaderboard", "list", "sweep")
+COMMANDS = (*LIGHTNING_SUBCOMMANDS, "evaluate", "audit", "leaderboard", "list", "sweep")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -43,6 +43,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         _check_config_files(argv)
         if command == "evaluate":
             evaluate_command(argv[1:])
+        elif command == "audit":
+            audit_command(argv[1:])
         elif command == "leaderboard":
             leaderboard_command(argv[1:])
         elif command == "list":
@@ -114,6 +116,7 @@ commands:
   test         test a method on the test pool (--ckpt_path a checkpoint)
   predict      predict on the test pool (--ckpt_path a checkpoint)
   evaluate     run the privacy harness on a checkpoint written by `bench fit`
+  audit        audit a classifier trained elsewhere, or saved scores (docs/auditing_a_model.md)
   leaderboard  regenerate leaderboard tables, CSV and plots from result records
   list         list the methods, DataModules, attacks, shipped configs and sweeps
   sweep        run every point of a sweep, one `bench fit` each
@@ -274,6 +277,13 @@ def _evaluation_device(name: str) -> str:
     elif device.type != "cpu" and device.type != "mps":
         raise BenchError(f"--device {name}: bench evaluates on cpu or cuda; give cpu, cuda, cuda:1, ... or auto")
     return str(device)
+
+
+# ---------------------------------------------------------------------- bench audit
+def audit_command(argv: list[str]) -> None:
+    from bench.audit.command import audit_command as run_audit  # the logic lives in bench/audit/
+
+    run_audit(argv)
 
 
 # ---------------------------------------------------------------------- bench leaderboard

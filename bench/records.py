@@ -399,6 +399,22 @@ class PrivacyEntry(_Open):
         return self.error is not None
 
 
+class ExternalInfo(_Open):
+    """What ``bench audit`` evaluated that bench did not train, and what it assumed about it (issue 26).
+
+    Such a record is comparable only within its own experiment: its recipe and data split are the user's."""
+
+    kind: Literal["classifier", "scores"]
+    #: what the command line named (never read back as code): the factory, the train function
+    factory: Optional[str] = None
+    weights_sha256: Optional[str] = None
+    members: Optional[str] = None
+    recipe: Optional[str] = None
+    scores: Optional[str] = None
+    scores_sha256: Optional[str] = None
+    assumptions: list[str] = Field(default_factory=list)
+
+
 class Record(_Open):
     """One evaluation's result record (schema 2). Build it with :meth:`parse` from a dict, or as a model."""
 
@@ -423,6 +439,8 @@ class Record(_Open):
     wandb: Optional[dict[str, Any]] = None
     artifacts: dict[str, Any] = Field(default_factory=dict)
     experiment: Optional[str] = None
+    #: set by ``bench audit``: the model (or scores) came from elsewhere
+    external: Optional[ExternalInfo] = None
 
     @model_validator(mode="before")
     @classmethod

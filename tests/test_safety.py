@@ -463,7 +463,7 @@ def test_help_lists_every_command(capsys):
             if line.startswith("  ") and not line.strip().startswith("-")
         ]
         assert listed == list(COMMANDS)
-        assert set(COMMANDS) == {"fit", "validate", "test", "predict", "evaluate", "leaderboard", "list", "sweep"}
+        assert set(COMMANDS) == {"fit", "validate", "test", "predict", "evaluate", "audit", "leaderboard", "list", "sweep"}
 
 
 def test_a_checkpoint_written_by_bench_fit_resumes_through_the_command_line(tmp_path, capsys, monkeypatch):

@@ -232,6 +232,8 @@ def _headline(experiment: _Experiment, front: set[int]) -> list[str]:
     body = []
     for i, row in enumerate(experiment.rows):
         degenerate = " (degenerate)" if any(_degenerate(run.record) for run in row.runs) else ""
+        # `bench audit`: trained by the user's recipe on the user's split, comparable only within its experiment
+        degenerate += " (external)" if any(_external(run.record) for run in row.runs) else ""
         cells = [row.label + degenerate + (f" {PARETO}" if i in front else "")]
         if has_setting:
             cells.append(experiment.differences[i] or MISSING)
@@ -411,3 +413,9 @@ def _notes(experiment: _Experiment) -> list[str]:
     if any(run.paper for row in experiment.rows for run in row.runs):
         notes.append("Paper values in parentheses (sources under the detail).")
     return notes
+
+
+def _external(record) -> bool:
+    """Whether ``record`` came from ``bench audit`` (a model or scores bench did not train)."""
+    external = record.get("external") if isinstance(record, dict) else getattr(record, "external", None)
+    return external is not None

@@ -1,0 +1,6 @@
+"""``bench audit``: bench's verdicts on a model trained elsewhere, or on saved scores (docs/auditing_a_model.md)."""
+
+from bench.audit.external import ExternalClassifier, assign_member_pools, read_members
+from bench.audit.scores import load_scores, score_saved
+
+__all__ = ["ExternalClassifier", "assign_member_pools", "load_scores", "read_members", "score_saved"]
