@@ -463,7 +463,8 @@ def test_help_lists_every_command(capsys):
             if line.startswith("  ") and not line.strip().startswith("-")
         ]
         assert listed == list(COMMANDS)
-        assert set(COMMANDS) == {"fit", "validate", "test", "predict", "evaluate", "audit", "leaderboard", "list", "sweep"}
+        commands = {"fit", "validate", "test", "predict", "evaluate", "audit", "leaderboard", "list", "sweep"}
+        assert set(COMMANDS) == commands
 
 
 def test_a_checkpoint_written_by_bench_fit_resumes_through_the_command_line(tmp_path, capsys, monkeypatch):
