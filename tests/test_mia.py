@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import lightning as L
@@ -710,3 +711,68 @@ def test_a_cache_entry_with_another_key_or_unreadable_is_retrained_with_one_line
     assert rerun.cost["shadow_models_trained"] == 2 and rerun.cost["shadow_models_loaded"] == 0
     assert rerun.privacy[0]["metrics"] == uncached.privacy[0]["metrics"]  # never the other pool's models
     assert _cached_run(target, datamodule, tmp_path).cost["shadow_models_loaded"] == 2  # the entry was replaced
+
+
+# ---------------------------------------------------------------------------- canaries (issue 23)
+@pytest.fixture(scope="module")
+def memorised_with_canaries():
+    datamodule = RandomLabels(pool_limit=64, canaries=40)
+    torch.manual_seed(0)
+    module = _fit(MCMIA(data_spec=datamodule.spec, defense="none", lr=3e-3), datamodule, epochs=60)
+    return module, datamodule
+
+
+def test_canaries_leave_the_nonmember_pool_and_the_included_ones_join_training(memorised_with_canaries):
+    _, datamodule = memorised_with_canaries
+    canaries = datamodule.canary_set
+    assert datamodule.pool_sizes()["nonmember"] == 64 - 40
+    assert len(datamodule.pool("train")) == datamodule.natural_train_size + int(canaries.inclusion.sum())
+    train_labels = datamodule.pool("train").labels[datamodule.natural_train_size :]
+    assert torch.equal(train_labels, canaries.labels[canaries.inclusion])  # trained with their wrong labels
+    recorded = datamodule.describe()["canaries"]
+    assert recorded["inclusion"] == canaries.inclusion.int().tolist() and recorded["kind"] == "mislabelled"
+
+
+def test_every_adversary_reports_canary_metrics_and_the_one_run_audit(memorised_with_canaries):
+    module, datamodule = memorised_with_canaries
+    attacks = [LossThreshold(shadow_epochs=40), RMIAOnline(reference_models=4, shadow_epochs=40)]
+    evaluation = evaluate(module, datamodule, attacks)
+    for entry in evaluation.privacy:
+        metrics, details = entry["metrics"], entry["details"]
+        assert details["members"] == 64 and details["nonmembers"] == 24  # population metrics: natural samples only
+        assert metrics["canary_auc"] > 0.8, (entry["attack"], metrics)
+        audit = details["canary_audit"]
+        assert audit["canaries"] == 40 and metrics["canary_audit_epsilon"] == audit["epsilon"] >= 0
+        assert details["canary_tpr_at_0.1pct_fpr"]["achieved_fpr"] <= 0.001
+        assert any("cannot resolve an FPR" in warning for warning in details["warnings"])
+        assert entry["directions"]["canary_audit_epsilon"] == "lower"
+    json.dumps(evaluation.privacy)
+
+
+def test_what_the_attacker_computes_does_not_depend_on_canary_inclusion(memorised_with_canaries, monkeypatch):
+    module, datamodule = memorised_with_canaries
+    seen = []
+    original = RMIAOnline.score
+
+    def recording(self, *args):
+        scores, threshold, details = original(self, *args)
+        seen.append(scores.clone())
+        return scores, threshold, details
+
+    monkeypatch.setattr(RMIAOnline, "score", recording)
+    truth = datamodule.canary_set
+    evaluate(module, datamodule, [RMIAOnline(reference_models=4, shadow_epochs=5)])
+    # the same target, another inclusion as ground truth: every score the attacker computes is the same
+    flipped = dataclasses.replace(truth, inclusion=~truth.inclusion)
+    monkeypatch.setattr(datamodule, "canary_set", flipped)
+    evaluate(module, datamodule, [RMIAOnline(reference_models=4, shadow_epochs=5)])
+    assert torch.equal(seen[0], seen[1])
+
+
+def test_bad_canary_settings_fail_with_one_line_before_training():
+    from bench.errors import BenchError
+
+    with pytest.raises(BenchError, match="only 63"):
+        RandomLabels(pool_limit=64, canaries=200).setup()
+    with pytest.raises(BenchError, match="canary kind"):
+        RandomLabels(pool_limit=64, canaries=10, canary_kind="poisoned")

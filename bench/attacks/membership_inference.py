@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from bench.attacks.base import Attack, AttackResult
 from bench.attacks.shadow_models import RECIPES, PooledShadows, PoolRecipe, ShadowPool, current_shadow_pool
 from bench.errors import BenchError
-from bench.metrics.membership import DIRECTIONS, epsilon_lower_bound, membership_report, roc_curve
+from bench.metrics.membership import DIRECTIONS, canary_report, epsilon_lower_bound, membership_report, roc_curve
 from bench.networks.classifiers import InferenceModel
 from bench.threat_models import Role, ThreatModel
 
@@ -86,16 +86,28 @@ def best_threshold(scores: Tensor, is_member: Tensor) -> float:
 def target_queries(datamodule, max_queries: Optional[int], generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
     """Members (train pool) and non-members (nonmember pool), at most ``max_queries`` of each.
 
-    Returns images, labels, is_member.
+    Returns images, labels, is_member. Canaries are not among them (:func:`canary_queries`): the members are the
+    training pool's natural samples.
     """
     parts = []
     for pool, member in (("train", 1), ("nonmember", 0)):
         images, labels = datamodule.pool(pool).tensors()
+        natural = getattr(datamodule, "natural_train_size", None) if pool == "train" else None
+        if natural is not None:
+            images, labels = images[:natural], labels[:natural]
         if max_queries is not None and len(images) > max_queries:
             index = torch.randperm(len(images), generator=generator)[:max_queries]
             images, labels = images[index], labels[index]
         parts.append((images, labels, torch.full((len(images),), member)))
     return tuple(torch.cat(t) for t in zip(*parts))  # type: ignore[return-value]
+
+
+def canary_queries(datamodule) -> Optional[tuple[Tensor, Tensor, Tensor]]:
+    """(images, labels, inclusion) of the DataModule's canary candidates, None without canaries.
+
+    The attacker queries every candidate with its (possibly wrong) label; inclusion is only measured against."""
+    read = getattr(datamodule, "canary_queries", None)
+    return read() if read is not None else None
 
 
 def augmentation_of(datamodule):
@@ -198,13 +210,30 @@ class MembershipInference(Attack):
 
     def run(self, module, datamodule, generator: torch.Generator) -> AttackResult:
         images, labels, is_member = target_queries(datamodule, self.max_queries, generator)
+        natural = len(images)
+        canaries = canary_queries(datamodule)
+        if canaries is not None:  # candidates are queries like any other: online shadows train on them blind
+            images, labels = torch.cat([images, canaries[0]]), torch.cat([labels, canaries[1]])
+            # only an attack granted known members (Nasr et al.'s) reads is_member; it may then know canaries too
+            is_member = torch.cat([is_member, canaries[2].long()])
         target = query_logits(module, images, self.query_batch_size, module.device)
         self._shadow_details, self._shadow_warnings = {}, []
         scores, threshold, details = self.score(module, datamodule, generator, images, target, labels, is_member)
+        delta = float(getattr(module, "hparams", {}).get("delta", AUDIT_DELTA))
+        canary_metrics, canary_details, canary_warnings = {}, {}, []
+        if canaries is not None:
+            canary_scores, inclusion = scores[natural:], is_member[natural:]
+            scored = ~torch.isnan(canary_scores)
+            canary_metrics, canary_details, canary_warnings = canary_report(
+                canary_scores[scored], inclusion[scored], delta
+            )
+            scores, is_member = scores[:natural], is_member[:natural]
         scored = ~torch.isnan(scores)  # an attack that learns from known members scores only the others
         scores, is_member = scores[scored], is_member[scored]
         metrics, report, warnings = membership_report(scores, is_member, threshold)
-        delta = float(getattr(module, "hparams", {}).get("delta", AUDIT_DELTA))
+        metrics.update(canary_metrics)
+        report.update(canary_details)
+        warnings += canary_warnings
         audit = epsilon_lower_bound(scores, is_member, delta, generator)
         metrics["empirical_epsilon"] = audit["epsilon"]
         details.update(self._shadow_details)

@@ -124,3 +124,26 @@ def draw_canaries(
     inclusion_stream = torch.Generator().manual_seed(seed + _INCLUSION_STREAM)
     inclusion = torch.rand(count, generator=inclusion_stream) < 0.5
     return CanarySet(kind, indices, canary_labels, labels[indices].clone(), inclusion, seed)
+
+
+def nearest_mean_atypicality(
+    reference_images: Tensor, reference_labels: Tensor, images: Tensor, labels: Tensor
+) -> Tensor:
+    """How badly a reference model fitted on the attacker's data fits each example (higher: more atypical).
+
+    The reference model is the nearest-class-mean classifier of ``reference_images`` (the attacker pool); its
+    margin loss on an example is the distance to the example's own class mean minus the distance to the nearest
+    other class mean. It sees no training-set inclusion, so candidates chosen by it are chosen blind to inclusion.
+    """
+    flat_reference, flat = reference_images.flatten(1).double(), images.flatten(1).double()
+    classes = int(max(reference_labels.max(), labels.max())) + 1
+    means = torch.stack(
+        [
+            flat_reference[reference_labels == c].mean(0) if (reference_labels == c).any() else flat_reference.mean(0)
+            for c in range(classes)
+        ]
+    )
+    distances = torch.cdist(flat, means)
+    own = distances.gather(1, labels.long()[:, None]).squeeze(1)
+    others = distances.scatter(1, labels.long()[:, None], float("inf")).min(1).values
+    return own - others
