@@ -776,3 +776,25 @@ def test_bad_canary_settings_fail_with_one_line_before_training():
         RandomLabels(pool_limit=64, canaries=200).setup()
     with pytest.raises(BenchError, match="canary kind"):
         RandomLabels(pool_limit=64, canaries=10, canary_kind="poisoned")
+
+
+def test_the_record_keeps_per_example_scores_in_a_hashed_npz_beside_it(memorised_with_canaries, tmp_path):
+    import hashlib
+
+    import numpy as np
+
+    from bench.evaluator import Evaluator
+    from bench.records import load_records, run_facts_from_config
+
+    module, datamodule = memorised_with_canaries
+    evaluator = Evaluator(attacks=[LossThreshold(shadow_epochs=5)], records_dir=str(tmp_path / "records"))
+    evaluator.run(module, datamodule, config={}, training=None, run=run_facts_from_config({}, None))
+    (record,) = load_records([tmp_path / "records"]).models
+    path = record.artifacts["per_example_scores"]
+    assert hashlib.sha256(open(path, "rb").read()).hexdigest() == record.artifacts["per_example_scores_sha256"]
+    assert "per_example_scores" not in json.dumps(record.privacy[0].details)  # arrays: in the file, not the JSON
+    columns = np.load(path)
+    pool, member = columns["loss_threshold.pool"], columns["loss_threshold.member"]
+    assert (pool == 2).sum() == 40 and np.array_equal(member[pool == 2], datamodule.canary_set.inclusion.numpy())
+    assert (pool == 0).sum() == 64 and (member[pool == 0] == 1).all() and (member[pool == 1] == 0).all()
+    assert len(columns["loss_threshold.score"]) == len(pool) == len(columns["loss_threshold.index"])

@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -42,6 +43,8 @@ from bench.threat_models import Role, ThreatModel
 
 #: the audit's delta when the method states none (DP-SGD states its own)
 AUDIT_DELTA = 1e-5
+#: the per-example scores' pool column: which pool each query came from
+POOL_CODES = {"train": 0, "nonmember": 1, "canary": 2}
 
 
 # ---------------------------------------------------------------------- queries
@@ -83,11 +86,13 @@ def best_threshold(scores: Tensor, is_member: Tensor) -> float:
     return float(sorted_scores[int(balanced.argmax())])
 
 
-def target_queries(datamodule, max_queries: Optional[int], generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+def target_queries(
+    datamodule, max_queries: Optional[int], generator: torch.Generator, with_index: bool = False
+) -> tuple[Tensor, ...]:
     """Members (train pool) and non-members (nonmember pool), at most ``max_queries`` of each.
 
-    Returns images, labels, is_member. Canaries are not among them (:func:`canary_queries`): the members are the
-    training pool's natural samples.
+    Returns images, labels, is_member (and, ``with_index``, each query's index in its pool). Canaries are not among
+    them (:func:`canary_queries`): the members are the training pool's natural samples.
     """
     parts = []
     for pool, member in (("train", 1), ("nonmember", 0)):
@@ -95,11 +100,13 @@ def target_queries(datamodule, max_queries: Optional[int], generator: torch.Gene
         natural = getattr(datamodule, "natural_train_size", None) if pool == "train" else None
         if natural is not None:
             images, labels = images[:natural], labels[:natural]
+        index = torch.arange(len(images))
         if max_queries is not None and len(images) > max_queries:
             index = torch.randperm(len(images), generator=generator)[:max_queries]
             images, labels = images[index], labels[index]
-        parts.append((images, labels, torch.full((len(images),), member)))
-    return tuple(torch.cat(t) for t in zip(*parts))  # type: ignore[return-value]
+        parts.append((images, labels, torch.full((len(images),), member), index))
+    columns = tuple(torch.cat(t) for t in zip(*parts))
+    return columns if with_index else columns[:3]
 
 
 def canary_queries(datamodule) -> Optional[tuple[Tensor, Tensor, Tensor]]:
@@ -157,6 +164,8 @@ class MembershipInference(Attack):
         self.query_batch_size = query_batch_size
         self.shadow_recipe = shadow_recipe
         self._shadow_details: dict[str, Any] = {}
+        #: the last run's per-example columns (pool, index, label, member, score), read by the evaluator
+        self.per_example_scores: Optional[dict[str, Any]] = None
         self._shadow_warnings: list[str] = []
 
     def pool_recipe(self, online: bool = False) -> PoolRecipe:
@@ -209,16 +218,26 @@ class MembershipInference(Attack):
     min_shadow_members = 2
 
     def run(self, module, datamodule, generator: torch.Generator) -> AttackResult:
-        images, labels, is_member = target_queries(datamodule, self.max_queries, generator)
+        images, labels, is_member, index = target_queries(datamodule, self.max_queries, generator, with_index=True)
         natural = len(images)
+        pool = torch.where(is_member.bool(), POOL_CODES["train"], POOL_CODES["nonmember"])
         canaries = canary_queries(datamodule)
         if canaries is not None:  # candidates are queries like any other: online shadows train on them blind
             images, labels = torch.cat([images, canaries[0]]), torch.cat([labels, canaries[1]])
             # only an attack granted known members (Nasr et al.'s) reads is_member; it may then know canaries too
             is_member = torch.cat([is_member, canaries[2].long()])
+            index = torch.cat([index, datamodule.canary_set.indices])
+            pool = torch.cat([pool, torch.full((len(canaries[0]),), POOL_CODES["canary"])])
         target = query_logits(module, images, self.query_batch_size, module.device)
         self._shadow_details, self._shadow_warnings = {}, []
         scores, threshold, details = self.score(module, datamodule, generator, images, target, labels, is_member)
+        per_example = {  # the record's per-example risk file (the evaluator writes it; arrays, never in the JSON)
+            "pool": pool.numpy().astype(np.int8),
+            "index": index.numpy(),
+            "label": labels.numpy(),
+            "member": is_member.numpy().astype(np.int8),  # canaries: their inclusion
+            "score": scores.detach().double().cpu().numpy(),
+        }
         delta = float(getattr(module, "hparams", {}).get("delta", AUDIT_DELTA))
         canary_metrics, canary_details, canary_warnings = {}, {}, []
         if canaries is not None:
@@ -246,6 +265,7 @@ class MembershipInference(Attack):
             roc=roc_curve(scores, is_member),
             warnings=self._shadow_warnings + warnings,
         )
+        self.per_example_scores = per_example
         return AttackResult(metrics, details=details)
 
     def score(
