@@ -180,3 +180,18 @@ def test_an_fpr_the_canary_count_cannot_resolve_is_named():
     assert check_canary_request(4000, "mislabelled", 5000, lowest_fpr=0.001) == []
     (warning,) = check_canary_request(500, "mislabelled", 5000, lowest_fpr=0.001)
     assert "cannot resolve an FPR of 0.1%" in warning
+
+
+def test_atypical_canaries_are_the_examples_a_reference_model_on_attacker_data_fits_worst():
+    from bench.datamodules.canaries import nearest_mean_atypicality
+
+    generator = torch.Generator().manual_seed(0)
+    reference_labels = torch.arange(200) % 2
+    reference = reference_labels[:, None].float() * 10 + torch.randn(200, 4, generator=generator)
+    labels = torch.arange(50) % 2
+    images = labels[:, None].float() * 10 + torch.randn(50, 4, generator=generator)
+    images[:5] = (1 - labels[:5])[:, None].float() * 10  # five examples that look like the other class
+    scores = nearest_mean_atypicality(reference, reference_labels, images, labels)
+    canaries = draw_canaries(labels, 5, "atypical", 2, seed=0, atypicality=scores)
+    assert set(canaries.indices.tolist()) == set(range(5))
+    assert torch.equal(canaries.labels, labels[canaries.indices])  # natural: their own labels

@@ -798,3 +798,15 @@ def test_the_record_keeps_per_example_scores_in_a_hashed_npz_beside_it(memorised
     assert (pool == 2).sum() == 40 and np.array_equal(member[pool == 2], datamodule.canary_set.inclusion.numpy())
     assert (pool == 0).sum() == 64 and (member[pool == 0] == 1).all() and (member[pool == 1] == 0).all()
     assert len(columns["loss_threshold.score"]) == len(pool) == len(columns["loss_threshold.index"])
+
+
+def test_atypical_canaries_come_from_the_datamodule_and_a_dpsgd_target_shows_its_accountant_beside_the_audit():
+    from bench.modules import DPSGD
+
+    datamodule = RandomLabels(pool_limit=64, canaries=20, canary_kind="atypical")
+    assert datamodule.pool_sizes()["nonmember"] == 44 and datamodule.canary_set.kind == "atypical"
+    torch.manual_seed(0)
+    module = _fit(DPSGD(data_spec=datamodule.spec, noise_multiplier=1.0), datamodule, epochs=1)
+    (entry,) = evaluate(module, datamodule, [LossThreshold(shadow_epochs=2)]).privacy
+    audit = entry["details"]["canary_audit"]
+    assert audit["accountant_epsilon"] == pytest.approx(module.epsilon()) and audit["epsilon"] <= module.epsilon()

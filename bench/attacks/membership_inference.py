@@ -246,6 +246,9 @@ class MembershipInference(Attack):
             canary_metrics, canary_details, canary_warnings = canary_report(
                 canary_scores[scored], inclusion[scored], delta
             )
+            accountant = getattr(module, "epsilon", None)
+            if callable(accountant):  # DP-SGD: the accountant's epsilon beside the audit's lower bound
+                canary_details["canary_audit"]["accountant_epsilon"] = float(accountant())
             scores, is_member = scores[:natural], is_member[:natural]
         scored = ~torch.isnan(scores)  # an attack that learns from known members scores only the others
         scores, is_member = scores[scored], is_member[scored]
