@@ -268,6 +268,15 @@ class MembershipInference(Attack):
             roc=roc_curve(scores, is_member),
             warnings=self._shadow_warnings + warnings,
         )
+        details["intervals"] = (
+            {  # the leaderboard's reading of each metric's interval
+                name: report[name]["interval"]
+                for name in report
+                if isinstance(report[name], dict) and "interval" in report[name]
+            }
+            | {"auc": report["auc_interval"]}
+            | ({"canary_auc": report["canary_auc_interval"]} if canaries is not None else {})
+        )
         self.per_example_scores = per_example
         return AttackResult(metrics, details=details)
 
