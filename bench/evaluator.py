@@ -154,6 +154,11 @@ class Evaluator:
         evaluation = evaluate(module, datamodule, attacks, seed=self.seed, budget_check=self.budget_check)
         evaluation.utility.update(chance_level(evaluation.utility.get("accuracy"), datamodule, untrained))
         evaluation.per_example_scores = _per_example_scores(attacks, evaluation)  # arrays: a file, not the record
+        evaluation.most_exposed = {
+            attack.name: attack.most_exposed["images"]
+            for attack in attacks
+            if getattr(attack, "most_exposed", None) and attack.name in _succeeded(evaluation)
+        }
         record = build_record(
             evaluation,
             module,
@@ -196,6 +201,7 @@ class Evaluator:
         artifacts = _save_example_grids(evaluation, directory / "artifacts", record.record_id)
         artifacts.update(_save_roc_plot(record, directory / "artifacts"))
         artifacts.update(_save_per_example_scores(evaluation, directory / "artifacts", record.record_id))
+        artifacts.update(_save_most_exposed(evaluation, directory / "artifacts", record.record_id))
         record = record.model_copy(update={"artifacts": artifacts})
         return record, write_record(record, directory)
 
@@ -362,9 +368,29 @@ def _save_roc_plot(record: Record, directory: Path) -> dict[str, str]:
     return {"roc": str(path)}
 
 
+def _succeeded(evaluation: Evaluation) -> set[str]:
+    return {entry["attack"] for entry in evaluation.privacy if not entry.get("error")}
+
+
+def _save_most_exposed(evaluation: Evaluation, directory: Path, record_id: str) -> dict[str, str]:
+    """Per membership attack, a grid of the training images it scores highest (upscaled 4x: large enough to see)."""
+    from torchvision.utils import save_image
+
+    artifacts = {}
+    for attack, images in (getattr(evaluation, "most_exposed", None) or {}).items():
+        if not len(images):
+            continue
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{record_id[:8]}-{attack}-most-exposed.png"
+        large = torch.nn.functional.interpolate(images.float(), scale_factor=4, mode="nearest")
+        save_image(large, path, nrow=8, padding=4, pad_value=1.0)
+        artifacts[f"{attack}_most_exposed"] = str(path)
+    return artifacts
+
+
 def _per_example_scores(attacks: Sequence[Attack], evaluation: Evaluation) -> dict[str, Any]:
     """Every attack's per-example scores of this evaluation, {"<attack>.<column>": array} (failed attacks: none)."""
-    succeeded = {entry["attack"] for entry in evaluation.privacy if not entry.get("error")}
+    succeeded = _succeeded(evaluation)
     columns = {}
     for attack in attacks:
         per_example = getattr(attack, "per_example_scores", None)

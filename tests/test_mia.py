@@ -798,6 +798,14 @@ def test_the_record_keeps_per_example_scores_in_a_hashed_npz_beside_it(memorised
     assert (pool == 2).sum() == 40 and np.array_equal(member[pool == 2], datamodule.canary_set.inclusion.numpy())
     assert (pool == 0).sum() == 64 and (member[pool == 0] == 1).all() and (member[pool == 1] == 0).all()
     assert len(columns["loss_threshold.score"]) == len(pool) == len(columns["loss_threshold.index"])
+    # the most exposed training images: a grid you can see, and their scores are the highest among trained queries
+    grid = record.artifacts["loss_threshold_most_exposed"]
+    assert open(grid, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    exposed = record.privacy[0].details["most_exposed"]
+    trained = columns["loss_threshold.score"][columns["loss_threshold.member"] == 1]
+    assert [e["score"] for e in exposed] == sorted(trained, reverse=True)[: len(exposed)]
+    slices = record.privacy[0].details["slices"]
+    assert sum(s["members"] for s in slices["class"].values()) == 64 and set(slices["correct"]) <= {"True", "False"}
 
 
 def test_atypical_canaries_come_from_the_datamodule_and_a_dpsgd_target_shows_its_accountant_beside_the_audit():

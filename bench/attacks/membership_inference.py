@@ -37,7 +37,14 @@ from torch import Tensor, nn
 from bench.attacks.base import Attack, AttackResult
 from bench.attacks.shadow_models import RECIPES, PooledShadows, PoolRecipe, ShadowPool, current_shadow_pool
 from bench.errors import BenchError
-from bench.metrics.membership import DIRECTIONS, canary_report, epsilon_lower_bound, membership_report, roc_curve
+from bench.metrics.membership import (
+    DIRECTIONS,
+    canary_report,
+    epsilon_lower_bound,
+    membership_report,
+    membership_slices,
+    roc_curve,
+)
 from bench.networks.classifiers import InferenceModel
 from bench.threat_models import Role, ThreatModel
 
@@ -117,6 +124,25 @@ def canary_queries(datamodule) -> Optional[tuple[Tensor, Tensor, Tensor]]:
     return read() if read is not None else None
 
 
+#: how many of the most exposed training images the record keeps (and the evaluator shows as a grid)
+MOST_EXPOSED = 32
+
+
+def _most_exposed(images, scores, is_member, pool, index, labels) -> dict[str, Any]:
+    """The training images (natural members and included canaries) the attack scores highest: the records at risk."""
+    trained = (is_member == 1) & ~torch.isnan(scores)
+    candidates = trained.nonzero().squeeze(1)
+    top = candidates[scores[candidates].argsort(descending=True, stable=True)[:MOST_EXPOSED]]
+    pools = {code: name for name, code in POOL_CODES.items()}
+    return {
+        "images": images[top].detach().cpu(),
+        "entries": [
+            {"pool": pools[int(pool[i])], "index": int(index[i]), "label": int(labels[i]), "score": float(scores[i])}
+            for i in top.tolist()
+        ],
+    }
+
+
 def augmentation_of(datamodule):
     """The target DataModule's training augmentation (part of the target's recipe), None when it has none."""
     pool = datamodule.pool("train")
@@ -166,6 +192,8 @@ class MembershipInference(Attack):
         self._shadow_details: dict[str, Any] = {}
         #: the last run's per-example columns (pool, index, label, member, score), read by the evaluator
         self.per_example_scores: Optional[dict[str, Any]] = None
+        #: the last run's most exposed training images (highest scores among members and included canaries)
+        self.most_exposed: Optional[dict[str, Any]] = None
         self._shadow_warnings: list[str] = []
 
     def pool_recipe(self, online: bool = False) -> PoolRecipe:
@@ -231,13 +259,16 @@ class MembershipInference(Attack):
         target = query_logits(module, images, self.query_batch_size, module.device)
         self._shadow_details, self._shadow_warnings = {}, []
         scores, threshold, details = self.score(module, datamodule, generator, images, target, labels, is_member)
+        correct = target.argmax(1).cpu() == labels  # the target's own prediction: a slice of the risk
         per_example = {  # the record's per-example risk file (the evaluator writes it; arrays, never in the JSON)
             "pool": pool.numpy().astype(np.int8),
             "index": index.numpy(),
             "label": labels.numpy(),
             "member": is_member.numpy().astype(np.int8),  # canaries: their inclusion
+            "correct": correct.numpy(),
             "score": scores.detach().double().cpu().numpy(),
         }
+        self.most_exposed = _most_exposed(images, scores, is_member, pool, index, labels)
         delta = float(getattr(module, "hparams", {}).get("delta", AUDIT_DELTA))
         canary_metrics, canary_details, canary_warnings = {}, {}, []
         if canaries is not None:
@@ -253,6 +284,10 @@ class MembershipInference(Attack):
         scored = ~torch.isnan(scores)  # an attack that learns from known members scores only the others
         scores, is_member = scores[scored], is_member[scored]
         metrics, report, warnings = membership_report(scores, is_member, threshold)
+        report["slices"] = {
+            "class": membership_slices(scores, is_member, labels[:natural][scored]),
+            "correct": membership_slices(scores, is_member, correct[:natural][scored]),
+        }
         metrics.update(canary_metrics)
         report.update(canary_details)
         warnings += canary_warnings
@@ -278,6 +313,7 @@ class MembershipInference(Attack):
             | ({"canary_auc": report["canary_auc_interval"]} if canaries is not None else {})
         )
         self.per_example_scores = per_example
+        details["most_exposed"] = self.most_exposed["entries"]
         return AttackResult(metrics, details=details)
 
     def score(

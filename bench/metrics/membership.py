@@ -375,3 +375,24 @@ def canary_report(
     details = {f"canary_{name}": value for name, value in details.items()}
     details["canary_audit"] = audit
     return metrics, details, [f"canaries: {warning}" for warning in warnings]
+
+
+def membership_slices(scores: Tensor, is_member: Tensor, groups: Tensor) -> dict[str, dict[str, Any]]:
+    """The attack per slice (``groups``: one slice key per query, e.g. its class or whether the target got it right).
+
+    Each slice: member and non-member counts, and where it has both, the AUC with DeLong's interval and the TPR at
+    1% FPR within the slice -- the records a population average hides (Aerni et al. 2024).
+    """
+    values, target = scores.detach().flatten(), is_member.detach().flatten()
+    keys = groups.detach().flatten()
+    slices = {}
+    for key in torch.unique(keys).tolist():
+        chosen = keys == key
+        members, nonmembers = int((target[chosen] == 1).sum()), int((target[chosen] == 0).sum())
+        entry: dict[str, Any] = {"members": members, "nonmembers": nonmembers}
+        if members and nonmembers:
+            auc, low, high = delong_interval(values[chosen], target[chosen])
+            fpr, tpr, thresholds = exact_roc(values[chosen], target[chosen])
+            entry.update(auc=auc, auc_interval=[low, high], tpr_at_1pct_fpr=tpr_at_fpr(fpr, tpr, thresholds, 0.01)[0])
+        slices[str(key)] = entry
+    return slices
