@@ -250,7 +250,7 @@ def _families(attacks: dict[str, dict[str, Any]]) -> list[_Family]:
     )
     families = sorted(counts, key=lambda f: (-counts[f], f.metric, f.direction))
     # the most exposed records (issue 23): every adversary that scored canaries competes on these columns
-    reported = {m for info in attacks.values() if info["role"] != "diagnostic" for m in info["directions"]}
+    reported = {m for info in attacks.values() if info["role"] != "diagnostic" for m in info["metrics"]}
     families += [_Family(metric, "lower", primary_only=False) for metric in CANARY_HEADLINE if metric in reported]
     return families
 
