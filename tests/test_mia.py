@@ -299,7 +299,8 @@ def test_every_attack_is_well_above_chance_on_a_model_that_memorised_its_members
         auc_floor = 0.6 if entry["attack"] in ("nasr", "nasr_shadow") else 0.75
         accuracy_floor = 0.6 if entry["attack"] == "nasr" else 0.65
         assert metrics["auc"] > auc_floor and metrics["attack_accuracy"] > accuracy_floor, (entry["attack"], metrics)
-        assert entry["directions"] == {key: "lower" for key in metrics}
+        # every metric reported has its direction (the canary metrics' are declared whether or not a run has canaries)
+        assert {key: entry["directions"][key] for key in metrics} == {key: "lower" for key in metrics}
         scored = 32 if entry["attack"] == "nasr" else 64  # Nasr's known half is its training data, not scored
         assert entry["details"]["members"] == entry["details"]["nonmembers"] == scored
     json.dumps(evaluation.privacy)  # records hold plain JSON: the ROC curve included
@@ -818,3 +819,33 @@ def test_atypical_canaries_come_from_the_datamodule_and_a_dpsgd_target_shows_its
     (entry,) = evaluate(module, datamodule, [LossThreshold(shadow_epochs=2)]).privacy
     audit = entry["details"]["canary_audit"]
     assert audit["accountant_epsilon"] == pytest.approx(module.epsilon()) and audit["epsilon"] <= module.epsilon()
+
+
+def test_queries_mirror_the_targets_training_augmentation():
+    from torchvision.transforms import v2
+
+    from bench.attacks.membership_inference import query_augmentations
+
+    assert [name for name, _ in query_augmentations(None)] == ["shift(0,0)"]  # no augmentation: the query alone
+    crop_only = query_augmentations(v2.Compose([v2.RandomCrop(8, padding=1)]))
+    assert len(crop_only) == 9 and not any("flip" in name for name, _ in crop_only)  # flips only where it flips
+    both = query_augmentations(v2.Compose([v2.RandomCrop(8, padding=1), v2.RandomHorizontalFlip()]))
+    assert len(both) == 18
+    images = torch.arange(64.0).reshape(1, 1, 8, 8)
+    shifted = dict(both)["shift(1,0)"](images)
+    assert torch.equal(shifted[..., :, :7], images[..., :, 1:]) and (shifted[..., :, 7] == 0).all()
+    assert torch.equal(dict(both)["shift(0,0)+flip"](images), images.flip(-1))
+
+
+def test_lira_on_an_augmenting_target_records_its_augmented_queries(monkeypatch):
+    from torchvision.transforms import v2
+
+    datamodule = RandomLabels(pool_limit=32)
+    torch.manual_seed(0)
+    module = _fit(MCMIA(data_spec=datamodule.spec, defense="none", lr=3e-3), datamodule, epochs=2)
+    transform = v2.Compose([v2.RandomCrop(8, padding=1), v2.RandomHorizontalFlip()])
+    monkeypatch.setattr(datamodule.pool("train"), "transform", transform)
+    attacks = [LiRA(shadow_models=2, shadow_epochs=1), LiRAOnline(shadow_models=2, shadow_epochs=1)]
+    for entry in evaluate(module, datamodule, attacks).privacy:
+        assert entry["details"]["augmented_queries"] == 18, entry["attack"]
+        assert 0 <= entry["metrics"]["auc"] <= 1

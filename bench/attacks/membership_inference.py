@@ -143,6 +143,34 @@ def _most_exposed(images, scores, is_member, pool, index, labels) -> dict[str, A
     }
 
 
+def query_augmentations(transform) -> list[tuple[str, Any]]:
+    """The deterministic queries that mirror the target's training augmentation (Carlini et al.'s LiRA code):
+    the identity first, then every shift by 0 or +-padding pixels of a ``RandomCrop`` (zero padding, as the crop
+    pads) and, only where the augmentation flips, each of them mirrored. None: the identity alone."""
+    steps = list(getattr(transform, "transforms", [transform] if transform is not None else []))
+    padding = next((step.padding for step in steps if type(step).__name__ == "RandomCrop"), 0)
+    padding = int(padding[0] if isinstance(padding, (list, tuple)) else padding or 0)
+    flips = any(type(step).__name__ == "RandomHorizontalFlip" for step in steps)
+
+    def shifted(dx: int, dy: int, flip: bool):
+        def apply(images: Tensor) -> Tensor:
+            if dx or dy:
+                height, width = images.shape[-2:]
+                padded = F.pad(images, (padding, padding, padding, padding))
+                images = padded[..., padding + dy : padding + dy + height, padding + dx : padding + dx + width]
+            return images.flip(-1) if flip else images
+
+        return apply
+
+    offsets = [0, -padding, padding] if padding else [0]
+    return [
+        (f"shift({dx},{dy}){'+flip' if flip else ''}", shifted(dx, dy, flip))
+        for flip in ([False, True] if flips else [False])
+        for dy in offsets
+        for dx in offsets
+    ]
+
+
 def augmentation_of(datamodule):
     """The target DataModule's training augmentation (part of the target's recipe), None when it has none."""
     pool = datamodule.pool("train")
