@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import lightning as L
 import pytest
@@ -849,3 +850,26 @@ def test_lira_on_an_augmenting_target_records_its_augmented_queries(monkeypatch)
     for entry in evaluate(module, datamodule, attacks).privacy:
         assert entry["details"]["augmented_queries"] == 18, entry["attack"]
         assert 0 <= entry["metrics"]["auc"] <= 1
+
+
+def test_canaries_on_a_multilabel_dataset_are_refused_in_one_line_when_the_datamodule_is_built():
+    from bench.errors import BenchError
+
+    class Attributes(RandomLabels):
+        task = "multilabel"
+
+    with pytest.raises(BenchError, match="canaries need a multiclass dataset") as error:
+        Attributes(pool_limit=64, canaries=10)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_audit_of_a_tiny_dpsgd_run_never_exceeds_its_accountant(seed):
+    from bench.modules import DPSGD
+
+    datamodule = RandomLabels(pool_limit=64, canaries=40, seed=seed)
+    torch.manual_seed(seed)
+    module = _fit(DPSGD(data_spec=datamodule.spec, noise_multiplier=0.5), datamodule, epochs=2)
+    (entry,) = evaluate(module, datamodule, [LossThreshold(shadow_epochs=1)]).privacy
+    audit = entry["details"]["canary_audit"]
+    assert 0 < audit["accountant_epsilon"] < math.inf and audit["epsilon"] <= audit["accountant_epsilon"]
