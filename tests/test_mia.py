@@ -577,6 +577,9 @@ def test_the_epsilon_lower_bound_is_clearly_positive_on_a_memorising_model(memor
     module, datamodule = memorised
     result = LiRA(shadow_models=4, shadow_epochs=40).run(module, datamodule, torch.Generator().manual_seed(0))
     assert result.metrics["empirical_epsilon"] > 0.5, result.details["empirical_epsilon"]
+    counts = result.details["empirical_epsilon"]["counts"]  # the counts the bound came from are kept
+    assert counts["members"] + counts["nonmembers"] == result.details["empirical_epsilon"]["queries"]
+    assert 0 <= counts["true_positives"] <= counts["members"] and 0 <= counts["false_positives"] <= counts["nonmembers"]
 
 
 def test_the_epsilon_lower_bound_holds_its_confidence_on_scores_of_a_known_epsilon():

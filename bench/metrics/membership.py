@@ -194,7 +194,12 @@ def epsilon_lower_bound(
     _, fpr_high = clopper_pearson(fp, n, level)
     tnr_low, _ = clopper_pearson(n - fp, n, level)
     _, fnr_high = clopper_pearson(p - tp, p, level)
-    result.update(epsilon=_dp_epsilon(tpr_low, fpr_high, tnr_low, fnr_high, delta), threshold=cut)
+    result.update(
+        epsilon=_dp_epsilon(tpr_low, fpr_high, tnr_low, fnr_high, delta),
+        threshold=cut,
+        # the counts the bound comes from, so that it can be checked or recomputed at another confidence
+        counts={"true_positives": tp, "members": p, "false_positives": fp, "nonmembers": n},
+    )
     return result
 
 
