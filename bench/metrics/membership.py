@@ -16,6 +16,11 @@ comes with a warning.
 :func:`epsilon_lower_bound` turns an attack's scores into an empirical lower bound on the
 epsilon of (epsilon, delta)-DP (Jagielski et al. 2020; Nasr et al. 2021): a threshold chosen on
 one random half of the queries, Clopper-Pearson bounds on the other half.
+
+:func:`one_run_audit` is the one-run audit of Steinke, Nasr and Jagielski (NeurIPS 2023) over canaries each
+included with probability 1/2: guesses on the k+ highest and k- lowest scores, abstention on the rest, and the
+largest epsilon the number of right guesses rejects. :func:`canary_report` gives it with the canaries' AUC and TPR
+at low FPR; :func:`membership_slices` the attack per class or per correct/incorrect prediction.
 """
 
 from __future__ import annotations
