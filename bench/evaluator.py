@@ -13,6 +13,7 @@ to a fallback folder the summary names.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -151,6 +153,12 @@ class Evaluator:
         untrained = isinstance(training, dict) and training.get("global_step") == 0
         evaluation = evaluate(module, datamodule, attacks, seed=self.seed, budget_check=self.budget_check)
         evaluation.utility.update(chance_level(evaluation.utility.get("accuracy"), datamodule, untrained))
+        evaluation.per_example_scores = _per_example_scores(attacks, evaluation)  # arrays: a file, not the record
+        evaluation.most_exposed = {
+            attack.name: attack.most_exposed["images"]
+            for attack in attacks
+            if getattr(attack, "most_exposed", None) and attack.name in _succeeded(evaluation)
+        }
         record = build_record(
             evaluation,
             module,
@@ -192,6 +200,8 @@ class Evaluator:
     def _write_into(record: Record, evaluation: Evaluation, directory: Path) -> tuple[Record, Path]:
         artifacts = _save_example_grids(evaluation, directory / "artifacts", record.record_id)
         artifacts.update(_save_roc_plot(record, directory / "artifacts"))
+        artifacts.update(_save_per_example_scores(evaluation, directory / "artifacts", record.record_id))
+        artifacts.update(_save_most_exposed(evaluation, directory / "artifacts", record.record_id))
         record = record.model_copy(update={"artifacts": artifacts})
         return record, write_record(record, directory)
 
@@ -356,6 +366,53 @@ def _save_roc_plot(record: Record, directory: Path) -> dict[str, str]:
 
     path = plot_roc(curves, directory / f"{record.record_id[:8]}-roc.png", title=record.method.label)
     return {"roc": str(path)}
+
+
+def _succeeded(evaluation: Evaluation) -> set[str]:
+    return {entry["attack"] for entry in evaluation.privacy if not entry.get("error")}
+
+
+def _save_most_exposed(evaluation: Evaluation, directory: Path, record_id: str) -> dict[str, str]:
+    """Per membership attack, a grid of the training images it scores highest (upscaled 4x: large enough to see)."""
+    from torchvision.utils import save_image
+
+    artifacts = {}
+    for attack, images in (getattr(evaluation, "most_exposed", None) or {}).items():
+        if not len(images):
+            continue
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{record_id[:8]}-{attack}-most-exposed.png"
+        large = torch.nn.functional.interpolate(images.float(), scale_factor=4, mode="nearest")
+        save_image(large, path, nrow=8, padding=4, pad_value=1.0)
+        artifacts[f"{attack}_most_exposed"] = str(path)
+    return artifacts
+
+
+def _per_example_scores(attacks: Sequence[Attack], evaluation: Evaluation) -> dict[str, Any]:
+    """Every attack's per-example scores of this evaluation, {"<attack>.<column>": array} (failed attacks: none)."""
+    succeeded = _succeeded(evaluation)
+    columns = {}
+    for attack in attacks:
+        per_example = getattr(attack, "per_example_scores", None)
+        if per_example and attack.name in succeeded:
+            columns.update({f"{attack.name}.{column}": values for column, values in per_example.items()})
+    return columns
+
+
+def _save_per_example_scores(evaluation: Evaluation, directory: Path, record_id: str) -> dict[str, str]:
+    """The per-example scores as a compressed npz beside the record, named and sha256-hashed in its artifacts.
+
+    Columns per attack: pool (0 train, 1 nonmember, 2 canary), index in that pool (canaries: in the non-member
+    pool they were taken from), label queried, member (canaries: inclusion), score (higher: member; NaN: unscored).
+    """
+    columns = getattr(evaluation, "per_example_scores", None)
+    if not columns:
+        return {}
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{record_id[:8]}-per-example-scores.npz"
+    np.savez_compressed(path, **columns)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"per_example_scores": str(path), "per_example_scores_sha256": digest}
 
 
 def _save_example_grids(evaluation: Evaluation, directory: Path, record_id: str) -> dict[str, str]:

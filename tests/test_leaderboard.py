@@ -576,3 +576,28 @@ def test_a_generation_waits_while_another_writes_the_folder(tmp_path):
         holder.join(60)
     worker.join(120)
     assert worker.exitcode == 0 and (out / "README.md").is_file()
+
+
+def test_headline_adds_the_worst_canary_tpr_at_low_fpr_and_audit_bound_over_every_adversary(tmp_path):
+    records = [_fixture(name) for name in ("mia-none-seed0.json", "mia-pruning.json")]
+    canary = {  # (attack -> canary TPR at 0.1% FPR, audit epsilon): the worst cases come from different attacks
+        "loss_threshold": (0.30, 0.8),
+        "lira": (0.10, 1.6),
+    }
+    for record in records:
+        for entry in record["privacy"]:
+            if entry["attack"] in canary and entry.get("role", "adversary") != "diagnostic":
+                tpr, epsilon = canary[entry["attack"]]
+                entry["metrics"].update({"canary_tpr_at_0.1pct_fpr": tpr, "canary_audit_epsilon": epsilon})
+                entry["directions"].update({"canary_tpr_at_0.1pct_fpr": "lower", "canary_audit_epsilon": "lower"})
+                entry["details"] = {
+                    **(entry.get("details") or {}),
+                    "intervals": {"canary_tpr_at_0.1pct_fpr": [0.2, 0.4]},
+                }
+    result = generate_leaderboard([_write(tmp_path / "records", *records)], tmp_path / "out", claims=[])
+    rows = _headline(result.markdown.read_text(), "fixture_mia")
+    row = rows["MCMIA (defense=pruning)"]
+    tpr_cell, audit_cell = row["Worst-case canary_tpr_at_0.1pct_fpr ↓"], row["Worst-case canary_audit_epsilon ↓"]
+    assert "0.300 [0.200, 0.400]" in tpr_cell and tpr_cell.endswith("loss_threshold")  # with the record's interval
+    assert "1.60" in audit_cell and audit_cell.endswith("lira")
+    assert "Worst-case attack_accuracy ↓" in row  # the population metric stays

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 
 import lightning as L
 import pytest
@@ -298,7 +300,8 @@ def test_every_attack_is_well_above_chance_on_a_model_that_memorised_its_members
         auc_floor = 0.6 if entry["attack"] in ("nasr", "nasr_shadow") else 0.75
         accuracy_floor = 0.6 if entry["attack"] == "nasr" else 0.65
         assert metrics["auc"] > auc_floor and metrics["attack_accuracy"] > accuracy_floor, (entry["attack"], metrics)
-        assert entry["directions"] == {key: "lower" for key in metrics}
+        # every metric reported has its direction (the canary metrics' are declared whether or not a run has canaries)
+        assert {key: entry["directions"][key] for key in metrics} == {key: "lower" for key in metrics}
         scored = 32 if entry["attack"] == "nasr" else 64  # Nasr's known half is its training data, not scored
         assert entry["details"]["members"] == entry["details"]["nonmembers"] == scored
     json.dumps(evaluation.privacy)  # records hold plain JSON: the ROC curve included
@@ -574,6 +577,9 @@ def test_the_epsilon_lower_bound_is_clearly_positive_on_a_memorising_model(memor
     module, datamodule = memorised
     result = LiRA(shadow_models=4, shadow_epochs=40).run(module, datamodule, torch.Generator().manual_seed(0))
     assert result.metrics["empirical_epsilon"] > 0.5, result.details["empirical_epsilon"]
+    counts = result.details["empirical_epsilon"]["counts"]  # the counts the bound came from are kept
+    assert counts["members"] + counts["nonmembers"] == result.details["empirical_epsilon"]["queries"]
+    assert 0 <= counts["true_positives"] <= counts["members"] and 0 <= counts["false_positives"] <= counts["nonmembers"]
 
 
 def test_the_epsilon_lower_bound_holds_its_confidence_on_scores_of_a_known_epsilon():
@@ -710,3 +716,163 @@ def test_a_cache_entry_with_another_key_or_unreadable_is_retrained_with_one_line
     assert rerun.cost["shadow_models_trained"] == 2 and rerun.cost["shadow_models_loaded"] == 0
     assert rerun.privacy[0]["metrics"] == uncached.privacy[0]["metrics"]  # never the other pool's models
     assert _cached_run(target, datamodule, tmp_path).cost["shadow_models_loaded"] == 2  # the entry was replaced
+
+
+# ---------------------------------------------------------------------------- canaries (issue 23)
+@pytest.fixture(scope="module")
+def memorised_with_canaries():
+    datamodule = RandomLabels(pool_limit=64, canaries=40)
+    torch.manual_seed(0)
+    module = _fit(MCMIA(data_spec=datamodule.spec, defense="none", lr=3e-3), datamodule, epochs=60)
+    return module, datamodule
+
+
+def test_canaries_leave_the_nonmember_pool_and_the_included_ones_join_training(memorised_with_canaries):
+    _, datamodule = memorised_with_canaries
+    canaries = datamodule.canary_set
+    assert datamodule.pool_sizes()["nonmember"] == 64 - 40
+    assert len(datamodule.pool("train")) == datamodule.natural_train_size + int(canaries.inclusion.sum())
+    train_labels = datamodule.pool("train").labels[datamodule.natural_train_size :]
+    assert torch.equal(train_labels, canaries.labels[canaries.inclusion])  # trained with their wrong labels
+    recorded = datamodule.describe()["canaries"]
+    assert recorded["inclusion"] == canaries.inclusion.int().tolist() and recorded["kind"] == "mislabelled"
+
+
+def test_every_adversary_reports_canary_metrics_and_the_one_run_audit(memorised_with_canaries):
+    module, datamodule = memorised_with_canaries
+    attacks = [LossThreshold(shadow_epochs=40), RMIAOnline(reference_models=4, shadow_epochs=40)]
+    evaluation = evaluate(module, datamodule, attacks)
+    for entry in evaluation.privacy:
+        metrics, details = entry["metrics"], entry["details"]
+        assert details["members"] == 64 and details["nonmembers"] == 24  # population metrics: natural samples only
+        assert metrics["canary_auc"] > 0.8, (entry["attack"], metrics)
+        audit = details["canary_audit"]
+        assert audit["canaries"] == 40 and metrics["canary_audit_epsilon"] == audit["epsilon"] >= 0
+        assert details["canary_tpr_at_0.1pct_fpr"]["achieved_fpr"] <= 0.001
+        assert any("cannot resolve an FPR" in warning for warning in details["warnings"])
+        assert entry["directions"]["canary_audit_epsilon"] == "lower"
+    json.dumps(evaluation.privacy)
+
+
+def test_what_the_attacker_computes_does_not_depend_on_canary_inclusion(memorised_with_canaries, monkeypatch):
+    module, datamodule = memorised_with_canaries
+    seen = []
+    original = RMIAOnline.score
+
+    def recording(self, *args):
+        scores, threshold, details = original(self, *args)
+        seen.append(scores.clone())
+        return scores, threshold, details
+
+    monkeypatch.setattr(RMIAOnline, "score", recording)
+    truth = datamodule.canary_set
+    evaluate(module, datamodule, [RMIAOnline(reference_models=4, shadow_epochs=5)])
+    # the same target, another inclusion as ground truth: every score the attacker computes is the same
+    flipped = dataclasses.replace(truth, inclusion=~truth.inclusion)
+    monkeypatch.setattr(datamodule, "canary_set", flipped)
+    evaluate(module, datamodule, [RMIAOnline(reference_models=4, shadow_epochs=5)])
+    assert torch.equal(seen[0], seen[1])
+
+
+def test_bad_canary_settings_fail_with_one_line_before_training():
+    from bench.errors import BenchError
+
+    with pytest.raises(BenchError, match="only 63"):
+        RandomLabels(pool_limit=64, canaries=200).setup()
+    with pytest.raises(BenchError, match="canary kind"):
+        RandomLabels(pool_limit=64, canaries=10, canary_kind="poisoned")
+
+
+def test_the_record_keeps_per_example_scores_in_a_hashed_npz_beside_it(memorised_with_canaries, tmp_path):
+    import hashlib
+
+    import numpy as np
+
+    from bench.evaluator import Evaluator
+    from bench.records import load_records, run_facts_from_config
+
+    module, datamodule = memorised_with_canaries
+    evaluator = Evaluator(attacks=[LossThreshold(shadow_epochs=5)], records_dir=str(tmp_path / "records"))
+    evaluator.run(module, datamodule, config={}, training=None, run=run_facts_from_config({}, None))
+    (record,) = load_records([tmp_path / "records"]).models
+    path = record.artifacts["per_example_scores"]
+    assert hashlib.sha256(open(path, "rb").read()).hexdigest() == record.artifacts["per_example_scores_sha256"]
+    assert "per_example_scores" not in json.dumps(record.privacy[0].details)  # arrays: in the file, not the JSON
+    columns = np.load(path)
+    pool, member = columns["loss_threshold.pool"], columns["loss_threshold.member"]
+    assert (pool == 2).sum() == 40 and np.array_equal(member[pool == 2], datamodule.canary_set.inclusion.numpy())
+    assert (pool == 0).sum() == 64 and (member[pool == 0] == 1).all() and (member[pool == 1] == 0).all()
+    assert len(columns["loss_threshold.score"]) == len(pool) == len(columns["loss_threshold.index"])
+    # the most exposed training images: a grid you can see, and their scores are the highest among trained queries
+    grid = record.artifacts["loss_threshold_most_exposed"]
+    assert open(grid, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    exposed = record.privacy[0].details["most_exposed"]
+    trained = columns["loss_threshold.score"][columns["loss_threshold.member"] == 1]
+    assert [e["score"] for e in exposed] == sorted(trained, reverse=True)[: len(exposed)]
+    slices = record.privacy[0].details["slices"]
+    assert sum(s["members"] for s in slices["class"].values()) == 64 and set(slices["correct"]) <= {"True", "False"}
+
+
+def test_atypical_canaries_come_from_the_datamodule_and_a_dpsgd_target_shows_its_accountant_beside_the_audit():
+    from bench.modules import DPSGD
+
+    datamodule = RandomLabels(pool_limit=64, canaries=20, canary_kind="atypical")
+    assert datamodule.pool_sizes()["nonmember"] == 44 and datamodule.canary_set.kind == "atypical"
+    torch.manual_seed(0)
+    module = _fit(DPSGD(data_spec=datamodule.spec, noise_multiplier=1.0), datamodule, epochs=1)
+    (entry,) = evaluate(module, datamodule, [LossThreshold(shadow_epochs=2)]).privacy
+    audit = entry["details"]["canary_audit"]
+    assert audit["accountant_epsilon"] == pytest.approx(module.epsilon()) and audit["epsilon"] <= module.epsilon()
+
+
+def test_queries_mirror_the_targets_training_augmentation():
+    from torchvision.transforms import v2
+
+    from bench.attacks.membership_inference import query_augmentations
+
+    assert [name for name, _ in query_augmentations(None)] == ["shift(0,0)"]  # no augmentation: the query alone
+    crop_only = query_augmentations(v2.Compose([v2.RandomCrop(8, padding=1)]))
+    assert len(crop_only) == 9 and not any("flip" in name for name, _ in crop_only)  # flips only where it flips
+    both = query_augmentations(v2.Compose([v2.RandomCrop(8, padding=1), v2.RandomHorizontalFlip()]))
+    assert len(both) == 18
+    images = torch.arange(64.0).reshape(1, 1, 8, 8)
+    shifted = dict(both)["shift(1,0)"](images)
+    assert torch.equal(shifted[..., :, :7], images[..., :, 1:]) and (shifted[..., :, 7] == 0).all()
+    assert torch.equal(dict(both)["shift(0,0)+flip"](images), images.flip(-1))
+
+
+def test_lira_on_an_augmenting_target_records_its_augmented_queries(monkeypatch):
+    from torchvision.transforms import v2
+
+    datamodule = RandomLabels(pool_limit=32)
+    torch.manual_seed(0)
+    module = _fit(MCMIA(data_spec=datamodule.spec, defense="none", lr=3e-3), datamodule, epochs=2)
+    transform = v2.Compose([v2.RandomCrop(8, padding=1), v2.RandomHorizontalFlip()])
+    monkeypatch.setattr(datamodule.pool("train"), "transform", transform)
+    attacks = [LiRA(shadow_models=2, shadow_epochs=1), LiRAOnline(shadow_models=2, shadow_epochs=1)]
+    for entry in evaluate(module, datamodule, attacks).privacy:
+        assert entry["details"]["augmented_queries"] == 18, entry["attack"]
+        assert 0 <= entry["metrics"]["auc"] <= 1
+
+
+def test_canaries_on_a_multilabel_dataset_are_refused_in_one_line_when_the_datamodule_is_built():
+    from bench.errors import BenchError
+
+    class Attributes(RandomLabels):
+        task = "multilabel"
+
+    with pytest.raises(BenchError, match="canaries need a multiclass dataset") as error:
+        Attributes(pool_limit=64, canaries=10)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_audit_of_a_tiny_dpsgd_run_never_exceeds_its_accountant(seed):
+    from bench.modules import DPSGD
+
+    datamodule = RandomLabels(pool_limit=64, canaries=40, seed=seed)
+    torch.manual_seed(seed)
+    module = _fit(DPSGD(data_spec=datamodule.spec, noise_multiplier=0.5), datamodule, epochs=2)
+    (entry,) = evaluate(module, datamodule, [LossThreshold(shadow_epochs=1)]).privacy
+    audit = entry["details"]["canary_audit"]
+    assert 0 < audit["accountant_epsilon"] < math.inf and audit["epsilon"] <= audit["accountant_epsilon"]

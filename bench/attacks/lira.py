@@ -14,6 +14,10 @@ confidence); the score is the log-likelihood ratio of the target's phi under the
 
 (Carlini et al., Algorithm 1), a member above 0 (equal priors). With few shadows the variances are
 one per population (``fixed_variance``: Carlini et al.'s choice below 64 shadows).
+
+Queries mirror the target's training augmentation (:func:`query_augmentations`: shifts, and flips only where the
+data's augmentation flips), as in Carlini et al.'s code: each augmented query gets its own Gaussians and the
+score is the mean over them; ``details["augmented_queries"]`` says how many.
 """
 
 from __future__ import annotations
@@ -24,8 +28,28 @@ import torch
 from torch import Tensor
 from torch.distributions import Normal
 
-from bench.attacks.membership_inference import MembershipInference, best_threshold, logit_confidence
+from bench.attacks.membership_inference import (
+    MembershipInference,
+    augmentation_of,
+    best_threshold,
+    logit_confidence,
+    query_augmentations,
+    query_logits,
+)
 from bench.errors import BenchError
+
+
+def augmented_phi(module, shadows, images: Tensor, target: Tensor, labels: Tensor, augmentations, batch_size: int):
+    """phi of the target (A, N) and of the shadows (A, S, N) on every augmented query; the identity reuses the
+    target's logits already queried."""
+    target_phi, shadow_phi = [], []
+    count = shadows.logits(images[:1], batch_size).shape[0]
+    for index, (_, augment) in enumerate(augmentations):
+        queried = images if index == 0 else augment(images)
+        logits = target if index == 0 else query_logits(module, queried, batch_size, module.device)
+        target_phi.append(logit_confidence(logits, labels))
+        shadow_phi.append(logit_confidence(shadows.logits(queried, batch_size), labels.expand(count, -1)))
+    return torch.stack(target_phi), torch.stack(shadow_phi)
 
 
 def gaussian_statistics(phi: Tensor, inside: Tensor, fixed_variance: bool) -> tuple[Tensor, Tensor]:
@@ -74,16 +98,24 @@ class LiRAOnline(MembershipInference):
             module, datamodule, generator, self.shadow_models, queries=(images, labels)
         )
         queries = len(images)
-        phi = logit_confidence(shadows.logits(images, self.query_batch_size), labels.expand(self.shadow_models, -1))
+        augmentations = query_augmentations(augmentation_of(datamodule))
+        observed, phis = augmented_phi(module, shadows, images, target, labels, augmentations, self.query_batch_size)
         inside = members[:, :queries]
-        mu_in, sigma_in = gaussian_statistics(phi, inside, self.fixed_variance)
-        mu_out, sigma_out = gaussian_statistics(phi, ~inside, self.fixed_variance)
-        observed = logit_confidence(target, labels)
-        scores = Normal(mu_in, sigma_in).log_prob(observed) - Normal(mu_out, sigma_out).log_prob(observed)
+        ratios = []
+        for observed_phi, phi in zip(observed, phis):  # one pair of Gaussians per augmented query
+            mu_in, sigma_in = gaussian_statistics(phi, inside, self.fixed_variance)
+            mu_out, sigma_out = gaussian_statistics(phi, ~inside, self.fixed_variance)
+            ratios.append(
+                Normal(mu_in, sigma_in).log_prob(observed_phi) - Normal(mu_out, sigma_out).log_prob(observed_phi)
+            )
         return (
-            scores,
+            torch.stack(ratios).mean(0),
             0.0,
-            {"shadow_models": self.shadow_models, "in_per_query": [int(inside.sum(0).min()), int(inside.sum(0).max())]},
+            {
+                "shadow_models": self.shadow_models,
+                "in_per_query": [int(inside.sum(0).min()), int(inside.sum(0).max())],
+                "augmented_queries": len(augmentations),
+            },
         )
 
 
@@ -127,17 +159,29 @@ class LiRA(MembershipInference):
     def score(self, module, datamodule, generator, images, target, labels, is_member):
         shadows, pool_images, pool_labels, members = self.shadows(module, datamodule, generator, self.shadow_models)
         count = self.shadow_models
-        # the queries are in no shadow's training half: all shadows are "out" for them (offline LiRA)
-        phi_shadows = logit_confidence(shadows.logits(images, self.query_batch_size), labels.expand(count, -1))
-        scores = self._z(logit_confidence(target, labels), phi_shadows, torch.ones_like(phi_shadows, dtype=torch.bool))
+        # the queries are in no shadow's training half: all shadows are "out" for them (offline LiRA); one
+        # Gaussian per augmented query, the mean of their z-scores
+        augmentations = query_augmentations(augmentation_of(datamodule))
+        observed, phis = augmented_phi(module, shadows, images, target, labels, augmentations, self.query_batch_size)
+        scores = torch.stack(
+            [
+                self._z(phi_target, phi, torch.ones_like(phi, dtype=torch.bool))
+                for phi_target, phi in zip(observed, phis)
+            ]
+        ).mean(0)
         # the threshold: each shadow in turn plays the target, scored against the others that left the sample out
-        phi_pool = logit_confidence(shadows.logits(pool_images, self.query_batch_size), pool_labels.expand(count, -1))
+        # (on the same augmented queries, so that the threshold is on the scores' scale)
+        phi_pool = [
+            logit_confidence(shadows.logits(augment(pool_images), self.query_batch_size), pool_labels.expand(count, -1))
+            for _, augment in augmentations
+        ]
         calibration, truth = [], []
         for m in range(count):
             others = torch.arange(count) != m
             out = ~members[others]
             known = out.sum(0) >= 1
-            calibration.append(self._z(phi_pool[m], phi_pool[others], out)[known])
+            z = torch.stack([self._z(phi[m], phi[others], out) for phi in phi_pool]).mean(0)
+            calibration.append(z[known])
             truth.append(members[m][known])
         threshold = best_threshold(torch.cat(calibration), torch.cat(truth))
-        return scores, threshold, {"shadow_models": count}
+        return scores, threshold, {"shadow_models": count, "augmented_queries": len(augmentations)}

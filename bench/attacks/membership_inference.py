@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -36,12 +37,21 @@ from torch import Tensor, nn
 from bench.attacks.base import Attack, AttackResult
 from bench.attacks.shadow_models import RECIPES, PooledShadows, PoolRecipe, ShadowPool, current_shadow_pool
 from bench.errors import BenchError
-from bench.metrics.membership import DIRECTIONS, epsilon_lower_bound, membership_report, roc_curve
+from bench.metrics.membership import (
+    DIRECTIONS,
+    canary_report,
+    epsilon_lower_bound,
+    membership_report,
+    membership_slices,
+    roc_curve,
+)
 from bench.networks.classifiers import InferenceModel
 from bench.threat_models import Role, ThreatModel
 
 #: the audit's delta when the method states none (DP-SGD states its own)
 AUDIT_DELTA = 1e-5
+#: the per-example scores' pool column: which pool each query came from
+POOL_CODES = {"train": 0, "nonmember": 1, "canary": 2}
 
 
 # ---------------------------------------------------------------------- queries
@@ -83,19 +93,82 @@ def best_threshold(scores: Tensor, is_member: Tensor) -> float:
     return float(sorted_scores[int(balanced.argmax())])
 
 
-def target_queries(datamodule, max_queries: Optional[int], generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+def target_queries(
+    datamodule, max_queries: Optional[int], generator: torch.Generator, with_index: bool = False
+) -> tuple[Tensor, ...]:
     """Members (train pool) and non-members (nonmember pool), at most ``max_queries`` of each.
 
-    Returns images, labels, is_member.
+    Returns images, labels, is_member (and, ``with_index``, each query's index in its pool). Canaries are not among
+    them (:func:`canary_queries`): the members are the training pool's natural samples.
     """
     parts = []
     for pool, member in (("train", 1), ("nonmember", 0)):
         images, labels = datamodule.pool(pool).tensors()
+        natural = getattr(datamodule, "natural_train_size", None) if pool == "train" else None
+        if natural is not None:
+            images, labels = images[:natural], labels[:natural]
+        index = torch.arange(len(images))
         if max_queries is not None and len(images) > max_queries:
             index = torch.randperm(len(images), generator=generator)[:max_queries]
             images, labels = images[index], labels[index]
-        parts.append((images, labels, torch.full((len(images),), member)))
-    return tuple(torch.cat(t) for t in zip(*parts))  # type: ignore[return-value]
+        parts.append((images, labels, torch.full((len(images),), member), index))
+    columns = tuple(torch.cat(t) for t in zip(*parts))
+    return columns if with_index else columns[:3]
+
+
+def canary_queries(datamodule) -> Optional[tuple[Tensor, Tensor, Tensor]]:
+    """(images, labels, inclusion) of the DataModule's canary candidates, None without canaries.
+
+    The attacker queries every candidate with its (possibly wrong) label; inclusion is only measured against."""
+    read = getattr(datamodule, "canary_queries", None)
+    return read() if read is not None else None
+
+
+#: how many of the most exposed training images the record keeps (and the evaluator shows as a grid)
+MOST_EXPOSED = 32
+
+
+def _most_exposed(images, scores, is_member, pool, index, labels) -> dict[str, Any]:
+    """The training images (natural members and included canaries) the attack scores highest: the records at risk."""
+    trained = (is_member == 1) & ~torch.isnan(scores)
+    candidates = trained.nonzero().squeeze(1)
+    top = candidates[scores[candidates].argsort(descending=True, stable=True)[:MOST_EXPOSED]]
+    pools = {code: name for name, code in POOL_CODES.items()}
+    return {
+        "images": images[top].detach().cpu(),
+        "entries": [
+            {"pool": pools[int(pool[i])], "index": int(index[i]), "label": int(labels[i]), "score": float(scores[i])}
+            for i in top.tolist()
+        ],
+    }
+
+
+def query_augmentations(transform) -> list[tuple[str, Any]]:
+    """The deterministic queries that mirror the target's training augmentation (Carlini et al.'s LiRA code):
+    the identity first, then every shift by 0 or +-padding pixels of a ``RandomCrop`` (zero padding, as the crop
+    pads) and, only where the augmentation flips, each of them mirrored. None: the identity alone."""
+    steps = list(getattr(transform, "transforms", [transform] if transform is not None else []))
+    padding = next((step.padding for step in steps if type(step).__name__ == "RandomCrop"), 0)
+    padding = int(padding[0] if isinstance(padding, (list, tuple)) else padding or 0)
+    flips = any(type(step).__name__ == "RandomHorizontalFlip" for step in steps)
+
+    def shifted(dx: int, dy: int, flip: bool):
+        def apply(images: Tensor) -> Tensor:
+            if dx or dy:
+                height, width = images.shape[-2:]
+                padded = F.pad(images, (padding, padding, padding, padding))
+                images = padded[..., padding + dy : padding + dy + height, padding + dx : padding + dx + width]
+            return images.flip(-1) if flip else images
+
+        return apply
+
+    offsets = [0, -padding, padding] if padding else [0]
+    return [
+        (f"shift({dx},{dy}){'+flip' if flip else ''}", shifted(dx, dy, flip))
+        for flip in ([False, True] if flips else [False])
+        for dy in offsets
+        for dx in offsets
+    ]
 
 
 def augmentation_of(datamodule):
@@ -145,6 +218,10 @@ class MembershipInference(Attack):
         self.query_batch_size = query_batch_size
         self.shadow_recipe = shadow_recipe
         self._shadow_details: dict[str, Any] = {}
+        #: the last run's per-example columns (pool, index, label, member, score), read by the evaluator
+        self.per_example_scores: Optional[dict[str, Any]] = None
+        #: the last run's most exposed training images (highest scores among members and included canaries)
+        self.most_exposed: Optional[dict[str, Any]] = None
         self._shadow_warnings: list[str] = []
 
     def pool_recipe(self, online: bool = False) -> PoolRecipe:
@@ -197,14 +274,51 @@ class MembershipInference(Attack):
     min_shadow_members = 2
 
     def run(self, module, datamodule, generator: torch.Generator) -> AttackResult:
-        images, labels, is_member = target_queries(datamodule, self.max_queries, generator)
+        images, labels, is_member, index = target_queries(datamodule, self.max_queries, generator, with_index=True)
+        natural = len(images)
+        pool = torch.where(is_member.bool(), POOL_CODES["train"], POOL_CODES["nonmember"])
+        canaries = canary_queries(datamodule)
+        if canaries is not None:  # candidates are queries like any other: online shadows train on them blind
+            images, labels = torch.cat([images, canaries[0]]), torch.cat([labels, canaries[1]])
+            # only an attack granted known members (Nasr et al.'s) reads is_member; it may then know canaries too
+            is_member = torch.cat([is_member, canaries[2].long()])
+            index = torch.cat([index, datamodule.canary_set.indices])
+            pool = torch.cat([pool, torch.full((len(canaries[0]),), POOL_CODES["canary"])])
         target = query_logits(module, images, self.query_batch_size, module.device)
         self._shadow_details, self._shadow_warnings = {}, []
         scores, threshold, details = self.score(module, datamodule, generator, images, target, labels, is_member)
+        correct = target.argmax(1).cpu() == labels  # the target's own prediction: a slice of the risk
+        per_example = {  # the record's per-example risk file (the evaluator writes it; arrays, never in the JSON)
+            "pool": pool.numpy().astype(np.int8),
+            "index": index.numpy(),
+            "label": labels.numpy(),
+            "member": is_member.numpy().astype(np.int8),  # canaries: their inclusion
+            "correct": correct.numpy(),
+            "score": scores.detach().double().cpu().numpy(),
+        }
+        self.most_exposed = _most_exposed(images, scores, is_member, pool, index, labels)
+        delta = float(getattr(module, "hparams", {}).get("delta", AUDIT_DELTA))
+        canary_metrics, canary_details, canary_warnings = {}, {}, []
+        if canaries is not None:
+            canary_scores, inclusion = scores[natural:], is_member[natural:]
+            scored = ~torch.isnan(canary_scores)
+            canary_metrics, canary_details, canary_warnings = canary_report(
+                canary_scores[scored], inclusion[scored], delta
+            )
+            accountant = getattr(module, "epsilon", None)
+            if callable(accountant):  # DP-SGD: the accountant's epsilon beside the audit's lower bound
+                canary_details["canary_audit"]["accountant_epsilon"] = float(accountant())
+            scores, is_member = scores[:natural], is_member[:natural]
         scored = ~torch.isnan(scores)  # an attack that learns from known members scores only the others
         scores, is_member = scores[scored], is_member[scored]
         metrics, report, warnings = membership_report(scores, is_member, threshold)
-        delta = float(getattr(module, "hparams", {}).get("delta", AUDIT_DELTA))
+        report["slices"] = {
+            "class": membership_slices(scores, is_member, labels[:natural][scored]),
+            "correct": membership_slices(scores, is_member, correct[:natural][scored]),
+        }
+        metrics.update(canary_metrics)
+        report.update(canary_details)
+        warnings += canary_warnings
         audit = epsilon_lower_bound(scores, is_member, delta, generator)
         metrics["empirical_epsilon"] = audit["epsilon"]
         details.update(self._shadow_details)
@@ -217,6 +331,17 @@ class MembershipInference(Attack):
             roc=roc_curve(scores, is_member),
             warnings=self._shadow_warnings + warnings,
         )
+        details["intervals"] = (
+            {  # the leaderboard's reading of each metric's interval
+                name: report[name]["interval"]
+                for name in report
+                if isinstance(report[name], dict) and "interval" in report[name]
+            }
+            | {"auc": report["auc_interval"]}
+            | ({"canary_auc": report["canary_auc_interval"]} if canaries is not None else {})
+        )
+        self.per_example_scores = per_example
+        details["most_exposed"] = self.most_exposed["entries"]
         return AttackResult(metrics, details=details)
 
     def score(

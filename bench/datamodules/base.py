@@ -30,6 +30,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -147,6 +148,11 @@ class PrivacyDataModule(L.LightningDataModule):
         pool_limit: cap every pool at this many samples (tiny runs and CI).
         download: download missing files (needs network).
         augment: random crop/flip on the training pool (where the dataset defines augmentation).
+        canaries: this many canary candidates, taken out of the ``nonmember`` pool (so disjoint from every other
+            pool), each added to the training pool independently with probability 1/2 (seeded by ``seed``,
+            recorded): :mod:`bench.datamodules.canaries`. 0: none.
+        canary_kind: ``mislabelled`` (a wrong label drawn at random) or ``atypical`` (the candidates a
+            nearest-class-mean reference model fitted on the attacker pool fits worst).
     """
 
     abstract: bool = True  # set in a class body: the registry lists only concrete DataModules
@@ -177,6 +183,8 @@ class PrivacyDataModule(L.LightningDataModule):
         pool_limit: Optional[int] = None,
         download: bool = True,
         augment: bool = False,
+        canaries: int = 0,
+        canary_kind: str = "mislabelled",
     ) -> None:
         super().__init__()
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
@@ -191,7 +199,18 @@ class PrivacyDataModule(L.LightningDataModule):
             unknown = set(fractions) - set(POOLS)
             if unknown:
                 raise BenchError(f"unknown pool(s) {sorted(unknown)} in fractions; pools are {list(POOLS)}")
+        if canaries:
+            from bench.datamodules.canaries import check_canary_request
+
+            check_canary_request(canaries, canary_kind, canaries, self.task, lowest_fpr=None)
         self.save_hyperparameters()
+        self.canaries = canaries
+        self.canary_kind = canary_kind
+        #: the drawn canaries (None: no canaries); the training pool's first ``natural_train_size`` samples are
+        #: the natural members, the included canaries follow them
+        self.canary_set = None
+        self.natural_train_size: Optional[int] = None
+        self._canary_images: Optional[Tensor] = None
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -260,6 +279,42 @@ class PrivacyDataModule(L.LightningDataModule):
                 self._pools[name] = ImagePool(images, labels, transform)
             else:
                 self._pools[name] = ImagePool(images[index], labels[index], transform)
+        self.natural_train_size = len(self._pools["train"])
+        if self.canaries:
+            self._add_canaries()
+
+    def _add_canaries(self) -> None:
+        """Take the canary candidates out of the non-member pool and add the included ones to the training pool."""
+        from bench.datamodules.canaries import check_canary_request, draw_canaries, nearest_mean_atypicality
+
+        nonmember = self._pools["nonmember"]
+        for warning in check_canary_request(self.canaries, self.canary_kind, len(nonmember) - 1, self.task):
+            rank_zero_warn(warning)
+        atypicality = None
+        if self.canary_kind == "atypical":
+            atypicality = nearest_mean_atypicality(*self._pools["attacker"].tensors(), *nonmember.tensors())
+        canaries = draw_canaries(
+            nonmember.labels, self.canaries, self.canary_kind, self.num_classes, self.seed, atypicality
+        )
+        kept = torch.ones(len(nonmember), dtype=torch.bool)
+        kept[canaries.indices] = False
+        self._canary_images = nonmember.images[canaries.indices]
+        self._pools["nonmember"] = ImagePool(nonmember.images[kept], nonmember.labels[kept], nonmember.transform)
+        train = self._pools["train"]
+        self._pools["train"] = ImagePool(
+            torch.cat([train.images, self._canary_images[canaries.inclusion]]),
+            torch.cat([train.labels, canaries.labels[canaries.inclusion]]),
+            train.transform,
+        )
+        self.canary_set = canaries
+
+    def canary_queries(self) -> Optional[tuple[Tensor, Tensor, Tensor]]:
+        """(images, labels, inclusion) of every canary candidate (None: no canaries); attacks read only the first
+        two, the inclusion is the ground truth their scores are measured against."""
+        self.setup()
+        if self.canary_set is None:
+            return None
+        return self._canary_images.float().div_(255), self.canary_set.labels.clone(), self.canary_set.inclusion.clone()
 
     def _check_shapes(self, sources: dict[str, tuple[Tensor, Tensor]]) -> None:
         for split, (images, labels) in sources.items():
@@ -362,5 +417,6 @@ class PrivacyDataModule(L.LightningDataModule):
             "class": class_path(self),
             "seed": self.seed,
             "pool_sizes": self.pool_sizes(),
+            **({"canaries": self.canary_set.describe()} if self.canary_set is not None else {}),
             "spec": self.spec.as_dict(),
         }

@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from bench.leaderboard.experiments import _canonical, _Experiment, _Family, _Row, worst_case
+from bench.leaderboard.experiments import CANARY_HEADLINE, _canonical, _Experiment, _Family, _Row, worst_case
 from bench.leaderboard.records import (
     _COMPRESSION,
     _NONZERO,
@@ -83,7 +83,7 @@ def _row_worst_case(row: _Row, threat_model: str, family: _Family) -> Optional[_
     for run in row.runs:
         entries = list(run.entries_of(threat_model).values())
         try:
-            found = worst_case(entries, threat_model, family.metric)
+            found = worst_case(entries, threat_model, family.metric, primary_only=family.primary_only)
         except ValueError:
             found = None
         if found is None or found[2] != family.direction:
@@ -113,7 +113,7 @@ def _failed_adversaries(row: _Row, threat_model: str, metric: str) -> list[str]:
             entry.attack
             for run in row.runs
             for entry in run.entries_of(threat_model).values()
-            if entry.adversary and entry.error and entry.primary == metric
+            if entry.adversary and entry.error and (entry.primary == metric or metric in CANARY_HEADLINE)
         }
     )
 

@@ -16,6 +16,11 @@ comes with a warning.
 :func:`epsilon_lower_bound` turns an attack's scores into an empirical lower bound on the
 epsilon of (epsilon, delta)-DP (Jagielski et al. 2020; Nasr et al. 2021): a threshold chosen on
 one random half of the queries, Clopper-Pearson bounds on the other half.
+
+:func:`one_run_audit` is the one-run audit of Steinke, Nasr and Jagielski (NeurIPS 2023) over canaries each
+included with probability 1/2: guesses on the k+ highest and k- lowest scores, abstention on the rest, and the
+largest epsilon the number of right guesses rejects. :func:`canary_report` gives it with the canaries' AUC and TPR
+at low FPR; :func:`membership_slices` the attack per class or per correct/incorrect prediction.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ DIRECTIONS = {
     "tpr_at_1pct_fpr": "lower",
     "tpr_at_0.1pct_fpr": "lower",
     "empirical_epsilon": "lower",
+    "canary_auc": "lower",
+    "canary_tpr_at_1pct_fpr": "lower",
+    "canary_tpr_at_0.1pct_fpr": "lower",
+    "canary_audit_epsilon": "lower",
 }
 
 
@@ -190,7 +199,12 @@ def epsilon_lower_bound(
     _, fpr_high = clopper_pearson(fp, n, level)
     tnr_low, _ = clopper_pearson(n - fp, n, level)
     _, fnr_high = clopper_pearson(p - tp, p, level)
-    result.update(epsilon=_dp_epsilon(tpr_low, fpr_high, tnr_low, fnr_high, delta), threshold=cut)
+    result.update(
+        epsilon=_dp_epsilon(tpr_low, fpr_high, tnr_low, fnr_high, delta),
+        threshold=cut,
+        # the counts the bound comes from, so that it can be checked or recomputed at another confidence
+        counts={"true_positives": tp, "members": p, "false_positives": fp, "nonmembers": n},
+    )
     return result
 
 
@@ -234,3 +248,161 @@ def plot_roc(curves: Mapping[str, Mapping[str, list[float]]], path: str | Path, 
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The one-run privacy audit (Steinke, Nasr and Jagielski, "Privacy Auditing with One (1) Training Run", NeurIPS 2023)
+# ---------------------------------------------------------------------------------------------------------------------
+#: the guess counts k (k+ = k- = k) the audit tries when none is given: the paper sweeps the number of guesses and
+#: reports the best bound; every tried k is paid for by a Bonferroni correction (confidence 1 - beta / len(tried))
+AUDIT_GUESS_GRID = (5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
+def one_run_audit_p_value(canaries: int, guesses: int, correct: int, epsilon: float, delta: float) -> float:
+    """P[at least ``correct`` right guesses] if the training were (epsilon, delta)-DP (Steinke et al. 2023, Thm 5.2).
+
+    ``canaries`` (m) were each included independently with probability 1/2; the attacker made ``guesses`` (r)
+    guesses and abstained on the rest. For pure DP the count of right guesses is dominated by Binomial(r, q),
+    q = e^eps / (1 + e^eps) (randomised response's accuracy); delta adds max_i P[v - i <= Binomial < v] / i
+    times 2 m delta (the paper's Algorithm / Proposition for approximate DP; their reference code's p-value).
+    """
+    if not 0 <= correct <= guesses <= canaries:
+        raise ValueError(f"the audit needs 0 <= correct <= guesses <= canaries, got {correct}, {guesses}, {canaries}")
+    if epsilon < 0 or not 0 <= delta <= 1:
+        raise ValueError(f"the audit needs epsilon >= 0 and 0 <= delta <= 1, got {epsilon}, {delta}")
+    q = 1.0 / (1.0 + math.exp(-epsilon))
+    tail = float(stats.binom.sf(correct - 1, guesses, q))  # P[Binomial(r, q) >= v]
+    if correct == 0 or delta == 0:
+        return min(tail, 1.0)
+    below = np.cumsum(stats.binom.pmf(np.arange(correct - 1, -1, -1), guesses, q))  # P[v - i <= Bin < v], i = 1..v
+    alpha = float(np.max(below / np.arange(1, correct + 1)))
+    return min(tail + alpha * delta * 2 * canaries, 1.0)
+
+
+def one_run_audit_epsilon(canaries: int, guesses: int, correct: int, delta: float, confidence: float = 0.95) -> float:
+    """The largest epsilon that ``correct`` right guesses out of ``guesses`` reject at level 1 - ``confidence``.
+
+    With probability ``confidence`` the training is not (eps, delta)-DP for any eps below the returned value
+    (0: no eps is rejected). The p-value grows with epsilon, so bisection finds the boundary.
+    """
+    level = 1.0 - confidence
+    if one_run_audit_p_value(canaries, guesses, correct, 0.0, delta) >= level:
+        return 0.0
+    low, high = 0.0, 1.0
+    while one_run_audit_p_value(canaries, guesses, correct, high, delta) < level:
+        low, high = high, 2 * high
+        if high > 1e4:  # every guess right and delta 0: the bound is only limited by m
+            return low
+    for _ in range(60):
+        middle = (low + high) / 2
+        if one_run_audit_p_value(canaries, guesses, correct, middle, delta) < level:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def _guess_counts(scores: np.ndarray, inclusion: np.ndarray, positive: int, negative: int) -> tuple[int, int, int]:
+    """(guesses, right guesses, right IN guesses): the ``positive`` highest scores guessed IN, ``negative`` lowest OUT.
+
+    A stable sort on the canaries' own order breaks ties; that order was fixed before inclusion was drawn, so a tie
+    cannot leak inclusion into the guess.
+    """
+    order = np.argsort(scores, kind="stable")
+    guessed_in, guessed_out = order[len(order) - positive :] if positive else order[:0], order[:negative]
+    right_in, right_out = int(inclusion[guessed_in].sum()), int((~inclusion[guessed_out]).sum())
+    return positive + negative, right_in + right_out, right_in
+
+
+def one_run_audit(
+    scores: Tensor | np.ndarray,
+    inclusion: Tensor | np.ndarray,
+    delta: float,
+    confidence: float = 0.95,
+    guesses: Optional[tuple[int, int]] = None,
+) -> dict[str, Any]:
+    """The one-run audit's lower bound on epsilon from canary scores (higher: member) and their inclusion.
+
+    Steinke, Nasr and Jagielski (NeurIPS 2023), black-box input-space audit: the attacker guesses IN for the k+
+    highest scores and OUT for the k- lowest and abstains on the rest; the bound is the largest epsilon whose
+    p-value for the number of right guesses is below 1 - ``confidence``. ``guesses`` = (k+, k-) fixes the counts;
+    None sweeps k+ = k- = k over :data:`AUDIT_GUESS_GRID` (k <= m/2) as the paper does and reports the best bound,
+    each tried at confidence 1 - (1 - ``confidence``) / (number tried) so that the maximum keeps ``confidence``.
+    Returns the bound with the counts it came from (m, k+, k-, r, v) and every tried k's counts.
+    """
+    values = np.asarray(scores.detach().cpu().double() if isinstance(scores, Tensor) else scores, dtype=np.float64)
+    included = np.asarray(inclusion.detach().cpu() if isinstance(inclusion, Tensor) else inclusion).astype(bool)
+    values, included = values.ravel(), included.ravel()
+    if values.shape != included.shape:
+        raise ValueError(f"the audit needs one inclusion bit per score, got {values.shape} and {included.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError("audit scores must be finite (an attack produced NaN or infinity)")
+    canaries = len(values)
+    if guesses is not None:
+        positive, negative = guesses
+        if positive < 0 or negative < 0 or positive + negative > canaries:
+            raise ValueError(f"k+ and k- must be >= 0 with k+ + k- <= {canaries} canaries, got {guesses}")
+        choices = [(int(positive), int(negative))]
+    else:
+        choices = [(k, k) for k in AUDIT_GUESS_GRID if 2 * k <= canaries] or [(canaries // 2, canaries // 2)]
+    corrected = 1.0 - (1.0 - confidence) / len(choices)
+    tried = []
+    for positive, negative in choices:
+        made, right, right_in = _guess_counts(values, included, positive, negative)
+        epsilon = one_run_audit_epsilon(canaries, made, right, delta, corrected) if made else 0.0
+        tried.append(
+            {"k_plus": positive, "k_minus": negative, "guesses": made, "correct": right, "correct_in": right_in}
+            | {"epsilon": epsilon}
+        )
+    best = max(tried, key=lambda entry: entry["epsilon"])
+    return {
+        "epsilon": best["epsilon"],
+        "canaries": canaries,
+        "included": int(included.sum()),
+        "k_plus": best["k_plus"],
+        "k_minus": best["k_minus"],
+        "guesses": best["guesses"],
+        "correct": best["correct"],
+        "delta": delta,
+        "confidence": confidence,
+        "confidence_per_k": corrected,
+        "tried": tried,
+    }
+
+
+def canary_report(
+    scores: Tensor, inclusion: Tensor, delta: float, confidence: float = 0.95
+) -> tuple[dict[str, float], dict[str, Any], list[str]]:
+    """(metrics, details, warnings) of an attack over the canaries alone: AUC, TPR at 1% / 0.1% FPR, audit bound.
+
+    Metric names carry a ``canary_`` prefix so that they sit beside the population metrics in one entry; the
+    details keep the achieved FPRs, Clopper-Pearson intervals and the audit's counts.
+    """
+    metrics, details, warnings = membership_report(scores, inclusion, None, confidence)
+    audit = one_run_audit(scores, inclusion, delta, confidence)
+    metrics = {f"canary_{name}": value for name, value in metrics.items()}
+    metrics["canary_audit_epsilon"] = audit["epsilon"]
+    details = {f"canary_{name}": value for name, value in details.items()}
+    details["canary_audit"] = audit
+    return metrics, details, [f"canaries: {warning}" for warning in warnings]
+
+
+def membership_slices(scores: Tensor, is_member: Tensor, groups: Tensor) -> dict[str, dict[str, Any]]:
+    """The attack per slice (``groups``: one slice key per query, e.g. its class or whether the target got it right).
+
+    Each slice: member and non-member counts, and where it has both, the AUC with DeLong's interval and the TPR at
+    1% FPR within the slice -- the records a population average hides (Aerni et al. 2024).
+    """
+    values, target = scores.detach().flatten(), is_member.detach().flatten()
+    keys = groups.detach().flatten()
+    slices = {}
+    for key in torch.unique(keys).tolist():
+        chosen = keys == key
+        members, nonmembers = int((target[chosen] == 1).sum()), int((target[chosen] == 0).sum())
+        entry: dict[str, Any] = {"members": members, "nonmembers": nonmembers}
+        if members and nonmembers:
+            auc, low, high = delong_interval(values[chosen], target[chosen])
+            fpr, tpr, thresholds = exact_roc(values[chosen], target[chosen])
+            entry.update(auc=auc, auc_interval=[low, high], tpr_at_1pct_fpr=tpr_at_fpr(fpr, tpr, thresholds, 0.01)[0])
+        slices[str(key)] = entry
+    return slices
