@@ -27,6 +27,21 @@ class CommandLineParser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} ({self.prog} --help lists the options)")
 
 
+def writable_folder(folder: str | Path, option: str) -> None:
+    """``folder`` exists (made if need be) and takes a file now, or one error naming the option that chose it:
+    found before the work (training, an evaluation), not when its results are written."""
+    import tempfile
+
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise BenchError(
+            f"{option} {folder} is not writable ({error.strerror or error}); give a folder you can write to"
+        ) from None
+
+
 def regular_file(path: str | Path, what: str) -> Path:
     """``path`` if it is a regular file; a FIFO or device is refused unopened (reading one blocks or never ends)."""
     path = Path(path)

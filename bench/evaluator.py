@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.attacks.base import Attack
-from bench.errors import BenchError
+from bench.errors import BenchError, writable_folder
 from bench.harness import Evaluation, build_record, default_attacks, evaluate
 from bench.records import DEFAULT_RECORDS_DIR, Record, effective_batch, precision_name, write_record
 
@@ -108,9 +108,9 @@ class Evaluator:
     # ------------------------------------------------------------------ before
     def check_preconditions(self, module: PrivacyModule, datamodule: PrivacyDataModule) -> None:
         """What would make the evaluation fail after the work, checked before it: outputs, pool sizes."""
-        _check_writable(self.records_dir, "--evaluation.records_dir")
+        writable_folder(self.records_dir, "--evaluation.records_dir")
         if self.leaderboard_dir is not None:
-            _check_writable(self.leaderboard_dir, "--evaluation.leaderboard_dir")
+            writable_folder(self.leaderboard_dir, "--evaluation.leaderboard_dir")
         attacks = [attack for attack in self._attacks() if attack.applies_to(module)]
         sizes = datamodule.pool_sizes()
         short = [
@@ -321,20 +321,6 @@ def chance_level(accuracy: Optional[float], datamodule: PrivacyDataModule, untra
     chance = torch.bincount(labels).max().item() / labels.numel()
     margin = 2 * math.sqrt(chance * (1 - chance) / labels.numel())
     return {"chance_accuracy": chance, "degenerate": untrained or accuracy <= chance + margin}
-
-
-def _check_writable(directory: str, option: str) -> None:
-    """Create ``directory`` and a file in it now, so that an unwritable one is found before training, not after."""
-    try:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=directory)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as error:
-        raise BenchError(
-            f"{option} {directory} is not writable ({type(error).__name__}: {error.strerror or error}); "
-            f"choose another with {option}"
-        ) from error
 
 
 # ---------------------------------------------------------------------- artifacts and loggers

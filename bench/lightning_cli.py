@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bench.checkpoints import read_checkpoint
-from bench.errors import BenchError, class_path
+from bench.errors import BenchError, class_path, writable_folder
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 DEFAULTS = Path(__file__).parent / "configs" / "defaults.yaml"
@@ -275,20 +275,6 @@ def lightning_refused(error: Exception) -> BenchError:
     else:
         advice = "change the --trainer option it names (or the config's trainer: section); bench fit --help lists them"
     return BenchError(f"Lightning refused the trainer settings: {message} ({advice})")
-
-
-def writable_folder(folder: str, option: str) -> None:
-    """``folder`` exists (made if need be) and takes files, or one error naming the option that chose it."""
-    import tempfile
-
-    try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise BenchError(
-            f"{option} {folder}: cannot write there ({error.strerror or error}); give a folder you can write to"
-        ) from None
 
 
 #: keys by which Lightning and jsonargparse choose a class or a function to import

@@ -76,7 +76,7 @@ CASES = {
     "unwritable default_root_dir": (
         ["fit", "--trainer.default_root_dir", "{tmp}/a_file/runs"],
         1,
-        "--trainer.default_root_dir {tmp}/a_file/runs: cannot write there",
+        "--trainer.default_root_dir {tmp}/a_file/runs is not writable",
     ),
     "a word for a number": (["fit", "--model.lr", "fast"], 2, "--model.lr: expected float or null, got 'fast'"),
     # configs that are not regular files are refused, not read
