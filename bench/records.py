@@ -348,6 +348,12 @@ class DatasetInfo(_Open):
     seed: Optional[int] = None
     pool_sizes: dict[str, Any] = Field(default_factory=dict)
 
+    @property
+    def stated_pool_sizes(self) -> Optional[dict[str, Any]]:
+        """``pool_sizes`` as the record states it, None where it says nothing (the field's default is {}): the
+        leaderboard tells the two apart, as it did when it read the JSON."""
+        return self.pool_sizes if "pool_sizes" in self.model_fields_set else None
+
 
 class Training(_Open):
     epochs: Optional[int] = None

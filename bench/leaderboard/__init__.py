@@ -54,7 +54,6 @@ from bench.leaderboard.records import (  # noqa: F401 (public)
     NOT_CONVERGED,
     PARETO,
     LeaderboardResult,
-    _degenerate,
     _read,
     pareto_front,
 )
@@ -264,7 +263,7 @@ def _ranked_runs(loaded, include_degenerate: bool, problems: list) -> tuple[list
         except (KeyError, TypeError, ValueError, AttributeError) as error:  # one bad record never breaks the board
             problems.append((path, f"unusable record: {error}"))
             continue
-        if _degenerate(record) and not include_degenerate:
+        if record.degenerate and not include_degenerate:
             left_out.append((path, f"{record.method.label}: flagged degenerate (accuracy at chance)"))
             continue
         runs.append(run)

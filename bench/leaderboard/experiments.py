@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from bench.leaderboard.records import _NOT_A_SETTING, UTILITY_ONLY, _arguments, _Entry, _finite, _mapping, _Run, _safe
+from bench.leaderboard.records import _NOT_A_SETTING, UTILITY_ONLY, _Entry, _finite, _mapping, _Run, _safe, _settings_of
 
 
 @dataclass(frozen=True)
@@ -106,12 +106,12 @@ class _Experiment:
 
 
 def _setting(run: _Run, threat_model: Optional[str]) -> dict[str, Any]:
-    setting: dict[str, Any] = {"network": run.method.get("network")}
-    setting.update({f"model.{k}": v for k, v in _arguments(run.method).items()})
-    setting.update({f"data.{k}": v for k, v in _arguments(run.record["config"].get("data")).items() if k != "seed"})
+    setting: dict[str, Any] = {"network": run.method.network}
+    setting.update({f"model.{k}": v for k, v in _settings_of(run.method.hparams).items()})
+    setting.update({f"data.{k}": v for k, v in run.data_settings.items() if k != "seed"})
     setting.update(
         {
-            "dataset": run.record["dataset"]["name"],
+            "dataset": run.dataset.name,
             "epochs": run.budget,
             "world_size": run.world_size,
             "effective_batch": run.effective_batch,
@@ -188,18 +188,15 @@ def _fingerprint(text: str) -> str:
 def _rows(runs: list[_Run], threat_model: Optional[str]) -> list[_Row]:
     keyed: dict[str, dict[Any, _Run]] = {}
     settings: dict[str, tuple[str, dict]] = {}
-    for run in sorted(runs, key=lambda r: (str(r.record["created"]), str(r.record["record_id"]))):
+    for run in sorted(runs, key=lambda r: r.read_order):
         setting = _setting(run, threat_model)
-        key = _canonical([run.method["label"], setting])
-        settings[key] = (run.method["label"], setting)
-        # one record per seed: a re-evaluation of the same run replaces the older record instead of posing as a seed
-        seed = run.record.get("seed")
-        identity = (seed, _mapping(run.record["dataset"]).get("seed")) if seed is not None else run.record["record_id"]
-        keyed.setdefault(key, {})[_canonical(identity)] = run
+        key = _canonical([run.method.label, setting])
+        settings[key] = (run.method.label, setting)
+        keyed.setdefault(key, {})[_canonical(run.seed_identity)] = run  # one record per seed: the latest
 
     def by_seed(run: _Run) -> tuple:
-        seed = run.record.get("seed")
-        return (not isinstance(seed, int), seed if isinstance(seed, int) else 0, str(run.record["record_id"]))
+        seed = run.model.seed
+        return (seed is None, seed if seed is not None else 0, run.model.record_id)
 
     rows = [
         _Row(settings[key][0], settings[key][1], sorted(found.values(), key=by_seed)) for key, found in keyed.items()
@@ -281,8 +278,8 @@ def _experiments(runs: list[_Run]) -> list[_Experiment]:
             else:
                 key = (
                     tm,
-                    run.record["dataset"]["name"],
-                    _canonical(run.record["dataset"].get("pool_sizes")),
+                    run.dataset.name,
+                    _canonical(run.dataset.stated_pool_sizes),
                     run.budget,
                     run.world_size,
                     run.effective_batch,
@@ -295,7 +292,7 @@ def _experiments(runs: list[_Run]) -> list[_Experiment]:
     pending = []
     for key, members in derived.items():
         tm = key[0]
-        ordered = sorted(members, key=lambda r: (str(r.record["created"]), str(r.record["record_id"])))
+        ordered = sorted(members, key=lambda r: r.read_order)
         for attacks, group in _derived_groups(ordered, None if tm == UTILITY_ONLY else tm):
             pending.append((key, attacks, group))
     by_base: dict[tuple[str, str], list[int]] = {}

@@ -93,7 +93,7 @@ def _plot(experiment: _Experiment) -> Optional[bytes]:
     if not panels:
         return None
     labels = list(dict.fromkeys(names_of[id(row)] for _, points in panels for row, *_ in points))
-    method_of = {names_of[id(row)]: row.runs[0].method["name"] for _, points in panels for row, *_ in points}
+    method_of = {names_of[id(row)]: row.runs[0].method.name for _, points in panels for row, *_ in points}
     style = plot_styles(labels, method_of)
     legend_inches = 0.8 + 0.065 * max(len(label) for label in labels + ["Pareto front"])  # 8 pt text beside the axes
     figure = Figure(figsize=(5.2 * len(panels) + legend_inches, 4.6))

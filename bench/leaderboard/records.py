@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from bench.deprecation import current_method_names
-from bench.records import PrivacyEntry, Record
+from bench.records import DatasetInfo, MethodInfo, PrivacyEntry, Record
 
 MISSING = "–"
 UTILITY_ONLY = "utility_only"
@@ -107,8 +107,7 @@ def _intervals(details: dict) -> dict[str, tuple[float, float]]:
     return found
 
 
-def _entry(raw: PrivacyEntry | dict) -> _Entry:
-    entry = raw if isinstance(raw, PrivacyEntry) else PrivacyEntry.model_validate(raw)
+def _entry(entry: PrivacyEntry) -> _Entry:
     details = _mapping(entry.details)
     converged = details.get("converged")
     metrics = {str(m): v for m, raw_value in entry.metrics.items() if (v := _finite(raw_value)) is not None}
@@ -126,9 +125,8 @@ def _entry(raw: PrivacyEntry | dict) -> _Entry:
     )
 
 
-def _arguments(section: Any) -> dict[str, Any]:
-    section = _mapping(section)
-    arguments = section.get("hparams", section.get("init_args", {}))
+def _settings_of(arguments: Any) -> dict[str, Any]:
+    """The arguments (a method's ``hparams``, a data module's ``init_args``) that say what was measured."""
     return {str(k): v for k, v in _mapping(arguments).items() if not str(k).startswith("_") and k not in _NOT_A_SETTING}
 
 
@@ -136,7 +134,10 @@ def _arguments(section: Any) -> dict[str, Any]:
 class _Run:
     """One valid record, with everything the leaderboard reads from it."""
 
-    record: dict
+    #: the typed record, as read
+    model: Record
+    #: the record's method under its current names (:mod:`bench.deprecation`), which the rows group by
+    method: MethodInfo
     path: Path
     entries: list[_Entry]
     utility: dict[str, float]
@@ -150,12 +151,28 @@ class _Run:
     paper: dict[str, Any]
     configs: tuple[str, ...]
     revision: Optional[str]
-    #: the typed record (the dict above is its JSON form, the method under its current names)
-    model: Optional[Record] = None
 
     @property
-    def method(self) -> dict:
-        return self.record["method"]
+    def dataset(self) -> DatasetInfo:
+        return self.model.dataset
+
+    @property
+    def read_order(self) -> tuple[str, str]:
+        """(created, record id): runs are taken in this order, so that a later record of a seed replaces an earlier."""
+        return (self.model.created, self.model.record_id)
+
+    @property
+    def seed_identity(self) -> Any:
+        """What makes two records of one row the same seed: (training seed, data seed), or the record itself when the
+        training was not seeded (a re-evaluation of the same run replaces the older record instead of posing as a seed).
+        """
+        return (self.model.seed, self.dataset.seed) if self.model.seed is not None else self.model.record_id
+
+    @property
+    def data_settings(self) -> dict[str, Any]:
+        """The data module's arguments in the run's configuration (``config.data.init_args``) that are settings."""
+        data = _mapping(self.model.config.get("data"))
+        return _settings_of(data.get("hparams", data.get("init_args", {})))
 
     def entries_of(self, threat_model: Optional[str]) -> dict[str, _Entry]:
         found: dict[str, _Entry] = {}
@@ -163,12 +180,6 @@ class _Run:
             if entry.threat_model == threat_model:
                 found.setdefault(entry.attack, entry)  # the first of an attack wins
         return found
-
-
-def _degenerate(record: Record | dict) -> bool:
-    if isinstance(record, Record):
-        return record.degenerate
-    return record.get("degenerate") is True or _mapping(record.get("utility")).get("degenerate") is True
 
 
 def _finite_numbers(values: dict[str, Any]) -> dict[str, float]:
@@ -181,8 +192,7 @@ def _read(record: Record, path: Path) -> _Run:
     The method's arguments and network are read under their current names (:mod:`bench.deprecation`): a
     record written before a rename joins the rows of new runs of the same setting.
     """
-    raw = record.to_dict()
-    raw["method"] = current_method_names(raw["method"])
+    method = current_method_names(record.method.model_dump(mode="json", by_alias=True, exclude_unset=True))
     cost = _finite_numbers(record.cost)
     if _PARAMETERS in cost and _NONZERO in cost and _COMPRESSION not in cost:  # records from before the harness said so
         cost[_COMPRESSION] = cost[_PARAMETERS] / max(cost[_NONZERO], 1.0)
@@ -192,7 +202,8 @@ def _read(record: Record, path: Path) -> _Run:
     facts = record.run
     budget = (facts.budget.unit, facts.budget.value) if facts.budget is not None else None
     return _Run(
-        raw,
+        record,
+        MethodInfo.model_validate(method),
         path,
         [_entry(entry) for entry in record.privacy],
         _finite_numbers(record.utility),
@@ -206,7 +217,6 @@ def _read(record: Record, path: Path) -> _Run:
         _mapping(record.paper),
         tuple(facts.config_names),
         revision if isinstance(revision, str) else None,
-        record,
     )
 
 

@@ -7,8 +7,9 @@ from typing import Optional
 
 from bench.claims import Setting, evaluate_claims
 from bench.leaderboard.experiments import _budget_text, _canonical, _setting, worst_case
-from bench.leaderboard.records import MISSING, _entry, _finite, _mapping, _Run
+from bench.leaderboard.records import MISSING, _entry, _finite, _Run
 from bench.leaderboard.tables import _escape, _markdown_table, _number
+from bench.records import Record
 
 
 def _claim_settings(runs: list[_Run], placed: dict[int, set[str]]) -> list[Setting]:
@@ -18,7 +19,7 @@ def _claim_settings(runs: list[_Run], placed: dict[int, set[str]]) -> list[Setti
         threat_models = sorted({e.threat_model for e in run.entries})
         key = _canonical(
             [
-                run.method["label"],
+                run.method.label,
                 run.experiment,
                 {tm: _setting(run, tm) for tm in threat_models} or _setting(run, None),
             ]
@@ -29,19 +30,16 @@ def _claim_settings(runs: list[_Run], placed: dict[int, set[str]]) -> list[Setti
         members = grouped[key]
         first = members[0]
         seeds: dict[str, _Run] = {}
-        for run in sorted(members, key=lambda r: (str(r.record["created"]), str(r.record["record_id"]))):
-            seed = run.record.get("seed")
-            seeds[
-                _canonical((seed, run.record["dataset"].get("seed")) if seed is not None else run.record["record_id"])
-            ] = run
+        for run in sorted(members, key=lambda r: r.read_order):
+            seeds[_canonical(run.seed_identity)] = run  # one record per seed: the latest
         settings.append(
             Setting(
-                first.method["name"],
-                first.method["label"],
-                first.record["dataset"]["name"],
+                first.method.name,
+                first.method.label,
+                first.dataset.name,
                 first.experiment or "",
-                _mapping(first.method.get("hparams")),
-                tuple(run.record for run in seeds.values()),
+                first.method.hparams,
+                tuple(run.model for run in seeds.values()),
                 _scale(first),
                 frozenset().union(*(placed.get(id(run), set()) for run in members)),
             )
@@ -51,19 +49,19 @@ def _claim_settings(runs: list[_Run], placed: dict[int, set[str]]) -> list[Setti
 
 def _scale(run: _Run) -> str:
     """What a run trained on and for how long, e.g. 'mnist_t10k (4,000 train, 8 epochs)'."""
-    train = _finite(_mapping(run.record["dataset"].get("pool_sizes")).get("train"))
+    train = _finite(run.dataset.pool_sizes.get("train"))
     parts = ([f"{_number(train, True)} train"] if train is not None else []) + (
         [_budget_text(run.budget)] if run.budget else []
     )
-    return run.record["dataset"]["name"] + (f" ({', '.join(parts)})" if parts else "")
+    return run.dataset.name + (f" ({', '.join(parts)})" if parts else "")
 
 
-def _claim_value(record: dict, path: str) -> Optional[float]:
+def _claim_value(record: Record, path: str) -> Optional[float]:
     section, _, rest = path.partition(".")
     if section in ("utility", "cost"):
-        return _finite(_mapping(record.get(section)).get(rest))
+        return _finite((record.utility if section == "utility" else record.cost).get(rest))
     attack_or_tm, _, metric = rest.partition(".")
-    entries = [_entry(raw) for raw in record["privacy"] if isinstance(raw, dict)]
+    entries = [_entry(entry) for entry in record.privacy]
     if section == "privacy":
         entry = next((e for e in entries if e.attack == attack_or_tm), None)
         return None if entry is None else entry.metrics.get(metric)

@@ -25,7 +25,6 @@ from bench.leaderboard.records import (
     PARETO,
     PRIMARY_UTILITY,
     UTILITY_ONLY,
-    _degenerate,
 )
 
 
@@ -231,9 +230,9 @@ def _headline(experiment: _Experiment, front: set[int]) -> list[str]:
     }
     body = []
     for i, row in enumerate(experiment.rows):
-        degenerate = " (degenerate)" if any(_degenerate(run.record) for run in row.runs) else ""
+        degenerate = " (degenerate)" if any(run.model.degenerate for run in row.runs) else ""
         # `bench audit`: trained by the user's recipe on the user's split, comparable only within its experiment
-        degenerate += " (external)" if any(_external(run.record) for run in row.runs) else ""
+        degenerate += " (external)" if any(run.model.external is not None for run in row.runs) else ""
         cells = [row.label + degenerate + (f" {PARETO}" if i in front else "")]
         if has_setting:
             cells.append(experiment.differences[i] or MISSING)
@@ -365,7 +364,7 @@ def _details(experiment: _Experiment) -> list[str]:
 
 
 def _experiment_intro(experiment: _Experiment) -> str:
-    pools = {_canonical(run.record["dataset"].get("pool_sizes")) for row in experiment.rows for run in row.runs}
+    pools = {_canonical(run.dataset.stated_pool_sizes) for row in experiment.rows for run in row.runs}
     pool_text = ""
     if len(pools) == 1 and isinstance(sizes := json.loads(pools.pop()), dict) and sizes:
         pool_text = (
@@ -413,9 +412,3 @@ def _notes(experiment: _Experiment) -> list[str]:
     if any(run.paper for row in experiment.rows for run in row.runs):
         notes.append("Paper values in parentheses (sources under the detail).")
     return notes
-
-
-def _external(record) -> bool:
-    """Whether ``record`` came from ``bench audit`` (a model or scores bench did not train)."""
-    external = record.get("external") if isinstance(record, dict) else getattr(record, "external", None)
-    return external is not None
