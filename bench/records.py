@@ -341,6 +341,13 @@ class MethodInfo(_Open):
     capabilities: list[str] = Field(default_factory=list)
     hparams: dict[str, Any] = Field(default_factory=dict)
 
+    @property
+    def declared_headline_cost(self) -> tuple[str, ...]:
+        """The cost fields the method asks the leaderboard's headline to show (its ``headline_cost``, kept as an
+        extra key of the section), () where it asks for none."""
+        declared = (self.model_extra or {}).get("headline_cost")
+        return tuple(str(field) for field in declared) if isinstance(declared, list) else ()
+
 
 class DatasetInfo(_Open):
     name: str
@@ -471,6 +478,18 @@ class Record(_Open):
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON holds it: the keys it was given (an absent optional key stays absent)."""
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+    @property
+    def git_revision(self) -> Optional[str]:
+        """The git revision of the bench that wrote the record (``software.git_revision``), None where unknown."""
+        revision = self.software.get("git_revision")
+        return revision if isinstance(revision, str) else None
+
+    @property
+    def paper_source(self) -> Optional[str]:
+        """Where the paper reported the values in ``paper`` (``paper.source``), None where it does not say."""
+        source = (self.paper or {}).get("source")
+        return source if isinstance(source, str) else None
 
     @property
     def failed_attacks(self) -> list[PrivacyEntry]:

@@ -196,9 +196,6 @@ def _read(record: Record, path: Path) -> _Run:
     cost = _finite_numbers(record.cost)
     if _PARAMETERS in cost and _NONZERO in cost and _COMPRESSION not in cost:  # records from before the harness said so
         cost[_COMPRESSION] = cost[_PARAMETERS] / max(cost[_NONZERO], 1.0)
-    declared = (record.method.model_extra or {}).get("headline_cost")
-    declared = tuple(str(k) for k in declared) if isinstance(declared, list) else ()
-    revision = record.software.get("git_revision")
     facts = record.run
     budget = (facts.budget.unit, facts.budget.value) if facts.budget is not None else None
     return _Run(
@@ -213,10 +210,10 @@ def _read(record: Record, path: Path) -> _Run:
         facts.effective_batch,
         facts.precision,
         record.experiment or None,
-        declared,
+        record.method.declared_headline_cost,
         _mapping(record.paper),
         tuple(facts.config_names),
-        revision if isinstance(revision, str) else None,
+        record.git_revision,
     )
 
 

@@ -354,9 +354,7 @@ def _details(experiment: _Experiment) -> list[str]:
     ]
     if settings:
         lines += ["Settings in full:", ""] + [f"- {_escape(label)}: `{_code(text)}`" for label, text in settings] + [""]
-    sources = sorted(
-        {src for row in experiment.rows for run in row.runs if isinstance(src := run.paper.get("source"), str)}
-    )
+    sources = sorted({run.model.paper_source for row in experiment.rows for run in row.runs} - {None})
     if sources:
         lines += ["Paper values from: " + "; ".join(_escape(s) for s in sources) + ".", ""]
     lines += _provenance(experiment) + ["", "</details>", ""]
