@@ -240,13 +240,13 @@ class Setting:
     dataset: str
     experiment: str
     hparams: dict[str, Any]
-    records: tuple[dict, ...]
+    records: tuple[Any, ...]  # as the ValueReader reads them (the leaderboard's: typed bench.records.Record)
     scale: str = ""  # what the records ran at (data, budget), said beside the verdicts
     tables: frozenset = frozenset()  # the leaderboard experiments (tables) the setting's records sit in
 
 
 #: reads a PATH from one record; None where the record does not report it
-ValueReader = Callable[[dict, str], Optional[float]]
+ValueReader = Callable[[Any, str], Optional[float]]
 
 
 def _matches(operand: Operand, setting: Setting) -> bool:
