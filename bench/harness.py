@@ -23,7 +23,7 @@ from torch import Tensor
 import bench
 from bench import registry
 from bench.attacks.base import Attack
-from bench.attacks.shadow_models import ShadowPool, sharing_shadows
+from bench.attacks.shadow_pool import ShadowPool, sharing_shadows
 from bench.datamodules.base import PrivacyDataModule
 from bench.errors import class_path
 from bench.metrics.cost import client_flops_per_sample, count_parameters, released_bytes_per_sample
@@ -101,7 +101,7 @@ def evaluate(
     budget and records, in its ``details["budget_check"]``, the relative change of its primary metric.
     ``shadow_cache``: a folder where the membership attacks' shadow models are kept, keyed by everything
     that determines them, for a rerun or another attack setting of the same target to reuse
-    (:class:`~bench.attacks.shadow_models.ShadowCache`); None: trained in every evaluation.
+    (:class:`~bench.attacks.shadow_pool.ShadowCache`); None: trained in every evaluation.
     """
     attacks = default_attacks() if attacks is None else list(attacks)
     was_training = module.training

@@ -6,7 +6,7 @@ for every queried example.
 
 The attacker holds the candidates it queries (not their membership): its shadows train on random
 halves of the attacker pool together with the candidates, paired so that every sample is in
-exactly half of the shadows (:meth:`~bench.attacks.shadow_models.ShadowPool.membership`). For each
+exactly half of the shadows (:meth:`~bench.attacks.shadow_pool.ShadowPool.membership`). For each
 candidate, the shadows that trained on it give phi_in, the others phi_out (phi: the logit-scaled
 confidence); the score is the log-likelihood ratio of the target's phi under the two Gaussians,
 

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.attacks.base import Attack, AttackResult
-from bench.attacks.shadow_models import RECIPES, PooledShadows, PoolRecipe, ShadowPool, current_shadow_pool
+from bench.attacks.shadow_models import RECIPES
+from bench.attacks.shadow_pool import PooledShadows, PoolRecipe, ShadowPool, current_shadow_pool
 from bench.errors import BenchError
 from bench.metrics.membership import (
     DIRECTIONS,
@@ -243,7 +244,7 @@ class MembershipInference(Attack):
     ) -> tuple[PooledShadows, Tensor, Tensor, Tensor]:
         """``count`` shadows trained on random halves of the attacker pool, or (online) on paired halves of the
         ``queries`` followed by the attacker pool: (shadows, images, labels, members). They are the first models
-        of the evaluation's shared pool (:func:`~bench.attacks.shadow_models.sharing_shadows`), or of a pool of
+        of the evaluation's shared pool (:func:`~bench.attacks.shadow_pool.sharing_shadows`), or of a pool of
         this attack's own, seeded alike, outside one."""
         images, labels = datamodule.pool("attacker").tensors()
         if queries is not None:
