@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from bench.errors import BenchError, class_path
+from bench.errors import BenchError, class_path, regular_file
 
 
 def instantiate_attack(spec: Any, where: str):
@@ -37,7 +37,9 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     if "://" in str(path):
         raise BenchError(f"checkpoint {path}: only local files are read (download it first)")
     file = Path(path)
-    if not file.is_file():
+    if file.exists():
+        regular_file(file, "checkpoint")  # a FIFO or device would block torch.load or never end
+    else:
         raise BenchError(
             f"checkpoint {path} not found; `bench fit` writes them under the run folder it prints (checkpoints/*.ckpt)"
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import stat
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, Optional
 
 
 class BenchError(Exception):
@@ -49,20 +49,24 @@ def regular_file(path: str | Path, what: str) -> Path:
         mode = path.stat().st_mode
     except OSError as error:
         raise BenchError(f"cannot read {what} {path}: {error.strerror or error}") from None
-    if not stat.S_ISREG(mode):
-        kind = (
-            "a folder"
-            if stat.S_ISDIR(mode)
-            else "a FIFO (named pipe)"
-            if stat.S_ISFIFO(mode)
-            else "a device"
-            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "a socket"
-            if stat.S_ISSOCK(mode)
-            else "not a regular file"
-        )
+    kind = irregular_kind(mode)
+    if kind is not None:
         raise BenchError(f"{what} {path} is {kind}, not a regular file; give the path of a file")
     return path
+
+
+def irregular_kind(mode: int) -> Optional[str]:
+    """What a file of this ``st_mode`` is when it is not a regular file ("a FIFO (named pipe)", ...), else None:
+    reading a FIFO blocks, reading a device may never end, so neither is opened as a file of data."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
 
 
 def class_path(obj: object) -> str:

@@ -49,7 +49,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -58,6 +57,8 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bench.errors import irregular_kind
 
 SCHEMA_VERSION = 2
 #: the versions this bench reads (version 0 never existed in a release: a record saying so is not ours)
@@ -556,8 +557,9 @@ def read_record(file: str | Path) -> Record:
     file = Path(file)
     try:
         info = file.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise RecordError("not a regular file (a FIFO, device or folder named like a record): not read")
+        kind = irregular_kind(info.st_mode)
+        if kind is not None:
+            raise RecordError(f"{kind} named like a record, not a regular file: not read")
         if info.st_size > MAX_RECORD_BYTES:
             raise RecordError(
                 f"{info.st_size / 2**20:.0f} MiB is larger than any record ({MAX_RECORD_BYTES // 2**20} MiB at most)"

@@ -45,7 +45,7 @@ def workspace(tmp_path, monkeypatch):
     np.save(data / "no_labels.npy", np.zeros((0,), np.int64))
     np.save(data / "huge_labels.npy", np.full(20, 10**12, np.int64))
     _absurd_npy(data / "absurd.npy")
-    fifos = [tmp_path / "fifo.yaml", data / "fifo.npy"]
+    fifos = [tmp_path / "fifo.yaml", data / "fifo.npy", tmp_path / "fifo_checkpoint"]
     for fifo in fifos:
         os.mkfifo(fifo)
 
@@ -83,6 +83,7 @@ CASES = {
     "FIFO as --config": (["fit", "--config", "fifo.yaml"], 1, "config fifo.yaml is a FIFO (named pipe)"),
     "device as --config": (["fit", "--config", "/dev/zero"], 1, "config /dev/zero is a device"),
     "FIFO as evaluate --config": (["evaluate", "x.ckpt", "--config", "fifo.yaml"], 1, "is a FIFO"),
+    "FIFO as a checkpoint": (["evaluate", "fifo_checkpoint"], 1, "checkpoint fifo_checkpoint is a FIFO (named pipe)"),
     # data files
     ".npy with an absurd header": (
         [*LOCAL, "--data.images", "absurd.npy", "--data.labels", "labels.npy"],
