@@ -175,6 +175,7 @@ def evaluate_command(argv: list[str]) -> None:
 
     import bench.attacks  # noqa: F401
     from bench.callbacks.privacy_evaluation import PrivacyEvaluation
+    from bench.evaluator import evaluation_device
     from bench.records import run_facts_from_config
 
     parser = ArgumentParser(
@@ -203,7 +204,7 @@ def evaluate_command(argv: list[str]) -> None:
         help="class path of your own DataModule, to import it (default: the checkpoint's, if registered)",
     )
     args = parser.parse_args(resolve_names(argv))
-    device = _evaluation_device(args.device)
+    device = evaluation_device(args.device)
     init = parser.instantiate_classes(args)
     module, datamodule, checkpoint = load_checkpoint(
         args.checkpoint, data_dir=args.data_dir, device=device, method=args.model, datamodule=args.data
@@ -252,31 +253,6 @@ def evaluate_command(argv: list[str]) -> None:
     print(outcome.summary(), flush=True)
     if not outcome.complete:
         raise outcome.incomplete_error()
-
-
-def _evaluation_device(name: str) -> str:
-    """``--device`` checked before anything is loaded: a GPU this machine lacks is one line, not a driver traceback.
-
-    The checkpoint's tensors are read onto the CPU whatever device wrote them, then moved here."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise BenchError(f"--device {name}: not a device; give cpu, cuda, cuda:1, ... or auto") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise BenchError(f"--device {name}: this machine has no usable GPU; use --device cpu (or auto)")
-        if device.index is not None and device.index >= count:
-            raise BenchError(
-                f"--device {name}: this machine has {count} GPU{'s' if count != 1 else ''} (cuda:0..cuda:{count - 1})"
-            )
-    elif device.type != "cpu" and device.type != "mps":
-        raise BenchError(f"--device {name}: bench evaluates on cpu or cuda; give cpu, cuda, cuda:1, ... or auto")
-    return str(device)
 
 
 # ---------------------------------------------------------------------- bench audit

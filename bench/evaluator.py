@@ -81,6 +81,30 @@ class Outcome:
         return BenchError(f"{'; '.join(reasons)}: record {self.path}")
 
 
+def evaluation_device(name: str) -> str:
+    """``--device`` of ``bench evaluate`` and ``bench audit``, checked before anything is loaded: a GPU this machine
+    lacks is one line, not a driver traceback. ``auto``: cuda if available.
+
+    Checkpoints and weights are read onto the CPU whatever device wrote them, then moved here."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise BenchError(f"--device {name}: not a device; give cpu, cuda, cuda:1, ... or auto") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise BenchError(f"--device {name}: this machine has no usable GPU; use --device cpu (or auto)")
+        if device.index is not None and device.index >= count:
+            raise BenchError(
+                f"--device {name}: this machine has {count} GPU{'s' if count != 1 else ''} (cuda:0..cuda:{count - 1})"
+            )
+    elif device.type != "cpu" and device.type != "mps":
+        raise BenchError(f"--device {name}: bench evaluates on cpu or cuda; give cpu, cuda, cuda:1, ... or auto")
+    return str(device)
+
+
 class Evaluator:
     """Evaluate a trained method, build its :class:`Record`, write it, log it; arguments as
     :class:`~bench.callbacks.PrivacyEvaluation`'s (which hands them on)."""
