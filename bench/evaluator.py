@@ -500,7 +500,9 @@ def _log(loggers: Sequence[Any], evaluation: Evaluation, record: Record, step: i
 
 def _summary(outcome: Outcome) -> str:
     record = outcome.record
-    parts = [f"accuracy {record.utility['accuracy']:.4f}"]
+    accuracy = record.utility.get("accuracy")
+    # `bench audit --release` measures no utility: a client without its server part classifies nothing
+    parts = [f"accuracy {accuracy:.4f}" if accuracy is not None else "no utility measured"]
     for entry in record.privacy:
         device = "" if entry.device is None else f", {entry.device}"
         took = "" if entry.seconds is None else f" ({entry.seconds:.1f} s{device})"

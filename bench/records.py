@@ -418,7 +418,7 @@ class ExternalInfo(_Open):
 
     Such a record is comparable only within its own experiment: its recipe and data split are the user's."""
 
-    kind: Literal["classifier", "scores"]
+    kind: Literal["classifier", "split", "scores"]
     #: what the command line named (never read back as code): the factory, the train function
     factory: Optional[str] = None
     weights_sha256: Optional[str] = None

@@ -1,4 +1,5 @@
-"""`bench audit`: a classifier trained outside bench, and saved scores, get the suite's verdicts (issue 26)."""
+"""`bench audit`: a classifier or a split model's client trained outside bench, and saved scores, get the suite's
+verdicts (issue 26)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench.attacks.feature_inversion import FeatureInversion, clear_fitted_decoders
 from bench.attacks.lira import LiRA
 from bench.attacks.membership_inference import LossThreshold, query_logits, target_queries
 from bench.audit import assign_member_pools
@@ -19,6 +21,7 @@ from bench.cli import main
 from bench.datamodules.digits import Digits
 from bench.evaluator import Evaluator
 from bench.modules.base import PrivacyModule
+from bench.modules.split_network import EncoderRelease
 from bench.threat_models import ThreatModel
 
 MEMBERS = 150
@@ -79,12 +82,61 @@ class PlainClassifier(PrivacyModule):
         return self.network(x)
 
 
+def tiny_client() -> nn.Module:
+    """The client part of a split model: what it returns, (N, 4, 4, 4), is what leaves the client."""
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+
+
+class Released(nn.Module):
+    """A client whose release is ``how(images)``: the extreme releases, and malformed ones."""
+
+    def __init__(self, how) -> None:
+        super().__init__()
+        self.how = how
+
+    def forward(self, images):
+        return self.how(images)
+
+
+def identity_client() -> nn.Module:
+    return Released(lambda images: images.flatten(1))  # releases the image itself
+
+
+def constant_client() -> nn.Module:
+    return Released(lambda images: torch.zeros(len(images), 16))  # releases nothing about it
+
+
+def rgb_client() -> nn.Module:
+    return nn.Conv2d(3, 4, 3)  # for colour images: the digits have one channel
+
+
+def tuple_client() -> nn.Module:
+    return Released(lambda images: (images, images))
+
+
+def batch_mean_client() -> nn.Module:
+    return Released(lambda images: images.mean(0, keepdim=True))  # one release for the whole batch
+
+
+class SplitTwin(EncoderRelease, PrivacyModule):
+    """tiny_client as the encoder of a split method of the suite (SplitNetwork's contract, with a server head)."""
+
+    threat_models = (ThreatModel.FEATURE_RELEASE,)
+
+    def __init__(self, data_spec=None, lr: float = 1e-3, weight_decay: float = 0.0) -> None:
+        super().__init__(data_spec, lr, weight_decay)
+        self.encoder = tiny_client()
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+
 @pytest.fixture
 def user_package(monkeypatch):
     """The user's own code, importable as `audit_user_code:NAME` (what they type on the command line)."""
     module = types.ModuleType("audit_user_code")
     module.tiny_network, module.not_a_module, module.broken_recipe = tiny_network, not_a_module, broken_recipe
     module.user_recipe = user_recipe
+    module.tiny_client, module.identity_client, module.constant_client = tiny_client, identity_client, constant_client
+    module.tuple_client, module.batch_mean_client, module.rgb_client = tuple_client, batch_mean_client, rgb_client
     monkeypatch.setitem(sys.modules, module.__name__, module)
     return module
 
@@ -118,7 +170,7 @@ def classifier_argv(folder: Path) -> list[str]:
     return [
         "--model", "audit_user_code:tiny_network", "--weights", str(folder / "weights.pt"),
         "--members", str(folder / "members.npy"), "--data", "Digits", "--pool_limit", str(MEMBERS),
-        "--attacks", json.dumps(ATTACKS),
+        "--attacks", json.dumps(ATTACKS), "--device", "cpu",
     ]  # fmt: skip
 
 
@@ -295,3 +347,138 @@ def test_leaderboard_says_external(trained, user_package, tmp_path):
     result = generate_leaderboard([str(tmp_path / "records")], tmp_path / "board")
     assert not result.problems and result.rows == 1
     assert "audit_user_code:tiny_network (external)" in Path(result.markdown).read_text()
+
+
+# ---------------------------------------------------------------------- split models: bench audit --release
+#: a cheap decoder budget (tiny.yaml's spirit): the attack runs in a fraction of a second on 64 attacker images
+INVERSION = {"epochs": 3, "max_attacker_samples": 64, "max_test_samples": 32, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def client_weights(tmp_path_factory) -> Path:
+    """The client part of a split model trained elsewhere: its weights, saved by plain PyTorch."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("client") / "client.pt"
+    torch.save(tiny_client().state_dict(), path)
+    return path
+
+
+def split_argv(release: str, *extra: str, init_args: dict = INVERSION) -> list[str]:
+    attack = [{"class_path": "FeatureInversion", "init_args": init_args}]
+    return [
+        "--release", f"audit_user_code:{release}", "--data", "Digits", "--pool_limit", str(MEMBERS),
+        "--attacks", json.dumps(attack), "--device", "cpu", *extra,
+    ]  # fmt: skip
+
+
+def test_split_client_audits_like_the_same_network_as_a_split_method(client_weights, user_package, tmp_path):
+    record = audit(split_argv("tiny_client", "--weights", str(client_weights)), tmp_path / "audit")
+    # the same client as the encoder of a split method, through the same evaluator with the same seed; the decoder
+    # the audit fitted is forgotten, so that the method's decoder is trained afresh, not reused
+    clear_fitted_decoders()
+    datamodule = Digits(pool_limit=MEMBERS, seed=0)
+    method = SplitTwin(datamodule.spec)
+    method.encoder.load_state_dict(torch.load(client_weights, weights_only=True))
+    run = {"world_size": 1, "precision": "32-true", "config_names": []}
+    reference, _ = Evaluator([FeatureInversion(**INVERSION)], seed=0, records_dir=str(tmp_path / "method")).evaluate(
+        method.eval(), datamodule, config={}, training=None, run=run
+    )
+    (entry,) = record["privacy"]
+    (expected,) = reference.to_dict()["privacy"]
+    assert entry["attack"] == "feature_inversion" and entry.get("error") is None
+    assert entry["metrics"] == expected["metrics"] and entry["details"]["decoder_used"] == "mirror"
+    assert record["cost"]["released_bytes_per_sample"] == reference.cost["released_bytes_per_sample"]
+    assert record["method"]["threat_models"] == ["feature_release"] and record["utility"] == {}
+    external = record["external"]
+    assert external["kind"] == "split" and external["factory"] == "audit_user_code:tiny_client"
+    assert len(external["weights_sha256"]) == 64
+    assert any("no utility" in line for line in external["assumptions"])
+    assert any("attacker pool" in line for line in external["assumptions"])
+
+
+def test_a_split_audit_tells_a_leaking_release_from_a_private_one(user_package, tmp_path):
+    # the image itself against nothing about it: the affine decoder identifies every image of the first, none of the
+    # second (no --weights: the clients have no parameters, and the record says so)
+    affine = {**INVERSION, "decoder": "affine", "epochs": 30, "lr": 0.01, "max_attacker_samples": None}
+    rates = {}
+    for release in ("identity_client", "constant_client"):
+        record = audit(split_argv(release, init_args=affine), tmp_path / release)
+        rates[release] = record["privacy"][0]["metrics"]["identification_rate"]
+        assert record["external"]["weights_sha256"] is None
+        assert any("no --weights" in line for line in record["external"]["assumptions"])
+    assert rates["identity_client"] > 0.9 and rates["constant_client"] < 0.2, rates
+
+
+SPLIT_BAD_INPUTS = {
+    "factory not a module": (["--release", "audit_user_code:not_a_module"], "not a torch.nn.Module"),
+    "weights do not fit": (["--weights", "{wrong}"], "does not fit --release audit_user_code:tiny_client"),
+    "release not a tensor": (["--release", "audit_user_code:tuple_client"], "returns a tuple"),
+    "release not one row per image": (["--release", "audit_user_code:batch_mean_client"], "one row per image"),
+    "client cannot take the images": (["--release", "audit_user_code:rgb_client"], "cannot take (8, 1, 8, 8) images"),
+    "with a classifier's option": (["--members", "members.npy"], "drop --members"),
+    "no attack of a feature release": (
+        ["--attacks", json.dumps([{"class_path": "LossThreshold"}])],
+        "none of them attacks a feature release",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SPLIT_BAD_INPUTS))
+def test_bad_split_input_is_one_line_before_any_decoder_trains(case, user_package, tmp_path, capsys, monkeypatch):
+    options, expected = SPLIT_BAD_INPUTS[case]
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "wrong.pt")
+    argv = split_argv("tiny_client")
+    for key, value in zip(options[::2], options[1::2]):
+        value = value.replace("{wrong}", str(tmp_path / "wrong.pt"))
+        if key in argv:
+            argv[argv.index(key) + 1] = value
+        else:
+            argv += [key, value]
+    decoders = []
+    monkeypatch.setattr(FeatureInversion, "train_decoder", lambda *a, **k: decoders.append(1) or 1 / 0)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["audit", *argv, "--records_dir", str(tmp_path / "records")])
+    assert exit_info.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bench: error:") and expected in lines[0], lines
+    assert not decoders and not list((tmp_path / "records").glob("*.json"))
+
+
+# ---------------------------------------------------------------------- --device and torchvision:NAME
+@pytest.mark.parametrize(
+    "device, expected",
+    [("banana", "--device banana: not a device"), ("cuda:99", "--device cuda:99: this machine has")],
+)
+def test_device_is_checked_like_bench_evaluates(device, expected, user_package, tmp_path, capsys):
+    argv = split_argv("tiny_client")
+    argv[argv.index("--device") + 1] = device
+    with pytest.raises(SystemExit) as exit_info:
+        main(["audit", *argv, "--records_dir", str(tmp_path)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1 and len(lines) == 1 and lines[0].startswith("bench: error:"), lines
+    if expected.endswith("this machine has") and not torch.cuda.is_available():
+        expected = "--device cuda:99: this machine has no usable GPU"
+    assert expected in lines[0] and not list(tmp_path.glob("*.json"))
+
+
+def test_torchvision_classifiers_by_name(trained, tmp_path, capsys):
+    from bench.audit.external import network_factory
+
+    network = network_factory("torchvision:squeezenet1_1", 10)()  # weights=None: nothing is downloaded
+    assert isinstance(network, nn.Module) and network.classifier[1].out_channels == 10
+    torch.save(network.state_dict(), tmp_path / "squeezenet.pt")
+    cases = {
+        # a name torchvision does not have
+        "torchvision:resnet_nine_thousand": "torchvision has no classifier 'resnet_nine_thousand'",
+        # a real one, whose weights fit, but which takes 3-channel images larger than the digits' 1 x 8 x 8
+        "torchvision:squeezenet1_1": "one step of the default recipe (Adam, cross-entropy) failed on (8, 1, 8, 8)",
+    }
+    for name, expected in cases.items():
+        argv = classifier_argv(trained[0])
+        argv[argv.index("--model") + 1] = name
+        argv[argv.index("--weights") + 1] = str(tmp_path / "squeezenet.pt")
+        with pytest.raises(SystemExit) as exit_info:
+            main(["audit", *argv, "--records_dir", str(tmp_path / "records")])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 1 and len(lines) == 1 and expected in lines[0], lines
+    assert not list((tmp_path / "records").glob("*.json"))

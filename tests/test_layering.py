@@ -344,6 +344,7 @@ def test_a_subclass_defined_outside_the_suite_is_not_registered(capsys):
 UNREGISTERED = {
     # an adapter around a user's own model that only `bench audit` builds: no config or checkpoint may name it
     "bench.audit.external.ExternalClassifier",
+    "bench.audit.split.ExternalRelease",
 }
 
 

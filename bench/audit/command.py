@@ -1,7 +1,9 @@
-"""``bench audit``: the black-box suite on a classifier trained elsewhere, or the membership metrics of saved scores.
+"""``bench audit``: the black-box suite on a classifier trained elsewhere, the feature-release attacks on the client
+part of a split model trained elsewhere, or the membership metrics of saved scores.
 
-Every input is checked, in one line each, before any shadow model trains: the factory builds a module, the weights
-fit it, the members are valid indices, one step of the recipe runs and the network answers the data's classes.
+Every input is checked, in one line each, before any shadow model or decoder trains: the factory builds a module, the
+weights fit it, the members are valid indices, one step of the recipe runs and the network answers the data's
+classes; for a split model, the client releases one tensor row per image.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ EPILOG = """examples:
   bench audit --model mypkg.nets:build --weights model.pt --members members.npy --data Digits
   bench audit --model torchvision:resnet18 --weights model.pt --members members.npy --data CIFAR10 \
       --train mypkg.fit:train
+  bench audit --release mypkg.nets:client --weights client.pt --data Digits
   bench audit --scores scores.npz
 (docs/auditing_a_model.md: the formats, the recipe's assumptions)"""
 
@@ -25,11 +28,17 @@ EPILOG = """examples:
 def parser() -> CommandLineParser:
     parser = CommandLineParser(
         prog="bench audit",
-        description="Audit a classifier trained elsewhere (black-box membership inference), or saved scores.",
+        description="Audit a classifier (black-box membership inference) or the client of a split model (feature "
+        "release) trained elsewhere, or saved scores.",
         epilog=EPILOG,
     )
     parser.add_argument("--model", help="PKG.MODULE:FACTORY building the torch.nn.Module, or torchvision:NAME")
-    parser.add_argument("--weights", help="its state dict (torch.save; read weights_only, loaded strictly)")
+    parser.add_argument(
+        "--release", help="PKG.MODULE:FUNCTION building the client network of a split model (what it releases)"
+    )
+    parser.add_argument(
+        "--weights", help="the --model's or --release's state dict (torch.save; read weights_only, loaded strictly)"
+    )
     parser.add_argument("--members", help="which examples of --data trained it: .npy indices or boolean mask, or .txt")
     parser.add_argument(
         "--data", default="Digits", help="the DataModule whose source --members indexes (default Digits)"
@@ -47,33 +56,53 @@ def parser() -> CommandLineParser:
     parser.add_argument("--records_dir", default=DEFAULT_RECORDS_DIR, help="where the record goes")
     parser.add_argument("--leaderboard_dir", default=None, help="regenerate a leaderboard here afterwards")
     parser.add_argument("--experiment", default=None, help="the record's experiment (default: external-<factory>)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if available)")
     return parser
 
 
 def audit_command(argv: list[str]) -> None:
+    from bench.evaluator import evaluation_device
+
     args = parser().parse_args(argv)
     if args.scores is not None:
-        extra = [f"--{key}" for key in ("model", "weights", "members", "train") if getattr(args, key) is not None]
+        extra = _given(args, "model", "release", "weights", "members", "train")
         if extra:
             raise BenchError(f"--scores audits saved scores without a model: drop {', '.join(extra)}")
         return _audit_scores(args)
-    missing = [f"--{key}" for key in ("model", "weights", "members") if getattr(args, key) is None]
-    if missing:
-        raise BenchError(f"bench audit needs {', '.join(missing)} (or --scores FILE); bench audit --help")
-    outcome = audit_classifier(args)
+    args.device = evaluation_device(args.device)
+    if args.release is not None:
+        extra = _given(args, "model", "members", "train")
+        if extra:
+            raise BenchError(
+                f"--release audits the client of a split model by what it releases: drop {', '.join(extra)} "
+                "(they audit a classifier)"
+            )
+        outcome = audit_split(args)
+    else:
+        missing = [f"--{key}" for key in ("model", "weights", "members") if getattr(args, key) is None]
+        if missing:
+            raise BenchError(
+                f"bench audit needs {', '.join(missing)} (or --release PKG.MODULE:FUNCTION, or --scores FILE); "
+                "bench audit --help"
+            )
+        outcome = audit_classifier(args)
     print(outcome.summary(), flush=True)
     if not outcome.complete:
         raise outcome.incomplete_error()
 
 
-def _attacks(spec: Optional[str]) -> list:
+def _given(args, *keys: str) -> list[str]:
+    return [f"--{key}" for key in keys if getattr(args, key) is not None]
+
+
+def _attacks(spec: Optional[str], threat_model) -> list:
+    """``--attacks``, or by default every registered attack of ``threat_model`` at its default configuration (the
+    harness then runs those that apply to the module, as for a method of the suite)."""
     from bench import registry
     from bench.checkpoints import instantiate_attack
-    from bench.threat_models import ThreatModel
 
     if spec is None:
-        return [cls() for cls in registry.attacks().values() if cls.threat_model is ThreatModel.BLACK_BOX_OUTPUTS]
+        return [cls() for cls in registry.attacks().values() if cls.threat_model is threat_model]
     try:
         specs = json.loads(spec)
     except json.JSONDecodeError as error:
@@ -87,7 +116,6 @@ def audit_classifier(args) -> Any:
     """Check everything, then evaluate through the :class:`~bench.evaluator.Evaluator` and write the record."""
     import torch
 
-    from bench import registry
     from bench.audit.external import (
         ExternalClassifier,
         assign_member_pools,
@@ -99,14 +127,10 @@ def audit_classifier(args) -> Any:
         read_members,
         source_size,
     )
-    from bench.evaluator import Evaluator, Outcome
+    from bench.evaluator import Evaluator
     from bench.threat_models import ThreatModel
 
-    data_class = registry.resolve_class("datamodule", args.data, allow_import=True)
-    data_args = {"seed": args.data_seed, "pool_limit": args.pool_limit}
-    if args.data_dir is not None:
-        data_args["data_dir"] = args.data_dir
-    datamodule = data_class(**data_args)
+    datamodule, data_args = _datamodule(args)
     members = read_members(args.members, source_size(datamodule))
     assign_member_pools(datamodule, members)
     spec = datamodule.spec
@@ -115,7 +139,7 @@ def audit_classifier(args) -> Any:
     module = ExternalClassifier(spec, factory, args.model, train_function, args.train, args.lr)
     load_weights(module.network, args.weights, args.model)
     module = module.to(torch.device(args.device)).eval()
-    attacks = _attacks(args.attacks)
+    attacks = _attacks(args.attacks, ThreatModel.BLACK_BOX_OUTPUTS)
     if not any(attack.threat_model is ThreatModel.BLACK_BOX_OUTPUTS for attack in attacks):
         raise BenchError(
             "--attacks: none of them is a black-box (membership) attack, which is what audits a classifier"
@@ -143,13 +167,95 @@ def audit_classifier(args) -> Any:
         "data": {"class_path": args.data, "init_args": data_args, "members": external["members"]},
         "evaluation": {"seed": args.seed, "attacks": [_describe(a) for a in attacks]},
     }
+    return _evaluate_and_write(evaluator, module, datamodule, config, external)
+
+
+def _datamodule(args) -> tuple[Any, dict[str, Any]]:
+    """The ``--data`` DataModule (a registered name or a class path the user typed) and its init arguments."""
+    from bench import registry
+
+    data_class = registry.resolve_class("datamodule", args.data, allow_import=True)
+    data_args = {"seed": args.data_seed, "pool_limit": args.pool_limit}
+    if args.data_dir is not None:
+        data_args["data_dir"] = args.data_dir
+    return data_class(**data_args), data_args
+
+
+def _evaluate_and_write(evaluator, module, datamodule, config: dict, external: dict, drop_utility: bool = False):
+    """The harness through the evaluator; the record gets its ``external`` section (and, for a client without a
+    server part, no utility), is written, and the leaderboard refreshed."""
+    from bench.evaluator import Outcome
+
     run = {"world_size": 1, "precision": "32-true", "config_names": [], "budget": None}
     record, evaluation = evaluator.evaluate(module, datamodule, config=config, training=None, run=run)
-    record = record.parse({**record.to_dict(), "external": external})
+    changes: dict[str, Any] = {"external": external}
+    if drop_utility:
+        changes["utility"] = {}
+        evaluation.utility = {}
+    record = record.parse({**record.to_dict(), **changes})
     record, path, failed = evaluator.write(record, evaluation)
     outcome = Outcome(record, path, evaluation, fallback_from=failed)
     evaluator.refresh_leaderboard(outcome)
     return outcome
+
+
+def audit_split(args) -> Any:
+    """The client of a split model: checked (it builds, its weights fit, it releases a tensor row per image), then
+    the feature-release attacks through the :class:`~bench.evaluator.Evaluator`, and the record."""
+    import torch
+
+    from bench.audit.external import file_sha256, import_typed, load_weights
+    from bench.audit.split import ExternalRelease, check_release
+    from bench.evaluator import Evaluator
+    from bench.threat_models import ThreatModel
+
+    datamodule, data_args = _datamodule(args)
+    if datamodule.download:
+        datamodule.prepare_data()
+    factory = import_typed(args.release, "--release")
+    module = ExternalRelease(datamodule.spec, factory, args.release)
+    if args.weights is not None:
+        load_weights(module.client, args.weights, args.release, "--release")
+    module = module.to(torch.device(args.device)).eval()
+    attacks = _attacks(args.attacks, ThreatModel.FEATURE_RELEASE)
+    if not any(attack.applies_to(module) for attack in attacks):
+        raise BenchError(
+            "--attacks: none of them attacks a feature release without the method's own parts (e.g. "
+            "FeatureInversion), which is what audits a split model's client"
+        )
+    evaluator = Evaluator(
+        attacks,
+        seed=args.seed,
+        records_dir=args.records_dir,
+        leaderboard_dir=args.leaderboard_dir,
+        experiment=args.experiment or f"external-{args.release}",
+    )
+    evaluator.check_preconditions(module, datamodule)
+    check_release(module, datamodule.pool("attacker").tensors()[0][:8].to(module.device))
+    weights = None if args.weights is None else str(Path(args.weights).resolve())
+    external = {
+        "kind": "split",
+        "factory": args.release,
+        "weights_sha256": None if args.weights is None else file_sha256(args.weights),
+        "assumptions": _split_assumptions(args),
+    }
+    config = {
+        "model": {"release": args.release, "weights": weights},
+        "data": {"class_path": args.data, "init_args": data_args},
+        "evaluation": {"seed": args.seed, "attacks": [_describe(a) for a in attacks]},
+    }
+    return _evaluate_and_write(evaluator, module, datamodule, config, external, drop_utility=True)
+
+
+def _split_assumptions(args) -> list[str]:
+    return [
+        "the client network takes images in [0, 1] (any normalisation is part of it) and releases exactly what "
+        "it returns",
+        f"the attacker queries the client as a black box on the {args.data} attacker pool (drawn from the same "
+        "distribution as the images it attacks, disjoint from them) and is scored on the test pool",
+        "no utility: only the client was given (no server part), so the record has no accuracy"
+        + ("" if args.weights is not None else "; no --weights: the client's parameters are as its factory built them"),
+    ]
 
 
 def _assumptions(args, attacks: list, members: int) -> list[str]:

@@ -63,13 +63,14 @@ def network_factory(spec: str, num_classes: int) -> Callable[[], nn.Module]:
     return import_typed(spec, "--model")
 
 
-def build_network(factory: Callable[[], nn.Module], name: str) -> nn.Module:
+def build_network(factory: Callable[[], nn.Module], name: str, option: str = "--model") -> nn.Module:
+    """What the user's factory (typed after ``option``) builds, which must be a ``torch.nn.Module``."""
     try:
         network = factory()
     except Exception as error:  # the user's code: whatever it raises is one line
-        raise BenchError(f"--model {name}: the factory failed ({type(error).__name__}: {error})") from None
+        raise BenchError(f"{option} {name}: the factory failed ({type(error).__name__}: {error})") from None
     if not isinstance(network, nn.Module):
-        raise BenchError(f"--model {name}: the factory returned a {type(network).__name__}, not a torch.nn.Module")
+        raise BenchError(f"{option} {name}: the factory returned a {type(network).__name__}, not a torch.nn.Module")
     return network
 
 
@@ -81,7 +82,7 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_weights(network: nn.Module, path: str, name: str) -> None:
+def load_weights(network: nn.Module, path: str, name: str, option: str = "--model") -> None:
     """``path``'s state dict into ``network``: ``weights_only`` (no pickle runs code) and strict (every name, every
     shape). A Lightning checkpoint's ``state_dict`` is taken as is; a file that does not fit is one line."""
     file = regular_file(path, "--weights")
@@ -99,7 +100,7 @@ def load_weights(network: nn.Module, path: str, name: str) -> None:
     except RuntimeError as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         problem = " ".join(lines[1:3]) if len(lines) > 1 else lines[0]
-        raise BenchError(f"--weights {path} does not fit --model {name}: {problem[:300]}") from None
+        raise BenchError(f"--weights {path} does not fit {option} {name}: {problem[:300]}") from None
 
 
 # ---------------------------------------------------------------------- the adapter
