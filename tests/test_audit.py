@@ -3,6 +3,7 @@ verdicts (issue 26)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 import types
@@ -347,6 +348,9 @@ def test_leaderboard_says_external(trained, user_package, tmp_path):
     result = generate_leaderboard([str(tmp_path / "records")], tmp_path / "board")
     assert not result.problems and result.rows == 1
     assert "audit_user_code:tiny_network (external)" in Path(result.markdown).read_text()
+    with open(Path(result.markdown).parent / "leaderboard.csv", newline="") as handle:
+        (row,) = csv.DictReader(handle)
+    assert row["external"] == "yes" and row["method"] == "audit_user_code:tiny_network"
 
 
 # ---------------------------------------------------------------------- split models: bench audit --release

@@ -158,6 +158,8 @@ def _csv(experiments: list[_Experiment]) -> bytes:
             line["epochs"] = budget[1] if budget and budget[0] == "epochs" else ""
             line["max_steps"] = budget[1] if budget and budget[0] == "steps" else ""
             line["dominated_by_dpsgd"] = {True: "yes", False: "no"}.get(dominated.get(i), "")
+            # `bench audit`: a model (or scores) from elsewhere, comparable only within its own experiment
+            line["external"] = "yes" if any(run.model.external is not None for run in row.runs) else "no"
             values: dict[str, list[float]] = {}
             for run in row.runs:
                 for key, value in run.utility.items():
@@ -188,6 +190,7 @@ def _csv(experiments: list[_Experiment]) -> bytes:
         "max_steps",
         "seeds",
         "dominated_by_dpsgd",
+        "external",
     ]
     ordered = sorted(
         columns, key=lambda c: (not c.startswith("utility."), not c.startswith("worst_case."), c.startswith("cost."), c)
