@@ -427,6 +427,16 @@ def test_a_split_audit_tells_a_leaking_release_from_a_private_one(user_package, 
     assert rates["identity_client"] > 0.9 and rates["constant_client"] < 0.2, rates
 
 
+def test_a_split_audit_attacks_with_every_decoder_family_by_default():
+    from bench.attacks.feature_inversion import DECODER_FAMILIES
+    from bench.audit.command import _split_default_attacks
+
+    attacks = _split_default_attacks()
+    assert all(attack.threat_model is ThreatModel.FEATURE_RELEASE for attack in attacks)
+    (inversion,) = [attack for attack in attacks if isinstance(attack, FeatureInversion)]
+    assert inversion.decoder == list(DECODER_FAMILIES) and inversion.epochs == FeatureInversion().epochs
+
+
 SPLIT_BAD_INPUTS = {
     "factory not a module": (["--release", "audit_user_code:not_a_module"], "not a torch.nn.Module"),
     "weights do not fit": (["--weights", "{wrong}"], "does not fit --release audit_user_code:tiny_client"),

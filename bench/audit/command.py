@@ -95,14 +95,19 @@ def _given(args, *keys: str) -> list[str]:
     return [f"--{key}" for key in keys if getattr(args, key) is not None]
 
 
+def _registered_attacks(threat_model) -> list[type]:
+    from bench import registry
+
+    return [cls for cls in registry.attacks().values() if cls.threat_model is threat_model]
+
+
 def _attacks(spec: Optional[str], threat_model) -> list:
     """``--attacks``, or by default every registered attack of ``threat_model`` at its default configuration (the
     harness then runs those that apply to the module, as for a method of the suite)."""
-    from bench import registry
     from bench.checkpoints import instantiate_attack
 
     if spec is None:
-        return [cls() for cls in registry.attacks().values() if cls.threat_model is threat_model]
+        return [cls() for cls in _registered_attacks(threat_model)]
     try:
         specs = json.loads(spec)
     except json.JSONDecodeError as error:
@@ -217,7 +222,7 @@ def audit_split(args) -> Any:
     if args.weights is not None:
         load_weights(module.client, args.weights, args.release, "--release")
     module = module.to(torch.device(args.device)).eval()
-    attacks = _attacks(args.attacks, ThreatModel.FEATURE_RELEASE)
+    attacks = _split_default_attacks() if args.attacks is None else _attacks(args.attacks, ThreatModel.FEATURE_RELEASE)
     if not any(attack.applies_to(module) for attack in attacks):
         raise BenchError(
             "--attacks: none of them attacks a feature release without the method's own parts (e.g. "
@@ -245,6 +250,19 @@ def audit_split(args) -> Any:
         "evaluation": {"seed": args.seed, "attacks": [_describe(a) for a in attacks]},
     }
     return _evaluate_and_write(evaluator, module, datamodule, config, external, drop_utility=True)
+
+
+def _split_default_attacks() -> list:
+    """Every feature-release attack at its default configuration, except that the feature inversion trains one
+    decoder of each family and reports the worst case over them, as the suite's split-network verdicts do
+    (configs pieces/attacks/split/cpu.yaml and paper.yaml): an unknown client may be inverted best by any of them."""
+    from bench.attacks.feature_inversion import DECODER_FAMILIES, FeatureInversion
+    from bench.threat_models import ThreatModel
+
+    return [
+        FeatureInversion(decoder=list(DECODER_FAMILIES)) if cls is FeatureInversion else cls()
+        for cls in _registered_attacks(ThreatModel.FEATURE_RELEASE)
+    ]
 
 
 def _split_assumptions(args) -> list[str]:
