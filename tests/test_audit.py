@@ -119,15 +119,19 @@ def batch_mean_client() -> nn.Module:
     return Released(lambda images: images.mean(0, keepdim=True))  # one release for the whole batch
 
 
+def tiny_head() -> nn.Module:
+    """The server part: it classifies what tiny_client releases."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+
 class SplitTwin(EncoderRelease, PrivacyModule):
-    """tiny_client as the encoder of a split method of the suite (SplitNetwork's contract, with a server head)."""
+    """tiny_client and tiny_head as a split method of the suite (SplitNetwork's contract)."""
 
     threat_models = (ThreatModel.FEATURE_RELEASE,)
 
     def __init__(self, data_spec=None, lr: float = 1e-3, weight_decay: float = 0.0) -> None:
         super().__init__(data_spec, lr, weight_decay)
-        self.encoder = tiny_client()
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+        self.encoder, self.classifier = tiny_client(), tiny_head()
 
 
 @pytest.fixture
@@ -138,6 +142,7 @@ def user_package(monkeypatch):
     module.user_recipe = user_recipe
     module.tiny_client, module.identity_client, module.constant_client = tiny_client, identity_client, constant_client
     module.tuple_client, module.batch_mean_client, module.rgb_client = tuple_client, batch_mean_client, rgb_client
+    module.tiny_head = tiny_head
     monkeypatch.setitem(sys.modules, module.__name__, module)
     return module
 
@@ -374,11 +379,16 @@ INVERSION = {"epochs": 3, "max_attacker_samples": 64, "max_test_samples": 32, "p
 
 @pytest.fixture(scope="module")
 def client_weights(tmp_path_factory) -> Path:
-    """The client part of a split model trained elsewhere: its weights, saved by plain PyTorch."""
+    """A split model trained elsewhere: the client's weights (client.pt) and the server part's (head.pt), saved by
+    plain PyTorch after a few epochs on the digits' attacker pool."""
+    folder = tmp_path_factory.mktemp("client")
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("client") / "client.pt"
-    torch.save(tiny_client().state_dict(), path)
-    return path
+    images, labels = Digits(pool_limit=MEMBERS, seed=0).pool("attacker").tensors()
+    client, head = tiny_client(), tiny_head()
+    train_plain(nn.Sequential(client, head), images, labels, epochs=10)
+    torch.save(client.state_dict(), folder / "client.pt")
+    torch.save(head.state_dict(), folder / "head.pt")
+    return folder / "client.pt"
 
 
 def split_argv(release: str, *extra: str, init_args: dict = INVERSION) -> list[str]:
@@ -389,14 +399,17 @@ def split_argv(release: str, *extra: str, init_args: dict = INVERSION) -> list[s
     ]  # fmt: skip
 
 
-def test_split_client_audits_like_the_same_network_as_a_split_method(client_weights, user_package, tmp_path):
-    record = audit(split_argv("tiny_client", "--weights", str(client_weights)), tmp_path / "audit")
+def test_split_model_audits_like_the_same_network_as_a_split_method(client_weights, user_package, tmp_path):
+    head_weights = client_weights.parent / "head.pt"
+    argv = split_argv("tiny_client", "--weights", str(client_weights))
+    record = audit([*argv, "--head", "audit_user_code:tiny_head", "--head_weights", str(head_weights)], tmp_path / "a")
     # the same client as the encoder of a split method, through the same evaluator with the same seed; the decoder
     # the audit fitted is forgotten, so that the method's decoder is trained afresh, not reused
     clear_fitted_decoders()
     datamodule = Digits(pool_limit=MEMBERS, seed=0)
     method = SplitTwin(datamodule.spec)
     method.encoder.load_state_dict(torch.load(client_weights, weights_only=True))
+    method.classifier.load_state_dict(torch.load(head_weights, weights_only=True))
     run = {"world_size": 1, "precision": "32-true", "config_names": []}
     reference, _ = Evaluator([FeatureInversion(**INVERSION)], seed=0, records_dir=str(tmp_path / "method")).evaluate(
         method.eval(), datamodule, config={}, training=None, run=run
@@ -406,23 +419,26 @@ def test_split_client_audits_like_the_same_network_as_a_split_method(client_weig
     assert entry["attack"] == "feature_inversion" and entry.get("error") is None
     assert entry["metrics"] == expected["metrics"] and entry["details"]["decoder_used"] == "mirror"
     assert record["cost"]["released_bytes_per_sample"] == reference.cost["released_bytes_per_sample"]
-    assert record["method"]["threat_models"] == ["feature_release"] and record["utility"] == {}
+    assert record["method"]["threat_models"] == ["feature_release"]
+    assert record["utility"] == reference.utility and record["utility"]["accuracy"] > 0.5
     external = record["external"]
     assert external["kind"] == "split" and external["factory"] == "audit_user_code:tiny_client"
-    assert len(external["weights_sha256"]) == 64
-    assert any("no utility" in line for line in external["assumptions"])
+    assert external["head"] == "audit_user_code:tiny_head"
+    assert len(external["weights_sha256"]) == 64 and len(external["head_weights_sha256"]) == 64
+    assert any("accuracy of audit_user_code:tiny_head" in line for line in external["assumptions"])
     assert any("attacker pool" in line for line in external["assumptions"])
 
 
 def test_a_split_audit_tells_a_leaking_release_from_a_private_one(user_package, tmp_path):
     # the image itself against nothing about it: the affine decoder identifies every image of the first, none of the
-    # second (no --weights: the clients have no parameters, and the record says so)
+    # second (no --weights: the clients have no parameters, and the record says so; no --head: no utility)
     affine = {**INVERSION, "decoder": "affine", "epochs": 30, "lr": 0.01, "max_attacker_samples": None}
     rates = {}
     for release in ("identity_client", "constant_client"):
         record = audit(split_argv(release, init_args=affine), tmp_path / release)
         rates[release] = record["privacy"][0]["metrics"]["identification_rate"]
-        assert record["external"]["weights_sha256"] is None
+        assert record["external"]["weights_sha256"] is None and record["utility"] == {}
+        assert any("no utility" in line for line in record["external"]["assumptions"])
         assert any("no --weights" in line for line in record["external"]["assumptions"])
     assert rates["identity_client"] > 0.9 and rates["constant_client"] < 0.2, rates
 
@@ -444,6 +460,13 @@ SPLIT_BAD_INPUTS = {
     "release not one row per image": (["--release", "audit_user_code:batch_mean_client"], "one row per image"),
     "client cannot take the images": (["--release", "audit_user_code:rgb_client"], "cannot take (8, 1, 8, 8) images"),
     "with a classifier's option": (["--members", "members.npy"], "drop --members"),
+    "head does not classify the release": (["--head", "audit_user_code:tuple_client"], "--head audit_user_code:tuple"),
+    "head answers the wrong shape": (["--head", "audit_user_code:identity_client"], "answers (8, 64)"),
+    "head weights do not fit": (
+        ["--head", "audit_user_code:tiny_head", "--head_weights", "{wrong}"],
+        "does not fit --head audit_user_code:tiny_head",
+    ),
+    "head weights without a head": (["--head_weights", "{wrong}"], "give it"),
     "no attack of a feature release": (
         ["--attacks", json.dumps([{"class_path": "LossThreshold"}])],
         "none of them attacks a feature release",

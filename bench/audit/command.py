@@ -39,6 +39,10 @@ def parser() -> CommandLineParser:
     parser.add_argument(
         "--weights", help="the --model's or --release's state dict (torch.save; read weights_only, loaded strictly)"
     )
+    parser.add_argument(
+        "--head", help="with --release: PKG.MODULE:FUNCTION building the server part (release -> logits), for utility"
+    )
+    parser.add_argument("--head_weights", help="the --head's state dict (read weights_only, loaded strictly)")
     parser.add_argument("--members", help="which examples of --data trained it: .npy indices or boolean mask, or .txt")
     parser.add_argument(
         "--data", default="Digits", help="the DataModule whose source --members indexes (default Digits)"
@@ -65,11 +69,15 @@ def audit_command(argv: list[str]) -> None:
 
     args = parser().parse_args(argv)
     if args.scores is not None:
-        extra = _given(args, "model", "release", "weights", "members", "train")
+        extra = _given(args, "model", "release", "weights", "head", "head_weights", "members", "train")
         if extra:
             raise BenchError(f"--scores audits saved scores without a model: drop {', '.join(extra)}")
         return _audit_scores(args)
     args.device = evaluation_device(args.device)
+    if args.head_weights is not None and args.head is None:
+        raise BenchError("--head_weights are the weights of a --head PKG.MODULE:FUNCTION: give it")
+    if args.head is not None and args.release is None:
+        raise BenchError("--head is the server part of a split model: give its client as --release PKG.MODULE:FUNCTION")
     if args.release is not None:
         extra = _given(args, "model", "members", "train")
         if extra:
@@ -218,9 +226,12 @@ def audit_split(args) -> Any:
     if datamodule.download:
         datamodule.prepare_data()
     factory = import_typed(args.release, "--release")
-    module = ExternalRelease(datamodule.spec, factory, args.release)
+    head = None if args.head is None else import_typed(args.head, "--head")
+    module = ExternalRelease(datamodule.spec, factory, args.release, head, args.head)
     if args.weights is not None:
         load_weights(module.client, args.weights, args.release, "--release")
+    if args.head_weights is not None:
+        load_weights(module.head, args.head_weights, args.head, "--head")
     module = module.to(torch.device(args.device)).eval()
     attacks = _split_default_attacks() if args.attacks is None else _attacks(args.attacks, ThreatModel.FEATURE_RELEASE)
     if not any(attack.applies_to(module) for attack in attacks):
@@ -242,14 +253,17 @@ def audit_split(args) -> Any:
         "kind": "split",
         "factory": args.release,
         "weights_sha256": None if args.weights is None else file_sha256(args.weights),
+        "head": args.head,
+        "head_weights_sha256": None if args.head_weights is None else file_sha256(args.head_weights),
         "assumptions": _split_assumptions(args),
     }
+    head_weights = None if args.head_weights is None else str(Path(args.head_weights).resolve())
     config = {
-        "model": {"release": args.release, "weights": weights},
+        "model": {"release": args.release, "weights": weights, "head": args.head, "head_weights": head_weights},
         "data": {"class_path": args.data, "init_args": data_args},
         "evaluation": {"seed": args.seed, "attacks": [_describe(a) for a in attacks]},
     }
-    return _evaluate_and_write(evaluator, module, datamodule, config, external, drop_utility=True)
+    return _evaluate_and_write(evaluator, module, datamodule, config, external, drop_utility=args.head is None)
 
 
 def _split_default_attacks() -> list:
@@ -271,8 +285,17 @@ def _split_assumptions(args) -> list[str]:
         "it returns",
         f"the attacker queries the client as a black box on the {args.data} attacker pool (drawn from the same "
         "distribution as the images it attacks, disjoint from them) and is scored on the test pool",
-        "no utility: only the client was given (no server part), so the record has no accuracy"
-        + ("" if args.weights is not None else "; no --weights: the client's parameters are as its factory built them"),
+        (
+            "no utility: only the client was given (no server part, --head), so the record has no accuracy"
+            if args.head is None
+            else f"utility: the test pool's accuracy of {args.head} on the client's release"
+        ),
+        *(["no --weights: the client's parameters are as its factory built them"] if args.weights is None else []),
+        *(
+            [f"no --head_weights: {args.head}'s parameters are as its factory built them"]
+            if args.head is not None and args.head_weights is None
+            else []
+        ),
     ]
 
 

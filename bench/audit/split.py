@@ -7,13 +7,14 @@ feature-release threat model (``release``, ``predict_from_release``, ``client_ne
 same feature-release attacks on it as on :class:`~bench.modules.split_network.SplitNetwork`: the attacker queries
 the client as a black box on its own pool and trains decoders on (release, image) pairs.
 
-There is no server part: the audit records no utility (the harness's utility pass sees constant logits, and
-``bench audit`` leaves its numbers out of the record). Nothing read from a file chooses code.
+The server part is optional (``--head PKG.MODULE:FUNCTION``, its own ``--head_weights``): with it the record has the
+test-pool accuracy of head(release(x)); without it the audit records no utility (the harness's utility pass sees
+constant logits, and ``bench audit`` leaves its numbers out of the record). Nothing read from a file chooses code.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -33,15 +34,26 @@ class ExternalRelease(PrivacyModule):
         data_spec: the data's spec (classes, image shape).
         factory: builds the client network (no arguments).
         factory_name: what the user typed for it (for the record).
+        head_factory: builds the server part (no arguments), which classifies the release; None: no utility.
+        head_name: what the user typed for it.
     """
 
     threat_models = (ThreatModel.FEATURE_RELEASE,)
     display_name = "external"
 
-    def __init__(self, data_spec: Any, factory: Callable[[], nn.Module], factory_name: str) -> None:
+    def __init__(
+        self,
+        data_spec: Any,
+        factory: Callable[[], nn.Module],
+        factory_name: str,
+        head_factory: Optional[Callable[[], nn.Module]] = None,
+        head_name: Optional[str] = None,
+    ) -> None:
         super().__init__(data_spec=data_spec)
-        self.hparams.pop("factory", None)  # code, not a hyper-parameter: never written to a record or file
+        for key in ("factory", "head_factory"):  # code, not hyper-parameters: never written to a record or file
+            self.hparams.pop(key, None)
         self.client = build_network(factory, factory_name, "--release")
+        self.head = None if head_factory is None else build_network(head_factory, str(head_name), "--head")
 
     @property
     def label(self) -> str:
@@ -55,7 +67,9 @@ class ExternalRelease(PrivacyModule):
         return self.client(x)
 
     def predict_from_release(self, released: Tensor) -> Tensor:
-        # no server head was given: constant logits, so that the harness's utility pass runs; the audit's record
+        if self.head is not None:
+            return self.head(released)
+        # no server part was given: constant logits, so that the harness's utility pass runs; the audit's record
         # carries no utility at all (an accuracy of these logits would be the majority class's share, not a result)
         return torch.zeros(len(released), self.spec.num_classes, device=released.device)
 
@@ -64,8 +78,9 @@ class ExternalRelease(PrivacyModule):
 
 
 def check_release(module: ExternalRelease, images: Tensor) -> None:
-    """The client releases one finite tensor row per image of a few attacker samples: checked before any decoder
-    trains, so that a client that cannot take the data's images, or releases something else, is one line."""
+    """The client releases one finite tensor row per image of a few attacker samples, and the head (if any) answers
+    one logit per class for each: checked before any decoder trains, so that a client that cannot take the data's
+    images, releases something else, or a head that does not classify the release, is one line."""
     name = module.hparams["factory_name"]
     try:
         with torch.no_grad():
@@ -88,3 +103,24 @@ def check_release(module: ExternalRelease, images: Tensor) -> None:
         )
     if not torch.isfinite(released).all():
         raise BenchError(f"--release {name}: the release of {len(images)} attacker images holds NaN or infinity")
+    if module.head is not None:
+        _check_head(module, released)
+
+
+def _check_head(module: ExternalRelease, released: Tensor) -> None:
+    name = module.hparams["head_name"]
+    try:
+        with torch.no_grad():
+            logits = module.head(released)
+    except Exception as error:  # the user's code: whatever it raises is one line
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        raise BenchError(
+            f"--head {name}: the server part cannot take the release of shape {tuple(released.shape)} "
+            f"({type(error).__name__}: {first})"
+        ) from None
+    expected = (len(released), module.spec.num_classes)
+    if not isinstance(logits, Tensor) or tuple(logits.shape) != expected:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise BenchError(
+            f"--head {name}: the server part answers {shape} for {len(released)} releases; expected {expected}"
+        )
