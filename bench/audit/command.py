@@ -8,6 +8,7 @@ classes; for a split model, the client releases one tensor row per image.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -18,9 +19,10 @@ from bench.records import DEFAULT_RECORDS_DIR
 
 EPILOG = """examples:
   bench audit --model mypkg.nets:build --weights model.pt --members members.npy --data Digits
-  bench audit --model torchvision:resnet18 --weights model.pt --members members.npy --data CIFAR10 \
+  bench audit --model torchvision:resnet18 --weights model.pt --members members.npy --data CIFAR10 \\
       --train mypkg.fit:train
-  bench audit --release mypkg.nets:client --weights client.pt --data Digits
+  bench audit --release mypkg.nets:client --weights client.pt --data Digits \\
+      [--head mypkg.nets:server --head_weights server.pt]
   bench audit --scores scores.npz
 (docs/auditing_a_model.md: the formats, the recipe's assumptions)"""
 
@@ -31,6 +33,7 @@ def parser() -> CommandLineParser:
         description="Audit a classifier (black-box membership inference) or the client of a split model (feature "
         "release) trained elsewhere, or saved scores.",
         epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the examples keep their lines
     )
     parser.add_argument("--model", help="PKG.MODULE:FACTORY building the torch.nn.Module, or torchvision:NAME")
     parser.add_argument(
@@ -53,7 +56,10 @@ def parser() -> CommandLineParser:
     parser.add_argument("--train", default=None, help="PKG.MODULE:FUNCTION, train(model, dataset) -> model: the recipe")
     parser.add_argument("--lr", type=float, default=1e-3, help="the default recipe's Adam learning rate")
     parser.add_argument(
-        "--attacks", default=None, help="JSON list of {class_path, init_args} (default: every black-box attack)"
+        "--attacks",
+        default=None,
+        help="JSON list of {class_path, init_args} (default: every black-box attack; with --release, every "
+        "feature-release attack, FeatureInversion with one decoder of each family)",
     )
     parser.add_argument("--scores", default=None, help="audit saved scores (.npz) instead of a model")
     parser.add_argument("--seed", type=int, default=0, help="the evaluation seed")
