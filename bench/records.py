@@ -424,6 +424,9 @@ class ExternalInfo(_Open):
     weights_sha256: Optional[str] = None
     members: Optional[str] = None
     recipe: Optional[str] = None
+    #: a split model's server part (``bench audit --release ... --head``), which gives the record its utility
+    head: Optional[str] = None
+    head_weights_sha256: Optional[str] = None
     scores: Optional[str] = None
     scores_sha256: Optional[str] = None
     assumptions: list[str] = Field(default_factory=list)
