@@ -256,9 +256,56 @@ def test_records_attacked_differently_never_share_an_experiment(tmp_path):
     result = generate_leaderboard([_write(tmp_path / "records", first, second)], tmp_path / "out", claims=[])
     headings = [line for line in result.markdown.read_text().splitlines() if line.startswith("### digits")]
     assert headings == [
-        "### digits, 20 epochs · feature_inversion.epochs=2",
-        "### digits, 20 epochs · feature_inversion.epochs=30",
+        "### digits, 20 epochs · feature_inversion (epochs=2)",
+        "### digits, 20 epochs · feature_inversion (epochs=30)",
     ]
+
+
+def _attacked(record: dict, record_id: str, **configs: dict) -> dict:
+    """``record`` under a new id, attacked by exactly ``configs`` (attack -> config; its entries copied)."""
+    record = json.loads(json.dumps(record))
+    template = record["privacy"][0]
+    record["record_id"] = record_id
+    record["privacy"] = [{**template, "attack": attack, "config": config} for attack, config in configs.items()]
+    return record
+
+
+def test_experiments_that_differ_in_attack_settings_are_named_by_what_differs_never_a_hash(tmp_path):
+    """The RAN paper's Figure 3 case: three sibling experiments on the same data and budget whose attacks differ."""
+    base = _fixture("digits-dnn-seed0.json")
+    upsampling = _attacked(base, "b" * 32, feature_inversion={"decoder": "upsampling", "epochs": 40, "lr": 0.001})
+    patient = {"decoder": "mirror", "epochs": 1000, "lr": 0.001, "patience": 20, "validation_fraction": 0.1}
+    plateau = _attacked(base, "c" * 32, feature_inversion=patient)
+    own = _attacked(
+        base, "d" * 32, feature_inversion={"decoder": "mirror", "epochs": 40, "lr": 0.001}, own_decoder={"batch": 8}
+    )
+    records = _write(tmp_path / "records", upsampling, plateau, own)
+    result = generate_leaderboard([records], tmp_path / "out", claims=[])
+    headings = [line[4:] for line in result.markdown.read_text().splitlines() if line.startswith("### digits")]
+    assert headings == [
+        "digits, 20 epochs · feature_inversion (decoder=mirror, epochs=1000, patience=20, validation_fraction=0.1)",
+        "digits, 20 epochs · feature_inversion (decoder=mirror, epochs=40) + own_decoder",
+        "digits, 20 epochs · feature_inversion (decoder=upsampling, epochs=40)",
+    ]
+    assert not any(re.search(r"\[[0-9a-f]{6}\]", heading) for heading in headings)
+    # stable: the same records read in another order give the same names
+    again = generate_leaderboard([_write(tmp_path / "again", own, plateau, upsampling)], tmp_path / "out2", claims=[])
+    assert [line[4:] for line in again.markdown.read_text().splitlines() if line.startswith("### digits")] == headings
+
+
+def test_a_long_difference_names_an_experiment_by_the_fewest_settings_that_tell_it_apart():
+    from bench.leaderboard.experiments import _distinguishing
+
+    mine = {"feature_inversion": json.dumps({"decoder": "mirror", "epochs": 1000, "a_long_setting_name": "x" * 60})}
+    sibling = {"feature_inversion": json.dumps({"decoder": "upsampling", "epochs": 1000})}
+    other = {"feature_inversion": json.dumps({"decoder": "upsampling", "epochs": 40}), "own_decoder": "{}"}
+    assert _distinguishing(mine, [sibling, other]) == "feature_inversion (decoder=mirror)"
+    # short enough: every setting some sibling sets otherwise, and the attack only some run
+    assert _distinguishing(sibling, [mine, other]) == "feature_inversion (decoder=upsampling, epochs=1000)"
+    assert _distinguishing(other, [mine, sibling]) == "feature_inversion (decoder=upsampling, epochs=40) + own_decoder"
+    # only an unset setting tells one apart: it says so
+    plain = {"feature_inversion": json.dumps({"decoder": "mirror", "epochs": 1000})}
+    assert _distinguishing(plain, [mine]) == "feature_inversion (a_long_setting_name unset)"
 
 
 def test_methods_facing_different_attacks_still_share_an_experiment(board):
