@@ -126,6 +126,7 @@ def test_cost_columns_come_from_what_records_declare(board):
         "Method",
         "Accuracy",
         "Worst-case attack_accuracy ↓",
+        "Dominated by DP-SGD",
         "Params",
         "Compression (×)",
         "dp_epsilon",
@@ -380,11 +381,11 @@ def test_csv_has_one_line_per_row_with_worst_case_and_setting(board):
 def test_one_plot_per_experiment_embedded_and_readable(board):
     result, out = board
     names = sorted(path.name for path in result.plots)
-    assert names == [
+    assert names == [  # mnist, 20 epochs has one row: a table, no one-point plot
         "black_box_outputs__fixture_mia.png",
         "feature_release__digits_20_epochs.png",
-        "feature_release__mnist_20_epochs.png",
     ]
+    assert "plots/feature_release__mnist_20_epochs.png" not in result.markdown.read_text()
     text = result.markdown.read_text()
     for path in result.plots:
         assert path.parent == out / "plots" and path.read_bytes()[:8] == PNG_MAGIC
@@ -507,7 +508,11 @@ def test_derived_experiments_on_other_pools_get_their_own_names_and_plots(tmp_pa
     result = generate_leaderboard([_write(tmp_path / "records", first, second)], tmp_path / "out", claims=[])
     headings = [line for line in result.markdown.read_text().splitlines() if line.startswith("### digits")]
     assert headings == ["### digits, 20 epochs · train 1000", "### digits, 20 epochs · train 500"]
-    assert len({path.name for path in result.plots}) == 2
+    assert result.plots == []  # one row each: no one-point plots (nor one shared: other pools are no siblings)
+    third = _fixture("digits-noisy.json")
+    third["dataset"]["pool_sizes"]["train"] = 500
+    result = generate_leaderboard([_write(tmp_path / "records", third)], tmp_path / "out", claims=[])
+    assert [path.name for path in result.plots] == ["feature_release__digits_20_epochs_train_500.png"]
 
 
 def test_a_claim_compares_numbers_within_the_experiments_both_sides_were_measured_in():
@@ -648,3 +653,136 @@ def test_headline_adds_the_worst_canary_tpr_at_low_fpr_and_audit_bound_over_ever
     assert "0.300 [0.200, 0.400]" in tpr_cell and tpr_cell.endswith("loss_threshold")  # with the record's interval
     assert "1.60" in audit_cell and audit_cell.endswith("lira")
     assert "Worst-case attack_accuracy ↓" in row  # the population metric stays
+
+
+# ---------------------------------------------------------------------------- presentation: plots and references
+def _experiments_of(folder: Path) -> list:
+    from bench.leaderboard import _experiments, _ranked_runs
+    from bench.records import load_records
+
+    runs, _ = _ranked_runs(load_records([folder]), False, [])
+    return _experiments(runs)
+
+
+def _black_box(name: str, record_id: str, accuracy: float, attack_accuracy: float, epochs: int, **hparams) -> dict:
+    """A fixture black-box record without an experiment name: ``accuracy``, every attack at ``attack_accuracy``."""
+    record = _fixture(name)
+    record.pop("experiment")
+    record["record_id"] = record_id
+    record["config"]["trainer"]["max_epochs"] = record["training"]["epochs"] = epochs
+    record["method"]["hparams"] = {**record["method"]["hparams"], **hparams}
+    record["method"]["label"] = record["method"]["label"].split(" (")[0] + f" ({record_id[:3]})"
+    record["utility"]["accuracy"] = accuracy
+    for entry in record["privacy"]:
+        entry["metrics"]["attack_accuracy"] = attack_accuracy
+        entry["details"] = {}  # the fixture's interval was around its own value
+    return record
+
+
+def _dp(record_id: str, epsilon: float, accuracy: float, attack_accuracy: float, lr: float) -> dict:
+    record = _black_box("mia-dpsgd.json", record_id, accuracy, attack_accuracy, 30, target_epsilon=epsilon, lr=lr)
+    record["cost"]["dp_epsilon"] = epsilon
+    return record
+
+
+def _dp_frontier_records(folder: Path) -> Path:
+    """Three DP-SGD runs trained by their own recipe (30 epochs: their own experiment) on the defenses' data: the
+    frontier is the most accurate per epsilon; (0.9, 0.58) at epsilon 4 dominates (0.85, 0.60), not (0.95, 0.56)."""
+    return _write(
+        folder,
+        _dp("dp1" + "0" * 29, 1.0, 0.70, 0.52, 0.1),
+        _dp("dp2" + "0" * 29, 1.0, 0.75, 0.55, 0.5),
+        _dp("dp3" + "0" * 29, 4.0, 0.90, 0.58, 0.5),
+        _black_box("mia-none-seed0.json", "dfa" + "0" * 29, 0.85, 0.60, 50),
+        _black_box("mia-pruning.json", "dfb" + "0" * 29, 0.95, 0.56, 50),
+    )
+
+
+def test_every_black_box_table_marks_each_defense_dominated_by_the_dp_sgd_frontier_of_another_experiment(tmp_path):
+    records = _dp_frontier_records(tmp_path / "records")
+    result = generate_leaderboard([records], tmp_path / "out", claims=[])
+    rows = _headline(result.markdown.read_text(), "mnist, 50 epochs, batch 32")
+    assert rows["MCMIA (dfa)"]["Dominated by DP-SGD"] == "yes"
+    assert rows["MCMIA (dfb)"]["Dominated by DP-SGD"] == "no"
+    lines = {line["method"]: line for line in csv.DictReader(result.csv.open())}
+    assert (lines["MCMIA (dfa)"]["dominated_by_dpsgd"], lines["MCMIA (dfb)"]["dominated_by_dpsgd"]) == ("yes", "no")
+    assert lines["DP-SGD (dp1)"]["dominated_by_dpsgd"] == ""  # the reference is not judged against itself
+    assert {path.name for path in result.plots} == {
+        "black_box_outputs__mnist_50_epochs_batch_32.png",  # the defenses, with the frontier drawn
+        "black_box_outputs__mnist_30_epochs_batch_32.png",  # the DP-SGD runs themselves
+    }
+
+
+def test_the_dp_sgd_frontier_is_the_most_accurate_row_per_epsilon_drawn_on_the_defenses_plot(tmp_path):
+    from bench.leaderboard.dpsgd import dominated_by_dpsgd, frontier_rows, reference_rows
+    from bench.leaderboard.plots import _panels
+
+    experiments = _experiments_of(_dp_frontier_records(tmp_path / "records"))
+    defenses = next(e for e in experiments if e.name == "mnist, 50 epochs, batch 32")
+    references = reference_rows(defenses, experiments)
+    assert sorted(row.label for row in references) == ["DP-SGD (dp1)", "DP-SGD (dp2)", "DP-SGD (dp3)"]
+    assert [(epsilon, row.label) for epsilon, row in frontier_rows(references, "accuracy")] == [
+        (1.0, "DP-SGD (dp2)"),  # at epsilon 1 the more accurate of the two
+        (4.0, "DP-SGD (dp3)"),
+    ]
+    verdicts = dominated_by_dpsgd(defenses, references)
+    _, (panel,) = _panels([defenses], references, [verdicts])
+    assert panel.frontier == [(0.75, 0.55, 1.0), (0.90, 0.58, 4.0)]  # (accuracy, worst case, epsilon)
+    assert {p.row.label: p.dominated for p in panel.points} == {"MCMIA (dfa)": True, "MCMIA (dfb)": False}
+    # other data (pools) is no reference: its members are other records
+    other = _dp("dp4" + "0" * 29, 8.0, 0.99, 0.50, 0.5)
+    other["dataset"]["pool_sizes"]["train"] = 100
+    experiments = _experiments_of(_write(tmp_path / "records", other))
+    defenses = next(e for e in experiments if e.name == "mnist, 50 epochs, batch 32")
+    assert "DP-SGD (dp4)" not in {row.label for row in reference_rows(defenses, experiments)}
+
+
+def test_chance_and_cap_lines_where_a_metric_has_one():
+    from bench.leaderboard.plots import reference_lines
+    from bench.leaderboard.records import _chances, _Entry
+
+    assert reference_lines("attack_accuracy") == [(0.5, "chance (0.5)")]
+    assert reference_lines("canary_auc") == [(0.5, "chance (0.5)")]
+    assert reference_lines("canary_tpr_at_0.1pct_fpr") == [(0.001, "chance: TPR = FPR (0.00100)")]
+    assert reference_lines("tpr_at_1pct_fpr")[0][0] == pytest.approx(0.01)
+    assert reference_lines("ssim") == [(1.0, "cap: identical images (1)")]
+    assert reference_lines("canary_audit_epsilon")[0][0] == 0.0
+    assert reference_lines("psnr") == [] and reference_lines("psnr_max") == []  # no chance level, no cap
+    # an identification rate's chance is the record's own: 1 / gallery size
+    details = {"identification": {"pixel": {"rate": 0.9, "chance": 1 / 1008}, "features": {"chance": 1 / 1008}}}
+    assert _chances(details) == {"identification_rate": 1 / 1008, "identification_rate_features": 1 / 1008}
+    entry = _Entry("a", "feature_release", "adversary", {}, {}, None, {}, None, {}, chances=_chances(details))
+    assert reference_lines("identification_rate", [entry]) == [(1 / 1008, "chance (9.92e-04: 1 / gallery)")]
+    assert reference_lines("identification_rate") == []  # not stated: no line
+
+
+def test_experiments_that_differ_only_in_attack_settings_share_one_plot_with_a_legend_per_setting(tmp_path):
+    from bench.leaderboard.plots import _combined_styles, _panels
+
+    base = _fixture("digits-dnn-seed0.json")
+    ran = _fixture("digits-ran.json")
+    upsampling = {"decoder": "upsampling", "epochs": 40}
+    records = _write(
+        tmp_path / "records",
+        _attacked(base, "b" * 32, feature_inversion=upsampling),
+        _attacked(ran, "c" * 32, feature_inversion={"decoder": "mirror", "epochs": 40}),
+        _attacked(
+            {**ran, "method": {**ran["method"], "label": "RAN (lam=0.9)"}}, "d" * 32, feature_inversion=upsampling
+        ),
+    )
+    result = generate_leaderboard([records], tmp_path / "out", claims=[])
+    text = result.markdown.read_text()
+    assert [path.name for path in result.plots] == ["feature_release__digits_20_epochs__attack_settings.png"]
+    assert text.count("](plots/feature_release__digits_20_epochs__attack_settings.png)") == 2  # shown, then linked
+    assert text.count("![") == 1
+    # the single-row experiment (decoder=mirror) has no plot of its own: it is folded into the shared one
+    experiments = [e for e in _experiments_of(records) if e.threat_model == "feature_release"]
+    assert len(experiments) == 2 and len({e.siblings_key for e in experiments}) == 1
+    _, panels = _panels(experiments, [], [{}, {}])
+    _, handles = _combined_styles(experiments, panels)
+    assert [h.get_label() for h in handles] == [
+        "DNN",
+        "RAN",
+        "attacks: feature_inversion (decoder=mirror)",
+        "attacks: feature_inversion (decoder=upsampling)",
+    ]

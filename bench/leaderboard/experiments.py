@@ -98,6 +98,11 @@ class _Experiment:
     families: list[_Family]
     attacks: dict[str, dict[str, Any]]  # attack -> {metrics, directions, primary, role, config}
     differences: list[str]  # per row, what tells it apart from rows of the same label
+    #: experiments that differ only in their attacks' settings share this (same data, pools, budget, batch, devices,
+    #: precision) and one plot; None for an experiment named by its records
+    siblings_key: Optional[str] = None
+    #: what tells its attacks from its siblings' ('' without siblings)
+    attack_settings: str = ""
 
     @property
     def slug(self) -> str:
@@ -353,7 +358,7 @@ def _experiments(runs: list[_Run]) -> list[_Experiment]:
     for index, (key, _, _) in enumerate(pending):
         by_base.setdefault((key[0], _experiment_name(key[1], *key[3:])), []).append(index)
     for (tm, base), members in sorted(by_base.items()):
-        names = {}
+        names, settings = {}, {}
         for index in members:
             key, attacks, _ = pending[index]
             name = base
@@ -362,14 +367,19 @@ def _experiments(runs: list[_Run]) -> list[_Experiment]:
                 name += f" · train {pools['train']}" if "train" in pools else f" · pools [{_fingerprint(key[2])}]"
             same_pools = [pending[j][1] for j in members if j != index and pending[j][0][2] == key[2]]
             if same_pools:  # and the attacks ran with other configurations: the settings that differ name it
-                name += " · " + _distinguishing(attacks, same_pools)
+                settings[index] = _distinguishing(attacks, same_pools)
+                name += " · " + settings[index]
             names[index] = name
         for index in members:
             key, attacks, group = pending[index]
             name = names[index]
             if list(names.values()).count(name) > 1:  # never two experiments under one name (or one plot file)
                 name += f" [{_fingerprint(_canonical([key, attacks]))}]"
-            experiments.append(_experiment(tm, name, False, group))
+            experiment = _experiment(tm, name, False, group)
+            if index in settings:
+                experiment.siblings_key = _canonical([tm, base, key[2]])
+                experiment.attack_settings = settings[index]
+            experiments.append(experiment)
     experiments.sort(key=lambda e: (e.threat_model == UTILITY_ONLY, e.threat_model, not e.named, e.name))
     return experiments
 
