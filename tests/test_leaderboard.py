@@ -786,3 +786,61 @@ def test_experiments_that_differ_only_in_attack_settings_share_one_plot_with_a_l
         "attacks: feature_inversion (decoder=mirror)",
         "attacks: feature_inversion (decoder=upsampling)",
     ]
+
+
+# ---------------------------------------------------------------------------- significance of a ranking
+def _seeded(defense: str, seed: int, attack_accuracy: float, interval: tuple | None = None) -> dict:
+    """One seed of ``defense`` in the black-box experiment `fixture_sig`, every attack at ``attack_accuracy``."""
+    record = _fixture("mia-none-seed0.json")
+    record["experiment"] = "fixture_sig"
+    record["record_id"] = f"{defense[:4]:x<4}{seed:028d}"
+    record["seed"] = record["dataset"]["seed"] = seed
+    record["method"]["hparams"] = {"defense": defense}
+    record["method"]["label"] = f"Defense {defense}"
+    for entry in record["privacy"]:
+        entry["metrics"]["attack_accuracy"] = attack_accuracy
+        entry["details"] = {"intervals": {"attack_accuracy": list(interval)}} if interval else {}
+    return record
+
+
+def _ranking(tmp_path: Path, *records: dict) -> list[str]:
+    result = generate_leaderboard([_write(tmp_path / "records", *records)], tmp_path / "out", claims=[])
+    section = result.markdown.read_text().split("### fixture_sig\n", 1)[1]
+    return [line for line in section.splitlines() if re.match(r"\d+\. |Ranking by", line)]
+
+
+def test_a_ranking_is_significant_when_a_paired_test_over_matched_seeds_says_so(tmp_path):
+    base = [0.60, 0.70, 0.65]  # seeds vary a lot (intervals overlap); the difference barely does
+    gap = [0.010, 0.012, 0.011]
+    records = [_seeded("a", s, v) for s, v in enumerate(base)]
+    records += [_seeded("b", s, v + d) for s, (v, d) in enumerate(zip(base, gap))]
+    ranking = _ranking(tmp_path, *records)
+    assert ranking[0] == "1. Defense a: 0.650"
+    assert ranking[1].startswith("2. Defense b: 0.661, significant (p=")
+    assert "3 seeds; intervals overlap)" in ranking[1]
+    p_value = float(re.search(r"p=([0-9.e-]+)", ranking[1]).group(1))
+    from scipy import stats
+
+    expected = stats.ttest_rel(base, [v + d for v, d in zip(base, gap)]).pvalue
+    assert p_value == pytest.approx(expected, rel=0.05) and p_value < 0.05
+
+
+def test_a_ranking_within_the_noise_is_not_significant(tmp_path):
+    records = [_seeded("a", s, v) for s, v in enumerate([0.60, 0.70, 0.65])]
+    records += [_seeded("b", s, v) for s, v in enumerate([0.66, 0.64, 0.67])]
+    ranking = _ranking(tmp_path, *records)
+    assert ranking[0] == "1. Defense a: 0.650"
+    assert ranking[1].startswith("2. Defense b: 0.657, n.s. (p=") and ranking[1].endswith("intervals overlap)")
+
+
+def test_unmatched_seeds_fall_back_on_the_intervals(tmp_path):
+    # one seed each, other seeds: no paired test; the records' intervals decide
+    apart = _ranking(tmp_path / "apart", _seeded("a", 0, 0.55, (0.52, 0.58)), _seeded("b", 1, 0.65, (0.62, 0.68)))
+    assert apart[1] == "2. Defense b: 0.650, significant (intervals apart)"
+    overlap = _ranking(tmp_path / "overlap", _seeded("a", 0, 0.55, (0.50, 0.63)), _seeded("b", 1, 0.60, (0.56, 0.64)))
+    assert overlap[1] == "2. Defense b: 0.600, n.s. (intervals overlap)"
+    untestable = _ranking(tmp_path / "none", _seeded("a", 0, 0.55), _seeded("b", 1, 0.60))
+    assert untestable == [
+        "Ranking by worst-case attack_accuracy ↓: not significant (no step can be tested: under two matched seeds, "
+        "and a row without an interval)."
+    ]

@@ -60,6 +60,7 @@ from bench.leaderboard.records import (  # noqa: F401 (public)
     pareto_front,
 )
 from bench.leaderboard.scorecard import _scorecard
+from bench.leaderboard.significance import ranking_lines
 from bench.leaderboard.tables import (
     _attack_names,
     _code,
@@ -376,6 +377,7 @@ def _experiment_lines(experiment, verdicts: dict, figure: tuple) -> list[str]:
     lines = [f"### {_escape(experiment.name)}", "", _experiment_intro(experiment), ""]
     front = _front(experiment)
     lines += _headline(experiment, front, verdicts) + [""]
+    lines += ranking_lines(experiment)
     lines += [line for note in _notes(experiment, verdicts) for line in (note, "")]
     name, png, shown_under = figure
     if png is not None and shown_under is None:
