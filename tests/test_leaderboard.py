@@ -782,7 +782,7 @@ def test_experiments_that_differ_only_in_attack_settings_share_one_plot_with_a_l
     _, handles = _combined_styles(experiments, panels)
     assert [h.get_label() for h in handles] == [
         "DNN",
-        "RAN",
+        "RAN (lam)",
         "attacks: feature_inversion (decoder=mirror)",
         "attacks: feature_inversion (decoder=upsampling)",
     ]

@@ -19,6 +19,11 @@ What a reader gets, in page order:
    released training set) each give their own worst-case column. Diagnostics (``role:
    diagnostic``: attacks that use the method's own training-time parts) never enter the verdict;
    they are shown apart, under each experiment's per-attack detail.
+4. **Is the ranking significant?** (:mod:`bench.leaderboard.significance`) Under each table, the rows most private
+   first, each step called significant only when a paired test over matched seeds or the intervals say so.
+5. **DP-SGD as the reference** (:mod:`bench.leaderboard.dpsgd`): each row dominated by some DP-SGD row on the same
+   data or not; the DP-SGD frontier drawn on the plots (:mod:`bench.leaderboard.plots`: no one-point plots,
+   experiments that differ only in attack settings on one plot, chance and cap lines).
 
 Nothing here names a method or one method's metric: utility comes from ``utility``, privacy columns
 and directions from what each attack declares (``primary_metric``, ``directions``), cost from the

@@ -97,6 +97,22 @@ def _series(label: str) -> tuple[str, str]:
     return (found.group(1), found.group(2)) if found else (label, "")
 
 
+def _swept(labels: Sequence[str]) -> dict[str, Optional[str]]:
+    """curve -> the one setting its rows sweep ('RAN (lam=0.5)', 'RAN (lam=0.9)' -> 'lam'), else None."""
+    keys: dict[str, set] = {}
+    for label in labels:
+        curve, note = _series(label)
+        found = re.fullmatch(r"([\w.]+)=([^,]+)", note)
+        keys.setdefault(curve, set()).add(found.group(1) if found else None)
+    return {curve: next(iter(found)) if len(found) == 1 else None for curve, found in keys.items()}
+
+
+def _note(label: str, swept: dict[str, Optional[str]]) -> str:
+    """A point's note in a combined plot: the swept setting's value (its name is in the legend), or the settings."""
+    curve, note = _series(label)
+    return note.split("=", 1)[1] if swept.get(curve) else note
+
+
 @dataclass
 class _Point:
     row: _Row
@@ -241,7 +257,11 @@ def _combined_styles(experiments, panels):
     curves = sorted({_series(p.row.label)[0] for panel in panels for p in panel.points})
     colour = {curve: palette(k % 10) for k, curve in enumerate(curves)}
     used = sorted({p.experiment for panel in panels for p in panel.points})
-    handles = [Line2D([], [], color=colour[curve], linewidth=5, label=curve) for curve in curves]  # colour: method
+    swept = _swept([p.row.label for panel in panels for p in panel.points])
+    handles = [  # a colour per method, with the setting its points are annotated with
+        Line2D([], [], color=colour[curve], linewidth=5, label=curve + (f" ({swept[curve]})" if swept[curve] else ""))
+        for curve in curves
+    ]
     handles += [
         Line2D(
             [],
@@ -323,19 +343,17 @@ def _draw_curves(axes, points: list[_Point], style_of) -> None:
     """The rows of one method measured with one attack setting, each with its setting, joined in order of utility
     where they sweep one setting (not where they are variants: 'bias-free encoder')."""
 
-    def notes(members: list[_Point]) -> list[str]:
-        return [_series(p.row.label)[1] for p in members]
+    swept = _swept([p.row.label for p in points])
 
     curves: dict[tuple, list[_Point]] = {}
     for point in points:
         curves.setdefault((_series(point.row.label)[0], point.experiment), []).append(point)
     for members in curves.values():
         members.sort(key=lambda p: p.x)
-        swept = {note.split("=", 1)[0] if re.fullmatch(r"[\w.]+=[^,]+", note) else None for note in notes(members)}
-        if len(members) > 1 and None not in swept and len(swept) == 1:  # one setting swept: a curve, as in Figure 3
+        if len(members) > 1 and swept[_series(members[0].row.label)[0]]:  # one setting swept: a curve, as in Figure 3
             axes.plot([p.x for p in members], [p.y for p in members], color=style_of(members[0])[0], alpha=0.5)
         for p in members:
-            if note := _series(p.row.label)[1]:
+            if note := _note(p.row.label, swept):
                 axes.annotate(note, (p.x, p.y), xytext=(4, 4), textcoords="offset points", fontsize=6)
 
 
