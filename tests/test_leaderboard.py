@@ -844,3 +844,13 @@ def test_unmatched_seeds_fall_back_on_the_intervals(tmp_path):
         "Ranking by worst-case attack_accuracy ↓: not significant (no step can be tested: under two matched seeds, "
         "and a row without an interval)."
     ]
+
+
+def test_a_single_defense_is_plotted_only_against_a_dp_sgd_frontier(tmp_path):
+    alone = _black_box("mia-none-seed0.json", "dfc" + "0" * 29, 0.85, 0.60, 40)
+    result = generate_leaderboard([_write(tmp_path / "alone", alone)], tmp_path / "out", claims=[])
+    assert result.plots == []  # one point: the table only
+    records = _write(tmp_path / "with_dp", alone, _dp("dp1" + "0" * 29, 1.0, 0.70, 0.52, 0.1))
+    result = generate_leaderboard([records], tmp_path / "out2", claims=[])
+    # the defense against the DP-SGD point; the DP-SGD run alone is one point again
+    assert [path.name for path in result.plots] == ["black_box_outputs__mnist_40_epochs_batch_32.png"]

@@ -164,16 +164,14 @@ def _panels(
             for i, row in enumerate(experiment.rows)
             if (found := _point(row, threat_model, family, utility)) is not None
         ]
-        curve = [
-            (found[0], found[2], epsilon)
+        on_curve = [
+            (row, found[0], found[2], epsilon)
             for epsilon, row in frontier
             if (found := _point(row, threat_model, family, utility)) is not None
         ]
-        if not points:
-            continue
+        curve = [(x, y, epsilon) for _, x, y, epsilon in on_curve]
         # a plot compares: at least two points, the DP-SGD frontier's own included
-        shown = {id(p.row) for p in points} | {id(row) for _, row in frontier}
-        if len(shown) < 2:
+        if len({id(p.row) for p in points} | {id(row) for row, *_ in on_curve}) < 2 or not points:
             continue
         entries = [e for experiment in experiments for row in experiment.rows for run in row.runs for e in run.entries]
         panels.append(_Panel(family, points, curve, reference_lines(family.metric, entries)))
