@@ -126,6 +126,7 @@ def test_cost_columns_come_from_what_records_declare(board):
         "Method",
         "Accuracy",
         "Worst-case attack_accuracy ↓",
+        "Dominated by DP-SGD",
         "Params",
         "Compression (×)",
         "dp_epsilon",
@@ -256,9 +257,56 @@ def test_records_attacked_differently_never_share_an_experiment(tmp_path):
     result = generate_leaderboard([_write(tmp_path / "records", first, second)], tmp_path / "out", claims=[])
     headings = [line for line in result.markdown.read_text().splitlines() if line.startswith("### digits")]
     assert headings == [
-        "### digits, 20 epochs · feature_inversion.epochs=2",
-        "### digits, 20 epochs · feature_inversion.epochs=30",
+        "### digits, 20 epochs · feature_inversion (epochs=2)",
+        "### digits, 20 epochs · feature_inversion (epochs=30)",
     ]
+
+
+def _attacked(record: dict, record_id: str, **configs: dict) -> dict:
+    """``record`` under a new id, attacked by exactly ``configs`` (attack -> config; its entries copied)."""
+    record = json.loads(json.dumps(record))
+    template = record["privacy"][0]
+    record["record_id"] = record_id
+    record["privacy"] = [{**template, "attack": attack, "config": config} for attack, config in configs.items()]
+    return record
+
+
+def test_experiments_that_differ_in_attack_settings_are_named_by_what_differs_never_a_hash(tmp_path):
+    """The RAN paper's Figure 3 case: three sibling experiments on the same data and budget whose attacks differ."""
+    base = _fixture("digits-dnn-seed0.json")
+    upsampling = _attacked(base, "b" * 32, feature_inversion={"decoder": "upsampling", "epochs": 40, "lr": 0.001})
+    patient = {"decoder": "mirror", "epochs": 1000, "lr": 0.001, "patience": 20, "validation_fraction": 0.1}
+    plateau = _attacked(base, "c" * 32, feature_inversion=patient)
+    own = _attacked(
+        base, "d" * 32, feature_inversion={"decoder": "mirror", "epochs": 40, "lr": 0.001}, own_decoder={"batch": 8}
+    )
+    records = _write(tmp_path / "records", upsampling, plateau, own)
+    result = generate_leaderboard([records], tmp_path / "out", claims=[])
+    headings = [line[4:] for line in result.markdown.read_text().splitlines() if line.startswith("### digits")]
+    assert headings == [
+        "digits, 20 epochs · feature_inversion (decoder=mirror, epochs=1000, patience=20, validation_fraction=0.1)",
+        "digits, 20 epochs · feature_inversion (decoder=mirror, epochs=40) + own_decoder",
+        "digits, 20 epochs · feature_inversion (decoder=upsampling, epochs=40)",
+    ]
+    assert not any(re.search(r"\[[0-9a-f]{6}\]", heading) for heading in headings)
+    # stable: the same records read in another order give the same names
+    again = generate_leaderboard([_write(tmp_path / "again", own, plateau, upsampling)], tmp_path / "out2", claims=[])
+    assert [line[4:] for line in again.markdown.read_text().splitlines() if line.startswith("### digits")] == headings
+
+
+def test_a_long_difference_names_an_experiment_by_the_fewest_settings_that_tell_it_apart():
+    from bench.leaderboard.experiments import _distinguishing
+
+    mine = {"feature_inversion": json.dumps({"decoder": "mirror", "epochs": 1000, "a_long_setting_name": "x" * 60})}
+    sibling = {"feature_inversion": json.dumps({"decoder": "upsampling", "epochs": 1000})}
+    other = {"feature_inversion": json.dumps({"decoder": "upsampling", "epochs": 40}), "own_decoder": "{}"}
+    assert _distinguishing(mine, [sibling, other]) == "feature_inversion (decoder=mirror)"
+    # short enough: every setting some sibling sets otherwise, and the attack only some run
+    assert _distinguishing(sibling, [mine, other]) == "feature_inversion (decoder=upsampling, epochs=1000)"
+    assert _distinguishing(other, [mine, sibling]) == "feature_inversion (decoder=upsampling, epochs=40) + own_decoder"
+    # only an unset setting tells one apart: it says so
+    plain = {"feature_inversion": json.dumps({"decoder": "mirror", "epochs": 1000})}
+    assert _distinguishing(plain, [mine]) == "feature_inversion (a_long_setting_name unset)"
 
 
 def test_methods_facing_different_attacks_still_share_an_experiment(board):
@@ -333,11 +381,11 @@ def test_csv_has_one_line_per_row_with_worst_case_and_setting(board):
 def test_one_plot_per_experiment_embedded_and_readable(board):
     result, out = board
     names = sorted(path.name for path in result.plots)
-    assert names == [
+    assert names == [  # mnist, 20 epochs has one row: a table, no one-point plot
         "black_box_outputs__fixture_mia.png",
         "feature_release__digits_20_epochs.png",
-        "feature_release__mnist_20_epochs.png",
     ]
+    assert "plots/feature_release__mnist_20_epochs.png" not in result.markdown.read_text()
     text = result.markdown.read_text()
     for path in result.plots:
         assert path.parent == out / "plots" and path.read_bytes()[:8] == PNG_MAGIC
@@ -460,7 +508,11 @@ def test_derived_experiments_on_other_pools_get_their_own_names_and_plots(tmp_pa
     result = generate_leaderboard([_write(tmp_path / "records", first, second)], tmp_path / "out", claims=[])
     headings = [line for line in result.markdown.read_text().splitlines() if line.startswith("### digits")]
     assert headings == ["### digits, 20 epochs · train 1000", "### digits, 20 epochs · train 500"]
-    assert len({path.name for path in result.plots}) == 2
+    assert result.plots == []  # one row each: no one-point plots (nor one shared: other pools are no siblings)
+    third = _fixture("digits-noisy.json")
+    third["dataset"]["pool_sizes"]["train"] = 500
+    result = generate_leaderboard([_write(tmp_path / "records", third)], tmp_path / "out", claims=[])
+    assert [path.name for path in result.plots] == ["feature_release__digits_20_epochs_train_500.png"]
 
 
 def test_a_claim_compares_numbers_within_the_experiments_both_sides_were_measured_in():
@@ -601,3 +653,204 @@ def test_headline_adds_the_worst_canary_tpr_at_low_fpr_and_audit_bound_over_ever
     assert "0.300 [0.200, 0.400]" in tpr_cell and tpr_cell.endswith("loss_threshold")  # with the record's interval
     assert "1.60" in audit_cell and audit_cell.endswith("lira")
     assert "Worst-case attack_accuracy ↓" in row  # the population metric stays
+
+
+# ---------------------------------------------------------------------------- presentation: plots and references
+def _experiments_of(folder: Path) -> list:
+    from bench.leaderboard import _experiments, _ranked_runs
+    from bench.records import load_records
+
+    runs, _ = _ranked_runs(load_records([folder]), False, [])
+    return _experiments(runs)
+
+
+def _black_box(name: str, record_id: str, accuracy: float, attack_accuracy: float, epochs: int, **hparams) -> dict:
+    """A fixture black-box record without an experiment name: ``accuracy``, every attack at ``attack_accuracy``."""
+    record = _fixture(name)
+    record.pop("experiment")
+    record["record_id"] = record_id
+    record["config"]["trainer"]["max_epochs"] = record["training"]["epochs"] = epochs
+    record["method"]["hparams"] = {**record["method"]["hparams"], **hparams}
+    record["method"]["label"] = record["method"]["label"].split(" (")[0] + f" ({record_id[:3]})"
+    record["utility"]["accuracy"] = accuracy
+    for entry in record["privacy"]:
+        entry["metrics"]["attack_accuracy"] = attack_accuracy
+        entry["details"] = {}  # the fixture's interval was around its own value
+    return record
+
+
+def _dp(record_id: str, epsilon: float, accuracy: float, attack_accuracy: float, lr: float) -> dict:
+    record = _black_box("mia-dpsgd.json", record_id, accuracy, attack_accuracy, 30, target_epsilon=epsilon, lr=lr)
+    record["cost"]["dp_epsilon"] = epsilon
+    return record
+
+
+def _dp_frontier_records(folder: Path) -> Path:
+    """Three DP-SGD runs trained by their own recipe (30 epochs: their own experiment) on the defenses' data: the
+    frontier is the most accurate per epsilon; (0.9, 0.58) at epsilon 4 dominates (0.85, 0.60), not (0.95, 0.56)."""
+    return _write(
+        folder,
+        _dp("dp1" + "0" * 29, 1.0, 0.70, 0.52, 0.1),
+        _dp("dp2" + "0" * 29, 1.0, 0.75, 0.55, 0.5),
+        _dp("dp3" + "0" * 29, 4.0, 0.90, 0.58, 0.5),
+        _black_box("mia-none-seed0.json", "dfa" + "0" * 29, 0.85, 0.60, 50),
+        _black_box("mia-pruning.json", "dfb" + "0" * 29, 0.95, 0.56, 50),
+    )
+
+
+def test_every_black_box_table_marks_each_defense_dominated_by_the_dp_sgd_frontier_of_another_experiment(tmp_path):
+    records = _dp_frontier_records(tmp_path / "records")
+    result = generate_leaderboard([records], tmp_path / "out", claims=[])
+    rows = _headline(result.markdown.read_text(), "mnist, 50 epochs, batch 32")
+    assert rows["MCMIA (dfa)"]["Dominated by DP-SGD"] == "yes"
+    assert rows["MCMIA (dfb)"]["Dominated by DP-SGD"] == "no"
+    lines = {line["method"]: line for line in csv.DictReader(result.csv.open())}
+    assert (lines["MCMIA (dfa)"]["dominated_by_dpsgd"], lines["MCMIA (dfb)"]["dominated_by_dpsgd"]) == ("yes", "no")
+    assert lines["DP-SGD (dp1)"]["dominated_by_dpsgd"] == ""  # the reference is not judged against itself
+    assert {path.name for path in result.plots} == {
+        "black_box_outputs__mnist_50_epochs_batch_32.png",  # the defenses, with the frontier drawn
+        "black_box_outputs__mnist_30_epochs_batch_32.png",  # the DP-SGD runs themselves
+    }
+
+
+def test_the_dp_sgd_frontier_is_the_most_accurate_row_per_epsilon_drawn_on_the_defenses_plot(tmp_path):
+    from bench.leaderboard.dpsgd import dominated_by_dpsgd, frontier_rows, reference_rows
+    from bench.leaderboard.plots import _panels
+
+    experiments = _experiments_of(_dp_frontier_records(tmp_path / "records"))
+    defenses = next(e for e in experiments if e.name == "mnist, 50 epochs, batch 32")
+    references = reference_rows(defenses, experiments)
+    assert sorted(row.label for row in references) == ["DP-SGD (dp1)", "DP-SGD (dp2)", "DP-SGD (dp3)"]
+    assert [(epsilon, row.label) for epsilon, row in frontier_rows(references, "accuracy")] == [
+        (1.0, "DP-SGD (dp2)"),  # at epsilon 1 the more accurate of the two
+        (4.0, "DP-SGD (dp3)"),
+    ]
+    verdicts = dominated_by_dpsgd(defenses, references)
+    _, (panel,) = _panels([defenses], references, [verdicts])
+    assert panel.frontier == [(0.75, 0.55, 1.0), (0.90, 0.58, 4.0)]  # (accuracy, worst case, epsilon)
+    assert {p.row.label: p.dominated for p in panel.points} == {"MCMIA (dfa)": True, "MCMIA (dfb)": False}
+    # other data (pools) is no reference: its members are other records
+    other = _dp("dp4" + "0" * 29, 8.0, 0.99, 0.50, 0.5)
+    other["dataset"]["pool_sizes"]["train"] = 100
+    experiments = _experiments_of(_write(tmp_path / "records", other))
+    defenses = next(e for e in experiments if e.name == "mnist, 50 epochs, batch 32")
+    assert "DP-SGD (dp4)" not in {row.label for row in reference_rows(defenses, experiments)}
+
+
+def test_chance_and_cap_lines_where_a_metric_has_one():
+    from bench.leaderboard.plots import reference_lines
+    from bench.leaderboard.records import _chances, _Entry
+
+    assert reference_lines("attack_accuracy") == [(0.5, "chance (0.5)")]
+    assert reference_lines("canary_auc") == [(0.5, "chance (0.5)")]
+    assert reference_lines("canary_tpr_at_0.1pct_fpr") == [(0.001, "chance: TPR = FPR (0.00100)")]
+    assert reference_lines("tpr_at_1pct_fpr")[0][0] == pytest.approx(0.01)
+    assert reference_lines("ssim") == [(1.0, "cap: identical images (1)")]
+    assert reference_lines("canary_audit_epsilon")[0][0] == 0.0
+    assert reference_lines("psnr") == [] and reference_lines("psnr_max") == []  # no chance level, no cap
+    # an identification rate's chance is the record's own: 1 / gallery size
+    details = {"identification": {"pixel": {"rate": 0.9, "chance": 1 / 1008}, "features": {"chance": 1 / 1008}}}
+    assert _chances(details) == {"identification_rate": 1 / 1008, "identification_rate_features": 1 / 1008}
+    entry = _Entry("a", "feature_release", "adversary", {}, {}, None, {}, None, {}, chances=_chances(details))
+    assert reference_lines("identification_rate", [entry]) == [(1 / 1008, "chance (9.92e-04: 1 / gallery)")]
+    assert reference_lines("identification_rate") == []  # not stated: no line
+
+
+def test_experiments_that_differ_only_in_attack_settings_share_one_plot_with_a_legend_per_setting(tmp_path):
+    from bench.leaderboard.plots import _combined_styles, _panels
+
+    base = _fixture("digits-dnn-seed0.json")
+    ran = _fixture("digits-ran.json")
+    upsampling = {"decoder": "upsampling", "epochs": 40}
+    records = _write(
+        tmp_path / "records",
+        _attacked(base, "b" * 32, feature_inversion=upsampling),
+        _attacked(ran, "c" * 32, feature_inversion={"decoder": "mirror", "epochs": 40}),
+        _attacked(
+            {**ran, "method": {**ran["method"], "label": "RAN (lam=0.9)"}}, "d" * 32, feature_inversion=upsampling
+        ),
+    )
+    result = generate_leaderboard([records], tmp_path / "out", claims=[])
+    text = result.markdown.read_text()
+    assert [path.name for path in result.plots] == ["feature_release__digits_20_epochs__attack_settings.png"]
+    assert text.count("](plots/feature_release__digits_20_epochs__attack_settings.png)") == 2  # shown, then linked
+    assert text.count("![") == 1
+    # the single-row experiment (decoder=mirror) has no plot of its own: it is folded into the shared one
+    experiments = [e for e in _experiments_of(records) if e.threat_model == "feature_release"]
+    assert len(experiments) == 2 and len({e.siblings_key for e in experiments}) == 1
+    _, panels = _panels(experiments, [], [{}, {}])
+    _, handles = _combined_styles(experiments, panels)
+    assert [h.get_label() for h in handles] == [
+        "DNN",
+        "RAN (lam)",
+        "attacks: feature_inversion (decoder=mirror)",
+        "attacks: feature_inversion (decoder=upsampling)",
+    ]
+
+
+# ---------------------------------------------------------------------------- significance of a ranking
+def _seeded(defense: str, seed: int, attack_accuracy: float, interval: tuple | None = None) -> dict:
+    """One seed of ``defense`` in the black-box experiment `fixture_sig`, every attack at ``attack_accuracy``."""
+    record = _fixture("mia-none-seed0.json")
+    record["experiment"] = "fixture_sig"
+    record["record_id"] = f"{defense[:4]:x<4}{seed:028d}"
+    record["seed"] = record["dataset"]["seed"] = seed
+    record["method"]["hparams"] = {"defense": defense}
+    record["method"]["label"] = f"Defense {defense}"
+    for entry in record["privacy"]:
+        entry["metrics"]["attack_accuracy"] = attack_accuracy
+        entry["details"] = {"intervals": {"attack_accuracy": list(interval)}} if interval else {}
+    return record
+
+
+def _ranking(tmp_path: Path, *records: dict) -> list[str]:
+    result = generate_leaderboard([_write(tmp_path / "records", *records)], tmp_path / "out", claims=[])
+    section = result.markdown.read_text().split("### fixture_sig\n", 1)[1]
+    return [line for line in section.splitlines() if re.match(r"\d+\. |Ranking by", line)]
+
+
+def test_a_ranking_is_significant_when_a_paired_test_over_matched_seeds_says_so(tmp_path):
+    base = [0.60, 0.70, 0.65]  # seeds vary a lot (intervals overlap); the difference barely does
+    gap = [0.010, 0.012, 0.011]
+    records = [_seeded("a", s, v) for s, v in enumerate(base)]
+    records += [_seeded("b", s, v + d) for s, (v, d) in enumerate(zip(base, gap))]
+    ranking = _ranking(tmp_path, *records)
+    assert ranking[0] == "1. Defense a: 0.650"
+    assert ranking[1].startswith("2. Defense b: 0.661, significant (p=")
+    assert "3 seeds; intervals overlap)" in ranking[1]
+    p_value = float(re.search(r"p=([0-9.e-]+)", ranking[1]).group(1))
+    from scipy import stats
+
+    expected = stats.ttest_rel(base, [v + d for v, d in zip(base, gap)]).pvalue
+    assert p_value == pytest.approx(expected, rel=0.05) and p_value < 0.05
+
+
+def test_a_ranking_within_the_noise_is_not_significant(tmp_path):
+    records = [_seeded("a", s, v) for s, v in enumerate([0.60, 0.70, 0.65])]
+    records += [_seeded("b", s, v) for s, v in enumerate([0.66, 0.64, 0.67])]
+    ranking = _ranking(tmp_path, *records)
+    assert ranking[0] == "1. Defense a: 0.650"
+    assert ranking[1].startswith("2. Defense b: 0.657, n.s. (p=") and ranking[1].endswith("intervals overlap)")
+
+
+def test_unmatched_seeds_fall_back_on_the_intervals(tmp_path):
+    # one seed each, other seeds: no paired test; the records' intervals decide
+    apart = _ranking(tmp_path / "apart", _seeded("a", 0, 0.55, (0.52, 0.58)), _seeded("b", 1, 0.65, (0.62, 0.68)))
+    assert apart[1] == "2. Defense b: 0.650, significant (intervals apart)"
+    overlap = _ranking(tmp_path / "overlap", _seeded("a", 0, 0.55, (0.50, 0.63)), _seeded("b", 1, 0.60, (0.56, 0.64)))
+    assert overlap[1] == "2. Defense b: 0.600, n.s. (intervals overlap)"
+    untestable = _ranking(tmp_path / "none", _seeded("a", 0, 0.55), _seeded("b", 1, 0.60))
+    assert untestable == [
+        "Ranking by worst-case attack_accuracy ↓: not significant (no step can be tested: under two matched seeds, "
+        "and a row without an interval)."
+    ]
+
+
+def test_a_single_defense_is_plotted_only_against_a_dp_sgd_frontier(tmp_path):
+    alone = _black_box("mia-none-seed0.json", "dfc" + "0" * 29, 0.85, 0.60, 40)
+    result = generate_leaderboard([_write(tmp_path / "alone", alone)], tmp_path / "out", claims=[])
+    assert result.plots == []  # one point: the table only
+    records = _write(tmp_path / "with_dp", alone, _dp("dp1" + "0" * 29, 1.0, 0.70, 0.52, 0.1))
+    result = generate_leaderboard([records], tmp_path / "out2", claims=[])
+    # the defense against the DP-SGD point; the DP-SGD run alone is one point again
+    assert [path.name for path in result.plots] == ["black_box_outputs__mnist_40_epochs_batch_32.png"]

@@ -19,6 +19,11 @@ What a reader gets, in page order:
    released training set) each give their own worst-case column. Diagnostics (``role:
    diagnostic``: attacks that use the method's own training-time parts) never enter the verdict;
    they are shown apart, under each experiment's per-attack detail.
+4. **Is the ranking significant?** (:mod:`bench.leaderboard.significance`) Under each table, the rows most private
+   first, each step called significant only when a paired test over matched seeds or the intervals say so.
+5. **DP-SGD as the reference** (:mod:`bench.leaderboard.dpsgd`): each row dominated by some DP-SGD row on the same
+   data or not; the DP-SGD frontier drawn on the plots (:mod:`bench.leaderboard.plots`: no one-point plots,
+   experiments that differ only in attack settings on one plot, chance and cap lines).
 
 Nothing here names a method or one method's metric: utility comes from ``utility``, privacy columns
 and directions from what each attack declares (``primary_metric``, ``directions``), cost from the
@@ -36,6 +41,7 @@ import csv
 import io
 import itertools
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -44,7 +50,7 @@ import numpy as np
 
 from bench.claims import ClaimsError, load_claims, shipped_claims
 from bench.errors import BenchError
-from bench.leaderboard.dpsgd import dominated_by_dpsgd
+from bench.leaderboard.dpsgd import dominated_by_dpsgd, reference_rows
 from bench.leaderboard.experiments import _canonical, _Experiment, _experiments, worst_case  # noqa: F401 (public)
 from bench.leaderboard.plots import _front, _plot
 from bench.leaderboard.records import (  # noqa: F401 (public)
@@ -55,9 +61,11 @@ from bench.leaderboard.records import (  # noqa: F401 (public)
     PARETO,
     LeaderboardResult,
     _read,
+    _safe,
     pareto_front,
 )
 from bench.leaderboard.scorecard import _scorecard
+from bench.leaderboard.significance import ranking_lines
 from bench.leaderboard.tables import (
     _attack_names,
     _code,
@@ -143,7 +151,7 @@ def _csv(experiments: list[_Experiment]) -> bytes:
     columns: dict[str, None] = {}
     lines = []
     for experiment in experiments:
-        dominated = dominated_by_dpsgd(experiment)
+        dominated = dominated_by_dpsgd(experiment, reference_rows(experiment, experiments))
         for i, row in enumerate(experiment.rows):
             line: dict[str, Any] = {
                 "threat_model": experiment.threat_model,
@@ -334,28 +342,70 @@ def _reading_guide(experiments: list) -> list[str]:
 def _experiment_sections(experiments: list, plots_dir: Path) -> tuple[list[str], list[Path], dict[str, bytes]]:
     """One section per threat model, one subsection per experiment: (lines, plot paths, PNGs by file name)."""
     lines, plots, pngs = [], [], {}
+    verdicts = {id(e): dominated_by_dpsgd(e, reference_rows(e, experiments)) for e in experiments}
+    figures = _figures(experiments, verdicts)
+    for name, png in dict.fromkeys((name, png) for name, png, _ in figures.values() if png is not None):
+        pngs[name] = png
+        plots.append(plots_dir / name)
     for threat_model, group in itertools.groupby(experiments, key=lambda e: e.threat_model):
         lines += [f"## {_THREAT_MODEL_TITLES.get(threat_model, threat_model)}", ""]
         if threat_model in {t.value for t in ThreatModel}:
             lines += [f"Threat model: {ThreatModel(threat_model).description}.", ""]
         for experiment in group:
-            lines += _experiment_lines(experiment, plots, pngs, plots_dir)
+            lines += _experiment_lines(experiment, verdicts[id(experiment)], figures[id(experiment)])
     return lines, plots, pngs
 
 
-def _experiment_lines(experiment, plots: list[Path], pngs: dict[str, bytes], plots_dir: Path) -> list[str]:
-    """One experiment's subsection; its plot, if it has one, is added to ``plots`` and ``pngs``."""
+def _figures(experiments: list, verdicts: dict) -> dict[int, tuple[str, Optional[bytes], Optional[_Experiment]]]:
+    """Per experiment (by id): its plot's file name, the PNG (None: no plot, e.g. one point) and the experiment
+    whose section shows it when the plot is shared with siblings that differ only in attack settings."""
+    figures = {}
+    for experiment in experiments:
+        if id(experiment) in figures:
+            continue
+        members = [experiment]
+        if experiment.siblings_key is not None:
+            members = [e for e in experiments if e.siblings_key == experiment.siblings_key]
+        references = list({id(r): r for e in members for r in reference_rows(e, experiments)}.values())
+        png = _plot(members, references, [verdicts[id(e)] for e in members])
+        name = f"{experiment.slug}.png" if len(members) == 1 else f"{_group_slug(members)}.png"
+        for member in members:
+            figures[id(member)] = (name, png, experiment if member is not experiment else None)
+    return figures
+
+
+def _group_slug(members: list) -> str:
+    first = members[0]
+    base = first.name.removesuffix(" · " + first.attack_settings)
+    return f"{_safe(first.threat_model)}__{re.sub('_+', '_', _safe(base)).strip('_')}__attack_settings"
+
+
+def _experiment_lines(experiment, verdicts: dict, figure: tuple) -> list[str]:
+    """One experiment's subsection, with its plot (or a pointer to the one it shares with its siblings)."""
     lines = [f"### {_escape(experiment.name)}", "", _experiment_intro(experiment), ""]
     front = _front(experiment)
-    lines += _headline(experiment, front) + [""]
-    lines += [line for note in _notes(experiment) for line in (note, "")]
-    png = _plot(experiment)
-    if png is not None:
-        name = f"{experiment.slug}.png"
-        pngs[name] = png
-        plots.append(plots_dir / name)
-        alt = _escape(experiment.name).replace("[", "(").replace("]", ")")
+    lines += _headline(experiment, front, verdicts) + [""]
+    lines += ranking_lines(experiment)
+    lines += [line for note in _notes(experiment, verdicts) for line in (note, "")]
+    name, png, shown_under = figure
+    if png is not None and shown_under is None:
+        title = experiment.name
+        if experiment.siblings_key is not None:
+            title = title.removesuffix(" · " + experiment.attack_settings) + ", every attack setting"
+        alt = _escape(title)
+        alt = alt.replace("[", "(").replace("]", ")")
         lines += [f"![worst-case privacy against utility: {alt}](plots/{name})", ""]
+        if experiment.siblings_key is not None:
+            lines += [
+                "Plotted together with the experiments below that differ only in attack settings (a marker per "
+                "setting, a colour per method).",
+                "",
+            ]
+    elif png is not None:
+        lines += [
+            f"Plotted with the other attack settings under *{_escape(shown_under.name)}* ([plot](plots/{name})).",
+            "",
+        ]
     if experiment.attacks or any(run.configs or run.revision for row in experiment.rows for run in row.runs):
         lines += _details(experiment)
     return lines

@@ -8,11 +8,11 @@ metrics included once records carry them). The DP-SGD rows' best accuracy per ep
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
-from bench.leaderboard.experiments import _Experiment
+from bench.leaderboard.experiments import _canonical, _Experiment, _Family, _Row
 from bench.leaderboard.tables import _mean, _row_worst_case, _utility_key
 
 #: the cost a method with a formal guarantee reports: its accountant's epsilon. The leaderboard never names a method:
@@ -34,19 +34,15 @@ def dominates(reference: Point, candidate: Point) -> bool:
     return True
 
 
-def _points(experiment: _Experiment) -> dict[int, Point]:
-    utility = _utility_key(experiment)
-    points = {}
-    for index, row in enumerate(experiment.rows):
-        accuracy = _mean(row.values(lambda run: run.utility.get(utility))) if utility else None
-        worst = {}
-        for family in experiment.families:
-            found = _row_worst_case(row, experiment.threat_model, family)
-            if found is not None:
-                worst[family.metric] = (float(np.mean(found.values)), family.direction)
-        if accuracy is not None and worst:
-            points[index] = (accuracy, worst)
-    return points
+def _point(row: _Row, threat_model: str, families: Sequence[_Family], utility: Optional[str]) -> Optional[Point]:
+    """The row's mean utility and its mean worst case on each family it reports (None without either)."""
+    accuracy = _mean(row.values(lambda run: run.utility.get(utility))) if utility else None
+    worst = {}
+    for family in families:
+        found = _row_worst_case(row, threat_model, family)
+        if found is not None:
+            worst[family.metric] = (float(np.mean(found.values)), family.direction)
+    return (accuracy, worst) if accuracy is not None and worst else None
 
 
 def is_dpsgd_row(row) -> bool:
@@ -54,17 +50,59 @@ def is_dpsgd_row(row) -> bool:
     return bool(row.runs) and all(run.cost.get(DP_EPSILON) is not None for run in row.runs)
 
 
-def dominated_by_dpsgd(experiment: _Experiment) -> dict[int, Optional[bool]]:
-    """For every row that is not DP-SGD: True/False, or None when the experiment has no comparable DP-SGD row."""
-    points = _points(experiment)
-    references = [points[i] for i, row in enumerate(experiment.rows) if is_dpsgd_row(row) and i in points]
+def _data_key(row: _Row) -> str:
+    run = row.runs[0]
+    return _canonical([run.dataset.name, run.dataset.stated_pool_sizes])
+
+
+def reference_rows(experiment: _Experiment, experiments: Sequence[_Experiment] = ()) -> list[_Row]:
+    """The DP-SGD rows ``experiment`` is measured against: its own, and those of every other experiment of the same
+    threat model on the same data and pools (the same members and non-members). A tuned DP-SGD frontier trains with
+    its own epochs and batch, so it sits in experiments of its own; its attacks ran with its own recipe."""
+    keys = {_data_key(row) for row in experiment.rows if row.runs}
+    found = [row for row in experiment.rows if is_dpsgd_row(row)]
+    for other in experiments:
+        if other is not experiment and other.threat_model == experiment.threat_model:
+            found += [row for row in other.rows if is_dpsgd_row(row) and _data_key(row) in keys]
+    return found
+
+
+def dominated_by_dpsgd(
+    experiment: _Experiment, references: Optional[Sequence[_Row]] = None
+) -> dict[int, Optional[bool]]:
+    """For every row that is not DP-SGD: True/False, or None when there is no comparable DP-SGD row.
+
+    ``references``: the DP-SGD rows to compare with (default: the experiment's own; see :func:`reference_rows`),
+    each judged by its own strongest attack on the experiment's worst-case metrics."""
+    utility = _utility_key(experiment)
+    references = [row for row in experiment.rows if is_dpsgd_row(row)] if references is None else references
+    points = [p for row in references if (p := _point(row, experiment.threat_model, experiment.families, utility))]
     verdicts: dict[int, Optional[bool]] = {}
     for index, row in enumerate(experiment.rows):
         if is_dpsgd_row(row):
             continue
-        point = points.get(index)
-        verdicts[index] = None if point is None or not references else any(dominates(r, point) for r in references)
+        point = _point(row, experiment.threat_model, experiment.families, utility)
+        verdicts[index] = None if point is None or not points else any(dominates(r, point) for r in points)
     return verdicts
+
+
+def epsilon_of(row: _Row) -> float:
+    """The row's accountant epsilon (mean over its seeds), to two decimals: the frontier's key."""
+    return round(float(np.mean([float(run.cost[DP_EPSILON]) for run in row.runs])), 2)
+
+
+def frontier_rows(references: Sequence[_Row], utility: Optional[str]) -> list[tuple[float, _Row]]:
+    """(epsilon, row) of the most accurate DP-SGD row per epsilon (mean over seeds), ascending in epsilon: the
+    reference curve. Its tuning was not private (see ``bench/sweeps/dpsgd_frontier_mnist_shared.yaml``)."""
+    best: dict[float, tuple[float, _Row]] = {}
+    for row in references:
+        accuracy = _mean(row.values(lambda run: run.utility.get(utility))) if utility else None
+        if accuracy is None:
+            continue
+        epsilon = epsilon_of(row)
+        if epsilon not in best or accuracy > best[epsilon][0]:
+            best[epsilon] = (accuracy, row)
+    return [(epsilon, row) for epsilon, (_, row) in sorted(best.items(), key=lambda item: item[0])]
 
 
 def dpsgd_frontier(experiment: _Experiment) -> list[tuple[float, float]]:

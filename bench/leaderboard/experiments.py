@@ -98,6 +98,11 @@ class _Experiment:
     families: list[_Family]
     attacks: dict[str, dict[str, Any]]  # attack -> {metrics, directions, primary, role, config}
     differences: list[str]  # per row, what tells it apart from rows of the same label
+    #: experiments that differ only in their attacks' settings share this (same data, pools, budget, batch, devices,
+    #: precision) and one plot; None for an experiment named by its records
+    siblings_key: Optional[str] = None
+    #: what tells its attacks from its siblings' ('' without siblings)
+    attack_settings: str = ""
 
     @property
     def slug(self) -> str:
@@ -170,15 +175,69 @@ def _budget_text(budget: tuple[str, int]) -> str:
     return f"{count} {kind if count != 1 else kind.rstrip('s')}"
 
 
+def _flat_settings(attacks: dict[str, str]) -> dict[tuple[str, str], str]:
+    """(attack, setting) -> value as text, with (attack, "") -> "" for each attack that ran."""
+    flat: dict[tuple[str, str], str] = {}
+    for attack, config in attacks.items():
+        flat[(attack, "")] = ""
+        flat.update({(attack, k): _value_text(v) for k, v in json.loads(config).items()})
+    return flat
+
+
+def _value_text(value: Any) -> str:
+    return value if isinstance(value, str) else _canonical(value)
+
+
+def _settings_text(features: list[tuple[str, str]], mine: dict[tuple[str, str], str]) -> str:
+    """'feature_inversion (decoder=mirror, epochs=40) + own_decoder': per attack, the settings shown."""
+    parts = []
+    for attack in sorted({a for a, _ in features}):
+        settings = [
+            f"{k}={mine[(attack, k)]}" if (attack, k) in mine else f"{k} unset"
+            for a, k in sorted(features)
+            if a == attack and k
+        ]
+        ran = (attack, "") in mine
+        parts.append(("" if ran else "without ") + attack + (f" ({', '.join(settings)})" if settings and ran else ""))
+    return " + ".join(parts)
+
+
+#: an experiment's name says at most this much about its attacks (past it: only what tells it from each sibling)
+MAX_DISTINGUISHING_CHARS = 90
+
+
 def _distinguishing(attacks: dict[str, str], siblings: list[dict[str, str]]) -> str:
-    """The attack settings of one experiment that its siblings (same data and budget) do not share."""
-    flat = lambda configs: {f"{a}.{k}": _canonical(v) for a, c in configs.items() for k, v in json.loads(c).items()}  # noqa: E731
-    mine, others = flat(attacks), [flat(s) for s in siblings]
-    varying = sorted(k for k in mine if any(k in o and o[k] != mine[k] for o in others))  # shared, set differently
-    text = ", ".join(f"{k}={mine[k]}" for k in varying)
-    if not text or len(text) > 60:
-        text = ("attacks " + ", ".join(sorted(attacks)))[:40] + f" [{_fingerprint(_canonical(attacks))}]"
-    return text
+    """What tells one experiment's attack settings from its siblings' (same data, pools and budget).
+
+    Every setting of ours that some sibling sets otherwise, and every attack of ours that some sibling lacks;
+    when that is long, the fewest of them (greedy) that still tell us from each sibling, unset ones included.
+    """
+    mine, others = _flat_settings(attacks), [_flat_settings(s) for s in siblings]
+    missing = object()
+
+    def separates(feature: tuple[str, str], other: dict) -> bool:
+        return mine.get(feature, missing) != other.get(feature, missing)
+
+    def set_otherwise(feature: tuple[str, str], other: dict) -> bool:
+        """A setting of ours that ``other`` sets differently (or leaves unset) on an attack it ran too."""
+        return separates(feature, other) and (not feature[1] or (feature[0], "") in other)
+
+    shown = sorted(f for f in mine if any(set_otherwise(f, o) for o in others))
+    # an attack's own presence needs no mention where one of its settings is shown
+    shown = [f for f in shown if f[1] or not any(a == f[0] and k for a, k in shown)]
+    text = _settings_text(shown, mine)
+    if text and len(text) <= MAX_DISTINGUISHING_CHARS:
+        return text
+    candidates = sorted({f for o in others for f in set(o) | set(mine) if separates(f, o)})
+    chosen, left = [], list(others)
+    while left:  # each step: the feature that tells us from the most siblings not yet told apart (ties: by name)
+        best = max(  # ties: ours before unset ones, then the shortest to read, then the first by name
+            candidates,
+            key=lambda f: (sum(separates(f, o) for o in left), f in mine, -len(f[1]) - len(mine.get(f, ""))),
+        )
+        chosen.append(best)
+        left = [o for o in left if not separates(best, o)]
+    return _settings_text(chosen, mine)
 
 
 def _fingerprint(text: str) -> str:
@@ -299,23 +358,28 @@ def _experiments(runs: list[_Run]) -> list[_Experiment]:
     for index, (key, _, _) in enumerate(pending):
         by_base.setdefault((key[0], _experiment_name(key[1], *key[3:])), []).append(index)
     for (tm, base), members in sorted(by_base.items()):
-        names = {}
+        names, settings = {}, {}
         for index in members:
             key, attacks, _ = pending[index]
             name = base
             if len({pending[j][0][2] for j in members}) > 1:  # same data and budget, other pool sizes
                 pools = _mapping(json.loads(key[2]))
                 name += f" · train {pools['train']}" if "train" in pools else f" · pools [{_fingerprint(key[2])}]"
-            same_pools = [pending[j][1] for j in members if pending[j][0][2] == key[2]]
-            if len(same_pools) > 1:  # and the attacks ran with other configurations: the settings that differ name it
-                name += " · " + _distinguishing(attacks, same_pools)
+            same_pools = [pending[j][1] for j in members if j != index and pending[j][0][2] == key[2]]
+            if same_pools:  # and the attacks ran with other configurations: the settings that differ name it
+                settings[index] = _distinguishing(attacks, same_pools)
+                name += " · " + settings[index]
             names[index] = name
         for index in members:
             key, attacks, group = pending[index]
             name = names[index]
             if list(names.values()).count(name) > 1:  # never two experiments under one name (or one plot file)
                 name += f" [{_fingerprint(_canonical([key, attacks]))}]"
-            experiments.append(_experiment(tm, name, False, group))
+            experiment = _experiment(tm, name, False, group)
+            if index in settings:
+                experiment.siblings_key = _canonical([tm, base, key[2]])
+                experiment.attack_settings = settings[index]
+            experiments.append(experiment)
     experiments.sort(key=lambda e: (e.threat_model == UTILITY_ONLY, e.threat_model, not e.named, e.name))
     return experiments
 

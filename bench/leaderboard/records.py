@@ -88,6 +88,8 @@ class _Entry:
     intervals: dict[str, tuple[float, float]]
     #: "ExceptionType: first line" of an attack that failed after training (no metrics then)
     error: Optional[str] = None
+    #: {metric: its value at chance} where the record says (an identification rate's 1 / gallery size)
+    chances: dict[str, float] = field(default_factory=dict)
 
     @property
     def adversary(self) -> bool:
@@ -107,6 +109,17 @@ def _intervals(details: dict) -> dict[str, tuple[float, float]]:
     return found
 
 
+def _chances(details: dict) -> dict[str, float]:
+    """Chance levels a record states: ``details.chance`` ({metric: value}) and the identification rates' own
+    (``details.identification.{pixel,features}.chance``, see bench.metrics.reconstruction.identification_rate)."""
+    found = {str(m): v for m, raw in _mapping(details.get("chance")).items() if (v := _finite(raw)) is not None}
+    identification = _mapping(details.get("identification"))
+    for space, metric in (("pixel", "identification_rate"), ("features", "identification_rate_features")):
+        if (chance := _finite(_mapping(identification.get(space)).get("chance"))) is not None:
+            found.setdefault(metric, chance)
+    return found
+
+
 def _entry(entry: PrivacyEntry) -> _Entry:
     details = _mapping(entry.details)
     converged = details.get("converged")
@@ -122,6 +135,7 @@ def _entry(entry: PrivacyEntry) -> _Entry:
         converged if isinstance(converged, bool) else None,
         _intervals(details),
         entry.error,
+        _chances(details),
     )
 
 

@@ -205,15 +205,25 @@ def _cost_columns(experiment: _Experiment) -> list[_CostColumn]:
     return columns
 
 
-def _headline(experiment: _Experiment, front: set[int]) -> list[str]:
+#: the headline's column saying whether some DP-SGD row is at least as accurate and as private (bench.leaderboard.dpsgd)
+DOMINATED_HEADER = "Dominated by DP-SGD"
+
+
+def _headline(
+    experiment: _Experiment, front: set[int], dominated: Optional[dict[int, Optional[bool]]] = None
+) -> list[str]:
+    """The experiment's headline table; ``dominated``: row -> dominated by DP-SGD (a column where any is compared)."""
     utility = _utility_key(experiment)
     costs = _cost_columns(experiment)
     has_setting = any(experiment.differences)
+    compared = dominated is not None and any(v is not None for v in dominated.values())
     families = experiment.families[: MAX_TABLE_COLUMNS - 4]  # beyond that (not seen yet): in the detail and the CSV
-    fixed = 1 + has_setting + (utility is not None) + len(families) + 1  # method, setting, utility, worst, seeds
+    # method, setting, utility, worst cases, dominated, seeds
+    fixed = 1 + has_setting + (utility is not None) + len(families) + compared + 1
     costs = costs[: max(0, MAX_TABLE_COLUMNS - fixed)]  # the rest is in the CSV
     headers = ["Method"] + (["Setting"] if has_setting else []) + ([utility.capitalize()] if utility else [])
     headers += [f"Worst-case {f.metric} {f.arrow}" for f in families]
+    headers += [DOMINATED_HEADER] if compared else []
     headers += [c.header for c in costs] + ["Seeds"]
     utility_means = (
         {
@@ -245,6 +255,8 @@ def _headline(experiment: _Experiment, front: set[int]) -> list[str]:
         for family in families:
             cell = _worst_case_cell(worst[family][i], _is_best(worst_means[family], i, family.direction == "higher"))
             cells.append(cell + _failed_mark(_failed_adversaries(row, experiment.threat_model, family.metric)))
+        if compared:
+            cells.append({True: "yes", False: "no"}.get(dominated.get(i), MISSING))
         for column in costs:
             text = _summary(row.values(lambda r, k=column.key: r.cost.get(k)), column.count, exact=True)
             paper = row.paper(column.key)
@@ -377,8 +389,14 @@ def _experiment_intro(experiment: _Experiment) -> str:
     return f"Same data, training budget, batch, devices and precision; each attack with one configuration.{pool_text}"
 
 
-def _notes(experiment: _Experiment) -> list[str]:
+def _notes(experiment: _Experiment, dominated: Optional[dict[int, Optional[bool]]] = None) -> list[str]:
     notes = []
+    if dominated is not None and any(v is not None for v in dominated.values()):
+        notes.append(
+            f"{DOMINATED_HEADER}: some DP-SGD row (records with an accountant's epsilon) on the same data and pools, "
+            "in this experiment or another, is at least as accurate and at least as private on every worst-case column "
+            "both report, each judged by its own strongest attack; the DP-SGD frontier's tuning was not private."
+        )
     flagged = sorted(
         {
             e.attack
