@@ -841,18 +841,48 @@ def test_queries_mirror_the_targets_training_augmentation():
     assert torch.equal(dict(both)["shift(0,0)+flip"](images), images.flip(-1))
 
 
-def test_lira_on_an_augmenting_target_records_its_augmented_queries(monkeypatch):
+def test_lira_and_rmia_on_an_augmenting_target_record_their_augmented_queries(monkeypatch):
     from torchvision.transforms import v2
 
     datamodule = RandomLabels(pool_limit=32)
     torch.manual_seed(0)
     module = _fit(MCMIA(data_spec=datamodule.spec, defense="none", lr=3e-3), datamodule, epochs=2)
+    attacks = [
+        LiRA(shadow_models=2, shadow_epochs=1),
+        LiRAOnline(shadow_models=2, shadow_epochs=1),
+        RMIA(reference_models=2, shadow_epochs=1),
+        RMIAOnline(reference_models=2, shadow_epochs=1),
+    ]
+    for entry in evaluate(module, datamodule, attacks).privacy:  # no augmentation: the query alone
+        assert entry["details"]["augmented_queries"] == 1, entry["attack"]
     transform = v2.Compose([v2.RandomCrop(8, padding=1), v2.RandomHorizontalFlip()])
     monkeypatch.setattr(datamodule.pool("train"), "transform", transform)
-    attacks = [LiRA(shadow_models=2, shadow_epochs=1), LiRAOnline(shadow_models=2, shadow_epochs=1)]
     for entry in evaluate(module, datamodule, attacks).privacy:
         assert entry["details"]["augmented_queries"] == 18, entry["attack"]
         assert 0 <= entry["metrics"]["auc"] <= 1
+
+
+def test_rmia_over_augmented_queries_is_the_mean_of_one_query_at_a_time_and_one_query_is_unchanged():
+    from bench.attacks.rmia import population_probability, rmia_score
+
+    generator = torch.Generator().manual_seed(0)
+    augmented, models, queries, population = 5, 4, 30, 40
+    references = torch.rand(augmented, models, queries + population, generator=generator, dtype=torch.float64)
+    inside = torch.rand(models, queries + population, generator=generator) < 0.5
+    target = torch.rand(augmented, queries + population, generator=generator, dtype=torch.float64)
+    z = torch.arange(queries, queries + population)
+    for a in (None, 0.3):  # online and offline Pr(x)
+        p = population_probability(references, inside, a)
+        vectorized = rmia_score(target[:, :queries], p[:, :queries], target[:, z], p[:, z], gamma=1.5).mean(0)
+        loop = []
+        for row in range(augmented):  # one augmented query at a time, as the attack scored a single query before
+            p_row = population_probability(references[row], inside, a)
+            assert torch.equal(p_row, p[row])
+            loop.append(rmia_score(target[row, :queries], p_row[:queries], target[row, z], p_row[z], gamma=1.5))
+        assert torch.equal(vectorized, torch.stack(loop).mean(0))
+        # a single (identity) query: the averaged score is the single-query score bit for bit
+        single = rmia_score(target[:1, :queries], p[:1, :queries], target[:1, z], p[:1, z], gamma=1.5).mean(0)
+        assert torch.equal(single, loop[0])
 
 
 def test_canaries_on_a_multilabel_dataset_are_refused_in_one_line_when_the_datamodule_is_built():
