@@ -215,6 +215,8 @@ def evaluate_command(argv: list[str]) -> None:
             "model": {"class_path": checkpoint["method_class"], "init_args": dict(module.hparams)},
             "data": {"class_path": checkpoint["datamodule_class"], "init_args": dict(datamodule.hparams)},
         }
+    # --evaluation.shadow_cache auto: shadow pools kept beside the checkpoint, for a rerun or other attack settings
+    init.evaluation.run_root = str(Path(args.checkpoint).resolve().parent)
     evaluator = init.evaluation.evaluator()
     trained_with = (
         run_config.get("evaluation").get("attacks") if isinstance(run_config.get("evaluation"), dict) else None

@@ -119,6 +119,7 @@ class Evaluator:
         experiment: Optional[str] = None,
         allow_untrained: bool = False,
         budget_check: bool = False,
+        shadow_cache: Optional[str] = None,
     ) -> None:
         self.attacks = None if attacks is None else list(attacks)
         self.seed = seed
@@ -128,6 +129,8 @@ class Evaluator:
         self.experiment = experiment
         self.allow_untrained = allow_untrained
         self.budget_check = budget_check
+        #: the folder of shadow pools kept across runs (None: every evaluation trains its own)
+        self.shadow_cache = shadow_cache
 
     # ------------------------------------------------------------------ before
     def check_preconditions(self, module: PrivacyModule, datamodule: PrivacyDataModule) -> None:
@@ -135,6 +138,8 @@ class Evaluator:
         writable_folder(self.records_dir, "--evaluation.records_dir")
         if self.leaderboard_dir is not None:
             writable_folder(self.leaderboard_dir, "--evaluation.leaderboard_dir")
+        if self.shadow_cache is not None:
+            writable_folder(self.shadow_cache, "--evaluation.shadow_cache")
         attacks = [attack for attack in self._attacks() if attack.applies_to(module)]
         sizes = datamodule.pool_sizes()
         short = [
@@ -175,7 +180,9 @@ class Evaluator:
                 if getattr(attack, "progress", False):
                     attack.progress = False
         untrained = isinstance(training, dict) and training.get("global_step") == 0
-        evaluation = evaluate(module, datamodule, attacks, seed=self.seed, budget_check=self.budget_check)
+        evaluation = evaluate(
+            module, datamodule, attacks, seed=self.seed, budget_check=self.budget_check, shadow_cache=self.shadow_cache
+        )
         evaluation.utility.update(chance_level(evaluation.utility.get("accuracy"), datamodule, untrained))
         evaluation.per_example_scores = _per_example_scores(attacks, evaluation)  # arrays: a file, not the record
         evaluation.most_exposed = {

@@ -56,6 +56,24 @@ def test_bound_is_zero_on_scores_independent_of_inclusion_in_at_least_95_percent
     assert positives <= 5
 
 
+def test_the_default_k_selection_is_the_conservative_one_and_the_uncorrected_best_k_is_not_a_95_percent_bound():
+    corrected = uncorrected = 0
+    for seed in range(100):
+        rng = np.random.default_rng(seed)
+        inclusion, scores = rng.random(200) < 0.5, rng.normal(size=200)
+        default = one_run_audit(scores, inclusion, delta=1e-5)
+        best = one_run_audit(scores, inclusion, delta=1e-5, k_selection="uncorrected")
+        assert default["k_selection"] == "bonferroni" and best["k_selection"] == "uncorrected"
+        assert default["epsilon"] <= best["epsilon"]  # the correction only ever lowers the bound
+        corrected += default["epsilon"] > 0
+        uncorrected += best["epsilon"] > 0
+    assert corrected <= 5 < uncorrected  # picking the best k without paying for it rejects eps = 0 too often
+    fixed = one_run_audit(scores, inclusion, delta=1e-5, guesses=(20, 20))  # the paper's Algorithm 1: k fixed ahead
+    assert fixed["k_selection"] == "fixed" and fixed["confidence_per_k"] == 0.95 and len(fixed["tried"]) == 1
+    with pytest.raises(ValueError, match="k_selection must be one of"):
+        one_run_audit(scores, inclusion, delta=1e-5, k_selection="best")
+
+
 def _dirac_canary_dpsgd(seed: int, canaries: int, sigma: float, steps: int, sample_rate: float):
     """DP-SGD's released noisy gradient sums when each canary's clipped gradient is its own unit vector.
 

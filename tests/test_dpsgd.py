@@ -135,6 +135,23 @@ def test_augmentation_is_applied_per_sample_to_the_private_batches():
     assert len(images) > 0 and all(tuple(image.flatten().tolist()) in flipped for image in images)
 
 
+def test_the_only_samples_loaded_in_training_are_the_poisson_batches_and_the_step_count_is_unchanged():
+    datamodule = Digits(batch_size=16, pool_limit=96)
+    pool = datamodule.pool("train")
+    loaded = []
+    original = type(pool).__getitems__
+    pool.__getitems__ = lambda indices: loaded.append(len(indices)) or original(pool, indices)
+    module = _RecordingDPSGD(data_spec=datamodule.spec, noise_multiplier=1.0)
+    trainer = _trainer(max_epochs=2)
+    trainer.fit(module, datamodule)
+    steps_per_epoch = -(-len(pool) // 16)  # Lightning's clock: as many steps as batches of the pool, as before
+    assert trainer.num_training_batches == steps_per_epoch and int(module.dp_steps) == 2 * steps_per_epoch
+    poisson = [len(images) for images, _, _ in module.recorded]
+    probe = 2  # the two members one forward and backward through Opacus's hooks checks before training
+    # an empty Poisson batch reads one member for its shape; no Lightning batch is loaded only to be dropped
+    assert sum(loaded) == probe + sum(max(size, 1) for size in poisson)
+
+
 def test_empty_poisson_batches_step_without_failing():
     datamodule = Digits(batch_size=1, pool_limit=64)  # q = 1/64: most batches are empty
     module = _RecordingDPSGD(data_spec=datamodule.spec, noise_multiplier=1.0)

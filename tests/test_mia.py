@@ -718,6 +718,53 @@ def test_a_cache_entry_with_another_key_or_unreadable_is_retrained_with_one_line
     assert _cached_run(target, datamodule, tmp_path).cost["shadow_models_loaded"] == 2  # the entry was replaced
 
 
+def _fit_with_cache(tmp_path, capsys, *extra):
+    """`bench fit` in this process with one membership attack and its shadow cache at its default place."""
+    from helpers import run_bench
+
+    attack = '[{"class_path": "LiRA", "init_args": {"shadow_models": 2, "shadow_epochs": 1}}]'
+    args = ["fit", "--model", "MCMIA", "--data", "Digits", "--data.pool_limit", "120", "--trainer.max_epochs", "1"]
+    args += ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir"]
+    args += [str(tmp_path / "runs"), "--evaluation.attacks", attack, "--evaluation.leaderboard_dir", "null", *extra]
+    code, output = run_bench(args + ["--evaluation.records_dir", str(tmp_path / "records")], capsys)
+    assert code == 0, output[-3000:]
+    (record,) = [json.loads(path.read_text()) for path in sorted((tmp_path / "records").glob("*.json"))[-1:]]
+    for path in (tmp_path / "records").glob("*.json"):  # the next run's record is the only one there
+        path.unlink()
+    return record
+
+
+def test_bench_fit_keeps_its_shadow_pool_beside_the_run_and_a_rerun_loads_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = _fit_with_cache(tmp_path, capsys)
+    assert first["config"]["evaluation"]["shadow_cache"] == "auto"
+    assert list((tmp_path / "runs" / "shadow_cache").glob("*.pt")), "the pool is kept under the run's root folder"
+    assert (first["cost"]["shadow_models_trained"], first["cost"]["shadow_models_loaded"]) == (2, 0)
+    again = _fit_with_cache(tmp_path, capsys)
+    assert (again["cost"]["shadow_models_trained"], again["cost"]["shadow_models_loaded"]) == (0, 2)
+    assert again["privacy"][0]["metrics"] == first["privacy"][0]["metrics"]
+    # another evaluation seed is another key: trained, never loaded; and null switches the cache off
+    other = _fit_with_cache(tmp_path, capsys, "--evaluation.seed", "1")
+    assert (other["cost"]["shadow_models_trained"], other["cost"]["shadow_models_loaded"]) == (2, 0)
+    off = _fit_with_cache(tmp_path / "off", capsys, "--evaluation.shadow_cache", "null")
+    assert off["cost"]["shadow_models_loaded"] == 0 and not (tmp_path / "off" / "runs" / "shadow_cache").exists()
+
+
+def test_an_unwritable_shadow_cache_is_one_line_before_training(tmp_path, capsys, monkeypatch):
+    from helpers import run_bench
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("not a folder")
+    code, output = run_bench(
+        ["fit", "--model", "MCMIA", "--data", "Digits", "--trainer.logger", "false"]
+        + ["--evaluation.shadow_cache", str(tmp_path / "file" / "cache")],
+        capsys,
+    )
+    errors = [line for line in output.splitlines() if line.startswith("bench: error:")]
+    assert code != 0 and len(errors) == 1 and "--evaluation.shadow_cache" in errors[0] and "Traceback" not in output
+    assert "bench: epoch" not in output and not list(tmp_path.rglob("*.ckpt"))  # refused before training
+
+
 # ---------------------------------------------------------------------------- canaries (issue 23)
 @pytest.fixture(scope="module")
 def memorised_with_canaries():
@@ -841,18 +888,48 @@ def test_queries_mirror_the_targets_training_augmentation():
     assert torch.equal(dict(both)["shift(0,0)+flip"](images), images.flip(-1))
 
 
-def test_lira_on_an_augmenting_target_records_its_augmented_queries(monkeypatch):
+def test_lira_and_rmia_on_an_augmenting_target_record_their_augmented_queries(monkeypatch):
     from torchvision.transforms import v2
 
     datamodule = RandomLabels(pool_limit=32)
     torch.manual_seed(0)
     module = _fit(MCMIA(data_spec=datamodule.spec, defense="none", lr=3e-3), datamodule, epochs=2)
+    attacks = [
+        LiRA(shadow_models=2, shadow_epochs=1),
+        LiRAOnline(shadow_models=2, shadow_epochs=1),
+        RMIA(reference_models=2, shadow_epochs=1),
+        RMIAOnline(reference_models=2, shadow_epochs=1),
+    ]
+    for entry in evaluate(module, datamodule, attacks).privacy:  # no augmentation: the query alone
+        assert entry["details"]["augmented_queries"] == 1, entry["attack"]
     transform = v2.Compose([v2.RandomCrop(8, padding=1), v2.RandomHorizontalFlip()])
     monkeypatch.setattr(datamodule.pool("train"), "transform", transform)
-    attacks = [LiRA(shadow_models=2, shadow_epochs=1), LiRAOnline(shadow_models=2, shadow_epochs=1)]
     for entry in evaluate(module, datamodule, attacks).privacy:
         assert entry["details"]["augmented_queries"] == 18, entry["attack"]
         assert 0 <= entry["metrics"]["auc"] <= 1
+
+
+def test_rmia_over_augmented_queries_is_the_mean_of_one_query_at_a_time_and_one_query_is_unchanged():
+    from bench.attacks.rmia import population_probability, rmia_score
+
+    generator = torch.Generator().manual_seed(0)
+    augmented, models, queries, population = 5, 4, 30, 40
+    references = torch.rand(augmented, models, queries + population, generator=generator, dtype=torch.float64)
+    inside = torch.rand(models, queries + population, generator=generator) < 0.5
+    target = torch.rand(augmented, queries + population, generator=generator, dtype=torch.float64)
+    z = torch.arange(queries, queries + population)
+    for a in (None, 0.3):  # online and offline Pr(x)
+        p = population_probability(references, inside, a)
+        vectorized = rmia_score(target[:, :queries], p[:, :queries], target[:, z], p[:, z], gamma=1.5).mean(0)
+        loop = []
+        for row in range(augmented):  # one augmented query at a time, as the attack scored a single query before
+            p_row = population_probability(references[row], inside, a)
+            assert torch.equal(p_row, p[row])
+            loop.append(rmia_score(target[row, :queries], p_row[:queries], target[row, z], p_row[z], gamma=1.5))
+        assert torch.equal(vectorized, torch.stack(loop).mean(0))
+        # a single (identity) query: the averaged score is the single-query score bit for bit
+        single = rmia_score(target[:1, :queries], p[:1, :queries], target[:1, z], p[:1, z], gamma=1.5).mean(0)
+        assert torch.equal(single, loop[0])
 
 
 def test_canaries_on_a_multilabel_dataset_are_refused_in_one_line_when_the_datamodule_is_built():

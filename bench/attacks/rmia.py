@@ -18,6 +18,16 @@ The score is a fraction over the population, a monotone function of Pr(x | theta
 ties (e.g. many candidates above every z) are broken by that ratio itself, which changes no
 decision and no ROC point of the fraction. The decision threshold is calibrated on the attacker
 pool with a reference model as the target.
+
+Queries mirror the target's training augmentation as LiRA's do (:func:`query_augmentations`: shifts, flips only
+where the data's augmentation flips). Every augmented version v of x and of each z gets its own probabilities from
+the target and the reference models, hence its own pairwise ratio LR_theta(v(x), v(z)); the score is Eq. 4 averaged
+over the augmented queries, i.e. the share of (v, z) pairs with LR >= gamma, an x seen through v compared only with
+z seen through v. The combination is LiRA's (Carlini et al.'s code: a statistic per augmented query, the mean of the
+per-query scores); the RMIA reference code read for this (ml_privacy_meter, modules/mia/attacks/rmia.py) queries
+without augmentation, so it does not fix one. The offline ``a`` and the threshold are calibrated on
+the same augmented queries, so that they are on the score's scale. ``details["augmented_queries"]`` says how many;
+without augmentation there is one query and the score is the single-query one, bit for bit.
 """
 
 from __future__ import annotations
@@ -28,7 +38,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from bench.attacks.membership_inference import MembershipInference, best_threshold, query_logits
+from bench.attacks.membership_inference import (
+    MembershipInference,
+    augmentation_of,
+    best_threshold,
+    query_augmentations,
+    query_logits,
+)
 from bench.errors import BenchError
 from bench.metrics.membership import delong_interval
 
@@ -43,24 +59,28 @@ def true_class_probability(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def population_probability(reference: Tensor, inside: Tensor, offline_a: Optional[float]) -> Tensor:
-    """Pr(x) from reference probabilities (S, N): the mean over all models (online, ``offline_a`` None), or over
-    the OUT ones with the offline correction ((1 + a) Pr_OUT + (1 - a)) / 2."""
+    """Pr(x) from reference probabilities (..., S, N) (a leading dimension: one per augmented query) and their
+    membership (S, N): the mean over all models (online, ``offline_a`` None), or over the OUT ones with the
+    offline correction ((1 + a) Pr_OUT + (1 - a)) / 2."""
     if offline_a is None:
-        return reference.mean(0)
+        return reference.mean(-2)
     out = ~inside
-    p_out = (reference * out).sum(0) / out.sum(0).clamp_min(1)
+    p_out = (reference * out).sum(-2) / out.sum(-2).clamp_min(1)
     return ((1 + offline_a) * p_out + (1 - offline_a)) / 2
 
 
 def rmia_score(p_x_target: Tensor, p_x: Tensor, p_z_target: Tensor, p_z: Tensor, gamma: float) -> Tensor:
-    """Eq. 4 with ties broken by the ratio: the share of z with LR(x, z) >= gamma, plus a tie-break below 1/|Z|."""
+    """Eq. 4 with ties broken by the ratio: the share of z with LR(x, z) >= gamma, plus a tie-break below 1/|Z|.
+
+    Inputs (N,) and (P,), or (A, N) and (A, P) for A augmented queries, each x compared with the z of its own row;
+    returns one score per row and x (the caller averages the rows)."""
     tiny = torch.finfo(torch.float64).tiny
     log_ratio_x = p_x_target.clamp_min(tiny).log() - p_x.clamp_min(tiny).log()
     log_ratio_z = (p_z_target.clamp_min(tiny).log() - p_z.clamp_min(tiny).log()).sort().values
     # LR(x, z) >= gamma  <=>  log ratio_z <= log ratio_x - log gamma
     dominated = torch.searchsorted(log_ratio_z, log_ratio_x - math.log(gamma), right=True).double()
     tie_break = 0.5 + 0.999 * torch.atan(log_ratio_x) / math.pi  # in (0, 1), increasing in the ratio
-    return (dominated + tie_break) / len(log_ratio_z)
+    return (dominated + tie_break) / log_ratio_z.shape[-1]
 
 
 class RMIA(MembershipInference):
@@ -104,14 +124,14 @@ class RMIA(MembershipInference):
         self.offline_a = offline_a
 
     def _simulate(self, probabilities: Tensor, members: Tensor, z: Tensor, a: Optional[float]) -> tuple[Tensor, Tensor]:
-        """Reference model 0 plays the target on the attacker pool.
+        """Reference model 0 plays the target on the attacker pool; ``probabilities`` (A, S, P) per augmented query.
 
-        Returns (scores, its membership) where some other model is OUT.
+        Returns (scores averaged over the augmented queries, its membership) where some other model is OUT.
         """
-        target, others, inside = probabilities[0], probabilities[1:], members[1:]
+        target, others, inside = probabilities[:, 0], probabilities[:, 1:], members[1:]
         usable = (~inside).sum(0) >= 1
         p = population_probability(others, inside, a)
-        scores = rmia_score(target, p, target[z], p[z], self.gamma)
+        scores = rmia_score(target, p, target[:, z], p[:, z], self.gamma).mean(0)
         return scores[usable], members[0][usable]
 
     def shadow_need(self):
@@ -127,9 +147,14 @@ class RMIA(MembershipInference):
             references, data, data_labels, members = self.shadows(module, datamodule, generator, self.reference_models)
             data, data_labels = torch.cat([images, data]), torch.cat([labels, data_labels])
             members = torch.cat([torch.zeros(self.reference_models, queries, dtype=torch.bool), members], 1)
-        probabilities = true_class_probability(
-            references.logits(data, self.query_batch_size), data_labels
-        )  # (S, Q + P)
+        # every sample through every augmented query (the identity first): (A, S, Q + P)
+        augmentations = query_augmentations(augmentation_of(datamodule))
+        probabilities = torch.stack(
+            [
+                true_class_probability(references.logits(augment(data), self.query_batch_size), data_labels)
+                for _, augment in augmentations
+            ]
+        )
         pool = torch.arange(queries, len(data))
         z = pool[torch.randperm(len(pool), generator=generator)[: self.population]]
         # the offline a: one reference model as the target, the others as its references, on the attacker pool
@@ -140,6 +165,7 @@ class RMIA(MembershipInference):
             "gamma": self.gamma,
             "population": len(z),
             "mode": "online" if self.online else "offline",
+            "augmented_queries": len(augmentations),
         }
         if not self.online:
             a = self.offline_a
@@ -149,7 +175,7 @@ class RMIA(MembershipInference):
                     aucs = []
                     for order in rotated[: min(2, self.reference_models)]:
                         scores, truth = self._simulate(
-                            probabilities[order][:, pool], members[order][:, pool], z - queries, candidate
+                            probabilities[:, order][..., pool], members[order][:, pool], z - queries, candidate
                         )
                         aucs.append(delong_interval(scores, truth)[0] if 0 < truth.sum() < len(truth) else 0.5)
                     return sum(aucs) / len(aucs)
@@ -159,17 +185,33 @@ class RMIA(MembershipInference):
             details["offline_a"] = a
         calibration, truth = [], []
         for order in rotated:
-            scores, known = self._simulate(probabilities[order][:, pool], members[order][:, pool], z - queries, a)
+            scores, known = self._simulate(probabilities[:, order][..., pool], members[order][:, pool], z - queries, a)
             calibration.append(scores)
             truth.append(known)
         threshold = best_threshold(torch.cat(calibration), torch.cat(truth))
-        p_x = population_probability(probabilities[:, :queries], members[:, :queries], a)
-        p_z = population_probability(probabilities[:, z], members[:, z], a)
-        p_target = true_class_probability(target, labels)
-        p_z_target = true_class_probability(
-            query_logits(module, data[z], self.query_batch_size, module.device), data_labels[z]
+        p_x = population_probability(probabilities[..., :queries], members[:, :queries], a)
+        p_z = population_probability(probabilities[..., z], members[:, z], a)
+        # the target on the same augmented queries (its logits on the plain queries are already known)
+        p_target = torch.stack(
+            [
+                true_class_probability(
+                    target
+                    if index == 0
+                    else query_logits(module, augment(images), self.query_batch_size, module.device),
+                    labels,
+                )
+                for index, (_, augment) in enumerate(augmentations)
+            ]
         )
-        scores = rmia_score(p_target, p_x, p_z_target, p_z, self.gamma)
+        p_z_target = torch.stack(
+            [
+                true_class_probability(
+                    query_logits(module, augment(data[z]), self.query_batch_size, module.device), data_labels[z]
+                )
+                for _, augment in augmentations
+            ]
+        )
+        scores = rmia_score(p_target, p_x, p_z_target, p_z, self.gamma).mean(0)
         return scores, threshold, details
 
 

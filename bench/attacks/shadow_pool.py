@@ -11,8 +11,10 @@ SHA-256 of everything that determines them; a file whose stored key differs, or 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
+import os
 import sys
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -172,16 +174,50 @@ class ShadowPool:
 POOL_FORMAT = 1
 
 
+@functools.lru_cache(maxsize=None)
+def code_fingerprint(package: Path, files: tuple[Path, ...] = ()) -> str:
+    """SHA-256 of every Python source file under ``package`` and of ``files`` (paths and contents): the code that
+    trains a pool.
+
+    The version number alone would let an edited recipe (a changed training step, network or optimizer default)
+    load the models the old code trained; any change to the suite's code retires every cached model instead."""
+    digest = hashlib.sha256()
+    for path in [*sorted(package.rglob("*.py")), *files]:
+        digest.update(str(path).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _method_sources(module) -> tuple[Path, tuple[Path, ...]]:
+    """The suite's package, and the files outside it that define the method's class and its bases (a user's own)."""
+    import inspect
+
+    import bench
+
+    package = Path(bench.__file__).resolve().parent
+    files = set()
+    for cls in type(module).__mro__:
+        try:
+            path = Path(inspect.getfile(cls)).resolve()
+        except (TypeError, OSError):  # built in or defined interactively: its name and hyper-parameters are the key
+            continue
+        if path.suffix == ".py" and package not in path.parents and "site-packages" not in path.parts:
+            files.add(path)
+    return package, tuple(sorted(files))
+
+
 def cache_key(
     module, chunk: ShadowModels, recipe: PoolRecipe, data: str, seed: int, models: range, augmentation
 ) -> dict[str, Any]:
     """Everything that determines a chunk of a pool's models: the target's class and hyper-parameters, the recipe as
-    resolved (and its callbacks), the data, the evaluation seed, which models, the device kind, the code's version."""
+    resolved (and its callbacks), the data, the evaluation seed, which models, the device kind, the code's version
+    and source (:func:`code_fingerprint`)."""
     import bench
 
     return {
         "format": POOL_FORMAT,
         "bench": bench.__version__,
+        "code": code_fingerprint(*_method_sources(module)),
         "torch": torch.__version__,
         "target": f"{type(module).__module__}.{type(module).__qualname__}",
         "hparams": json.dumps(dict(getattr(module, "hparams", {})), sort_keys=True, default=repr),
@@ -249,13 +285,23 @@ class ShadowCache:
         return trained.cpu()
 
     def save(self, key: dict[str, Any], chunk: ShadowModels, trained: Tensor) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Keep the chunk under its key; a cache that cannot be written costs the reuse, never the evaluation."""
         path = self.path(key)
-        partial = path.with_suffix(".partial")
-        torch.save(
-            {"key": json.dumps(key, sort_keys=True), "trained": trained.cpu(), "state": chunk.trained_state()}, partial
-        )
-        partial.replace(path)  # never a half-written entry under the key's name
+        partial = path.with_name(f"{path.stem}.{os.getpid()}.partial")  # two runs saving at once never mix
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            torch.save(
+                {"key": json.dumps(key, sort_keys=True), "trained": trained.cpu(), "state": chunk.trained_state()},
+                partial,
+            )
+            partial.replace(path)  # never a half-written entry under the key's name
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            print(
+                f"bench: shadow cache {path} not written ({error.strerror or error}); the next run trains them again",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 _CURRENT_POOL: ContextVar[Optional[ShadowPool]] = ContextVar("bench_shadow_pool", default=None)

@@ -25,6 +25,9 @@ from bench.evaluator import chance_level as _chance_level  # noqa: F401 (its old
 from bench.modules.base import PrivacyModule
 from bench.records import DEFAULT_LEADERBOARD_DIR, DEFAULT_RECORDS_DIR
 
+#: ``--evaluation.shadow_cache``'s default: a folder beside the run (see :meth:`PrivacyEvaluation.shadow_cache_dir`)
+AUTO_SHADOW_CACHE = "auto"
+
 
 class PrivacyEvaluation(Callback):
     """At the end of ``fit``: hand the trained method to the :class:`~bench.evaluator.Evaluator` (evaluate, write
@@ -48,6 +51,12 @@ class PrivacyEvaluation(Callback):
             checkpoint), e.g. as an untrained reference; refused otherwise, since it is not a result.
         budget_check: rerun every learned attack at twice its training budget and record the relative
             change of its primary metric (``details["budget_check"]``; doubles the attacks' time).
+        shadow_cache: a folder where the membership attacks' shadow pools are kept for a rerun or a sweep over
+            attack settings of the same target configuration to load instead of training them again; an entry is
+            used only under the full key of everything that determines its models (target class and
+            hyper-parameters, recipe, data, evaluation seed, code), anything else is retrained with one line
+            (:class:`~bench.attacks.shadow_pool.ShadowCache`). ``auto``: ``<trainer.default_root_dir>/shadow_cache``
+            for ``bench fit``, ``shadow_cache/`` beside the checkpoint for ``bench evaluate``; None: off.
     """
 
     #: reports on training, takes no part in it: shadow models trained by the target's recipe leave it out
@@ -64,6 +73,7 @@ class PrivacyEvaluation(Callback):
         allow_untrained: bool = False,
         experiment: Optional[str] = None,
         budget_check: bool = False,
+        shadow_cache: Optional[str] = AUTO_SHADOW_CACHE,
     ) -> None:
         self.attacks = attacks
         self.seed = seed
@@ -74,6 +84,10 @@ class PrivacyEvaluation(Callback):
         self.experiment = experiment
         self.allow_untrained = allow_untrained
         self.budget_check = budget_check
+        self.shadow_cache = shadow_cache
+        #: where ``shadow_cache: auto`` puts the cache: the Trainer's default_root_dir (``bench evaluate``: beside the
+        #: checkpoint); None: nowhere known yet, so no cache
+        self.run_root: Optional[str] = None
         #: the full run configuration; ``bench fit`` sets it from the parsed command line
         self.run_config: Optional[dict[str, Any]] = None
         self.last_record_path: Optional[Path] = None
@@ -88,6 +102,7 @@ class PrivacyEvaluation(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or not self.enabled or trainer.fast_dev_run:
             return
+        self.run_root = str(trainer.default_root_dir)
         if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
             # the harness runs the whole model on rank 0: sharded parameters would not be there
             raise BenchError(
@@ -121,7 +136,15 @@ class PrivacyEvaluation(Callback):
             experiment=self.experiment,
             allow_untrained=self.allow_untrained,
             budget_check=self.budget_check,
+            shadow_cache=self.shadow_cache_dir(),
         )
+
+    def shadow_cache_dir(self) -> Optional[str]:
+        """The shadow cache folder this run uses: ``shadow_cache`` itself, or for ``auto`` ``<run_root>/shadow_cache``
+        (None without a run root: a script that never fitted through this callback keeps no cache)."""
+        if self.shadow_cache != AUTO_SHADOW_CACHE:
+            return self.shadow_cache
+        return None if self.run_root is None else str(Path(self.run_root) / "shadow_cache")
 
     def check_preconditions(self, module: PrivacyModule, datamodule: PrivacyDataModule) -> None:
         """What would make the evaluation fail after the work, checked before it: outputs, pool sizes."""

@@ -104,6 +104,22 @@ def decode_all(dataset: Dataset, num_workers: int = 0, batch_size: int = 256) ->
     return images, torch.cat(targets)
 
 
+class _Positions(Dataset):
+    """A pool's sample positions in place of its samples (see :meth:`PrivacyDataModule.train_dataloader`)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> Tensor:
+        return torch.tensor(index)
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor]:
+        return (torch.as_tensor(indices, dtype=torch.long),)
+
+
 def collate_batch(batch):
     """Collate for :class:`ImagePool`: its ``__getitems__`` already returns a batch."""
     if isinstance(batch, tuple):
@@ -349,20 +365,24 @@ class PrivacyDataModule(L.LightningDataModule):
     def pool_sizes(self) -> dict[str, int]:
         return {name: len(self.pool(name)) for name in POOLS}
 
-    def pool_dataloader(self, name: str, shuffle: bool = False, batch_size: Optional[int] = None) -> DataLoader:
+    def pool_dataloader(
+        self, name: str, shuffle: bool = False, batch_size: Optional[int] = None, positions_only: bool = False
+    ) -> DataLoader:
+        """The pool's batches; ``positions_only``: the same batches' sample positions alone, nothing loaded."""
         from bench.datamodules.sampling import SeededShuffle
 
         pool = self.pool(name)
         # an epoch's order from (run seed, epoch) alone: a resumed run sees the straight run's batches
         sampler = SeededShuffle(len(pool)) if shuffle else None
+        workers = 0 if positions_only else self.num_workers
         return DataLoader(
-            pool,
+            _Positions(len(pool)) if positions_only else pool,
             batch_size=batch_size or (self.batch_size if name == "train" else self.eval_batch_size),
             sampler=sampler,
             generator=sampler.generator if sampler is not None else None,
-            num_workers=self.num_workers,
+            num_workers=workers,
             collate_fn=collate_batch,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=workers > 0,
         )
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -373,7 +393,10 @@ class PrivacyDataModule(L.LightningDataModule):
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def train_dataloader(self) -> DataLoader:
-        return self.pool_dataloader("train", shuffle=True)
+        # a method that draws its own training batches (DP-SGD's Poisson sampler) takes Lightning's batches only as
+        # the clock of its steps: the same number of them, but nothing loaded or augmented only to be dropped
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return self.pool_dataloader("train", shuffle=True, positions_only=getattr(module, "draws_own_batches", False))
 
     def val_dataloader(self) -> DataLoader:
         return self.pool_dataloader("val")

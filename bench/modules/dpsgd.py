@@ -17,8 +17,9 @@ them together (its reference usage; the test checks the first steps against it t
   its own generator), the pool's training transform applied per sample;
 * an Opacus accountant (RDP) fed by the optimizer's step hook, for the sampler that ran.
 
-The Lightning batches only clock the steps (one DP step per training batch); the private batches come
-from the ``DPDataLoader``. Tuning these hyper-parameters on the data the model trains on spends
+The Lightning batches only clock the steps (one DP step per training batch; the DataModule gives a method that
+``draws_own_batches`` its batches' sample positions alone, so nothing is loaded or augmented for them); the
+private batches come from the ``DPDataLoader``. Tuning these hyper-parameters on the data the model trains on spends
 privacy that no accountant here counts (the shipped frontier sweep is such a non-private tuning).
 """
 
@@ -128,6 +129,8 @@ class DPSGD(PrivacyModule):
 
     threat_models = (ThreatModel.BLACK_BOX_OUTPUTS,)
     display_name = "DP-SGD"
+    #: the training batches are the DPDataLoader's Poisson draws: the DataModule's loader only counts the steps
+    draws_own_batches = True
     label_hparams = ("target_epsilon",)
     headline_cost = ("dp_epsilon",)
 
@@ -323,9 +326,9 @@ class DPSGD(PrivacyModule):
                 self._private_batches = None
         raise BenchError("the DP-SGD loader yielded no batch")  # pragma: no cover - a DPDataLoader has >= 1 step
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         optimizer = self.optimizers()
-        images, labels = self.private_batch()  # the Lightning batch only clocks the step
+        images, labels = self.private_batch()  # the Lightning batch (sample positions, nothing loaded) is the clock
         optimizer.zero_grad(set_to_none=True)
         logits = self.network(images)
         if self._dp_loss is not None:  # ghost clipping: Opacus's loss runs its own two backward passes
