@@ -54,7 +54,8 @@ OPERATORS: dict[str, Callable[[float, float], bool]] = {
 }
 OPERATOR_SIGNS = {"<": "<", "<=": "≤", ">": ">", ">=": "≥"}
 REDUCERS = ("one", "max", "min", "mean")
-_PATH = re.compile(r"^(utility|cost)\.[^.\s]+$|^(privacy|worst_case)\.[^.\s]+\.[^.\s]+$")
+# a METRIC may hold dots of its own (tpr_at_0.1pct_fpr): everything after the attack or threat model is the metric
+_PATH = re.compile(r"^(utility|cost)\.[^.\s]+$|^(privacy|worst_case)\.[^.\s]+\.\S+$")
 _FILE_KEYS, _CLAIM_KEYS = {"paper", "claims"}, {"claim", "paper", "check", "note"}
 _COMPARISON_KEYS = {"left", "op", "right"}
 _OPERAND_KEYS = {"method", "label", "dataset", "experiment", "where", "value", "factor", "offset", "reduce"}
