@@ -444,11 +444,16 @@ def test_tiny_sweep_fills_the_leaderboard_with_the_trade_off(tmp_path):
     # RAN's own decoder is reported beside the separately trained one
     ran = next(row for row in rows if row["method"] == "RAN (lam=0.1)")
     assert ran["own_decoder.mse_mean"] and ran["feature_inversion.mse_mean"]
-    # one plot per experiment (rows whose attacks ran with different configurations are separate experiments)
+    # rows whose attacks ran with different configurations are separate experiments (named by the setting that tells
+    # them apart), drawn on one shared plot since they share data, pools and budget
     experiments = {row["experiment"] for row in rows}
-    assert len(list((tmp_path / "runs" / "leaderboard" / "plots").glob("feature_release__digits_*.png"))) == len(
-        experiments
-    )
+    assert experiments == {
+        "digits, 6 epochs, batch 64 · feature_inversion (batch_size=32)",
+        "digits, 6 epochs, batch 64 · feature_inversion (batch_size=64)",
+    }
+    (plot,) = (tmp_path / "runs" / "leaderboard" / "plots").glob("feature_release__digits_*.png")
+    markdown = (tmp_path / "runs" / "leaderboard" / "README.md").read_text()
+    assert markdown.count(f"](plots/{plot.name})") == 1  # shown once, under the first sibling; the other points to it
 
 
 # ---------------------------------------------------------------------- W&B: a sweep's points, one group
