@@ -186,7 +186,7 @@ class Evaluator:
         evaluation.utility.update(chance_level(evaluation.utility.get("accuracy"), datamodule, untrained))
         evaluation.per_example_scores = _per_example_scores(attacks, evaluation)  # arrays: a file, not the record
         evaluation.most_exposed = {
-            attack.name: attack.most_exposed["images"]
+            attack.name: attack.most_exposed
             for attack in attacks
             if getattr(attack, "most_exposed", None) and attack.name in _succeeded(evaluation)
         }
@@ -390,17 +390,37 @@ def _succeeded(evaluation: Evaluation) -> set[str]:
 
 
 def _save_most_exposed(evaluation: Evaluation, directory: Path, record_id: str) -> dict[str, str]:
-    """Per membership attack, a grid of the training images it scores highest (upscaled 4x: large enough to see)."""
-    from torchvision.utils import save_image
+    """Per membership attack, a grid of the training images it scores highest, each captioned with where it came
+    from and the label it was trained with (a mislabelled canary shows its wrong label): large enough to see."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     artifacts = {}
-    for attack, images in (getattr(evaluation, "most_exposed", None) or {}).items():
+    for attack, exposed in (getattr(evaluation, "most_exposed", None) or {}).items():
+        images, entries = exposed["images"], exposed["entries"]
         if not len(images):
             continue
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{record_id[:8]}-{attack}-most-exposed.png"
-        large = torch.nn.functional.interpolate(images.float(), scale_factor=4, mode="nearest")
-        save_image(large, path, nrow=8, padding=4, pad_value=1.0)
+        columns = min(8, len(images))
+        rows = -(-len(images) // columns)
+        figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.85 * rows), squeeze=False)
+        for axis in axes.flat:
+            axis.axis("off")
+        for rank, (axis, image, entry) in enumerate(zip(axes.flat, images, entries), 1):
+            pixels = image.float().clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy()
+            axis.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+            origin = "member" if entry["pool"] == "train" else entry["pool"]  # a natural member, or a canary
+            axis.set_title(f"#{rank} {origin} y={entry['label']}", fontsize=8)
+        figure.suptitle(
+            f"{attack}: the training images scored most likely members (rank, member or canary, trained label)",
+            fontsize=9,
+        )
+        figure.tight_layout()
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
         artifacts[f"{attack}_most_exposed"] = str(path)
     return artifacts
 

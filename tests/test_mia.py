@@ -853,6 +853,9 @@ def test_the_record_keeps_per_example_scores_in_a_hashed_npz_beside_it(memorised
     # the most exposed training images: a grid you can see, and their scores are the highest among trained queries
     grid = record.artifacts["loss_threshold_most_exposed"]
     assert open(grid, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    assert min(Image.open(grid).size) >= 150  # large enough to see, captioned per image
     exposed = record.privacy[0].details["most_exposed"]
     trained = columns["loss_threshold.score"][columns["loss_threshold.member"] == 1]
     assert [e["score"] for e in exposed] == sorted(trained, reverse=True)[: len(exposed)]
