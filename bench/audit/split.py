@@ -77,20 +77,26 @@ class ExternalRelease(PrivacyModule):
         return self.client
 
 
+def _user_call(function, inputs: Tensor, problem: str):
+    """``function(inputs)`` without gradients; whatever the user's code raises becomes one line: ``problem`` (error)."""
+    try:
+        with torch.no_grad():
+            return function(inputs)
+    except Exception as error:  # the user's code: whatever it raises is one line
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        raise BenchError(f"{problem} ({type(error).__name__}: {first})") from None
+
+
 def check_release(module: ExternalRelease, images: Tensor) -> None:
     """The client releases one finite tensor row per image of a few attacker samples, and the head (if any) answers
     one logit per class for each: checked before any decoder trains, so that a client that cannot take the data's
     images, releases something else, or a head that does not classify the release, is one line."""
     name = module.hparams["factory_name"]
-    try:
-        with torch.no_grad():
-            released = module.release(images)
-    except Exception as error:  # the user's code: whatever it raises is one line
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-        raise BenchError(
-            f"--release {name}: the client network cannot take {tuple(images.shape)} images in [0, 1] "
-            f"({type(error).__name__}: {first})"
-        ) from None
+    released = _user_call(
+        module.release,
+        images,
+        f"--release {name}: the client network cannot take {tuple(images.shape)} images in [0, 1]",
+    )
     if not isinstance(released, Tensor):
         raise BenchError(
             f"--release {name}: the client network returns a {type(released).__name__}; the release must be one "
@@ -109,15 +115,11 @@ def check_release(module: ExternalRelease, images: Tensor) -> None:
 
 def _check_head(module: ExternalRelease, released: Tensor) -> None:
     name = module.hparams["head_name"]
-    try:
-        with torch.no_grad():
-            logits = module.head(released)
-    except Exception as error:  # the user's code: whatever it raises is one line
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-        raise BenchError(
-            f"--head {name}: the server part cannot take the release of shape {tuple(released.shape)} "
-            f"({type(error).__name__}: {first})"
-        ) from None
+    logits = _user_call(
+        module.head,
+        released,
+        f"--head {name}: the server part cannot take the release of shape {tuple(released.shape)}",
+    )
     expected = (len(released), module.spec.num_classes)
     if not isinstance(logits, Tensor) or tuple(logits.shape) != expected:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
