@@ -4,10 +4,11 @@ Trains the DNN of ``dnn/mnist_shared`` (SplitNetwork, LeNet-5, lr 0.002, 15 epoc
 (``../shared/datasets/mnist`` relative to the repository root; without it, the embedded digits), queries its
 release on the attacker pool, then fits the feature-inversion decoders (default: mirror; upsampling, at ~6 s an
 epoch on a busy 2-core CPU against mirror's 0.3-0.4 s, adds about ten minutes) to their validation plateau with
-each recipe, from the same generator state (the same validation split, the same initial weights), and prints per decoder and recipe: epochs run, best epoch, wall seconds, seconds per epoch,
-the loop's seconds per epoch over a plain Adam epoch of the same decoder and batches (``floor x``: what validation,
-early stopping and the schedule add), the best validation MSE, the final learning rate, and each recipe's ratios
-to the first one (epochs, wall, MSE).
+each recipe, from the same generator state (the same validation split, the same initial weights), and prints per
+decoder and recipe: epochs run, best epoch, wall seconds, seconds per epoch, the loop's seconds per epoch over a
+plain Adam epoch of the same decoder and batches (``floor x``: what validation, early stopping and the schedule
+add), the best validation MSE, the final learning rate, and each recipe's ratios to the first one (epochs, wall,
+MSE).
 
     OMP_NUM_THREADS=1 python benchmarks/attacker_recipe.py [--decoders mirror upsampling] [--target_epochs 15]
         [--recipes constant:0.001:64::20 default plateau:0.02:64::20] [--seed 0] [--target_cache /tmp/dnn.pt]

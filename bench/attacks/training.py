@@ -52,8 +52,8 @@ class TrainingReport:
     validation_samples: int
     validation_loss: float  # of the restored state
     schedule: str = "constant"  # the learning-rate schedule (SCHEDULES)
-    lr_start: float = math.nan  # the learning rate of the first epoch
-    lr_end: float = math.nan  # the learning rate of the last epoch run
+    lr_start: Optional[float] = None  # the learning rate of the first epoch
+    lr_end: Optional[float] = None  # the learning rate of the last epoch run
 
     def as_details(self) -> dict[str, Any]:
         return asdict(self)
