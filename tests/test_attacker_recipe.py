@@ -41,7 +41,7 @@ def _fit(decoder: nn.Module, **recipe):
 
 #: the recipe before issue 27, and FeatureInversion's default since (the same patience: the same stopping rule)
 OLD = {"schedule": "constant", "lr": 1e-3, "batch_size": 64, "patience": 20}
-NEW = {"schedule": "plateau", "lr": 1e-2, "batch_size": 32, "patience": 20}
+NEW = {"schedule": "plateau", "lr": 2e-2, "batch_size": 32, "patience": 20}
 
 
 def test_the_default_recipe_is_the_plateau_recipe():
@@ -51,13 +51,13 @@ def test_the_default_recipe_is_the_plateau_recipe():
 
 def test_the_plateau_recipe_reaches_the_constant_plateau_in_a_quarter_of_the_epochs():
     """A linear decoder inverting a noisy random linear map (least squares: slow at Adam's 1e-3, but a plateau is
-    there). Seeds 0-3 of this task: 0.225-0.250x the epochs, 0.3-1.3 % lower validation MSE; seed 2 here."""
+    there). Seeds 0-3 of this task: 0.22-0.24x the epochs, 0.4-1.2 % lower validation MSE; seed 2 here."""
     old = _fit(_decoder(), **OLD)
     new = _fit(_decoder(), **NEW)
     assert old.converged and new.converged, "both stop on a validation plateau, neither at the maximum"
     assert new.validation_loss <= old.validation_loss, (new.validation_loss, old.validation_loss)
     assert new.epochs_run <= old.epochs_run / 4, (new.epochs_run, old.epochs_run)
-    assert new.lr_end < new.lr_start == 1e-2, "the rate was halved on the way"
+    assert new.lr_end < new.lr_start == 2e-2, "the rate was halved on the way"
     assert new.epochs_run - new.best_epoch == 20, "stopped by the same rule: 20 epochs without an improvement"
 
 
