@@ -28,7 +28,7 @@ from torch import Tensor
 
 from bench.attacks.base import Attack, AttackResult
 from bench.attacks.feature_inversion import query_client
-from bench.attacks.training import check_budget, fit_decoder, summarise
+from bench.attacks.training import check_budget, check_schedule, fit_decoder, summarise
 from bench.errors import BenchError
 from bench.metrics.reconstruction import EXPOSURE_DIRECTIONS, per_image_metrics, score_reconstructions
 from bench.networks.compressive import deepinverse_generator
@@ -105,9 +105,13 @@ class MeasurementDecoder(_KnowsMatrix):
         epochs / patience: the maximum passes over the attacker pool, and the epochs without a
             validation improvement after which training stops.
         validation_fraction: share of the attacker pool held out for early stopping.
-        batch_size / lr: Adam on the mean squared error.
+        batch_size / lr: Adam on the mean squared error (``lr``: the starting rate under ``schedule``).
         max_attacker_samples / max_test_samples: cap the pools (None: all of them).
         progress: show a progress bar while the decoder trains.
+        schedule / lr_factor / lr_patience: the learning-rate schedule
+            (:func:`~bench.attacks.training.train_until_plateau`): ``constant`` (the default, not yet measured here
+            with ``plateau``) keeps ``lr``; ``plateau`` multiplies it by ``lr_factor`` after ``lr_patience`` + 1
+            epochs without a validation improvement (None: a third of ``patience``).
     """
 
     name = "measurement_decoder"
@@ -125,10 +129,14 @@ class MeasurementDecoder(_KnowsMatrix):
         max_attacker_samples: Optional[int] = None,
         max_test_samples: Optional[int] = None,
         progress: bool = True,
+        schedule: str = "constant",
+        lr_factor: float = 0.5,
+        lr_patience: Optional[int] = None,
     ) -> None:
         if batch_size < 1 or lr <= 0:
             raise BenchError(f"measurement_decoder needs batch_size >= 1 and lr > 0, got {batch_size} and {lr}")
         check_budget(self.name, epochs, patience, validation_fraction)
+        check_schedule(self.name, schedule, lr_factor, lr_patience)
         self.channels = [int(width) for width in channels]
         self.kernel_size = kernel_size
         self.epochs = epochs
@@ -139,6 +147,7 @@ class MeasurementDecoder(_KnowsMatrix):
         self.max_attacker_samples = max_attacker_samples
         self.max_test_samples = max_test_samples
         self.progress = progress
+        self.schedule, self.lr_factor, self.lr_patience = schedule, lr_factor, lr_patience
 
     def run(self, module, datamodule, generator: torch.Generator) -> AttackResult:
         device = module.device
@@ -162,6 +171,9 @@ class MeasurementDecoder(_KnowsMatrix):
             validation_fraction=self.validation_fraction,
             description=self.name,
             progress=self.progress,
+            schedule=self.schedule,
+            lr_factor=self.lr_factor,
+            lr_patience=self.lr_patience,
         )
 
         images, released = _test_images_and_releases(self, module, datamodule)

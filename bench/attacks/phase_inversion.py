@@ -40,7 +40,14 @@ from torch import Tensor, nn
 
 from bench.attacks.base import Attack, AttackResult
 from bench.attacks.feature_inversion import DECODERS, FeatureInversion
-from bench.attacks.training import TrainingReport, check_budget, summarise, train_until_plateau, validation_split
+from bench.attacks.training import (
+    TrainingReport,
+    check_budget,
+    check_schedule,
+    summarise,
+    train_until_plateau,
+    validation_split,
+)
 from bench.errors import BenchError
 from bench.metrics.reconstruction import EXPOSURE_DIRECTIONS, reconstruction_metrics, score_reconstructions
 from bench.metrics.utility import predictions_correct
@@ -152,10 +159,14 @@ def fit_phase_estimator(
     width: int = 32,
     description: str = "phase estimator",
     progress: bool = False,
+    schedule: str = "constant",
+    lr_factor: float = 0.5,
+    lr_patience: Optional[int] = None,
 ) -> tuple[PhaseEstimator, TrainingReport]:
     """Fit :class:`PhaseEstimator` on the attacker's own (release, theta) pairs, to the validation plateau.
 
     Loss: 1 - cos(theta_hat - theta) of both stages (stage 1's own term trains the linear read-out directly).
+    ``schedule``, ``lr_factor``, ``lr_patience``: the learning-rate schedule (:func:`train_until_plateau`).
     """
     train, validation = validation_split(len(released), validation_fraction, generator)
     scale = released[train].abs().square().mean().sqrt().clamp_min(1e-12).item()
@@ -179,6 +190,9 @@ def fit_phase_estimator(
         lr=lr,
         description=description,
         progress=progress,
+        schedule=schedule,
+        lr_factor=lr_factor,
+        lr_patience=lr_patience,
     )
     return estimator, report
 
@@ -218,12 +232,17 @@ class _PhaseAttack(Attack):
         max_attacker_samples: Optional[int],
         max_test_samples: Optional[int],
         progress: bool,
+        schedule: str,
+        lr_factor: float,
+        lr_patience: Optional[int],
     ) -> None:
         if decoder not in DECODERS:
             raise BenchError(f"unknown decoder '{decoder}' for {self.name}; choose one of {sorted(DECODERS)}")
         if batch_size < 1 or lr <= 0:
             raise BenchError(f"{self.name} needs batch_size >= 1 and lr > 0, got {batch_size} and {lr}")
         check_budget(self.name, epochs, patience, validation_fraction)
+        check_schedule(self.name, schedule, lr_factor, lr_patience)
+        self.schedule, self.lr_factor, self.lr_patience = schedule, lr_factor, lr_patience
         self.decoder, self.epochs, self.patience, self.lr = decoder, epochs, patience, lr
         self.validation_fraction, self.batch_size = validation_fraction, batch_size
         self.max_attacker_samples, self.max_test_samples = max_attacker_samples, max_test_samples
@@ -267,6 +286,9 @@ class _PhaseAttack(Attack):
             self.batch_size,
             self.lr,
             progress=self.progress,
+            schedule=self.schedule,
+            lr_factor=self.lr_factor,
+            lr_patience=self.lr_patience,
         )
         decoder, decoder_used, decoder_report = inverter.train_decoder(module, train_a, train_images, generator)
         estimate, estimator_report = self.fit_estimator(train_a, train_x, train_theta, generator)
@@ -314,6 +336,11 @@ class PhaseInversion(_PhaseAttack):
         batch_size: mini-batch size of both.
         max_attacker_samples / max_test_samples: cap the pools (None: all of them).
         progress: show progress bars.
+        schedule / critic_schedule: the learning-rate schedule of the decoder and of D'
+            (:func:`~bench.attacks.training.train_until_plateau`): ``constant`` (the default of both, not yet
+            measured here with ``plateau``) or ``plateau`` (the rate times ``lr_factor`` after ``lr_patience`` + 1
+            epochs without a validation improvement; ``lr_patience`` None: a third of ``patience``).
+        lr_factor / lr_patience: the plateau schedule's decay factor and patience, for every learner of the attack.
     """
 
     name = "phase_inversion"
@@ -334,6 +361,10 @@ class PhaseInversion(_PhaseAttack):
         max_attacker_samples: Optional[int] = None,
         max_test_samples: Optional[int] = None,
         progress: bool = True,
+        schedule: str = "constant",
+        critic_schedule: str = "constant",
+        lr_factor: float = 0.5,
+        lr_patience: Optional[int] = None,
     ) -> None:
         self._init_common(
             decoder,
@@ -345,6 +376,9 @@ class PhaseInversion(_PhaseAttack):
             max_attacker_samples,
             max_test_samples,
             progress,
+            schedule,
+            lr_factor,
+            lr_patience,
         )
         if critic_epochs < 1 or critic_lr <= 0:
             raise BenchError(
@@ -353,6 +387,8 @@ class PhaseInversion(_PhaseAttack):
         if grid < 2:
             raise BenchError(f"grid (angles tried per sample) must be at least 2, got {grid}")
         self.critic_epochs, self.critic_lr, self.grid = critic_epochs, critic_lr, grid
+        check_schedule(self.name, critic_schedule)
+        self.critic_schedule = critic_schedule
 
     def fit_estimator(self, real, released, theta, generator):
         """Logistic D': real features a against Re[x exp(-i theta')].
@@ -384,6 +420,9 @@ class PhaseInversion(_PhaseAttack):
             lr=self.critic_lr,
             description=f"{self.name} critic",
             progress=self.progress,
+            schedule=self.critic_schedule,
+            lr_factor=self.lr_factor,
+            lr_patience=self.lr_patience,
         )
         return (lambda x: estimate_phase(critic, x, self.grid)), report
 
@@ -407,6 +446,9 @@ class LearnedPhaseInversion(_PhaseAttack):
         estimator_width: channels of the estimator's convolutions.
         max_attacker_samples / max_test_samples: cap the pools (None: all of them).
         progress: show progress bars.
+        schedule / estimator_schedule: the learning-rate schedule of the decoder and of the estimator, as
+            :class:`PhaseInversion`'s ``schedule`` (both ``constant`` by default, not yet measured with ``plateau``).
+        lr_factor / lr_patience: as :class:`PhaseInversion`.
     """
 
     name = "learned_phase_inversion"
@@ -427,6 +469,10 @@ class LearnedPhaseInversion(_PhaseAttack):
         max_attacker_samples: Optional[int] = None,
         max_test_samples: Optional[int] = None,
         progress: bool = True,
+        schedule: str = "constant",
+        estimator_schedule: str = "constant",
+        lr_factor: float = 0.5,
+        lr_patience: Optional[int] = None,
     ) -> None:
         self._init_common(
             decoder,
@@ -438,6 +484,9 @@ class LearnedPhaseInversion(_PhaseAttack):
             max_attacker_samples,
             max_test_samples,
             progress,
+            schedule,
+            lr_factor,
+            lr_patience,
         )
         if estimator_epochs < 1 or estimator_lr <= 0 or estimator_width < 1:
             raise BenchError(
@@ -445,6 +494,8 @@ class LearnedPhaseInversion(_PhaseAttack):
                 f"got {estimator_epochs}, {estimator_lr} and {estimator_width}"
             )
         self.estimator_epochs, self.estimator_lr, self.estimator_width = estimator_epochs, estimator_lr, estimator_width
+        check_schedule(self.name, estimator_schedule)
+        self.estimator_schedule = estimator_schedule
 
     def fit_estimator(self, real, released, theta, generator):
         estimator, report = fit_phase_estimator(
@@ -459,5 +510,8 @@ class LearnedPhaseInversion(_PhaseAttack):
             width=self.estimator_width,
             description=f"{self.name} estimator",
             progress=self.progress,
+            schedule=self.estimator_schedule,
+            lr_factor=self.lr_factor,
+            lr_patience=self.lr_patience,
         )
         return estimator.angles, report

@@ -7,6 +7,14 @@ not improved (by a relative ``min_delta``) for ``patience`` epochs or when ``max
 the best state is restored either way. The :class:`TrainingReport` says which of the two happened:
 an attacker that hit its maximum may not have converged, and its record says so
 (``details["converged"]``), so a weak attacker never passes for a strong defense.
+
+The learning rate follows ``schedule``: ``constant`` (Adam at ``lr`` throughout, the loop as it was before issue
+27, bit for bit) or ``plateau`` (Adam from a larger ``lr``, multiplied by ``lr_factor`` (0.5) after every
+``lr_patience`` + 1 epochs in a row without an improvement: :class:`torch.optim.lr_scheduler.ReduceLROnPlateau`
+on the same validation loss with the same ``min_delta`` as the stopping rule). The stopping rule is the same
+under both: training ends when the validation loss has not improved for ``patience`` epochs, whatever the rate
+is by then. With the default ``lr_patience`` (a third of ``patience``) the rate has been halved twice (three
+rates tried) before a plateau stops training, so a plateau is never just a rate too large to settle.
 """
 
 from __future__ import annotations
@@ -22,6 +30,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from bench.errors import BenchError
+
+#: the learning-rate schedules of :func:`train_until_plateau`
+SCHEDULES = ("constant", "plateau")
 
 #: loss(model, sample indices, generator) -> mean loss of those samples; the generator draws any
 #: randomness of the loss (augmentations, fake angles), fixed for the validation split
@@ -40,6 +51,9 @@ class TrainingReport:
     train_samples: int
     validation_samples: int
     validation_loss: float  # of the restored state
+    schedule: str = "constant"  # the learning-rate schedule (SCHEDULES)
+    lr_start: Optional[float] = None  # the learning rate of the first epoch
+    lr_end: Optional[float] = None  # the learning rate of the last epoch run
 
     def as_details(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,6 +70,23 @@ def check_budget(name: str, epochs: int, patience: int, validation_fraction: flo
             f"{name}: validation_fraction is the share of the attacker pool held out to decide when "
             f"training has converged; it must lie in (0, 1), got {validation_fraction}"
         )
+
+
+def check_schedule(name: str, schedule: str, lr_factor: float = 0.5, lr_patience: Optional[int] = None) -> None:
+    """One clear line for a learning-rate schedule that does not exist or cannot decay."""
+    if schedule not in SCHEDULES:
+        raise BenchError(f"{name}: unknown schedule {schedule!r}; choose one of {list(SCHEDULES)}")
+    if not 0 < lr_factor < 1 or (lr_patience is not None and lr_patience < 0):
+        raise BenchError(
+            f"{name} needs 0 < lr_factor < 1 and lr_patience >= 0 (or None), got {lr_factor} and {lr_patience}"
+        )
+
+
+def default_lr_patience(patience: int) -> int:
+    """The plateau schedule's patience when none is given: a third of the stopping patience (at least 1), so the
+    rate is halved at least twice in the ``patience`` epochs without an improvement that stop training
+    (patience 10: halved after the 4th and the 8th)."""
+    return max(1, patience // 3)
 
 
 def validation_split(count: int, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -84,16 +115,35 @@ def train_until_plateau(
     description: str = "attacker",
     progress: bool = False,
     parameters: Optional[Sequence[nn.Parameter]] = None,
+    schedule: str = "constant",
+    lr_factor: float = 0.5,
+    lr_patience: Optional[int] = None,
 ) -> TrainingReport:
     """Adam on ``loss`` over mini-batches of ``train`` indices; early stopping on the mean loss of ``validation``.
 
     An epoch improves when its validation loss is below ``best - min_delta * |best|``. The model ends
     in eval mode holding the best state. Validation randomness comes from one seed drawn here from
     ``generator``, the same at every epoch, so validation losses compare like with like.
+
+    ``schedule``: ``constant`` keeps ``lr``; ``plateau`` multiplies it by ``lr_factor`` after every
+    ``lr_patience`` + 1 epochs in a row without an improvement (the same ``min_delta``; ``lr_patience`` None:
+    :func:`default_lr_patience`). Neither changes the stopping rule, nor draws from ``generator``.
     """
+    check_schedule(description, schedule, lr_factor, lr_patience)
     device = next(model.parameters()).device
     trainable = [p for p in (model.parameters() if parameters is None else parameters) if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=lr)
+    scheduler = None
+    if schedule == "plateau":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode="min",
+            factor=lr_factor,
+            patience=default_lr_patience(patience) if lr_patience is None else lr_patience,
+            threshold=min_delta,
+            threshold_mode="rel",
+        )
+    lr_end = lr
     # batch-norm cannot train on one sample: a remainder of one is skipped, and seen next epoch
     skip_single = any(isinstance(layer, nn.modules.batchnorm._BatchNorm) for layer in model.modules())
     validation_seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
@@ -112,8 +162,10 @@ def train_until_plateau(
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()
-        epochs_run = epoch
+        epochs_run, lr_end = epoch, optimizer.param_groups[0]["lr"]
         current = validation_loss(model, loss, validation, validation_seed, batch_size)
+        if scheduler is not None:
+            scheduler.step(current)
         if current < best_loss - min_delta * abs(best_loss) or best_state is None:
             best_loss, best_epoch, best_state = current, epoch, copy.deepcopy(model.state_dict())
         if progress:
@@ -131,6 +183,9 @@ def train_until_plateau(
         train_samples=len(train),
         validation_samples=len(validation),
         validation_loss=best_loss,
+        schedule=schedule,
+        lr_start=lr,
+        lr_end=lr_end,
     )
 
 
@@ -159,10 +214,14 @@ def fit_decoder(
     validation_fraction: float,
     description: str,
     progress: bool,
+    schedule: str = "constant",
+    lr_factor: float = 0.5,
+    lr_patience: Optional[int] = None,
 ) -> TrainingReport:
     """Train ``decoder`` to map ``inputs`` to ``images`` by MSE, with early stopping on a held-out share.
 
-    ``epochs`` is the maximum budget; the decoder's frozen layers stay as they are.
+    ``epochs`` is the maximum budget; the decoder's frozen layers stay as they are. ``schedule``, ``lr_factor``,
+    ``lr_patience``: the learning-rate schedule (:func:`train_until_plateau`).
     """
     train, validation = validation_split(len(images), validation_fraction, generator)
 
@@ -181,6 +240,9 @@ def fit_decoder(
         lr=lr,
         description=description,
         progress=progress,
+        schedule=schedule,
+        lr_factor=lr_factor,
+        lr_patience=lr_patience,
     )
 
 
