@@ -444,18 +444,12 @@ def test_tiny_sweep_fills_the_leaderboard_with_the_trade_off(tmp_path):
     # RAN's own decoder is reported beside the separately trained one
     ran = next(row for row in rows if row["method"] == "RAN (lam=0.1)")
     assert ran["own_decoder.mse_mean"] and ran["feature_inversion.mse_mean"]
-    # rows whose attacks ran with different configurations are separate experiments (named by the setting that tells
-    # them apart), drawn on one shared plot since they share data, pools and budget
+    # the attacks given on the command line replace every point's own: one experiment, one plot of its five methods
     experiments = {row["experiment"] for row in rows}
-    assert experiments == {
-        "digits, 6 epochs, batch 64 · feature_inversion (batch_size=32)",
-        "digits, 6 epochs, batch 64 · feature_inversion (batch_size=64)",
-    }
+    assert experiments == {"digits, 6 epochs, batch 64"}
     (plot,) = (tmp_path / "runs" / "leaderboard" / "plots").glob("feature_release__digits_*.png")
     markdown = (tmp_path / "runs" / "leaderboard" / "README.md").read_text()
-    # drawn once, under the first sibling; the other sibling's section links to it
-    embeds = [line for line in markdown.splitlines() if line.startswith("![") and f"](plots/{plot.name})" in line]
-    assert len(embeds) == 1 and markdown.count(f"](plots/{plot.name})") == 2
+    assert markdown.count(f"](plots/{plot.name})") == 1
 
 
 # ---------------------------------------------------------------------- W&B: a sweep's points, one group
