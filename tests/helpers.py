@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import lightning as L
 import torch
 
@@ -24,6 +26,8 @@ def quiet_trainer(**kwargs) -> L.Trainer:
         accelerator="cpu",
         num_sanity_val_steps=0,
         limit_val_batches=0,
+        # never the working directory (the repository): the shadow cache and any logs go to a fresh folder
+        default_root_dir=tempfile.mkdtemp(prefix="bench-test-"),
     )
     return L.Trainer(**{**options, **kwargs})
 
