@@ -53,7 +53,7 @@ def trained_target(datamodule, epochs: int, cache: Optional[Path]) -> SplitNetwo
     L.seed_everything(0, verbose=False)
     module = SplitNetwork(data_spec=datamodule.spec, lr=0.002)
     if cache is not None and cache.exists():
-        module.load_state_dict(torch.load(cache))
+        module.load_state_dict(torch.load(cache, weights_only=True))
         return module.eval()
     trainer = L.Trainer(
         max_epochs=epochs,
