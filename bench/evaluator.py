@@ -392,10 +392,9 @@ def _succeeded(evaluation: Evaluation) -> set[str]:
 def _save_most_exposed(evaluation: Evaluation, directory: Path, record_id: str) -> dict[str, str]:
     """Per membership attack, a grid of the training images it scores highest, each captioned with where it came
     from and the label it was trained with (a mislabelled canary shows its wrong label): large enough to see."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Figure + the Agg canvas, not pyplot: no global backend switch for whoever imported us (as the leaderboard)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     artifacts = {}
     for attack, exposed in (getattr(evaluation, "most_exposed", None) or {}).items():
@@ -406,7 +405,9 @@ def _save_most_exposed(evaluation: Evaluation, directory: Path, record_id: str) 
         path = directory / f"{record_id[:8]}-{attack}-most-exposed.png"
         columns = min(8, len(images))
         rows = -(-len(images) // columns)
-        figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.85 * rows), squeeze=False)
+        figure = Figure(figsize=(1.6 * columns, 1.85 * rows))
+        FigureCanvasAgg(figure)
+        axes = figure.subplots(rows, columns, squeeze=False)
         for axis in axes.flat:
             axis.axis("off")
         for rank, (axis, image, entry) in enumerate(zip(axes.flat, images, entries), 1):
@@ -420,7 +421,6 @@ def _save_most_exposed(evaluation: Evaluation, directory: Path, record_id: str) 
         )
         figure.tight_layout()
         figure.savefig(path, dpi=100)
-        plt.close(figure)
         artifacts[f"{attack}_most_exposed"] = str(path)
     return artifacts
 

@@ -223,12 +223,13 @@ def roc_curve(scores: Tensor, is_member: Tensor, points: int = 101) -> dict[str,
 
 def plot_roc(curves: Mapping[str, Mapping[str, list[float]]], path: str | Path, title: str = "") -> Path:
     """Log-log ROC curves of several attacks (name -> {fpr, tpr}) with the chance diagonal, as a PNG."""
-    import matplotlib
+    # Figure + the Agg canvas, not pyplot: no global backend switch for whoever imported us (as the leaderboard)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    figure = Figure(figsize=(4.5, 4.5))
+    FigureCanvasAgg(figure)
+    axis = figure.subplots()
     for name, curve in curves.items():
         axis.plot(curve["fpr"], [max(t, 1e-5) for t in curve["tpr"]], label=name)
     axis.plot([1e-4, 1], [1e-4, 1], "k--", linewidth=0.8, label="chance")
@@ -246,7 +247,6 @@ def plot_roc(curves: Mapping[str, Mapping[str, list[float]]], path: str | Path, 
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path
 
 
