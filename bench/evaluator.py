@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.attacks.base import Attack
+from bench.attacks.shadow_pool import TargetTraining
 from bench.errors import BenchError, writable_folder
 from bench.harness import Evaluation, build_record, default_attacks, evaluate
 from bench.records import DEFAULT_RECORDS_DIR, Record, effective_batch, precision_name, write_record
@@ -180,8 +181,17 @@ class Evaluator:
                 if getattr(attack, "progress", False):
                     attack.progress = False
         untrained = isinstance(training, dict) and training.get("global_step") == 0
+        # how the target trained, for shadows that train like it: a model trained elsewhere (no training facts) has
+        # none known, and its shadows train by the attacks' stated or fallback recipe (the audit says so)
+        target = TargetTraining() if training is None else TargetTraining.of(module, datamodule, training.get("epochs"))
         evaluation = evaluate(
-            module, datamodule, attacks, seed=self.seed, budget_check=self.budget_check, shadow_cache=self.shadow_cache
+            module,
+            datamodule,
+            attacks,
+            seed=self.seed,
+            budget_check=self.budget_check,
+            shadow_cache=self.shadow_cache,
+            target=target,
         )
         evaluation.utility.update(chance_level(evaluation.utility.get("accuracy"), datamodule, untrained))
         evaluation.per_example_scores = _per_example_scores(attacks, evaluation)  # arrays: a file, not the record

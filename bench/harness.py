@@ -23,7 +23,7 @@ from torch import Tensor
 import bench
 from bench import registry
 from bench.attacks.base import Attack
-from bench.attacks.shadow_pool import ShadowPool, sharing_shadows
+from bench.attacks.shadow_pool import ShadowPool, TargetTraining, sharing_shadows
 from bench.datamodules.base import PrivacyDataModule
 from bench.errors import class_path
 from bench.metrics.cost import client_flops_per_sample, count_parameters, released_bytes_per_sample
@@ -94,6 +94,7 @@ def evaluate(
     seed: int = 0,
     budget_check: bool = False,
     shadow_cache: Optional[str | Path] = None,
+    target: Optional[TargetTraining] = None,
 ) -> Evaluation:
     """Measure utility and cost, and run every attack whose threat model ``module`` declares.
 
@@ -102,6 +103,8 @@ def evaluate(
     ``shadow_cache``: a folder where the membership attacks' shadow models are kept, keyed by everything
     that determines them, for a rerun or another attack setting of the same target to reuse
     (:class:`~bench.attacks.shadow_pool.ShadowCache`); None: trained in every evaluation.
+    ``target``: how the target trained, which the shadows of the membership attacks copy where the attack states
+    no epochs or batch size; None: as ``module``'s Trainer and ``datamodule`` tell it.
     """
     attacks = default_attacks() if attacks is None else list(attacks)
     was_training = module.training
@@ -112,11 +115,14 @@ def evaluate(
     # stochastic releases (noise, random phases) draw from a seeded generator: same checkpoint, same numbers
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        return _evaluate(module, datamodule, attacks, seed, was_training, started, clock, budget_check, shadow_cache)
+        target = target or TargetTraining.of(module, datamodule)
+        return _evaluate(
+            module, datamodule, attacks, seed, was_training, started, clock, budget_check, shadow_cache, target
+        )
 
 
 def _evaluate(
-    module, datamodule, attacks, seed, was_training, started, clock, budget_check=False, shadow_cache=None
+    module, datamodule, attacks, seed, was_training, started, clock, budget_check, shadow_cache, target
 ) -> Evaluation:
     try:
         utility = test_utility(module, datamodule)
@@ -137,6 +143,10 @@ def _evaluate(
                         "reason": reason,
                     }
                 )
+        for attack in applicable:
+            adopt = getattr(attack, "adopt", None)
+            if callable(adopt):  # shadows train like the target unless the attack says otherwise
+                adopt(target)
         shadows = shadow_pool_for(applicable, seed, shadow_cache)
         with sharing_shadows(shadows):
             for attack in applicable:
@@ -146,6 +156,9 @@ def _evaluate(
                     examples[attack.name] = example
     finally:
         module.train(was_training)
+        for attack in attacks:  # the next evaluation (another target) adopts its own
+            if callable(getattr(attack, "adopt", None)):
+                attack.adopt(None)
     cost["evaluation_seconds"] = round(time.perf_counter() - clock, 3)
     if shadows.models_trained or shadows.models_loaded:  # each entry's details["shadow_pool"] says its pool
         cost["shadow_models_trained"] = shadows.models_trained

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
 
 import lightning as L
 import pytest
@@ -19,6 +20,7 @@ from bench.attacks.membership_inference import (
     true_class_log_probability,
 )
 from bench.attacks.shadow_models import ShadowModels, random_halves
+from bench.attacks.shadow_pool import FALLBACK_BATCH_SIZE, FALLBACK_EPOCHS, TargetTraining
 from bench.datamodules import Digits
 from bench.datamodules.base import DataSpec, PrivacyDataModule
 from bench.harness import evaluate
@@ -426,12 +428,13 @@ def test_target_recipe_shadows_attack_a_defended_model_at_least_as_well_as_plain
     """Same target, queries and seeds: only the threshold's calibration differs (the loss-threshold scores are the
     target's own), so the AUC is equal and the accuracy differs by calibration alone. Plain shadows of a pruned
     target are dense and overfit far more, which puts the threshold where no target member lies (0.52 vs 0.81 here).
-    Tolerance: one query of 64 on each side (1/64 ~ 0.016), for a threshold that lands one sample off."""
+    Tolerance: one query of 64 on each side (1/64 ~ 0.016), for a threshold that lands one sample off, measured with
+    the shadows at batch 32 (the target's is 16: at 16, the DP calibration lands two queries off on one seed)."""
     module, datamodule = _defended(kind)
     for seed in (0, 1):
         results = {
             recipe: evaluate(
-                module, datamodule, [LossThreshold(shadow_epochs=40, shadow_recipe=recipe)], seed=seed
+                module, datamodule, [LossThreshold(shadow_epochs=40, batch_size=32, shadow_recipe=recipe)], seed=seed
             ).privacy[0]
             for recipe in ("target", "plain")
         }
@@ -659,11 +662,48 @@ def test_attacks_with_other_shadow_settings_get_other_pools():
     attacks = [
         LiRA(shadow_models=2, shadow_epochs=2),
         LiRA(shadow_models=2, shadow_epochs=3),
-        LossThreshold(shadow_epochs=2, batch_size=16),
+        LossThreshold(shadow_epochs=2, batch_size=8),  # the target's batch (the DataModule's) is 16
     ]
     evaluation = evaluate(target, datamodule, attacks)
     assert evaluation.cost["shadow_models_trained"] == 5  # 2 + 2 + 1: epochs and batch size make other models
     assert [entry["details"]["shadow_pool"]["size"] for entry in evaluation.privacy] == [2, 2, 1]
+
+
+def test_shadows_train_like_the_target_unless_the_attack_says_otherwise():
+    datamodule = RandomLabels(pool_limit=64, batch_size=8)
+    target = _fit(MCMIA(data_spec=datamodule.spec, defense="none"), datamodule, epochs=3)
+    implicit, stated = LiRA(shadow_models=2), LiRA(shadow_models=2, shadow_epochs=3, batch_size=8)
+    (by_default,) = evaluate(target, datamodule, [implicit], seed=1).privacy
+    (written_out,) = evaluate(target, datamodule, [stated], seed=1).privacy
+    details = by_default["details"]
+    assert (details["shadow_epochs"], details["shadow_batch_size"]) == (3, 8)  # the target's 3 epochs at batch 8
+    assert details["shadow_training_from"] == {"epochs": "target", "batch_size": "target"}
+    assert written_out["details"]["shadow_training_from"] == {"epochs": "attack", "batch_size": "attack"}
+    assert by_default["metrics"] == written_out["metrics"]  # the same models: the same numbers
+    # the record describes the attack as it ran, so records of one recipe compare however its config was written
+    assert by_default["config"] == written_out["config"] and by_default["config"]["shadow_epochs"] == 3
+    assert implicit.config()["shadow_epochs"] is None  # and the attack is unchanged for the next target
+    assert not [w for w in by_default["warnings"] + written_out["warnings"] if "shadows trained" in w]
+
+    (other,) = evaluate(target, datamodule, [LiRA(shadow_models=2, shadow_epochs=2)], seed=1).privacy
+    assert [w for w in other["warnings"] if "shadows trained" in w] == [
+        "lira: shadows trained 2 epochs, the target 3; leave shadow_epochs unset to train them like the target"
+    ]
+
+
+def test_shadows_of_a_target_of_unknown_training_use_the_stated_fallback():
+    datamodule = RandomLabels(pool_limit=64)
+    target = MCMIA(data_spec=datamodule.spec, defense="none")
+    attack = LossThreshold()
+    attack.adopt(TargetTraining())  # as for a model trained elsewhere (bench audit)
+    assert attack.shadow_training() == (FALLBACK_EPOCHS, FALLBACK_BATCH_SIZE) == (30, 32)
+    attack.adopt(TargetTraining.of(target, datamodule))  # never fitted: its DataModule's batch, epochs unknown
+    assert attack.shadow_training() == (30, 16)
+    assert LossThreshold(shadow_epochs=4).shadow_training() == (4, 32)
+    # under DDP one optimizer step averages every device's batch: the shadows (one process) take the global batch
+    target._trainer = types.SimpleNamespace(current_epoch=5, world_size=2)
+    assert TargetTraining.of(target, datamodule) == TargetTraining(epochs=5, batch_size=32)
+    assert TargetTraining.of(target, datamodule, epochs=7).epochs == 7  # a checkpoint's count wins
 
 
 # ---------------------------------------------------------------------------- the pool kept across runs

@@ -36,7 +36,15 @@ from torch import Tensor, nn
 
 from bench.attacks.base import Attack, AttackResult
 from bench.attacks.shadow_models import RECIPES
-from bench.attacks.shadow_pool import PooledShadows, PoolRecipe, ShadowPool, current_shadow_pool
+from bench.attacks.shadow_pool import (
+    FALLBACK_BATCH_SIZE,
+    FALLBACK_EPOCHS,
+    PooledShadows,
+    PoolRecipe,
+    ShadowPool,
+    TargetTraining,
+    current_shadow_pool,
+)
 from bench.errors import BenchError
 from bench.metrics.membership import (
     DIRECTIONS,
@@ -179,12 +187,19 @@ def augmentation_of(datamodule):
 
 
 # ---------------------------------------------------------------------- attacks
+def _source(stated: Optional[int], target: Optional[int]) -> str:
+    """Where a shadow setting came from, for the record."""
+    return "attack" if stated is not None else "target" if target is not None else "fallback"
+
+
 class MembershipInference(Attack):
     """Shared configuration and reporting of the membership-inference attacks.
 
     Args:
-        shadow_epochs: epochs each shadow model trains (on half the attacker pool).
-        batch_size: shadow-model mini-batch size.
+        shadow_epochs: epochs each shadow model trains (on half the attacker pool); None: the target's (the epochs
+            its Trainer completed, or its checkpoint's), 30 where they are unknown (a model trained elsewhere).
+        batch_size: shadow-model mini-batch size; None: the target's (its DataModule's ``batch_size`` times its
+            Trainer's devices), 32 where it is unknown.
         max_queries: at most this many members and as many non-members are queried (None: all).
         query_batch_size: target queries per batch.
         shadow_recipe: ``auto`` (the target's recipe; batched when it is plain cross-entropy),
@@ -201,14 +216,18 @@ class MembershipInference(Attack):
 
     def __init__(
         self,
-        shadow_epochs: int = 30,
-        batch_size: int = 32,
+        shadow_epochs: Optional[int] = None,
+        batch_size: Optional[int] = None,
         max_queries: Optional[int] = None,
         query_batch_size: int = 512,
         shadow_recipe: str = "auto",
     ) -> None:
-        if shadow_epochs < 1 or batch_size < 1 or query_batch_size < 1:
-            raise BenchError(f"{type(self).__name__}: shadow_epochs, batch_size and query_batch_size must be positive")
+        if (shadow_epochs is not None and shadow_epochs < 1) or (batch_size is not None and batch_size < 1):
+            raise BenchError(
+                f"{type(self).__name__}: shadow_epochs and batch_size must be positive (or None: the target's)"
+            )
+        if query_batch_size < 1:
+            raise BenchError(f"{type(self).__name__}: query_batch_size must be positive, got {query_batch_size}")
         if max_queries is not None and max_queries < 1:
             raise BenchError(f"{type(self).__name__}: max_queries must be positive or None, got {max_queries}")
         if shadow_recipe not in RECIPES:
@@ -224,10 +243,33 @@ class MembershipInference(Attack):
         #: the last run's most exposed training images (highest scores among members and included canaries)
         self.most_exposed: Optional[dict[str, Any]] = None
         self._shadow_warnings: list[str] = []
+        #: the target's training this evaluation (:meth:`adopt`), which fills what the attack leaves None
+        self._target: Optional[TargetTraining] = None
+
+    def adopt(self, target: Optional[TargetTraining]) -> None:
+        """Train this evaluation's shadows like ``target`` wherever the attack states no epochs or batch size (the
+        harness calls it before sizing the shadow pools; :meth:`run` reads the target itself otherwise)."""
+        self._target = target
+
+    def shadow_training(self) -> tuple[int, int]:
+        """The shadows' (epochs, batch size): the attack's own, else the target's, else the fallback."""
+        target = self._target or TargetTraining()
+        epochs = self.shadow_epochs or target.epochs or FALLBACK_EPOCHS
+        return epochs, self.batch_size or target.batch_size or FALLBACK_BATCH_SIZE
+
+    def config(self) -> dict[str, Any]:
+        """The init arguments as the attack runs in this evaluation: the shadows' epochs and batch size resolved (the
+        target's where the attack states none), so that records of one recipe compare however it was written."""
+        settings = super().config()
+        if self._target is not None:
+            epochs, batch_size = self.shadow_training()
+            settings.update({k: v for k, v in (("shadow_epochs", epochs), ("batch_size", batch_size)) if k in settings})
+        return settings
 
     def pool_recipe(self, online: bool = False) -> PoolRecipe:
         """The shadow pool this attack's shadows come from (attacks of the same recipe share one per evaluation)."""
-        return PoolRecipe("online" if online else "offline", self.shadow_epochs, self.batch_size, self.shadow_recipe)
+        epochs, batch_size = self.shadow_training()
+        return PoolRecipe("online" if online else "offline", epochs, batch_size, self.shadow_recipe)
 
     def shadow_need(self) -> Optional[tuple[PoolRecipe, int]]:
         """The pool this attack draws from and how many of its models it needs (None: it trains no shadows); the
@@ -260,21 +302,43 @@ class MembershipInference(Attack):
         shadows, members = pool.draw(
             module, self.pool_recipe(online=queries is not None), count, images, labels, augmentation
         )
-        self._shadow_details = {**shadows.describe(), "shadow_epochs": self.shadow_epochs}
-        trainer = getattr(module, "_trainer", None)
-        target_epochs = getattr(trainer, "current_epoch", None) if trainer is not None else None
-        if isinstance(target_epochs, int) and target_epochs != self.shadow_epochs:
-            # a schedule over epochs (ADMM pruning, a noise calibration for a budget) plays out differently
-            self._shadow_warnings = [
-                f"{self.name}: shadows trained {self.shadow_epochs} epochs, the target "
-                f"{target_epochs}; set shadow_epochs to the target's for its recipe"
-            ]
+        epochs, batch_size = self.shadow_training()
+        target = self._target or TargetTraining()
+        self._shadow_details = {
+            **shadows.describe(),
+            "shadow_epochs": epochs,
+            "shadow_batch_size": batch_size,
+            # where each came from: the attack's setting, the target's training, or the fallback (target unknown)
+            "shadow_training_from": {
+                "epochs": _source(self.shadow_epochs, target.epochs),
+                "batch_size": _source(self.batch_size, target.batch_size),
+            },
+        }
+        self._shadow_warnings = [
+            f"{self.name}: shadows trained {mine} {what}, the target {theirs}; leave {name} unset to train them "
+            "like the target"  # a schedule over epochs (ADMM pruning, a noise calibration) plays out differently
+            for name, what, mine, theirs in (
+                ("shadow_epochs", "epochs", self.shadow_epochs, target.epochs),
+                ("batch_size", "samples a batch", self.batch_size, target.batch_size),
+            )
+            if mine is not None and theirs is not None and mine != theirs
+        ]
         return shadows, images, labels, members
 
     #: the fewest samples a shadow may train on
     min_shadow_members = 2
 
     def run(self, module, datamodule, generator: torch.Generator) -> AttackResult:
+        adopted = self._target is not None
+        if not adopted:  # run outside the harness: the target's training as its Trainer and DataModule tell it
+            self.adopt(TargetTraining.of(module, datamodule))
+        try:
+            return self._run(module, datamodule, generator)
+        finally:
+            if not adopted:
+                self._target = None
+
+    def _run(self, module, datamodule, generator: torch.Generator) -> AttackResult:
         images, labels, is_member, index = target_queries(datamodule, self.max_queries, generator, with_index=True)
         natural = len(images)
         pool = torch.where(is_member.bool(), POOL_CODES["train"], POOL_CODES["nonmember"])
@@ -375,8 +439,8 @@ class LossThreshold(MembershipInference):
     def __init__(
         self,
         statistic: str = "loss",
-        shadow_epochs: int = 30,
-        batch_size: int = 32,
+        shadow_epochs: Optional[int] = None,
+        batch_size: Optional[int] = None,
         max_queries: Optional[int] = None,
         query_batch_size: int = 512,
         shadow_recipe: str = "auto",
@@ -558,8 +622,8 @@ class NasrShadow(MembershipInference):
         attack_epochs: int = 100,
         attack_lr: float = 1e-3,
         attack_batch_size: int = 64,
-        shadow_epochs: int = 30,
-        batch_size: int = 32,
+        shadow_epochs: Optional[int] = None,
+        batch_size: Optional[int] = None,
         max_queries: Optional[int] = None,
         query_batch_size: int = 512,
         shadow_recipe: str = "auto",
@@ -631,8 +695,8 @@ class ShokriShadow(MembershipInference):
         per_class: bool = True,
         attack_epochs: int = 100,
         attack_lr: float = 1e-3,
-        shadow_epochs: int = 30,
-        batch_size: int = 32,
+        shadow_epochs: Optional[int] = None,
+        batch_size: Optional[int] = None,
         max_queries: Optional[int] = None,
         query_batch_size: int = 512,
         shadow_recipe: str = "auto",

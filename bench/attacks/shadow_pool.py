@@ -43,6 +43,34 @@ def data_fingerprint(images: Tensor, labels: Tensor) -> str:
     return digest.hexdigest()
 
 
+#: the shadows' epochs and batch size where the target's are unknown (a model trained elsewhere, a module never fitted
+#: by a Trainer) and the attack states none
+FALLBACK_EPOCHS, FALLBACK_BATCH_SIZE = 30, 32
+
+
+@dataclass(frozen=True)
+class TargetTraining:
+    """How the target trained, as far as the harness knows: its epochs and its global batch size (None: unknown).
+
+    Shadow and reference models train like the target (Carlini et al. 2022; Shokri et al. 2017): a membership
+    attack that states no ``shadow_epochs`` / ``batch_size`` takes these.
+    """
+
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+
+    @classmethod
+    def of(cls, module, datamodule, epochs: Optional[int] = None) -> TargetTraining:
+        """The target's training as its Trainer and DataModule tell it; ``epochs`` (e.g. from a checkpoint) wins."""
+        trainer = getattr(module, "_trainer", None)
+        if epochs is None and trainer is not None:
+            epochs = int(trainer.current_epoch) or None  # epochs completed: early stopping included
+        batch_size = getattr(datamodule, "batch_size", None)
+        world_size = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+        # the per-device batch times the devices: what one optimizer step averaged over under DDP
+        return cls(epochs or None, batch_size * world_size if isinstance(batch_size, int) else None)
+
+
 @dataclass(frozen=True)
 class PoolRecipe:
     """What makes two attacks' shadows the same models, beyond the data and the evaluation seed.

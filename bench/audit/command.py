@@ -306,8 +306,9 @@ def _split_assumptions(args) -> list[str]:
 
 
 def _assumptions(args, attacks: list, members: int) -> list[str]:
-    epochs = sorted({getattr(a, "shadow_epochs") for a in attacks if hasattr(a, "shadow_epochs")})
-    batches = sorted({getattr(a, "batch_size") for a in attacks if hasattr(a, "batch_size")})
+    # the target's training is unknown here: each attack's own setting, else the fallback
+    recipes = [a.shadow_training() for a in attacks if callable(getattr(a, "shadow_training", None))]
+    epochs, batches = sorted({e for e, _ in recipes}), sorted({b for _, b in recipes})
     assumptions = [
         f"the target trained on exactly the {members} examples of --members (indices into the {args.data} source); "
         "the pools beside them are drawn from the rest",
