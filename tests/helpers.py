@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 
 import lightning as L
@@ -13,6 +15,11 @@ from bench.datamodules import DataSpec
 def synthetic_spec(shape=(1, 8, 8), classes=10) -> DataSpec:
     """A data spec for images of ``shape`` (C, H, W) without a dataset behind it."""
     return DataSpec("synthetic", shape, classes, (0.5,) * shape[0], (0.25,) * shape[0])
+
+
+#: every test trainer's root folder lies under this one, removed when the test session ends
+_TRAINER_ROOTS = tempfile.mkdtemp(prefix="bench-test-trainers-")
+atexit.register(shutil.rmtree, _TRAINER_ROOTS, ignore_errors=True)
 
 
 def quiet_trainer(**kwargs) -> L.Trainer:
@@ -27,7 +34,7 @@ def quiet_trainer(**kwargs) -> L.Trainer:
         num_sanity_val_steps=0,
         limit_val_batches=0,
         # never the working directory (the repository): the shadow cache and any logs go to a fresh folder
-        default_root_dir=tempfile.mkdtemp(prefix="bench-test-"),
+        default_root_dir=tempfile.mkdtemp(dir=_TRAINER_ROOTS),
     )
     return L.Trainer(**{**options, **kwargs})
 
