@@ -713,6 +713,21 @@ def test_every_black_box_table_marks_each_defense_dominated_by_the_dp_sgd_fronti
     }
 
 
+def test_paper_numbers_are_shown_only_on_rows_at_the_papers_operating_point(tmp_path):
+    """The paper reports DP-SGD's accuracy at epsilon 6.28: a row at epsilon 1 shows its epsilon beside the paper's,
+    never its accuracy beside the paper's accuracy at another epsilon."""
+    records = []
+    for record_id, epsilon, accuracy in (("dq1", 1.0, 0.5), ("dq6", 6.3, 0.6)):
+        record = _dp(record_id + "0" * 29, epsilon, accuracy, 0.52, 0.1)
+        record["paper"] = {"accuracy": 0.966, "dp_epsilon": 6.28, "source": "MCMIA Table I"}
+        records.append(record)
+    result = generate_leaderboard([_write(tmp_path / "records", *records)], tmp_path / "out", claims=[])
+    rows = _headline(result.markdown.read_text(), "mnist, 30 epochs, batch 32")
+    far, near = rows["DP-SGD (dq1)"], rows["DP-SGD (dq6)"]
+    assert (far["Accuracy"], far["dp_epsilon"]) == ("0.500", "1.00 (paper 6.28)")
+    assert (near["Accuracy"], near["dp_epsilon"]) == ("**0.600** (paper 0.966)", "6.30 (paper 6.28)")
+
+
 def test_the_dp_sgd_frontier_is_the_most_accurate_row_per_epsilon_drawn_on_the_defenses_plot(tmp_path):
     from bench.leaderboard.dpsgd import dominated_by_dpsgd, frontier_rows, reference_rows
     from bench.leaderboard.plots import _panels

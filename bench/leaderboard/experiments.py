@@ -83,10 +83,27 @@ class _Row:
         return [v for run in self.runs if (v := read(run)) is not None]
 
     def paper(self, key: str) -> Optional[float]:
+        """The paper's number for ``key`` beside this row's: only where the row is at the paper's operating point,
+        except for the operating point's own keys (a DP-SGD row at epsilon 1 shows "1.00 (paper 6.28)", never its
+        accuracy beside the paper's accuracy at 6.28)."""
         for run in self.runs:
-            if (value := _finite(run.paper.get(key))) is not None:
+            if (value := _finite(run.paper.get(key))) is not None and (key in run.cost or _at_paper_point(run)):
                 return value
         return None
+
+
+#: how far (relatively) a row's own value of a cost the paper also states (dp_epsilon, compression_ratio) may lie from
+#: the paper's for the row to be at the paper's operating point
+PAPER_POINT_TOLERANCE = 0.05
+
+
+def _at_paper_point(run: _Run) -> bool:
+    """Whether every cost the paper states for the run (its operating point) is within the tolerance of the run's."""
+    for key, stated in run.paper.items():
+        ours, theirs = _finite(run.cost.get(key)), _finite(stated)
+        if ours is not None and theirs is not None and abs(ours - theirs) > PAPER_POINT_TOLERANCE * abs(theirs):
+            return False
+    return True
 
 
 @dataclass
