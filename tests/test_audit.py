@@ -444,13 +444,13 @@ def test_a_split_audit_tells_a_leaking_release_from_a_private_one(user_package, 
 
 
 def test_a_split_audit_attacks_with_every_decoder_family_by_default():
-    from bench.attacks.feature_inversion import DECODER_FAMILIES
-    from bench.audit.command import _split_default_attacks
+    from bench.attacks.feature_inversion import FAMILIES
+    from bench.audit.command import _attacks
 
-    attacks = _split_default_attacks()
+    attacks = _attacks(None, ThreatModel.FEATURE_RELEASE)
     assert all(attack.threat_model is ThreatModel.FEATURE_RELEASE for attack in attacks)
     (inversion,) = [attack for attack in attacks if isinstance(attack, FeatureInversion)]
-    assert inversion.decoder == list(DECODER_FAMILIES) and inversion.epochs == FeatureInversion().epochs
+    assert inversion.decoder == FAMILIES and inversion.epochs == FeatureInversion().epochs
 
 
 SPLIT_BAD_INPUTS = {

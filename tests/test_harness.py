@@ -309,6 +309,18 @@ def test_feature_inversion_reports_the_worst_case_over_decoder_families(digits):
     assert pixel["low"] <= pixel["rate"] <= pixel["high"]
 
 
+def test_by_default_every_decoder_family_that_takes_the_release_attacks_and_the_others_are_named(digits):
+    from bench.attacks.feature_inversion import DECODER_FAMILIES, FAMILIES
+
+    attack = FeatureInversion(epochs=1, progress=False)
+    entry = evaluate(_Releasing(digits.spec), digits, [attack]).privacy[0]
+    details = entry["details"]
+    assert "mirror" in details["decoders_skipped"]  # an Identity client has no layer to mirror
+    assert details["worst_case_over"] == [family for family in DECODER_FAMILIES if family != "mirror"]
+    # the entry describes the attack as it ran, as the list of those families would: records compare either way
+    assert entry["config"]["decoder"] == details["worst_case_over"] and attack.decoder == FAMILIES
+
+
 def test_a_decoder_that_cannot_take_the_release_fails_before_any_training(digits, monkeypatch):
     from bench.attacks import feature_inversion
     from bench.errors import BenchError

@@ -46,6 +46,9 @@ DECODERS: dict[str, Callable[[nn.Module, Sequence[int], Sequence[int]], nn.Modul
 
 #: one decoder of each family, the data's scale chosen by the U-Net: the worst case over these is the default verdict
 DECODER_FAMILIES = ("mirror", "upsampling", "unet_small", "affine")
+#: ``decoder`` value of the default: every family of DECODER_FAMILIES that can take the release (the others are
+#: named in the record), so that the strongest is found without the user naming it
+FAMILIES = "families"
 
 
 def affine_decoder(released_shape: Sequence[int], image_shape: Sequence[int]) -> nn.Module:
@@ -107,6 +110,25 @@ def _check_decoder(decoder: nn.Module, released: Tensor, image_shape: Sequence[i
         raise BenchError(f"the decoder outputs {shape}, the images are {tuple(image_shape)}")
 
 
+def _families_taking(
+    client: nn.Module, released: Tensor, image_shape: Sequence[int]
+) -> tuple[list[str], dict[str, str]]:
+    """The decoder families that take ``released`` and give images of ``image_shape`` (N, C, H, W), and why each
+    other one cannot; raises when none can."""
+    taking, skipped = [], {}
+    for name in DECODER_FAMILIES:
+        try:
+            _check_decoder(
+                DECODERS[name](client, tuple(released.shape[1:]), image_shape[1:]), released, image_shape[1:]
+            )
+            taking.append(name)
+        except (BenchError, ValueError, RuntimeError) as error:  # e.g. a client network that cannot be mirrored
+            skipped[name] = str(error).splitlines()[0][:300]
+    if not taking:
+        raise BenchError(f"no decoder family takes the release: {skipped}")
+    return taking, skipped
+
+
 class FeatureInversion(Attack):
     """Train a decoder on the attacker pool's (released, image) pairs; score it on the test pool.
 
@@ -128,10 +150,13 @@ class FeatureInversion(Attack):
     Upsampling decoder (0.01, seed 0): 78 epochs against 81, -1.2 %.
 
     Args:
-        decoder: ``mirror`` (the client network reversed layer by layer; the default, and the
-            strongest attacker of RAN's evaluation), ``upsampling`` (needs only the released
-            shape), ``unet`` (the complex-valued paper's) or ``unet_small``. ``mirror`` falls back
-            to ``upsampling`` when the client network cannot be mirrored, and the record says so.
+        decoder: ``families`` (the default: one decoder of each family, ``mirror``, ``upsampling``, ``unet_small``
+            and ``affine``, those that can take the release; the record gives the worst case over them, which
+            family won on each metric and which could not take the release), or one of ``mirror`` (the client
+            network reversed layer by layer), ``upsampling`` (needs only the released shape), ``unet`` (the
+            complex-valued paper's), ``unet_small`` or ``affine``, or a list of them (each must take the
+            release). A lone ``mirror`` falls back to ``upsampling`` when the client network cannot be mirrored,
+            and the record says so.
         epochs: the maximum number of passes over the attacker pool (training stops earlier on a plateau).
         patience: epochs without a validation improvement before training stops.
         validation_fraction: share of the attacker pool held out for early stopping.
@@ -157,7 +182,7 @@ class FeatureInversion(Attack):
 
     def __init__(
         self,
-        decoder: Union[str, list[str]] = "mirror",
+        decoder: Union[str, list[str]] = FAMILIES,
         epochs: int = 1000,
         patience: int = 20,
         validation_fraction: float = 0.1,
@@ -170,7 +195,9 @@ class FeatureInversion(Attack):
         lr_factor: float = 0.5,
         lr_patience: Optional[int] = None,
     ) -> None:
-        names = [decoder] if isinstance(decoder, str) else list(decoder)
+        names = (
+            list(DECODER_FAMILIES) if decoder == FAMILIES else [decoder] if isinstance(decoder, str) else list(decoder)
+        )
         unknown = [name for name in names if name not in DECODERS]
         if unknown or not names:
             raise BenchError(f"unknown decoder {unknown or names} for {self.name}; choose from {sorted(DECODERS)}")
@@ -188,6 +215,16 @@ class FeatureInversion(Attack):
         self.max_test_samples = max_test_samples
         self.progress = progress
         self.schedule, self.lr_factor, self.lr_patience = schedule, lr_factor, lr_patience
+        #: the families the last run trained (``decoder="families"``), which the record's entry names
+        self._families_run: Optional[list[str]] = None
+
+    def config(self) -> dict[str, Any]:
+        """The init arguments; after a run with the default, the families it trained (as a list of them would say), so
+        that records of one attack compare however its config was written."""
+        settings = super().config()
+        if self.decoder == FAMILIES and self._families_run is not None:
+            settings["decoder"] = list(self._families_run)
+        return settings
 
     def build_decoder(self, module, released: Tensor, image_shape: Sequence[int]) -> tuple[nn.Module, str]:
         """The configured decoder, checked on a sample of released tensors (mirror falls back to upsampling)."""
@@ -290,9 +327,14 @@ class FeatureInversion(Attack):
         test_released = query_client(module.release, test_images, self.batch_size, device)
         test_images = test_images.to(device)
 
-        names = [self.decoder] if isinstance(self.decoder, str) else self.decoder
-        if len(names) > 1:  # every decoder must take the release: one clear error before any of them trains
-            client = module.client_network()
+        skipped: dict[str, str] = {}
+        if self.decoder == FAMILIES:  # every family that takes the release; the others are named in the record
+            names, skipped = _families_taking(module.client_network(), train_released[:2].cpu(), test_images.shape)
+            self._families_run = names
+        else:
+            names = [self.decoder] if isinstance(self.decoder, str) else self.decoder
+        if len(names) > 1 and self.decoder != FAMILIES:  # each named decoder must take the release: one clear error
+            client = module.client_network()  # before any of them trains
             for name in names:
                 if name != "mirror":  # mirror falls back to upsampling instead
                     built = DECODERS[name](client, tuple(train_released.shape[1:]), test_images.shape[1:])
@@ -307,6 +349,8 @@ class FeatureInversion(Attack):
             details = {"decoder_used": decoder_used, **details, **summarise({"decoder": report}, "decoder")}
             scored[name] = (metrics, details, examples)
         common = {"attacker_samples": len(train_images), "test_samples": len(test_images)}
+        if skipped:
+            common["decoders_skipped"] = skipped
         if len(names) == 1:
             metrics, details, examples = scored[names[0]]
             return AttackResult(metrics=metrics, examples=examples, details={**details, **common})

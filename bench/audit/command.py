@@ -239,7 +239,9 @@ def audit_split(args) -> Any:
     if args.head_weights is not None:
         load_weights(module.head, args.head_weights, args.head, "--head")
     module = module.to(torch.device(args.device)).eval()
-    attacks = _split_default_attacks() if args.attacks is None else _attacks(args.attacks, ThreatModel.FEATURE_RELEASE)
+    # the defaults: the feature inversion trains one decoder of each family that takes the release (an unknown
+    # client may be inverted best by any of them) and reports the worst case over them
+    attacks = _attacks(args.attacks, ThreatModel.FEATURE_RELEASE)
     if not any(attack.applies_to(module) for attack in attacks):
         raise BenchError(
             "--attacks: none of them attacks a feature release without the method's own parts (e.g. "
@@ -270,19 +272,6 @@ def audit_split(args) -> Any:
         "evaluation": {"seed": args.seed, "attacks": [_describe(a) for a in attacks]},
     }
     return _evaluate_and_write(evaluator, module, datamodule, config, external, drop_utility=args.head is None)
-
-
-def _split_default_attacks() -> list:
-    """Every feature-release attack at its default configuration, except that the feature inversion trains one
-    decoder of each family and reports the worst case over them, as the suite's split-network verdicts do
-    (configs pieces/attacks/split/cpu.yaml and paper.yaml): an unknown client may be inverted best by any of them."""
-    from bench.attacks.feature_inversion import DECODER_FAMILIES, FeatureInversion
-    from bench.threat_models import ThreatModel
-
-    return [
-        FeatureInversion(decoder=list(DECODER_FAMILIES)) if cls is FeatureInversion else cls()
-        for cls in _registered_attacks(ThreatModel.FEATURE_RELEASE)
-    ]
 
 
 def _split_assumptions(args) -> list[str]:
