@@ -89,7 +89,9 @@ def check_method_contract(method: type, tmp_path: Path, datamodule: Optional[Any
     _expect(not unused, f"{name} declares {', '.join(unused)}, which no registered attack exercises")
     registry.register("method", method)  # the caller names it, as `--model pkg.Class` would: its checkpoint may name it
 
-    datamodule = Digits(batch_size=16, pool_limit=48) if datamodule is None else datamodule
+    # 64 per pool: shadows train like the target on half the attacker pool, 32 samples, as many as ResizedDNN's PCA
+    # keeps components (a smaller half stops its recipe before the PCA phase, or fails it)
+    datamodule = Digits(batch_size=16, pool_limit=64) if datamodule is None else datamodule
     registry.register("datamodule", type(datamodule))
     datamodule.prepare_data()
     datamodule.setup("fit")
