@@ -69,7 +69,7 @@ def unexercised_declarations(method: type) -> list[str]:
 def check_method_contract(method: type, tmp_path: Path, datamodule: Optional[Any] = None) -> dict[str, Any]:
     """Raise AssertionError unless ``method`` honours the contract; return the record of its tiny run.
 
-    ``datamodule`` defaults to the embedded digits capped at 48 images a pool; ``tmp_path`` receives
+    ``datamodule`` defaults to the embedded digits capped at 64 images a pool; ``tmp_path`` receives
     the checkpoint and the record. Takes a few seconds on a CPU for the shipped methods.
     """
     import lightning as L
