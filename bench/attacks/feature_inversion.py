@@ -215,16 +215,6 @@ class FeatureInversion(Attack):
         self.max_test_samples = max_test_samples
         self.progress = progress
         self.schedule, self.lr_factor, self.lr_patience = schedule, lr_factor, lr_patience
-        #: the families the last run trained (``decoder="families"``), which the record's entry names
-        self._families_run: Optional[list[str]] = None
-
-    def config(self) -> dict[str, Any]:
-        """The init arguments; after a run with the default, the families it trained (as a list of them would say), so
-        that records of one attack compare however its config was written."""
-        settings = super().config()
-        if self.decoder == FAMILIES and self._families_run is not None:
-            settings["decoder"] = list(self._families_run)
-        return settings
 
     def build_decoder(self, module, released: Tensor, image_shape: Sequence[int]) -> tuple[nn.Module, str]:
         """The configured decoder, checked on a sample of released tensors (mirror falls back to upsampling)."""
@@ -330,7 +320,6 @@ class FeatureInversion(Attack):
         skipped: dict[str, str] = {}
         if self.decoder == FAMILIES:  # every family that takes the release; the others are named in the record
             names, skipped = _families_taking(module.client_network(), train_released[:2].cpu(), test_images.shape)
-            self._families_run = names
         else:
             names = [self.decoder] if isinstance(self.decoder, str) else self.decoder
         if len(names) > 1 and self.decoder != FAMILIES:  # each named decoder must take the release: one clear error
