@@ -220,4 +220,6 @@ def test_mnist_shared_config_runs_tiny(tmp_path, monkeypatch):
     )
     record = load_records([tmp_path / "runs" / "leaderboard" / "records"]).records[0]
     assert record["dataset"]["name"] == "mnist_t10k" and record["dataset"]["spec"]["image_shape"] == [1, 28, 28]
-    assert record["privacy"][0]["config"]["decoder"] == "mirror"
+    entry = record["privacy"][0]  # the default: one decoder of each family, each takes a LeNet-5 release
+    assert entry["config"]["decoder"] == "families"
+    assert entry["details"]["worst_case_over"] == ["mirror", "upsampling", "unet_small", "affine"]
