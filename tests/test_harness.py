@@ -303,10 +303,31 @@ def test_feature_inversion_reports_the_worst_case_over_decoder_families(digits):
         others = [values[metric] for values in details["per_decoder"].values()]
         worst = min(others) if FeatureInversion.metric_directions[metric] == "higher" else max(others)
         assert metrics[metric] == worst
+    # every interval is the one of the decoder that gave its metric's worst case: it holds the value it qualifies
+    for metric, (low, high) in details["intervals"].items():
+        assert low <= metrics[metric] <= high, (metric, details["winners"][metric])
     # the release is the image itself: even 3 epochs' decoders identify images far above a blind guess
     pixel = details["identification"]["pixel"]
     assert metrics["identification_rate"] > 10 * pixel["chance"] and details["identification"]["distractors"] > 0
     assert pixel["low"] <= pixel["rate"] <= pixel["high"]
+
+
+def test_each_worst_case_metric_keeps_the_interval_of_the_decoder_that_gave_it(digits, monkeypatch):
+    from bench.attacks import feature_inversion
+
+    # affine wins on mse (lower: less private), upsampling on the identification rate (higher: less private)
+    scores = iter(
+        [
+            ({"mse": 0.10, "identification_rate": 0.90}, {"intervals": {"identification_rate": [0.85, 0.95]}}, None),
+            ({"mse": 0.05, "identification_rate": 0.50}, {"intervals": {"identification_rate": [0.45, 0.55]}}, None),
+        ]
+    )
+    monkeypatch.setattr(feature_inversion, "score_reconstructions", lambda *args: next(scores))
+    attack = FeatureInversion(decoder=["upsampling", "affine"], epochs=1, progress=False)
+    result = attack.run(_Releasing(digits.spec), digits, torch.Generator().manual_seed(0))
+    assert result.details["winners"] == {"mse": "affine", "identification_rate": "upsampling"}
+    assert result.metrics == {"mse": 0.05, "identification_rate": 0.90}
+    assert result.details["intervals"] == {"identification_rate": [0.85, 0.95]}
 
 
 def test_by_default_every_decoder_family_that_takes_the_release_attacks_and_the_others_are_named(digits):

@@ -354,4 +354,12 @@ class FeatureInversion(Attack):
             "per_decoder": {name: result[0] for name, result in scored.items()},
             "decoder_training": {name: result[1].get("training") for name, result in scored.items()},
         }
+        # each metric's interval is that of the decoder that gave its worst case, never the primary winner's
+        intervals = {
+            metric: interval
+            for metric, winner in winners.items()
+            if (interval := scored[winner][1].get("intervals", {}).get(metric)) is not None
+        }
+        if intervals:
+            details["intervals"] = intervals
         return AttackResult(metrics=metrics, examples=scored[strongest][2], details=details)
