@@ -23,7 +23,7 @@ from torch import Tensor
 import bench
 from bench import registry
 from bench.attacks.base import Attack
-from bench.attacks.shadow_pool import ShadowPool, TargetTraining, sharing_shadows
+from bench.attacks.shadow_pool import ShadowPool, TargetTraining, sharing_shadows, training_like
 from bench.datamodules.base import PrivacyDataModule
 from bench.errors import class_path
 from bench.metrics.cost import client_flops_per_sample, count_parameters, released_bytes_per_sample
@@ -143,22 +143,16 @@ def _evaluate(
                         "reason": reason,
                     }
                 )
-        for attack in applicable:
-            adopt = getattr(attack, "adopt", None)
-            if callable(adopt):  # shadows train like the target unless the attack says otherwise
-                adopt(target)
-        shadows = shadow_pool_for(applicable, seed, shadow_cache)
-        with sharing_shadows(shadows):
-            for attack in applicable:
-                entry, example = _run_attack(attack, module, datamodule, seed, budget_check)
-                privacy.append(entry)
-                if example is not None:
-                    examples[attack.name] = example
+        with training_like(target):  # shadows train like the target unless an attack says otherwise
+            shadows = shadow_pool_for(applicable, seed, shadow_cache)
+            with sharing_shadows(shadows):
+                for attack in applicable:
+                    entry, example = _run_attack(attack, module, datamodule, seed, budget_check)
+                    privacy.append(entry)
+                    if example is not None:
+                        examples[attack.name] = example
     finally:
         module.train(was_training)
-        for attack in attacks:  # the next evaluation (another target) adopts its own
-            if callable(getattr(attack, "adopt", None)):
-                attack.adopt(None)
     cost["evaluation_seconds"] = round(time.perf_counter() - clock, 3)
     if shadows.models_trained or shadows.models_loaded:  # each entry's details["shadow_pool"] says its pool
         cost["shadow_models_trained"] = shadows.models_trained

@@ -695,10 +695,10 @@ def test_shadows_of_a_target_of_unknown_training_use_the_stated_fallback():
     datamodule = RandomLabels(pool_limit=64)
     target = MCMIA(data_spec=datamodule.spec, defense="none")
     attack = LossThreshold()
-    attack.adopt(TargetTraining())  # as for a model trained elsewhere (bench audit)
-    assert attack.shadow_training() == (FALLBACK_EPOCHS, FALLBACK_BATCH_SIZE) == (30, 32)
-    attack.adopt(TargetTraining.of(target, datamodule))  # never fitted: its DataModule's batch, epochs unknown
-    assert attack.shadow_training() == (30, 16)
+    # as for a model trained elsewhere (bench audit)
+    assert attack.shadow_training(TargetTraining()) == (FALLBACK_EPOCHS, FALLBACK_BATCH_SIZE) == (30, 32)
+    # never fitted: its DataModule's batch, epochs unknown
+    assert attack.shadow_training(TargetTraining.of(target, datamodule)) == (30, 16)
     assert LossThreshold(shadow_epochs=4).shadow_training() == (4, 32)
     # under DDP one optimizer step averages every device's batch: the shadows (one process) take the global batch
     target._trainer = types.SimpleNamespace(current_epoch=5, world_size=2)

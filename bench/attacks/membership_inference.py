@@ -44,6 +44,8 @@ from bench.attacks.shadow_pool import (
     ShadowPool,
     TargetTraining,
     current_shadow_pool,
+    current_target_training,
+    training_like,
 )
 from bench.errors import BenchError
 from bench.metrics.membership import (
@@ -243,17 +245,11 @@ class MembershipInference(Attack):
         #: the last run's most exposed training images (highest scores among members and included canaries)
         self.most_exposed: Optional[dict[str, Any]] = None
         self._shadow_warnings: list[str] = []
-        #: the target's training this evaluation (:meth:`adopt`), which fills what the attack leaves None
-        self._target: Optional[TargetTraining] = None
 
-    def adopt(self, target: Optional[TargetTraining]) -> None:
-        """Train this evaluation's shadows like ``target`` wherever the attack states no epochs or batch size (the
-        harness calls it before sizing the shadow pools; :meth:`run` reads the target itself otherwise)."""
-        self._target = target
-
-    def shadow_training(self) -> tuple[int, int]:
-        """The shadows' (epochs, batch size): the attack's own, else the target's, else the fallback."""
-        target = self._target or TargetTraining()
+    def shadow_training(self, target: Optional[TargetTraining] = None) -> tuple[int, int]:
+        """The shadows' (epochs, batch size): the attack's own, else the target's (``target``, or the evaluation's:
+        :func:`~bench.attacks.shadow_pool.training_like`), else the fallback."""
+        target = target or current_target_training() or TargetTraining()
         epochs = self.shadow_epochs or target.epochs or FALLBACK_EPOCHS
         return epochs, self.batch_size or target.batch_size or FALLBACK_BATCH_SIZE
 
@@ -261,7 +257,7 @@ class MembershipInference(Attack):
         """The init arguments as the attack runs in this evaluation: the shadows' epochs and batch size resolved (the
         target's where the attack states none), so that records of one recipe compare however it was written."""
         settings = super().config()
-        if self._target is not None:
+        if current_target_training() is not None:
             epochs, batch_size = self.shadow_training()
             settings.update({k: v for k, v in (("shadow_epochs", epochs), ("batch_size", batch_size)) if k in settings})
         return settings
@@ -303,7 +299,7 @@ class MembershipInference(Attack):
             module, self.pool_recipe(online=queries is not None), count, images, labels, augmentation
         )
         epochs, batch_size = self.shadow_training()
-        target = self._target or TargetTraining()
+        target = current_target_training() or TargetTraining()
         self._shadow_details = {
             **shadows.describe(),
             "shadow_epochs": epochs,
@@ -329,14 +325,10 @@ class MembershipInference(Attack):
     min_shadow_members = 2
 
     def run(self, module, datamodule, generator: torch.Generator) -> AttackResult:
-        adopted = self._target is not None
-        if not adopted:  # run outside the harness: the target's training as its Trainer and DataModule tell it
-            self.adopt(TargetTraining.of(module, datamodule))
-        try:
+        if current_target_training() is not None:  # inside the harness's evaluation
             return self._run(module, datamodule, generator)
-        finally:
-            if not adopted:
-                self._target = None
+        with training_like(TargetTraining.of(module, datamodule)):  # alone: as its Trainer and DataModule tell it
+            return self._run(module, datamodule, generator)
 
     def _run(self, module, datamodule, generator: torch.Generator) -> AttackResult:
         images, labels, is_member, index = target_queries(datamodule, self.max_queries, generator, with_index=True)

@@ -348,3 +348,22 @@ def sharing_shadows(pool: ShadowPool):
 def current_shadow_pool() -> Optional[ShadowPool]:
     """The pool the attacks share now (None outside :func:`sharing_shadows`: each attack trains its own)."""
     return _CURRENT_POOL.get()
+
+
+_CURRENT_TARGET: ContextVar[Optional[TargetTraining]] = ContextVar("bench_target_training", default=None)
+
+
+@contextlib.contextmanager
+def training_like(target: TargetTraining):
+    """Within the block, membership attacks that state no shadow epochs or batch size take ``target``'s (the harness:
+    one per evaluation)."""
+    token = _CURRENT_TARGET.set(target)
+    try:
+        yield target
+    finally:
+        _CURRENT_TARGET.reset(token)
+
+
+def current_target_training() -> Optional[TargetTraining]:
+    """The target's training the attacks copy now (None outside :func:`training_like`)."""
+    return _CURRENT_TARGET.get()
