@@ -110,13 +110,13 @@ def _check_decoder(decoder: nn.Module, released: Tensor, image_shape: Sequence[i
         raise BenchError(f"the decoder outputs {shape}, the images are {tuple(image_shape)}")
 
 
-def _families_taking(
-    client: nn.Module, released: Tensor, image_shape: Sequence[int]
+def _decoders_taking(
+    names: Sequence[str], client: nn.Module, released: Tensor, image_shape: Sequence[int]
 ) -> tuple[list[str], dict[str, str]]:
-    """The decoder families that take ``released`` and give images of ``image_shape`` (N, C, H, W), and why each
+    """Of ``names``, the decoders that take ``released`` and give images of ``image_shape`` (N, C, H, W), and why each
     other one cannot; raises when none can."""
     taking, skipped = [], {}
-    for name in DECODER_FAMILIES:
+    for name in names:
         try:
             _check_decoder(
                 DECODERS[name](client, tuple(released.shape[1:]), image_shape[1:]), released, image_shape[1:]
@@ -317,17 +317,16 @@ class FeatureInversion(Attack):
         test_released = query_client(module.release, test_images, self.batch_size, device)
         test_images = test_images.to(device)
 
-        skipped: dict[str, str] = {}
+        client, sample, skipped = module.client_network(), train_released[:2].cpu(), {}
         if self.decoder == FAMILIES:  # every family that takes the release; the others are named in the record
-            names, skipped = _families_taking(module.client_network(), train_released[:2].cpu(), test_images.shape)
+            names, skipped = _decoders_taking(DECODER_FAMILIES, client, sample, test_images.shape)
         else:
             names = [self.decoder] if isinstance(self.decoder, str) else self.decoder
-        if len(names) > 1 and self.decoder != FAMILIES:  # each named decoder must take the release: one clear error
-            client = module.client_network()  # before any of them trains
-            for name in names:
-                if name != "mirror":  # mirror falls back to upsampling instead
-                    built = DECODERS[name](client, tuple(train_released.shape[1:]), test_images.shape[1:])
-                    _check_decoder(built, train_released[:2].cpu(), test_images.shape[1:])
+            checked = [name for name in names if name != "mirror"]  # mirror falls back to upsampling instead
+            if len(names) > 1 and checked:  # each named decoder must take the release: one clear error before training
+                _, refused = _decoders_taking(checked, client, sample, test_images.shape)
+                for name, reason in refused.items():
+                    raise BenchError(f"{self.name}: the {name} decoder cannot take the release: {reason}")
         scored = {}
         for name in names:
             single = copy.copy(self)
