@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
 
 from bench.attacks.base import Attack
 from bench.attacks.shadow_pool import TargetTraining
 from bench.errors import BenchError, writable_folder
 from bench.harness import Evaluation, build_record, default_attacks, evaluate
+from bench.metrics.reconstruction import ExampleImages, per_image_metrics
 from bench.records import DEFAULT_RECORDS_DIR, Record, effective_batch, precision_name, write_record
 
 if TYPE_CHECKING:
@@ -463,45 +463,71 @@ def _save_per_example_scores(evaluation: Evaluation, directory: Path, record_id:
 
 
 def _save_example_grids(evaluation: Evaluation, directory: Path, record_id: str) -> dict[str, str]:
-    """One PNG per attack that reconstructs: rows of originals over rows of their reconstructions
-    (:func:`example_grid`)."""
-    from torchvision.utils import save_image
-
+    """One PNG per attack that reconstructs (:func:`example_figure`)."""
     artifacts = {}
-    for attack, (originals, reconstructions) in evaluation.examples.items():
+    for attack, examples in evaluation.examples.items():
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{record_id[:8]}-{attack}.png"
-        save_image(example_grid(originals, reconstructions), path)
+        example_figure(examples, attack).savefig(path, dpi=GRID_DPI)
         artifacts[f"{attack}_examples"] = str(path)
     return artifacts
 
 
-#: the grid shows each image at least this many pixels high (nearest-neighbour upscaling: 8x8 digits stay crisp)
-GRID_IMAGE_PIXELS = 96
+#: each image of a grid is shown this many inches wide at GRID_DPI: 120 pixels, nearest-neighbour (8x8 digits stay
+#: crisp), large enough to see
+GRID_IMAGE_INCHES = 1.2
+GRID_DPI = 100
 #: images per row of the grid: the reconstruction attacks give the 8 nearest the mean PSNR, then the 8 best
 GRID_COLUMNS = 8
 
 
-def example_grid(originals: Tensor, reconstructions: Tensor, columns: int = GRID_COLUMNS) -> Tensor:
-    """Rows of ``columns`` originals, each above the row of their reconstructions, upscaled nearest-neighbour to
-    at least :data:`GRID_IMAGE_PIXELS` pixels an image; with the reconstruction attacks' examples
-    (:func:`~bench.metrics.reconstruction.exposure_examples`) the first pair of rows shows the images nearest the
-    mean PSNR, the second the best-reconstructed."""
-    from torchvision.utils import make_grid
+def example_figure(examples: ExampleImages, attack: str, columns: int = GRID_COLUMNS):
+    """A figure of each group of ``examples`` (:class:`~bench.metrics.reconstruction.ExampleImages`) under its title:
+    rows of at most ``columns`` originals, each above the row of what the attack made of them, every one of those
+    captioned with its PSNR against its original; the row names on the left."""
+    # Figure + the Agg canvas, not pyplot: no global backend switch for whoever imported us (as the leaderboard)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    reconstructions = reconstructions.clamp(0, 1).to(originals.dtype)
+    originals = examples.originals.float().cpu()
+    reconstructions = examples.reconstructions.float().clamp(0, 1).cpu()
     if reconstructions.shape[1] != originals.shape[1]:  # e.g. a grey reconstruction of a colour image
         reconstructions = reconstructions.expand(-1, originals.shape[1], -1, -1)
-    scale = max(1, -(-GRID_IMAGE_PIXELS // originals.shape[-2]))
-    if scale > 1:
-        originals = nn.functional.interpolate(originals.float(), scale_factor=scale, mode="nearest")
-        reconstructions = nn.functional.interpolate(reconstructions.float(), scale_factor=scale, mode="nearest")
-    rows = []
-    for start in range(0, len(originals), columns):
-        rows += [originals[start : start + columns], reconstructions[start : start + columns]]
-    columns = min(columns, len(originals))
-    padded = [torch.cat([row, torch.ones_like(row[:1]).expand(columns - len(row), -1, -1, -1)]) for row in rows]
-    return make_grid(torch.cat(padded), nrow=columns, padding=max(2, scale), pad_value=1.0)
+    psnr = per_image_metrics(reconstructions, originals.clamp(0, 1))["psnr"]
+    per_group = -(-len(originals) // len(examples.groups))
+    columns = min(columns, per_group)
+    row_pairs = -(-per_group // columns)
+    height = (2 * GRID_IMAGE_INCHES + 0.3) * row_pairs * len(examples.groups) + 0.5
+    figure = Figure(figsize=(GRID_IMAGE_INCHES * columns + 0.9, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    figure.suptitle(f"{attack}: {examples.rows[0]} over {examples.rows[1]} (PSNR in dB)", fontsize=10)
+    for group, (title, subfigure) in enumerate(
+        zip(examples.groups, figure.subfigures(len(examples.groups), 1, squeeze=False).flat)
+    ):
+        subfigure.suptitle(title, fontsize=9)
+        axes = subfigure.subplots(2 * row_pairs, columns, squeeze=False)
+        for axis in axes.flat:
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.set_frame_on(False)
+        for pair in range(row_pairs):
+            axes[2 * pair, 0].set_ylabel(examples.rows[0], fontsize=8)
+            axes[2 * pair + 1, 0].set_ylabel(examples.rows[1], fontsize=8)
+        first = group * per_group
+        for offset in range(min(per_group, len(originals) - first)):
+            index, pair, column = first + offset, offset // columns, offset % columns
+            shown = ((axes[2 * pair, column], originals[index]), (axes[2 * pair + 1, column], reconstructions[index]))
+            for axis, image in shown:
+                pixels = image.clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy()
+                axis.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+            axes[2 * pair + 1, column].set_xlabel(f"{psnr[index].item():.1f}", fontsize=8)
+    return figure
+
+
+def _figure_pixels(figure) -> np.ndarray:
+    """The figure as an (H, W, 3) uint8 array, e.g. for a W&B image."""
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
 
 
 def _flat_metrics(record: Record) -> dict[str, float]:
@@ -517,11 +543,11 @@ def _log(loggers: Sequence[Any], evaluation: Evaluation, record: Record, step: i
     for logger in loggers:
         logger.log_metrics(metrics, step=step)
         if _is_wandb(logger) and getattr(logger, "mode", "online") != "disabled":
-            for attack, (originals, reconstructions) in evaluation.examples.items():
+            for attack, examples in evaluation.examples.items():
                 logger.log_image(
                     key=f"eval/{attack}/examples",
-                    images=[example_grid(originals, reconstructions)],
-                    caption=["originals over reconstructions: nearest the mean PSNR, then the best"],
+                    images=[_figure_pixels(example_figure(examples, attack))],
+                    caption=[f"{examples.rows[0]} over {examples.rows[1]}: " + ", then ".join(examples.groups)],
                 )
             columns = ["record_id", "method", "label", "dataset", "network", "seed"] + list(metrics)
             row = [

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import lightning
 import torch
-from torch import Tensor
 
 import bench
 from bench import registry
@@ -27,6 +26,7 @@ from bench.attacks.shadow_pool import ShadowPool, TargetTraining, sharing_shadow
 from bench.datamodules.base import PrivacyDataModule
 from bench.errors import class_path
 from bench.metrics.cost import client_flops_per_sample, count_parameters, released_bytes_per_sample
+from bench.metrics.reconstruction import ExampleImages
 from bench.metrics.utility import utility_from_batches
 from bench.records import SCHEMA_VERSION, Record, new_record_id, plain_json, run_facts_from_config, utc_now
 from bench.threat_models import ThreatModel
@@ -40,7 +40,7 @@ class Evaluation:
     utility: dict[str, float]
     privacy: list[dict[str, Any]]
     cost: dict[str, Any]
-    examples: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # attack -> (originals, reconstructions)
+    examples: dict[str, ExampleImages] = field(default_factory=dict)  # attack -> originals and reconstructions
     started: str = ""
     finished: str = ""
     #: attacks of the method's threat models that do not apply to its task: {attack, threat_model, class, reason}

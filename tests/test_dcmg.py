@@ -208,7 +208,7 @@ def test_every_attack_reconstructs_a_released_measurement_vector():
     for entry in evaluation.privacy:
         assert {"mse", "mae", "psnr", "ssim"} <= set(entry["metrics"])  # beside the per-image verdicts
         assert all(math.isfinite(value) for value in entry["metrics"].values())
-        originals, reconstructions = evaluation.examples[entry["attack"]]
+        originals, reconstructions, *_ = evaluation.examples[entry["attack"]]
         assert originals.shape == reconstructions.shape
     # measurements are float32: 4 bytes each, against one byte per raw pixel
     assert evaluation.cost["released_bytes_per_sample"] == 4 * 16 and evaluation.cost["raw_bytes_per_sample"] == 64

@@ -222,7 +222,7 @@ def test_scores_against_the_transformed_and_the_original_image(digits):
     )  # 29: invert
     attack = GradientInversion(iterations=3, num_images=2, batch_size=8, labels="given", init="black", progress=False)
     result = attack.run(module, digits, torch.Generator().manual_seed(0))
-    originals, reconstructions = result.examples
+    originals, reconstructions, *_ = result.examples
     images = digits.pool("test").tensors()[0][:16]
     # the grid shows what was trained on: the inverted images (those nearest the mean PSNR, then the best)
     inverted = (1 - images).flatten(1)

@@ -354,15 +354,41 @@ def test_a_decoder_that_cannot_take_the_release_fails_before_any_training(digits
         attack.run(_Releasing(digits.spec), digits, torch.Generator().manual_seed(0))
 
 
-def test_example_grid_shows_typical_and_best_rows_upscaled():
-    from bench.evaluator import GRID_IMAGE_PIXELS, example_grid
+def test_example_figure_captions_each_group_and_row_and_shows_images_large_and_unsmoothed(tmp_path):
+    from PIL import Image
+
+    from bench.evaluator import GRID_DPI, GRID_IMAGE_INCHES, example_figure
+    from bench.metrics.reconstruction import ExampleImages
 
     originals = torch.zeros(16, 1, 8, 8)
-    grid = example_grid(originals, torch.ones(16, 1, 8, 8))
-    scale = GRID_IMAGE_PIXELS // 8
-    padding = scale
-    # 4 rows (typical originals, their reconstructions, best originals, theirs) of 8 images, each 8 * scale pixels
-    assert grid.shape[1:] == (4 * (8 * scale + padding) + padding, 8 * (8 * scale + padding) + padding)
-    column = grid[0, :, padding + 1]  # inside the first image column: black originals, white reconstructions
-    row_height = 8 * scale + padding
-    assert [column[padding + k * row_height + 1].item() for k in range(4)] == [0.0, 1.0, 0.0, 1.0]
+    originals[:, :, ::2, ::2] = 1.0  # a checkerboard: smoothing would show grey
+    reconstructions = originals.clone()
+    reconstructions[:8] = 1 - reconstructions[:8]  # the first group wrong, the second perfect
+    figure = example_figure(ExampleImages(originals, reconstructions), "feature_inversion")
+    texts = [text.get_text() for subfigure in figure.subfigs for text in subfigure.texts]
+    assert texts == ["nearest the mean PSNR", "the best-reconstructed"]  # each group under its title
+    assert "original over reconstruction" in figure.texts[0].get_text()
+    for subfigure in figure.subfigs:
+        axes = subfigure.axes
+        assert len(axes) == 16 and [axes[0].get_ylabel(), axes[8].get_ylabel()] == ["original", "reconstruction"]
+    # each reconstruction captioned with its PSNR: 0 dB where every pixel is wrong, the cap where all are right
+    assert {axis.get_xlabel() for axis in figure.subfigs[0].axes[8:]} == {"0.0"}
+    assert {axis.get_xlabel() for axis in figure.subfigs[1].axes[8:]} == {"100.0"}
+    path = tmp_path / "grid.png"
+    figure.savefig(path, dpi=GRID_DPI)
+    width = Image.open(path).size[0]
+    assert width >= 8 * GRID_IMAGE_INCHES * GRID_DPI  # eight images a row, each about 120 pixels wide
+    assert figure.subfigs[0].axes[0].get_images()[0].get_interpolation() == "nearest"
+
+
+def test_example_figure_takes_an_attacks_own_groups_and_row_names():
+    from bench.evaluator import example_figure
+    from bench.metrics.reconstruction import ExampleImages
+
+    examples = ExampleImages(
+        torch.rand(16, 3, 8, 8), torch.rand(16, 1, 8, 8), groups=("most alike",), rows=("training image", "released")
+    )
+    figure = example_figure(examples, "released_training_data")
+    assert [text.get_text() for text in figure.subfigs[0].texts] == ["most alike"]
+    assert len(figure.subfigs[0].axes) == 32  # one group of 16: two pairs of rows of eight
+    assert figure.subfigs[0].axes[8].get_ylabel() == "released"

@@ -241,7 +241,7 @@ def test_exposure_metrics_see_half_the_images_intact():
     metrics, _ = exposure_metrics(reconstructed, originals, _gallery(200, 5))
     assert 0.5 <= metrics["identification_rate"] <= 0.55 and metrics["share_psnr_above"] == 0.5
     psnr = per_image_metrics(reconstructed, originals)["psnr"]
-    shown_originals, shown = exposure_examples(originals, reconstructed, psnr, count=4)
+    shown_originals, shown, *_ = exposure_examples(originals, reconstructed, psnr, count=4)
     assert len(shown) == 8 and torch.equal(shown[4:], shown_originals[4:])  # the best four: the intact ones
 
 

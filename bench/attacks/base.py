@@ -8,21 +8,21 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 import torch
-from torch import Tensor
 
 from bench.spec import TASKS
 from bench.threat_models import Capability, Role, ThreatModel
 
 if TYPE_CHECKING:
     from bench.datamodules.base import PrivacyDataModule
+    from bench.metrics.reconstruction import ExampleImages
     from bench.modules.base import PrivacyModule
 
 
 @dataclass
 class AttackResult:
     metrics: dict[str, float]
-    #: (originals, reconstructions) for a grid in the logs, when the attack reconstructs images
-    examples: Optional[tuple[Tensor, Tensor]] = None
+    #: originals and what the attack made of them, for the record's grid, when the attack reconstructs images
+    examples: Optional[ExampleImages] = None
     #: what the attack decided at run time (e.g. the decoder it fell back to)
     details: dict[str, Any] = field(default_factory=dict)
 

@@ -30,7 +30,12 @@ from bench.attacks.base import Attack, AttackResult
 from bench.attacks.feature_inversion import query_client
 from bench.attacks.training import check_budget, check_schedule, fit_decoder, summarise
 from bench.errors import BenchError
-from bench.metrics.reconstruction import EXPOSURE_DIRECTIONS, per_image_metrics, score_reconstructions
+from bench.metrics.reconstruction import (
+    EXPOSURE_DIRECTIONS,
+    ExampleImages,
+    per_image_metrics,
+    score_reconstructions,
+)
 from bench.networks.compressive import deepinverse_generator
 from bench.threat_models import Capability, Role, ThreatModel
 
@@ -287,7 +292,12 @@ class ReleasedTrainingData(Attack):
         most_similar = similarity["psnr"].argsort(descending=True)[:16].cpu()
         return AttackResult(
             metrics,
-            examples=(images[most_similar].cpu(), released[most_similar].clamp(0, 1).cpu()),
+            examples=ExampleImages(
+                images[most_similar].cpu(),
+                released[most_similar].clamp(0, 1).cpu(),
+                groups=("the training images most like the image released for them",),
+                rows=("training image", "released"),
+            ),
             details={"train_samples": len(images)},
         )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from scipy import stats
@@ -248,14 +248,24 @@ def reference_network(images: Tensor, labels: Tensor, epochs: int = 5, seed: int
     return _REFERENCE_NETWORKS[key]
 
 
-def exposure_examples(originals: Tensor, reconstructed: Tensor, psnr: Tensor, count: int = 8) -> tuple[Tensor, Tensor]:
+class ExampleImages(NamedTuple):
+    """Images for a record's grid: originals over what the attack made of them, in equal groups, each with a title
+    (e.g. the images nearest the mean PSNR, then the best-reconstructed), and what each row of a pair shows."""
+
+    originals: Tensor
+    reconstructions: Tensor
+    groups: tuple[str, ...] = ("nearest the mean PSNR", "the best-reconstructed")
+    rows: tuple[str, str] = ("original", "reconstruction")
+
+
+def exposure_examples(originals: Tensor, reconstructed: Tensor, psnr: Tensor, count: int = 8) -> ExampleImages:
     """Example images for the record's grid: the ``count`` images whose PSNR is nearest the mean, then the ``count``
-    best-reconstructed (the grid shows each half as a row of originals over a row of reconstructions)."""
+    best-reconstructed (the grid shows each group as a row of originals over a row of reconstructions)."""
     count = min(count, len(psnr))
     typical = (psnr - psnr.mean()).abs().argsort()[:count]
     best = psnr.argsort(descending=True)[:count]
     chosen = torch.cat([typical, best]).cpu()
-    return originals.detach().cpu()[chosen], reconstructed.detach().cpu()[chosen].clamp(0, 1)
+    return ExampleImages(originals.detach().cpu()[chosen], reconstructed.detach().cpu()[chosen].clamp(0, 1))
 
 
 @torch.no_grad()
@@ -306,7 +316,7 @@ def exposure_metrics(
 
 def score_reconstructions(
     reconstructed: Tensor, originals: Tensor, datamodule=None, per_image: Optional[dict[str, Tensor]] = None
-) -> tuple[dict[str, float], dict, tuple[Tensor, Tensor]]:
+) -> tuple[dict[str, float], dict, ExampleImages]:
     """What a reconstruction attack reports: the mean metrics (:func:`reconstruction_metrics`), the per-image
     verdicts (:func:`exposure_metrics`; distractors and the reference network from ``datamodule``'s attacker pool)
     and the examples (:func:`exposure_examples`). Returns (metrics, details, examples)."""
