@@ -500,7 +500,8 @@ def example_figure(examples: ExampleImages, attack: str, columns: int = GRID_COL
     height = (2 * GRID_IMAGE_INCHES + 0.3) * row_pairs * len(examples.groups) + 0.5
     figure = Figure(figsize=(GRID_IMAGE_INCHES * columns + 0.9, height), layout="constrained")
     FigureCanvasAgg(figure)
-    figure.suptitle(f"{attack}: {examples.rows[0]} over {examples.rows[1]} (PSNR in dB)", fontsize=10)
+    source = f" ({examples.source})" if examples.source else ""
+    figure.suptitle(f"{attack}{source}: {examples.rows[0]} over {examples.rows[1]} (PSNR in dB)", fontsize=10)
     for group, (title, subfigure) in enumerate(
         zip(examples.groups, figure.subfigures(len(examples.groups), 1, squeeze=False).flat)
     ):

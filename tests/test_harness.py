@@ -294,9 +294,11 @@ def test_bench_fit_with_a_failing_attack_writes_the_record_prints_the_summary_an
 
 def test_feature_inversion_reports_the_worst_case_over_decoder_families(digits):
     attack = FeatureInversion(decoder=["upsampling", "affine"], epochs=3, batch_size=32, lr=3e-3, progress=False)
-    entry = evaluate(_Releasing(digits.spec), digits, [attack]).privacy[0]
-    details, metrics = entry["details"], entry["metrics"]
+    evaluation = evaluate(_Releasing(digits.spec), digits, [attack])
+    details, metrics = evaluation.privacy[0]["details"], evaluation.privacy[0]["metrics"]
     assert details["worst_case_over"] == ["upsampling", "affine"]
+    # the grid shows the reconstructions of the decoder that won on the primary metric, and says so
+    assert evaluation.examples["feature_inversion"].source.startswith(f"the {details['winners']['mse']} decoder")
     assert set(details["winners"]) == set(metrics)  # every metric says which family gave it
     for metric, winner in details["winners"].items():
         assert metrics[metric] == details["per_decoder"][winner][metric]

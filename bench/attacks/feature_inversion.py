@@ -361,4 +361,7 @@ class FeatureInversion(Attack):
         }
         if intervals:
             details["intervals"] = intervals
-        return AttackResult(metrics=metrics, examples=scored[strongest][2], details=details)
+        examples = scored[strongest][2]
+        if examples is not None:  # the grid says whose reconstructions it shows
+            examples = examples._replace(source=f"the {strongest} decoder, the worst case on {self.primary_metric}")
+        return AttackResult(metrics=metrics, examples=examples, details=details)

@@ -250,12 +250,14 @@ def reference_network(images: Tensor, labels: Tensor, epochs: int = 5, seed: int
 
 class ExampleImages(NamedTuple):
     """Images for a record's grid: originals over what the attack made of them, in equal groups, each with a title
-    (e.g. the images nearest the mean PSNR, then the best-reconstructed), and what each row of a pair shows."""
+    (e.g. the images nearest the mean PSNR, then the best-reconstructed), what each row of a pair shows, and where
+    the reconstructions came from when the attack chose among several (e.g. the decoder that won)."""
 
     originals: Tensor
     reconstructions: Tensor
     groups: tuple[str, ...] = ("nearest the mean PSNR", "the best-reconstructed")
     rows: tuple[str, str] = ("original", "reconstruction")
+    source: str = ""
 
 
 def exposure_examples(originals: Tensor, reconstructed: Tensor, psnr: Tensor, count: int = 8) -> ExampleImages:
