@@ -22,6 +22,7 @@ import torch
 import bench
 from bench import registry
 from bench.attacks.base import Attack
+from bench.attacks.feature_inversion import caching_decoders
 from bench.attacks.shadow_pool import ShadowPool, TargetTraining, sharing_shadows, training_like
 from bench.datamodules.base import PrivacyDataModule
 from bench.errors import class_path
@@ -100,9 +101,10 @@ def evaluate(
 
     ``budget_check`` reruns every learned attack (one with ``budget_args``) at twice its training
     budget and records, in its ``details["budget_check"]``, the relative change of its primary metric.
-    ``shadow_cache``: a folder where the membership attacks' shadow models are kept, keyed by everything
-    that determines them, for a rerun or another attack setting of the same target to reuse
-    (:class:`~bench.attacks.shadow_pool.ShadowCache`); None: trained in every evaluation.
+    ``shadow_cache``: a folder where the membership attacks' shadow models, and in its ``decoders`` folder the
+    reconstruction attacks' fitted decoders, are kept, keyed by everything that determines them, for a rerun or
+    another attack setting of the same target to reuse (:class:`~bench.attacks.shadow_pool.ShadowCache`,
+    :class:`~bench.attacks.feature_inversion.DecoderCache`); None: trained in every evaluation.
     ``target``: how the target trained, which the shadows of the membership attacks copy where the attack states
     no epochs or batch size; None: as ``module``'s Trainer and ``datamodule`` tell it.
     """
@@ -143,7 +145,9 @@ def _evaluate(
                         "reason": reason,
                     }
                 )
-        with training_like(target):  # shadows train like the target unless an attack says otherwise
+        decoder_folder = None if shadow_cache is None else Path(shadow_cache) / "decoders"
+        # shadows train like the target unless an attack says otherwise; fitted decoders are kept beside the shadows
+        with training_like(target), caching_decoders(decoder_folder) as decoders:
             shadows = shadow_pool_for(applicable, seed, shadow_cache)
             with sharing_shadows(shadows):
                 for attack in applicable:
@@ -154,6 +158,8 @@ def _evaluate(
     finally:
         module.train(was_training)
     cost["evaluation_seconds"] = round(time.perf_counter() - clock, 3)
+    if decoders is not None and (decoders.trained or decoders.loaded):
+        cost["decoders_trained"], cost["decoders_loaded"] = decoders.trained, decoders.loaded
     if shadows.models_trained or shadows.models_loaded:  # each entry's details["shadow_pool"] says its pool
         cost["shadow_models_trained"] = shadows.models_trained
         cost["shadow_models_loaded"] = shadows.models_loaded

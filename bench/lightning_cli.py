@@ -123,6 +123,12 @@ def run_lightning_cli(argv: list[str]):
                 default=None,
                 help="set by `bench sweep`: the grid point's key, kept in the record so a rerun skips the point",
             )
+            parser.add_argument(
+                "--sweep_cache",
+                type=Optional[str],
+                default=None,
+                help="set by `bench sweep`: the folder its points share for `--evaluation.shadow_cache auto`",
+            )
             add_compose_argument(parser)
             # networks adapt to the dataset: the DataModule's spec is handed to the method
             parser.link_arguments(
@@ -236,6 +242,7 @@ def prepare_fit(cli) -> None:
     for callback in cli.trainer.callbacks:
         if isinstance(callback, PrivacyEvaluation):
             callback.run_config = plain(cli.config.get(cli.subcommand, cli.config))
+            callback.sweep_cache = cli.config[cli.subcommand].get("sweep_cache")
             callback.defer_summary = True  # printed by finish_fit, after W&B's own closing lines
 
 

@@ -394,3 +394,54 @@ def test_example_figure_takes_an_attacks_own_groups_and_row_names():
     assert [text.get_text() for text in figure.subfigs[0].texts] == ["most alike"]
     assert len(figure.subfigs[0].axes) == 32  # one group of 16: two pairs of rows of eight
     assert figure.subfigs[0].axes[8].get_ylabel() == "released"
+
+
+def _decoder_evaluation(digits, cache, **settings):
+    from bench.attacks.feature_inversion import clear_fitted_decoders
+
+    clear_fitted_decoders()  # a fresh process: nothing kept in memory
+    attack = FeatureInversion(decoder=["upsampling", "affine"], epochs=2, batch_size=32, progress=False, **settings)
+    return evaluate(_Releasing(digits.spec), digits, [attack], seed=3, shadow_cache=cache)
+
+
+def test_a_rerun_loads_every_fitted_decoder_from_the_cache_and_gets_the_same_result(digits, tmp_path, monkeypatch):
+    from bench.attacks import feature_inversion
+
+    first = _decoder_evaluation(digits, tmp_path)
+    assert first.cost["decoders_trained"] == 2 and first.cost["decoders_loaded"] == 0
+    assert len(list((tmp_path / "decoders").glob("*.pt"))) == 2
+    monkeypatch.setattr(feature_inversion, "fit_decoder", lambda *args, **kwargs: pytest.fail("a decoder trained"))
+    again = _decoder_evaluation(digits, tmp_path)
+    assert again.cost["decoders_trained"] == 0 and again.cost["decoders_loaded"] == 2
+    assert again.privacy[0]["metrics"] == first.privacy[0]["metrics"]  # the same decoders, to the bit
+    assert again.privacy[0]["details"]["decoder_training"] == first.privacy[0]["details"]["decoder_training"]
+    assert torch.equal(again.examples["feature_inversion"].reconstructions, first.examples["feature_inversion"][1])
+
+
+def test_a_cached_decoder_is_used_only_under_its_own_key_and_shapes(digits, tmp_path, capsys):
+    import shutil
+
+    _decoder_evaluation(digits, tmp_path)
+    # another budget is another decoder: trained, never the cached one
+    other = _decoder_evaluation(digits, tmp_path, patience=3)
+    assert other.cost["decoders_trained"] == 2 and other.cost["decoders_loaded"] == 0
+    # a file under a key's name that holds another key, or a state of other shapes: one line each, trained again
+    files = sorted((tmp_path / "decoders").glob("*.pt"), key=lambda path: path.stat().st_mtime)
+    first_run = files[:2]
+    shutil.copy(first_run[1], first_run[0])  # the other decoder's file under this key's name
+    stored = torch.load(first_run[1], weights_only=True)
+    stored["state"] = {name: value[..., :1] for name, value in stored["state"].items()}  # same key, wrong shapes
+    torch.save(stored, first_run[1])
+    capsys.readouterr()
+    rerun = _decoder_evaluation(digits, tmp_path)
+    assert rerun.cost["decoders_trained"] == 2 and rerun.cost["decoders_loaded"] == 0
+    refused = [line for line in capsys.readouterr().err.splitlines() if "decoder cache" in line]
+    assert len(refused) == 2 and all("not used" in line and "training that decoder again" in line for line in refused)
+    assert any("its key is not this decoder's" in line for line in refused)
+    # the rerun replaced both files with its own decoders: the next run loads them
+    assert _decoder_evaluation(digits, tmp_path).cost["decoders_loaded"] == 2
+
+
+def test_without_a_cache_folder_no_decoder_is_kept(digits, tmp_path):
+    evaluation = _decoder_evaluation(digits, None)
+    assert "decoders_trained" not in evaluation.cost and not list(tmp_path.iterdir())

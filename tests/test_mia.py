@@ -790,6 +790,21 @@ def test_bench_fit_keeps_its_shadow_pool_beside_the_run_and_a_rerun_loads_it(tmp
     assert off["cost"]["shadow_models_loaded"] == 0 and not (tmp_path / "off" / "runs" / "shadow_cache").exists()
 
 
+def test_a_sweep_point_keeps_its_shadow_pool_in_the_sweeps_shared_folder_unless_it_names_its_own(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    shared = tmp_path / "sweep" / "shadow_cache"
+    first = _fit_with_cache(tmp_path / "a", capsys, "--sweep_cache", str(shared))
+    assert list(shared.glob("*.pt")) and not (tmp_path / "a" / "runs" / "shadow_cache").exists()
+    # another point of the sweep (its own run folder) with the same target loads the pool
+    again = _fit_with_cache(tmp_path / "b", capsys, "--sweep_cache", str(shared))
+    assert (again["cost"]["shadow_models_trained"], again["cost"]["shadow_models_loaded"]) == (0, 2)
+    assert again["privacy"][0]["metrics"] == first["privacy"][0]["metrics"]
+    own = _fit_with_cache(tmp_path / "c", capsys, "--sweep_cache", str(shared), "--evaluation.shadow_cache", "own")
+    assert own["cost"]["shadow_models_loaded"] == 0 and list((tmp_path / "own").glob("*.pt"))
+
+
 def test_an_unwritable_shadow_cache_is_one_line_before_training(tmp_path, capsys, monkeypatch):
     from helpers import run_bench
 

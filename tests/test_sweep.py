@@ -103,6 +103,9 @@ def test_dry_run_prints_every_command(capsys, tmp_path, monkeypatch):
         assert "--trainer.max_epochs 1 --sweep_point " in line and "--evaluation.leaderboard_dir null" in line
     keys = {line.split("--sweep_point ")[1].split()[0] for line in lines}
     assert len(keys) == 5 and all(len(key) == 64 for key in keys)
+    # one cache folder for every point (shadow pools and decoders, each under its full key), in the sweep's folder
+    caches = {line.split("--sweep_cache ")[1].split()[0] for line in lines}
+    assert len(caches) == 1 and Path(caches.pop()).parts[-3:] == ("sweeps", "ran_tiny", "shadow_cache")
     assert not Path("runs").exists()
 
 

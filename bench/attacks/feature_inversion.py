@@ -11,18 +11,22 @@ The decoder trains until its loss on a held-out share of the attacker pool stops
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
 import math
 import warnings
 from collections import OrderedDict
+from contextvars import ContextVar
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
 from bench.attacks.base import Attack, AttackResult
+from bench.attacks.cache import KeyedCache, code_fingerprint, method_sources
 from bench.attacks.training import TrainingReport, check_budget, check_schedule, fit_decoder, summarise
 from bench.errors import BenchError
 from bench.metrics.reconstruction import EXPOSURE_DIRECTIONS, score_reconstructions, worst_case
@@ -67,8 +71,54 @@ _FITTED_DECODERS_KEPT = 2
 
 
 def clear_fitted_decoders() -> None:
-    """Forget every decoder kept for reuse (the next fit trains afresh)."""
+    """Forget every decoder kept for reuse in memory (the next fit loads it from a decoder cache or trains afresh)."""
     _FITTED_DECODERS.clear()
+
+
+#: the version of how a fitted decoder is stored: a change to it retires every cached decoder
+DECODER_FORMAT = 1
+
+
+class DecoderCache(KeyedCache):
+    """Fitted decoders on disk (:class:`~bench.attacks.cache.KeyedCache`), for a rerun, another attack setting or
+    another method with the same release (DCM, DCMG and DCMG-O release the same measurements) to reuse.
+
+    The key is the in-memory reuse's (:meth:`FeatureInversion._fit_key`: the decoder and its budget, the client, the
+    (released, image) pairs, the device, the generator's state) with the code that trains the decoder and torch's
+    version, so a loaded decoder is the one the fit would train; the file holds its state, training report and the
+    generator's state after the fit, which is restored, so loading never changes a result.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder, "decoder cache", "training that decoder again")
+        self.loaded = self.trained = 0
+
+    @staticmethod
+    def key(module, fit_key: str) -> dict[str, Any]:
+        import bench
+
+        return {
+            "format": DECODER_FORMAT,
+            "bench": bench.__version__,
+            "code": code_fingerprint(*method_sources(module)),  # a method may register its own decoder
+            "torch": torch.__version__,
+            "fit": fit_key,
+        }
+
+
+_DECODER_CACHE: ContextVar[Optional[DecoderCache]] = ContextVar("bench_decoder_cache", default=None)
+
+
+@contextlib.contextmanager
+def caching_decoders(folder: Optional[Union[str, Path]]):
+    """Within the block, every fitted decoder is kept in ``folder`` and loaded from it when its key matches (None: no
+    cache); yields the :class:`DecoderCache` (its ``loaded`` and ``trained`` counts) or None."""
+    cache = None if folder is None else DecoderCache(Path(folder))
+    token = _DECODER_CACHE.set(cache)
+    try:
+        yield cache
+    finally:
+        _DECODER_CACHE.reset(token)
 
 
 def _digest(*parts: Any) -> str:
@@ -271,11 +321,48 @@ class FeatureInversion(Attack):
             decoder, decoder_used, report, generator_after = _FITTED_DECODERS[key]
             generator.set_state(generator_after.clone())
             return decoder, decoder_used, dataclasses.replace(report)
-        decoder, decoder_used, report = self._fit_decoder(module, inputs, images, generator)
+        cache = _DECODER_CACHE.get()
+        loaded = None if cache is None else self._load_fit(cache, module, key, inputs, images)
+        if loaded is None:
+            decoder, decoder_used, report = self._fit_decoder(module, inputs, images, generator)
+            if cache is not None:
+                cache.trained += 1
+                state = {name: value.cpu() for name, value in decoder.state_dict().items()}
+                payload = {"decoder_used": decoder_used, "state": state, "report": report.as_details()}
+                cache.save(DecoderCache.key(module, key), {**payload, "generator": generator.get_state()})
+        else:
+            decoder, decoder_used, report, generator_after = loaded
+            generator.set_state(generator_after)
+            cache.loaded += 1
         _FITTED_DECODERS[key] = (decoder, decoder_used, report, generator.get_state())
         while len(_FITTED_DECODERS) > _FITTED_DECODERS_KEPT:
             _FITTED_DECODERS.popitem(last=False)
         return decoder, decoder_used, dataclasses.replace(report)
+
+    def _load_fit(
+        self, cache: DecoderCache, module, key: str, inputs: Tensor, images: Tensor
+    ) -> Optional[tuple[nn.Module, str, TrainingReport, Tensor]]:
+        """The decoder fitted under ``key`` from ``cache``, built as the fit builds it and given its stored state, with
+        its training report and the generator's state after the fit; None when there is none or it does not fit."""
+        full_key = DecoderCache.key(module, key)
+        stored = cache.load(full_key)
+        if stored is None:
+            return None
+        try:
+            with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the fit warned already, if the mirror decoder fell back
+                decoder, decoder_used = self.build_decoder(module, inputs[:2].cpu(), images.shape[1:])
+            if stored["decoder_used"] != decoder_used:
+                raise ValueError(f"it holds a {stored['decoder_used']} decoder, the fit builds {decoder_used}")
+            decoder.load_state_dict(stored["state"])  # strict: every tensor, of every shape
+            report = TrainingReport(**stored["report"])
+            generator_after = stored["generator"]
+            if not isinstance(generator_after, Tensor) or generator_after.dtype != torch.uint8:
+                raise ValueError("its generator state is not a byte tensor")
+        except Exception as error:  # a file is never trusted: any problem means train again
+            cache.refuse(full_key, error)
+            return None
+        return decoder.to(inputs.device).eval(), decoder_used, report, generator_after
 
     def _fit_decoder(
         self, module, inputs: Tensor, images: Tensor, generator: torch.Generator

@@ -11,11 +11,8 @@ SHA-256 of everything that determines them; a file whose stored key differs, or 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
-import os
-import sys
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +21,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from bench.attacks.cache import KeyedCache, code_fingerprint, method_sources
 from bench.attacks.shadow_models import ShadowModels, random_halves
 
 
@@ -202,38 +200,6 @@ class ShadowPool:
 POOL_FORMAT = 1
 
 
-@functools.lru_cache(maxsize=None)
-def code_fingerprint(package: Path, files: tuple[Path, ...] = ()) -> str:
-    """SHA-256 of every Python source file under ``package`` and of ``files`` (paths and contents): the code that
-    trains a pool.
-
-    The version number alone would let an edited recipe (a changed training step, network or optimizer default)
-    load the models the old code trained; any change to the suite's code retires every cached model instead."""
-    digest = hashlib.sha256()
-    for path in [*sorted(package.rglob("*.py")), *files]:
-        digest.update(str(path).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def _method_sources(module) -> tuple[Path, tuple[Path, ...]]:
-    """The suite's package, and the files outside it that define the method's class and its bases (a user's own)."""
-    import inspect
-
-    import bench
-
-    package = Path(bench.__file__).resolve().parent
-    files = set()
-    for cls in type(module).__mro__:
-        try:
-            path = Path(inspect.getfile(cls)).resolve()
-        except (TypeError, OSError):  # built in or defined interactively: its name and hyper-parameters are the key
-            continue
-        if path.suffix == ".py" and package not in path.parents and "site-packages" not in path.parts:
-            files.add(path)
-    return package, tuple(sorted(files))
-
-
 def cache_key(
     module, chunk: ShadowModels, recipe: PoolRecipe, data: str, seed: int, models: range, augmentation
 ) -> dict[str, Any]:
@@ -245,7 +211,7 @@ def cache_key(
     return {
         "format": POOL_FORMAT,
         "bench": bench.__version__,
-        "code": code_fingerprint(*_method_sources(module)),
+        "code": code_fingerprint(*method_sources(module)),
         "torch": torch.__version__,
         "target": f"{type(module).__module__}.{type(module).__qualname__}",
         "hparams": json.dumps(dict(getattr(module, "hparams", {})), sort_keys=True, default=repr),
@@ -269,31 +235,24 @@ def _callback_identity(callback) -> str:
     return f"{type(callback).__module__}.{type(callback).__qualname__}{json.dumps(settings, sort_keys=True)}"
 
 
-class ShadowCache:
-    """A folder of trained shadow models, one file per chunk of a pool: ``<SHA-256 of its key>.pt``.
+class ShadowCache(KeyedCache):
+    """A folder of trained shadow models, one file per chunk of a pool (:class:`~bench.attacks.cache.KeyedCache`).
 
-    A file is used only when the key stored in it equals the key asked for, in full, and it loads as plain tensors
-    (``torch.load(weights_only=True)``) of the right shapes; otherwise the chunk is trained again, with one line
-    saying why, and the file replaced.
+    A file is used only when the key stored in it equals the key asked for, in full, it loads as plain tensors
+    (``torch.load(weights_only=True)``) of the right shapes and its models trained on samples of this pool; otherwise
+    the chunk is trained again, with one line saying why, and the file replaced.
     """
 
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def path(self, key: dict[str, Any]) -> Path:
-        text = json.dumps(key, sort_keys=True)
-        return self.folder / f"{hashlib.sha256(text.encode()).hexdigest()}.pt"
+        super().__init__(folder, "shadow cache", "training those shadow models again")
 
     def load(self, key: dict[str, Any], chunk: ShadowModels, members: Tensor) -> Optional[Tensor]:
         """The chunk's trained state from the cache (its models set in place) and the samples they trained on; None:
         not cached, or not usable (then one line says why)."""
-        path = self.path(key)
-        if not path.is_file():
+        stored = super().load(key, map_location=chunk.device)
+        if stored is None:
             return None
         try:
-            stored = torch.load(path, map_location=chunk.device, weights_only=True)
-            if not isinstance(stored, dict) or stored.get("key") != json.dumps(key, sort_keys=True):
-                raise ValueError("its key is not this pool's")
             trained = stored["trained"]
             if (
                 not isinstance(trained, Tensor)
@@ -303,33 +262,13 @@ class ShadowCache:
                 raise ValueError("its models trained on other samples")
             chunk.load_trained_state(stored["state"])
         except Exception as error:  # a file is never trusted: any problem means train again
-            reason = f"{type(error).__name__}: {str(error).splitlines()[0]}" if str(error) else type(error).__name__
-            print(
-                f"bench: shadow cache {path} not used ({reason}); training those shadow models again",
-                file=sys.stderr,
-                flush=True,
-            )
+            self.refuse(key, error)
             return None
         return trained.cpu()
 
     def save(self, key: dict[str, Any], chunk: ShadowModels, trained: Tensor) -> None:
         """Keep the chunk under its key; a cache that cannot be written costs the reuse, never the evaluation."""
-        path = self.path(key)
-        partial = path.with_name(f"{path.stem}.{os.getpid()}.partial")  # two runs saving at once never mix
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            torch.save(
-                {"key": json.dumps(key, sort_keys=True), "trained": trained.cpu(), "state": chunk.trained_state()},
-                partial,
-            )
-            partial.replace(path)  # never a half-written entry under the key's name
-        except OSError as error:
-            partial.unlink(missing_ok=True)
-            print(
-                f"bench: shadow cache {path} not written ({error.strerror or error}); the next run trains them again",
-                file=sys.stderr,
-                flush=True,
-            )
+        super().save(key, {"trained": trained.cpu(), "state": chunk.trained_state()})
 
 
 _CURRENT_POOL: ContextVar[Optional[ShadowPool]] = ContextVar("bench_shadow_pool", default=None)

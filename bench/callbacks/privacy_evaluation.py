@@ -51,12 +51,16 @@ class PrivacyEvaluation(Callback):
             checkpoint), e.g. as an untrained reference; refused otherwise, since it is not a result.
         budget_check: rerun every learned attack at twice its training budget and record the relative
             change of its primary metric (``details["budget_check"]``; doubles the attacks' time).
-        shadow_cache: a folder where the membership attacks' shadow pools are kept for a rerun or a sweep over
-            attack settings of the same target configuration to load instead of training them again; an entry is
-            used only under the full key of everything that determines its models (target class and
-            hyper-parameters, recipe, data, evaluation seed, code), anything else is retrained with one line
-            (:class:`~bench.attacks.shadow_pool.ShadowCache`). ``auto``: ``<trainer.default_root_dir>/shadow_cache``
-            for ``bench fit``, ``shadow_cache/`` beside the checkpoint for ``bench evaluate``; None: off.
+        shadow_cache: a folder where the membership attacks' shadow pools, and in its ``decoders`` folder the
+            reconstruction attacks' fitted decoders, are kept for a rerun, a sweep over attack settings of the same
+            target configuration, or another method with the same release to load instead of training them again;
+            an entry is used only under the full key of everything that determines it (for a pool: target class and
+            hyper-parameters, recipe, data, evaluation seed, code; for a decoder: its settings, the client, the
+            released and original images, the seed, code), anything else is retrained with one line
+            (:class:`~bench.attacks.shadow_pool.ShadowCache`, :class:`~bench.attacks.feature_inversion.DecoderCache`).
+            ``auto``: ``<trainer.default_root_dir>/shadow_cache`` for ``bench fit``, one folder shared by the points
+            of a ``bench sweep`` (``<sweep log folder>/shadow_cache``), ``shadow_cache/`` beside the checkpoint for
+            ``bench evaluate``; None: off.
     """
 
     #: reports on training, takes no part in it: shadow models trained by the target's recipe leave it out
@@ -88,6 +92,8 @@ class PrivacyEvaluation(Callback):
         #: where ``shadow_cache: auto`` puts the cache: the Trainer's default_root_dir (``bench evaluate``: beside the
         #: checkpoint); None: nowhere known yet, so no cache
         self.run_root: Optional[str] = None
+        #: the folder a sweep's points share for ``shadow_cache: auto`` (``bench sweep`` sets it; None: none)
+        self.sweep_cache: Optional[str] = None
         #: the full run configuration; ``bench fit`` sets it from the parsed command line
         self.run_config: Optional[dict[str, Any]] = None
         self.last_record_path: Optional[Path] = None
@@ -140,10 +146,13 @@ class PrivacyEvaluation(Callback):
         )
 
     def shadow_cache_dir(self) -> Optional[str]:
-        """The shadow cache folder this run uses: ``shadow_cache`` itself, or for ``auto`` ``<run_root>/shadow_cache``
+        """The shadow cache folder this run uses: ``shadow_cache`` itself, or for ``auto`` the folder shared by the
+        points of the ``bench sweep`` that started this run (``--sweep_cache``), else ``<run_root>/shadow_cache``
         (None without a run root: a script that never fitted through this callback keeps no cache)."""
         if self.shadow_cache != AUTO_SHADOW_CACHE:
             return self.shadow_cache
+        if self.sweep_cache is not None:
+            return self.sweep_cache
         return None if self.run_root is None else str(Path(self.run_root) / "shadow_cache")
 
     def check_preconditions(self, module: PrivacyModule, datamodule: PrivacyDataModule) -> None:

@@ -93,8 +93,8 @@ def resolve_config(args: Sequence[str]) -> dict[str, Any]:
 
 
 def point_key(config: dict[str, Any]) -> str:
-    """SHA-256 of a resolved configuration, independent of key order (the sweep's own marker left out)."""
-    settings = {key: value for key, value in config.items() if key != "sweep_point"}
+    """SHA-256 of a resolved configuration, independent of key order (the sweep's own plumbing left out)."""
+    settings = {key: value for key, value in config.items() if key not in ("sweep_point", "sweep_cache")}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -200,9 +200,10 @@ class Point:
     def command(self, resume: bool, regenerate_leaderboard: bool = False) -> list[str]:
         """The process to start: ``bench fit`` with the point's arguments and the sweep's plumbing.
 
-        The plumbing: the key (kept in the record, so a rerun finds it), a checkpoint callback writing
-        ``last.ckpt`` into the point's own folder (so a requeued or rerun point resumes from it), and no
-        leaderboard per point (the sweep regenerates it once at the end).
+        The plumbing: the key (kept in the record, so a rerun finds it), the cache folder the points share (their
+        shadow pools and fitted decoders, each under its full key), a checkpoint callback writing ``last.ckpt`` into
+        the point's own folder (so a requeued or rerun point resumes from it), and no leaderboard per point (the
+        sweep regenerates it once at the end).
         """
         command = [
             sys.executable,
@@ -211,6 +212,8 @@ class Point:
             *self.args,
             "--sweep_point",
             self.key,
+            "--sweep_cache",  # shadow pools and decoders shared by the sweep's points (`shadow_cache: auto`)
+            str(self.run_dir.parent / "shadow_cache"),
             "--trainer.default_root_dir",
             str(self.run_dir),  # concurrent points never share a log version
             *self.wandb_arguments(),
