@@ -214,6 +214,36 @@ def test_every_attack_reconstructs_a_released_measurement_vector():
     assert evaluation.cost["released_bytes_per_sample"] == 4 * 16 and evaluation.cost["raw_bytes_per_sample"] == 64
 
 
+def test_methods_sharing_a_train_the_measurement_decoder_and_the_feature_decoders_once(tmp_path, monkeypatch):
+    from bench.attacks import feature_inversion
+
+    datamodule = Digits(pool_limit=48)
+    dcm, dcmg = (_build(cls, datamodule.spec, measurement_rate=0.25) for cls in (DCM, DCMG))
+    assert torch.equal(dcm.measurement_matrix(), dcmg.measurement_matrix())  # the same seeded A: the same release
+
+    def attacks():
+        return [
+            FeatureInversion(decoder=["upsampling", "affine"], epochs=2, progress=False),
+            MeasurementDecoder(epochs=2, progress=False),
+        ]
+
+    def run(module, cache):
+        feature_inversion.clear_fitted_decoders()  # each method in its own process
+        return evaluate(module, datamodule, attacks(), shadow_cache=cache)
+
+    alone = run(dcmg, None)
+    first = run(dcm, tmp_path)
+    assert (first.cost["decoders_trained"], first.cost["decoders_loaded"]) == (3, 0)
+    monkeypatch.setattr(feature_inversion, "fit_decoder", lambda *args, **kwargs: pytest.fail("a decoder trained"))
+    monkeypatch.setattr(
+        "bench.attacks.compressed_reconstruction.fit_decoder", lambda *args, **kwargs: pytest.fail("trained")
+    )
+    shared = run(dcmg, tmp_path)
+    assert (shared.cost["decoders_trained"], shared.cost["decoders_loaded"]) == (0, 3)
+    for loaded, trained in zip(shared.privacy, alone.privacy):  # exactly what DCMG's own decoders give
+        assert loaded["metrics"] == trained["metrics"] and loaded["details"] == trained["details"]
+
+
 def test_affine_inversion_learns_the_offset_of_eq_5_from_queried_pairs():
     datamodule = Digits(pool_limit=256)
     attacks = [AffineInversion(), PseudoInverse()]

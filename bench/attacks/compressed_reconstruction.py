@@ -24,11 +24,11 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from bench.attacks.base import Attack, AttackResult
-from bench.attacks.feature_inversion import query_client
-from bench.attacks.training import check_budget, check_schedule, fit_decoder, summarise
+from bench.attacks.feature_inversion import digest_of, load_or_fit, query_client
+from bench.attacks.training import TrainingReport, check_budget, check_schedule, fit_decoder, summarise
 from bench.errors import BenchError
 from bench.metrics.reconstruction import (
     EXPOSURE_DIRECTIONS,
@@ -121,6 +121,18 @@ class MeasurementDecoder(_KnowsMatrix):
 
     name = "measurement_decoder"
     budget_args = ("epochs", "patience")
+    #: with ``budget_args``, everything of this attack its decoder's fit depends on (its cache key)
+    training_settings = (
+        "channels",
+        "kernel_size",
+        "validation_fraction",
+        "batch_size",
+        "lr",
+        "max_attacker_samples",
+        "schedule",
+        "lr_factor",
+        "lr_patience",
+    )
 
     def __init__(
         self,
@@ -160,26 +172,35 @@ class MeasurementDecoder(_KnowsMatrix):
         own_images, _ = datamodule.pool("attacker").tensors()
         own_images = own_images[: self.max_attacker_samples].to(device)
         own_measurements = own_images.flatten(1) @ matrix.T  # Eq. 1 on the server's own images: no client query
-        with torch.random.fork_rng(devices=[]):  # the decoder's initial weights follow the harness's seed
-            torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
-            decoder = deepinverse_generator(matrix.cpu(), own_images.shape[1:], self.channels, self.kernel_size)
-        decoder = decoder.to(device)
-        report = fit_decoder(
-            decoder,
-            own_measurements,
-            own_images,
-            generator,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            patience=self.patience,
-            validation_fraction=self.validation_fraction,
-            description=self.name,
-            progress=self.progress,
-            schedule=self.schedule,
-            lr_factor=self.lr_factor,
-            lr_patience=self.lr_patience,
-        )
+
+        def build() -> tuple[nn.Module, str]:
+            with torch.random.fork_rng(devices=[]):  # the decoder's initial weights follow the harness's seed
+                torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
+                decoder = deepinverse_generator(matrix.cpu(), own_images.shape[1:], self.channels, self.kernel_size)
+            return decoder.to(device), "deepinverse"
+
+        def fit(decoder: nn.Module) -> TrainingReport:
+            return fit_decoder(
+                decoder,
+                own_measurements,
+                own_images,
+                generator,
+                epochs=self.epochs,
+                batch_size=self.batch_size,
+                lr=self.lr,
+                patience=self.patience,
+                validation_fraction=self.validation_fraction,
+                description=self.name,
+                progress=self.progress,
+                schedule=self.schedule,
+                lr_factor=self.lr_factor,
+                lr_patience=self.lr_patience,
+            )
+
+        # the server's own (A x, x) pairs: methods sharing A (DCM, DCMG, DCMG-O, DCMG-N at one rate) share this fit
+        settings = {name: getattr(self, name) for name in self.budget_args + self.training_settings}
+        key = digest_of(self.name, settings, str(device), matrix, own_images, generator.get_state())
+        decoder, _, report = load_or_fit(module, key, generator, build, fit)
 
         images, released = _test_images_and_releases(self, module, datamodule)
         with torch.no_grad():

@@ -83,10 +83,11 @@ class DecoderCache(KeyedCache):
     """Fitted decoders on disk (:class:`~bench.attacks.cache.KeyedCache`), for a rerun, another attack setting or
     another method with the same release (DCM, DCMG and DCMG-O release the same measurements) to reuse.
 
-    The key is the in-memory reuse's (:meth:`FeatureInversion._fit_key`: the decoder and its budget, the client, the
-    (released, image) pairs, the device, the generator's state) with the code that trains the decoder and torch's
-    version, so a loaded decoder is the one the fit would train; the file holds its state, training report and the
-    generator's state after the fit, which is restored, so loading never changes a result.
+    The key is the fit's (:func:`load_or_fit`; for the feature inversion :meth:`FeatureInversion._fit_key`: the
+    decoder and its budget, the client, the (released, image) pairs, the device, the generator's state) with the code
+    that trains the decoder and torch's version, so a loaded decoder is the one the fit would train; the file holds its
+    state, training report and the generator's state after the fit, which is restored, so loading never changes a
+    result.
     """
 
     def __init__(self, folder: Path) -> None:
@@ -121,7 +122,52 @@ def caching_decoders(folder: Optional[Union[str, Path]]):
         _DECODER_CACHE.reset(token)
 
 
-def _digest(*parts: Any) -> str:
+def load_or_fit(
+    module,
+    key: str,
+    generator: torch.Generator,
+    build: Callable[[], tuple[nn.Module, str]],
+    fit: Callable[[nn.Module], TrainingReport],
+) -> tuple[nn.Module, str, TrainingReport]:
+    """A learned decoder, fitted once per ``key`` across runs: loaded from the evaluation's decoder cache
+    (:func:`caching_decoders`) when it holds ``key``, else ``build()`` (the decoder, its initial weights drawn from
+    ``generator``, and its name) then ``fit(decoder)`` (its training report), and kept in the cache.
+
+    ``key`` must determine the fit: the decoder's settings, its training data, the device and ``generator``'s state
+    (:func:`digest_of` of them); the cache adds the code and torch's versions. Loading leaves ``generator`` in the state
+    the fit would have left it in, so a loaded decoder never changes a result.
+    """
+    cache = _DECODER_CACHE.get()
+    before = generator.get_state()
+    stored = None if cache is None else cache.load(DecoderCache.key(module, key))
+    if stored is not None:
+        try:
+            with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the fit warned already, if the mirror decoder fell back
+                decoder, name = build()
+            if stored["decoder_used"] != name:
+                raise ValueError(f"it holds a {stored['decoder_used']} decoder, the fit builds {name}")
+            decoder.load_state_dict(stored["state"])  # strict: every tensor, of every shape
+            report = TrainingReport(**stored["report"])
+            if not isinstance(stored["generator"], Tensor) or stored["generator"].dtype != torch.uint8:
+                raise ValueError("its generator state is not a byte tensor")
+            generator.set_state(stored["generator"])
+            cache.loaded += 1
+            return decoder.eval(), name, report
+        except Exception as error:  # a file is never trusted: any problem means train again
+            cache.refuse(DecoderCache.key(module, key), error)
+            generator.set_state(before)
+    decoder, name = build()
+    report = fit(decoder)
+    if cache is not None:
+        cache.trained += 1
+        state = {tensor_name: value.cpu() for tensor_name, value in decoder.state_dict().items()}
+        payload = {"decoder_used": name, "state": state, "report": report.as_details()}
+        cache.save(DecoderCache.key(module, key), {**payload, "generator": generator.get_state()})
+    return decoder, name, report
+
+
+def digest_of(*parts: Any) -> str:
     """SHA-256 over tensors (dtype, shape and bytes) and reprs of everything else."""
     digest = hashlib.sha256()
     for part in parts:
@@ -287,7 +333,7 @@ class FeatureInversion(Attack):
         two fits with the same key train the same decoder, to the same state.
         """
         client = module.client_network()
-        return _digest(
+        return digest_of(
             self.decoder,
             self.epochs,
             self.patience,
@@ -321,57 +367,30 @@ class FeatureInversion(Attack):
             decoder, decoder_used, report, generator_after = _FITTED_DECODERS[key]
             generator.set_state(generator_after.clone())
             return decoder, decoder_used, dataclasses.replace(report)
-        cache = _DECODER_CACHE.get()
-        loaded = None if cache is None else self._load_fit(cache, module, key, inputs, images)
-        if loaded is None:
-            decoder, decoder_used, report = self._fit_decoder(module, inputs, images, generator)
-            if cache is not None:
-                cache.trained += 1
-                state = {name: value.cpu() for name, value in decoder.state_dict().items()}
-                payload = {"decoder_used": decoder_used, "state": state, "report": report.as_details()}
-                cache.save(DecoderCache.key(module, key), {**payload, "generator": generator.get_state()})
-        else:
-            decoder, decoder_used, report, generator_after = loaded
-            generator.set_state(generator_after)
-            cache.loaded += 1
+        decoder, decoder_used, report = load_or_fit(
+            module,
+            key,
+            generator,
+            build=lambda: self._build_decoder(module, inputs, images, generator),
+            fit=lambda decoder: self._fit_decoder(decoder, inputs, images, generator),
+        )
         _FITTED_DECODERS[key] = (decoder, decoder_used, report, generator.get_state())
         while len(_FITTED_DECODERS) > _FITTED_DECODERS_KEPT:
             _FITTED_DECODERS.popitem(last=False)
         return decoder, decoder_used, dataclasses.replace(report)
 
-    def _load_fit(
-        self, cache: DecoderCache, module, key: str, inputs: Tensor, images: Tensor
-    ) -> Optional[tuple[nn.Module, str, TrainingReport, Tensor]]:
-        """The decoder fitted under ``key`` from ``cache``, built as the fit builds it and given its stored state, with
-        its training report and the generator's state after the fit; None when there is none or it does not fit."""
-        full_key = DecoderCache.key(module, key)
-        stored = cache.load(full_key)
-        if stored is None:
-            return None
-        try:
-            with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the fit warned already, if the mirror decoder fell back
-                decoder, decoder_used = self.build_decoder(module, inputs[:2].cpu(), images.shape[1:])
-            if stored["decoder_used"] != decoder_used:
-                raise ValueError(f"it holds a {stored['decoder_used']} decoder, the fit builds {decoder_used}")
-            decoder.load_state_dict(stored["state"])  # strict: every tensor, of every shape
-            report = TrainingReport(**stored["report"])
-            generator_after = stored["generator"]
-            if not isinstance(generator_after, Tensor) or generator_after.dtype != torch.uint8:
-                raise ValueError("its generator state is not a byte tensor")
-        except Exception as error:  # a file is never trusted: any problem means train again
-            cache.refuse(full_key, error)
-            return None
-        return decoder.to(inputs.device).eval(), decoder_used, report, generator_after
-
-    def _fit_decoder(
+    def _build_decoder(
         self, module, inputs: Tensor, images: Tensor, generator: torch.Generator
-    ) -> tuple[nn.Module, str, TrainingReport]:
+    ) -> tuple[nn.Module, str]:
         with torch.random.fork_rng(devices=[]):  # the decoder's initial weights follow the harness's seed
             torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
             decoder, decoder_used = self.build_decoder(module, inputs[:2].cpu(), images.shape[1:])
-        decoder = decoder.to(inputs.device)
-        report = fit_decoder(
+        return decoder.to(inputs.device), decoder_used
+
+    def _fit_decoder(
+        self, decoder: nn.Module, inputs: Tensor, images: Tensor, generator: torch.Generator
+    ) -> TrainingReport:
+        return fit_decoder(
             decoder,
             inputs,
             images.to(inputs.device),
@@ -387,7 +406,6 @@ class FeatureInversion(Attack):
             lr_factor=self.lr_factor,
             lr_patience=self.lr_patience,
         )
-        return decoder, decoder_used, report
 
     @torch.no_grad()
     def decode(self, decoder: nn.Module, inputs: Tensor) -> Tensor:
