@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from bench.attacks.base import Attack
 from bench.attacks.shadow_pool import TargetTraining
@@ -421,8 +422,7 @@ def _save_most_exposed(evaluation: Evaluation, directory: Path, record_id: str) 
         for axis in axes.flat:
             axis.axis("off")
         for rank, (axis, image, entry) in enumerate(zip(axes.flat, images, entries), 1):
-            pixels = image.float().clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy()
-            axis.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+            _show_image(axis, image)
             origin = "member" if entry["pool"] == "train" else entry["pool"]  # a natural member, or a canary
             axis.set_title(f"#{rank} {origin} y={entry['label']}", fontsize=8)
         figure.suptitle(
@@ -433,6 +433,12 @@ def _save_most_exposed(evaluation: Evaluation, directory: Path, record_id: str) 
         figure.savefig(path, dpi=100)
         artifacts[f"{attack}_most_exposed"] = str(path)
     return artifacts
+
+
+def _show_image(axis, image: Tensor) -> None:
+    """A (C, H, W) image in [0, 1] on ``axis``: grey or colour, every pixel a crisp block (no smoothing)."""
+    pixels = image.float().clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy()
+    axis.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
 
 
 def _per_example_scores(attacks: Sequence[Attack], evaluation: Evaluation) -> dict[str, Any]:
@@ -519,8 +525,7 @@ def example_figure(examples: ExampleImages, attack: str, columns: int = GRID_COL
             index, pair, column = first + offset, offset // columns, offset % columns
             shown = ((axes[2 * pair, column], originals[index]), (axes[2 * pair + 1, column], reconstructions[index]))
             for axis, image in shown:
-                pixels = image.clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy()
-                axis.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+                _show_image(axis, image)
             axes[2 * pair + 1, column].set_xlabel(f"{psnr[index].item():.1f}", fontsize=8)
     return figure
 

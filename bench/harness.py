@@ -22,7 +22,7 @@ import torch
 import bench
 from bench import registry
 from bench.attacks.base import Attack
-from bench.attacks.feature_inversion import caching_decoders
+from bench.attacks.cache import caching_decoders
 from bench.attacks.shadow_pool import ShadowPool, TargetTraining, sharing_shadows, training_like
 from bench.datamodules.base import PrivacyDataModule
 from bench.errors import class_path
@@ -104,7 +104,7 @@ def evaluate(
     ``shadow_cache``: a folder where the membership attacks' shadow models, and in its ``decoders`` folder the
     reconstruction attacks' fitted decoders, are kept, keyed by everything that determines them, for a rerun or
     another attack setting of the same target to reuse (:class:`~bench.attacks.shadow_pool.ShadowCache`,
-    :class:`~bench.attacks.feature_inversion.DecoderCache`); None: trained in every evaluation.
+    :class:`~bench.attacks.cache.DecoderCache`); None: trained in every evaluation.
     ``target``: how the target trained, which the shadows of the membership attacks copy where the attack states
     no epochs or batch size; None: as ``module``'s Trainer and ``datamodule`` tell it.
     """

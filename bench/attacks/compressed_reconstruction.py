@@ -27,8 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from bench.attacks.base import Attack, AttackResult
-from bench.attacks.feature_inversion import digest_of, load_or_fit, query_client
-from bench.attacks.training import TrainingReport, check_budget, check_schedule, fit_decoder, summarise
+from bench.attacks.cache import digest_of, load_or_fit
+from bench.attacks.feature_inversion import query_client
+from bench.attacks.training import TrainingReport, check_budget, check_schedule, fit_decoder, fit_settings, summarise
 from bench.errors import BenchError
 from bench.metrics.reconstruction import (
     EXPOSURE_DIRECTIONS,
@@ -121,18 +122,6 @@ class MeasurementDecoder(_KnowsMatrix):
 
     name = "measurement_decoder"
     budget_args = ("epochs", "patience")
-    #: with ``budget_args``, everything of this attack its decoder's fit depends on (its cache key)
-    training_settings = (
-        "channels",
-        "kernel_size",
-        "validation_fraction",
-        "batch_size",
-        "lr",
-        "max_attacker_samples",
-        "schedule",
-        "lr_factor",
-        "lr_patience",
-    )
 
     def __init__(
         self,
@@ -181,24 +170,12 @@ class MeasurementDecoder(_KnowsMatrix):
 
         def fit(decoder: nn.Module) -> TrainingReport:
             return fit_decoder(
-                decoder,
-                own_measurements,
-                own_images,
-                generator,
-                epochs=self.epochs,
-                batch_size=self.batch_size,
-                lr=self.lr,
-                patience=self.patience,
-                validation_fraction=self.validation_fraction,
-                description=self.name,
-                progress=self.progress,
-                schedule=self.schedule,
-                lr_factor=self.lr_factor,
-                lr_patience=self.lr_patience,
+                decoder, own_measurements, own_images, generator, **fit_settings(self), description=self.name
             )
 
         # the server's own (A x, x) pairs: methods sharing A (DCM, DCMG, DCMG-O, DCMG-N at one rate) share this fit
-        settings = {name: getattr(self, name) for name in self.budget_args + self.training_settings}
+        unrelated = ("progress", "max_test_samples")  # settings the fit does not depend on
+        settings = {name: value for name, value in self.config().items() if name not in unrelated}
         key = digest_of(self.name, settings, str(device), matrix, own_images, generator.get_state())
         decoder, _, report = load_or_fit(module, key, generator, build, fit)
 

@@ -11,23 +11,19 @@ The decoder trains until its loss on a held-out share of the attacker pool stops
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-import hashlib
 import math
 import warnings
 from collections import OrderedDict
-from contextvars import ContextVar
-from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
 from bench.attacks.base import Attack, AttackResult
-from bench.attacks.cache import KeyedCache, code_fingerprint, method_sources
-from bench.attacks.training import TrainingReport, check_budget, check_schedule, fit_decoder, summarise
+from bench.attacks.cache import digest_of, load_or_fit
+from bench.attacks.training import TrainingReport, check_budget, check_schedule, fit_decoder, fit_settings, summarise
 from bench.errors import BenchError
 from bench.metrics.reconstruction import EXPOSURE_DIRECTIONS, score_reconstructions, worst_case
 from bench.networks.decoders import mirror_decoder, released_as_real, upsampling_decoder
@@ -73,112 +69,6 @@ _FITTED_DECODERS_KEPT = 2
 def clear_fitted_decoders() -> None:
     """Forget every decoder kept for reuse in memory (the next fit loads it from a decoder cache or trains afresh)."""
     _FITTED_DECODERS.clear()
-
-
-#: the version of how a fitted decoder is stored: a change to it retires every cached decoder
-DECODER_FORMAT = 1
-
-
-class DecoderCache(KeyedCache):
-    """Fitted decoders on disk (:class:`~bench.attacks.cache.KeyedCache`), for a rerun, another attack setting or
-    another method with the same release (DCM, DCMG and DCMG-O release the same measurements) to reuse.
-
-    The key is the fit's (:func:`load_or_fit`; for the feature inversion :meth:`FeatureInversion._fit_key`: the
-    decoder and its budget, the client, the (released, image) pairs, the device, the generator's state) with the code
-    that trains the decoder and torch's version, so a loaded decoder is the one the fit would train; the file holds its
-    state, training report and the generator's state after the fit, which is restored, so loading never changes a
-    result.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        super().__init__(folder, "decoder cache", "training that decoder again")
-        self.loaded = self.trained = 0
-
-    @staticmethod
-    def key(module, fit_key: str) -> dict[str, Any]:
-        import bench
-
-        return {
-            "format": DECODER_FORMAT,
-            "bench": bench.__version__,
-            "code": code_fingerprint(*method_sources(module)),  # a method may register its own decoder
-            "torch": torch.__version__,
-            "fit": fit_key,
-        }
-
-
-_DECODER_CACHE: ContextVar[Optional[DecoderCache]] = ContextVar("bench_decoder_cache", default=None)
-
-
-@contextlib.contextmanager
-def caching_decoders(folder: Optional[Union[str, Path]]):
-    """Within the block, every fitted decoder is kept in ``folder`` and loaded from it when its key matches (None: no
-    cache); yields the :class:`DecoderCache` (its ``loaded`` and ``trained`` counts) or None."""
-    cache = None if folder is None else DecoderCache(Path(folder))
-    token = _DECODER_CACHE.set(cache)
-    try:
-        yield cache
-    finally:
-        _DECODER_CACHE.reset(token)
-
-
-def load_or_fit(
-    module,
-    key: str,
-    generator: torch.Generator,
-    build: Callable[[], tuple[nn.Module, str]],
-    fit: Callable[[nn.Module], TrainingReport],
-) -> tuple[nn.Module, str, TrainingReport]:
-    """A learned decoder, fitted once per ``key`` across runs: loaded from the evaluation's decoder cache
-    (:func:`caching_decoders`) when it holds ``key``, else ``build()`` (the decoder, its initial weights drawn from
-    ``generator``, and its name) then ``fit(decoder)`` (its training report), and kept in the cache.
-
-    ``key`` must determine the fit: the decoder's settings, its training data, the device and ``generator``'s state
-    (:func:`digest_of` of them); the cache adds the code and torch's versions. Loading leaves ``generator`` in the state
-    the fit would have left it in, so a loaded decoder never changes a result.
-    """
-    cache = _DECODER_CACHE.get()
-    before = generator.get_state()
-    stored = None if cache is None else cache.load(DecoderCache.key(module, key))
-    if stored is not None:
-        try:
-            with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the fit warned already, if the mirror decoder fell back
-                decoder, name = build()
-            if stored["decoder_used"] != name:
-                raise ValueError(f"it holds a {stored['decoder_used']} decoder, the fit builds {name}")
-            decoder.load_state_dict(stored["state"])  # strict: every tensor, of every shape
-            report = TrainingReport(**stored["report"])
-            if not isinstance(stored["generator"], Tensor) or stored["generator"].dtype != torch.uint8:
-                raise ValueError("its generator state is not a byte tensor")
-            generator.set_state(stored["generator"])
-            cache.loaded += 1
-            return decoder.eval(), name, report
-        except Exception as error:  # a file is never trusted: any problem means train again
-            cache.refuse(DecoderCache.key(module, key), error)
-            generator.set_state(before)
-    decoder, name = build()
-    report = fit(decoder)
-    if cache is not None:
-        cache.trained += 1
-        state = {tensor_name: value.cpu() for tensor_name, value in decoder.state_dict().items()}
-        payload = {"decoder_used": name, "state": state, "report": report.as_details()}
-        cache.save(DecoderCache.key(module, key), {**payload, "generator": generator.get_state()})
-    return decoder, name, report
-
-
-def digest_of(*parts: Any) -> str:
-    """SHA-256 over tensors (dtype, shape and bytes) and reprs of everything else."""
-    digest = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, Tensor):
-            part = part.detach().cpu().contiguous()
-            digest.update(f"{part.dtype}{tuple(part.shape)}".encode())
-            digest.update(part.reshape(-1).view(torch.uint8).numpy().tobytes())
-        else:
-            digest.update(repr(part).encode())
-        digest.update(b"|")
-    return digest.hexdigest()
 
 
 @torch.no_grad()
@@ -390,22 +280,8 @@ class FeatureInversion(Attack):
     def _fit_decoder(
         self, decoder: nn.Module, inputs: Tensor, images: Tensor, generator: torch.Generator
     ) -> TrainingReport:
-        return fit_decoder(
-            decoder,
-            inputs,
-            images.to(inputs.device),
-            generator,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            patience=self.patience,
-            validation_fraction=self.validation_fraction,
-            description=f"{self.name} decoder",
-            progress=self.progress,
-            schedule=self.schedule,
-            lr_factor=self.lr_factor,
-            lr_patience=self.lr_patience,
-        )
+        images = images.to(inputs.device)
+        return fit_decoder(decoder, inputs, images, generator, **fit_settings(self), description=f"{self.name} decoder")
 
     @torch.no_grad()
     def decode(self, decoder: nn.Module, inputs: Tensor) -> Tensor:

@@ -201,6 +201,25 @@ def validation_loss(model: nn.Module, loss: LossFunction, indices: Tensor, seed:
     return total / len(indices)
 
 
+#: an attack's settings that :func:`fit_decoder` takes as they are (each attack with a learned decoder has them all)
+FIT_SETTINGS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "patience",
+    "validation_fraction",
+    "progress",
+    "schedule",
+    "lr_factor",
+    "lr_patience",
+)
+
+
+def fit_settings(attack) -> dict[str, Any]:
+    """The keyword arguments of :func:`fit_decoder` that ``attack`` configures: its budget and recipe."""
+    return {name: getattr(attack, name) for name in FIT_SETTINGS}
+
+
 def fit_decoder(
     decoder: nn.Module,
     inputs: Tensor,

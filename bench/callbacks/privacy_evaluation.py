@@ -57,7 +57,7 @@ class PrivacyEvaluation(Callback):
             an entry is used only under the full key of everything that determines it (for a pool: target class and
             hyper-parameters, recipe, data, evaluation seed, code; for a decoder: its settings, the client, the
             released and original images, the seed, code), anything else is retrained with one line
-            (:class:`~bench.attacks.shadow_pool.ShadowCache`, :class:`~bench.attacks.feature_inversion.DecoderCache`).
+            (:class:`~bench.attacks.shadow_pool.ShadowCache`, :class:`~bench.attacks.cache.DecoderCache`).
             ``auto``: ``<trainer.default_root_dir>/shadow_cache`` for ``bench fit``, one folder shared by the points
             of a ``bench sweep`` (``<sweep log folder>/shadow_cache``), ``shadow_cache/`` beside the checkpoint for
             ``bench evaluate``; None: off.
