@@ -187,8 +187,10 @@ def test_scorecard_evaluates_claims_to_yes_no_partly_and_not_run(board):
     verdicts = [row["Reproduced?"] for row in scorecard]
     assert verdicts == ["**yes**", "**no**", NOT_RUN, "partly"]
     # ours: the compared values; pruning's worst case 0.55 (loss_threshold) vs the baseline's mean worst case 0.65
-    assert scorecard[0]["Ours"] == "0.550 < 0.650"
-    assert scorecard[1]["Ours"] == "0.800 vs 0.940 − 0.0100"
+    # the baseline's two seeds give the t-interval of their mean; pruning's one record states none
+    assert scorecard[0]["Ours"] == "0.550 < 0.650 [0.523, 0.777]"
+    # (the interval is of the compared value, 0.93, over the baseline's two seeds: 0.800 lies outside it)
+    assert scorecard[1]["Ours"] == "0.800 vs 0.940 − 0.0100 [0.803, 1.06]"
     assert scorecard[2]["Ours"] == "–"
     assert scorecard[3]["Claim"].endswith("(one half holds)")
 
@@ -542,6 +544,83 @@ claims:
         claim, [setting("A", 0.9, "one", "two"), setting("B", 0.8, "one"), setting("B", 0.95, "two")], read
     )
     assert verdict.status == "partly" and verdict.ours == "0.900 > 0.800; 0.900 vs 0.950"
+
+
+def _interval_claim(check: str):
+    return parse_claims(f"""
+paper: Fixture
+claims:
+  - claim: A leaks less than B
+    paper: "Table 1"
+    check: {check}
+""").claims[0]
+
+
+def _seed(rate, low=None, high=None):
+    return {"rate": rate, "interval": None if low is None else (low, high)}
+
+
+def _interval_setting(method, *records):
+    from bench.claims import Setting
+
+    return Setting(method, method, "digits", "", {}, tuple(records), "", frozenset())
+
+
+def _read_rate(record, path):
+    return record["rate"]
+
+
+def _read_rate_interval(record, path):
+    return record["interval"]
+
+
+def test_a_claim_whose_intervals_overlap_is_not_significant_and_one_whose_intervals_are_apart_is():
+    from bench.claims import evaluate_claim
+
+    claim = _interval_claim(
+        '{left: {method: A, value: privacy.x.rate}, op: "<", right: {method: B, value: privacy.x.rate}}'
+    )
+    # one seed each: the records' own intervals decide (0.999 < 1.0 with overlapping Clopper-Pearson intervals)
+    overlap = [_interval_setting("A", _seed(0.999, 0.996, 1.0)), _interval_setting("B", _seed(1.0, 0.998, 1.0))]
+    verdict = evaluate_claim(claim, overlap, _read_rate, _read_rate_interval)
+    assert verdict.status == "yes" and verdict.significant is False
+    assert verdict.status_text == "yes (not significant)"
+    assert verdict.ours == "0.999 [0.996, 1.00] < 1.00 [0.998, 1.00] (intervals overlap)"
+    apart = [_interval_setting("A", _seed(0.5, 0.45, 0.55)), _interval_setting("B", _seed(0.9, 0.85, 0.95))]
+    verdict = evaluate_claim(claim, apart, _read_rate, _read_rate_interval)
+    assert verdict.status == "yes" and verdict.significant is True and verdict.status_text == "yes"
+    # a clear "no" is significant too; a "no" within the intervals is not
+    flipped = [_interval_setting("A", _seed(0.9, 0.85, 0.95)), _interval_setting("B", _seed(0.5, 0.45, 0.55))]
+    assert evaluate_claim(claim, flipped, _read_rate, _read_rate_interval).significant is True
+    close = [_interval_setting("A", _seed(0.6, 0.4, 0.8)), _interval_setting("B", _seed(0.5, 0.3, 0.7))]
+    verdict = evaluate_claim(claim, close, _read_rate, _read_rate_interval)
+    assert verdict.status == "no" and verdict.status_text == "no (not significant)"
+    # without intervals (an accuracy, or a caller that reads none) nothing is said about significance
+    verdict = evaluate_claim(claim, overlap, _read_rate)
+    assert verdict.significant is None and verdict.ours == "0.999 < 1.00" and verdict.status_text == "yes"
+    one_side = [_interval_setting("A", _seed(0.999, 0.996, 1.0)), _interval_setting("B", _seed(1.0))]
+    assert evaluate_claim(claim, one_side, _read_rate, _read_rate_interval).significant is None
+
+
+def test_a_claims_interval_over_seeds_is_the_t_interval_of_the_mean_and_follows_factor_and_constants():
+    from scipy import stats
+
+    from bench.claims import evaluate_claim
+
+    seeds = [0.2, 0.3, 0.4]
+    half = stats.t.ppf(0.975, 2) * np.std(seeds, ddof=1) / np.sqrt(3)
+    claim = _interval_claim("{left: {method: A, value: privacy.x.rate, factor: -2}, op: '<', right: -0.3}")
+    verdict = evaluate_claim(
+        claim, [_interval_setting("A", *(_seed(v, 0.0, 1.0) for v in seeds))], _read_rate, _read_rate_interval
+    )
+    # the seeds' spread, not one record's interval: mean 0.3 +- half, then times -2 (the bounds swap)
+    low, high = sorted((-2 * (0.3 + half), -2 * (0.3 - half)))
+    assert verdict.ours == f"-2.00×0.300 [{low:#.3g}, {high:#.3g}] < -0.300 (intervals overlap)"
+    assert verdict.status == "yes" and verdict.significant is False  # -0.6 < -0.3, but -0.3 lies in the interval
+    # a constant outside the interval: the order is established
+    far = _interval_claim("{left: {method: A, value: privacy.x.rate}, op: '<', right: 0.9}")
+    verdict = evaluate_claim(far, [_interval_setting("A", *(_seed(v) for v in seeds))], _read_rate, _read_rate_interval)
+    assert verdict.significant is True
 
 
 @pytest.mark.parametrize("settings, methods", [(13, 1), (25, 1), (6, 3), (4, 2)])

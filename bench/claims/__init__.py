@@ -29,6 +29,12 @@ METRIC (diagnostics never count), following each attack's declared direction.
 
 A comparison is *not run* when an operand matches no record. ``all`` is yes when every comparison
 holds, no when none does, partly otherwise, and not run when none of them could be evaluated.
+
+A yes or a no is only as good as the numbers behind it: where the caller can read intervals, each operand
+carries its 95% interval (the record's own for one seed, e.g. a Clopper-Pearson interval of a rate; the
+t-interval of the mean over seeds for several; a constant's is itself), and a verdict one of whose comparisons
+has overlapping intervals is *not significant* (:attr:`Verdict.significant` False): the order it states is not
+established either way.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ import yaml
 from bench.deprecation import SUITE_METHODS, BenchDeprecationWarning, current_hparams
 
 YES, NO, PARTLY, NOT_RUN = "yes", "no", "partly", "not run at this scale"
+#: the coverage of the intervals a comparison is judged with
+CONFIDENCE = 0.95
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "<": lambda a, b: a < b,
     "<=": lambda a, b: a <= b,
@@ -109,6 +117,14 @@ class Verdict:
     ours: str  # what we measured, one comparison after another
     reasons: list[str] = field(default_factory=list)  # why a comparison could not be evaluated
     scales: list[str] = field(default_factory=list)  # the scales of the settings that were compared
+    #: False: some comparison's intervals overlap; True: every comparison with intervals has them apart (and one
+    #: has); None: no comparison could be tested (an operand without an interval)
+    significant: Optional[bool] = None
+
+    @property
+    def status_text(self) -> str:
+        """The status, with '(not significant)' when an order it rests on is within the intervals."""
+        return f"{self.status} (not significant)" if self.significant is False else self.status
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -248,6 +264,16 @@ class Setting:
 
 #: reads a PATH from one record; None where the record does not report it
 ValueReader = Callable[[Any, str], Optional[float]]
+#: reads the 95% interval of a PATH's value from one record (the record's own); None where it has none
+IntervalReader = Callable[[Any, str], Optional[tuple[float, float]]]
+Interval = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class _Value:
+    number: float
+    shown: str
+    interval: Optional[Interval]  # the 95% interval of ``number``; None where unknown
 
 
 def _matches(operand: Operand, setting: Setting) -> bool:
@@ -275,18 +301,24 @@ class _NotRun(Exception):
 
 
 def _value(
-    operand: Operand, settings: Sequence[Setting], read: ValueReader, scales: Optional[list[str]] = None
-) -> tuple[float, str]:
-    """The operand's number and how we show it; raise _NotRun saying why there is none."""
+    operand: Operand,
+    settings: Sequence[Setting],
+    read: ValueReader,
+    scales: Optional[list[str]] = None,
+    read_interval: Optional[IntervalReader] = None,
+) -> _Value:
+    """The operand's number, how we show it and its interval; raise _NotRun saying why there is none."""
     if operand.constant is not None:
-        return operand.constant, _fmt(operand.constant)
-    means, used = [], []
+        return _Value(operand.constant, _fmt(operand.constant), (operand.constant, operand.constant))
+    means, intervals, used = [], [], []
     for setting in settings:
         if not _matches(operand, setting):
             continue
-        values = [v for record in setting.records if (v := read(record, operand.value)) is not None]
-        if values:
+        read_from = [(record, v) for record in setting.records if (v := read(record, operand.value)) is not None]
+        if read_from:
+            values = [v for _, v in read_from]
             means.append(sum(values) / len(values))
+            intervals.append(_seeds_interval(read_from, operand.value, read_interval))
             used.append(setting.scale)
     selector = " ".join(
         f"{k}={v}"
@@ -302,13 +334,40 @@ def _value(
         )
     if scales is not None:
         scales += [scale for scale in used if scale and scale not in scales]
-    value = {"one": means[0], "max": max(means), "min": min(means), "mean": sum(means) / len(means)}[operand.reduce]
+    if operand.reduce == "mean":
+        value = sum(means) / len(means)
+        interval = intervals[0] if len(means) == 1 else None  # a mean over settings has no interval of its own
+    else:
+        chosen = {"one": 0, "max": means.index(max(means)), "min": means.index(min(means))}[operand.reduce]
+        value, interval = means[chosen], intervals[chosen]
     shown = _fmt(value)
     if operand.factor != 1.0:
         shown = f"{_fmt(operand.factor)}×{shown}"
     if operand.offset:
         shown += f" {'+' if operand.offset > 0 else '−'} {_fmt(abs(operand.offset))}"
-    return operand.factor * value + operand.offset, shown
+    if interval is not None:
+        low, high = sorted(operand.factor * bound + operand.offset for bound in interval)
+        interval = (low, high)
+        shown += f" [{_fmt(low)}, {_fmt(high)}]"
+    return _Value(operand.factor * value + operand.offset, shown, interval)
+
+
+def _seeds_interval(
+    read_from: Sequence[tuple[Any, float]], path: str, read_interval: Optional[IntervalReader]
+) -> Optional[Interval]:
+    """The 95% interval of a setting's value: its record's own for one seed, the t-interval of the mean over
+    several seeds (as the leaderboard's rankings use)."""
+    if read_interval is None:
+        return None
+    if len(read_from) == 1:
+        return read_interval(read_from[0][0], path)
+    from scipy import stats
+
+    values = [value for _, value in read_from]
+    mean = sum(values) / len(values)
+    spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1)) * spread / math.sqrt(len(values))
+    return mean - half, mean + half
 
 
 def _fmt(value: float) -> str:
@@ -338,29 +397,35 @@ def _comparable(comparison: Comparison, settings: Sequence[Setting], read: Value
     return [[setting for setting in settings if table in setting.tables] for table in sorted(shared)] or [settings]
 
 
-def evaluate_claim(claim: Claim, settings: Sequence[Setting], read: ValueReader) -> Verdict:
-    outcomes, shown, reasons, scales = [], [], [], []
+def evaluate_claim(
+    claim: Claim, settings: Sequence[Setting], read: ValueReader, read_interval: Optional[IntervalReader] = None
+) -> Verdict:
+    outcomes, shown, reasons, scales, apart = [], [], [], [], []
     for comparison in claim.comparisons:
         read_in, why_not = [], None
         for group in _comparable(comparison, settings, read):
             try:
                 group_scales: list[str] = []
-                left, left_text = _value(comparison.left, group, read, group_scales)
-                right, right_text = _value(comparison.right, group, read, group_scales)
+                left = _value(comparison.left, group, read, group_scales, read_interval)
+                right = _value(comparison.right, group, read, group_scales, read_interval)
             except _NotRun as why:
                 why_not = why
                 continue
-            read_in.append((OPERATORS[comparison.op](left, right), left_text, right_text, group_scales))
+            read_in.append((OPERATORS[comparison.op](left.number, right.number), left, right, group_scales))
         if not read_in:
             reasons.append(str(why_not))
             shown.append(f"– ({why_not})" if why_not.ambiguous else "–")
             continue
-        for holds, left_text, right_text, group_scales in read_in:  # one outcome per experiment it was read in
+        for holds, left, right, group_scales in read_in:  # one outcome per experiment it was read in
             outcomes.append(holds)
             scales += [scale for scale in group_scales if scale not in scales]
-            shown.append(
-                f"{left_text} {OPERATOR_SIGNS[comparison.op]} {right_text}" if holds else f"{left_text} vs {right_text}"
-            )
+            sign = OPERATOR_SIGNS[comparison.op] if holds else "vs"
+            text = f"{left.shown} {sign} {right.shown}"
+            if left.interval is not None and right.interval is not None:  # a constant's interval is itself
+                separated = left.interval[1] < right.interval[0] or right.interval[1] < left.interval[0]
+                apart.append(separated)
+                text += "" if separated else " (intervals overlap)"
+            shown.append(text)
     if not outcomes:
         status = NOT_RUN
     elif all(outcomes) and not reasons:
@@ -369,10 +434,14 @@ def evaluate_claim(claim: Claim, settings: Sequence[Setting], read: ValueReader)
         status = NO
     else:
         status = PARTLY
-    return Verdict(claim, status, "; ".join(shown), reasons, scales)
+    significant = None if not apart else all(apart)
+    return Verdict(claim, status, "; ".join(shown), reasons, scales, significant if status in (YES, NO) else None)
 
 
 def evaluate_claims(
-    files: Iterable[ClaimsFile], settings: Sequence[Setting], read: ValueReader
+    files: Iterable[ClaimsFile],
+    settings: Sequence[Setting],
+    read: ValueReader,
+    read_interval: Optional[IntervalReader] = None,
 ) -> list[tuple[ClaimsFile, list[Verdict]]]:
-    return [(file, [evaluate_claim(claim, settings, read) for claim in file.claims]) for file in files]
+    return [(file, [evaluate_claim(claim, settings, read, read_interval) for claim in file.claims]) for file in files]

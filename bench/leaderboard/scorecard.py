@@ -7,7 +7,7 @@ from typing import Optional
 
 from bench.claims import Setting, evaluate_claims
 from bench.leaderboard.experiments import _budget_text, _canonical, _setting, worst_case
-from bench.leaderboard.records import MISSING, _entry, _finite, _Run
+from bench.leaderboard.records import MISSING, _Entry, _entry, _finite, _Run
 from bench.leaderboard.tables import _escape, _markdown_table, _number
 from bench.records import Record
 
@@ -56,20 +56,37 @@ def _scale(run: _Run) -> str:
     return run.dataset.name + (f" ({', '.join(parts)})" if parts else "")
 
 
-def _claim_value(record: Record, path: str) -> Optional[float]:
+def _claim_entry(record: Record, path: str) -> Optional[tuple[_Entry, str]]:
+    """The privacy entry a privacy.ATTACK.METRIC or worst_case.THREAT_MODEL.METRIC path reads, and the metric."""
     section, _, rest = path.partition(".")
-    if section in ("utility", "cost"):
-        return _finite((record.utility if section == "utility" else record.cost).get(rest))
     attack_or_tm, _, metric = rest.partition(".")
     entries = [_entry(entry) for entry in record.privacy]
     if section == "privacy":
         entry = next((e for e in entries if e.attack == attack_or_tm), None)
-        return None if entry is None else entry.metrics.get(metric)
+        return None if entry is None else (entry, metric)
     try:
         found = worst_case(entries, attack_or_tm, metric, primary_only=False)
     except ValueError:
         return None
-    return None if found is None else found[0]
+    if found is None:
+        return None
+    return next(e for e in entries if e.attack == found[1] and e.threat_model == attack_or_tm), metric
+
+
+def _claim_value(record: Record, path: str) -> Optional[float]:
+    section, _, rest = path.partition(".")
+    if section in ("utility", "cost"):
+        return _finite((record.utility if section == "utility" else record.cost).get(rest))
+    found = _claim_entry(record, path)
+    return None if found is None else found[0].metrics.get(found[1])
+
+
+def _claim_interval(record: Record, path: str) -> Optional[tuple[float, float]]:
+    """The record's own 95% interval of the value a path reads (the winning adversary's, for a worst case)."""
+    if path.partition(".")[0] in ("utility", "cost"):
+        return None
+    found = _claim_entry(record, path)
+    return None if found is None else found[0].intervals.get(found[1])
 
 
 def _scorecard(claims_files: list, runs: list[_Run], placed: Optional[dict[int, set[str]]] = None) -> list[str]:
@@ -79,12 +96,21 @@ def _scorecard(claims_files: list, runs: list[_Run], placed: Optional[dict[int, 
         "## Scorecard: the papers' claims, as our records measure them",
         "",
         "Each claim is a comparison of record values stated in `bench/claims/<paper>.yaml`; *ours* shows the "
-        "values compared (mean over seeds). *Not run at this scale*: no record measures it yet.",
+        "values compared (mean over seeds), with their 95% intervals where the records have them (a record's own "
+        "for one seed, the t-interval of the mean over several). *Not significant*: the intervals of a comparison "
+        "the verdict rests on overlap, so the order it states is not established either way. *Not run at this "
+        "scale*: no record measures it yet.",
         "",
     ]
-    for file, verdicts in evaluate_claims(claims_files, _claim_settings(runs, placed or {}), _claim_value):
+    settings = _claim_settings(runs, placed or {})
+    for file, verdicts in evaluate_claims(claims_files, settings, _claim_value, _claim_interval):
         counts = Counter(v.status for v in verdicts)
-        summary = ", ".join(f"{counts[s]} {s}" for s in ("yes", "partly", "no", "not run at this scale") if counts[s])
+        weak = Counter(v.status for v in verdicts if v.significant is False)
+        summary = ", ".join(
+            f"{counts[s]} {s}" + (f" ({weak[s]} not significant)" if weak[s] else "")
+            for s in ("yes", "partly", "no", "not run at this scale")
+            if counts[s]
+        )
         scales = sorted({scale for v in verdicts for scale in v.scales})
         measured = f" Ours measured on {_escape('; '.join(scales))}." if scales else ""
         lines += [f"### {file.paper}", "", f"{len(verdicts)} claims: {summary}.{measured}", ""]
@@ -93,7 +119,7 @@ def _scorecard(claims_files: list, runs: list[_Run], placed: Optional[dict[int, 
                 v.claim.claim + (f" ({v.claim.note})" if v.claim.note else ""),
                 v.claim.paper,
                 v.ours or MISSING,
-                f"**{v.status}**" if v.status in ("yes", "no") else v.status,
+                f"**{v.status}**" if v.status in ("yes", "no") and v.significant is not False else v.status_text,
             ]
             for v in verdicts
         ]
