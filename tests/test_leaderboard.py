@@ -940,6 +940,22 @@ def test_unmatched_seeds_fall_back_on_the_intervals(tmp_path):
     ]
 
 
+def test_a_panel_whose_rows_all_share_one_value_shows_a_readable_band_not_a_1e_17_zoom():
+    from matplotlib.figure import Figure
+
+    from bench.leaderboard.experiments import _Family
+    from bench.leaderboard.plots import _draw_reference_lines, _Panel
+
+    family = _Family("canary_audit_epsilon", "lower", False)
+    for value in (0.0, 2.5):
+        axes = Figure().add_subplot()
+        frontier = [(0.5, value, 1.0), (0.7, value, 2.0), (0.8, value, 8.0)]
+        axes.plot([0.5, 0.7, 0.8], [value] * 3)
+        _draw_reference_lines(axes, _Panel(family, [], frontier, [(0.0, "no measured leakage")]))
+        low, high = axes.get_ylim()
+        assert low < value < high and high - low >= 0.2 - 1e-12
+
+
 def test_a_single_defense_is_plotted_only_against_a_dp_sgd_frontier(tmp_path):
     alone = _black_box("mia-none-seed0.json", "dfc" + "0" * 29, 0.85, 0.60, 40)
     result = generate_leaderboard([_write(tmp_path / "alone", alone)], tmp_path / "out", claims=[])

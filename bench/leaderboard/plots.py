@@ -366,6 +366,11 @@ def _draw_reference_lines(axes, panel: _Panel) -> None:
         axes.set_yscale("log")
         axes.yaxis.set_major_formatter(ScalarFormatter())
         axes.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    elif max(ys) - min(ys) <= 1e-12 * max(1.0, abs(ys[0])):
+        # every row at one value (e.g. audit epsilon 0 for each DP-SGD point): matplotlib would zoom into a 1e-17
+        # band whose ticks read like real differences; show a band around the value instead
+        half = max(0.1 * abs(ys[0]), 0.1)
+        axes.set_ylim(ys[0] - half, ys[0] + half)
     across = blended_transform_factory(axes.transAxes, axes.transData)
     for value, label in panel.lines:
         if log and value <= 0:
