@@ -356,17 +356,22 @@ def _seeds_interval(
     read_from: Sequence[tuple[Any, float]], path: str, read_interval: Optional[IntervalReader]
 ) -> Optional[Interval]:
     """The 95% interval of a setting's value: its record's own for one seed, the t-interval of the mean over
-    several seeds (as the leaderboard's rankings use)."""
+    several seeds."""
     if read_interval is None:
         return None
     if len(read_from) == 1:
         return read_interval(read_from[0][0], path)
+    return mean_interval([value for _, value in read_from])
+
+
+def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
+    """The two-sided Student-t interval of the mean of two values or more (seeds as independent draws); the
+    leaderboard's rankings use the same."""
     from scipy import stats
 
-    values = [value for _, value in read_from]
     mean = sum(values) / len(values)
     spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1)) * spread / math.sqrt(len(values))
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1)) * spread / math.sqrt(len(values))
     return mean - half, mean + half
 
 

@@ -11,19 +11,17 @@ comparisons: a step called significant may still be a chance finding among many.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
+from bench.claims import CONFIDENCE, mean_interval
 from bench.leaderboard.experiments import _canonical, _Experiment, _Family, _Row, worst_case
 from bench.leaderboard.tables import _escape, _number, _row_worst_case
 
 #: the level below which a paired test calls an order significant
 SIGNIFICANCE_LEVEL = 0.05
-#: the coverage of the intervals compared
-CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
@@ -78,16 +76,12 @@ def per_seed(row: _Row, threat_model: str, family: _Family) -> dict[str, float]:
 
 def interval(row: _Row, threat_model: str, family: _Family) -> Optional[tuple[float, float]]:
     """The 95% interval of the row's worst case: the record's own for one seed, the mean's t-interval for several."""
-    from scipy import stats
-
     worst = _row_worst_case(row, threat_model, family)
     if worst is None:
         return None
     if len(worst.values) == 1:
         return worst.interval
-    values = np.asarray(worst.values, dtype=float)
-    half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-    return float(values.mean() - half), float(values.mean() + half)
+    return mean_interval([float(value) for value in worst.values], CONFIDENCE)
 
 
 def compare(first: _Row, second: _Row, threat_model: str, family: _Family) -> Comparison:
