@@ -11,8 +11,6 @@ the class is defined: a method that declares a threat model without its methods 
 
 from __future__ import annotations
 
-import atexit
-import functools
 import inspect
 import random
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
@@ -31,24 +29,10 @@ from bench.modules.lightning_internals import loggers_write_this_step, search_un
 from bench.networks.pruning import pruned_layer_sparsity, restore_pruning
 from bench.spec import TASKS, DataSpec
 from bench.threat_models import Capability, ThreatModel, check_declarations
+from bench.training.distributed import destroy_process_group_at_exit
 
 if TYPE_CHECKING:
     from bench.datamodules.sampling import BatchStream
-
-
-@functools.cache
-def _destroy_process_group_at_exit() -> None:
-    """Destroy the process group before the interpreter exits, whatever the backend.
-
-    Lightning does this for NCCL only; a gloo group left to the interpreter's teardown can abort a
-    DDP worker at exit ("terminate called without an active exception") after a successful fit.
-    """
-
-    def destroy() -> None:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-    atexit.register(destroy)
 
 
 def random_state() -> dict[str, Any]:
@@ -165,7 +149,7 @@ class PrivacyModule(L.LightningModule):
             # parameters without gradients; DDP must look for them instead of failing (set before wrapping)
             search_unused_parameters(strategy)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            _destroy_process_group_at_exit()
+            destroy_process_group_at_exit()
 
     # ------------------------------------------------------------------ prediction
     def forward(self, x: Tensor) -> Tensor:

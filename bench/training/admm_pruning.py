@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from bench.errors import BenchError
 from bench.networks.pruning import apply_mask, current_weight, effective_weight, is_masked, sparsity
+from bench.training.distributed import destroy_process_group_at_exit
 
 PHASES = ("admm", "retrain")
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -146,6 +147,8 @@ class ADMMPruning(Callback):
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._layers = self.layers(pl_module)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            destroy_process_group_at_exit()  # the module may be any LightningModule, not one of bench's methods
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.phase == "retrain":  # resumed after hard pruning: the masks came back with the weights
