@@ -13,7 +13,8 @@ MSE).
     OMP_NUM_THREADS=1 python benchmarks/attacker_recipe.py [--decoders mirror upsampling] [--target_epochs 15]
         [--recipes constant:0.001:64::20 default plateau:0.02:64::20] [--seed 0] [--target_cache /tmp/dnn.pt]
 
-A recipe is ``schedule:lr:batch_size:lr_patience:patience``; an empty field, or the whole recipe ``default``, takes
+A recipe is ``schedule:lr:batch_size:lr_patience:patience:cycle_epochs`` (trailing fields may be left out); an
+empty field, or the whole recipe ``default``, takes
 :class:`~bench.attacks.FeatureInversion`'s default. The default recipes: the old one (``constant:0.001:64::20``,
 the reference of the ratios) and today's defaults. ``--target_cache``: a state file for the trained DNN (read if it
 exists, else written), to measure again without training again. One thread is faster for models this small on a
@@ -76,9 +77,10 @@ DEFAULT_RECIPES = ["constant:0.001:64::20", "default"]
 
 
 def parse_recipe(text: str) -> dict:
-    """``schedule:lr:batch_size:lr_patience:patience`` (empty fields, or ``default``: FeatureInversion's defaults)."""
-    fields = ("schedule", "lr", "batch_size", "lr_patience", "patience")
-    kinds = (str, float, int, int, int)
+    """``schedule:lr:batch_size:lr_patience:patience:cycle_epochs`` (empty fields, or ``default``: FeatureInversion's
+    defaults)."""
+    fields = ("schedule", "lr", "batch_size", "lr_patience", "patience", "cycle_epochs")
+    kinds = (str, float, int, int, int, int)
     parts = [] if text == "default" else text.split(":")
     kwargs = {name: kind(part) for name, kind, part in zip(fields, kinds, parts) if part}
     return {"name": text, "kwargs": kwargs}
@@ -115,7 +117,8 @@ def fit(module, released, images, decoder: str, recipe: dict, seed: int) -> dict
     trained, used, report = attack.train_decoder(module, released, images, torch.Generator().manual_seed(seed))
     seconds = time.perf_counter() - started
     floor = plain_epoch_seconds(trained, released, images, report.train_samples, attack.batch_size)
-    name = f"{attack.schedule} lr {attack.lr:g} b{attack.batch_size} p{attack.patience}"
+    cycle = f" c{attack.cycle_epochs}" if attack.schedule == "onecycle" else ""
+    name = f"{attack.schedule} lr {attack.lr:g} b{attack.batch_size} p{attack.patience}{cycle}"
     return {"decoder": used, "recipe": name, "seconds": seconds, "report": report, "floor": floor}
 
 

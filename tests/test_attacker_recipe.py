@@ -1,5 +1,6 @@
-"""The learned attackers' training recipe (issue 27): a larger learning rate halved on plateaus reaches the constant
-rate's plateau in a quarter of its epochs; ``constant`` is the loop as it was; the report records the recipe."""
+"""The learned attackers' training recipe (issue 27): one cycle (the default) or a larger learning rate halved on
+plateaus reaches the constant rate's plateau in a quarter of its epochs; ``constant`` is the loop as it was; the
+report records the recipe."""
 
 from __future__ import annotations
 
@@ -39,14 +40,34 @@ def _fit(decoder: nn.Module, **recipe):
     )
 
 
-#: the recipe before issue 27, and FeatureInversion's default since (the same patience: the same stopping rule)
+#: the recipe before issue 27; the plateau recipe (the same patience: the same stopping rule); FeatureInversion's
+#: default, one cycle of 60 epochs then the stopping rule with patience 10
 OLD = {"schedule": "constant", "lr": 1e-3, "batch_size": 64, "patience": 20}
 NEW = {"schedule": "plateau", "lr": 2e-2, "batch_size": 32, "patience": 20}
+ONE_CYCLE = {"schedule": "onecycle", "lr": 4e-2, "batch_size": 32, "patience": 10, "cycle_epochs": 60}
 
 
-def test_the_default_recipe_is_the_plateau_recipe():
+def test_the_default_recipe_is_one_cycle():
     attack = FeatureInversion()
-    assert {name: getattr(attack, name) for name in NEW} == NEW and attack.lr_patience is None
+    assert {name: getattr(attack, name) for name in ONE_CYCLE} == ONE_CYCLE and attack.lr_patience is None
+
+
+def test_the_default_recipe_reaches_a_lower_loss_than_the_constant_plateau_in_a_quarter_of_the_epochs():
+    """The same task. Seeds 0-3: 0.14-0.18x the epochs, 0.6-1.6 % lower validation MSE (seed 0 here: 0.18x, -1.6 %;
+    on the mirror decoder of ``dnn/mnist_shared``, ``benchmarks/attacker_recipe.py``: 0.23-0.27x, -3.4 % to +0.5 %)."""
+    seed = 0
+    released, images = _task(seed)
+
+    def fit(recipe):
+        return fit_decoder(
+            _decoder(), released, images, torch.Generator().manual_seed(seed), epochs=2000, validation_fraction=0.2,
+            description="test", progress=False, **recipe,
+        )  # fmt: skip
+
+    old, new = fit(OLD), fit(ONE_CYCLE)
+    assert old.converged and new.converged and new.epochs_run > 60, "both stop on the rule; the cycle ran whole"
+    assert new.validation_loss <= old.validation_loss, (new.validation_loss, old.validation_loss)
+    assert new.epochs_run <= old.epochs_run / 4, (new.epochs_run, old.epochs_run)
 
 
 def test_the_plateau_recipe_reaches_the_constant_plateau_in_a_quarter_of_the_epochs():
@@ -115,8 +136,64 @@ def test_the_report_records_the_schedule_and_the_rates():
             _fit(_decoder(), lr=1e-3, batch_size=32, patience=5, schedule=schedule, lr_factor=1.0, epochs=2)
 
 
+class _RateLog(nn.Module):
+    """A linear decoder that logs the learning rate of every training batch (the optimizer is set after init)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _decoder()
+        self.optimizer, self.rates = None, []
+
+    def forward(self, x):
+        if self.training and self.optimizer is not None:
+            self.rates.append(self.optimizer.param_groups[0]["lr"])
+        return self.body(x)
+
+
+def test_the_one_cycle_runs_whole_then_the_plateau_rule_stops_training(monkeypatch):
+    """The rate rises from lr/25 to lr and anneals over the cycle's batches (OneCycleLR); the stopping rule waits for
+    the cycle's end; after it, the plateau schedule from lr/25."""
+    released, images = _task(count=200)
+    model = _RateLog()
+    adam = torch.optim.Adam
+
+    def logged_adam(*args, **kwargs):
+        model.optimizer = adam(*args, **kwargs)
+        return model.optimizer
+
+    monkeypatch.setattr(torch.optim, "Adam", logged_adam)
+    report = fit_decoder(
+        model, released, images, torch.Generator().manual_seed(0), epochs=60, batch_size=32, lr=0.1, patience=2,
+        validation_fraction=0.2, description="test", progress=False, schedule="onecycle", cycle_epochs=10,
+    )  # fmt: skip
+    batches = 5  # 160 training samples in batches of 32
+    cycle, after = model.rates[: 10 * batches], model.rates[10 * batches :]
+    peak = max(range(len(cycle)), key=cycle.__getitem__)
+    assert cycle[0] == pytest.approx(0.1 / 25) and cycle[peak] == pytest.approx(0.1, rel=1e-3)
+    assert peak == pytest.approx(0.3 * len(cycle), abs=1), "30 % of the cycle warms up"
+    assert all(a <= b for a, b in zip(cycle[:peak], cycle[1 : peak + 1])), "rising to the peak"
+    assert all(a >= b for a, b in zip(cycle[peak:], cycle[peak + 1 :])), "annealing after it"
+    assert cycle[-1] < 0.1 / 25 / 1000, "annealed far below the starting rate"
+    assert after and after[0] == pytest.approx(0.1 / 25) and max(after) <= 0.1 / 25, "the plateau schedule after"
+    assert report.epochs_run > 10 and report.cycle_epochs == 10 and report.schedule == "onecycle"
+    assert report.converged and report.epochs_run - report.best_epoch == 2, "stopped by the rule, after the cycle"
+
+
+def test_a_budget_shorter_than_the_cycle_shrinks_the_cycle_and_is_not_converged():
+    report = _fit(_decoder(), schedule="onecycle", lr=0.02, batch_size=32, patience=1, cycle_epochs=40, epochs=6)
+    assert report.epochs_run == 6 and report.cycle_epochs == 6 and not report.converged
+    assert report.lr_end < 0.02 / 25 / 1000, "the whole (shrunk) cycle ran: the rate is annealed"
+
+
 @pytest.mark.parametrize("attack", [FeatureInversion, MeasurementDecoder, PhaseInversion, LearnedPhaseInversion])
 def test_every_learned_attack_takes_the_schedule_and_rejects_an_unknown_one(attack):
     assert attack(schedule="constant").schedule == "constant"
+    assert attack(schedule="onecycle").schedule == "onecycle"
     with pytest.raises(BenchError, match="unknown schedule"):
         attack(schedule="sometimes")
+
+
+@pytest.mark.parametrize("attack", [FeatureInversion, MeasurementDecoder])
+def test_a_cycle_without_epochs_is_refused(attack):
+    with pytest.raises(BenchError, match="cycle_epochs"):
+        attack(schedule="onecycle", cycle_epochs=0)

@@ -417,7 +417,8 @@ def test_split_model_audits_like_the_same_network_as_a_split_method(client_weigh
     (entry,) = record["privacy"]
     (expected,) = reference.to_dict()["privacy"]
     assert entry["attack"] == "feature_inversion" and entry.get("error") is None
-    assert entry["metrics"] == expected["metrics"] and entry["details"]["decoder_used"] == "mirror"
+    assert entry["metrics"] == expected["metrics"]
+    assert entry["details"]["decoder_used"] == expected["details"]["decoder_used"]
     assert record["cost"]["released_bytes_per_sample"] == reference.cost["released_bytes_per_sample"]
     assert record["method"]["threat_models"] == ["feature_release"]
     assert record["utility"] == reference.utility and record["utility"]["accuracy"] > 0.5
@@ -432,7 +433,7 @@ def test_split_model_audits_like_the_same_network_as_a_split_method(client_weigh
 def test_a_split_audit_tells_a_leaking_release_from_a_private_one(user_package, tmp_path):
     # the image itself against nothing about it: the affine decoder identifies every image of the first, none of the
     # second (no --weights: the clients have no parameters, and the record says so; no --head: no utility)
-    affine = {**INVERSION, "decoder": "affine", "epochs": 30, "lr": 0.01, "max_attacker_samples": None}
+    affine = {**INVERSION, "decoder": "affine", "epochs": 30, "max_attacker_samples": None}
     rates = {}
     for release in ("identity_client", "constant_client"):
         record = audit(split_argv(release, init_args=affine), tmp_path / release)

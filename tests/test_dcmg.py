@@ -189,7 +189,7 @@ def test_every_attack_reconstructs_a_released_measurement_vector():
     datamodule = Digits(pool_limit=48)
     module = _build(DCMGN, datamodule.spec, measurement_rate=0.25)
     attacks = [
-        FeatureInversion(epochs=2, progress=False),
+        FeatureInversion(decoder="mirror", epochs=2, progress=False),
         FeatureInversion(decoder="upsampling", epochs=2, progress=False),
         OwnDecoder(),
         PseudoInverse(),

@@ -114,10 +114,11 @@ class MeasurementDecoder(_KnowsMatrix):
         batch_size / lr: Adam on the mean squared error (``lr``: the starting rate under ``schedule``).
         max_attacker_samples / max_test_samples: cap the pools (None: all of them).
         progress: show a progress bar while the decoder trains.
-        schedule / lr_factor / lr_patience: the learning-rate schedule
+        schedule / lr_factor / lr_patience / cycle_epochs: the learning-rate schedule
             (:func:`~bench.attacks.training.train_until_plateau`): ``constant`` (the default, not yet measured here
-            with ``plateau``) keeps ``lr``; ``plateau`` multiplies it by ``lr_factor`` after ``lr_patience`` + 1
-            epochs without a validation improvement (None: a third of ``patience``).
+            with the others) keeps ``lr``; ``plateau`` multiplies it by ``lr_factor`` after ``lr_patience`` + 1
+            epochs without a validation improvement (None: a third of ``patience``); ``onecycle`` runs one cycle
+            of ``cycle_epochs`` peaking at ``lr``, then the plateau schedule from ``lr / 25``.
     """
 
     name = "measurement_decoder"
@@ -138,11 +139,12 @@ class MeasurementDecoder(_KnowsMatrix):
         schedule: str = "constant",
         lr_factor: float = 0.5,
         lr_patience: Optional[int] = None,
+        cycle_epochs: int = 60,
     ) -> None:
         if batch_size < 1 or lr <= 0:
             raise BenchError(f"measurement_decoder needs batch_size >= 1 and lr > 0, got {batch_size} and {lr}")
         check_budget(self.name, epochs, patience, validation_fraction)
-        check_schedule(self.name, schedule, lr_factor, lr_patience)
+        check_schedule(self.name, schedule, lr_factor, lr_patience, cycle_epochs)
         self.channels = [int(width) for width in channels]
         self.kernel_size = kernel_size
         self.epochs = epochs
@@ -154,6 +156,7 @@ class MeasurementDecoder(_KnowsMatrix):
         self.max_test_samples = max_test_samples
         self.progress = progress
         self.schedule, self.lr_factor, self.lr_patience = schedule, lr_factor, lr_patience
+        self.cycle_epochs = cycle_epochs
 
     def run(self, module, datamodule, generator: torch.Generator) -> AttackResult:
         device = module.device

@@ -121,19 +121,22 @@ class FeatureInversion(Attack):
     The decoder holds out ``validation_fraction`` of the attacker pool and trains until its validation
     MSE has not improved for ``patience`` epochs (at most ``epochs``), keeping its best state.
 
-    Default budget (at most 1000 epochs, patience 20, 10 % held out, the whole attacker pool): chosen so that the
-    unprotected baseline is attacked at its plateau. SplitNetwork on the MNIST test set (``dnn/mnist_shared``,
-    1,500 attacker images, mirror decoder): the old fixed 40 epochs reached MSE 0.0099 without converging;
-    patience 10 stopped at epoch 92 with MSE 0.0086, and twice that budget moved it by -10 %; patience 20
-    stops at epoch 218 with MSE 0.00774, and twice this budget (patience 40, 2000 epochs; stops at 408)
-    gives 0.00763, a change of -1.4 % (``bench evaluate <checkpoint> --evaluation.budget_check true``).
-    Those were measured with the recipe before issue 27 (a constant Adam rate 1e-3 at batch 64). The default recipe
-    since (``plateau``: from 0.02 at batch 32, halved after 7 epochs without a validation improvement, the same
-    patience 20) on the same release (``python benchmarks/attacker_recipe.py``, 1 thread, seed 0): 137 epochs
-    against 249, 0.62x the wall time, validation MSE 0.00757 against 0.00805 (-5.9 %); seed 1: 105 epochs
-    against 278, 0.00784 against 0.00775 (+1.2 %). From 0.01 it stops sooner (111 and 96 epochs) but at -2.3 % and
-    +2.2 %; patience 10 stops at 0.21-0.25x the epochs, but up to +5.8 % (seed 1): the patience stays 20.
-    Upsampling decoder (0.01, seed 0): 78 epochs against 81, -1.2 %.
+    Default budget (at most 1000 epochs, 10 % held out, the whole attacker pool): chosen so that the unprotected
+    baseline is attacked at its plateau. SplitNetwork on the MNIST test set (``dnn/mnist_shared``, 1,500 attacker
+    images, mirror decoder): the old fixed 40 epochs reached MSE 0.0099 without converging; with the recipe before
+    issue 27 (a constant Adam rate 1e-3 at batch 64), patience 20 stops at epoch 218 with MSE 0.00774, and twice this
+    budget (patience 40, 2000 epochs; stops at 408) gives 0.00763, a change of -1.4 % (``bench evaluate <checkpoint>
+    --evaluation.budget_check true``); patience 10 stopped at epoch 92, 10 % short.
+
+    The default recipe (``onecycle``): one cycle of 60 epochs peaking at 0.04 (batch 32), then the stopping rule
+    with patience 10, the rate halved after 4 and 8 epochs without an improvement. Measured on the same release
+    against the constant recipe (``python benchmarks/attacker_recipe.py``, 1 thread, 2026-12-08): mirror decoder,
+    seeds 0 / 1 / 2: 70 / 68 / 61 epochs against 261 / 270 / 269 (0.23-0.27x), validation MSE -3.4 % / +0.5 % /
+    -2.3 %; ``unet_small`` (the strongest family on most releases), seed 0: 61 epochs against 71, 0.68x the wall
+    time, MSE 0.00472 against 0.00583 (-19 %). The ``plateau`` recipe (0.02, batch 32, patience 20), the default
+    before: mirror 0.41-0.47x the epochs at -3.7 % to +0.8 %, ``unet_small`` 0.99x at -11 %. A 40-epoch cycle
+    stops sooner on the mirror decoder (0.18-0.21x) but up to +1.7 % (seed 1); patience 20 after the 60-epoch cycle
+    gains 0.1-0.3 % for 1.4x the epochs.
 
     Args:
         decoder: ``families`` (the default: one decoder of each family, ``mirror``, ``upsampling``, ``unet_small``
@@ -144,19 +147,23 @@ class FeatureInversion(Attack):
             release). A lone ``mirror`` falls back to ``upsampling`` when the client network cannot be mirrored,
             and the record says so.
         epochs: the maximum number of passes over the attacker pool (training stops earlier on a plateau).
-        patience: epochs without a validation improvement before training stops.
+        patience: epochs without a validation improvement before training stops (after the cycle, under
+            ``onecycle``).
         validation_fraction: share of the attacker pool held out for early stopping.
         batch_size: decoder mini-batch size.
-        lr: Adam learning rate of the decoder (its starting rate under ``schedule="plateau"``).
+        lr: Adam learning rate of the decoder (its starting rate under ``plateau``, its peak under ``onecycle``).
         max_attacker_samples / max_test_samples: cap the pools (None: all of them).
         progress: show a progress bar while the decoder trains.
-        schedule: the learning-rate schedule (:func:`~bench.attacks.training.train_until_plateau`): ``plateau``
-            (the default) multiplies the rate by ``lr_factor`` after ``lr_patience`` + 1 epochs without a
-            validation improvement; ``constant`` keeps it (the recipe before issue 27 was ``constant`` at lr 1e-3,
-            batch 64). The stopping rule (``patience``) is the same under both.
+        schedule: the learning-rate schedule (:func:`~bench.attacks.training.train_until_plateau`): ``onecycle``
+            (the default) runs one cycle of ``cycle_epochs`` peaking at ``lr``, then the plateau schedule from
+            ``lr / 25``; ``plateau`` multiplies the rate by ``lr_factor`` after ``lr_patience`` + 1 epochs without a
+            validation improvement (measured with patience 20); ``constant`` keeps it (the recipe before issue 27
+            was ``constant`` at lr 1e-3, batch 64, patience 20). The stopping rule (``patience``) is the same under
+            all three.
         lr_factor: the plateau schedule's decay factor.
         lr_patience: the plateau schedule's patience (None: a third of ``patience``, so the rate has been halved
             twice before training stops).
+        cycle_epochs: the one-cycle schedule's length (the stopping rule applies after it).
     """
 
     name = "feature_inversion"
@@ -170,16 +177,17 @@ class FeatureInversion(Attack):
         self,
         decoder: Union[str, list[str]] = FAMILIES,
         epochs: int = 1000,
-        patience: int = 20,
+        patience: int = 10,
         validation_fraction: float = 0.1,
         batch_size: int = 32,
-        lr: float = 2e-2,
+        lr: float = 4e-2,
         max_attacker_samples: Optional[int] = None,
         max_test_samples: Optional[int] = None,
         progress: bool = True,
-        schedule: str = "plateau",
+        schedule: str = "onecycle",
         lr_factor: float = 0.5,
         lr_patience: Optional[int] = None,
+        cycle_epochs: int = 60,
     ) -> None:
         names = (
             list(DECODER_FAMILIES) if decoder == FAMILIES else [decoder] if isinstance(decoder, str) else list(decoder)
@@ -190,7 +198,7 @@ class FeatureInversion(Attack):
         if batch_size < 1 or lr <= 0:
             raise BenchError(f"{self.name} needs batch_size >= 1 and lr > 0, got {batch_size} and {lr}")
         check_budget(self.name, epochs, patience, validation_fraction)
-        check_schedule(self.name, schedule, lr_factor, lr_patience)
+        check_schedule(self.name, schedule, lr_factor, lr_patience, cycle_epochs)
         self.decoder = decoder if isinstance(decoder, str) else names
         self.epochs = epochs
         self.patience = patience
@@ -201,6 +209,7 @@ class FeatureInversion(Attack):
         self.max_test_samples = max_test_samples
         self.progress = progress
         self.schedule, self.lr_factor, self.lr_patience = schedule, lr_factor, lr_patience
+        self.cycle_epochs = cycle_epochs
 
     def build_decoder(self, module, released: Tensor, image_shape: Sequence[int]) -> tuple[nn.Module, str]:
         """The configured decoder, checked on a sample of released tensors (mirror falls back to upsampling)."""
@@ -233,6 +242,7 @@ class FeatureInversion(Attack):
             self.schedule,
             self.lr_factor,
             self.lr_patience,
+            self.cycle_epochs,
             str(inputs.device),
             repr(client),
             *client.state_dict().values(),

@@ -338,8 +338,9 @@ class PhaseInversion(_PhaseAttack):
         progress: show progress bars.
         schedule / critic_schedule: the learning-rate schedule of the decoder and of D'
             (:func:`~bench.attacks.training.train_until_plateau`): ``constant`` (the default of both, not yet
-            measured here with ``plateau``) or ``plateau`` (the rate times ``lr_factor`` after ``lr_patience`` + 1
-            epochs without a validation improvement; ``lr_patience`` None: a third of ``patience``).
+            measured here with the others), ``plateau`` (the rate times ``lr_factor`` after ``lr_patience`` + 1
+            epochs without a validation improvement; ``lr_patience`` None: a third of ``patience``) or ``onecycle``
+            (one cycle of 60 epochs peaking at ``lr``, then the plateau schedule from ``lr / 25``).
         lr_factor / lr_patience: the plateau schedule's decay factor and patience, for every learner of the attack.
     """
 
@@ -447,7 +448,7 @@ class LearnedPhaseInversion(_PhaseAttack):
         max_attacker_samples / max_test_samples: cap the pools (None: all of them).
         progress: show progress bars.
         schedule / estimator_schedule: the learning-rate schedule of the decoder and of the estimator, as
-            :class:`PhaseInversion`'s ``schedule`` (both ``constant`` by default, not yet measured with ``plateau``).
+            :class:`PhaseInversion`'s ``schedule`` (both ``constant`` by default, not yet measured with the others).
         lr_factor / lr_patience: as :class:`PhaseInversion`.
     """
 
