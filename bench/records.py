@@ -362,6 +362,20 @@ class DatasetInfo(_Open):
         leaderboard tells the two apart, as it did when it read the JSON."""
         return self.pool_sizes if "pool_sizes" in self.model_fields_set else None
 
+    @property
+    def design_pool_sizes(self) -> Optional[dict[str, Any]]:
+        """The stated pool sizes as the run was designed: the train pool without the canaries its data seed happened
+        to draw into it (each candidate goes in with probability 1/2, so the count differs from seed to seed), and the
+        number of candidates beside it. Records of one design on other data seeds are seeds of one experiment."""
+        sizes = self.stated_pool_sizes
+        canaries = (self.model_extra or {}).get("canaries")
+        if not isinstance(sizes, dict) or not isinstance(canaries, dict):
+            return sizes
+        train, included, count = sizes.get("train"), canaries.get("included"), canaries.get("count")
+        if not all(isinstance(value, int) and not isinstance(value, bool) for value in (train, included, count)):
+            return sizes
+        return {**sizes, "train": train - included, "canary_candidates": count}
+
 
 class Training(_Open):
     epochs: Optional[int] = None

@@ -517,6 +517,24 @@ def test_derived_experiments_on_other_pools_get_their_own_names_and_plots(tmp_pa
     assert [path.name for path in result.plots] == ["feature_release__digits_20_epochs_train_500.png"]
 
 
+def test_seeds_that_drew_other_canaries_into_the_train_pool_are_seeds_of_one_row(tmp_path):
+    """Each canary candidate is trained on with probability 1/2, so the train pool's size differs by data seed; the
+    design (members, candidates) is what makes records one experiment, not the draw."""
+    records = []
+    for seed, included in ((0, 260), (1, 239)):
+        record = _dp(f"dz{seed}" + "0" * 29, 8.0, 0.8 + seed / 100, 0.52, 0.1)
+        record["method"]["label"] = "DP-SGD (target_epsilon=8.0)"
+        record["seed"] = record["dataset"]["seed"] = seed
+        record["dataset"]["pool_sizes"]["train"] = 200 + included
+        record["dataset"]["canaries"] = {"count": 500, "included": included}
+        records.append(record)
+    (experiment,) = _experiments_of(_write(tmp_path / "records", *records))
+    (row,) = experiment.rows
+    assert len(row.runs) == 2
+    result = generate_leaderboard([tmp_path / "records"], tmp_path / "out", claims=[])
+    assert "canary_candidates 500" in result.markdown.read_text() and "train 200," in result.markdown.read_text()
+
+
 def test_a_claim_compares_numbers_within_the_experiments_both_sides_were_measured_in():
     from bench.claims import Setting, evaluate_claim
 

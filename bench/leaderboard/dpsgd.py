@@ -52,7 +52,7 @@ def is_dpsgd_row(row) -> bool:
 
 def _data_key(row: _Row) -> str:
     run = row.runs[0]
-    return _canonical([run.dataset.name, run.dataset.stated_pool_sizes])
+    return _canonical([run.dataset.name, run.dataset.design_pool_sizes])
 
 
 def reference_rows(experiment: _Experiment, experiments: Sequence[_Experiment] = ()) -> list[_Row]:

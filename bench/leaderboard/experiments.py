@@ -355,7 +355,7 @@ def _experiments(runs: list[_Run]) -> list[_Experiment]:
                 key = (
                     tm,
                     run.dataset.name,
-                    _canonical(run.dataset.stated_pool_sizes),
+                    _canonical(run.dataset.design_pool_sizes),
                     run.budget,
                     run.world_size,
                     run.effective_batch,

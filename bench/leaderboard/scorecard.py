@@ -48,9 +48,12 @@ def _claim_settings(runs: list[_Run], placed: dict[int, set[str]]) -> list[Setti
 
 
 def _scale(run: _Run) -> str:
-    """What a run trained on and for how long, e.g. 'mnist_t10k (4,000 train, 8 epochs)'."""
-    train = _finite(run.dataset.pool_sizes.get("train"))
-    parts = ([f"{_number(train, True)} train"] if train is not None else []) + (
+    """What a run trained on and for how long, e.g. 'mnist_t10k (4,000 train, 8 epochs)', or with canaries
+    'mnist_t10k (1,000 train + 500 canary candidates, 100 epochs)' (the design, the same for every data seed)."""
+    sizes = run.dataset.design_pool_sizes or {}
+    train, candidates = _finite(sizes.get("train")), _finite(sizes.get("canary_candidates"))
+    canaries = f" + {_number(candidates, True)} canary candidates" if candidates is not None else ""
+    parts = ([f"{_number(train, True)} train{canaries}"] if train is not None else []) + (
         [_budget_text(run.budget)] if run.budget else []
     )
     return run.dataset.name + (f" ({', '.join(parts)})" if parts else "")

@@ -374,7 +374,7 @@ def _details(experiment: _Experiment) -> list[str]:
 
 
 def _experiment_intro(experiment: _Experiment) -> str:
-    pools = {_canonical(run.dataset.stated_pool_sizes) for row in experiment.rows for run in row.runs}
+    pools = {_canonical(run.dataset.design_pool_sizes) for row in experiment.rows for run in row.runs}
     pool_text = ""
     if len(pools) == 1 and isinstance(sizes := json.loads(pools.pop()), dict) and sizes:
         pool_text = (
