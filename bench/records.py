@@ -374,6 +374,8 @@ class DatasetInfo(_Open):
         train, included, count = sizes.get("train"), canaries.get("included"), canaries.get("count")
         if not all(isinstance(value, int) and not isinstance(value, bool) for value in (train, included, count)):
             return sizes
+        if not 0 <= included <= min(train, count):  # not a draw of candidates into this train pool
+            return sizes
         return {**sizes, "train": train - included, "canary_candidates": count}
 
 

@@ -194,6 +194,7 @@ def test_every_learned_attack_takes_the_schedule_and_rejects_an_unknown_one(atta
 
 
 @pytest.mark.parametrize("attack", [FeatureInversion, MeasurementDecoder])
-def test_a_cycle_without_epochs_is_refused(attack):
+@pytest.mark.parametrize("cycle_epochs", [0, 60.0, True, "60"])
+def test_a_cycle_without_whole_epochs_is_refused(attack, cycle_epochs):
     with pytest.raises(BenchError, match="cycle_epochs"):
-        attack(schedule="onecycle", cycle_epochs=0)
+        attack(schedule="onecycle", cycle_epochs=cycle_epochs)

@@ -532,7 +532,18 @@ def test_seeds_that_drew_other_canaries_into_the_train_pool_are_seeds_of_one_row
     (row,) = experiment.rows
     assert len(row.runs) == 2
     result = generate_leaderboard([tmp_path / "records"], tmp_path / "out", claims=[])
-    assert "canary_candidates 500" in result.markdown.read_text() and "train 200," in result.markdown.read_text()
+    assert "canary candidates 500 (each also in the train pool" in result.markdown.read_text()
+    assert "train 200," in result.markdown.read_text()
+
+
+@pytest.mark.parametrize(
+    "canaries", [None, {"count": 500}, {"count": 500, "included": 9999}, {"count": 5, "included": 9}]
+)
+def test_pool_sizes_without_a_draw_of_canaries_into_the_train_pool_are_the_stated_ones(canaries):
+    from bench.records import DatasetInfo
+
+    info = DatasetInfo(name="mnist", pool_sizes={"train": 200}, **({} if canaries is None else {"canaries": canaries}))
+    assert info.design_pool_sizes == {"train": 200}
 
 
 def test_a_claim_compares_numbers_within_the_experiments_both_sides_were_measured_in():

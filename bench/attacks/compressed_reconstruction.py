@@ -100,8 +100,9 @@ class MeasurementDecoder(_KnowsMatrix):
     to invert A but knows nothing of noise the client adds (DCMG-N's eta_c). The decoder holds out
     ``validation_fraction`` of those images and trains until its validation MSE stops improving.
 
-    Default budget: at most 1000 epochs with patience 20, as :class:`~bench.attacks.FeatureInversion`, whose
-    decoder reaches its plateau with it on the unprotected MNIST baseline (twice the budget: -1.4 % MSE);
+    Default budget: at most 1000 epochs with patience 20 at a constant 1e-3, as
+    :class:`~bench.attacks.FeatureInversion` had it before issue 27, whose decoder reaches its plateau with it on
+    the unprotected MNIST baseline (twice the budget: -1.4 % MSE);
     ``--evaluation.budget_check true`` measures the same for this decoder on any method. On DCM itself, the
     unprotected baseline of these attacks (``dcmg/mnist_shared_dcm --model.measurement_rate 0.25``, channels 16 and
     8), it stops at epoch 335 of 1000 with MSE 0.0138; twice the budget (stops at 408): -1.2 %.

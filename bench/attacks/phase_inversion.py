@@ -322,8 +322,9 @@ class _PhaseAttack(Attack):
 class PhaseInversion(_PhaseAttack):
     """Estimate the secret phase with a discriminator D' (the paper's strategy 1), then invert the de-rotated feature.
 
-    Default budget: the decoder's as :class:`~bench.attacks.FeatureInversion` (at most 1000 epochs, patience 20:
-    the plateau on the unprotected MNIST baseline, twice the budget -1.4 % MSE); D' at most 200 epochs (on the
+    Default budget: the decoder's as :class:`~bench.attacks.FeatureInversion` had it before issue 27 (constant
+    Adam 1e-3, at most 1000 epochs, patience 20: the plateau on the unprotected MNIST baseline, twice the budget
+    -1.4 % MSE); D' at most 200 epochs (on the
     complex LeNet of ``complex/mnist_shared`` D' stops at epoch 104, dec at 475; twice the budget: +1.6 % MSE).
 
     Args:
@@ -438,7 +439,8 @@ class LearnedPhaseInversion(_PhaseAttack):
     blank background's phase theta + pi / 4, and reconstructs at MSE 0.0018 / PSNR 28.0 dB (D': 0.067 /
     18.0 dB; the original network's dec(a): 0.00099 / 30.4 dB); twice the budget: -8.0 % MSE.
 
-    Default budget: the decoder's as :class:`~bench.attacks.FeatureInversion` (at most 1000 epochs, patience 20);
+    Default budget: the decoder's as :class:`~bench.attacks.FeatureInversion` had it before issue 27 (constant
+    Adam 1e-3, at most 1000 epochs, patience 20);
     the estimator at most 500 epochs with the same patience (enough on the complex LeNet above).
 
     Args:

@@ -13,9 +13,11 @@ The learning rate follows ``schedule``: ``constant`` (Adam at ``lr`` throughout,
 ``lr_patience`` + 1 epochs in a row without an improvement: :class:`torch.optim.lr_scheduler.ReduceLROnPlateau`
 on the same validation loss with the same ``min_delta`` as the stopping rule) or ``onecycle`` (one cycle of
 ``cycle_epochs`` epochs, :class:`torch.optim.lr_scheduler.OneCycleLR` stepped per batch: the rate rises from
-``lr / 25`` to ``lr`` over the first 30 % of the cycle and anneals to ``lr / 25e4``, Smith and Topin 2019; the
-stopping rule waits for the cycle's end, since its warm-up raises the loss on purpose; after it training goes on
-from ``lr / 25`` under the plateau schedule until the stopping rule holds). The stopping rule is the same under
+``lr / 25`` to ``lr`` over the first 30 % of the cycle and anneals to ``lr / 25e4``, Smith and Topin 2019, while
+Adam's beta1 goes from 0.95 to 0.85 and back, OneCycleLR's default; the stopping rule waits for the cycle's end,
+since its warm-up raises the loss on purpose; after it training goes on from ``lr / 25``, beta1 0.95, under the
+plateau schedule until the stopping rule holds; the stop may come at the first epoch after the cycle, when the
+cycle's best epoch is ``patience`` epochs behind). The stopping rule is the same under
 all three: training ends when the validation loss has not improved for ``patience`` epochs, whatever the rate is
 by then, so ``converged`` means the same under each. With the default ``lr_patience`` (a third of ``patience``)
 the rate has been halved twice (three rates tried) before a plateau stops training, so a plateau is never just a
@@ -93,8 +95,10 @@ def check_schedule(
     """One clear line for a learning-rate schedule that does not exist, cannot decay or has no cycle."""
     if schedule not in SCHEDULES:
         raise BenchError(f"{name}: unknown schedule {schedule!r}; choose one of {list(SCHEDULES)}")
-    if cycle_epochs < 1:
-        raise BenchError(f"{name}: cycle_epochs (the one-cycle schedule's length) must be >= 1, got {cycle_epochs}")
+    if not isinstance(cycle_epochs, int) or isinstance(cycle_epochs, bool) or cycle_epochs < 1:
+        raise BenchError(
+            f"{name}: cycle_epochs (the one-cycle schedule's length) must be a whole number >= 1, got {cycle_epochs!r}"
+        )
     if not 0 < lr_factor < 1 or (lr_patience is not None and lr_patience < 0):
         raise BenchError(
             f"{name} needs 0 < lr_factor < 1 and lr_patience >= 0 (or None), got {lr_factor} and {lr_patience}"
@@ -201,7 +205,7 @@ def train_until_plateau(
             scheduler.step(current)
         if per_batch is not None and epoch == cycle:  # the cycle is over: the plateau schedule takes over
             per_batch = None
-            for group in optimizer.param_groups:
+            for group in optimizer.param_groups:  # beta1 stays where the cycle left it, 0.95 (as measured)
                 group["lr"] = lr / ONECYCLE_DIV
             scheduler = on_plateau()
         if current < best_loss - min_delta * abs(best_loss) or best_state is None:

@@ -381,7 +381,10 @@ def _experiments(runs: list[_Run]) -> list[_Experiment]:
             name = base
             if len({pending[j][0][2] for j in members}) > 1:  # same data and budget, other pool sizes
                 pools = _mapping(json.loads(key[2]))
-                name += f" · train {pools['train']}" if "train" in pools else f" · pools [{_fingerprint(key[2])}]"
+                canaries = f" + {pools['canary_candidates']} canary candidates" if "canary_candidates" in pools else ""
+                name += (
+                    f" · train {pools['train']}{canaries}" if "train" in pools else f" · pools [{_fingerprint(key[2])}]"
+                )
             same_pools = [pending[j][1] for j in members if j != index and pending[j][0][2] == key[2]]
             if same_pools:  # and the attacks ran with other configurations: the settings that differ name it
                 settings[index] = _distinguishing(attacks, same_pools)

@@ -373,13 +373,21 @@ def _details(experiment: _Experiment) -> list[str]:
     return lines
 
 
+#: beside the canary candidates in an experiment's pools (the train pool's size is its members without them)
+CANARY_NOTE = " (each also in the train pool with probability 1/2)"
+
+
 def _experiment_intro(experiment: _Experiment) -> str:
     pools = {_canonical(run.dataset.design_pool_sizes) for row in experiment.rows for run in row.runs}
     pool_text = ""
     if len(pools) == 1 and isinstance(sizes := json.loads(pools.pop()), dict) and sizes:
         pool_text = (
             " Pools: "
-            + ", ".join(f"{k} {_number(float(v), True)}" for k, v in sizes.items() if isinstance(v, (int, float)))
+            + ", ".join(
+                f"{k.replace('_', ' ')} {_number(float(v), True)}" + (CANARY_NOTE if k == "canary_candidates" else "")
+                for k, v in sizes.items()
+                if isinstance(v, (int, float))
+            )
             + "."
         )
     if experiment.named:
