@@ -536,6 +536,27 @@ def test_seeds_that_drew_other_canaries_into_the_train_pool_are_seeds_of_one_row
     assert "train 200," in result.markdown.read_text()
 
 
+def test_seed_error_bars_of_a_metric_that_never_went_below_zero_stop_at_zero(tmp_path):
+    from bench.leaderboard.plots import _point
+
+    records = []
+    for seed, epsilon in ((0, 0.0), (1, 0.0), (2, 0.03)):  # mean 0.01, std 0.017: a symmetric bar would reach -0.007
+        record = _dp(f"de{seed}" + "0" * 29, 8.0, 0.8, 0.52 + epsilon, 0.1)
+        record["method"]["label"] = "DP-SGD (target_epsilon=8.0)"
+        record["seed"] = record["dataset"]["seed"] = seed
+        records.append(record)
+    (experiment,) = _experiments_of(_write(tmp_path / "records", *records))
+    (row,) = experiment.rows
+    family = next(f for f in experiment.families if f.metric == "attack_accuracy")
+    *_, y, (low, high) = _point(row, experiment.threat_model, family, "accuracy")
+    assert high[0] == pytest.approx(0.0173, abs=1e-4) and low[0] == high[0], "above zero: the std both ways"
+    for entry in (e for r in records for e in r["privacy"]):
+        entry["metrics"]["attack_accuracy"] -= 0.52  # the same spread, now a rate that was 0 for two seeds
+    (experiment,) = _experiments_of(_write(tmp_path / "shifted", *records))
+    *_, y, (low, high) = _point(experiment.rows[0], experiment.threat_model, family, "accuracy")
+    assert y == pytest.approx(0.01) and low[0] == pytest.approx(0.01) and high[0] > low[0]
+
+
 @pytest.mark.parametrize(
     "canaries", [None, {"count": 500}, {"count": 500, "included": 9999}, {"count": 5, "included": 9}]
 )

@@ -139,10 +139,12 @@ def _point(row: _Row, threat_model: str, family: _Family, utility: str) -> Optio
         return None
     y = float(np.mean(worst.values))
     # error bars: the std over seeds, or a single seed's own interval
+    std = _std(worst.values) or 0.0
     spread = (  # an interval that does not hold its own mean (a record written by hand) draws no bar on that side
         [[max(0.0, y - worst.interval[0])], [max(0.0, worst.interval[1] - y)]]
         if worst.interval is not None
-        else _std(worst.values) or 0.0
+        # seeds that never went below zero (a rate, an epsilon, an error) draw no bar below it
+        else [[min(std, y) if min(worst.values) >= 0 else std], [std]]
     )
     return float(np.mean(xs)), _std(xs) or 0.0, y, spread
 
