@@ -517,14 +517,20 @@ def test_derived_experiments_on_other_pools_get_their_own_names_and_plots(tmp_pa
     assert [path.name for path in result.plots] == ["feature_release__digits_20_epochs_train_500.png"]
 
 
+def _dp_seed(seed: int, prefix: str, accuracy: float, attack_accuracy: float) -> dict:
+    """One seed (training and data) of a DP-SGD row at epsilon 8: records of several seeds share the row's label."""
+    record = _dp(prefix + "0" * 29, 8.0, accuracy, attack_accuracy, 0.1)
+    record["method"]["label"] = "DP-SGD (target_epsilon=8.0)"
+    record["seed"] = record["dataset"]["seed"] = seed
+    return record
+
+
 def test_seeds_that_drew_other_canaries_into_the_train_pool_are_seeds_of_one_row(tmp_path):
     """Each canary candidate is trained on with probability 1/2, so the train pool's size differs by data seed; the
     design (members, candidates) is what makes records one experiment, not the draw."""
     records = []
     for seed, included in ((0, 260), (1, 239)):
-        record = _dp(f"dz{seed}" + "0" * 29, 8.0, 0.8 + seed / 100, 0.52, 0.1)
-        record["method"]["label"] = "DP-SGD (target_epsilon=8.0)"
-        record["seed"] = record["dataset"]["seed"] = seed
+        record = _dp_seed(seed, f"dz{seed}", 0.8 + seed / 100, 0.52)
         record["dataset"]["pool_sizes"]["train"] = 200 + included
         record["dataset"]["canaries"] = {"count": 500, "included": included}
         records.append(record)
@@ -541,10 +547,7 @@ def test_seed_error_bars_of_a_metric_that_never_went_below_zero_stop_at_zero(tmp
 
     records = []
     for seed, epsilon in ((0, 0.0), (1, 0.0), (2, 0.03)):  # mean 0.01, std 0.017: a symmetric bar would reach -0.007
-        record = _dp(f"de{seed}" + "0" * 29, 8.0, 0.8, 0.52 + epsilon, 0.1)
-        record["method"]["label"] = "DP-SGD (target_epsilon=8.0)"
-        record["seed"] = record["dataset"]["seed"] = seed
-        records.append(record)
+        records.append(_dp_seed(seed, f"de{seed}", 0.8, 0.52 + epsilon))
     (experiment,) = _experiments_of(_write(tmp_path / "records", *records))
     (row,) = experiment.rows
     family = next(f for f in experiment.families if f.metric == "attack_accuracy")

@@ -148,8 +148,7 @@ class PrivacyModule(L.LightningModule):
             # manual optimization trains sub-networks in separate stages, so each backward leaves some
             # parameters without gradients; DDP must look for them instead of failing (set before wrapping)
             search_unused_parameters(strategy)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            destroy_process_group_at_exit()
+        destroy_process_group_at_exit()
 
     # ------------------------------------------------------------------ prediction
     def forward(self, x: Tensor) -> Tensor:

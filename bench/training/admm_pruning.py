@@ -147,8 +147,7 @@ class ADMMPruning(Callback):
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._layers = self.layers(pl_module)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            destroy_process_group_at_exit()  # the module may be any LightningModule, not one of bench's methods
+        destroy_process_group_at_exit()  # the module may be any LightningModule, not one of bench's methods
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.phase == "retrain":  # resumed after hard pruning: the masks came back with the weights

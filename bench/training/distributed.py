@@ -8,14 +8,19 @@ import functools
 import torch
 
 
-@functools.cache
 def destroy_process_group_at_exit() -> None:
-    """Destroy the default process group before the interpreter exits, whatever the backend (once per process).
+    """Under DDP, destroy the default process group before the interpreter exits, whatever the backend (registered
+    once per process; nothing to do outside DDP).
 
     Lightning does this for NCCL only; a gloo group left to the interpreter's teardown can abort a DDP worker at
     exit ("terminate called without an active exception", SIGABRT) after a successful fit, which fails the run.
     """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        _register_destroy()
 
+
+@functools.cache
+def _register_destroy() -> None:
     def destroy() -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
